@@ -1,0 +1,438 @@
+"""The ingest path every driver uses: raw counters in, durable register values out.
+
+A batch of raw readings (module, channel, time, counter, status) is mapped to
+meters, turned into cumulative pulses since the meter's installation and
+committed in one transaction; only then does ``ingest`` return, and only then
+may the driver acknowledge the device.
+
+Rules (see docs/ingest.md):
+- counters wrap modulo 2^32; a jump of 2^31 or more is a counter that went
+  backwards (a reset the module did not flag);
+- COUNTER_RESET starts a new epoch: the pulses since the module restarted are
+  counted, the ones before the restart are unknown and the interval since the
+  last good reading is flagged incomplete (never invented, never hidden);
+- a reading is idempotent on (meter, ts); a different counter for an existing
+  (meter, ts) is a conflict: the stored value wins and the conflict is counted;
+- out-of-order and back-filled readings are accepted: the meter's readings
+  from the one before the earliest new reading on are re-chained;
+- readings nobody claims go to the quarantine table, not to the floor;
+- readings from the future (beyond the clock tolerance) are rejected and counted.
+
+Everything per reading is numpy over the whole batch; Python loops run per
+meter only on the rare out-of-order path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from balans_edge.core.bus import EventBus, ReadingsCommitted
+from balans_edge.core.model import COUNTER_MODULUS, Meter, RawReading, ReadingFlag, Status
+from balans_edge.core.storage import IngestWrite, ReadingRows, Storage
+
+log = logging.getLogger(__name__)
+
+MASK = COUNTER_MODULUS - 1
+BACKWARDS = COUNTER_MODULUS >> 1
+CHANNELS = 4  # channel numbers 1..3 packed next to the module id
+
+
+@dataclass(frozen=True, slots=True)
+class IngestSettings:
+    clock_tolerance_s: int = 300
+    """Readings stamped later than now + this are rejected."""
+    registry_check_s: float = 1.0
+    """How often the meter map is checked against the registry version."""
+
+
+@dataclass(slots=True)
+class IngestResult:
+    accepted: int = 0
+    duplicates: int = 0
+    conflicts: int = 0
+    quarantined: int = 0
+    rejected: Counter[str] = field(default_factory=Counter)
+    resets: int = 0
+
+    def add(self, other: IngestResult) -> None:
+        self.accepted += other.accepted
+        self.duplicates += other.duplicates
+        self.conflicts += other.conflicts
+        self.quarantined += other.quarantined
+        self.rejected.update(other.rejected)
+        self.resets += other.resets
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "accepted": self.accepted,
+            "duplicates": self.duplicates,
+            "conflicts": self.conflicts,
+            "quarantined": self.quarantined,
+            "rejected": dict(self.rejected),
+            "resets": self.resets,
+        }
+
+
+@dataclass(slots=True)
+class ReadingBatch:
+    """Raw readings as columns (int64 arrays of equal length)."""
+
+    module: np.ndarray
+    channel: np.ndarray
+    ts: np.ndarray
+    counter: np.ndarray
+    status: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.ts)
+
+    @classmethod
+    def of(cls, readings: Iterable[RawReading]) -> ReadingBatch:
+        rows = [(r.module_id, r.channel, r.ts, r.counter, r.status) for r in readings]
+        if not rows:
+            z = np.zeros(0, dtype=np.int64)
+            return cls(z, z, z, z, z)
+        a = np.array(rows, dtype=np.int64)
+        return cls(a[:, 0], a[:, 1], a[:, 2], a[:, 3], a[:, 4])
+
+    def take(self, idx: np.ndarray) -> ReadingBatch:
+        return ReadingBatch(self.module[idx], self.channel[idx], self.ts[idx], self.counter[idx], self.status[idx])
+
+
+class MeterMap:
+    """Vectorised lookup (module, channel, time) -> meter key.
+
+    A channel may carry a sequence of meters over time (replacements): the meter
+    installed last at or before the reading's time owns it, unless it was
+    removed by then.
+    """
+
+    def __init__(self, meters: list[tuple[int, Meter]]) -> None:
+        wired = [(k, m) for k, m in meters if m.module_id is not None and m.channel is not None]
+        wired.sort(key=lambda km: (km[1].module_id * CHANNELS + km[1].channel, km[1].install_time))
+        self.chan = np.array([m.module_id * CHANNELS + m.channel for _, m in wired], dtype=np.int64)
+        self.install = np.array([m.install_time for _, m in wired], dtype=np.int64)
+        self.removed = np.array(
+            [m.removed_time if m.removed_time is not None else np.iinfo(np.int64).max for _, m in wired],
+            dtype=np.int64,
+        )
+        self.key = np.array([k for k, _ in wired], dtype=np.int64)
+        size = max((k for k, _ in meters), default=0) + 1
+        self.base_counter = np.zeros(size, dtype=np.int64)
+        for k, m in meters:
+            self.base_counter[k] = m.base_counter
+        self.size = size
+
+    def lookup(self, module: np.ndarray, channel: np.ndarray, ts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Meter key per reading (-1 if none) and a reason code for the -1s
+        (0 claimed, 1 unknown module/channel, 2 before install, 3 meter removed)."""
+        n = len(ts)
+        keys = np.full(n, -1, dtype=np.int64)
+        reason = np.ones(n, dtype=np.int8)
+        if not len(self.chan) or not n:
+            return keys, reason
+        q = module * CHANNELS + channel
+        last = np.searchsorted(self.chan, q, side="right") - 1
+        known = (last >= 0) & (self.chan[np.maximum(last, 0)] == q)
+        idx = np.where(known, last, 0)
+        ok = known & (self.install[idx] <= ts)
+        # Readings older than the newest meter of their channel: walk back to
+        # the meter that owned the channel then (rare: meter replacements).
+        for i in np.flatnonzero(known & ~ok):
+            j = idx[i]
+            while j >= 0 and self.chan[j] == q[i] and self.install[j] > ts[i]:
+                j -= 1
+            if j >= 0 and self.chan[j] == q[i]:
+                idx[i] = j
+                ok[i] = True
+            else:
+                reason[i] = 2
+        removed = ok & (ts >= self.removed[idx])
+        reason[removed] = 3
+        ok &= ~removed
+        keys[ok] = self.key[idx[ok]]
+        reason[ok] = 0
+        return keys, reason
+
+
+QUARANTINE_REASONS = {1: "unknown_channel", 2: "before_install", 3: "meter_removed"}
+
+
+def chain(
+    starts: np.ndarray,
+    counter: np.ndarray,
+    status: np.ndarray,
+    prev_counter: np.ndarray,
+    prev_pulses: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Cumulative pulses and flags of readings sorted by (meter, ts).
+
+    ``starts`` are the first row of each meter's segment; ``prev_counter`` and
+    ``prev_pulses`` (one per segment) describe the reading just before it.
+    """
+    n = len(counter)
+    if n == 0:
+        z = np.zeros(0, dtype=np.int64)
+        return z, z
+    prev = np.empty(n, dtype=np.int64)
+    prev[1:] = counter[:-1]
+    prev[starts] = prev_counter
+    delta = (counter - prev) & MASK
+    explicit = (status & Status.COUNTER_RESET) != 0
+    implicit = ~explicit & (delta >= BACKWARDS)
+    inc = np.where(explicit | implicit, counter, delta)
+    csum = np.cumsum(inc)
+    before = csum[starts] - inc[starts]
+    lengths = np.diff(np.append(starts, n))
+    seg = np.repeat(np.arange(len(starts)), lengths)
+    pulses = prev_pulses[seg] + csum - before[seg]
+    flags = np.where(explicit | implicit, int(ReadingFlag.EPOCH_START), 0) | np.where(
+        implicit, int(ReadingFlag.IMPLICIT_RESET), 0
+    )
+    return pulses, flags.astype(np.int64)
+
+
+class Ingest:
+    """Owns the per-meter chaining state; one instance per server."""
+
+    def __init__(
+        self,
+        storage: Storage,
+        settings: IngestSettings | None = None,
+        bus: EventBus | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.storage = storage
+        self.settings = settings or IngestSettings()
+        self.bus = bus
+        self.clock = clock
+        self.totals = IngestResult()
+        self._lock = asyncio.Lock()
+        self._map: MeterMap | None = None
+        self._registry_version: int | None = None
+        self._registry_checked = 0.0
+        self._heads_valid = False
+        self.head_ts = self.head_counter = self.head_pulses = np.zeros(0, dtype=np.int64)
+        self.has_head = np.zeros(0, dtype=bool)
+
+    # state ---------------------------------------------------------------
+
+    async def _refresh(self) -> MeterMap:
+        now = time.monotonic()
+        if self._map is not None and now - self._registry_checked < self.settings.registry_check_s:
+            return self._map
+        self._registry_checked = now
+        version = await self.storage.registry_version()
+        if self._map is None or version != self._registry_version:
+            await self.storage.flush()
+            self._map = MeterMap(await self.storage.meters_by_key())
+            self._registry_version = version
+            self._heads_valid = False
+        if not self._heads_valid:
+            await self._load_heads(self._map.size)
+        return self._map
+
+    async def _load_heads(self, size: int) -> None:
+        await self.storage.flush()
+        self.head_ts = np.zeros(size, dtype=np.int64)
+        self.head_counter = np.zeros(size, dtype=np.int64)
+        self.head_pulses = np.zeros(size, dtype=np.int64)
+        self.has_head = np.zeros(size, dtype=bool)
+        for h in await self.storage.load_heads():
+            if h.meter < size:
+                self.head_ts[h.meter] = h.ts
+                self.head_counter[h.meter] = h.counter
+                self.head_pulses[h.meter] = h.pulses
+                self.has_head[h.meter] = True
+        self._heads_valid = True
+
+    # the path ------------------------------------------------------------
+
+    async def ingest(self, batch: ReadingBatch | Iterable[RawReading]) -> IngestResult:
+        """Store a batch durably; return once it is committed.
+
+        Raises StorageError when the batch could not be committed: the driver
+        must then ask the device to send it again (nothing was acknowledged)."""
+        if not isinstance(batch, ReadingBatch):
+            batch = ReadingBatch.of(batch)
+        result = IngestResult()
+        async with self._lock:
+            write, event = await self._prepare(batch, result)
+            pending = asyncio.ensure_future(self.storage.commit_ingest(write))
+        try:
+            await pending
+        except BaseException:
+            # Heads already include this batch: forget them so the next batch
+            # re-reads the committed truth.
+            self._heads_valid = False
+            self._registry_checked = 0.0
+            raise
+        self.totals.add(result)
+        if self.bus is not None and event is not None:
+            await self.bus.publish(event)
+        return result
+
+    async def _prepare(self, batch: ReadingBatch, result: IngestResult) -> tuple[IngestWrite, ReadingsCommitted | None]:
+        now = int(self.clock())
+        write = IngestWrite(received_at=now)
+        meter_map = await self._refresh()
+
+        valid = (
+            (batch.channel >= 1)
+            & (batch.channel <= 3)
+            & (batch.counter >= 0)
+            & (batch.counter <= MASK)
+            & (batch.ts > 0)
+            & (batch.module >= 0)
+        )
+        future = valid & (batch.ts > now + self.settings.clock_tolerance_s)
+        if not valid.all():
+            result.rejected["invalid"] += int((~valid).sum())
+        if future.any():
+            result.rejected["future"] += int(future.sum())
+            log.warning("rejected %d readings from the future (clock tolerance %ss)", future.sum(),
+                        self.settings.clock_tolerance_s)
+        batch = batch.take(np.flatnonzero(valid & ~future))
+
+        keys, reason = meter_map.lookup(batch.module, batch.channel, batch.ts)
+        lost = np.flatnonzero(keys < 0)
+        if len(lost):
+            write.quarantine = [
+                (int(batch.module[i]), int(batch.channel[i]), int(batch.ts[i]), int(batch.counter[i]),
+                 int(batch.status[i]), QUARANTINE_REASONS[int(reason[i])])
+                for i in lost
+            ]
+            result.quarantined = len(lost)
+        claimed = np.flatnonzero(keys >= 0)
+        self._seen(batch, write)
+        if not len(claimed):
+            return write, None
+
+        m = keys[claimed]
+        b = batch.take(claimed)
+        order = np.lexsort((b.ts, m))
+        m, b = m[order], b.take(order)
+
+        # Duplicates inside the batch: keep the first of each (meter, ts).
+        same = np.zeros(len(m), dtype=bool)
+        same[1:] = (m[1:] == m[:-1]) & (b.ts[1:] == b.ts[:-1])
+        if same.any():
+            result.duplicates += int((same & (b.counter == np.roll(b.counter, 1))).sum())
+            result.conflicts += int((same & (b.counter != np.roll(b.counter, 1))).sum())
+            keep = np.flatnonzero(~same)
+            m, b = m[keep], b.take(keep)
+
+        starts = np.flatnonzero(np.r_[True, m[1:] != m[:-1]])
+        seg_meter = m[starts]
+        in_order = ~self.has_head[seg_meter] | (b.ts[starts] > self.head_ts[seg_meter])
+        lengths = np.diff(np.append(starts, len(m)))
+        fast_rows = np.repeat(in_order, lengths)
+
+        inserts = [self._fast(m[fast_rows], b.take(np.flatnonzero(fast_rows)), write)]
+        for meter in seg_meter[~in_order].tolist():
+            rows = np.flatnonzero(m == meter)
+            inserts.append(await self._slow(meter, b.take(rows), write, result))
+
+        write.inserts = _concat(inserts)
+        result.accepted = len(write.inserts)
+        result.resets = int(((write.inserts.flags & ReadingFlag.EPOCH_START) != 0).sum())
+        if not len(write.inserts):
+            return write, None
+        ins = write.inserts
+        event = ReadingsCommitted(
+            meters=tuple(np.unique(ins.meter).tolist()),
+            count=len(ins),
+            t_min=int(ins.ts.min()),
+            t_max=int(ins.ts.max()),
+        )
+        return write, event
+
+    def _seen(self, batch: ReadingBatch, write: IngestWrite) -> None:
+        if not len(batch):
+            return
+        order = np.lexsort((batch.ts, batch.module))
+        mod, ts = batch.module[order], batch.ts[order]
+        last = np.flatnonzero(np.r_[mod[1:] != mod[:-1], True])
+        write.module_seen = list(zip(mod[last].tolist(), ts[last].tolist(), strict=True))
+
+    def _fast(self, m: np.ndarray, b: ReadingBatch, write: IngestWrite) -> ReadingRows:
+        """Readings that all come after the meter's newest stored one."""
+        if not len(m):
+            return ReadingRows.empty()
+        starts = np.flatnonzero(np.r_[True, m[1:] != m[:-1]])
+        seg = m[starts]
+        known = self.has_head[seg]
+        prev_counter = np.where(known, self.head_counter[seg], self._map.base_counter[seg])
+        prev_pulses = np.where(known, self.head_pulses[seg], 0)
+        pulses, flags = chain(starts, b.counter, b.status, prev_counter, prev_pulses)
+        ends = np.append(starts[1:], len(m)) - 1
+        lo = np.where(known, self.head_ts[seg], b.ts[starts])
+        write.dirty.extend(zip(seg.tolist(), lo.tolist(), b.ts[ends].tolist(), strict=True))
+        self.head_ts[seg] = b.ts[ends]
+        self.head_counter[seg] = b.counter[ends]
+        self.head_pulses[seg] = pulses[ends]
+        self.has_head[seg] = True
+        return ReadingRows(m, b.ts, b.counter, pulses, b.status, flags)
+
+    async def _slow(self, meter: int, b: ReadingBatch, write: IngestWrite, result: IngestResult) -> ReadingRows:
+        """Readings of one meter that land among stored ones: re-chain from the
+        stored reading before the earliest new one to the end."""
+        await self.storage.flush()
+        stored = await self.storage.readings_around(meter, int(b.ts[0]))
+        pos = np.minimum(np.searchsorted(stored.ts, b.ts), max(len(stored) - 1, 0))
+        hit = stored.ts[pos] == b.ts if len(stored) else np.zeros(len(b), dtype=bool)
+        if hit.any():
+            same = stored.counter[pos[hit]] == b.counter[hit]
+            result.duplicates += int(same.sum())
+            result.conflicts += int((~same).sum())
+        new = b.take(np.flatnonzero(~hit))
+        if not len(new):
+            return ReadingRows.empty()
+
+        ts = np.concatenate([stored.ts, new.ts])
+        order = np.argsort(ts, kind="stable")
+        is_new = np.concatenate([np.zeros(len(stored), bool), np.ones(len(new), bool)])[order]
+        ts = ts[order]
+        counter = np.concatenate([stored.counter, new.counter])[order]
+        status = np.concatenate([stored.status, new.status])[order]
+        old_pulses = np.concatenate([stored.pulses, np.zeros(len(new), np.int64)])[order]
+        old_flags = np.concatenate([stored.flags, np.zeros(len(new), np.int64)])[order]
+
+        has_prev = len(stored) > 0 and stored.ts[0] < new.ts[0]
+        first = 1 if has_prev else 0
+        if has_prev:
+            prev_c, prev_p = np.array([counter[0]]), np.array([old_pulses[0]])
+        else:
+            prev_c, prev_p = np.array([self._map.base_counter[meter]]), np.array([0])
+        pulses, flags = chain(np.array([0]), counter[first:], status[first:], prev_c, prev_p)
+        pulses = np.concatenate([old_pulses[:first], pulses])
+        flags = np.concatenate([old_flags[:first], flags])
+
+        changed = ~is_new & ((pulses != old_pulses) | (flags != old_flags))
+        touched = np.flatnonzero(is_new | changed)
+        last_touched = int(touched[-1])
+        hi = int(ts[min(last_touched + 1, len(ts) - 1)])
+        write.dirty.append((meter, int(ts[0]), hi))
+        mm = np.full(len(ts), meter, dtype=np.int64)
+        if changed.any():
+            upd = ReadingRows(mm[changed], ts[changed], counter[changed], pulses[changed], status[changed], flags[changed])
+            write.updates = _concat([write.updates, upd])
+        self.head_ts[meter], self.head_counter[meter], self.head_pulses[meter] = ts[-1], counter[-1], pulses[-1]
+        self.has_head[meter] = True
+        return ReadingRows(mm[is_new], ts[is_new], counter[is_new], pulses[is_new], status[is_new], flags[is_new])
+
+
+def _concat(parts: list[ReadingRows]) -> ReadingRows:
+    parts = [p for p in parts if len(p)]
+    if not parts:
+        return ReadingRows.empty()
+    if len(parts) == 1:
+        return parts[0]
+    return ReadingRows(*(np.concatenate([getattr(p, f) for p in parts]) for f in ReadingRows.__slots__))

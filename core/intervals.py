@@ -1,0 +1,227 @@
+"""Hourly consumption per meter from its register values, and its totals.
+
+Hour boundaries are in UTC. The register value at a boundary is interpolated
+linearly between the readings around it. A boundary is *measured* when a
+reading lies within ``tolerance_s`` of it, *estimated* when it is interpolated
+across a gap of at most ``max_gap_s``, *missing* otherwise (no reading on one
+side, a longer gap, or a counter-reset gap whose pulses are unknown). An hour
+takes the worse quality of its two boundaries; an hour that overlaps a reset
+gap is missing, since part of its volume is unknown. Missing hours carry no
+value: a number there would be invented.
+
+Days and months are in the site's timezone and sum the UTC hours that start
+inside them (for timezones with a half-hour offset a local day therefore
+starts 30 minutes off; documented in docs/intervals.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from zoneinfo import ZoneInfo
+
+import numpy as np
+
+from balans_edge.core.bus import EventBus, IntervalsUpdated, ReadingsCommitted
+from balans_edge.core.model import IntervalValue, Quality, ReadingFlag
+from balans_edge.core.storage import ReadingRows, Storage
+
+log = logging.getLogger(__name__)
+
+HOUR = 3600
+QUALITY_CODES = [Quality.MEASURED, Quality.ESTIMATED, Quality.MISSING]
+CODE = {q: i for i, q in enumerate(QUALITY_CODES)}
+
+
+@dataclass(frozen=True, slots=True)
+class IntervalSettings:
+    tolerance_s: int = 300
+    """A reading this close to an hour boundary makes it measured."""
+    max_gap_s: int = 6 * HOUR
+    """Longest gap between readings that is interpolated (estimated)."""
+
+
+def floor_hour(t: int) -> int:
+    return t - t % HOUR
+
+
+def ceil_hour(t: int) -> int:
+    return -(-t // HOUR) * HOUR
+
+
+def hourly(
+    rows: ReadingRows, weight: float, t0: int, t1: int, settings: IntervalSettings
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Hours starting at t0, t0+3600, ... < t1 (both hour-aligned): (t, value, quality code).
+
+    ``rows`` are one meter's readings sorted by time, including those just
+    outside [t0, t1] so that the boundaries can be interpolated. Missing
+    values are NaN.
+    """
+    hours = np.arange(t0, t1, HOUR, dtype=np.int64)
+    bounds = np.arange(t0, t1 + HOUR, HOUR, dtype=np.int64)
+    n = len(rows)
+    if n == 0 or not len(hours):
+        return hours, np.full(len(hours), np.nan), np.full(len(hours), CODE[Quality.MISSING], dtype=np.int8)
+    ts = rows.ts
+    epoch_start = (rows.flags & ReadingFlag.EPOCH_START) != 0
+
+    i = np.searchsorted(ts, bounds, side="right") - 1  # last reading at or before the boundary
+    j = i + 1  # first reading after it
+    has_left = i >= 0
+    has_right = j < n
+    il, jr = np.clip(i, 0, n - 1), np.clip(j, 0, n - 1)
+    exact = has_left & (ts[il] == bounds)
+    inside = has_left & has_right
+    gap = np.where(inside, ts[jr] - ts[il], np.iinfo(np.int64).max)
+    near = np.minimum(np.where(has_left, bounds - ts[il], gap), np.where(has_right, ts[jr] - bounds, gap))
+    in_reset_gap = inside & epoch_start[jr]
+    bq = np.full(len(bounds), CODE[Quality.MISSING], dtype=np.int8)
+    estimable = inside & (gap <= settings.max_gap_s) & ~in_reset_gap
+    bq[estimable] = CODE[Quality.ESTIMATED]
+    bq[estimable & (near <= settings.tolerance_s)] = CODE[Quality.MEASURED]
+    bq[exact] = CODE[Quality.MEASURED]
+
+    values = np.interp(bounds, ts, rows.pulses.astype(np.float64)) * weight
+    quality = np.maximum(bq[:-1], bq[1:])
+
+    # Hours overlapping a reset gap (previous reading, first reading of the new epoch).
+    for k in np.flatnonzero(epoch_start[1:]) + 1:
+        lo, hi = ts[k - 1], ts[k]
+        quality[(hours < hi) & (hours + HOUR > lo)] = CODE[Quality.MISSING]
+
+    result = np.diff(values)
+    result[quality == CODE[Quality.MISSING]] = np.nan
+    return hours, result, quality
+
+
+def to_points(t0: int, t1: int, stored: list[tuple[int, float | None, int]]) -> list[IntervalValue]:
+    """Every hour in [t0, t1) from stored rows; hours never computed are missing."""
+    by_t = {t: (v, q) for t, v, q in stored}
+    points = []
+    for t in range(floor_hour(t0), t1, HOUR):
+        v, q = by_t.get(t, (None, CODE[Quality.MISSING]))
+        points.append(IntervalValue(t, v, QUALITY_CODES[q]))
+    return points
+
+
+def aggregate(points: list[IntervalValue], step: str, tz: ZoneInfo) -> list[IntervalValue]:
+    """Sum hours into local days or months: value of the known hours, worst quality.
+
+    A day with a missing hour is reported with the volume that is known and
+    quality ``missing``, so nobody mistakes a partial total for a full one.
+    """
+    if step == "hour":
+        return points
+    buckets: dict[int, list[IntervalValue]] = {}
+    for p in points:
+        local = datetime.fromtimestamp(p.t, UTC).astimezone(tz)
+        start = local.replace(hour=0, minute=0, second=0, microsecond=0)
+        if step == "month":
+            start = start.replace(day=1)
+        buckets.setdefault(int(start.timestamp()), []).append(p)
+    out = []
+    for t, hours in sorted(buckets.items()):
+        known = [h.value for h in hours if h.value is not None]
+        worst = max(CODE[h.quality] for h in hours)
+        out.append(IntervalValue(t, float(sum(known)) if known else None, QUALITY_CODES[worst]))
+    return out
+
+
+class IntervalWorker:
+    """Recomputes hourly consumption for the ranges ingest marked dirty.
+
+    The dirty list is a table written in the same transaction as the readings,
+    so a crash between ingest and recomputation loses no work.
+    """
+
+    def __init__(self, storage: Storage, settings: IntervalSettings | None = None, bus: EventBus | None = None) -> None:
+        self.storage = storage
+        self.settings = settings or IntervalSettings()
+        self.bus = bus
+        self._weights: dict[int, float] = {}
+        self._registry_version: int | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._lock = asyncio.Lock()
+        self.recomputed_hours = 0
+
+    async def _weight(self, meter: int) -> float:
+        version = await self.storage.registry_version()
+        if version != self._registry_version:
+            self._weights = {k: m.pulse_weight for k, m in await self.storage.meters_by_key()}
+            self._registry_version = version
+        return self._weights.get(meter, 0.0)
+
+    async def process(self, limit: int = 5000) -> int:
+        """Recompute every pending range; return how many ranges were done."""
+        done_total = 0
+        async with self._lock:
+            await self.storage.flush()
+            while True:
+                ranges = await self.storage.take_dirty(limit)
+                if not ranges:
+                    return done_total
+                spans: dict[int, list[int]] = defaultdict(lambda: [2**62, -(2**62)])
+                for r in ranges:
+                    span = spans[r.meter]
+                    span[0], span[1] = min(span[0], r.lo), max(span[1], r.hi)
+                rows: list[tuple[int, int, float | None, int]] = []
+                for meter, (lo, hi) in spans.items():
+                    rows.extend(await self._meter_rows(meter, lo, hi))
+                await self.storage.save_intervals(rows, [r.id for r in ranges])
+                self.recomputed_hours += len(rows)
+                done_total += len(ranges)
+                if self.bus is not None:
+                    await self.bus.publish(
+                        IntervalsUpdated(
+                            meters=tuple(sorted(spans)),
+                            t_min=floor_hour(min(s[0] for s in spans.values())),
+                            t_max=ceil_hour(max(s[1] for s in spans.values())),
+                        )
+                    )
+
+    async def _meter_rows(self, meter: int, lo: int, hi: int) -> list[tuple[int, int, float | None, int]]:
+        t0, t1 = floor_hour(lo), max(ceil_hour(hi), floor_hour(lo) + HOUR)
+        margin = self.settings.max_gap_s + 1
+        readings = await self.storage.readings(meter, t0 - margin, t1 + margin + 1)
+        hours, values, quality = hourly(readings, await self._weight(meter), t0, t1, self.settings)
+        return [
+            (meter, t, None if np.isnan(v) else v, q)
+            for t, v, q in zip(hours.tolist(), values.tolist(), quality.tolist(), strict=True)
+        ]
+
+    async def run(self) -> None:
+        """Recompute whenever readings are committed (and every minute anyway)."""
+        sub = self.bus.subscribe(ReadingsCommitted, maxsize=1, policy="drop_oldest") if self.bus else None
+        try:
+            while True:
+                try:
+                    await self.process()
+                except Exception:  # noqa: BLE001 - keep the worker alive, retry on the next wake-up
+                    log.exception("interval recomputation failed")
+                if sub is None:
+                    await asyncio.sleep(60)
+                    continue
+                try:
+                    await asyncio.wait_for(sub.get(), timeout=60)
+                except TimeoutError:
+                    pass
+        finally:
+            if sub is not None:
+                sub.close()
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self.run(), name="intervals")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
+        await self.process()

@@ -1,0 +1,165 @@
+"""The domain model: what a meter, a radio module and a reading are.
+
+Plain dataclasses with no behaviour beyond validation of their own fields, so
+every layer (storage, ingest, API, plugins) speaks the same vocabulary.
+Times are UTC everywhere inside; they are carried as integer unix seconds on
+hot paths (ingest, intervals) and as aware ``datetime`` objects at the edges.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+COUNTER_MODULUS = 1 << 32
+"""DMesh pulse counters are u32 and wrap modulo 2^32."""
+
+
+class Resource(enum.StrEnum):
+    WATER = "water"
+    GAS = "gas"
+    HEAT = "heat"
+    ELECTRICITY = "electricity"
+
+
+UNITS: dict[Resource, frozenset[str]] = {
+    Resource.WATER: frozenset({"m3"}),
+    Resource.GAS: frozenset({"m3"}),
+    Resource.HEAT: frozenset({"GJ", "Gcal"}),
+    Resource.ELECTRICITY: frozenset({"kWh"}),
+}
+"""Units a meter of each resource may be registered in."""
+
+
+class Quality(enum.StrEnum):
+    """How an hourly value was obtained, from best to worst."""
+
+    MEASURED = "measured"
+    ESTIMATED = "estimated"
+    MISSING = "missing"
+
+
+class Status(enum.IntFlag):
+    """Module status flags as sent by the radio module (DMesh READINGS)."""
+
+    MAGNET = 1 << 0
+    TAMPER = 1 << 1
+    REVERSE = 1 << 2
+    LEAK = 1 << 3
+    LOW_BATTERY = 1 << 4
+    VALVE_CLOSED = 1 << 5
+    CABLE_CUT = 1 << 6
+    COUNTER_RESET = 1 << 7
+    RELAY_OFF = 1 << 8
+
+
+class ReadingFlag(enum.IntFlag):
+    """Flags the ingest path derives and stores with each reading."""
+
+    EPOCH_START = 1 << 0
+    """First reading after a counter reset: the interval since the previous
+    reading is incomplete (pulses between the two are unknown)."""
+    IMPLICIT_RESET = 1 << 1
+    """The counter went backwards without a COUNTER_RESET flag."""
+
+
+METER_FLAGS = frozenset({"valve", "relay", "virtual", "reverse_allowed"})
+"""Flags a meter may carry in the registry (documented in docs/registry.md)."""
+
+
+def utc(ts: int | float) -> datetime:
+    return datetime.fromtimestamp(ts, UTC)
+
+
+def unix(dt: datetime) -> int:
+    if dt.tzinfo is None:
+        raise ValueError("naive datetime: times must carry a timezone")
+    return int(dt.timestamp())
+
+
+@dataclass(frozen=True, slots=True)
+class Concentrator:
+    concentrator_id: int
+    name: str = ""
+    site: str = ""
+    description: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class RadioModule:
+    module_id: int
+    concentrator_id: int | None = None
+    channels: int = 0b001
+    """Bit mask of wired inputs (bit0..bit2 = inputs 1..3)."""
+    parent_id: int | None = None
+    hops: int | None = None
+    rssi: int | None = None
+    battery_mv: int | None = None
+    firmware: str = ""
+    last_seen: int | None = None
+    """Unix time of the last reading or topology report."""
+
+
+@dataclass(frozen=True, slots=True)
+class Account:
+    account_id: str
+    consumer: str = ""
+    contact: str = ""
+    tariff_plan: str = ""
+    address: str = ""
+    area_m2: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Meter:
+    meter_id: str
+    resource: Resource
+    unit: str
+    pulse_weight: float
+    """Quantity per pulse in the meter's unit (1 pulse per litre = 0.001 m3)."""
+    install_time: int
+    module_id: int | None = None
+    channel: int | None = None
+    base_reading: float = 0.0
+    """Register reading on the meter's dial at ``install_time``."""
+    base_counter: int = 0
+    """Module counter value at ``install_time`` (pulses before it are not this meter's)."""
+    account_id: str | None = None
+    group_id: str | None = None
+    accuracy_class: str = ""
+    flags: frozenset[str] = field(default_factory=frozenset)
+    removed_time: int | None = None
+    """Set when the meter was replaced or removed; readings after it are not its own."""
+
+
+@dataclass(frozen=True, slots=True)
+class RawReading:
+    """One counter value as a driver received it."""
+
+    module_id: int
+    channel: int
+    ts: int
+    counter: int
+    status: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class RegisterValue:
+    """A stored reading of a meter: the module's counter turned into its register."""
+
+    ts: int
+    counter: int
+    pulses: int
+    value: float
+    status: int
+    flags: int
+
+
+@dataclass(frozen=True, slots=True)
+class IntervalValue:
+    """Consumption of one meter over one period starting at ``t`` (unix UTC)."""
+
+    t: int
+    value: float | None
+    quality: Quality

@@ -1,0 +1,30 @@
+"""Durable storage: the backend-neutral interface and the embedded SQLite backend."""
+
+from balans_edge.core.storage.base import (
+    REGISTRY_KINDS,
+    DirtyRange,
+    IngestWrite,
+    MeterHead,
+    ReadingRows,
+    Storage,
+    StorageError,
+)
+
+__all__ = [
+    "REGISTRY_KINDS",
+    "DirtyRange",
+    "IngestWrite",
+    "MeterHead",
+    "ReadingRows",
+    "Storage",
+    "StorageError",
+    "open_storage",
+]
+
+
+def open_storage(url: str) -> Storage:
+    """A storage backend for ``url`` (``sqlite:PATH`` or a plain path)."""
+    from balans_edge.core.storage.sqlite import SqliteStorage
+
+    path = url.removeprefix("sqlite:")
+    return SqliteStorage(path)

@@ -1,0 +1,180 @@
+"""The storage interface every backend implements.
+
+Callers (ingest, intervals, the registry, the API) use only this interface, so
+a PostgreSQL backend can replace SQLite without touching them. Methods speak
+the domain: registry objects, reading columns as numpy arrays, hourly rows.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from balans_edge.core.model import Account, Concentrator, Meter, RadioModule
+
+REGISTRY_KINDS: dict[str, type] = {
+    "concentrators": Concentrator,
+    "modules": RadioModule,
+    "accounts": Account,
+    "meters": Meter,
+}
+"""Registry kinds in dependency order (a meter refers to a module and an account)."""
+
+
+class StorageError(Exception):
+    """Storage is unavailable or refused a write; the caller may retry later."""
+
+
+@dataclass(frozen=True, slots=True)
+class MeterHead:
+    """The newest stored reading of a meter: where in-order ingest continues."""
+
+    meter: int
+    ts: int
+    counter: int
+    pulses: int
+
+
+@dataclass(slots=True)
+class ReadingRows:
+    """Columns of stored readings of one or more meters, sorted by (meter, ts)."""
+
+    meter: np.ndarray
+    ts: np.ndarray
+    counter: np.ndarray
+    pulses: np.ndarray
+    status: np.ndarray
+    flags: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.ts)
+
+    @classmethod
+    def empty(cls) -> ReadingRows:
+        z = np.zeros(0, dtype=np.int64)
+        return cls(z, z, z, z, z, z)
+
+    @classmethod
+    def from_tuples(cls, rows: list[tuple]) -> ReadingRows:
+        if not rows:
+            return cls.empty()
+        a = np.array(rows, dtype=np.int64)
+        return cls(*(a[:, i] for i in range(6)))
+
+    def select(self, mask: np.ndarray) -> ReadingRows:
+        return ReadingRows(*(getattr(self, f)[mask] for f in self.__slots__))
+
+
+@dataclass(slots=True)
+class IngestWrite:
+    """Everything one ingest batch changes, committed in one transaction."""
+
+    inserts: ReadingRows = field(default_factory=ReadingRows.empty)
+    updates: ReadingRows = field(default_factory=ReadingRows.empty)
+    """Existing readings whose pulses or flags changed (a back-filled reset)."""
+    quarantine: list[tuple[int, int, int, int, int, str]] = field(default_factory=list)
+    """(module_id, channel, ts, counter, status, reason) of readings no meter claims."""
+    dirty: list[tuple[int, int, int]] = field(default_factory=list)
+    """(meter, lo, hi): time ranges whose hourly consumption must be recomputed."""
+    module_seen: list[tuple[int, int]] = field(default_factory=list)
+    """(module_id, ts) of modules that reported."""
+    received_at: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class DirtyRange:
+    id: int
+    meter: int
+    lo: int
+    hi: int
+
+
+class Storage(ABC):
+    """A durable store for the registry, readings and derived intervals."""
+
+    @abstractmethod
+    async def open(self) -> None:
+        """Connect, create or migrate the schema."""
+
+    @abstractmethod
+    async def close(self) -> None:
+        """Commit what was submitted, then release the database."""
+
+    @abstractmethod
+    async def flush(self) -> None:
+        """Return once every write submitted before the call is committed."""
+
+    @abstractmethod
+    async def schema_version(self) -> int: ...
+
+    # registry -----------------------------------------------------------
+
+    @abstractmethod
+    async def registry_version(self) -> int:
+        """A number that changes whenever the registry changes."""
+
+    @abstractmethod
+    async def registry_list(self, kind: str) -> list[Any]:
+        """All objects of one registry kind, ordered by key."""
+
+    @abstractmethod
+    async def registry_get(self, kind: str, key: str | int) -> Any | None: ...
+
+    @abstractmethod
+    async def registry_apply(
+        self, upserts: dict[str, list[Any]], deletes: dict[str, list[str | int]] | None = None
+    ) -> None:
+        """Insert or update objects of several kinds and delete others, all in one
+        transaction: either everything is written or nothing is."""
+
+    @abstractmethod
+    async def meter_keys(self) -> dict[str, int]:
+        """meter_id -> the internal integer key used by readings and intervals."""
+
+    @abstractmethod
+    async def meters_by_key(self) -> list[tuple[int, Meter]]:
+        """Every meter with its internal key, ordered by key."""
+
+    # ingest -------------------------------------------------------------
+
+    @abstractmethod
+    async def load_heads(self) -> list[MeterHead]:
+        """The newest committed reading of every meter that has one."""
+
+    @abstractmethod
+    async def readings_around(self, meter: int, ts: int) -> ReadingRows:
+        """The last reading before ``ts`` (if any) and every reading at or after it."""
+
+    @abstractmethod
+    async def commit_ingest(self, write: IngestWrite) -> None:
+        """Commit one ingest batch durably (synchronous to disk). Batches
+        submitted together may share one transaction and one fsync. Raises
+        StorageError when nothing could be committed."""
+
+    @abstractmethod
+    async def quarantine(self, limit: int = 1000) -> list[dict[str, Any]]:
+        """Readings from unknown modules or channels, newest first."""
+
+    # readings and intervals --------------------------------------------
+
+    @abstractmethod
+    async def readings(self, meter: int, t0: int, t1: int) -> ReadingRows:
+        """Stored readings of one meter with t0 <= ts < t1."""
+
+    @abstractmethod
+    async def take_dirty(self, limit: int = 10000) -> list[DirtyRange]:
+        """Ranges waiting for interval recomputation (not removed until saved)."""
+
+    @abstractmethod
+    async def save_intervals(
+        self, meter_rows: list[tuple[int, int, float | None, int]], done: list[int]
+    ) -> None:
+        """Upsert hourly rows (meter, t, value, quality code) and drop the
+        dirty ranges ``done`` in the same transaction."""
+
+    @abstractmethod
+    async def hourly(self, meter: int, t0: int, t1: int) -> list[tuple[int, float | None, int]]:
+        """Stored hourly rows (t, value, quality code) with t0 <= t < t1."""

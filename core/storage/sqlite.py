@@ -1,0 +1,353 @@
+"""SQLite backend: aiosqlite, WAL, synchronous=FULL, group commit.
+
+Every write goes through one writer connection and a committer task. Writes
+submitted while a transaction is being committed wait for the next one and are
+committed together: one transaction, one fsync for all of them. So an
+acknowledgement still means "on disk" (WAL with synchronous=FULL survives power
+loss) while fsyncs do not cap throughput. Reads use a second connection and
+see the last committed state, never a half-written batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+
+from balans_edge.core.model import Meter, Resource
+from balans_edge.core.storage.base import (
+    REGISTRY_KINDS,
+    DirtyRange,
+    IngestWrite,
+    MeterHead,
+    ReadingRows,
+    Storage,
+    StorageError,
+)
+from balans_edge.core.storage.migrations import migrate
+
+log = logging.getLogger(__name__)
+
+Statement = tuple[str, Iterable[Sequence[Any]]]
+
+KEYS = {
+    "concentrators": "concentrator_id",
+    "modules": "module_id",
+    "accounts": "account_id",
+    "meters": "meter_id",
+}
+READING_COLUMNS = "meter, ts, counter, pulses, status, flags"
+
+
+def _to_row(kind: str, obj: Any) -> dict[str, Any]:
+    row = dataclasses.asdict(obj)
+    if kind == "meters":
+        row["resource"] = str(obj.resource)
+        row["flags"] = ",".join(sorted(obj.flags))
+    return row
+
+
+def _from_row(kind: str, row: aiosqlite.Row) -> Any:
+    cls = REGISTRY_KINDS[kind]
+    values = {f.name: row[f.name] for f in dataclasses.fields(cls)}
+    if kind == "meters":
+        values["resource"] = Resource(values["resource"])
+        values["flags"] = frozenset(f for f in values["flags"].split(",") if f)
+    return cls(**values)
+
+
+@dataclass
+class _Job:
+    statements: list[Statement]
+    future: asyncio.Future[None]
+
+
+class SqliteStorage(Storage):
+    def __init__(self, path: str | Path, *, max_group: int = 256) -> None:
+        self.path = Path(path)
+        self.max_group = max_group
+        self._writer: aiosqlite.Connection | None = None
+        self._reader: aiosqlite.Connection | None = None
+        self._pending: list[_Job] = []
+        self._wakeup = asyncio.Event()
+        self._committer: asyncio.Task[None] | None = None
+        self._closing = False
+        self.commits = 0
+        """Transactions committed (fewer than jobs when group commit works)."""
+        self.jobs = 0
+
+    # lifecycle -----------------------------------------------------------
+
+    async def open(self) -> None:
+        if str(self.path) != ":memory:":
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._writer = await aiosqlite.connect(self.path, isolation_level=None)
+        await self._writer.execute("PRAGMA journal_mode=WAL")
+        await self._writer.execute("PRAGMA synchronous=FULL")
+        await self._writer.execute("PRAGMA foreign_keys=ON")
+        await self._writer.execute("PRAGMA busy_timeout=10000")
+        await migrate(self._writer)
+        self._reader = await aiosqlite.connect(self.path, isolation_level=None)
+        self._reader.row_factory = aiosqlite.Row
+        await self._reader.execute("PRAGMA busy_timeout=10000")
+        await self._reader.execute("PRAGMA query_only=ON")
+        self._closing = False
+        self._committer = asyncio.create_task(self._commit_loop(), name="sqlite-committer")
+
+    async def close(self) -> None:
+        if self._writer is None:
+            return
+        self._closing = True
+        await self.flush()
+        if self._committer:
+            self._committer.cancel()
+            try:
+                await self._committer
+            except asyncio.CancelledError:
+                pass
+        await self._writer.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        await self._reader.close()
+        await self._writer.close()
+        self._writer = self._reader = None
+
+    async def flush(self) -> None:
+        await self._submit([])
+
+    async def schema_version(self) -> int:
+        return await self._scalar("PRAGMA user_version")
+
+    # group commit --------------------------------------------------------
+
+    async def _submit(self, statements: list[Statement]) -> None:
+        if self._writer is None or self._committer is None or self._committer.done():
+            raise StorageError("storage is not open")
+        job = _Job(statements, asyncio.get_running_loop().create_future())
+        self._pending.append(job)
+        self._wakeup.set()
+        await job.future
+
+    async def _commit_loop(self) -> None:
+        while True:
+            await self._wakeup.wait()
+            self._wakeup.clear()
+            while self._pending:
+                jobs, self._pending = self._pending[: self.max_group], self._pending[self.max_group :]
+                await self._commit_group(jobs)
+
+    async def _commit_group(self, jobs: list[_Job]) -> None:
+        try:
+            await self._transaction([s for job in jobs for s in job.statements])
+        except Exception as exc:  # noqa: BLE001 - isolate the failing job below
+            if len(jobs) == 1:
+                self._settle(jobs[0], exc)
+                return
+            # One bad job must not fail the others that happened to share its
+            # transaction: retry each alone.
+            for job in jobs:
+                try:
+                    await self._transaction(job.statements)
+                except Exception as single:  # noqa: BLE001
+                    self._settle(job, single)
+                else:
+                    self._settle(job, None)
+            return
+        for job in jobs:
+            self._settle(job, None)
+
+    def _settle(self, job: _Job, exc: BaseException | None) -> None:
+        self.jobs += 1
+        if job.future.done():
+            return
+        if exc is None:
+            job.future.set_result(None)
+        else:
+            log.warning("storage write failed: %s", exc)
+            job.future.set_exception(StorageError(f"write failed: {exc}"))
+
+    async def _transaction(self, statements: list[Statement]) -> None:
+        db = self._writer
+        assert db is not None
+        if not statements:
+            return
+        await db.execute("BEGIN IMMEDIATE")
+        try:
+            for sql, rows in statements:
+                await db.executemany(sql, rows)
+            await db.execute("COMMIT")
+            self.commits += 1
+        except BaseException:
+            await db.execute("ROLLBACK")
+            raise
+
+    # helpers ------------------------------------------------------------
+
+    async def _scalar(self, sql: str, args: Sequence[Any] = ()) -> Any:
+        assert self._reader is not None
+        async with self._reader.execute(sql, args) as cur:
+            row = await cur.fetchone()
+        return None if row is None else row[0]
+
+    async def _all(self, sql: str, args: Sequence[Any] = ()) -> list[aiosqlite.Row]:
+        assert self._reader is not None
+        async with self._reader.execute(sql, args) as cur:
+            return list(await cur.fetchall())
+
+    async def _reading_rows(self, sql: str, args: Sequence[Any]) -> ReadingRows:
+        rows = await self._all(sql, args)
+        return ReadingRows.from_tuples([tuple(r) for r in rows])
+
+    # registry ------------------------------------------------------------
+
+    async def registry_version(self) -> int:
+        return await self._scalar("SELECT version FROM registry_state WHERE id = 1")
+
+    async def registry_list(self, kind: str) -> list[Any]:
+        key = KEYS[kind]
+        rows = await self._all(f"SELECT * FROM {kind} ORDER BY {key}")  # noqa: S608 - kind is whitelisted
+        return [_from_row(kind, r) for r in rows]
+
+    async def registry_get(self, kind: str, key: str | int) -> Any | None:
+        rows = await self._all(f"SELECT * FROM {kind} WHERE {KEYS[kind]} = ?", (key,))  # noqa: S608
+        return _from_row(kind, rows[0]) if rows else None
+
+    async def registry_apply(
+        self, upserts: dict[str, list[Any]], deletes: dict[str, list[str | int]] | None = None
+    ) -> None:
+        statements: list[Statement] = []
+        for kind in REGISTRY_KINDS:
+            objs = upserts.get(kind) or []
+            if not objs:
+                continue
+            rows = [_to_row(kind, o) for o in objs]
+            cols = list(rows[0])
+            key = KEYS[kind]
+            updates = ", ".join(f"{c} = excluded.{c}" for c in cols if c != key)
+            sql = (
+                f"INSERT INTO {kind} ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))}) "  # noqa: S608
+                f"ON CONFLICT ({key}) DO UPDATE SET {updates}"
+            )
+            statements.append((sql, [tuple(r[c] for c in cols) for r in rows]))
+        for kind in reversed(list(REGISTRY_KINDS)):
+            keys = (deletes or {}).get(kind) or []
+            if keys:
+                statements.append((f"DELETE FROM {kind} WHERE {KEYS[kind]} = ?", [(k,) for k in keys]))  # noqa: S608
+        if statements:
+            statements.append(("UPDATE registry_state SET version = version + 1 WHERE id = ?", [(1,)]))
+            await self._submit(statements)
+
+    async def meter_keys(self) -> dict[str, int]:
+        return {r[0]: r[1] for r in await self._all("SELECT meter_id, id FROM meters")}
+
+    async def meters_by_key(self) -> list[tuple[int, Meter]]:
+        rows = await self._all("SELECT * FROM meters ORDER BY id")
+        return [(r["id"], _from_row("meters", r)) for r in rows]
+
+    # ingest --------------------------------------------------------------
+
+    async def load_heads(self) -> list[MeterHead]:
+        rows = await self._all(
+            "SELECT r.meter, r.ts, r.counter, r.pulses FROM readings r "
+            "JOIN (SELECT meter, max(ts) AS ts FROM readings GROUP BY meter) m "
+            "ON r.meter = m.meter AND r.ts = m.ts"
+        )
+        return [MeterHead(*r) for r in rows]
+
+    async def readings_around(self, meter: int, ts: int) -> ReadingRows:
+        return await self._reading_rows(
+            f"SELECT {READING_COLUMNS} FROM readings WHERE meter = ? AND ts >= "  # noqa: S608
+            "coalesce((SELECT max(ts) FROM readings WHERE meter = ? AND ts < ?), ?) ORDER BY ts",
+            (meter, meter, ts, ts),
+        )
+
+    async def commit_ingest(self, write: IngestWrite) -> None:
+        statements: list[Statement] = []
+        if len(write.inserts):
+            r = write.inserts
+            statements.append(
+                (
+                    f"INSERT OR IGNORE INTO readings ({READING_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)",  # noqa: S608
+                    zip(
+                        r.meter.tolist(),
+                        r.ts.tolist(),
+                        r.counter.tolist(),
+                        r.pulses.tolist(),
+                        r.status.tolist(),
+                        r.flags.tolist(),
+                    ),
+                )
+            )
+        if len(write.updates):
+            u = write.updates
+            statements.append(
+                (
+                    "UPDATE readings SET pulses = ?, flags = ? WHERE meter = ? AND ts = ?",
+                    zip(u.pulses.tolist(), u.flags.tolist(), u.meter.tolist(), u.ts.tolist()),
+                )
+            )
+        if write.quarantine:
+            statements.append(
+                (
+                    "INSERT OR IGNORE INTO quarantine (module_id, channel, ts, counter, status, reason, "
+                    "received_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    [(*q, write.received_at) for q in write.quarantine],
+                )
+            )
+        if write.dirty:
+            statements.append(("INSERT INTO interval_dirty (meter, lo, hi) VALUES (?, ?, ?)", write.dirty))
+        if write.module_seen:
+            statements.append(
+                (
+                    "UPDATE modules SET last_seen = max(coalesce(last_seen, 0), ?) WHERE module_id = ?",
+                    [(ts, m) for m, ts in write.module_seen],
+                )
+            )
+        await self._submit(statements)
+
+    async def quarantine(self, limit: int = 1000) -> list[dict[str, Any]]:
+        rows = await self._all(
+            "SELECT module_id, channel, ts, counter, status, reason, received_at FROM quarantine "
+            "ORDER BY received_at DESC, module_id, channel, ts LIMIT ?",
+            (limit,),
+        )
+        return [dict(r) for r in rows]
+
+    # readings and intervals ---------------------------------------------
+
+    async def readings(self, meter: int, t0: int, t1: int) -> ReadingRows:
+        return await self._reading_rows(
+            f"SELECT {READING_COLUMNS} FROM readings WHERE meter = ? AND ts >= ? AND ts < ? ORDER BY ts",  # noqa: S608
+            (meter, t0, t1),
+        )
+
+    async def take_dirty(self, limit: int = 10000) -> list[DirtyRange]:
+        rows = await self._all("SELECT id, meter, lo, hi FROM interval_dirty ORDER BY id LIMIT ?", (limit,))
+        return [DirtyRange(*r) for r in rows]
+
+    async def save_intervals(
+        self, meter_rows: list[tuple[int, int, float | None, int]], done: list[int]
+    ) -> None:
+        statements: list[Statement] = []
+        if meter_rows:
+            statements.append(
+                (
+                    "INSERT INTO consumption_hourly (meter, t, value, quality) VALUES (?, ?, ?, ?) "
+                    "ON CONFLICT (meter, t) DO UPDATE SET value = excluded.value, quality = excluded.quality",
+                    meter_rows,
+                )
+            )
+        if done:
+            statements.append(("DELETE FROM interval_dirty WHERE id = ?", [(i,) for i in done]))
+        await self._submit(statements)
+
+    async def hourly(self, meter: int, t0: int, t1: int) -> list[tuple[int, float | None, int]]:
+        rows = await self._all(
+            "SELECT t, value, quality FROM consumption_hourly WHERE meter = ? AND t >= ? AND t < ? ORDER BY t",
+            (meter, t0, t1),
+        )
+        return [tuple(r) for r in rows]
