@@ -46,9 +46,9 @@ CHANNELS = 4  # channel numbers 1..3 packed next to the module id
 
 @dataclass(frozen=True, slots=True)
 class IngestSettings:
-    clock_tolerance_s: int = 300
+    clock_tolerance_s: int = field(default=300, metadata={"range": (0, 86400)})
     """Readings stamped later than now + this are rejected."""
-    registry_check_s: float = 1.0
+    registry_check_s: float = field(default=1.0, metadata={"range": (0.0, 3600.0)})
     """How often the meter map is checked against the registry version."""
 
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
 
@@ -38,9 +38,9 @@ CODE = {q: i for i, q in enumerate(QUALITY_CODES)}
 
 @dataclass(frozen=True, slots=True)
 class IntervalSettings:
-    tolerance_s: int = 300
+    tolerance_s: int = field(default=300, metadata={"range": (0, 1800)})
     """A reading this close to an hour boundary makes it measured."""
-    max_gap_s: int = 6 * HOUR
+    max_gap_s: int = field(default=6 * HOUR, metadata={"range": (HOUR, 31 * 24 * HOUR)})
     """Longest gap between readings that is interpolated (estimated)."""
 
 

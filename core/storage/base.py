@@ -165,6 +165,9 @@ class Storage(ABC):
         """Stored readings of one meter with t0 <= ts < t1."""
 
     @abstractmethod
+    async def has_readings(self, meter: int) -> bool: ...
+
+    @abstractmethod
     async def take_dirty(self, limit: int = 10000) -> list[DirtyRange]:
         """Ranges waiting for interval recomputation (not removed until saved)."""
 
@@ -178,3 +181,14 @@ class Storage(ABC):
     @abstractmethod
     async def hourly(self, meter: int, t0: int, t1: int) -> list[tuple[int, float | None, int]]:
         """Stored hourly rows (t, value, quality code) with t0 <= t < t1."""
+
+    # journals -----------------------------------------------------------
+
+    @abstractmethod
+    async def journal_append(self, kind: str, record: dict[str, Any]) -> int:
+        """Append a record to the ``commands``, ``findings`` or ``alarms``
+        journal durably; return its id."""
+
+    @abstractmethod
+    async def journal_list(self, kind: str, limit: int = 100) -> list[dict[str, Any]]:
+        """The newest records of a journal, newest first."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -43,6 +44,11 @@ KEYS = {
     "meters": "meter_id",
 }
 READING_COLUMNS = "meter, ts, counter, pulses, status, flags"
+JOURNALS = {
+    "commands": ("t", "target", "code", "requested_by", "reason", "outcome", "detail"),
+    "findings": ("t", "detector", "subject", "kind", "severity", "message", "data"),
+    "alarms": ("t", "source", "severity", "message", "data"),
+}
 
 
 def _to_row(kind: str, obj: Any) -> dict[str, Any]:
@@ -81,6 +87,8 @@ class SqliteStorage(Storage):
         self.commits = 0
         """Transactions committed (fewer than jobs when group commit works)."""
         self.jobs = 0
+        self._journal_ids: dict[str, int] = {}
+        self._journal_lock = asyncio.Lock()
 
     # lifecycle -----------------------------------------------------------
 
@@ -325,6 +333,9 @@ class SqliteStorage(Storage):
             (meter, t0, t1),
         )
 
+    async def has_readings(self, meter: int) -> bool:
+        return bool(await self._scalar("SELECT EXISTS (SELECT 1 FROM readings WHERE meter = ?)", (meter,)))
+
     async def take_dirty(self, limit: int = 10000) -> list[DirtyRange]:
         rows = await self._all("SELECT id, meter, lo, hi FROM interval_dirty ORDER BY id LIMIT ?", (limit,))
         return [DirtyRange(*r) for r in rows]
@@ -351,3 +362,34 @@ class SqliteStorage(Storage):
             (meter, t0, t1),
         )
         return [tuple(r) for r in rows]
+
+    # journals -------------------------------------------------------------
+
+    async def journal_append(self, kind: str, record: dict[str, Any]) -> int:
+        columns = JOURNALS[kind]
+        row = {c: record.get(c) for c in columns}
+        if "data" in row:
+            row["data"] = json.dumps(row["data"] or {}, sort_keys=True, default=str)
+        # The id is allocated here (under the single writer) so the caller
+        # learns it without a second round trip after the group commit.
+        async with self._journal_lock:
+            if kind not in self._journal_ids:
+                self._journal_ids[kind] = await self._max_id(kind)
+            self._journal_ids[kind] += 1
+            row_id = self._journal_ids[kind]
+        sql = f"INSERT INTO {kind} (id, {', '.join(columns)}) VALUES (?, {', '.join('?' * len(columns))})"  # noqa: S608
+        await self._submit([(sql, [(row_id, *row.values())])])
+        return row_id
+
+    async def _max_id(self, kind: str) -> int:
+        await self.flush()
+        return await self._scalar(f"SELECT coalesce(max(id), 0) FROM {kind}")  # noqa: S608
+
+    async def journal_list(self, kind: str, limit: int = 100) -> list[dict[str, Any]]:
+        JOURNALS[kind]  # noqa: B018 - reject unknown kinds before building SQL
+        rows = await self._all(f"SELECT * FROM {kind} ORDER BY id DESC LIMIT ?", (limit,))  # noqa: S608
+        out = [dict(r) for r in rows]
+        for r in out:
+            if "data" in r:
+                r["data"] = json.loads(r["data"])
+        return out

@@ -1,0 +1,1 @@
+"""DMesh concentrators: site simulator (driver to follow)."""

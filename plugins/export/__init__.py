@@ -1,0 +1,1 @@
+"""export plugin (placeholder; see README.md)."""

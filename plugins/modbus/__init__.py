@@ -1,0 +1,1 @@
+"""modbus plugin (placeholder; see README.md)."""

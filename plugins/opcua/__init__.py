@@ -1,0 +1,1 @@
+"""opcua plugin (placeholder; see README.md)."""

@@ -1,0 +1,34 @@
+# balans-edge: `make demo` runs the server on the demo site, `make test` runs the tests.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test bench lint peers clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+
+$(STAMP): pyproject.toml examples/balans-edge-example/pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e '.[test]'
+	$(BIN)/pip install --quiet -e examples/balans-edge-example
+	touch $(STAMP)
+
+demo: $(STAMP)
+	mkdir -p var
+	$(BIN)/balans-edge run -c config/demo.toml
+
+peers:
+	bash .ci/install-peers
+
+test: $(STAMP)
+	-bash .ci/install-peers
+	$(BIN)/ruff check .
+	$(BIN)/pytest -q
+
+bench: $(STAMP)
+	$(BIN)/python bench/ingest.py
+
+clean:
+	rm -rf var build dist *.egg-info .pytest_cache

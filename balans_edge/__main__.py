@@ -1,0 +1,3 @@
+from balans_edge.cli import main
+
+main()

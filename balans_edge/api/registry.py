@@ -1,0 +1,119 @@
+"""Registry CRUD: concentrators, radio modules, accounts and meters."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from sanic.request import Request
+
+from balans_edge.core import registry as reg
+from balans_edge.core.storage import StorageError
+from balans_edge.routes import ApiError, Param, Route, body_json, json
+
+if TYPE_CHECKING:
+    from balans_edge.server import Server
+
+KINDS = {
+    "concentrators": ("concentrator_id", "integer"),
+    "modules": ("module_id", "integer"),
+    "accounts": ("account_id", "string"),
+    "meters": ("meter_id", "string"),
+}
+
+
+def routes(server: Server) -> list[Route]:
+    out: list[Route] = []
+    for kind, (key, key_type) in KINDS.items():
+        out.extend(_kind_routes(server, kind, key, key_type))
+    return out
+
+
+def _kind_routes(server: Server, kind: str, key: str, key_type: str) -> list[Route]:
+    storage = server.storage
+
+    def parse_key(raw: str) -> str | int:
+        if key_type == "integer":
+            if not raw.isdigit() or not 1 <= int(raw) < 2**32:
+                raise ApiError(400, "bad_parameter", f"{key}: expected integer 1..4294967295, got {raw!r}")
+            return int(raw)
+        return raw
+
+    async def list_all(request: Request) -> Any:
+        return json({kind: [reg.format_object(o) for o in await storage.registry_list(kind)]})
+
+    async def get_one(request: Request, ident: str) -> Any:
+        obj = await storage.registry_get(kind, parse_key(ident))
+        if obj is None:
+            raise ApiError(404, "not_found", f"{kind[:-1]} {ident!r} is not in the registry")
+        return json(reg.format_object(obj))
+
+    async def save(request: Request, data: Any, ident: str | int | None) -> Any:
+        if not isinstance(data, dict):
+            raise ApiError(400, "bad_body", f"expected a JSON object describing one {kind[:-1]}")
+        if ident is not None:
+            if key in data and str(data[key]) != str(ident):
+                raise ApiError(400, "bad_body", f"{key} in the body ({data[key]!r}) differs from the path ({ident!r})")
+            data = {**data, key: ident}
+        try:
+            where = f"{request.method} {request.path}"
+            obj = reg.parse_object(kind, data, where=where)
+            await reg.validate_upsert(storage, obj, where=where)
+        except reg.RegistryError as exc:
+            raise ApiError(422, "invalid", str(exc)) from None
+        try:
+            await storage.registry_apply({kind: [obj]})
+        except StorageError as exc:
+            raise ApiError(409, "conflict", f"{kind[:-1]} not saved: {exc}") from None
+        return obj
+
+    async def create(request: Request) -> Any:
+        data = body_json(request)
+        ident = data.get(key) if isinstance(data, dict) else None
+        if ident is not None and await storage.registry_get(kind, ident) is not None:
+            raise ApiError(409, "conflict", f"{kind[:-1]} {ident!r} already exists; use PUT to change it")
+        obj = await save(request, data, None)
+        return json(reg.format_object(obj), status=201)
+
+    async def put(request: Request, ident: str) -> Any:
+        parsed = parse_key(ident)
+        existed = await storage.registry_get(kind, parsed) is not None
+        obj = await save(request, body_json(request), parsed)
+        return json(reg.format_object(obj), status=200 if existed else 201)
+
+    async def delete(request: Request, ident: str) -> Any:
+        parsed = parse_key(ident)
+        if await storage.registry_get(kind, parsed) is None:
+            raise ApiError(404, "not_found", f"{kind[:-1]} {ident!r} is not in the registry")
+        stored = {k: await storage.registry_list(k) for k in KINDS}
+        problems = reg.check_delete(stored, kind, parsed, where=f"{request.method} {request.path}")
+        if problems:
+            raise ApiError(409, "conflict", str(reg.RegistryError(problems)))
+        if kind == "meters":
+            key_of = (await storage.meter_keys()).get(str(parsed))
+            if key_of is not None and await storage.has_readings(key_of):
+                raise ApiError(409, "conflict", f"meter {ident!r} has readings; set removed_time instead of deleting")
+        try:
+            await storage.registry_apply({}, {kind: [parsed]})
+        except StorageError as exc:
+            raise ApiError(409, "conflict", f"{kind[:-1]} {ident!r} is still referenced: {exc}") from None
+        return json({"deleted": parsed})
+
+    base = f"/api/v1/{kind}"
+    item = f"{base}/<ident>"
+    ident_param = (Param("ident", "path", type=key_type, description=key),)
+    tags = ("registry",)
+    list_all.__name__, get_one.__name__ = f"list_{kind}", f"get_{kind}"
+    create.__name__, put.__name__, delete.__name__ = f"create_{kind}", f"put_{kind}", f"delete_{kind}"
+    return [
+        Route("GET", base, list_all, f"List {kind}", tags=tags),
+        Route("POST", base, create, f"Create one of the {kind} (409 if it exists)", role="admin", tags=tags,
+              body=f"one of the {kind}, columns as in docs/registry.md",
+              responses={201: "created", 409: "exists", 422: "invalid, names the field"}),
+        Route("GET", item, get_one, f"One of the {kind}", params=ident_param, tags=tags,
+              responses={200: "OK", 404: "not in the registry"}),
+        Route("PUT", item, put, f"Create or replace one of the {kind}", role="admin", params=ident_param, tags=tags,
+              body=f"one of the {kind}, columns as in docs/registry.md",
+              responses={200: "replaced", 201: "created", 422: "invalid, names the field"}),
+        Route("DELETE", item, delete, f"Delete one of the {kind} (409 while referenced or with readings)",
+              role="admin", params=ident_param, tags=tags, responses={200: "deleted", 404: "not found", 409: "in use"}),
+    ]

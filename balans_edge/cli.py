@@ -1,0 +1,174 @@
+"""The ``balans-edge`` command line (click); plugins add commands through
+the ``register_commands`` hook."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import signal
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from balans_edge import __version__
+from balans_edge.config import Config, load_config
+from balans_edge.plugin_manager import PluginError, Plugins, config_schemas, load_plugins
+from balans_edge.settings import ConfigError
+
+log = logging.getLogger("balans_edge")
+T = TypeVar("T")
+
+CONFIG_OPTION = click.option(
+    "-c", "--config", "config_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+    help="TOML configuration file (default: the embedded demo defaults).",
+)
+
+
+_loaded: Plugins | None = None
+
+
+def plugins_once() -> Plugins:
+    """The plugins of this process, loaded once (import failures are reported once)."""
+    global _loaded
+    if _loaded is None:
+        _loaded = load_plugins()
+    return _loaded
+
+
+def prepare(config_path: Path | None) -> tuple[Plugins, Config]:
+    """Plugins and validated configuration, or a clear message and exit 2."""
+    plugins = plugins_once()
+    try:
+        config = load_config(config_path, config_schemas(plugins))
+    except ConfigError as exc:
+        for problem in exc.problems:
+            click.echo(f"config error: {problem}", err=True)
+        raise SystemExit(2) from None
+    return plugins, config
+
+
+def setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper()),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def run_async(fn: Callable[[], Awaitable[T]]) -> T:
+    return asyncio.run(fn())
+
+
+async def with_storage(config: Config, fn: Callable[[Any], Awaitable[T]]) -> T:
+    from balans_edge.core.storage import open_storage
+
+    storage = open_storage(config.storage.url)
+    await storage.open()
+    try:
+        return await fn(storage)
+    finally:
+        await storage.close()
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="balans-edge")
+def cli() -> None:
+    """balans-edge: edge server for utility metering (DMesh concentrators,
+    meter registry, balances, losses, SCADA)."""
+
+
+@cli.command()
+@CONFIG_OPTION
+@click.option("--host", default=None, help="Override [server] host.")
+@click.option("--port", type=int, default=None, help="Override [server] port (0: any free port).")
+def run(config_path: Path | None, host: str | None, port: int | None) -> None:
+    """Run the server until SIGINT or SIGTERM."""
+    import dataclasses
+
+    from balans_edge.server import Server
+
+    plugins, config = prepare(config_path)
+    if host is not None or port is not None:
+        server_section = dataclasses.replace(
+            config.server, host=host or config.server.host, port=config.server.port if port is None else port
+        )
+        config = dataclasses.replace(config, server=server_section)
+    setup_logging(config.server.log_level)
+
+    async def main() -> int:
+        server = Server(config, plugins)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        try:
+            await server.start()
+        except PluginError as exc:
+            log.error("start-up failed: %s", exc)
+            return 3
+        except OSError as exc:
+            log.error("start-up failed: %s", exc)
+            return 4
+        log.info("balans-edge %s running (%s); config %s", __version__, config.site.name, config.source)
+        if server.http is not None:
+            # One line a supervisor or a test can wait for.
+            print(f"listening on http://{server.http.host}:{server.http.port}", flush=True)
+        await stop.wait()
+        log.info("shutting down")
+        await server.stop()
+        log.info("stopped cleanly")
+        return 0
+
+    raise SystemExit(asyncio.run(main()))
+
+
+@cli.command("check-config")
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+def check_config(file: Path) -> None:
+    """Validate a configuration file; exit non-zero on any error."""
+    _, config = prepare(file)
+    click.echo(f"{file}: OK (site {config.site.name!r}, storage {config.storage.url})")
+
+
+@cli.command("plugins")
+@CONFIG_OPTION
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def plugins_command(config_path: Path | None, as_json: bool) -> None:
+    """List plugins, their hooks and their state."""
+    plugins, config = prepare(config_path)
+    for name, flags in config.plugin_flags.items():
+        if not flags.enabled and name in plugins.info:
+            plugins.disable(name)
+    listing = plugins.listing()
+    if as_json:
+        click.echo(json.dumps(listing, indent=2))
+        return
+    for p in listing:
+        click.echo(f"{p['name']:<16} {p['state']:<9} {p['source']}  ({p['module']})")
+        if p["hooks"]:
+            click.echo(f"{'':<16} hooks: {', '.join(p['hooks'])}")
+        if p["error"]:
+            click.echo(f"{'':<16} error: {p['error']}")
+
+
+from balans_edge.registry_cli import registry  # noqa: E402 - needs the helpers above
+
+cli.add_command(registry)
+
+
+def main() -> None:
+    plugins = plugins_once()
+    for impl in plugins.pm.hook.register_commands.get_hookimpls():
+        try:
+            impl.function(cli=cli)
+        except Exception as exc:  # noqa: BLE001 - a broken plugin must not break the CLI
+            plugins.fail(impl.plugin_name, exc, required=False)
+    cli()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,165 @@
+"""The server's configuration: one TOML file validated into typed objects.
+
+Every key has a default good enough for the demo, so an empty file is a valid
+configuration. Plugins describe their ``[plugins.NAME]`` table through the
+``config_schema`` hook; ``enabled`` and ``required`` exist for every plugin.
+See docs/config.md.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from balans_edge.core.ingest import IngestSettings
+from balans_edge.core.intervals import IntervalSettings
+from balans_edge.settings import ConfigError, parse_section, setting
+
+Role = Literal["viewer", "operator", "admin"]
+
+
+def _timezone(name: str) -> str | None:
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        return f'expected an IANA timezone such as "Europe/Moscow", got "{name}"'
+    return None
+
+
+def _storage_url(url: str) -> str | None:
+    if not url.startswith("sqlite:") or len(url) <= len("sqlite:"):
+        return f'expected "sqlite:PATH" (the only backend so far), got "{url}"'
+    return None
+
+
+@dataclass(frozen=True)
+class ServerSection:
+    host: str = setting("127.0.0.1", doc="Address the HTTP API binds to; loopback unless you mean otherwise.")
+    port: int = setting(8080, range=(1, 65535))
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    shutdown_timeout_s: float = setting(15.0, range=(0.1, 600))
+
+
+@dataclass(frozen=True)
+class SiteSection:
+    name: str = "Demo site"
+    timezone: str = setting("UTC", check=_timezone, doc="Days, months and tariff zones are in this timezone.")
+
+
+@dataclass(frozen=True)
+class StorageSection:
+    url: str = setting("sqlite:var/balans-edge.db", check=_storage_url)
+
+
+@dataclass(frozen=True)
+class ApiUser:
+    name: str
+    role: Role
+    token: str = setting(secret=True, check=lambda t: None if len(t) >= 16 else "expected at least 16 characters")
+
+
+@dataclass(frozen=True)
+class ApiSection:
+    users: list[ApiUser] = setting(default_factory=list)
+    anonymous_role: Literal["none", "viewer"] = "none"
+    max_body_bytes: int = setting(16 * 1024 * 1024, range=(1024, 1024**3))
+
+
+@dataclass(frozen=True)
+class Config:
+    server: ServerSection = field(default_factory=ServerSection)
+    site: SiteSection = field(default_factory=SiteSection)
+    storage: StorageSection = field(default_factory=StorageSection)
+    ingest: IngestSettings = field(default_factory=IngestSettings)
+    intervals: IntervalSettings = field(default_factory=IntervalSettings)
+    api: ApiSection = field(default_factory=ApiSection)
+    plugins: dict[str, Any] = field(default_factory=dict)
+    """Validated plugin sections by plugin name (the plugin's dataclass, or a dict)."""
+    plugin_flags: dict[str, PluginFlags] = field(default_factory=dict)
+    source: str = "<defaults>"
+
+
+@dataclass(frozen=True)
+class PluginFlags:
+    enabled: bool = True
+    required: bool = False
+
+
+SECTIONS = {
+    "server": ServerSection,
+    "site": SiteSection,
+    "storage": StorageSection,
+    "ingest": IngestSettings,
+    "intervals": IntervalSettings,
+    "api": ApiSection,
+}
+
+
+def parse_config(data: dict[str, Any], schemas: dict[str, type], source: str = "<defaults>") -> Config:
+    """Validate a parsed TOML document; collect every problem before raising."""
+    problems: list[str] = []
+    values: dict[str, Any] = {}
+    for key in data:
+        if key not in SECTIONS and key != "plugins":
+            problems.append(f"[{key}]: unknown section (known: {', '.join([*SECTIONS, 'plugins'])})")
+    for name, cls in SECTIONS.items():
+        try:
+            values[name] = parse_section(cls, data.get(name, {}), [name])
+        except ConfigError as exc:
+            problems.extend(exc.problems)
+    plugins_table = data.get("plugins", {})
+    plugins: dict[str, Any] = {}
+    flags: dict[str, PluginFlags] = {}
+    if not isinstance(plugins_table, dict):
+        problems.append("[plugins]: expected a table of plugin sections")
+        plugins_table = {}
+    for name, table in plugins_table.items():
+        if not isinstance(table, dict):
+            problems.append(f"[plugins.{name}]: expected a table, got {type(table).__name__}")
+            continue
+        table = dict(table)
+        flag_table = {k: table.pop(k) for k in ("enabled", "required") if k in table}
+        try:
+            flags[name] = parse_section(PluginFlags, flag_table, ["plugins", name])
+        except ConfigError as exc:
+            problems.extend(exc.problems)
+        if name in schemas:
+            try:
+                plugins[name] = parse_section(schemas[name], table, ["plugins", name])
+            except ConfigError as exc:
+                problems.extend(exc.problems)
+        else:
+            plugins[name] = table  # a plugin that is not installed: reported at start-up if required
+    for name, schema in schemas.items():
+        if name not in plugins:
+            try:
+                plugins[name] = parse_section(schema, {}, ["plugins", name])
+            except ConfigError as exc:
+                problems.extend(exc.problems)
+    if problems:
+        raise ConfigError(problems)
+    return Config(**values, plugins=plugins, plugin_flags=flags, source=source)
+
+
+def load_config(path: str | Path | None, schemas: dict[str, type]) -> Config:
+    """Read and validate a TOML file (``None``: the embedded defaults)."""
+    if path is None:
+        return parse_config({}, schemas)
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([f"{path}: cannot read: {exc.strerror or exc}"]) from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError([f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})"]) from exc
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([f"{path}: invalid TOML: {exc}"]) from exc
+    try:
+        return parse_config(data, schemas, source=str(path))
+    except ConfigError as exc:
+        raise ConfigError([f"{path}: {p}" for p in exc.problems]) from None

@@ -1,0 +1,100 @@
+"""HTTP routes as data: what a path does, who may call it, how it is documented.
+
+The built-in API and plugins declare ``Route`` objects; the HTTP layer mounts
+them on Sanic behind authentication and JSON error handling, and the OpenAPI
+document is generated from the same list, so the contract and the code cannot
+drift apart.
+"""
+
+from __future__ import annotations
+
+import json as _json
+import re
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from sanic import response
+from sanic.request import Request
+
+Role = Literal["viewer", "operator", "admin"]
+ROLE_RANK = {"viewer": 1, "operator": 2, "admin": 3}
+
+
+class ApiError(Exception):
+    """An error the client caused or must know about, rendered as JSON."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+
+
+@dataclass(frozen=True)
+class Param:
+    name: str
+    where: Literal["path", "query"] = "query"
+    type: Literal["string", "integer", "number", "boolean"] = "string"
+    required: bool = False
+    description: str = ""
+    enum: tuple[str, ...] = ()
+    format: str = ""
+
+
+@dataclass(frozen=True)
+class Route:
+    method: str
+    path: str
+    """Sanic path syntax: ``/api/v1/meters/<meter_id>``."""
+    handler: Callable[..., Awaitable[Any]]
+    summary: str
+    role: Role | None = "viewer"
+    """The least role a caller needs; None: anyone (health, OpenAPI)."""
+    params: tuple[Param, ...] = ()
+    body: str = ""
+    """Describes the JSON request body, if any."""
+    tags: tuple[str, ...] = ()
+    responses: dict[int, str] = field(default_factory=dict)
+
+    @property
+    def openapi_path(self) -> str:
+        return re.sub(r"<(\w+)(?::[^>]+)?>", r"{\1}", self.path)
+
+
+def json(body: Any, status: int = 200) -> response.HTTPResponse:
+    return response.json(body, status=status, dumps=_dumps)
+
+
+def _dumps(obj: Any) -> str:
+    return _json.dumps(obj, ensure_ascii=False, separators=(",", ":"), default=str)
+
+
+def iso(t: int) -> str:
+    return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_time(request: Request, name: str, default: int | None = None) -> int:
+    """A query parameter in ISO-8601 (with timezone, or UTC if none) or unix seconds."""
+    raw = request.args.get(name)
+    if raw is None or raw == "":
+        if default is None:
+            raise ApiError(400, "missing_parameter", f"query parameter {name} is required (ISO-8601 time)")
+        return default
+    if re.fullmatch(r"-?\d{1,12}", raw):
+        return int(raw)
+    try:
+        dt = datetime.fromisoformat(raw.replace("Z", "+00:00"))
+    except ValueError:
+        raise ApiError(400, "bad_parameter", f"query parameter {name}: expected ISO-8601 time, got {raw!r}") from None
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=UTC)
+    return int(dt.timestamp())
+
+
+def body_json(request: Request) -> Any:
+    try:
+        return _json.loads(request.body or b"null")
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ApiError(400, "bad_json", f"request body is not valid JSON: {exc}") from None

@@ -1,0 +1,230 @@
+"""The server: storage, ingest, plugins' components and the HTTP API in one loop.
+
+Start order: storage, core services (intervals), plugin contributions and
+components in registration order, observers, HTTP. Stop order is the reverse,
+so nothing writes to storage after it closed and every acknowledged batch is
+on disk before the process exits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import time
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from balans_edge.config import Config
+from balans_edge.core.actuation import ActuationService
+from balans_edge.core.bus import EventBus, ReadingsCommitted, Subscription
+from balans_edge.core.components import Alarm, Command, Component, Exporter, Finding
+from balans_edge.core.ingest import Ingest
+from balans_edge.core.intervals import IntervalWorker
+from balans_edge.core.storage import Storage, open_storage
+from balans_edge.http import Http
+from balans_edge.plugin_manager import PluginCallError, PluginError, Plugins
+from balans_edge.routes import Route
+
+log = logging.getLogger(__name__)
+
+
+class Server:
+    def __init__(self, config: Config, plugins: Plugins, storage: Storage | None = None) -> None:
+        self.config = config
+        self.plugins = plugins
+        self.tz = ZoneInfo(config.site.timezone)
+        self.bus = EventBus()
+        self.storage = storage or open_storage(config.storage.url)
+        self.ingest = Ingest(self.storage, config.ingest, self.bus)
+        self.intervals = IntervalWorker(self.storage, config.intervals, self.bus)
+        self.actuation = ActuationService(self.storage, observer=self._observe_command)
+        self.components: list[tuple[str, Component]] = []
+        self.detectors: list[tuple[str, Any]] = []
+        self.notifiers: list[tuple[str, Any]] = []
+        self.exporters: list[tuple[str, Exporter]] = []
+        self.routes: list[Route] = []
+        self.http: Http | None = None
+        self.started_at: float | None = None
+        self._observer_task: asyncio.Task[None] | None = None
+        self._started: list[tuple[str, Component]] = []
+
+    def plugin_config(self, name: str) -> Any:
+        return self.config.plugins.get(name)
+
+    def required(self, name: str) -> bool:
+        flags = self.config.plugin_flags.get(name)
+        return bool(flags and flags.required)
+
+    # contributions ----------------------------------------------------------
+
+    def _apply_flags(self) -> None:
+        for name, flags in self.config.plugin_flags.items():
+            info = self.plugins.info.get(name)
+            if info is None:
+                if flags.required:
+                    raise PluginError(f"required plugin {name} is not installed")
+                continue
+            if info.state == "failed" and flags.required:
+                raise PluginError(f"required plugin {name} failed to load: {info.error}")
+            if not flags.enabled:
+                self.plugins.disable(name)
+
+    def _collect(self, hook: str) -> list[tuple[str, Any]]:
+        """Contributions of every plugin; a plugin whose hook raises is disabled."""
+        while True:
+            try:
+                results = self.plugins.call_each(hook, server=self)
+            except PluginCallError as exc:
+                self.plugins.fail(exc.plugin, exc.original, self.required(exc.plugin))
+                continue
+            return [(name, item) for name, items in results for item in (items or [])]
+
+    def collect_contributions(self) -> None:
+        self._apply_flags()
+        self.components = self._collect("register_components")
+        self.detectors = self._collect("register_detectors")
+        self.notifiers = self._collect("register_notifiers")
+        self.exporters = self._collect("register_exporters")
+        for _, actuator in self._collect("register_actuators"):
+            self.actuation.add(actuator)
+        self.routes = self._builtin_routes() + [r for _, r in self._collect("register_routes")]
+
+    def _builtin_routes(self) -> list[Route]:
+        from balans_edge.api import routes
+
+        return routes(self)
+
+    # lifecycle --------------------------------------------------------------
+
+    async def start(self, *, http: bool = True) -> None:
+        await self.storage.open()
+        try:
+            self.collect_contributions()
+            await self.intervals.start()
+            # Subscribe before components start so observers see their first readings.
+            sub = self.bus.subscribe(ReadingsCommitted, maxsize=1000, policy="drop_oldest")
+            self._observer_task = asyncio.create_task(self._observe_readings(sub), name="observe-readings")
+            await self._start_components()
+            if http:
+                self.http = Http(self.routes, self.config.api, self.config.server.host, self.config.server.port)
+                await self.http.start()
+        except BaseException:
+            await self.stop()
+            raise
+        self.started_at = time.time()
+        for info in self.plugins.info.values():
+            if info.state == "loaded":
+                info.state = "started"
+
+    async def _start_components(self) -> None:
+        plugin_components = self.components + [(n, e) for n, e in self.exporters]
+        for name, component in plugin_components:
+            if self.plugins.info.get(name) and self.plugins.info[name].state == "failed":
+                continue
+            try:
+                await component.start()
+            except Exception as exc:
+                await self._stop_plugin(name)
+                self.plugins.fail(name, exc, self.required(name))
+                continue
+            self._started.append((name, component))
+            log.info("started %s (%s)", getattr(component, "name", component), name)
+
+    async def _stop_plugin(self, name: str) -> None:
+        for pname, component in reversed([c for c in self._started if c[0] == name]):
+            await self._stop_component(pname, component)
+        self._started = [c for c in self._started if c[0] != name]
+
+    async def _stop_component(self, name: str, component: Component) -> None:
+        try:
+            await component.stop()
+        except Exception:  # noqa: BLE001 - keep stopping the others
+            log.exception("stopping %s (%s) failed", getattr(component, "name", component), name)
+
+    async def stop(self) -> None:
+        """Stop in reverse order; storage closes last, after every write is committed."""
+        if self.http is not None:
+            await self.http.stop(self.config.server.shutdown_timeout_s)
+            self.http = None
+        while self._started:
+            name, component = self._started.pop()
+            await self._stop_component(name, component)
+        if self._observer_task is not None:
+            self._observer_task.cancel()
+            try:
+                await self._observer_task
+            except asyncio.CancelledError:
+                pass
+            self._observer_task = None
+        try:
+            await self.intervals.stop()
+        except Exception:  # noqa: BLE001 - recomputation resumes from the durable dirty list
+            log.exception("final interval recomputation failed")
+        await self.storage.close()
+
+    # observers --------------------------------------------------------------
+
+    async def _observe_readings(self, sub: Subscription) -> None:
+        try:
+            async for event in sub:
+                await self.plugins.notify("observe_readings", server=self, event=event)
+        finally:
+            sub.close()
+
+    async def _observe_command(self, command: Command) -> None:
+        await self.plugins.notify("observe_commands", server=self, command=command)
+
+    async def report_finding(self, finding: Finding) -> Finding:
+        """Store a finding and tell the observers."""
+        record = dataclasses.asdict(finding)
+        record["t"] = finding.t or int(time.time())
+        record["severity"] = str(finding.severity)
+        finding = dataclasses.replace(finding, t=record["t"], id=await self.storage.journal_append("findings", record))
+        await self.plugins.notify("observe_findings", server=self, finding=finding)
+        return finding
+
+    async def run_detectors(self) -> list[Finding]:
+        """Run every detector once; a failing detector is logged and skipped."""
+        found = []
+        for name, detector in self.detectors:
+            try:
+                results = await detector.detect(self)
+            except Exception:  # noqa: BLE001
+                log.exception("detector %s (%s) failed", getattr(detector, "name", detector), name)
+                self.plugins.info[name].errors += 1
+                continue
+            for finding in results:
+                found.append(await self.report_finding(finding))
+        return found
+
+    async def raise_alarm(self, alarm: Alarm) -> Alarm:
+        """Store an alarm, hand it to every notifier, then to the observers."""
+        record = dataclasses.asdict(alarm)
+        record["t"] = alarm.t or int(time.time())
+        record["severity"] = str(alarm.severity)
+        alarm = dataclasses.replace(alarm, t=record["t"], id=await self.storage.journal_append("alarms", record))
+        for name, notifier in self.notifiers:
+            try:
+                await notifier.notify(alarm)
+            except Exception:  # noqa: BLE001 - one broken channel must not silence the others
+                log.exception("notifier %s (%s) failed", getattr(notifier, "name", notifier), name)
+                self.plugins.info[name].errors += 1
+        await self.plugins.notify("observe_alarms", server=self, alarm=alarm)
+        return alarm
+
+    # health -----------------------------------------------------------------
+
+    async def health(self) -> dict[str, Any]:
+        pending = await self.storage.take_dirty(1)
+        return {
+            "status": "ok",
+            "version": __import__("balans_edge").__version__,
+            "site": self.config.site.name,
+            "uptime_s": round(time.time() - self.started_at, 1) if self.started_at else 0,
+            "storage": {"schema_version": await self.storage.schema_version(), "intervals_pending": bool(pending)},
+            "ingest": self.ingest.totals.as_dict(),
+            "plugins": {n: i.state for n, i in sorted(self.plugins.info.items())},
+            "exporters": {getattr(e, "name", n): e.status() for n, e in self.exporters},
+            "bus": self.bus.stats(),
+        }

@@ -1,0 +1,60 @@
+"""The actuation service: the only way a command reaches a valve, relay or pump.
+
+Every command is routed to the actuator that handles it and written to the
+``commands`` journal with who asked, when, why and the outcome, whether it
+was executed, refused or failed. HTTP handlers, OPC UA methods, Modbus coils
+and control policies all call ``execute``; none talks to an actuator directly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections.abc import Awaitable, Callable
+
+from balans_edge.core.components import Actuator, Command
+from balans_edge.core.storage import Storage
+
+log = logging.getLogger(__name__)
+
+
+class ActuationService:
+    def __init__(
+        self,
+        storage: Storage,
+        observer: Callable[[Command], Awaitable[None]] | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.storage = storage
+        self.observer = observer
+        self.clock = clock
+        self.actuators: list[Actuator] = []
+
+    def add(self, actuator: Actuator) -> None:
+        self.actuators.append(actuator)
+
+    async def execute(self, command: Command) -> Command:
+        """Execute and audit one command; return it with id and outcome."""
+        if not command.requested_by or not command.reason:
+            raise ValueError("a command needs requested_by and reason for the audit")
+        command = dataclasses.replace(command, t=command.t or int(self.clock()))
+        actuator = next((a for a in self.actuators if a.handles(command)), None)
+        if actuator is None:
+            outcome, detail = "refused", f"no actuator handles {command.code} for {command.target}"
+        else:
+            try:
+                result = await actuator.execute(command)
+            except Exception as exc:  # noqa: BLE001 - a failing device is an outcome, not a crash
+                log.exception("actuator %s failed", actuator.name)
+                outcome, detail = "failed", f"{actuator.name}: {type(exc).__name__}: {exc}"
+            else:
+                outcome = "done" if result.ok else "failed"
+                detail = f"{actuator.name}: {result.detail}" if result.detail else actuator.name
+        command = dataclasses.replace(command, outcome=outcome, detail=detail)
+        record = dataclasses.asdict(command)
+        record["code"] = str(command.code)
+        command = dataclasses.replace(command, id=await self.storage.journal_append("commands", record))
+        if self.observer is not None:
+            await self.observer(command)
+        return command

@@ -1,0 +1,113 @@
+"""What plugins contribute: the small interfaces the server calls.
+
+Protocols rather than base classes, so a plugin can implement them with any
+object. Findings, alarms and commands are the records that flow from
+detectors to notifiers and actuators; their fields here are the minimum the
+later analytics and control work builds on.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+
+@runtime_checkable
+class Component(Protocol):
+    name: str
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+
+class Severity(enum.StrEnum):
+    INFO = "info"
+    WARNING = "warning"
+    CRITICAL = "critical"
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    """Something a detector concluded about a meter or group."""
+
+    detector: str
+    subject: str
+    """meter_id or group id the finding is about."""
+    kind: str
+    message: str
+    severity: Severity = Severity.WARNING
+    t: int = 0
+    data: dict[str, Any] = field(default_factory=dict)
+    id: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Alarm:
+    source: str
+    message: str
+    severity: Severity = Severity.WARNING
+    t: int = 0
+    data: dict[str, Any] = field(default_factory=dict)
+    id: int | None = None
+
+
+class CommandCode(enum.StrEnum):
+    VALVE_CLOSE = "valve_close"
+    VALVE_OPEN = "valve_open"
+    RELAY_OFF = "relay_off"
+    RELAY_ON = "relay_on"
+    PUMP_START = "pump_start"
+    PUMP_STOP = "pump_stop"
+
+
+@dataclass(frozen=True, slots=True)
+class Command:
+    """A request to change the state of a valve, relay or pump."""
+
+    target: str
+    """meter_id (or device id) the command acts on."""
+    code: CommandCode
+    requested_by: str
+    """Who asked: an API user, an OPC UA user, a Modbus peer, a policy."""
+    reason: str
+    t: int = 0
+    id: int | None = None
+    outcome: str = ""
+    """done | refused | failed | timeout, filled in by the actuation service."""
+    detail: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class CommandOutcome:
+    ok: bool
+    detail: str = ""
+
+
+@runtime_checkable
+class Detector(Protocol):
+    name: str
+
+    async def detect(self, server: Any) -> list[Finding]: ...
+
+
+@runtime_checkable
+class Actuator(Protocol):
+    name: str
+
+    def handles(self, command: Command) -> bool: ...
+
+    async def execute(self, command: Command) -> CommandOutcome: ...
+
+
+@runtime_checkable
+class Notifier(Protocol):
+    name: str
+
+    async def notify(self, alarm: Alarm) -> None: ...
+
+
+@runtime_checkable
+class Exporter(Component, Protocol):
+    def status(self) -> dict[str, Any]: ...

@@ -1,0 +1,170 @@
+"""An example balans-edge plugin that implements every hook."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import click
+
+from balans_edge import hookimpl
+from balans_edge.core.components import Alarm, Command, CommandOutcome, Finding, Severity
+from balans_edge.routes import Route, json as json_response
+from balans_edge.settings import setting
+
+STATE: dict[str, Any] = {"readings": 0, "findings": [], "alarms": [], "commands": [], "notified": []}
+"""What the observer hooks saw; tests read it."""
+
+
+@dataclass(frozen=True)
+class ExampleConfig:
+    greeting: str = "hello"
+    interval_s: float = setting(1.0, range=(0.01, 3600))
+    alarm_file: str = ""
+
+
+class Heartbeat:
+    name = "example-heartbeat"
+
+    def __init__(self, interval_s: float) -> None:
+        self.interval_s = interval_s
+        self.ticks = 0
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._run())
+
+    async def _run(self) -> None:
+        while True:
+            self.ticks += 1
+            await asyncio.sleep(self.interval_s)
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+
+class QuarantineDetector:
+    """Findings for modules that report but are not in the registry."""
+
+    name = "example-quarantine"
+
+    async def detect(self, server: Any) -> list[Finding]:
+        rows = await server.storage.quarantine(1000)
+        modules = sorted({r["module_id"] for r in rows})
+        return [
+            Finding(self.name, f"module:{m}", "unregistered_module", f"module {m} reports but is not registered",
+                    Severity.INFO)
+            for m in modules
+        ]
+
+
+class FileNotifier:
+    name = "example-notifier"
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    async def notify(self, alarm: Alarm) -> None:
+        STATE["notified"].append(alarm.message)
+        if self.path:
+            with open(self.path, "a", encoding="utf-8") as f:
+                f.write(json.dumps({"source": alarm.source, "message": alarm.message}) + "\n")
+
+
+class ExampleActuator:
+    name = "example-actuator"
+
+    def handles(self, command: Command) -> bool:
+        return command.target.startswith("example:")
+
+    async def execute(self, command: Command) -> CommandOutcome:
+        return CommandOutcome(ok=True, detail=f"{command.code} on {command.target}")
+
+
+class CountingExporter:
+    name = "example-exporter"
+
+    def __init__(self) -> None:
+        self.running = False
+
+    async def start(self) -> None:
+        self.running = True
+
+    async def stop(self) -> None:
+        self.running = False
+
+    def status(self) -> dict[str, Any]:
+        return {"running": self.running, "readings_seen": STATE["readings"]}
+
+
+@hookimpl
+def config_schema() -> dict[str, type]:
+    return {"example": ExampleConfig}
+
+
+@hookimpl
+def register_components(server: Any) -> list:
+    return [Heartbeat(server.plugin_config("example").interval_s)]
+
+
+@hookimpl
+def register_routes(server: Any) -> list[Route]:
+    async def summary(request: Any) -> Any:
+        meters = await server.storage.registry_list("meters")
+        greeting = server.plugin_config("example").greeting
+        return json_response({"greeting": greeting, "meters": len(meters), "readings_seen": STATE["readings"]})
+
+    return [Route("GET", "/api/v1/example/summary", summary, "Example plugin summary", tags=("example",))]
+
+
+@hookimpl
+def register_commands(cli: click.Group) -> None:
+    @cli.command("example-hello")
+    @click.option("--name", default="world")
+    def hello(name: str) -> None:
+        """Say hello (a command contributed by the example plugin)."""
+        click.echo(f"hello, {name}, from the example plugin")
+
+
+@hookimpl
+def register_detectors(server: Any) -> list:
+    return [QuarantineDetector()]
+
+
+@hookimpl
+def register_actuators(server: Any) -> list:
+    return [ExampleActuator()]
+
+
+@hookimpl
+def register_notifiers(server: Any) -> list:
+    return [FileNotifier(server.plugin_config("example").alarm_file)]
+
+
+@hookimpl
+def register_exporters(server: Any) -> list:
+    return [CountingExporter()]
+
+
+@hookimpl
+def observe_readings(server: Any, event: Any) -> None:
+    STATE["readings"] += event.count
+
+
+@hookimpl
+async def observe_findings(server: Any, finding: Finding) -> None:
+    STATE["findings"].append(finding)
+
+
+@hookimpl
+def observe_alarms(server: Any, alarm: Alarm) -> None:
+    STATE["alarms"].append(alarm)
+
+
+@hookimpl
+def observe_commands(server: Any, command: Command) -> None:
+    STATE["commands"].append(command)

@@ -1,0 +1,119 @@
+"""Shared fixtures: real SQLite files in tmp_path, a real server on a free
+port of 127.0.0.1, an HTTP client with tokens of each role."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from balans_edge.config import Config, parse_config
+from balans_edge.core.model import Account, Concentrator, Meter, RadioModule, Resource
+from balans_edge.core.storage.sqlite import SqliteStorage
+from balans_edge.plugin_manager import Plugins, config_schemas, load_plugins
+from balans_edge.server import Server
+
+TOKENS = {
+    "admin": "admin-token-0123456789",
+    "operator": "operator-token-0123456789",
+    "viewer": "viewer-token-0123456789",
+}
+T0 = 1390176000  # 2014-01-20 00:00:00 UTC, the protocol document's epoch
+
+
+def auth(role: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {TOKENS[role]}"}
+
+
+def base_config(tmp_path: Path, **sections: Any) -> dict[str, Any]:
+    data: dict[str, Any] = {
+        "server": {"port": 1, "log_level": "warning", "shutdown_timeout_s": 5.0},
+        "storage": {"url": f"sqlite:{tmp_path / 'balans.db'}"},
+        "api": {"users": [{"name": f"test-{r}", "role": r, "token": t} for r, t in TOKENS.items()]},
+        "ingest": {"clock_tolerance_s": 300, "registry_check_s": 0.0},
+    }
+    for name, table in sections.items():
+        data.setdefault(name, {}).update(table)
+    return data
+
+
+def small_site(install: int = T0 - 86400) -> dict[str, list]:
+    """One concentrator, two modules, three water meters and one account."""
+    return {
+        "concentrators": [Concentrator(7, name="C7")],
+        "modules": [RadioModule(1001, 7, channels=0b011), RadioModule(1002, 7, channels=0b100)],
+        "accounts": [Account("A-1", consumer="Flat 1")],
+        "meters": [
+            Meter("W-1", Resource.WATER, "m3", 0.001, install, module_id=1001, channel=1, account_id="A-1"),
+            Meter("W-2", Resource.WATER, "m3", 0.001, install, module_id=1001, channel=2, base_reading=12.5),
+            Meter("W-3", Resource.WATER, "m3", 0.01, install, module_id=1002, channel=3),
+        ],
+    }
+
+
+@pytest.fixture
+async def storage(tmp_path: Path) -> AsyncIterator[SqliteStorage]:
+    s = SqliteStorage(tmp_path / "balans.db")
+    await s.open()
+    yield s
+    await s.close()
+
+
+@pytest.fixture
+def plugins() -> Plugins:
+    return load_plugins()
+
+
+@pytest.fixture
+async def make_server(tmp_path: Path, plugins: Plugins) -> AsyncIterator[Callable[..., Any]]:
+    """Start real servers (HTTP on a free port); all are stopped at the end."""
+    started: list[Server] = []
+
+    async def make(data: dict[str, Any] | None = None, *, http: bool = True, plugins_: Plugins | None = None) -> Server:
+        p = plugins_ or plugins
+        config: Config = parse_config(data or base_config(tmp_path), config_schemas(p))
+        # Port 0 lets the OS choose a free port (files must name 1..65535).
+        config = dataclasses.replace(config, server=dataclasses.replace(config.server, port=0))
+        server = Server(config, p)
+        await server.start(http=http)
+        started.append(server)
+        return server
+
+    yield make
+    for server in reversed(started):
+        if server.started_at is not None:
+            await server.stop()
+
+
+@pytest.fixture
+async def client_for() -> AsyncIterator[Callable[[Server], httpx.AsyncClient]]:
+    clients: list[httpx.AsyncClient] = []
+
+    def make(server: Server) -> httpx.AsyncClient:
+        assert server.http is not None
+        c = httpx.AsyncClient(base_url=f"http://127.0.0.1:{server.http.port}", timeout=30)
+        clients.append(c)
+        return c
+
+    yield make
+    for c in clients:
+        await c.aclose()
+
+
+def peer(name: str, binary: str | None = None) -> str:
+    """Path of an independent test peer; skip (or fail with CI=true) when absent.
+
+    `make test` installs the peers when it runs as root (.ci/install-peers)."""
+    path = shutil.which(binary or name)
+    if path:
+        return path
+    message = f"{name} is not installed (run `make peers` as root, see docs/testing.md)"
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(f"CI=true: {message}")
+    pytest.skip(message)
