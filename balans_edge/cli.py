@@ -165,7 +165,7 @@ def main() -> None:
     for impl in plugins.pm.hook.register_commands.get_hookimpls():
         try:
             impl.function(cli=cli)
-        except Exception as exc:  # noqa: BLE001 - a broken plugin must not break the CLI
+        except Exception as exc:
             plugins.fail(impl.plugin_name, exc, required=False)
     cli()
 

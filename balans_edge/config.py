@@ -63,7 +63,7 @@ class ApiUser:
 
 @dataclass(frozen=True)
 class ApiSection:
-    users: list[ApiUser] = setting(default_factory=list)
+    users: list[ApiUser] = field(default_factory=list)
     anonymous_role: Literal["none", "viewer"] = "none"
     max_body_bytes: int = setting(16 * 1024 * 1024, range=(1024, 1024**3))
 

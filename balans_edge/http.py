@@ -15,6 +15,7 @@ import functools
 import hmac
 import itertools
 import logging
+import re
 from typing import TYPE_CHECKING, Any
 
 from sanic import Sanic
@@ -41,6 +42,7 @@ class Http:
         self.host = host
         self.port = port
         self.in_flight = 0
+        self.stopping = False
         self._idle = asyncio.Event()
         self._idle.set()
         self._server: Any = None
@@ -87,6 +89,10 @@ class Http:
     def _mount(self, route: Route) -> None:
         @functools.wraps(route.handler)
         async def handler(request: Request, **params: Any) -> Any:
+            if self.stopping:
+                # Keep-alive connections outlive the listener: refuse new work so
+                # shutdown does not wait for clients that keep sending.
+                raise ApiError(503, "unavailable", "server is shutting down; send again later")
             self.in_flight += 1
             self._idle.clear()
             try:
@@ -97,7 +103,7 @@ class Http:
                 if self.in_flight == 0:
                     self._idle.set()
 
-        name = f"{route.method.lower()}_{route.openapi_path.strip('/').replace('/', '_').replace('{', '').replace('}', '')}"
+        name = re.sub(r"\W+", "_", f"{route.method.lower()}_{route.openapi_path.strip('/')}")
         self.app.add_route(handler, route.path, methods=[route.method], name=name)
 
     # errors -----------------------------------------------------------------
@@ -134,15 +140,16 @@ class Http:
             self.port = sockets[0].getsockname()[1]
         log.info("HTTP API on http://%s:%s/api/v1", self.host, self.port)
 
-    async def stop(self, timeout: float) -> None:
+    async def stop(self, grace_s: float) -> None:
         if self._server is None:
             return
+        self.stopping = True
         await self._server.before_stop()
         self._server.server.close()  # stop accepting; let requests in flight finish
         try:
-            await asyncio.wait_for(self._idle.wait(), timeout)
+            await asyncio.wait_for(self._idle.wait(), grace_s)
         except TimeoutError:
-            log.warning("%d HTTP requests still running after %.0fs; closing", self.in_flight, timeout)
+            log.warning("%d HTTP requests still running after %.0fs; closing", self.in_flight, grace_s)
         self._server.close()
         await self._server.wait_closed()
         await self._server.after_stop()

@@ -93,7 +93,7 @@ class Plugins:
     def _import(self, name: str, module: str, source: str) -> None:
         try:
             obj = importlib.import_module(module)
-        except Exception as exc:  # noqa: BLE001 - a broken plugin must not stop the server
+        except Exception as exc:
             self._record_failure(name, module, source, exc)
             return
         self.register(obj, name, source)
@@ -101,7 +101,7 @@ class Plugins:
     def _load_entry_point(self, ep: importlib.metadata.EntryPoint, source: str) -> None:
         try:
             obj = ep.load()
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             self._record_failure(ep.name, ep.value, source, exc)
             return
         self.register(obj, ep.name, source)
@@ -117,7 +117,7 @@ class Plugins:
             return
         try:
             self.pm.register(obj, name=name)
-        except Exception as exc:  # noqa: BLE001 - e.g. a hook with a misspelt argument
+        except Exception as exc:
             self._record_failure(name, module, source, exc)
             return
         hooks = sorted(h.name for h in self.pm.get_hookcallers(obj) or [])
@@ -165,7 +165,7 @@ class Plugins:
                 result = impl.function(**{a: kwargs[a] for a in impl.argnames})
                 if inspect.isawaitable(result):
                     await result
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:
                 log.warning("plugin %s: %s raised %s", impl.plugin_name, hook, summarize(exc))
                 if impl.plugin_name in self.info:
                     self.info[impl.plugin_name].errors += 1
@@ -194,6 +194,6 @@ def config_schemas(plugins: Plugins) -> dict[str, type]:
     for impl in plugins.pm.hook.config_schema.get_hookimpls():
         try:
             schemas.update(impl.function() or {})
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             plugins.fail(impl.plugin_name, exc, required=False)
     return schemas

@@ -61,5 +61,6 @@ def unknown_command(config_path: Path | None, limit: int) -> None:
     click.echo(f"{'module':>10} {'ch':>2} {'time (UTC)':<20} {'counter':>10} {'status':>6}  reason")
     for r in rows:
         click.echo(
-            f"{r['module_id']:>10} {r['channel']:>2} {iso(r['ts']):<20} {r['counter']:>10} {r['status']:>6}  {r['reason']}"
+            f"{r['module_id']:>10} {r['channel']:>2} {iso(r['ts']):<20} {r['counter']:>10} {r['status']:>6}"
+            f"  {r['reason']}"
         )

@@ -22,6 +22,7 @@ from balans_edge.core.components import Alarm, Command, Component, Exporter, Fin
 from balans_edge.core.ingest import Ingest
 from balans_edge.core.intervals import IntervalWorker
 from balans_edge.core.storage import Storage, open_storage
+from balans_edge.core.tasks import cancel
 from balans_edge.http import Http
 from balans_edge.plugin_manager import PluginCallError, PluginError, Plugins
 from balans_edge.routes import Route
@@ -139,7 +140,7 @@ class Server:
     async def _stop_component(self, name: str, component: Component) -> None:
         try:
             await component.stop()
-        except Exception:  # noqa: BLE001 - keep stopping the others
+        except Exception:
             log.exception("stopping %s (%s) failed", getattr(component, "name", component), name)
 
     async def stop(self) -> None:
@@ -150,16 +151,11 @@ class Server:
         while self._started:
             name, component = self._started.pop()
             await self._stop_component(name, component)
-        if self._observer_task is not None:
-            self._observer_task.cancel()
-            try:
-                await self._observer_task
-            except asyncio.CancelledError:
-                pass
-            self._observer_task = None
+        await cancel(self._observer_task)
+        self._observer_task = None
         try:
             await self.intervals.stop()
-        except Exception:  # noqa: BLE001 - recomputation resumes from the durable dirty list
+        except Exception:
             log.exception("final interval recomputation failed")
         await self.storage.close()
 
@@ -190,7 +186,7 @@ class Server:
         for name, detector in self.detectors:
             try:
                 results = await detector.detect(self)
-            except Exception:  # noqa: BLE001
+            except Exception:
                 log.exception("detector %s (%s) failed", getattr(detector, "name", detector), name)
                 self.plugins.info[name].errors += 1
                 continue
@@ -207,7 +203,7 @@ class Server:
         for name, notifier in self.notifiers:
             try:
                 await notifier.notify(alarm)
-            except Exception:  # noqa: BLE001 - one broken channel must not silence the others
+            except Exception:
                 log.exception("notifier %s (%s) failed", getattr(notifier, "name", notifier), name)
                 self.plugins.info[name].errors += 1
         await self.plugins.notify("observe_alarms", server=self, alarm=alarm)

@@ -422,7 +422,7 @@ class Ingest:
         write.dirty.append((meter, int(ts[0]), hi))
         mm = np.full(len(ts), meter, dtype=np.int64)
         if changed.any():
-            upd = ReadingRows(mm[changed], ts[changed], counter[changed], pulses[changed], status[changed], flags[changed])
+            upd = ReadingRows(mm, ts, counter, pulses, status, flags).select(changed)
             write.updates = _concat([write.updates, upd])
         self.head_ts[meter], self.head_counter[meter], self.head_pulses[meter] = ts[-1], counter[-1], pulses[-1]
         self.has_head[meter] = True

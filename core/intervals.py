@@ -17,6 +17,7 @@ starts 30 minutes off; documented in docs/intervals.md).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -28,6 +29,7 @@ import numpy as np
 from balans_edge.core.bus import EventBus, IntervalsUpdated, ReadingsCommitted
 from balans_edge.core.model import IntervalValue, Quality, ReadingFlag
 from balans_edge.core.storage import ReadingRows, Storage
+from balans_edge.core.tasks import cancel
 
 log = logging.getLogger(__name__)
 
@@ -200,15 +202,13 @@ class IntervalWorker:
             while True:
                 try:
                     await self.process()
-                except Exception:  # noqa: BLE001 - keep the worker alive, retry on the next wake-up
+                except Exception:
                     log.exception("interval recomputation failed")
                 if sub is None:
                     await asyncio.sleep(60)
                     continue
-                try:
+                with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(sub.get(), timeout=60)
-                except TimeoutError:
-                    pass
         finally:
             if sub is not None:
                 sub.close()
@@ -217,11 +217,6 @@ class IntervalWorker:
         self._task = asyncio.create_task(self.run(), name="intervals")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-            self._task = None
+        await cancel(self._task)
+        self._task = None
         await self.process()

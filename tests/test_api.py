@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from conftest import T0, auth, base_config, small_site
-
 from balans_edge.core.model import Status
+
+from conftest import T0, auth, base_config, small_site
 
 
 async def started(make_server, tmp_path: Path, **sections):

@@ -32,6 +32,7 @@ from balans_edge.core.storage.base import (
     StorageError,
 )
 from balans_edge.core.storage.migrations import migrate
+from balans_edge.core.tasks import cancel
 
 log = logging.getLogger(__name__)
 
@@ -113,12 +114,7 @@ class SqliteStorage(Storage):
             return
         self._closing = True
         await self.flush()
-        if self._committer:
-            self._committer.cancel()
-            try:
-                await self._committer
-            except asyncio.CancelledError:
-                pass
+        await cancel(self._committer)
         await self._writer.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         await self._reader.close()
         await self._writer.close()
@@ -151,7 +147,7 @@ class SqliteStorage(Storage):
     async def _commit_group(self, jobs: list[_Job]) -> None:
         try:
             await self._transaction([s for job in jobs for s in job.statements])
-        except Exception as exc:  # noqa: BLE001 - isolate the failing job below
+        except Exception as exc:
             if len(jobs) == 1:
                 self._settle(jobs[0], exc)
                 return
@@ -160,7 +156,7 @@ class SqliteStorage(Storage):
             for job in jobs:
                 try:
                     await self._transaction(job.statements)
-                except Exception as single:  # noqa: BLE001
+                except Exception as single:
                     self._settle(job, single)
                 else:
                     self._settle(job, None)
@@ -217,11 +213,11 @@ class SqliteStorage(Storage):
 
     async def registry_list(self, kind: str) -> list[Any]:
         key = KEYS[kind]
-        rows = await self._all(f"SELECT * FROM {kind} ORDER BY {key}")  # noqa: S608 - kind is whitelisted
+        rows = await self._all(f"SELECT * FROM {kind} ORDER BY {key}")
         return [_from_row(kind, r) for r in rows]
 
     async def registry_get(self, kind: str, key: str | int) -> Any | None:
-        rows = await self._all(f"SELECT * FROM {kind} WHERE {KEYS[kind]} = ?", (key,))  # noqa: S608
+        rows = await self._all(f"SELECT * FROM {kind} WHERE {KEYS[kind]} = ?", (key,))
         return _from_row(kind, rows[0]) if rows else None
 
     async def registry_apply(
@@ -237,14 +233,14 @@ class SqliteStorage(Storage):
             key = KEYS[kind]
             updates = ", ".join(f"{c} = excluded.{c}" for c in cols if c != key)
             sql = (
-                f"INSERT INTO {kind} ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))}) "  # noqa: S608
+                f"INSERT INTO {kind} ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))}) "
                 f"ON CONFLICT ({key}) DO UPDATE SET {updates}"
             )
             statements.append((sql, [tuple(r[c] for c in cols) for r in rows]))
         for kind in reversed(list(REGISTRY_KINDS)):
             keys = (deletes or {}).get(kind) or []
             if keys:
-                statements.append((f"DELETE FROM {kind} WHERE {KEYS[kind]} = ?", [(k,) for k in keys]))  # noqa: S608
+                statements.append((f"DELETE FROM {kind} WHERE {KEYS[kind]} = ?", [(k,) for k in keys]))
         if statements:
             statements.append(("UPDATE registry_state SET version = version + 1 WHERE id = ?", [(1,)]))
             await self._submit(statements)
@@ -268,7 +264,7 @@ class SqliteStorage(Storage):
 
     async def readings_around(self, meter: int, ts: int) -> ReadingRows:
         return await self._reading_rows(
-            f"SELECT {READING_COLUMNS} FROM readings WHERE meter = ? AND ts >= "  # noqa: S608
+            f"SELECT {READING_COLUMNS} FROM readings WHERE meter = ? AND ts >= "
             "coalesce((SELECT max(ts) FROM readings WHERE meter = ? AND ts < ?), ?) ORDER BY ts",
             (meter, meter, ts, ts),
         )
@@ -279,7 +275,7 @@ class SqliteStorage(Storage):
             r = write.inserts
             statements.append(
                 (
-                    f"INSERT OR IGNORE INTO readings ({READING_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)",  # noqa: S608
+                    f"INSERT OR IGNORE INTO readings ({READING_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)",
                     zip(
                         r.meter.tolist(),
                         r.ts.tolist(),
@@ -287,6 +283,7 @@ class SqliteStorage(Storage):
                         r.pulses.tolist(),
                         r.status.tolist(),
                         r.flags.tolist(),
+                        strict=True,
                     ),
                 )
             )
@@ -295,7 +292,7 @@ class SqliteStorage(Storage):
             statements.append(
                 (
                     "UPDATE readings SET pulses = ?, flags = ? WHERE meter = ? AND ts = ?",
-                    zip(u.pulses.tolist(), u.flags.tolist(), u.meter.tolist(), u.ts.tolist()),
+                    zip(u.pulses.tolist(), u.flags.tolist(), u.meter.tolist(), u.ts.tolist(), strict=True),
                 )
             )
         if write.quarantine:
@@ -329,7 +326,7 @@ class SqliteStorage(Storage):
 
     async def readings(self, meter: int, t0: int, t1: int) -> ReadingRows:
         return await self._reading_rows(
-            f"SELECT {READING_COLUMNS} FROM readings WHERE meter = ? AND ts >= ? AND ts < ? ORDER BY ts",  # noqa: S608
+            f"SELECT {READING_COLUMNS} FROM readings WHERE meter = ? AND ts >= ? AND ts < ? ORDER BY ts",
             (meter, t0, t1),
         )
 
@@ -377,17 +374,17 @@ class SqliteStorage(Storage):
                 self._journal_ids[kind] = await self._max_id(kind)
             self._journal_ids[kind] += 1
             row_id = self._journal_ids[kind]
-        sql = f"INSERT INTO {kind} (id, {', '.join(columns)}) VALUES (?, {', '.join('?' * len(columns))})"  # noqa: S608
+        sql = f"INSERT INTO {kind} (id, {', '.join(columns)}) VALUES (?, {', '.join('?' * len(columns))})"
         await self._submit([(sql, [(row_id, *row.values())])])
         return row_id
 
     async def _max_id(self, kind: str) -> int:
         await self.flush()
-        return await self._scalar(f"SELECT coalesce(max(id), 0) FROM {kind}")  # noqa: S608
+        return await self._scalar(f"SELECT coalesce(max(id), 0) FROM {kind}")
 
     async def journal_list(self, kind: str, limit: int = 100) -> list[dict[str, Any]]:
-        JOURNALS[kind]  # noqa: B018 - reject unknown kinds before building SQL
-        rows = await self._all(f"SELECT * FROM {kind} ORDER BY id DESC LIMIT ?", (limit,))  # noqa: S608
+        JOURNALS[kind]
+        rows = await self._all(f"SELECT * FROM {kind} ORDER BY id DESC LIMIT ?", (limit,))
         out = [dict(r) for r in rows]
         for r in out:
             if "data" in r:

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from balans_edge import hookimpl
-from balans_edge.plugins.dmesh.simulator import SiteShape, Simulator
+from balans_edge.plugins.dmesh.simulator import Simulator, SiteShape
 from balans_edge.settings import setting
 
 if TYPE_CHECKING:

@@ -19,6 +19,7 @@ import numpy as np
 from balans_edge.core.ingest import Ingest, ReadingBatch
 from balans_edge.core.model import Account, Concentrator, Meter, RadioModule, Resource
 from balans_edge.core.storage import Storage, StorageError
+from balans_edge.core.tasks import cancel
 
 log = logging.getLogger(__name__)
 
@@ -147,10 +148,5 @@ class Simulator:
                 log.warning("simulated readings not stored (%s); the next round carries the counters", exc)
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-            self._task = None
+        await cancel(self._task)
+        self._task = None

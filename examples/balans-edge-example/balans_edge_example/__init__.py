@@ -11,7 +11,8 @@ import click
 
 from balans_edge import hookimpl
 from balans_edge.core.components import Alarm, Command, CommandOutcome, Finding, Severity
-from balans_edge.routes import Route, json as json_response
+from balans_edge.routes import Route
+from balans_edge.routes import json as json_response
 from balans_edge.settings import setting
 
 STATE: dict[str, Any] = {"readings": 0, "findings": [], "alarms": [], "commands": [], "notified": []}
@@ -71,8 +72,13 @@ class FileNotifier:
     async def notify(self, alarm: Alarm) -> None:
         STATE["notified"].append(alarm.message)
         if self.path:
-            with open(self.path, "a", encoding="utf-8") as f:
-                f.write(json.dumps({"source": alarm.source, "message": alarm.message}) + "\n")
+            line = json.dumps({"source": alarm.source, "message": alarm.message}) + "\n"
+            await asyncio.to_thread(_append, self.path, line)
+
+
+def _append(path: str, line: str) -> None:
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(line)
 
 
 class ExampleActuator:
