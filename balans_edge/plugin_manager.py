@@ -14,7 +14,7 @@ import importlib.metadata
 import inspect
 import logging
 import traceback
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
@@ -120,8 +120,14 @@ class Plugins:
         except Exception as exc:
             self._record_failure(name, module, source, exc)
             return
-        hooks = sorted(h.name for h in self.pm.get_hookcallers(obj) or [])
-        self.info[name] = PluginInfo(name, module, source, hooks=hooks)
+        callers = self.pm.get_hookcallers(obj) or []
+        unknown = sorted(h.name for h in callers if not h.has_spec())
+        if unknown:
+            # A misspelt hook would otherwise never be called and never reported.
+            self.pm.unregister(obj, name=name)
+            self._record_failure(name, module, source, LookupError(f"unknown hook(s): {', '.join(unknown)}"))
+            return
+        self.info[name] = PluginInfo(name, module, source, hooks=sorted(h.name for h in callers))
 
     def disable(self, name: str, state: str = "disabled", error: str | None = None) -> None:
         plugin = self.pm.get_plugin(name)
@@ -144,23 +150,36 @@ class Plugins:
     def hook_names(self) -> list[str]:
         return sorted(n for n in dir(self.pm.hook) if not n.startswith("_"))
 
-    def call_each(self, hook: str, **kwargs: Any) -> list[tuple[str, Any]]:
-        """Call every implementation of ``hook``; return (plugin name, result).
+    def _in_order(self, hook: str) -> list[pluggy.HookImpl]:
+        """Implementations in registration order, built-in plugins first.
 
-        Exceptions propagate with the plugin's name attached (``PluginCallError``)
-        so the caller decides between disabling the plugin and aborting."""
+        pluggy keeps them in this order and calls them last-registered first;
+        components must start (and contributions be collected) as registered."""
+        return getattr(self.pm.hook, hook).get_hookimpls()
+
+    def call_each(
+        self, hook: str, on_error: Callable[[PluginCallError], None] | None = None, **kwargs: Any
+    ) -> list[tuple[str, Any]]:
+        """Call every implementation of ``hook`` once; return (plugin name, result).
+
+        An exception is raised with the plugin's name attached (``PluginCallError``)
+        so the caller decides between disabling the plugin and aborting; with
+        ``on_error`` it is passed there instead and the other plugins are still called."""
         results = []
-        for impl in reversed(getattr(self.pm.hook, hook).get_hookimpls()):
+        for impl in self._in_order(hook):
             args = {a: kwargs[a] for a in impl.argnames}
             try:
                 results.append((impl.plugin_name, impl.function(**args)))
             except Exception as exc:
-                raise PluginCallError(impl.plugin_name, hook, exc) from exc
+                error = PluginCallError(impl.plugin_name, hook, exc)
+                if on_error is None:
+                    raise error from exc
+                on_error(error)
         return results
 
     async def notify(self, hook: str, **kwargs: Any) -> None:
         """Call an observer hook; failures are logged and counted, never raised."""
-        for impl in reversed(getattr(self.pm.hook, hook).get_hookimpls()):
+        for impl in self._in_order(hook):
             try:
                 result = impl.function(**{a: kwargs[a] for a in impl.argnames})
                 if inspect.isawaitable(result):

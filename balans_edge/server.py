@@ -45,6 +45,8 @@ class Server:
         self.notifiers: list[tuple[str, Any]] = []
         self.exporters: list[tuple[str, Exporter]] = []
         self.routes: list[Route] = []
+        self._actuators: list[tuple[str, Any]] = []
+        self._plugin_routes: list[tuple[str, Route]] = []
         self.http: Http | None = None
         self.started_at: float | None = None
         self._observer_task: asyncio.Task[None] | None = None
@@ -73,13 +75,12 @@ class Server:
 
     def _collect(self, hook: str) -> list[tuple[str, Any]]:
         """Contributions of every plugin; a plugin whose hook raises is disabled."""
-        while True:
-            try:
-                results = self.plugins.call_each(hook, server=self)
-            except PluginCallError as exc:
-                self.plugins.fail(exc.plugin, exc.original, self.required(exc.plugin))
-                continue
-            return [(name, item) for name, items in results for item in (items or [])]
+
+        def failed(exc: PluginCallError) -> None:
+            self.plugins.fail(exc.plugin, exc.original, self.required(exc.plugin))
+
+        results = self.plugins.call_each(hook, on_error=failed, server=self)
+        return [(name, item) for name, items in results for item in (items or [])]
 
     def collect_contributions(self) -> None:
         self._apply_flags()
@@ -87,9 +88,25 @@ class Server:
         self.detectors = self._collect("register_detectors")
         self.notifiers = self._collect("register_notifiers")
         self.exporters = self._collect("register_exporters")
-        for _, actuator in self._collect("register_actuators"):
+        self._actuators = self._collect("register_actuators")
+        for _, actuator in self._actuators:
             self.actuation.add(actuator)
-        self.routes = self._builtin_routes() + [r for _, r in self._collect("register_routes")]
+        self._plugin_routes = self._collect("register_routes")
+        self.routes = self._builtin_routes() + [r for _, r in self._plugin_routes]
+
+    def _withdraw_failed(self) -> None:
+        """Take every contribution of a plugin that failed after contributing
+        (a later hook raised, or a component's start) out of service."""
+        failed = {name for name, info in self.plugins.info.items() if info.state == "failed"}
+        if not failed:
+            return
+        self.components = [(n, c) for n, c in self.components if n not in failed]
+        self.detectors = [(n, d) for n, d in self.detectors if n not in failed]
+        self.notifiers = [(n, x) for n, x in self.notifiers if n not in failed]
+        self.exporters = [(n, e) for n, e in self.exporters if n not in failed]
+        gone = {id(x) for n, x in self._actuators + self._plugin_routes if n in failed}
+        self.actuation.actuators = [a for a in self.actuation.actuators if id(a) not in gone]
+        self.routes = [r for r in self.routes if id(r) not in gone]
 
     def _builtin_routes(self) -> list[Route]:
         from balans_edge.api import routes
@@ -107,6 +124,7 @@ class Server:
             sub = self.bus.subscribe(ReadingsCommitted, maxsize=1000, policy="drop_oldest")
             self._observer_task = asyncio.create_task(self._observe_readings(sub), name="observe-readings")
             await self._start_components()
+            self._withdraw_failed()
             if http:
                 self.http = Http(self.routes, self.config.api, self.config.server.host, self.config.server.port)
                 await self.http.start()

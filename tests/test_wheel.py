@@ -1,0 +1,114 @@
+"""The wheel is what an installation gets: build it from a copy of the
+repository, install it into a clean virtual environment (dependencies come
+from the configured package index), and run the installed command line, the
+installed namespace packages and an installed third-party plugin there."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tomllib
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from balans_edge.plugin_manager import Plugins
+
+ROOT = Path(__file__).resolve().parent.parent
+IGNORED = shutil.ignore_patterns(
+    ".git", ".venv", "var", "build", "dist", "*.egg-info", "__pycache__", ".pytest_cache", ".ruff_cache",
+    ".hypothesis",
+)  # fmt: skip
+IMPORTS = (
+    "balans_edge.core.ingest, balans_edge.plugins.dmesh.plugin, balans_edge.plugins.modbus, "
+    "balans_edge.plugins.opcua, balans_edge.plugins.export"
+)
+
+
+def clean_env() -> dict[str, str]:
+    """This process's environment without anything that points at the development tree."""
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")}
+    env["PIP_NO_CACHE_DIR"] = "1"
+    return env
+
+
+def run(*args: str | Path, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(
+        [str(a) for a in args], cwd=cwd, env=clean_env(), capture_output=True, text=True, timeout=timeout
+    )
+    assert result.returncode == 0, f"{' '.join(map(str, args))} failed:\n{result.stdout}\n{result.stderr}"
+    return result
+
+
+@pytest.mark.timeout(900)
+def test_wheel_installs_into_a_clean_venv_and_runs(tmp_path: Path) -> None:
+    version = tomllib.loads((ROOT / "pyproject.toml").read_text("utf-8"))["project"]["version"]
+
+    # Build from a copy, so no build/ or egg-info of an earlier build leaks in.
+    src = tmp_path / "src"
+    shutil.copytree(ROOT, src, ignore=IGNORED)
+    dist = tmp_path / "dist"
+    run(sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", dist, src, cwd=src)
+    (wheel,) = dist.glob("*.whl")
+    assert wheel.name == f"balans_edge-{version}-py3-none-any.whl"
+
+    names = zipfile.ZipFile(wheel).namelist()
+    assert {n.split("/")[0] for n in names} == {"balans_edge", f"balans_edge-{version}.dist-info"}
+    migrations = sorted(p.name for p in (ROOT / "core" / "storage" / "migrations").glob("*.sql"))
+    assert migrations
+    packed = sorted(n.rsplit("/", 1)[1] for n in names if n.startswith("balans_edge/core/storage/migrations/"))
+    assert packed == migrations
+    with zipfile.ZipFile(wheel) as zf:
+        for name in migrations:
+            data = zf.read(f"balans_edge/core/storage/migrations/{name}")
+            assert data == (ROOT / "core" / "storage" / "migrations" / name).read_bytes()
+        entry_points = zf.read(f"balans_edge-{version}.dist-info/entry_points.txt").decode()
+    assert "balans-edge = balans_edge.cli:main" in entry_points
+    for expected in (
+        "balans_edge/defaults.toml",
+        "balans_edge/plugins/dmesh/README.md",
+        "balans_edge/plugins/dmesh/plugin.py",
+        "balans_edge/core/ingest.py",
+    ):
+        assert expected in names
+
+    # A clean virtual environment: no system site-packages, nothing of the development tree.
+    venv = tmp_path / "venv"
+    run(sys.executable, "-m", "venv", venv, cwd=tmp_path)
+    assert "include-system-site-packages = false" in (venv / "pyvenv.cfg").read_text("utf-8")
+    bin_ = venv / "bin"
+    run(bin_ / "python", "-m", "pip", "install", wheel, cwd=tmp_path, timeout=600)
+
+    result = run(bin_ / "balans-edge", "--help", cwd=tmp_path)
+    for command in ("run", "check-config", "plugins", "registry"):
+        assert f"  {command} " in result.stdout, result.stdout
+    result = run(bin_ / "balans-edge", "--version", cwd=tmp_path)
+    assert result.stdout.strip() == f"balans-edge, version {version}"
+
+    code = f"import balans_edge, {IMPORTS}; print(balans_edge.__file__)"
+    result = run(bin_ / "python", "-c", code, cwd=tmp_path)
+    assert Path(result.stdout.strip()).is_relative_to(venv), result.stdout
+
+    result = run(bin_ / "balans-edge", "check-config", ROOT / "config" / "demo.toml", cwd=tmp_path)
+    assert result.stdout.startswith(f"{ROOT / 'config' / 'demo.toml'}: OK (site 'Demo site'")
+
+    result = run(bin_ / "balans-edge", "plugins", "--json", cwd=tmp_path)
+    assert [(p["name"], p["source"]) for p in json.loads(result.stdout)] == [("dmesh", "builtin")]
+
+    # The partner path: a third-party plugin installed next to the wheel.
+    example = tmp_path / "balans-edge-example"
+    shutil.copytree(ROOT / "examples" / "balans-edge-example", example, ignore=IGNORED)
+    run(bin_ / "python", "-m", "pip", "install", example, cwd=tmp_path, timeout=600)
+
+    result = run(bin_ / "balans-edge", "plugins", "--json", cwd=tmp_path)
+    plugins = {p["name"]: p for p in json.loads(result.stdout)}
+    assert sorted(plugins) == ["dmesh", "example"]
+    assert plugins["example"]["source"] == "entry point (balans-edge-example 0.1.0)"
+    assert plugins["example"]["state"] == "loaded"
+    assert plugins["example"]["hooks"] == Plugins().hook_names()
+    result = run(bin_ / "balans-edge", "example-hello", "--name", "wheel", cwd=tmp_path)
+    assert result.stdout == "hello, wheel, from the example plugin\n"
