@@ -7,6 +7,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from balans_edge.config import load_config, parse_config
 from balans_edge.plugin_manager import config_schemas, load_plugins
@@ -101,3 +103,22 @@ def test_check_config_command(tmp_path):
     assert run.returncode == 2
     assert '[plugins.dmesh.simulator] concentrators: expected integer 1..50, got "abc"' in run.stderr
     assert "[server] port: expected integer 1..65535, got 70000" in run.stderr
+
+
+scalars = st.one_of(st.none(), st.booleans(), st.integers(-(2**40), 2**40), st.floats(allow_nan=True),
+                    st.text(max_size=12))
+values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(
+    st.sampled_from(["host", "port", "users", "name", "role", "token", "simulator", "enabled", "x"]), inner,
+    max_size=4), max_leaves=12)
+sections = st.sampled_from(["server", "site", "storage", "ingest", "intervals", "api", "plugins", "other"])
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.dictionaries(sections, values, max_size=5))
+def test_fuzzed_documents_give_config_errors_only(schemas, data):
+    """Whatever a TOML file holds, validation either succeeds or raises ConfigError with key paths."""
+    try:
+        parse_config(data, schemas)
+    except ConfigError as exc:
+        assert exc.problems
+        assert all(p.startswith("[") for p in exc.problems)
