@@ -15,6 +15,7 @@ import time
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from balans_edge import __version__
 from balans_edge.config import Config
 from balans_edge.core.actuation import ActuationService
 from balans_edge.core.bus import EventBus, ReadingsCommitted, Subscription
@@ -233,7 +234,7 @@ class Server:
         pending = await self.storage.take_dirty(1)
         return {
             "status": "ok",
-            "version": __import__("balans_edge").__version__,
+            "version": __version__,
             "site": self.config.site.name,
             "uptime_s": round(time.time() - self.started_at, 1) if self.started_at else 0,
             "storage": {"schema_version": await self.storage.schema_version(), "intervals_pending": bool(pending)},
