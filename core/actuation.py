@@ -45,7 +45,7 @@ class ActuationService:
         else:
             try:
                 result = await actuator.execute(command)
-            except Exception as exc:  # noqa: BLE001 - a failing device is an outcome, not a crash
+            except Exception as exc:
                 log.exception("actuator %s failed", actuator.name)
                 outcome, detail = "failed", f"{actuator.name}: {type(exc).__name__}: {exc}"
             else:

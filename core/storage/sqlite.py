@@ -11,6 +11,7 @@ see the last committed state, never a half-written batch.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 import logging
@@ -32,7 +33,6 @@ from balans_edge.core.storage.base import (
     StorageError,
 )
 from balans_edge.core.storage.migrations import migrate
-from balans_edge.core.tasks import cancel
 
 log = logging.getLogger(__name__)
 
@@ -97,11 +97,18 @@ class SqliteStorage(Storage):
         if str(self.path) != ":memory:":
             self.path.parent.mkdir(parents=True, exist_ok=True)
         self._writer = await aiosqlite.connect(self.path, isolation_level=None)
-        await self._writer.execute("PRAGMA journal_mode=WAL")
-        await self._writer.execute("PRAGMA synchronous=FULL")
-        await self._writer.execute("PRAGMA foreign_keys=ON")
-        await self._writer.execute("PRAGMA busy_timeout=10000")
-        await migrate(self._writer)
+        try:
+            await self._writer.execute("PRAGMA journal_mode=WAL")
+            await self._writer.execute("PRAGMA synchronous=FULL")
+            await self._writer.execute("PRAGMA foreign_keys=ON")
+            await self._writer.execute("PRAGMA busy_timeout=10000")
+            await migrate(self._writer)
+        except BaseException:
+            # A refused or failed migration must not leak the connection (its
+            # worker thread would keep the process alive).
+            await self._writer.close()
+            self._writer = None
+            raise
         self._reader = await aiosqlite.connect(self.path, isolation_level=None)
         self._reader.row_factory = aiosqlite.Row
         await self._reader.execute("PRAGMA busy_timeout=10000")
@@ -112,9 +119,13 @@ class SqliteStorage(Storage):
     async def close(self) -> None:
         if self._writer is None:
             return
+        # The committer commits everything submitted, including writes that
+        # arrive while closing, then exits; later writes get StorageError.
         self._closing = True
-        await self.flush()
-        await cancel(self._committer)
+        self._wakeup.set()
+        if self._committer is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._committer
         await self._writer.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         await self._reader.close()
         await self._writer.close()
@@ -131,6 +142,8 @@ class SqliteStorage(Storage):
     async def _submit(self, statements: list[Statement]) -> None:
         if self._writer is None or self._committer is None or self._committer.done():
             raise StorageError("storage is not open")
+        # Materialise row iterators: a job may run twice (alone, after its group failed).
+        statements = [(sql, rows if isinstance(rows, list) else list(rows)) for sql, rows in statements]
         job = _Job(statements, asyncio.get_running_loop().create_future())
         self._pending.append(job)
         self._wakeup.set()
@@ -143,6 +156,8 @@ class SqliteStorage(Storage):
             while self._pending:
                 jobs, self._pending = self._pending[: self.max_group], self._pending[self.max_group :]
                 await self._commit_group(jobs)
+            if self._closing:
+                return
 
     async def _commit_group(self, jobs: list[_Job]) -> None:
         try:

@@ -1,0 +1,784 @@
+"""The ingest path over real SQLite files: every rule of core/ingest.py with exact numbers."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import sqlite3
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from balans_edge.core.bus import EventBus, ReadingsCommitted
+from balans_edge.core.ingest import Ingest, IngestSettings, ReadingBatch
+from balans_edge.core.intervals import CODE, IntervalWorker, to_points
+from balans_edge.core.model import (
+    COUNTER_MODULUS,
+    Meter,
+    Quality,
+    RadioModule,
+    RawReading,
+    ReadingFlag,
+    Resource,
+    Status,
+)
+from balans_edge.core.storage import IngestWrite, StorageError
+from balans_edge.core.storage.sqlite import SqliteStorage
+
+H = 3600
+T0 = 1_705_276_800  # 2024-01-15 00:00:00 UTC
+NOW = T0 + 30 * 86400
+MODULE = 1001
+WEIGHT = 0.001  # 1 pulse per litre, in m3
+RESET = int(Status.COUNTER_RESET)
+EPOCH = int(ReadingFlag.EPOCH_START)
+IMPLICIT = int(ReadingFlag.IMPLICIT_RESET)
+MEASURED, ESTIMATED, MISSING = CODE[Quality.MEASURED], CODE[Quality.ESTIMATED], CODE[Quality.MISSING]
+
+
+def meter(meter_id: str, channel: int = 1, module: int = MODULE, install: int = T0 - 86400, **kw) -> Meter:
+    return Meter(
+        meter_id=meter_id,
+        resource=Resource.WATER,
+        unit="m3",
+        pulse_weight=WEIGHT,
+        install_time=install,
+        module_id=module,
+        channel=channel,
+        **kw,
+    )
+
+
+def r(ts: int, counter: int, status: int = 0, channel: int = 1, module: int = MODULE) -> RawReading:
+    return RawReading(module_id=module, channel=channel, ts=ts, counter=counter, status=status)
+
+
+def new_ingest(storage: SqliteStorage, bus: EventBus | None = None, now: int = NOW) -> Ingest:
+    # registry_check_s=0: registry changes made by a test are seen by the next batch.
+    return Ingest(storage, IngestSettings(registry_check_s=0), bus=bus, clock=lambda: now)
+
+
+class RecordingStorage(SqliteStorage):
+    """Keeps every IngestWrite so tests can check updates and dirty ranges."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.writes: list[IngestWrite] = []
+
+    async def commit_ingest(self, write: IngestWrite) -> None:
+        self.writes.append(write)
+        await super().commit_ingest(write)
+
+
+class FaultyStorage(SqliteStorage):
+    """Fault injection: the next commit_ingest fails.
+
+    ``mode`` "refuse": commit_ingest raises StorageError before anything is
+    submitted (the database is unavailable). ``mode`` "midway": the batch's
+    statements run inside the real transaction, then the disk fails before
+    COMMIT, so the rollback path is exercised.
+    """
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.fail_next: str | None = None
+        self._fail_transaction = False
+
+    async def commit_ingest(self, write: IngestWrite) -> None:
+        mode, self.fail_next = self.fail_next, None
+        if mode == "refuse":
+            raise StorageError("database unavailable (injected)")
+        self._fail_transaction = mode == "midway"
+        await super().commit_ingest(write)
+
+    async def _transaction(self, statements) -> None:
+        if not self._fail_transaction or not statements:
+            return await super()._transaction(statements)
+        self._fail_transaction = False
+        db = self._writer
+        await db.execute("BEGIN IMMEDIATE")
+        try:
+            for sql, rows in statements:
+                await db.executemany(sql, rows)
+            raise sqlite3.OperationalError("disk I/O error (injected)")
+        except BaseException:
+            await db.execute("ROLLBACK")
+            raise
+
+
+async def open_storage(path: Path, cls: type[SqliteStorage] = SqliteStorage, meters: list[Meter] | None = None):
+    s = cls(path)
+    await s.open()
+    modules = sorted({m.module_id for m in meters or [] if m.module_id is not None})
+    await s.registry_apply({"modules": [RadioModule(mod, channels=0b111) for mod in modules], "meters": meters or []})
+    return s
+
+
+@pytest.fixture
+async def storage(tmp_path: Path):
+    s = await open_storage(tmp_path / "edge.db", RecordingStorage, [meter("W1"), meter("W2", channel=2)])
+    yield s
+    await s.close()
+
+
+async def key(storage: SqliteStorage, meter_id: str = "W1") -> int:
+    return (await storage.meter_keys())[meter_id]
+
+
+async def stored(storage: SqliteStorage, meter_id: str = "W1") -> list[tuple[int, int, int, int, int]]:
+    """(ts, counter, pulses, status, flags) of every stored reading of a meter."""
+    rows = await storage.readings(await key(storage, meter_id), 0, 2**40)
+    return list(
+        zip(
+            rows.ts.tolist(),
+            rows.counter.tolist(),
+            rows.pulses.tolist(),
+            rows.status.tolist(),
+            rows.flags.tolist(),
+            strict=True,
+        )
+    )
+
+
+def table(path: Path, name: str) -> list[tuple]:
+    with sqlite3.connect(path) as db:
+        return db.execute(f"SELECT * FROM {name} ORDER BY 1, 2, 3").fetchall()
+
+
+async def hours(storage: SqliteStorage, t0: int, t1: int, meter_id: str = "W1") -> list[tuple[int, float | None, int]]:
+    return await storage.hourly(await key(storage, meter_id), t0, t1)
+
+
+def approx_hours(rows: list[tuple[int, float | None, int]]) -> list[tuple[int, object, int]]:
+    return [(t, None if v is None else pytest.approx(v, abs=1e-12), q) for t, v, q in rows]
+
+
+# counters -----------------------------------------------------------------
+
+
+async def test_counter_wrap(storage: RecordingStorage) -> None:
+    await storage.registry_apply({"meters": [meter("W1", base_counter=4294967000)]})
+    ingest = new_ingest(storage)
+    res = await ingest.ingest([r(T0, 4294967290), r(T0 + H, 5), r(T0 + 2 * H, 105)])
+    assert (res.accepted, res.resets, res.duplicates, res.conflicts) == (3, 0, 0, 0)
+    assert await stored(storage) == [
+        (T0, 4294967290, 290, 0, 0),
+        (T0 + H, 5, 301, 0, 0),  # 4294967290 -> 5 is 11 pulses across the wrap
+        (T0 + 2 * H, 105, 401, 0, 0),
+    ]
+    await IntervalWorker(storage).process()
+    assert await hours(storage, T0, T0 + 2 * H) == approx_hours([(T0, 0.011, MEASURED), (T0 + H, 0.1, MEASURED)])
+
+
+async def test_counter_wrap_across_batches(storage: RecordingStorage) -> None:
+    await storage.registry_apply({"meters": [meter("W1", base_counter=COUNTER_MODULUS - 100)]})
+    ingest = new_ingest(storage)
+    await ingest.ingest([r(T0, COUNTER_MODULUS - 6)])
+    # A fresh instance continues from the stored head, not from memory.
+    await new_ingest(storage).ingest([r(T0 + H, 5)])
+    assert [p for _, _, p, _, _ in await stored(storage)] == [94, 105]
+
+
+async def test_explicit_counter_reset_starts_new_epoch(storage: RecordingStorage) -> None:
+    ingest = new_ingest(storage)
+    res = await ingest.ingest(
+        [r(T0, 1000), r(T0 + H, 1500), r(T0 + 4 * H, 7, RESET), r(T0 + 5 * H, 20), r(T0 + 6 * H, 20)]
+    )
+    assert (res.accepted, res.resets) == (5, 1)
+    assert await stored(storage) == [
+        (T0, 1000, 1000, 0, 0),
+        (T0 + H, 1500, 1500, 0, 0),
+        (T0 + 4 * H, 7, 1507, RESET, EPOCH),  # previous pulses + the new epoch's counter
+        (T0 + 5 * H, 20, 1520, 0, 0),
+        (T0 + 6 * H, 20, 1520, 0, 0),
+    ]
+    await IntervalWorker(storage).process()
+    assert await hours(storage, T0, T0 + 6 * H) == approx_hours(
+        [
+            (T0, 0.5, MEASURED),
+            (T0 + H, None, MISSING),  # the pulses before the restart are unknown
+            (T0 + 2 * H, None, MISSING),
+            (T0 + 3 * H, None, MISSING),
+            (T0 + 4 * H, 0.013, MEASURED),
+            (T0 + 5 * H, 0.0, MEASURED),
+        ]
+    )
+
+
+async def test_reset_flag_on_a_counter_that_did_not_go_backwards(storage: RecordingStorage) -> None:
+    # The module restarted and counted past the old value before reporting:
+    # the flag, not the arithmetic, decides.
+    await new_ingest(storage).ingest([r(T0, 100), r(T0 + H, 300, RESET)])
+    assert await stored(storage) == [(T0, 100, 100, 0, 0), (T0 + H, 300, 400, RESET, EPOCH)]
+
+
+async def test_implicit_backwards_counter(storage: RecordingStorage) -> None:
+    res = await new_ingest(storage).ingest([r(T0, 5000), r(T0 + H, 5100), r(T0 + 2 * H, 30), r(T0 + 3 * H, 80)])
+    assert res.resets == 1
+    assert await stored(storage) == [
+        (T0, 5000, 5000, 0, 0),
+        (T0 + H, 5100, 5100, 0, 0),
+        (T0 + 2 * H, 30, 5130, 0, EPOCH | IMPLICIT),
+        (T0 + 3 * H, 80, 5180, 0, 0),
+    ]
+    await IntervalWorker(storage).process()
+    assert await hours(storage, T0, T0 + 3 * H) == approx_hours(
+        [(T0, 0.1, MEASURED), (T0 + H, None, MISSING), (T0 + 2 * H, 0.05, MEASURED)]
+    )
+
+
+async def test_jump_of_half_the_counter_range_is_backwards(storage: RecordingStorage) -> None:
+    half = COUNTER_MODULUS // 2
+    res = await new_ingest(storage).ingest([r(T0, 10), r(T0 + H, 9 + half), r(T0 + 2 * H, 9)])
+    assert (res.accepted, res.rejected) == (3, {})
+    # +2^31-1 is a forward step; the next step of +2^31 (mod 2^32) is a counter
+    # that went backwards, and its value starts the new epoch.
+    assert [(p, f) for *_, p, _, f in await stored(storage)] == [(10, 0), (9 + half, 0), (18 + half, EPOCH | IMPLICIT)]
+
+
+async def test_meter_base_counter_is_the_origin(storage: RecordingStorage) -> None:
+    await storage.registry_apply({"meters": [meter("W1", base_counter=900)]})
+    await new_ingest(storage).ingest([r(T0, 1000), r(T0 + H, 1200)])
+    assert [p for _, _, p, _, _ in await stored(storage)] == [100, 300]
+
+
+# duplicates and conflicts -------------------------------------------------
+
+
+async def test_duplicates_are_idempotent(storage: RecordingStorage) -> None:
+    batch = [r(T0 + i * H, 100 * i) for i in range(5)] + [r(T0 + i * H, 7 * i, channel=2) for i in range(5)]
+    ingest = new_ingest(storage)
+    first = await ingest.ingest(batch)
+    assert (first.accepted, first.duplicates) == (10, 0)
+    before = table(storage.path, "readings")
+
+    again = await ingest.ingest(batch)
+    assert (again.accepted, again.duplicates, again.conflicts, again.quarantined) == (0, 10, 0, 0)
+    # After a restart (heads read back from the database) too.
+    fresh = await new_ingest(storage).ingest(list(reversed(batch)))
+    assert (fresh.accepted, fresh.duplicates, fresh.conflicts) == (0, 10, 0)
+    assert table(storage.path, "readings") == before
+    assert ingest.totals.as_dict() == {
+        "accepted": 10,
+        "duplicates": 10,
+        "conflicts": 0,
+        "quarantined": 0,
+        "rejected": {},
+        "resets": 0,
+    }
+
+
+async def test_duplicates_inside_one_batch(storage: RecordingStorage) -> None:
+    res = await new_ingest(storage).ingest([r(T0, 10), r(T0 + H, 20), r(T0, 10), r(T0 + H, 20), r(T0 + H, 20)])
+    assert (res.accepted, res.duplicates, res.conflicts) == (2, 3, 0)
+    assert await stored(storage) == [(T0, 10, 10, 0, 0), (T0 + H, 20, 20, 0, 0)]
+
+
+async def test_conflicting_duplicate_keeps_stored_value(storage: RecordingStorage) -> None:
+    ingest = new_ingest(storage)
+    await ingest.ingest([r(T0, 1000), r(T0 + H, 1500), r(T0 + 2 * H, 1600)])
+    before = table(storage.path, "readings")
+    res = await ingest.ingest([r(T0 + H, 1550), r(T0 + 2 * H, 1600)])
+    assert (res.accepted, res.duplicates, res.conflicts) == (0, 1, 1)
+    assert table(storage.path, "readings") == before
+    # A conflict next to a new reading: the new one is accepted, the stored value kept.
+    res = await ingest.ingest([r(T0 + 2 * H, 1), r(T0 + 3 * H, 1700)])
+    assert (res.accepted, res.duplicates, res.conflicts) == (1, 0, 1)
+    assert [(ts, c, p) for ts, c, p, _, _ in await stored(storage)] == [
+        (T0, 1000, 1000),
+        (T0 + H, 1500, 1500),
+        (T0 + 2 * H, 1600, 1600),
+        (T0 + 3 * H, 1700, 1700),
+    ]
+
+
+async def test_conflict_inside_one_batch_keeps_the_first(storage: RecordingStorage) -> None:
+    res = await new_ingest(storage).ingest([r(T0, 10), r(T0 + H, 25), r(T0 + H, 20)])
+    assert (res.accepted, res.duplicates, res.conflicts) == (2, 0, 1)
+    assert await stored(storage) == [(T0, 10, 10, 0, 0), (T0 + H, 25, 25, 0, 0)]
+
+
+# order ----------------------------------------------------------------------
+
+
+async def test_out_of_order_within_a_batch(storage: RecordingStorage) -> None:
+    readings = [r(T0, 100), r(T0 + H, 400), r(T0 + 2 * H, 2, RESET), r(T0 + 3 * H, 50)]
+    res = await new_ingest(storage).ingest([readings[i] for i in (3, 1, 0, 2)])
+    assert (res.accepted, res.resets) == (4, 1)
+    assert await stored(storage) == [
+        (T0, 100, 100, 0, 0),
+        (T0 + H, 400, 400, 0, 0),
+        (T0 + 2 * H, 2, 402, RESET, EPOCH),
+        (T0 + 3 * H, 50, 450, 0, 0),
+    ]
+
+
+async def test_out_of_order_across_batches(storage: RecordingStorage) -> None:
+    ingest = new_ingest(storage)
+    await ingest.ingest([r(T0 + 2 * H, 300), r(T0 + 4 * H, 520)])
+    await ingest.ingest([r(T0 + 3 * H, 410), r(T0, 100)])
+    await ingest.ingest([r(T0 + H, 180), r(T0 + 5 * H, 600)])
+    assert [(ts, p) for ts, _, p, _, _ in await stored(storage)] == [
+        (T0, 100),
+        (T0 + H, 180),
+        (T0 + 2 * H, 300),
+        (T0 + 3 * H, 410),
+        (T0 + 4 * H, 520),
+        (T0 + 5 * H, 600),
+    ]
+    # The in-order continuation still chains from the newest reading.
+    await ingest.ingest([r(T0 + 6 * H, 650)])
+    assert (await stored(storage))[-1] == (T0 + 6 * H, 650, 650, 0, 0)
+    await IntervalWorker(storage).process()
+    assert await hours(storage, T0, T0 + 6 * H) == approx_hours(
+        [
+            (T0, 0.08, MEASURED),
+            (T0 + H, 0.12, MEASURED),
+            (T0 + 2 * H, 0.11, MEASURED),
+            (T0 + 3 * H, 0.11, MEASURED),
+            (T0 + 4 * H, 0.08, MEASURED),
+            (T0 + 5 * H, 0.05, MEASURED),
+        ]
+    )
+
+
+async def test_back_fill_in_the_middle_of_history(storage: RecordingStorage) -> None:
+    ingest = new_ingest(storage)
+    worker = IntervalWorker(storage)
+    await ingest.ingest([r(T0, 0), r(T0 + H, 100), r(T0 + 2 * H, 200), r(T0 + 5 * H, 800), r(T0 + 6 * H, 900)])
+    await worker.process()
+    assert await hours(storage, T0, T0 + 6 * H) == approx_hours(
+        [
+            (T0, 0.1, MEASURED),
+            (T0 + H, 0.1, MEASURED),
+            (T0 + 2 * H, 0.2, ESTIMATED),  # 600 pulses over 3 hours, linear share
+            (T0 + 3 * H, 0.2, ESTIMATED),
+            (T0 + 4 * H, 0.2, ESTIMATED),
+            (T0 + 5 * H, 0.1, MEASURED),
+        ]
+    )
+    before = await stored(storage)
+
+    storage.writes.clear()
+    res = await ingest.ingest([r(T0 + 4 * H, 750), r(T0 + 3 * H, 250)])
+    assert (res.accepted, res.duplicates) == (2, 0)
+    (write,) = storage.writes
+    assert len(write.updates) == 0  # later readings keep their pulses
+    assert write.dirty == [(await key(storage), T0 + 2 * H, T0 + 5 * H)]
+    after = await stored(storage)
+    assert [x for x in after if x[0] not in (T0 + 3 * H, T0 + 4 * H)] == before
+    assert (T0 + 3 * H, 250, 250, 0, 0) in after and (T0 + 4 * H, 750, 750, 0, 0) in after
+
+    await worker.process()
+    assert await hours(storage, T0, T0 + 6 * H) == approx_hours(
+        [
+            (T0, 0.1, MEASURED),
+            (T0 + H, 0.1, MEASURED),
+            (T0 + 2 * H, 0.05, MEASURED),
+            (T0 + 3 * H, 0.5, MEASURED),
+            (T0 + 4 * H, 0.05, MEASURED),
+            (T0 + 5 * H, 0.1, MEASURED),
+        ]
+    )
+
+
+async def test_hours_between_in_order_batches_are_recomputed(storage: RecordingStorage) -> None:
+    # One reading per batch, 100 minutes apart, 1 pulse a minute; hours are
+    # recomputed after every batch, as the running server does.
+    ingest = new_ingest(storage)
+    worker = IntervalWorker(storage)
+    for i in range(5):
+        await ingest.ingest([r(T0 + 600 + i * 6000, 100 * i)])
+        await worker.process()
+    assert await hours(storage, T0, T0 + 7 * H) == approx_hours(
+        [(T0, None, MISSING)] + [(T0 + h * H, 0.06, ESTIMATED) for h in range(1, 6)] + [(T0 + 6 * H, None, MISSING)]
+    )
+
+
+async def test_back_fill_before_a_reset_shifts_later_epochs(storage: RecordingStorage) -> None:
+    ingest = new_ingest(storage)
+    worker = IntervalWorker(storage)
+    await ingest.ingest([r(T0, 100), r(T0 + 2 * H, 5, RESET), r(T0 + 3 * H, 10)])
+    assert [p for _, _, p, _, _ in await stored(storage)] == [100, 105, 110]
+    await worker.process()
+    assert await hours(storage, T0, T0 + 3 * H) == approx_hours(
+        [(T0, None, MISSING), (T0 + H, None, MISSING), (T0 + 2 * H, 0.005, MEASURED)]
+    )
+
+    storage.writes.clear()
+    res = await ingest.ingest([r(T0 + H, 150)])
+    assert res.accepted == 1
+    (write,) = storage.writes
+    k = await key(storage)
+    u = write.updates
+    assert list(zip(u.meter.tolist(), u.ts.tolist(), u.pulses.tolist(), u.flags.tolist(), strict=True)) == [
+        (k, T0 + 2 * H, 155, EPOCH),
+        (k, T0 + 3 * H, 160, 0),
+    ]
+    assert write.dirty == [(k, T0, T0 + 3 * H)]
+    assert await stored(storage) == [
+        (T0, 100, 100, 0, 0),
+        (T0 + H, 150, 150, 0, 0),
+        (T0 + 2 * H, 5, 155, RESET, EPOCH),
+        (T0 + 3 * H, 10, 160, 0, 0),
+    ]
+    # The chain continues from the shifted head.
+    await ingest.ingest([r(T0 + 4 * H, 12)])
+    assert (await stored(storage))[-1] == (T0 + 4 * H, 12, 162, 0, 0)
+
+    await worker.process()
+    assert await hours(storage, T0, T0 + 4 * H) == approx_hours(
+        [(T0, 0.05, MEASURED), (T0 + H, None, MISSING), (T0 + 2 * H, 0.005, MEASURED), (T0 + 3 * H, 0.002, MEASURED)]
+    )
+
+
+async def test_back_filled_reset_shifts_later_readings(storage: RecordingStorage) -> None:
+    ingest = new_ingest(storage)
+    await ingest.ingest([r(T0, 100), r(T0 + 2 * H, 300), r(T0 + 3 * H, 400)])
+    storage.writes.clear()
+    res = await ingest.ingest([r(T0 + H, 50, RESET)])
+    assert (res.accepted, res.resets) == (1, 1)
+    (write,) = storage.writes
+    assert list(zip(write.updates.ts.tolist(), write.updates.pulses.tolist(), strict=True)) == [
+        (T0 + 2 * H, 400),
+        (T0 + 3 * H, 500),
+    ]
+    assert [(p, f) for _, _, p, _, f in await stored(storage)] == [(100, 0), (150, EPOCH), (400, 0), (500, 0)]
+
+
+async def test_back_fill_removes_an_implicit_reset(storage: RecordingStorage) -> None:
+    # 0 -> 3e9 looks like a counter that went backwards; the reading between
+    # shows two forward steps of 1.5e9.
+    ingest = new_ingest(storage)
+    await ingest.ingest([r(T0, 0), r(T0 + 2 * H, 3_000_000_000)])
+    assert [f for *_, f in await stored(storage)] == [0, EPOCH | IMPLICIT]
+    storage.writes.clear()
+    await ingest.ingest([r(T0 + H, 1_500_000_000)])
+    (write,) = storage.writes
+    assert list(zip(write.updates.ts.tolist(), write.updates.flags.tolist(), strict=True)) == [(T0 + 2 * H, 0)]
+    assert await stored(storage) == [
+        (T0, 0, 0, 0, 0),
+        (T0 + H, 1_500_000_000, 1_500_000_000, 0, 0),
+        (T0 + 2 * H, 3_000_000_000, 3_000_000_000, 0, 0),
+    ]
+
+
+async def test_back_fill_before_the_first_reading(storage: RecordingStorage) -> None:
+    await storage.registry_apply({"meters": [meter("W1", base_counter=50)]})
+    ingest = new_ingest(storage)
+    await ingest.ingest([r(T0 + 2 * H, 300), r(T0 + 3 * H, 330)])
+    await ingest.ingest([r(T0, 100), r(T0 + H, 200)])
+    assert [(ts, p) for ts, _, p, _, _ in await stored(storage)] == [
+        (T0, 50),
+        (T0 + H, 150),
+        (T0 + 2 * H, 250),
+        (T0 + 3 * H, 280),
+    ]
+
+
+# the registry ---------------------------------------------------------------
+
+
+async def test_quarantine(storage: RecordingStorage) -> None:
+    await storage.registry_apply(
+        {
+            "modules": [RadioModule(2002, channels=0b001)],
+            "meters": [meter("W3", module=2002, install=T0 - 10 * H, removed_time=T0 + 5 * H)],
+        }
+    )
+    ingest = new_ingest(storage, now=NOW)
+    res = await ingest.ingest(
+        [
+            r(T0, 10, module=9999),  # unknown module
+            r(T0, 10, channel=3),  # known module, no meter on input 3
+            r(T0 - 2 * 86400, 10),  # before W1 was installed
+            r(T0 + 6 * H, 10, module=2002),  # after W3 was removed (and nobody replaced it)
+            r(T0 + 4 * H, 10, module=2002),  # still W3's
+        ]
+    )
+    assert (res.accepted, res.quarantined) == (1, 4)
+    q = await storage.quarantine()
+    assert {(x["module_id"], x["channel"], x["ts"], x["reason"]) for x in q} == {
+        (9999, 1, T0, "unknown_channel"),
+        (MODULE, 3, T0, "unknown_channel"),
+        (MODULE, 1, T0 - 2 * 86400, "before_install"),
+        (2002, 1, T0 + 6 * H, "meter_removed"),
+    }
+    assert all(x["received_at"] == NOW and x["counter"] == 10 for x in q)
+    assert len(await stored(storage, "W3")) == 1
+    # Retransmitted quarantined readings are kept once.
+    await ingest.ingest([r(T0, 10, module=9999)])
+    assert len(await storage.quarantine()) == 4
+
+
+async def test_modules_last_seen(storage: RecordingStorage) -> None:
+    await new_ingest(storage).ingest([r(T0 + H, 1), r(T0, 0), r(T0 + 3 * H, 1, channel=3)])
+    (module,) = await storage.registry_list("modules")
+    assert module.last_seen == T0 + 3 * H
+    await new_ingest(storage).ingest([r(T0 - H, 0, channel=2)])  # an older report does not go back
+    assert (await storage.registry_get("modules", MODULE)).last_seen == T0 + 3 * H
+
+
+async def test_readings_from_the_future_are_rejected(storage: RecordingStorage) -> None:
+    ingest = new_ingest(storage, now=NOW)
+    res = await ingest.ingest([r(NOW - H, 10), r(NOW + 300, 20), r(NOW + 301, 30), r(NOW + 86400, 40)])
+    assert res.rejected == {"future": 2}
+    assert res.accepted == 2
+    assert [ts for ts, *_ in await stored(storage)] == [NOW - H, NOW + 300]
+    assert await storage.quarantine() == []
+    assert ingest.totals.rejected["future"] == 2
+
+
+async def test_invalid_values_are_rejected(storage: RecordingStorage) -> None:
+    ingest = new_ingest(storage)
+    batch = ReadingBatch(
+        module=np.array([MODULE, MODULE, MODULE, MODULE, MODULE, -1, MODULE], dtype=np.int64),
+        channel=np.array([0, 4, 1, 1, 1, 1, 1], dtype=np.int64),
+        ts=np.array([T0, T0, T0, T0, 0, T0, T0 + H], dtype=np.int64),
+        counter=np.array([1, 1, -1, COUNTER_MODULUS, 1, 1, COUNTER_MODULUS - 1], dtype=np.int64),
+        status=np.zeros(7, dtype=np.int64),
+    )
+    res = await ingest.ingest(batch)
+    assert res.rejected == {"invalid": 6}
+    assert (res.accepted, res.quarantined) == (1, 0)
+    assert [(ts, c) for ts, c, *_ in await stored(storage)] == [(T0 + H, COUNTER_MODULUS - 1)]
+    assert await storage.quarantine() == []
+
+
+async def test_meter_replacement(storage: RecordingStorage) -> None:
+    swap = T0 + 2 * H + 1800
+    await storage.registry_apply(
+        {
+            "meters": [
+                meter("W1", install=T0 - 86400, removed_time=swap),
+                meter("W1-new", install=swap, base_counter=1250),
+            ]
+        }
+    )
+    readings = [r(T0 + i * H, 1000 + 100 * i) for i in range(7)]  # the module keeps counting
+    res = await new_ingest(storage).ingest(readings[::-1])
+    assert (res.accepted, res.quarantined) == (7, 0)
+    assert [(ts, p) for ts, _, p, _, _ in await stored(storage, "W1")] == [
+        (T0, 1000),
+        (T0 + H, 1100),
+        (T0 + 2 * H, 1200),
+    ]
+    assert [(ts, p) for ts, _, p, _, _ in await stored(storage, "W1-new")] == [
+        (T0 + 3 * H, 50),
+        (T0 + 4 * H, 150),
+        (T0 + 5 * H, 250),
+        (T0 + 6 * H, 350),
+    ]
+    # A late reading from before the swap still goes to the old meter, one at
+    # the swap itself to the new one.
+    res = await new_ingest(storage).ingest([r(T0 + 2 * H + 900, 1225), r(swap, 1250)])
+    assert res.accepted == 2
+    assert (await stored(storage, "W1"))[-1] == (T0 + 2 * H + 900, 1225, 1225, 0, 0)
+    assert (await stored(storage, "W1-new"))[0] == (swap, 1250, 0, 0, 0)
+
+
+async def test_replacement_registered_while_running(storage: RecordingStorage) -> None:
+    ingest = new_ingest(storage)
+    await ingest.ingest([r(T0, 1000), r(T0 + H, 1100)])
+    await storage.registry_apply(
+        {
+            "meters": [
+                meter("W1", removed_time=T0 + 2 * H),
+                meter("W1-new", install=T0 + 2 * H, base_counter=7),
+            ]
+        }
+    )
+    res = await ingest.ingest([r(T0 + 3 * H, 57, RESET)])  # new meter, module restarted
+    assert res.accepted == 1
+    assert [p for _, _, p, _, _ in await stored(storage, "W1")] == [1000, 1100]
+    assert await stored(storage, "W1-new") == [(T0 + 3 * H, 57, 57, RESET, EPOCH)]
+
+
+# events and failures --------------------------------------------------------
+
+
+class CheckingBus(EventBus):
+    """Reads the storage when an event is published: it must already be committed."""
+
+    def __init__(self, storage: SqliteStorage) -> None:
+        super().__init__()
+        self.storage = storage
+        self.seen: list[tuple[ReadingsCommitted, int]] = []
+
+    async def publish(self, event) -> None:
+        if isinstance(event, ReadingsCommitted):
+            with sqlite3.connect(self.storage.path) as db:
+                (n,) = db.execute("SELECT count(*) FROM readings").fetchone()
+            self.seen.append((event, n))
+        await super().publish(event)
+
+
+async def test_readings_committed_event(storage: RecordingStorage) -> None:
+    bus = CheckingBus(storage)
+    sub = bus.subscribe(ReadingsCommitted)
+    ingest = new_ingest(storage, bus=bus)
+    await ingest.ingest([r(T0 + H, 20), r(T0, 10), r(T0 + 2 * H, 5, channel=2), r(T0, 1, module=9999)])
+    event = sub.queue.get_nowait()
+    keys = await storage.meter_keys()
+    assert event == ReadingsCommitted(
+        meters=tuple(sorted((keys["W1"], keys["W2"]))), count=3, t_min=T0, t_max=T0 + 2 * H
+    )
+    assert bus.seen == [(event, 3)]  # visible to another connection when published
+
+    # Nothing new, nothing published.
+    await ingest.ingest([r(T0, 10), r(T0, 1, module=9999)])
+    assert sub.queue.empty()
+
+
+@pytest.mark.parametrize("mode", ["refuse", "midway"])
+async def test_failed_commit_leaves_nothing_and_chaining_recovers(tmp_path: Path, mode: str) -> None:
+    s = await open_storage(tmp_path / "edge.db", FaultyStorage, [meter("W1")])
+    try:
+        bus = EventBus()
+        sub = bus.subscribe(ReadingsCommitted)
+        ingest = new_ingest(s, bus=bus)
+        await ingest.ingest([r(T0, 1000), r(T0 + H, 1100)])
+        sub.queue.get_nowait()
+        snapshot = {t: table(s.path, t) for t in ("readings", "quarantine", "interval_dirty", "modules")}
+
+        failing = [r(T0 + 2 * H, 10, RESET), r(T0 + 2 * H, 3, module=9999)]
+        s.fail_next = mode
+        with pytest.raises(StorageError):
+            await ingest.ingest(failing)
+        assert {t: table(s.path, t) for t in snapshot} == snapshot
+        assert sub.queue.empty()
+        assert ingest.totals.accepted == 2
+
+        # The storage is back. The next batch chains from what was committed:
+        # 1100 -> 1300 is 200 pulses, not a continuation of the lost reset.
+        res = await ingest.ingest([r(T0 + 3 * H, 1300)])
+        assert res.accepted == 1
+        assert await stored(s) == [
+            (T0, 1000, 1000, 0, 0),
+            (T0 + H, 1100, 1100, 0, 0),
+            (T0 + 3 * H, 1300, 1300, 0, 0),
+        ]
+
+        # The device sends the failed batch again: it is back-filled and the
+        # reading after it re-chained (1300 after a restart at 10 is 1290 pulses).
+        res = await ingest.ingest(failing)
+        assert (res.accepted, res.quarantined, res.resets) == (1, 1, 1)
+        assert await stored(s) == [
+            (T0, 1000, 1000, 0, 0),
+            (T0 + H, 1100, 1100, 0, 0),
+            (T0 + 2 * H, 10, 1110, RESET, EPOCH),
+            (T0 + 3 * H, 1300, 2400, 0, 0),
+        ]
+        assert len(await s.quarantine()) == 1
+    finally:
+        await s.close()
+
+
+async def test_concurrent_ingests_share_commits(tmp_path: Path) -> None:
+    meters = [meter(f"M{m}-{c}", channel=c, module=m) for m in range(1, 21) for c in (1, 2, 3)]
+    s = await open_storage(tmp_path / "edge.db", meters=meters)
+    try:
+        ingest = new_ingest(s)
+        batches = [
+            [r(T0 + h * H, 10 * h, channel=c, module=m) for c in (1, 2, 3)] for h in range(10) for m in range(1, 21)
+        ]
+        before = s.commits
+        results = await asyncio.gather(*(ingest.ingest(b) for b in batches))
+        assert sum(x.accepted for x in results) == 600
+        assert s.commits - before < len(batches)
+        for m in meters[:3]:
+            assert [p for _, _, p, _, _ in await stored(s, m.meter_id)] == [10 * h for h in range(10)]
+    finally:
+        await s.close()
+
+
+# order independence ---------------------------------------------------------
+
+
+@st.composite
+def scenarios(draw):
+    """One meter's readings in time order, and the same readings as they arrive."""
+    n = draw(st.integers(2, 24))
+    # Typical reporting periods, gaps that are estimated and gaps beyond max_gap_s.
+    gap = st.sampled_from([300, 900, 1800, H, H + 600, 2 * H, 3 * H, 7 * H]) | st.integers(60, 8 * H)
+    gaps = draw(st.lists(gap, min_size=n - 1, max_size=n - 1))
+    ts = [T0 + draw(st.integers(0, H - 1))]
+    for g in gaps:
+        ts.append(ts[-1] + g)
+    counter = draw(st.integers(0, COUNTER_MODULUS - 1))
+    base_counter = (counter - draw(st.integers(0, 10_000))) % COUNTER_MODULUS
+    readings = []
+    for i, t in enumerate(ts):
+        if i:
+            kind = draw(st.sampled_from(["small", "small", "large", "reset"]))
+            if kind == "reset":
+                counter = draw(st.integers(0, 1000))
+                readings.append(r(t, counter, RESET))
+                continue
+            step = draw(st.integers(0, 5000) if kind == "small" else st.integers(0, 2**31 - 1))
+            counter = (counter + step) % COUNTER_MODULUS
+        readings.append(r(t, counter))
+    if draw(st.booleans()):
+        arrival = draw(st.permutations(readings))
+    else:  # mostly in time order, some readings late (a module that was out of reach)
+        delay = draw(st.lists(st.just(0) | st.integers(1, n), min_size=n, max_size=n))
+        arrival = [readings[i] for i in sorted(range(n), key=lambda i: (i + delay[i], i))]
+    dups = draw(st.lists(st.sampled_from(readings), max_size=3))
+    for d in dups:
+        arrival.insert(draw(st.integers(0, len(arrival))), d)
+    cuts = sorted(draw(st.sets(st.integers(1, len(arrival) - 1), max_size=len(arrival) - 1)))
+    batches = [arrival[a:b] for a, b in zip([0, *cuts], [*cuts, len(arrival)], strict=True)]
+    return base_counter, readings, batches
+
+
+async def _run(path: Path, base_counter: int, batches: list[list[RawReading]], process_each: bool):
+    s = await open_storage(path, meters=[meter("W1", base_counter=base_counter)])
+    try:
+        ingest = new_ingest(s)
+        worker = IntervalWorker(s)
+        for b in batches:
+            await ingest.ingest(b)
+            if process_each:
+                await worker.process()
+        await worker.process()
+        rows = await stored(s)
+        k = await key(s)
+        t0, t1 = rows[0][0] - rows[0][0] % H - H, rows[-1][0] + 3 * H
+        points = to_points(t0, t1, await s.hourly(k, t0, t1))
+        return rows, points, ingest.totals
+    finally:
+        await s.close()
+
+
+@settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(scenarios())
+def test_order_independence(scenario) -> None:
+    base_counter, readings, batches = scenario
+    with tempfile.TemporaryDirectory() as d:
+        expected, expected_points, _ = asyncio.run(_run(Path(d) / "a.db", base_counter, [readings], False))
+        got, points, totals = asyncio.run(_run(Path(d) / "b.db", base_counter, batches, True))
+
+    assert got == expected
+    assert totals.accepted == len(readings)
+    assert totals.duplicates == sum(len(b) for b in batches) - len(readings)
+    assert totals.conflicts == 0
+
+    # Hourly values after late data equal the ones computed from all data at once.
+    assert [(p.t, p.quality) for p in points] == [(p.t, p.quality) for p in expected_points]
+    for p, e in zip(points, expected_points, strict=True):
+        assert (p.value is None) == (e.value is None)
+        if p.value is not None:
+            assert p.value == pytest.approx(e.value, rel=1e-9, abs=1e-9)
+
+    # Known hours never add up to more than was counted.
+    pulses = [p for _, _, p, _, _ in got]
+    assert pulses == sorted(pulses)
+    known = sum(p.value for p in points if p.quality is not Quality.MISSING)
+    assert all(p.value is not None and p.value >= -1e-9 for p in points if p.quality is not Quality.MISSING)
+    assert known <= (pulses[-1] - pulses[0]) * WEIGHT + 1e-6
+    assert known <= pulses[-1] * WEIGHT + 1e-6
+    assert not any(p.value is not None and math.isnan(p.value) for p in points)
