@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
 
@@ -32,15 +32,6 @@ class IntervalsUpdated:
     meters: tuple[int, ...]
     t_min: int
     t_max: int
-
-
-@dataclass(frozen=True, slots=True)
-class Notice:
-    """A generic event for plugins: findings, alarms and commands use it until
-    their own issues give them richer types."""
-
-    kind: str
-    data: dict[str, Any] = field(default_factory=dict)
 
 
 Policy = Literal["block", "drop_oldest"]

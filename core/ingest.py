@@ -255,16 +255,18 @@ class Ingest:
 
     # the path ------------------------------------------------------------
 
-    async def ingest(self, batch: ReadingBatch | Iterable[RawReading]) -> IngestResult:
+    async def ingest(self, batch: ReadingBatch | Iterable[RawReading], *, release: bool = False) -> IngestResult:
         """Store a batch durably; return once it is committed.
 
         Raises StorageError when the batch could not be committed: the driver
-        must then ask the device to send it again (nothing was acknowledged)."""
+        must then ask the device to send it again (nothing was acknowledged).
+        With ``release`` the batch comes from the quarantine: readings a meter
+        now claims leave it in the same transaction."""
         if not isinstance(batch, ReadingBatch):
             batch = ReadingBatch.of(batch)
         result = IngestResult()
         async with self._lock:
-            write, event = await self._prepare(batch, result)
+            write, event = await self._prepare(batch, result, release)
             pending = asyncio.ensure_future(self.storage.commit_ingest(write))
         try:
             await pending
@@ -279,7 +281,20 @@ class Ingest:
             await self.bus.publish(event)
         return result
 
-    async def _prepare(self, batch: ReadingBatch, result: IngestResult) -> tuple[IngestWrite, ReadingsCommitted | None]:
+    async def replay_quarantine(self, limit: int = 100_000) -> IngestResult:
+        """Ingest quarantined readings again, after the registry learned their
+        modules or meters; those still unclaimed stay where they are."""
+        rows = await self.storage.quarantine(limit)
+        if not rows:
+            return IngestResult()
+        columns = np.array([(r["module_id"], r["channel"], r["ts"], r["counter"], r["status"]) for r in rows],
+                           dtype=np.int64)
+        self._registry_checked = 0.0  # the registry has most likely just changed
+        return await self.ingest(ReadingBatch(*columns.T), release=True)
+
+    async def _prepare(
+        self, batch: ReadingBatch, result: IngestResult, release: bool = False
+    ) -> tuple[IngestWrite, ReadingsCommitted | None]:
         now = int(self.clock())
         write = IngestWrite(received_at=now)
         meter_map = await self._refresh()
@@ -311,6 +326,10 @@ class Ingest:
             ]
             result.quarantined = len(lost)
         claimed = np.flatnonzero(keys >= 0)
+        if release:
+            write.released = list(zip(batch.module[claimed].tolist(), batch.channel[claimed].tolist(),
+                                      batch.ts[claimed].tolist(), strict=True))
+            result.quarantined = 0  # still unclaimed: they stay, they are not new
         self._seen(batch, write)
         if not len(claimed):
             return write, None

@@ -181,3 +181,29 @@ async def test_openapi_documents_every_route(make_server, client_for, tmp_path):
         assert ("security" in op) == (route.role is not None)
     params = doc["paths"]["/api/v1/meters/{meter_id}/consumption"]["get"]["parameters"]
     assert {p["name"] for p in params} == {"meter_id", "from", "to", "step"}
+
+
+async def test_quarantine_replay_after_registration(make_server, client_for, tmp_path):
+    server = await started(make_server, tmp_path)
+    c = client_for(server)
+    rows = [reading(2001, 1, T0 + i * 600, 100 + i * 10) for i in range(7)] + [reading(3003, 1, T0, 1)]
+    first = await c.post("/api/v1/readings", json={"readings": rows}, headers=auth("operator"))
+    assert first.json()["quarantined"] == 8
+
+    admin = auth("admin")
+    assert (await c.put("/api/v1/modules/2001", json={"concentrator_id": 7, "channels": 1},
+                        headers=admin)).status_code == 201
+    meter = {"resource": "water", "unit": "m3", "pulse_weight": 0.001, "install_time": "2014-01-01T00:00:00Z",
+             "module_id": 2001, "channel": 1, "base_counter": 100}
+    assert (await c.put("/api/v1/meters/W-20", json=meter, headers=admin)).status_code == 201
+    assert (await c.post("/api/v1/quarantine/replay", headers=auth("operator"))).status_code == 403
+    replay = (await c.post("/api/v1/quarantine/replay", headers=admin)).json()
+    assert replay["accepted"] == 7
+    assert replay["remaining"] == 1
+
+    unknown = (await c.get("/api/v1/quarantine", headers=auth("viewer"))).json()["readings"]
+    assert [u["module_id"] for u in unknown] == [3003]
+    hours = (await c.get(f"/api/v1/meters/W-20/consumption?from={T0}&to={T0 + 3600}", headers=auth("viewer"))).json()
+    assert hours["points"] == [{"t": "2014-01-20T00:00:00Z", "value": 0.06, "quality": "measured"}]
+    again = (await c.post("/api/v1/quarantine/replay", headers=admin)).json()
+    assert again["accepted"] == 0 and again["remaining"] == 1

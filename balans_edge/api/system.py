@@ -6,7 +6,8 @@ from typing import TYPE_CHECKING, Any
 
 from sanic.request import Request
 
-from balans_edge.routes import Param, Route, json
+from balans_edge.core.storage import StorageError
+from balans_edge.routes import ApiError, Param, Route, json
 
 if TYPE_CHECKING:
     from balans_edge.server import Server
@@ -22,10 +23,16 @@ def routes(server: Server) -> list[Route]:
     async def quarantine(request: Request) -> Any:
         limit = request.args.get("limit", "1000")
         if not limit.isdigit() or not 1 <= int(limit) <= 100000:
-            from balans_edge.routes import ApiError
-
             raise ApiError(400, "bad_parameter", f"limit: expected integer 1..100000, got {limit!r}")
         return json({"readings": await server.storage.quarantine(int(limit))})
+
+    async def replay(request: Request) -> Any:
+        try:
+            result = await server.ingest.replay_quarantine()
+        except StorageError as exc:
+            raise ApiError(503, "unavailable", f"replay not stored, try again: {exc}") from None
+        remaining = len(await server.storage.quarantine(100_000))
+        return json({**result.as_dict(), "remaining": remaining})
 
     return [
         Route("GET", "/api/v1/health", health, "Server health: storage, ingest counters, plugins, exporters",
@@ -34,4 +41,8 @@ def routes(server: Server) -> list[Route]:
         Route("GET", "/api/v1/quarantine", quarantine, "Readings from unknown modules or channels, newest first",
               params=(Param("limit", type="integer", description="at most this many (default 1000)"),),
               tags=("ingest",)),
+        Route("POST", "/api/v1/quarantine/replay", replay,
+              "Ingest quarantined readings again after the registry learned their modules; "
+              "claimed ones leave the quarantine", role="admin", tags=("ingest",),
+              responses={200: "ingest counts and how many readings remain unclaimed"}),
     ]

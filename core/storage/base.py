@@ -79,6 +79,8 @@ class IngestWrite:
     """(module_id, channel, ts, counter, status, reason) of readings no meter claims."""
     dirty: list[tuple[int, int, int]] = field(default_factory=list)
     """(meter, lo, hi): time ranges whose hourly consumption must be recomputed."""
+    released: list[tuple[int, int, int]] = field(default_factory=list)
+    """(module_id, channel, ts) of quarantined readings a meter now claims."""
     module_seen: list[tuple[int, int]] = field(default_factory=list)
     """(module_id, ts) of modules that reported."""
     received_at: int = 0

@@ -318,6 +318,10 @@ class SqliteStorage(Storage):
                     [(*q, write.received_at) for q in write.quarantine],
                 )
             )
+        if write.released:
+            statements.append(
+                ("DELETE FROM quarantine WHERE module_id = ? AND channel = ? AND ts = ?", write.released)
+            )
         if write.dirty:
             statements.append(("INSERT INTO interval_dirty (meter, lo, hi) VALUES (?, ?, ?)", write.dirty))
         if write.module_seen:
