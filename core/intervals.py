@@ -28,7 +28,7 @@ import numpy as np
 
 from balans_edge.core.bus import EventBus, IntervalsUpdated, ReadingsCommitted
 from balans_edge.core.model import IntervalValue, Quality, ReadingFlag
-from balans_edge.core.storage import ReadingRows, Storage
+from balans_edge.core.storage import IngestWrite, ReadingRows, Storage
 from balans_edge.core.tasks import cancel
 
 log = logging.getLogger(__name__)
@@ -150,18 +150,25 @@ class IntervalWorker:
         self._lock = asyncio.Lock()
         self.recomputed_hours = 0
 
-    async def _weight(self, meter: int) -> float:
+    async def _reload_weights(self) -> None:
+        """Follow registry changes; a meter whose pulse weight changed gets its
+        whole stored history recomputed (its hourly values are in units)."""
         version = await self.storage.registry_version()
-        if version != self._registry_version:
-            self._weights = {k: m.pulse_weight for k, m in await self.storage.meters_by_key()}
-            self._registry_version = version
-        return self._weights.get(meter, 0.0)
+        if version == self._registry_version:
+            return
+        weights = {k: m.pulse_weight for k, m in await self.storage.meters_by_key()}
+        changed = [k for k, w in weights.items() if k in self._weights and self._weights[k] != w]
+        dirty = [(k, *span) for k in changed if (span := await self.storage.reading_span(k)) is not None]
+        if dirty:
+            await self.storage.commit_ingest(IngestWrite(dirty=dirty))
+        self._weights, self._registry_version = weights, version
 
     async def process(self, limit: int = 5000) -> int:
         """Recompute every pending range; return how many ranges were done."""
         done_total = 0
         async with self._lock:
             await self.storage.flush()
+            await self._reload_weights()
             while True:
                 ranges = await self.storage.take_dirty(limit)
                 if not ranges:
@@ -189,7 +196,7 @@ class IntervalWorker:
         t0, t1 = floor_hour(lo), max(ceil_hour(hi), floor_hour(lo) + HOUR)
         margin = self.settings.max_gap_s + 1
         readings = await self.storage.readings(meter, t0 - margin, t1 + margin + 1)
-        hours, values, quality = hourly(readings, await self._weight(meter), t0, t1, self.settings)
+        hours, values, quality = hourly(readings, self._weights.get(meter, 0.0), t0, t1, self.settings)
         return [
             (meter, t, None if np.isnan(v) else v, q)
             for t, v, q in zip(hours.tolist(), values.tolist(), quality.tolist(), strict=True)

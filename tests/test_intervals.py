@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from datetime import UTC, datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -318,6 +319,20 @@ async def test_worker_weights_and_missing_hours_over_sqlite(storage: SqliteStora
         (T0 + 3 * H, 4.0, MEASURED),
     ]
     assert await storage.hourly(keys["W1"], T0, T0 + 4 * H) == []
+
+
+async def test_worker_recomputes_history_when_the_pulse_weight_changes(storage: SqliteStorage) -> None:
+    ingest = Ingest(storage, IngestSettings(), clock=lambda: T0 + 86400)
+    worker = IntervalWorker(storage)
+    w1 = (await storage.meter_keys())["W1"]
+    await ingest.ingest([reading(T0 + i * H, 100 * i) for i in range(4)])
+    await worker.process()
+    assert [v for _, v, _ in await storage.hourly(w1, T0, T0 + 3 * H)] == pytest.approx([1.0, 1.0, 1.0])
+
+    meter = await storage.registry_get("meters", "W1")
+    await storage.registry_apply({"meters": [dataclasses.replace(meter, pulse_weight=0.001)]})
+    assert await worker.process() == 1
+    assert [v for _, v, _ in await storage.hourly(w1, T0, T0 + 3 * H)] == pytest.approx([0.1, 0.1, 0.1])
 
 
 async def test_worker_runs_on_readings_committed(storage: SqliteStorage) -> None:

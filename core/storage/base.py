@@ -170,6 +170,10 @@ class Storage(ABC):
     async def has_readings(self, meter: int) -> bool: ...
 
     @abstractmethod
+    async def reading_span(self, meter: int) -> tuple[int, int] | None:
+        """Times of the first and last stored reading of a meter."""
+
+    @abstractmethod
     async def take_dirty(self, limit: int = 10000) -> list[DirtyRange]:
         """Ranges waiting for interval recomputation (not removed until saved)."""
 
