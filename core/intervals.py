@@ -28,7 +28,7 @@ import numpy as np
 
 from balans_edge.core.bus import EventBus, IntervalsUpdated, ReadingsCommitted
 from balans_edge.core.model import IntervalValue, Quality, ReadingFlag
-from balans_edge.core.storage import IngestWrite, ReadingRows, Storage
+from balans_edge.core.storage import ReadingRows, Storage
 from balans_edge.core.tasks import cancel
 
 log = logging.getLogger(__name__)
@@ -151,17 +151,12 @@ class IntervalWorker:
         self.recomputed_hours = 0
 
     async def _reload_weights(self) -> None:
-        """Follow registry changes; a meter whose pulse weight changed gets its
-        whole stored history recomputed (its hourly values are in units)."""
+        """Follow registry changes (storage marks the history of a meter whose
+        pulse weight changed as dirty in the same transaction)."""
         version = await self.storage.registry_version()
-        if version == self._registry_version:
-            return
-        weights = {k: m.pulse_weight for k, m in await self.storage.meters_by_key()}
-        changed = [k for k, w in weights.items() if k in self._weights and self._weights[k] != w]
-        dirty = [(k, *span) for k in changed if (span := await self.storage.reading_span(k)) is not None]
-        if dirty:
-            await self.storage.commit_ingest(IngestWrite(dirty=dirty))
-        self._weights, self._registry_version = weights, version
+        if version != self._registry_version:
+            self._weights = {k: m.pulse_weight for k, m in await self.storage.meters_by_key()}
+            self._registry_version = version
 
     async def process(self, limit: int = 5000) -> int:
         """Recompute every pending range; return how many ranges were done."""

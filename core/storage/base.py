@@ -130,7 +130,9 @@ class Storage(ABC):
         self, upserts: dict[str, list[Any]], deletes: dict[str, list[str | int]] | None = None
     ) -> None:
         """Insert or update objects of several kinds and delete others, all in one
-        transaction: either everything is written or nothing is."""
+        transaction: either everything is written or nothing is. A meter whose
+        pulse weight changes has its stored history marked for interval
+        recomputation in the same transaction."""
 
     @abstractmethod
     async def meter_keys(self) -> dict[str, int]:
@@ -169,9 +171,6 @@ class Storage(ABC):
     @abstractmethod
     async def has_readings(self, meter: int) -> bool: ...
 
-    @abstractmethod
-    async def reading_span(self, meter: int) -> tuple[int, int] | None:
-        """Times of the first and last stored reading of a meter."""
 
     @abstractmethod
     async def take_dirty(self, limit: int = 10000) -> list[DirtyRange]:

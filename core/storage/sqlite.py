@@ -352,10 +352,6 @@ class SqliteStorage(Storage):
     async def has_readings(self, meter: int) -> bool:
         return bool(await self._scalar("SELECT EXISTS (SELECT 1 FROM readings WHERE meter = ?)", (meter,)))
 
-    async def reading_span(self, meter: int) -> tuple[int, int] | None:
-        rows = await self._all("SELECT min(ts), max(ts) FROM readings WHERE meter = ?", (meter,))
-        return None if rows[0][0] is None else (rows[0][0], rows[0][1])
-
     async def take_dirty(self, limit: int = 10000) -> list[DirtyRange]:
         rows = await self._all("SELECT id, meter, lo, hi FROM interval_dirty ORDER BY id LIMIT ?", (limit,))
         return [DirtyRange(*r) for r in rows]
