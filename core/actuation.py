@@ -38,7 +38,12 @@ class ActuationService:
         """Execute and audit one command; return it with id and outcome."""
         if not command.requested_by or not command.reason:
             raise ValueError("a command needs requested_by and reason for the audit")
-        command = dataclasses.replace(command, t=command.t or int(self.clock()))
+        command = dataclasses.replace(command, t=command.t or int(self.clock()), outcome="pending")
+        # Audit first: a command that reaches a device is on record even if the
+        # process dies before the outcome is known.
+        record = dataclasses.asdict(command)
+        record["code"] = str(command.code)
+        command = dataclasses.replace(command, id=await self.storage.journal_append("commands", record))
         actuator = next((a for a in self.actuators if a.handles(command)), None)
         if actuator is None:
             outcome, detail = "refused", f"no actuator handles {command.code} for {command.target}"
@@ -52,9 +57,7 @@ class ActuationService:
                 outcome = "done" if result.ok else "failed"
                 detail = f"{actuator.name}: {result.detail}" if result.detail else actuator.name
         command = dataclasses.replace(command, outcome=outcome, detail=detail)
-        record = dataclasses.asdict(command)
-        record["code"] = str(command.code)
-        command = dataclasses.replace(command, id=await self.storage.journal_append("commands", record))
+        await self.storage.journal_update("commands", command.id, {"outcome": outcome, "detail": detail})
         if self.observer is not None:
             await self.observer(command)
         return command

@@ -195,5 +195,9 @@ class Storage(ABC):
         journal durably; return its id."""
 
     @abstractmethod
+    async def journal_update(self, kind: str, record_id: int, changes: dict[str, Any]) -> None:
+        """Change fields of a journal record (a command's outcome once known)."""
+
+    @abstractmethod
     async def journal_list(self, kind: str, limit: int = 100) -> list[dict[str, Any]]:
         """The newest records of a journal, newest first."""

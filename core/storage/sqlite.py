@@ -191,7 +191,8 @@ class SqliteStorage(Storage):
 
     async def _transaction(self, statements: list[Statement]) -> None:
         db = self._writer
-        assert db is not None
+        if db is None:
+            raise StorageError("storage is not open")
         if not statements:
             return
         await db.execute("BEGIN IMMEDIATE")
@@ -206,15 +207,18 @@ class SqliteStorage(Storage):
 
     # helpers ------------------------------------------------------------
 
+    def _read(self) -> aiosqlite.Connection:
+        if self._reader is None:
+            raise StorageError("storage is not open")
+        return self._reader
+
     async def _scalar(self, sql: str, args: Sequence[Any] = ()) -> Any:
-        assert self._reader is not None
-        async with self._reader.execute(sql, args) as cur:
+        async with self._read().execute(sql, args) as cur:
             row = await cur.fetchone()
         return None if row is None else row[0]
 
     async def _all(self, sql: str, args: Sequence[Any] = ()) -> list[aiosqlite.Row]:
-        assert self._reader is not None
-        async with self._reader.execute(sql, args) as cur:
+        async with self._read().execute(sql, args) as cur:
             return list(await cur.fetchall())
 
     async def _reading_rows(self, sql: str, args: Sequence[Any]) -> ReadingRows:
@@ -396,6 +400,13 @@ class SqliteStorage(Storage):
         sql = f"INSERT INTO {kind} (id, {', '.join(columns)}) VALUES (?, {', '.join('?' * len(columns))})"
         await self._submit([(sql, [(row_id, *row.values())])])
         return row_id
+
+    async def journal_update(self, kind: str, record_id: int, changes: dict[str, Any]) -> None:
+        columns = [c for c in changes if c in JOURNALS[kind]]
+        if len(columns) != len(changes):
+            raise ValueError(f"{kind}: unknown columns {sorted(set(changes) - set(columns))}")
+        sets = ", ".join(f"{c} = ?" for c in columns)
+        await self._submit([(f"UPDATE {kind} SET {sets} WHERE id = ?", [(*changes.values(), record_id)])])
 
     async def _max_id(self, kind: str) -> int:
         await self.flush()

@@ -136,14 +136,13 @@ class Simulator:
         # Hourly history up to now (already stored hours come back as duplicates).
         for t in range(max(start, now - self.history_hours * 3600) // 3600 * 3600, now + 1, 3600):
             await self.ingest.ingest(self.sim.batch(t))
-        self._task = asyncio.create_task(self._run(), name=self.name)
+        self._task = asyncio.create_task(self._run(self.sim), name=self.name)
 
-    async def _run(self) -> None:
-        assert self.sim is not None
+    async def _run(self, sim: SiteSimulator) -> None:
         while True:
             await asyncio.sleep(self.interval_s)
             try:
-                await self.ingest.ingest(self.sim.batch(int(time.time())))
+                await self.ingest.ingest(sim.batch(int(time.time())))
             except StorageError as exc:
                 log.warning("simulated readings not stored (%s); the next round carries the counters", exc)
 
