@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 from pathlib import Path
+
+import httpx
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from balans_edge.core.model import Status
 
@@ -207,3 +213,33 @@ async def test_quarantine_replay_after_registration(make_server, client_for, tmp
     assert hours["points"] == [{"t": "2014-01-20T00:00:00Z", "value": 0.06, "quality": "measured"}]
     again = (await c.post("/api/v1/quarantine/replay", headers=admin)).json()
     assert again["accepted"] == 0 and again["remaining"] == 1
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats() | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(
+        st.sampled_from(["readings", "module_id", "channel", "ts", "counter", "status", "x"]), inner, max_size=6),
+    max_leaves=20,
+)
+
+
+async def test_fuzzed_push_bodies_get_json_answers_never_500(make_server, client_for, tmp_path):
+    """Whatever a client sends, the answer is 200 or a JSON 4xx, and stored data stays consistent."""
+    server = await started(make_server, tmp_path)
+    base = f"http://127.0.0.1:{server.http.port}"
+    statuses: list[int] = []
+
+    @settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(json_values)
+    def post(body) -> None:
+        # json.dumps writes NaN and Infinity as a careless client would
+        r = httpx.post(f"{base}/api/v1/readings", content=json.dumps(body), headers=auth("operator"), timeout=30)
+        statuses.append(r.status_code)
+        assert r.status_code in (200, 400, 413), r.text
+        if r.status_code != 200:
+            assert set(r.json()["error"]) == {"code", "message"}
+
+    await asyncio.to_thread(post)
+    assert 400 in statuses
+    health = (await client_for(server).get("/api/v1/health")).json()
+    assert health["status"] == "ok"
