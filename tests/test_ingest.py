@@ -3,158 +3,51 @@
 from __future__ import annotations
 
 import asyncio
-import math
 import sqlite3
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 
 from balans_edge.core.bus import EventBus, ReadingsCommitted
-from balans_edge.core.ingest import Ingest, IngestSettings, ReadingBatch
-from balans_edge.core.intervals import CODE, IntervalWorker, to_points
+from balans_edge.core.ingest import ReadingBatch
+from balans_edge.core.intervals import IntervalWorker
 from balans_edge.core.model import (
     COUNTER_MODULUS,
-    Meter,
-    Quality,
     RadioModule,
-    RawReading,
-    ReadingFlag,
-    Resource,
-    Status,
 )
-from balans_edge.core.storage import IngestWrite, StorageError
+from balans_edge.core.storage import StorageError
 from balans_edge.core.storage.sqlite import SqliteStorage
 
-H = 3600
-T0 = 1_705_276_800  # 2024-01-15 00:00:00 UTC
-NOW = T0 + 30 * 86400
-MODULE = 1001
-WEIGHT = 0.001  # 1 pulse per litre, in m3
-RESET = int(Status.COUNTER_RESET)
-EPOCH = int(ReadingFlag.EPOCH_START)
-IMPLICIT = int(ReadingFlag.IMPLICIT_RESET)
-MEASURED, ESTIMATED, MISSING = CODE[Quality.MEASURED], CODE[Quality.ESTIMATED], CODE[Quality.MISSING]
-
-
-def meter(meter_id: str, channel: int = 1, module: int = MODULE, install: int = T0 - 86400, **kw) -> Meter:
-    return Meter(
-        meter_id=meter_id,
-        resource=Resource.WATER,
-        unit="m3",
-        pulse_weight=WEIGHT,
-        install_time=install,
-        module_id=module,
-        channel=channel,
-        **kw,
-    )
-
-
-def r(ts: int, counter: int, status: int = 0, channel: int = 1, module: int = MODULE) -> RawReading:
-    return RawReading(module_id=module, channel=channel, ts=ts, counter=counter, status=status)
-
-
-def new_ingest(storage: SqliteStorage, bus: EventBus | None = None, now: int = NOW) -> Ingest:
-    # registry_check_s=0: registry changes made by a test are seen by the next batch.
-    return Ingest(storage, IngestSettings(registry_check_s=0), bus=bus, clock=lambda: now)
-
-
-class RecordingStorage(SqliteStorage):
-    """Keeps every IngestWrite so tests can check updates and dirty ranges."""
-
-    def __init__(self, path: Path) -> None:
-        super().__init__(path)
-        self.writes: list[IngestWrite] = []
-
-    async def commit_ingest(self, write: IngestWrite) -> None:
-        self.writes.append(write)
-        await super().commit_ingest(write)
-
-
-class FaultyStorage(SqliteStorage):
-    """Fault injection: the next commit_ingest fails.
-
-    ``mode`` "refuse": commit_ingest raises StorageError before anything is
-    submitted (the database is unavailable). ``mode`` "midway": the batch's
-    statements run inside the real transaction, then the disk fails before
-    COMMIT, so the rollback path is exercised.
-    """
-
-    def __init__(self, path: Path) -> None:
-        super().__init__(path)
-        self.fail_next: str | None = None
-        self._fail_transaction = False
-
-    async def commit_ingest(self, write: IngestWrite) -> None:
-        mode, self.fail_next = self.fail_next, None
-        if mode == "refuse":
-            raise StorageError("database unavailable (injected)")
-        self._fail_transaction = mode == "midway"
-        await super().commit_ingest(write)
-
-    async def _transaction(self, statements) -> None:
-        if not self._fail_transaction or not statements:
-            return await super()._transaction(statements)
-        self._fail_transaction = False
-        db = self._writer
-        await db.execute("BEGIN IMMEDIATE")
-        try:
-            for sql, rows in statements:
-                await db.executemany(sql, rows)
-            raise sqlite3.OperationalError("disk I/O error (injected)")
-        except BaseException:
-            await db.execute("ROLLBACK")
-            raise
-
-
-async def open_storage(path: Path, cls: type[SqliteStorage] = SqliteStorage, meters: list[Meter] | None = None):
-    s = cls(path)
-    await s.open()
-    modules = sorted({m.module_id for m in meters or [] if m.module_id is not None})
-    await s.registry_apply({"modules": [RadioModule(mod, channels=0b111) for mod in modules], "meters": meters or []})
-    return s
+from ingest_support import (
+    EPOCH,
+    IMPLICIT,
+    MEASURED,
+    MISSING,
+    MODULE,
+    NOW,
+    RESET,
+    T0,
+    FaultyStorage,
+    H,
+    RecordingStorage,
+    approx_hours,
+    hours,
+    meter,
+    new_ingest,
+    open_storage,
+    r,
+    stored,
+    table,
+    two_meters,
+)
 
 
 @pytest.fixture
 async def storage(tmp_path: Path):
-    s = await open_storage(tmp_path / "edge.db", RecordingStorage, [meter("W1"), meter("W2", channel=2)])
+    s = await two_meters(tmp_path)
     yield s
     await s.close()
-
-
-async def key(storage: SqliteStorage, meter_id: str = "W1") -> int:
-    return (await storage.meter_keys())[meter_id]
-
-
-async def stored(storage: SqliteStorage, meter_id: str = "W1") -> list[tuple[int, int, int, int, int]]:
-    """(ts, counter, pulses, status, flags) of every stored reading of a meter."""
-    rows = await storage.readings(await key(storage, meter_id), 0, 2**40)
-    return list(
-        zip(
-            rows.ts.tolist(),
-            rows.counter.tolist(),
-            rows.pulses.tolist(),
-            rows.status.tolist(),
-            rows.flags.tolist(),
-            strict=True,
-        )
-    )
-
-
-def table(path: Path, name: str) -> list[tuple]:
-    with sqlite3.connect(path) as db:
-        return db.execute(f"SELECT * FROM {name} ORDER BY 1, 2, 3").fetchall()
-
-
-async def hours(storage: SqliteStorage, t0: int, t1: int, meter_id: str = "W1") -> list[tuple[int, float | None, int]]:
-    return await storage.hourly(await key(storage, meter_id), t0, t1)
-
-
-def approx_hours(rows: list[tuple[int, float | None, int]]) -> list[tuple[int, object, int]]:
-    return [(t, None if v is None else pytest.approx(v, abs=1e-12), q) for t, v, q in rows]
 
 
 # counters -----------------------------------------------------------------
@@ -300,184 +193,6 @@ async def test_conflict_inside_one_batch_keeps_the_first(storage: RecordingStora
     res = await new_ingest(storage).ingest([r(T0, 10), r(T0 + H, 25), r(T0 + H, 20)])
     assert (res.accepted, res.duplicates, res.conflicts) == (2, 0, 1)
     assert await stored(storage) == [(T0, 10, 10, 0, 0), (T0 + H, 25, 25, 0, 0)]
-
-
-# order ----------------------------------------------------------------------
-
-
-async def test_out_of_order_within_a_batch(storage: RecordingStorage) -> None:
-    readings = [r(T0, 100), r(T0 + H, 400), r(T0 + 2 * H, 2, RESET), r(T0 + 3 * H, 50)]
-    res = await new_ingest(storage).ingest([readings[i] for i in (3, 1, 0, 2)])
-    assert (res.accepted, res.resets) == (4, 1)
-    assert await stored(storage) == [
-        (T0, 100, 100, 0, 0),
-        (T0 + H, 400, 400, 0, 0),
-        (T0 + 2 * H, 2, 402, RESET, EPOCH),
-        (T0 + 3 * H, 50, 450, 0, 0),
-    ]
-
-
-async def test_out_of_order_across_batches(storage: RecordingStorage) -> None:
-    ingest = new_ingest(storage)
-    await ingest.ingest([r(T0 + 2 * H, 300), r(T0 + 4 * H, 520)])
-    await ingest.ingest([r(T0 + 3 * H, 410), r(T0, 100)])
-    await ingest.ingest([r(T0 + H, 180), r(T0 + 5 * H, 600)])
-    assert [(ts, p) for ts, _, p, _, _ in await stored(storage)] == [
-        (T0, 100),
-        (T0 + H, 180),
-        (T0 + 2 * H, 300),
-        (T0 + 3 * H, 410),
-        (T0 + 4 * H, 520),
-        (T0 + 5 * H, 600),
-    ]
-    # The in-order continuation still chains from the newest reading.
-    await ingest.ingest([r(T0 + 6 * H, 650)])
-    assert (await stored(storage))[-1] == (T0 + 6 * H, 650, 650, 0, 0)
-    await IntervalWorker(storage).process()
-    assert await hours(storage, T0, T0 + 6 * H) == approx_hours(
-        [
-            (T0, 0.08, MEASURED),
-            (T0 + H, 0.12, MEASURED),
-            (T0 + 2 * H, 0.11, MEASURED),
-            (T0 + 3 * H, 0.11, MEASURED),
-            (T0 + 4 * H, 0.08, MEASURED),
-            (T0 + 5 * H, 0.05, MEASURED),
-        ]
-    )
-
-
-async def test_back_fill_in_the_middle_of_history(storage: RecordingStorage) -> None:
-    ingest = new_ingest(storage)
-    worker = IntervalWorker(storage)
-    await ingest.ingest([r(T0, 0), r(T0 + H, 100), r(T0 + 2 * H, 200), r(T0 + 5 * H, 800), r(T0 + 6 * H, 900)])
-    await worker.process()
-    assert await hours(storage, T0, T0 + 6 * H) == approx_hours(
-        [
-            (T0, 0.1, MEASURED),
-            (T0 + H, 0.1, MEASURED),
-            (T0 + 2 * H, 0.2, ESTIMATED),  # 600 pulses over 3 hours, linear share
-            (T0 + 3 * H, 0.2, ESTIMATED),
-            (T0 + 4 * H, 0.2, ESTIMATED),
-            (T0 + 5 * H, 0.1, MEASURED),
-        ]
-    )
-    before = await stored(storage)
-
-    storage.writes.clear()
-    res = await ingest.ingest([r(T0 + 4 * H, 750), r(T0 + 3 * H, 250)])
-    assert (res.accepted, res.duplicates) == (2, 0)
-    (write,) = storage.writes
-    assert len(write.updates) == 0  # later readings keep their pulses
-    assert write.dirty == [(await key(storage), T0 + 2 * H, T0 + 5 * H)]
-    after = await stored(storage)
-    assert [x for x in after if x[0] not in (T0 + 3 * H, T0 + 4 * H)] == before
-    assert (T0 + 3 * H, 250, 250, 0, 0) in after and (T0 + 4 * H, 750, 750, 0, 0) in after
-
-    await worker.process()
-    assert await hours(storage, T0, T0 + 6 * H) == approx_hours(
-        [
-            (T0, 0.1, MEASURED),
-            (T0 + H, 0.1, MEASURED),
-            (T0 + 2 * H, 0.05, MEASURED),
-            (T0 + 3 * H, 0.5, MEASURED),
-            (T0 + 4 * H, 0.05, MEASURED),
-            (T0 + 5 * H, 0.1, MEASURED),
-        ]
-    )
-
-
-async def test_hours_between_in_order_batches_are_recomputed(storage: RecordingStorage) -> None:
-    # One reading per batch, 100 minutes apart, 1 pulse a minute; hours are
-    # recomputed after every batch, as the running server does.
-    ingest = new_ingest(storage)
-    worker = IntervalWorker(storage)
-    for i in range(5):
-        await ingest.ingest([r(T0 + 600 + i * 6000, 100 * i)])
-        await worker.process()
-    assert await hours(storage, T0, T0 + 7 * H) == approx_hours(
-        [(T0, None, MISSING)] + [(T0 + h * H, 0.06, ESTIMATED) for h in range(1, 6)] + [(T0 + 6 * H, None, MISSING)]
-    )
-
-
-async def test_back_fill_before_a_reset_shifts_later_epochs(storage: RecordingStorage) -> None:
-    ingest = new_ingest(storage)
-    worker = IntervalWorker(storage)
-    await ingest.ingest([r(T0, 100), r(T0 + 2 * H, 5, RESET), r(T0 + 3 * H, 10)])
-    assert [p for _, _, p, _, _ in await stored(storage)] == [100, 105, 110]
-    await worker.process()
-    assert await hours(storage, T0, T0 + 3 * H) == approx_hours(
-        [(T0, None, MISSING), (T0 + H, None, MISSING), (T0 + 2 * H, 0.005, MEASURED)]
-    )
-
-    storage.writes.clear()
-    res = await ingest.ingest([r(T0 + H, 150)])
-    assert res.accepted == 1
-    (write,) = storage.writes
-    k = await key(storage)
-    u = write.updates
-    assert list(zip(u.meter.tolist(), u.ts.tolist(), u.pulses.tolist(), u.flags.tolist(), strict=True)) == [
-        (k, T0 + 2 * H, 155, EPOCH),
-        (k, T0 + 3 * H, 160, 0),
-    ]
-    assert write.dirty == [(k, T0, T0 + 3 * H)]
-    assert await stored(storage) == [
-        (T0, 100, 100, 0, 0),
-        (T0 + H, 150, 150, 0, 0),
-        (T0 + 2 * H, 5, 155, RESET, EPOCH),
-        (T0 + 3 * H, 10, 160, 0, 0),
-    ]
-    # The chain continues from the shifted head.
-    await ingest.ingest([r(T0 + 4 * H, 12)])
-    assert (await stored(storage))[-1] == (T0 + 4 * H, 12, 162, 0, 0)
-
-    await worker.process()
-    assert await hours(storage, T0, T0 + 4 * H) == approx_hours(
-        [(T0, 0.05, MEASURED), (T0 + H, None, MISSING), (T0 + 2 * H, 0.005, MEASURED), (T0 + 3 * H, 0.002, MEASURED)]
-    )
-
-
-async def test_back_filled_reset_shifts_later_readings(storage: RecordingStorage) -> None:
-    ingest = new_ingest(storage)
-    await ingest.ingest([r(T0, 100), r(T0 + 2 * H, 300), r(T0 + 3 * H, 400)])
-    storage.writes.clear()
-    res = await ingest.ingest([r(T0 + H, 50, RESET)])
-    assert (res.accepted, res.resets) == (1, 1)
-    (write,) = storage.writes
-    assert list(zip(write.updates.ts.tolist(), write.updates.pulses.tolist(), strict=True)) == [
-        (T0 + 2 * H, 400),
-        (T0 + 3 * H, 500),
-    ]
-    assert [(p, f) for _, _, p, _, f in await stored(storage)] == [(100, 0), (150, EPOCH), (400, 0), (500, 0)]
-
-
-async def test_back_fill_removes_an_implicit_reset(storage: RecordingStorage) -> None:
-    # 0 -> 3e9 looks like a counter that went backwards; the reading between
-    # shows two forward steps of 1.5e9.
-    ingest = new_ingest(storage)
-    await ingest.ingest([r(T0, 0), r(T0 + 2 * H, 3_000_000_000)])
-    assert [f for *_, f in await stored(storage)] == [0, EPOCH | IMPLICIT]
-    storage.writes.clear()
-    await ingest.ingest([r(T0 + H, 1_500_000_000)])
-    (write,) = storage.writes
-    assert list(zip(write.updates.ts.tolist(), write.updates.flags.tolist(), strict=True)) == [(T0 + 2 * H, 0)]
-    assert await stored(storage) == [
-        (T0, 0, 0, 0, 0),
-        (T0 + H, 1_500_000_000, 1_500_000_000, 0, 0),
-        (T0 + 2 * H, 3_000_000_000, 3_000_000_000, 0, 0),
-    ]
-
-
-async def test_back_fill_before_the_first_reading(storage: RecordingStorage) -> None:
-    await storage.registry_apply({"meters": [meter("W1", base_counter=50)]})
-    ingest = new_ingest(storage)
-    await ingest.ingest([r(T0 + 2 * H, 300), r(T0 + 3 * H, 330)])
-    await ingest.ingest([r(T0, 100), r(T0 + H, 200)])
-    assert [(ts, p) for ts, _, p, _, _ in await stored(storage)] == [
-        (T0, 50),
-        (T0 + H, 150),
-        (T0 + 2 * H, 250),
-        (T0 + 3 * H, 280),
-    ]
 
 
 # the registry ---------------------------------------------------------------
@@ -694,91 +409,3 @@ async def test_concurrent_ingests_share_commits(tmp_path: Path) -> None:
             assert [p for _, _, p, _, _ in await stored(s, m.meter_id)] == [10 * h for h in range(10)]
     finally:
         await s.close()
-
-
-# order independence ---------------------------------------------------------
-
-
-@st.composite
-def scenarios(draw):
-    """One meter's readings in time order, and the same readings as they arrive."""
-    n = draw(st.integers(2, 24))
-    # Typical reporting periods, gaps that are estimated and gaps beyond max_gap_s.
-    gap = st.sampled_from([300, 900, 1800, H, H + 600, 2 * H, 3 * H, 7 * H]) | st.integers(60, 8 * H)
-    gaps = draw(st.lists(gap, min_size=n - 1, max_size=n - 1))
-    ts = [T0 + draw(st.integers(0, H - 1))]
-    for g in gaps:
-        ts.append(ts[-1] + g)
-    counter = draw(st.integers(0, COUNTER_MODULUS - 1))
-    base_counter = (counter - draw(st.integers(0, 10_000))) % COUNTER_MODULUS
-    readings = []
-    for i, t in enumerate(ts):
-        if i:
-            kind = draw(st.sampled_from(["small", "small", "large", "reset"]))
-            if kind == "reset":
-                counter = draw(st.integers(0, 1000))
-                readings.append(r(t, counter, RESET))
-                continue
-            step = draw(st.integers(0, 5000) if kind == "small" else st.integers(0, 2**31 - 1))
-            counter = (counter + step) % COUNTER_MODULUS
-        readings.append(r(t, counter))
-    if draw(st.booleans()):
-        arrival = draw(st.permutations(readings))
-    else:  # mostly in time order, some readings late (a module that was out of reach)
-        delay = draw(st.lists(st.just(0) | st.integers(1, n), min_size=n, max_size=n))
-        arrival = [readings[i] for i in sorted(range(n), key=lambda i: (i + delay[i], i))]
-    dups = draw(st.lists(st.sampled_from(readings), max_size=3))
-    for d in dups:
-        arrival.insert(draw(st.integers(0, len(arrival))), d)
-    cuts = sorted(draw(st.sets(st.integers(1, len(arrival) - 1), max_size=len(arrival) - 1)))
-    batches = [arrival[a:b] for a, b in zip([0, *cuts], [*cuts, len(arrival)], strict=True)]
-    return base_counter, readings, batches
-
-
-async def _run(path: Path, base_counter: int, batches: list[list[RawReading]], process_each: bool):
-    s = await open_storage(path, meters=[meter("W1", base_counter=base_counter)])
-    try:
-        ingest = new_ingest(s)
-        worker = IntervalWorker(s)
-        for b in batches:
-            await ingest.ingest(b)
-            if process_each:
-                await worker.process()
-        await worker.process()
-        rows = await stored(s)
-        k = await key(s)
-        t0, t1 = rows[0][0] - rows[0][0] % H - H, rows[-1][0] + 3 * H
-        points = to_points(t0, t1, await s.hourly(k, t0, t1))
-        return rows, points, ingest.totals
-    finally:
-        await s.close()
-
-
-@settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(scenarios())
-def test_order_independence(scenario) -> None:
-    base_counter, readings, batches = scenario
-    with tempfile.TemporaryDirectory() as d:
-        expected, expected_points, _ = asyncio.run(_run(Path(d) / "a.db", base_counter, [readings], False))
-        got, points, totals = asyncio.run(_run(Path(d) / "b.db", base_counter, batches, True))
-
-    assert got == expected
-    assert totals.accepted == len(readings)
-    assert totals.duplicates == sum(len(b) for b in batches) - len(readings)
-    assert totals.conflicts == 0
-
-    # Hourly values after late data equal the ones computed from all data at once.
-    assert [(p.t, p.quality) for p in points] == [(p.t, p.quality) for p in expected_points]
-    for p, e in zip(points, expected_points, strict=True):
-        assert (p.value is None) == (e.value is None)
-        if p.value is not None:
-            assert p.value == pytest.approx(e.value, rel=1e-9, abs=1e-9)
-
-    # Known hours never add up to more than was counted.
-    pulses = [p for _, _, p, _, _ in got]
-    assert pulses == sorted(pulses)
-    known = sum(p.value for p in points if p.quality is not Quality.MISSING)
-    assert all(p.value is not None and p.value >= -1e-9 for p in points if p.quality is not Quality.MISSING)
-    assert known <= (pulses[-1] - pulses[0]) * WEIGHT + 1e-6
-    assert known <= pulses[-1] * WEIGHT + 1e-6
-    assert not any(p.value is not None and math.isnan(p.value) for p in points)
