@@ -90,24 +90,21 @@ class Server:
         self.notifiers = self._collect("register_notifiers")
         self.exporters = self._collect("register_exporters")
         self._actuators = self._collect("register_actuators")
-        for _, actuator in self._actuators:
-            self.actuation.add(actuator)
         self._plugin_routes = self._collect("register_routes")
-        self.routes = self._builtin_routes() + [r for _, r in self._plugin_routes]
 
-    def _withdraw_failed(self) -> None:
-        """Take every contribution of a plugin that failed after contributing
-        (a later hook raised, or a component's start) out of service."""
+    def _put_in_service(self) -> None:
+        """Enable what the plugins contributed, except the contributions of a plugin
+        that failed after contributing (a later hook raised, or a component's start)."""
         failed = {name for name, info in self.plugins.info.items() if info.state == "failed"}
-        if not failed:
-            return
-        self.components = [(n, c) for n, c in self.components if n not in failed]
-        self.detectors = [(n, d) for n, d in self.detectors if n not in failed]
-        self.notifiers = [(n, x) for n, x in self.notifiers if n not in failed]
-        self.exporters = [(n, e) for n, e in self.exporters if n not in failed]
-        gone = {id(x) for n, x in self._actuators + self._plugin_routes if n in failed}
-        self.actuation.actuators = [a for a in self.actuation.actuators if id(a) not in gone]
-        self.routes = [r for r in self.routes if id(r) not in gone]
+
+        def alive(items: list[tuple[str, Any]]) -> list[tuple[str, Any]]:
+            return [(n, x) for n, x in items if n not in failed]
+
+        self.components, self.detectors = alive(self.components), alive(self.detectors)
+        self.notifiers, self.exporters = alive(self.notifiers), alive(self.exporters)
+        for _, actuator in alive(self._actuators):
+            self.actuation.add(actuator)
+        self.routes = self._builtin_routes() + [r for _, r in alive(self._plugin_routes)]
 
     def _builtin_routes(self) -> list[Route]:
         from balans_edge.api import routes
@@ -125,7 +122,7 @@ class Server:
             sub = self.bus.subscribe(ReadingsCommitted, maxsize=1000, policy="drop_oldest")
             self._observer_task = asyncio.create_task(self._observe_readings(sub), name="observe-readings")
             await self._start_components()
-            self._withdraw_failed()
+            self._put_in_service()
             if http:
                 self.http = Http(self.routes, self.config.api, self.config.server.host, self.config.server.port)
                 await self.http.start()
