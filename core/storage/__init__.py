@@ -2,9 +2,12 @@
 
 from balans_edge.core.storage.base import (
     REGISTRY_KINDS,
+    ConnectionEvent,
     DirtyRange,
     IngestWrite,
     MeterHead,
+    ModuleEvent,
+    ModuleRoute,
     ReadingRows,
     Storage,
     StorageError,
@@ -12,9 +15,12 @@ from balans_edge.core.storage.base import (
 
 __all__ = [
     "REGISTRY_KINDS",
+    "ConnectionEvent",
     "DirtyRange",
     "IngestWrite",
     "MeterHead",
+    "ModuleEvent",
+    "ModuleRoute",
     "ReadingRows",
     "Storage",
     "StorageError",

@@ -87,6 +87,53 @@ class IngestWrite:
 
 
 @dataclass(frozen=True, slots=True)
+class ModuleEvent:
+    """An event a radio module reported (magnet, leak, valve, route...)."""
+
+    concentrator_id: int
+    module_id: int
+    ts: int
+    code: int
+    value: int = 0
+    received_at: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class ModuleRoute:
+    """One module's entry in a topology report: its route and health."""
+
+    module_id: int
+    parent_id: int
+    """0 when the module talks to the concentrator directly."""
+    hops: int
+    rssi: int
+    battery_mv: int
+    fw_version: int
+    """major << 8 | minor."""
+    channels: int
+    state: int
+    """0 online, 1 lost."""
+
+    @property
+    def firmware(self) -> str:
+        return f"{self.fw_version >> 8}.{self.fw_version & 0xFF}"
+
+
+CONNECTION_EVENTS = frozenset({"connect", "auth_failed", "disconnect", "replaced"})
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionEvent:
+    """A device link coming up, failing authentication, going down or being replaced."""
+
+    concentrator_id: int | None
+    event: str
+    t: int
+    peer: str = ""
+    detail: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class DirtyRange:
     id: int
     meter: int
@@ -201,3 +248,51 @@ class Storage(ABC):
     @abstractmethod
     async def journal_list(self, kind: str, limit: int = 100) -> list[dict[str, Any]]:
         """The newest records of a journal, newest first."""
+
+    # device reports -------------------------------------------------------
+
+    @abstractmethod
+    async def store_module_events(self, events: list[ModuleEvent]) -> None:
+        """Store module events durably; an event already stored (same module,
+        ts and code) is kept as it is."""
+
+    @abstractmethod
+    async def store_topology(self, concentrator_id: int, t: int, routes: list[ModuleRoute]) -> None:
+        """Append a topology snapshot taken at ``t`` to the route history and,
+        in the same transaction, update the registry rows of the modules that
+        exist (parent, hops, RSSI, battery, firmware, last seen). Modules that
+        are not registered are not created."""
+
+    @abstractmethod
+    async def store_command_result(
+        self, concentrator_id: int, command_id: int, result: int, status: int, received_at: int
+    ) -> None:
+        """Store the outcome of a device command durably (a repeated report replaces it)."""
+
+    @abstractmethod
+    async def store_firmware_result(self, concentrator_id: int, image_id: int, result: int, received_at: int) -> None:
+        """Store the outcome of a firmware transfer durably (a repeated report replaces it)."""
+
+    @abstractmethod
+    async def log_connection(self, event: ConnectionEvent) -> None:
+        """Append an event to the device connection log durably."""
+
+    @abstractmethod
+    async def module_events(self, module_id: int | None = None, limit: int = 1000) -> list[dict[str, Any]]:
+        """Stored module events (of one module or all), newest first."""
+
+    @abstractmethod
+    async def topology_history(self, module_id: int | None = None, limit: int = 1000) -> list[dict[str, Any]]:
+        """Stored topology entries (of one module or all), newest first."""
+
+    @abstractmethod
+    async def command_results(self, limit: int = 100) -> list[dict[str, Any]]:
+        """Stored command outcomes, newest first."""
+
+    @abstractmethod
+    async def firmware_results(self, limit: int = 100) -> list[dict[str, Any]]:
+        """Stored firmware outcomes, newest first."""
+
+    @abstractmethod
+    async def connection_log(self, concentrator_id: int | None = None, limit: int = 100) -> list[dict[str, Any]]:
+        """The device connection log (of one concentrator or all), newest first."""

@@ -1,1 +1,1 @@
-"""DMesh concentrators: site simulator (driver to follow)."""
+"""DMesh concentrators: link protocol, driver (TCP and serial) and site simulator."""

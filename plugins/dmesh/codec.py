@@ -53,8 +53,16 @@ class FrameType(enum.IntEnum):
     NACK = 0x7F
 
 
-DATA_TYPES = frozenset({FrameType.TOPOLOGY, FrameType.READINGS, FrameType.PROFILE, FrameType.EVENT,
-                        FrameType.COMMAND_RESULT, FrameType.FIRMWARE_RESULT})
+DATA_TYPES = frozenset(
+    {
+        FrameType.TOPOLOGY,
+        FrameType.READINGS,
+        FrameType.PROFILE,
+        FrameType.EVENT,
+        FrameType.COMMAND_RESULT,
+        FrameType.FIRMWARE_RESULT,
+    }
+)
 """Frames the concentrator keeps until they are ACKed OK (answered with ACK, not NACK)."""
 
 
@@ -607,8 +615,26 @@ class FirmwareBlock(Payload):
 
 PAYLOADS: dict[int, type[Payload]] = {
     cls.TYPE: cls
-    for cls in (Hello, Challenge, Auth, Welcome, Topology, Readings, Profile, Event, Ack, Command, CommandResult,
-                FirmwareBegin, FirmwareBlock, FirmwareEnd, FirmwareResult, Ping, Pong, Nack)
+    for cls in (
+        Hello,
+        Challenge,
+        Auth,
+        Welcome,
+        Topology,
+        Readings,
+        Profile,
+        Event,
+        Ack,
+        Command,
+        CommandResult,
+        FirmwareBegin,
+        FirmwareBlock,
+        FirmwareEnd,
+        FirmwareResult,
+        Ping,
+        Pong,
+        Nack,
+    )
 }
 
 

@@ -1,0 +1,313 @@
+"""One concentrator link: the session of the vendor's protocol over a byte stream.
+
+The same session runs over TCP and over a serial line: HELLO, CHALLENGE,
+AUTH, WELCOME, then data frames, each acknowledged with ACK OK only after its
+content is durably stored (ACK RETRY when storage refused it, ACK REJECTED
+when its payload does not match its type). Frames of one link are handled in
+arrival order, one at a time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import hmac
+import logging
+import secrets
+import time
+from typing import TYPE_CHECKING, Any, Protocol
+
+from balans_edge.core.model import RawReading
+from balans_edge.core.storage import ModuleEvent, ModuleRoute, StorageError
+from balans_edge.plugins.dmesh.codec import (
+    DATA_TYPES,
+    Ack,
+    AckStatus,
+    Auth,
+    BadFrame,
+    Challenge,
+    CommandResult,
+    Event,
+    FirmwareResult,
+    Frame,
+    Hello,
+    Nack,
+    NackCode,
+    Payload,
+    PayloadError,
+    Ping,
+    Pong,
+    Profile,
+    Readings,
+    StreamDecoder,
+    Topology,
+    UnknownType,
+    Welcome,
+    decode_payload,
+)
+
+if TYPE_CHECKING:
+    from balans_edge.plugins.dmesh.plugin import DmeshConfig
+
+log = logging.getLogger(__name__)
+
+MAX_BAD_IN_A_ROW = 16
+READ_SIZE = 65536
+HOUR = 3600
+
+
+class SessionHost(Protocol):
+    """What a session needs from its driver."""
+
+    config: DmeshConfig
+    server: Any
+
+    def key_of(self, concentrator_id: int) -> bytes | None: ...
+
+    async def welcomed(self, session: Session) -> None: ...
+
+    async def auth_failed(self, session: Session, reason: str) -> None: ...
+
+
+def expected_mac(key: bytes, nonce: bytes, concentrator_id: int) -> bytes:
+    """HMAC-SHA256(key, nonce ‖ concentrator_id as u32 big-endian)."""
+    return hmac.new(key, nonce + concentrator_id.to_bytes(4, "big"), hashlib.sha256).digest()
+
+
+class Session:
+    def __init__(
+        self, host: SessionHost, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, peer: str
+    ) -> None:
+        self.host = host
+        self.config = host.config
+        self.reader = reader
+        self.writer = writer
+        self.peer = peer
+        self.decoder = StreamDecoder()
+        self.hello: Hello | None = None
+        self.concentrator_id: int | None = None
+        self.authenticated = False
+        self.replaced = False
+        self.reason = ""
+        self._nonce: bytes | None = None
+        self._seq = 0
+        self._closing = False
+        self._bad = 0
+        self._in_bad = False
+        now = asyncio.get_running_loop().time()
+        self.last_rx = self.last_tx = now
+
+    # link -------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Serve the link until the peer leaves, it fails or the session is closed."""
+        try:
+            await self._loop()
+        except (ConnectionError, OSError) as exc:
+            self.reason = self.reason or f"link error: {exc}"
+        finally:
+            self._close_transport()
+
+    def close(self, reason: str) -> None:
+        """End the session: frames already written are sent, then the link closes."""
+        if not self._closing:
+            self._closing = True
+            self.reason = self.reason or reason
+            self._close_transport()
+
+    @property
+    def closing(self) -> bool:
+        return self._closing
+
+    def _close_transport(self) -> None:
+        with contextlib.suppress(Exception):
+            self.writer.close()
+
+    async def _loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        keepalive, dead_after = self.config.keepalive_s, self.config.dead_after_s
+        while not self._closing:
+            now = loop.time()
+            dead_in = self.last_rx + dead_after - now
+            if dead_in <= 0:
+                self.close(f"silent for {dead_after:g} s")
+                return
+            ping_in = max(self.last_rx, self.last_tx) + keepalive - now if self.authenticated else dead_in
+            if ping_in <= 0:
+                await self.send(Ping())
+                continue
+            try:
+                data = await asyncio.wait_for(self.reader.read(READ_SIZE), min(dead_in, ping_in))
+            except TimeoutError:
+                continue
+            if not data:
+                self.reason = self.reason or "closed by the peer"
+                return
+            await self._received(data)
+
+    async def _received(self, data: bytes) -> None:
+        loop = asyncio.get_running_loop()
+        for item in self.decoder.feed(data):
+            if self._closing:
+                return
+            if isinstance(item, BadFrame):
+                # Counted as the decoder's bad_in_a_row counts them (the remains
+                # of a dropped frame are not another bad frame), item by item so
+                # that a good frame later in the same read does not hide a 16th.
+                if item.reason != "garbage":
+                    self._bad, self._in_bad = self._bad + 1, True
+                elif not self._in_bad:
+                    self._bad += 1
+                if self._bad >= MAX_BAD_IN_A_ROW:
+                    self.close(f"{self._bad} bad frames in a row")
+                    return
+                continue
+            self._bad, self._in_bad = 0, False
+            self.last_rx = loop.time()
+            await self._handle(item)
+
+    # sending ----------------------------------------------------------------
+
+    def _next_seq(self) -> int:
+        self._seq = (self._seq + 1) & 0xFFFF
+        return self._seq
+
+    async def send(self, payload: Payload) -> None:
+        if self._closing:
+            return
+        self.writer.write(payload.frame(self._next_seq()))
+        self.last_tx = asyncio.get_running_loop().time()
+        try:
+            await asyncio.wait_for(self.writer.drain(), self.config.dead_after_s)
+        except TimeoutError:
+            self.close("peer stopped reading")
+
+    async def ack(self, frame: Frame, status: AckStatus) -> None:
+        await self.send(Ack(frame.seq, status))
+
+    async def nack(self, frame: Frame, code: NackCode, text: str = "") -> None:
+        await self.send(Nack(frame.seq, code, text))
+
+    # frames -----------------------------------------------------------------
+
+    async def _handle(self, frame: Frame) -> None:
+        if frame.type in DATA_TYPES and not self.authenticated:
+            await self.nack(frame, NackCode.NOT_AUTHENTICATED, "authenticate first")
+            return
+        try:
+            payload = decode_payload(frame)
+        except UnknownType as exc:
+            await self.nack(frame, NackCode.UNKNOWN_TYPE, str(exc))
+            return
+        except PayloadError as exc:
+            if frame.type in DATA_TYPES:
+                log.warning("%s: frame %d rejected: %s", self.name, frame.seq, exc)
+                await self.ack(frame, AckStatus.REJECTED)
+            else:
+                await self.nack(frame, NackCode.BAD_PAYLOAD, str(exc))
+            return
+        if isinstance(payload, Hello):
+            await self._on_hello(frame, payload)
+        elif isinstance(payload, Auth):
+            await self._on_auth(frame, payload)
+        elif isinstance(payload, Ping):
+            await self.send(Pong(frame.seq))
+        elif isinstance(payload, Pong | Ack):
+            pass  # traffic; transport acknowledgements of host frames
+        elif isinstance(payload, Nack):
+            log.info("%s: NACK %d of host frame %d: %s", self.name, payload.code, payload.ref_seq, payload.text)
+        elif frame.type in DATA_TYPES:
+            await self._on_data(frame, payload)
+        elif not self.authenticated:
+            await self.nack(frame, NackCode.NOT_AUTHENTICATED, "authenticate first")
+        else:
+            await self.nack(frame, NackCode.BAD_FRAME, f"{type(payload).__name__.upper()} is a host frame")
+
+    @property
+    def name(self) -> str:
+        who = f"concentrator {self.concentrator_id}" if self.concentrator_id is not None else "unidentified"
+        return f"{who} at {self.peer}"
+
+    async def _on_hello(self, frame: Frame, hello: Hello) -> None:
+        if self.authenticated:
+            await self.nack(frame, NackCode.BAD_FRAME, "already authenticated")
+            return
+        self.hello, self.concentrator_id = hello, hello.concentrator_id
+        self._nonce = secrets.token_bytes(16)
+        await self.send(Challenge(self._nonce))
+
+    async def _on_auth(self, frame: Frame, auth: Auth) -> None:
+        if self.authenticated or self._nonce is None or self.hello is None:
+            await self.nack(frame, NackCode.BAD_FRAME, "AUTH without a CHALLENGE")
+            return
+        nonce, self._nonce = self._nonce, None
+        hello = self.hello
+        key = self.host.key_of(hello.concentrator_id)
+        if key is None:
+            await self._refuse(frame, NackCode.UNKNOWN_CONCENTRATOR, "unknown concentrator")
+            return
+        if not hmac.compare_digest(expected_mac(key, nonce, hello.concentrator_id), auth.mac):
+            await self._refuse(frame, NackCode.AUTH_FAILED, "bad MAC")
+            return
+        now = time.time()
+        flags = 1 if abs(hello.clock - now) > self.config.clock_drift_limit_s else 0
+        self.authenticated = True
+        # Registered (an older link of the same concentrator closed) and logged
+        # before the concentrator learns it is welcome.
+        await self.host.welcomed(self)
+        await self.send(Welcome(int(now), flags))
+
+    async def _refuse(self, frame: Frame, code: NackCode, reason: str) -> None:
+        log.warning("%s: authentication refused: %s", self.name, reason)
+        await self.nack(frame, code, reason)
+        self.close(reason)
+        await self.host.auth_failed(self, reason)
+
+    async def _on_data(self, frame: Frame, payload: Payload) -> None:
+        try:
+            await self._store(payload)
+        except StorageError as exc:
+            log.warning("%s: frame %d not stored, asking for it again: %s", self.name, frame.seq, exc)
+            await self.ack(frame, AckStatus.RETRY)
+            return
+        except Exception:
+            log.exception("%s: frame %d not stored, asking for it again", self.name, frame.seq)
+            await self.ack(frame, AckStatus.RETRY)
+            return
+        await self.ack(frame, AckStatus.OK)
+
+    async def _store(self, payload: Payload) -> None:
+        """Store a data frame's content durably (returns after the commit)."""
+        server, cid, now = self.host.server, self.concentrator_id, int(time.time())
+        if isinstance(payload, Readings):
+            batch = [
+                RawReading(r.module_id, channel, r.ts, counter, r.status)
+                for r in payload.records
+                for channel, counter in zip(r.channels, r.counters, strict=True)
+            ]
+            if batch:
+                await server.ingest.ingest(batch)
+        elif isinstance(payload, Profile):
+            batch = [
+                RawReading(payload.module_id, payload.channel, payload.start + i * HOUR, value, 0)
+                for i, value in enumerate(payload.values)
+                if value is not None
+            ]
+            if batch:
+                await server.ingest.ingest(batch)
+        elif isinstance(payload, Topology):
+            routes = [
+                ModuleRoute(m.module_id, m.parent_id, m.hops, m.rssi, m.battery_mv, m.fw_version, m.channels, m.state)
+                for m in payload.modules
+            ]
+            await server.storage.store_topology(cid, now, routes)
+        elif isinstance(payload, Event):
+            event = ModuleEvent(cid, payload.module_id, payload.ts, payload.code, payload.value, now)
+            await server.storage.store_module_events([event])
+        elif isinstance(payload, CommandResult):
+            await server.storage.store_command_result(cid, payload.command_id, payload.result, payload.status, now)
+        elif isinstance(payload, FirmwareResult):
+            await server.storage.store_firmware_result(cid, payload.image_id, payload.result, now)
+        else:  # pragma: no cover - DATA_TYPES and the branches above list the same types
+            raise TypeError(f"no storage for {type(payload).__name__}")
