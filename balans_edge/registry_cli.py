@@ -16,10 +16,10 @@ def registry() -> None:
 
 @registry.command("import")
 @_cli.CONFIG_OPTION
-@click.argument("files", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("files", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
 def import_command(config_path: Path | None, files: tuple[Path, ...]) -> None:
     """Import CSV files (concentrators.csv, modules.csv, accounts.csv,
-    meters.csv) or a registry.json. Everything is validated first; on any
+    meters.csv; a folder stands for those in it) or a registry.json. Everything is validated first; on any
     error nothing is written."""
     from balans_edge.core.registry import RegistryError, import_registry
 

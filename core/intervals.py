@@ -209,8 +209,10 @@ class IntervalWorker:
                 if sub is None:
                     await asyncio.sleep(60)
                     continue
+                # asyncio.timeout, not wait_for, which can swallow a racing cancellation on 3.11.
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(sub.get(), timeout=60)
+                    async with asyncio.timeout(60):
+                        await sub.get()
         finally:
             if sub is not None:
                 sub.close()

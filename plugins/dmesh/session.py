@@ -138,7 +138,9 @@ class Session:
                 await self.send(Ping())
                 continue
             try:
-                data = await asyncio.wait_for(self.reader.read(READ_SIZE), min(dead_in, ping_in))
+                # asyncio.timeout, not wait_for, which can swallow a racing cancellation on 3.11.
+                async with asyncio.timeout(min(dead_in, ping_in)):
+                    data = await self.reader.read(READ_SIZE)
             except TimeoutError:
                 continue
             if not data:
