@@ -16,6 +16,7 @@ import hmac
 import itertools
 import logging
 import re
+import socket
 from typing import TYPE_CHECKING, Any
 
 from sanic import Sanic
@@ -127,8 +128,11 @@ class Http:
     # lifecycle --------------------------------------------------------------
 
     async def start(self) -> None:
+        # Sanic reads port 0 as "its default, 8000": bind a free port here instead.
+        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
+        sock = socket.create_server((self.host, 0), family=family) if self.port == 0 else None
         self._server = await self.app.create_server(
-            host=self.host, port=self.port, return_asyncio_server=True, access_log=False
+            host=self.host, port=self.port, sock=sock, return_asyncio_server=True, access_log=False
         )
         if self._server is None:
             raise OSError(f"cannot listen on {self.host}:{self.port}")

@@ -169,10 +169,7 @@ class Server:
             await self._stop_component(name, component)
         await cancel(self._observer_task)
         self._observer_task = None
-        try:
-            await self.intervals.stop()
-        except Exception:
-            log.exception("final interval recomputation failed")
+        await self.intervals.stop()
         await self.storage.close()
 
     # observers --------------------------------------------------------------

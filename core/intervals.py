@@ -221,6 +221,7 @@ class IntervalWorker:
         self._task = asyncio.create_task(self.run(), name="intervals")
 
     async def stop(self) -> None:
+        """Stop at once: ranges not yet recomputed stay in the durable dirty list
+        and are done after the next start, so a backlog never delays shutdown."""
         await cancel(self._task)
         self._task = None
-        await self.process()

@@ -285,6 +285,16 @@ class Storage(ABC):
     async def topology_history(self, module_id: int | None = None, limit: int = 1000) -> list[dict[str, Any]]:
         """Stored topology entries (of one module or all), newest first."""
 
+    async def latest_topology(self) -> list[dict[str, Any]]:
+        """The newest topology entry of every module (columns of ``topology_history``)
+        with ``online_t``: the time of its newest entry in state online (None if none).
+        Backends should override this scan of the whole history with one query."""
+        latest: dict[int, dict[str, Any]] = {}
+        for row in reversed(await self.topology_history(None, limit=2**31)):
+            online_t = row["t"] if row["state"] == 0 else latest.get(row["module_id"], {}).get("online_t")
+            latest[row["module_id"]] = {**row, "online_t": online_t}
+        return [latest[m] for m in sorted(latest)]
+
     @abstractmethod
     async def command_results(self, limit: int = 100) -> list[dict[str, Any]]:
         """Stored command outcomes, newest first."""

@@ -513,6 +513,15 @@ class SqliteStorage(Storage):
         where, args = ("WHERE module_id = ?", (module_id,)) if module_id is not None else ("", ())
         return await self._device_rows("topology_snapshots", "t DESC, module_id", where, args, limit)
 
+    async def latest_topology(self) -> list[dict[str, Any]]:
+        rows = await self._all(
+            "SELECT s.*, (SELECT max(o.t) FROM topology_snapshots o WHERE o.module_id = s.module_id "
+            "AND o.state = 0) AS online_t FROM topology_snapshots s "
+            "JOIN (SELECT module_id, max(t) AS t FROM topology_snapshots GROUP BY module_id) m "
+            "ON s.module_id = m.module_id AND s.t = m.t ORDER BY s.module_id, s.concentrator_id"
+        )
+        return list({r["module_id"]: dict(r) for r in rows}.values())
+
     async def command_results(self, limit: int = 100) -> list[dict[str, Any]]:
         return await self._device_rows("command_results", "received_at DESC, command_id DESC", "", (), limit)
 

@@ -8,6 +8,14 @@ after a reconnect; frames produced while disconnected are buffered; PING
 answered with PONG, host frames of types 0x30 and 0x40..0x42 acknowledged on
 receipt. Tests and benchmarks read ``acked`` to know exactly which frames the
 host promised to have stored.
+
+COMMAND frames are answered with COMMAND_RESULT after a delay, as ``on_command``
+decides (default: DONE after 50 ms, with VALVE_CLOSED or RELAY_OFF in the status
+after VALVE_CLOSE or RELAY_OFF; ``None``: never answered). A PROFILE_REQUEST is
+answered with PROFILE frames of what ``profile(module_id, channel, from, to)``
+returns (one value per hour from ``from``, ``None`` for "not recorded"), then
+its COMMAND_RESULT. Frames answering commands are delivered like any data frame
+but kept in ``answers_acked``, not in ``acked``.
 """
 
 from __future__ import annotations
@@ -26,12 +34,17 @@ from balans_edge.plugins.dmesh.codec import (
     AckStatus,
     Auth,
     Challenge,
+    Command,
+    CommandCode,
+    CommandResult,
+    CommandResultCode,
     Frame,
     FrameType,
     Hello,
     Nack,
     Payload,
     Pong,
+    Profile,
     StreamDecoder,
     Welcome,
     decode_payload,
@@ -39,6 +52,16 @@ from balans_edge.plugins.dmesh.codec import (
 from balans_edge.plugins.dmesh.session import expected_mac
 
 log = logging.getLogger(__name__)
+
+HOUR = 3600
+PROFILE_MAX = 168
+DEFAULT_DELAY_S = 0.05
+STATUS_AFTER = {CommandCode.VALVE_CLOSE: 1 << 5, CommandCode.RELAY_OFF: 1 << 8}
+"""Module status flags after a command: VALVE_CLOSED, RELAY_OFF."""
+
+CommandAnswer = Callable[[Command], "tuple[int, int, float] | None"]
+"""(result code, status flags, delay in seconds) of a command, or None: never answered."""
+ProfileSource = Callable[[int, int, int, int], "list[int | None]"]
 
 HOST_ACKED_TYPES = {FrameType.COMMAND, FrameType.FIRMWARE_BEGIN, FrameType.FIRMWARE_BLOCK, FrameType.FIRMWARE_END}
 
@@ -69,6 +92,8 @@ class Outgoing:
     frame: bytes
     sent_at: float = 0.0
     retry_at: float = 0.0
+    answer: bool = False
+    """Sent in answer to a host COMMAND (PROFILE, COMMAND_RESULT)."""
 
 
 @dataclass
@@ -82,15 +107,32 @@ class Counters:
     ack_latency_s: list[float] = field(default_factory=list)
 
 
+def default_answer(command: Command) -> tuple[int, int, float]:
+    return CommandResultCode.DONE, STATUS_AFTER.get(command.code, 0), DEFAULT_DELAY_S
+
+
 class SimulatedConcentrator:
-    def __init__(self, settings: ConcentratorSettings, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        settings: ConcentratorSettings,
+        clock: Callable[[], float] = time.time,
+        *,
+        on_command: CommandAnswer | None = None,
+        profile: ProfileSource | None = None,
+    ) -> None:
         self.settings = settings
         self.clock = clock
+        self.on_command = on_command or default_answer
+        self.profile = profile
+        self._answers: set[asyncio.TimerHandle] = set()
+        self._leftover: list[Frame] = []
         self._seq = 0
         self._queue: deque[Outgoing] = deque()
         self._in_flight: dict[int, Outgoing] = {}
         self.acked: dict[int, bytes] = {}
-        """seq -> frame, for every frame the host ACKed OK."""
+        """seq -> frame, for every submitted frame the host ACKed OK."""
+        self.answers_acked: dict[int, bytes] = {}
+        """seq -> frame, for every frame answering a command that the host ACKed OK."""
         self.rejected: dict[int, bytes] = {}
         self.received: list[Payload] = []
         """Host frames other than ACK and PING (WELCOME, COMMAND, NACK, ...)."""
@@ -105,10 +147,10 @@ class SimulatedConcentrator:
 
     # what the radio network produces -------------------------------------------------
 
-    def submit(self, payload: Payload) -> int:
+    def submit(self, payload: Payload, *, answer: bool = False) -> int:
         """Queue a data frame; it is sent when the window allows. Returns its seq."""
         seq = self._next_seq()
-        self._queue.append(Outgoing(seq, payload.frame(seq)))
+        self._queue.append(Outgoing(seq, payload.frame(seq), answer=answer))
         self._idle.clear()
         self._wakeup.set()
         return seq
@@ -163,15 +205,15 @@ class SimulatedConcentrator:
             data = await reader.read(4096)
             if not data:
                 raise ConnectionError("host closed the connection during the handshake")
-            for frame in decoder.feed(data):
-                if not isinstance(frame, Frame):
-                    continue
+            frames = [f for f in decoder.feed(data) if isinstance(f, Frame)]
+            for i, frame in enumerate(frames):
                 payload = decode_payload(frame)
                 if isinstance(payload, Nack):
                     self.received.append(payload)
                     raise Refused(f"NACK {payload.code}: {payload.text}")
                 if isinstance(payload, kind):
                     self.received.append(payload)
+                    self._leftover = frames[i + 1 :]  # host frames that came in the same read
                     return payload
 
     async def _send_loop(self, writer: asyncio.StreamWriter) -> None:
@@ -202,6 +244,10 @@ class SimulatedConcentrator:
     async def _receive_loop(
         self, reader: asyncio.StreamReader, decoder: StreamDecoder, writer: asyncio.StreamWriter
     ) -> None:
+        leftover, self._leftover = self._leftover, []
+        for frame in leftover:
+            with contextlib.suppress(ValueError):
+                self._handle(frame.seq, decode_payload(frame), writer)
         while True:
             data = await reader.read(65536)
             if not data:
@@ -225,7 +271,9 @@ class SimulatedConcentrator:
                 self.counters.retry += 1
                 return
             del self._in_flight[payload.acked_seq]
-            if payload.status == AckStatus.OK:
+            if payload.status == AckStatus.OK and out.answer:
+                self.answers_acked[out.seq] = out.frame
+            elif payload.status == AckStatus.OK:
                 self.acked[out.seq] = out.frame
                 self.counters.acked += 1
                 self.counters.ack_latency_s.append(time.monotonic() - out.sent_at)
@@ -242,6 +290,31 @@ class SimulatedConcentrator:
         if payload.TYPE in HOST_ACKED_TYPES:
             writer.write(Ack(seq, AckStatus.OK).frame(self._next_seq()))
         self.received.append(payload)
+        if isinstance(payload, Command):
+            self._command(payload)
+
+    def _command(self, command: Command) -> None:
+        answer = self.on_command(command)
+        if answer is None:
+            return
+        result, status, delay = answer
+
+        def respond() -> None:
+            self._answers.discard(handle)
+            if command.code == CommandCode.PROFILE_REQUEST and self.profile is not None:
+                self._submit_profile(command)
+            self.submit(CommandResult(command.command_id, result, status), answer=True)
+
+        handle = asyncio.get_running_loop().call_later(delay, respond)
+        self._answers.add(handle)
+
+    def _submit_profile(self, command: Command) -> None:
+        channel, t0, t1 = command.args
+        values = list(self.profile(command.module_id, channel, t0, t1))[: max(0, (t1 - t0) // HOUR)]
+        for k in range(0, len(values), PROFILE_MAX):
+            part = tuple(values[k : k + PROFILE_MAX])
+            if any(v is not None for v in part):
+                self.submit(Profile(command.module_id, channel, t0 + k * HOUR, part), answer=True)
 
     # lifecycle -------------------------------------------------------------------------
 
@@ -260,6 +333,9 @@ class SimulatedConcentrator:
         self._task = asyncio.create_task(self.run(), name=f"concentrator-{self.settings.concentrator_id}")
 
     async def stop(self) -> None:
+        for handle in self._answers:
+            handle.cancel()
+        self._answers.clear()
         await cancel(self._task)
         self._task = None
 

@@ -16,9 +16,11 @@ from typing import TYPE_CHECKING
 
 from balans_edge.core.storage import ConnectionEvent, StorageError
 from balans_edge.core.tasks import cancel
+from balans_edge.plugins.dmesh.commands import DmeshCommands
 from balans_edge.plugins.dmesh.session import Session
 
 if TYPE_CHECKING:
+    from balans_edge.plugins.dmesh.codec import CommandResult
     from balans_edge.plugins.dmesh.plugin import DmeshConfig, SerialConfig
     from balans_edge.server import Server
 
@@ -43,6 +45,8 @@ class DmeshDriver:
         self._by_id: dict[int, Session] = {}
         self._serial_tasks: list[asyncio.Task[None]] = []
         self._stopping = False
+        self.commands = DmeshCommands(self)
+        """Commands to modules, tracked until their COMMAND_RESULT; back-fill."""
 
     # component --------------------------------------------------------------
 
@@ -57,6 +61,7 @@ class DmeshDriver:
 
     async def stop(self) -> None:
         self._stopping = True
+        await self.commands.stop()
         if self._tcp is not None:
             self._tcp.close()
         for task in self._serial_tasks:
@@ -99,6 +104,10 @@ class DmeshDriver:
         detail = f"firmware {hello.firmware}, {hello.modules} modules, {hello.meters} meters" if hello else ""
         log.info("dmesh: concentrator %d connected from %s (%s)", cid, session.peer, detail)
         await self._log(ConnectionEvent(cid, "connect", int(time.time()), session.peer, detail))
+        self.commands.logged_in(cid)
+
+    def command_result(self, concentrator_id: int, result: CommandResult) -> None:
+        self.commands.result_arrived(concentrator_id, result)
 
     async def auth_failed(self, session: Session, reason: str) -> None:
         await self._log(ConnectionEvent(session.concentrator_id, "auth_failed", int(time.time()), session.peer, reason))

@@ -8,11 +8,16 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from balans_edge import hookimpl
+from balans_edge.plugins.dmesh.command_api import command_routes
+from balans_edge.plugins.dmesh.commands import DmeshActuator
 from balans_edge.plugins.dmesh.driver import DmeshDriver
+from balans_edge.plugins.dmesh.network import NetworkConfig, NetworkMonitor
 from balans_edge.plugins.dmesh.simulator import Simulator, SiteShape
 from balans_edge.settings import setting
 
 if TYPE_CHECKING:
+    import click
+
     from balans_edge.server import Server
 
 log = logging.getLogger(__name__)
@@ -58,7 +63,12 @@ class DmeshConfig:
     keepalive_s: float = setting(60.0, range=(0.01, 86400.0))
     dead_after_s: float = setting(180.0, range=(0.01, 86400.0))
     serial: list[SerialConfig] = field(default_factory=list)
+    command_timeout_s: float = setting(600.0, range=(0.01, 86400.0), doc="host-side timeout of a module command")
+    backfill: bool = setting(True, doc="request profiles of missing hours when a concentrator logs in")
+    backfill_days: int = setting(7, range=(1, 7), doc="how far back the back-fill looks")
+    backfill_delay_s: float = setting(30.0, range=(0.0, 3600.0), doc="wait after a login before the back-fill")
     simulator: SimulatorConfig = field(default_factory=SimulatorConfig)
+    network: NetworkConfig = field(default_factory=NetworkConfig)
 
     def __post_init__(self) -> None:
         ids = [c.id for c in self.concentrators]
@@ -86,3 +96,45 @@ def register_components(server: Server) -> list:
         shape = SiteShape(sim.concentrators, sim.modules_per_concentrator, sim.seed)
         components.append(Simulator(server.storage, server.ingest, shape, sim.interval_s, sim.history_hours))
     return components
+
+
+def _driver(server: Server) -> DmeshDriver | None:
+    return next((c for _, c in server.components if isinstance(c, DmeshDriver)), None)
+
+
+@hookimpl
+def register_actuators(server: Server) -> list:
+    driver = _driver(server)
+    return [DmeshActuator(driver)] if driver is not None else []
+
+
+@hookimpl
+def register_routes(server: Server) -> list:
+    from balans_edge.plugins.dmesh.network_api import routes as network_routes
+
+    return command_routes(server, lambda: _driver(server)) + network_routes(server, NetworkMonitor(server))
+
+
+@hookimpl
+def register_detectors(server: Server) -> list:
+    """The network health detector, when there is a network to watch."""
+    config: DmeshConfig = server.plugin_config("dmesh")
+    return [NetworkMonitor(server)] if config.concentrators or config.simulator.enabled else []
+
+
+def dmesh_group(cli: click.Group) -> click.Group:
+    """The ``balans-edge dmesh`` command group (created on first use)."""
+    import click
+
+    group = cli.commands.get("dmesh")
+    if not isinstance(group, click.Group):
+        group = click.Group("dmesh", help="DMesh concentrators and radio network.")
+        cli.add_command(group)
+    return group
+
+
+@hookimpl
+def register_commands(cli: click.Group) -> None:
+    from balans_edge.plugins.dmesh.commissioning import add_commands
+
+    add_commands(dmesh_group(cli))

@@ -69,6 +69,12 @@ class SessionHost(Protocol):
 
     async def auth_failed(self, session: Session, reason: str) -> None: ...
 
+    def command_result(self, concentrator_id: int, result: CommandResult) -> None: ...
+
+
+class CommandRefused(Exception):
+    """The concentrator answered a host frame with NACK or a non-OK ACK."""
+
 
 def expected_mac(key: bytes, nonce: bytes, concentrator_id: int) -> bytes:
     """HMAC-SHA256(key, nonce ‖ concentrator_id as u32 big-endian)."""
@@ -95,6 +101,8 @@ class Session:
         self._closing = False
         self._bad = 0
         self._in_bad = False
+        self._acks: dict[int, asyncio.Future[None]] = {}
+        """Host frames waiting for their transport ACK, by the host's seq."""
         now = asyncio.get_running_loop().time()
         self.last_rx = self.last_tx = now
 
@@ -108,6 +116,7 @@ class Session:
             self.reason = self.reason or f"link error: {exc}"
         finally:
             self._close_transport()
+            self._fail_requests()
 
     def close(self, reason: str) -> None:
         """End the session: frames already written are sent, then the link closes."""
@@ -115,6 +124,12 @@ class Session:
             self._closing = True
             self.reason = self.reason or reason
             self._close_transport()
+            self._fail_requests()
+
+    def _fail_requests(self) -> None:
+        for fut in self._acks.values():
+            if not fut.done():
+                fut.set_exception(ConnectionError(self.reason or "link closed"))
 
     @property
     def closing(self) -> bool:
@@ -185,6 +200,31 @@ class Session:
         except TimeoutError:
             self.close("peer stopped reading")
 
+    async def request(self, payload: Payload) -> None:
+        """Send a host frame the concentrator acknowledges on receipt (COMMAND,
+        FIRMWARE_*) and return once it did. Raises ConnectionError when the link
+        closes first, CommandRefused on NACK or an ACK other than OK."""
+        if self._closing:
+            raise ConnectionError("link closed")
+        seq = (self._seq + 1) & 0xFFFF  # the seq send() is about to use
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._acks[seq] = fut
+        try:
+            await self.send(payload)
+            if self._closing and not fut.done():
+                raise ConnectionError(self.reason or "link closed")
+            await fut
+        finally:
+            self._acks.pop(seq, None)
+
+    def _answered(self, seq: int, error: Exception | None) -> None:
+        fut = self._acks.get(seq)
+        if fut is not None and not fut.done():
+            if error is None:
+                fut.set_result(None)
+            else:
+                fut.set_exception(error)
+
     async def ack(self, frame: Frame, status: AckStatus) -> None:
         await self.send(Ack(frame.seq, status))
 
@@ -215,9 +255,17 @@ class Session:
             await self._on_auth(frame, payload)
         elif isinstance(payload, Ping):
             await self.send(Pong(frame.seq))
-        elif isinstance(payload, Pong | Ack):
-            pass  # traffic; transport acknowledgements of host frames
+        elif isinstance(payload, Ack):
+            # Transport acknowledgement of a host frame.
+            refused = None if payload.status == AckStatus.OK else CommandRefused(
+                f"concentrator answered ACK {AckStatus(payload.status).name}"
+            )
+            self._answered(payload.acked_seq, refused)
+        elif isinstance(payload, Pong):
+            pass  # traffic
         elif isinstance(payload, Nack):
+            refused = CommandRefused(f"concentrator answered NACK {payload.code}: {payload.text}")
+            self._answered(payload.ref_seq, refused)
             log.info("%s: NACK %d of host frame %d: %s", self.name, payload.code, payload.ref_seq, payload.text)
         elif frame.type in DATA_TYPES:
             await self._on_data(frame, payload)
@@ -309,6 +357,8 @@ class Session:
             await server.storage.store_module_events([event])
         elif isinstance(payload, CommandResult):
             await server.storage.store_command_result(cid, payload.command_id, payload.result, payload.status, now)
+            if cid is not None:
+                self.host.command_result(cid, payload)
         elif isinstance(payload, FirmwareResult):
             await server.storage.store_firmware_result(cid, payload.image_id, payload.result, now)
         else:  # pragma: no cover - DATA_TYPES and the branches above list the same types

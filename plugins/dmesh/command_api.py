@@ -1,0 +1,99 @@
+"""HTTP route for module commands that move no valve or relay: ping, reporting
+interval, profile request. Each is audited in the ``commands`` journal and
+answered with its tracked outcome."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from sanic.request import Request
+
+from balans_edge.plugins.dmesh import codec
+from balans_edge.plugins.dmesh.commands import HOUR, MAX_PROFILE_HOURS
+from balans_edge.routes import ApiError, Param, Route, body_json, iso, json
+
+if TYPE_CHECKING:
+    from balans_edge.plugins.dmesh.driver import DmeshDriver
+    from balans_edge.server import Server
+
+CODES = {
+    "ping": codec.CommandCode.PING_MODULE,
+    "set_interval": codec.CommandCode.SET_INTERVAL,
+    "profile_request": codec.CommandCode.PROFILE_REQUEST,
+}
+
+
+def _time(body: dict[str, Any], name: str) -> int:
+    raw = body.get(name)
+    if isinstance(raw, int) and not isinstance(raw, bool):
+        return raw
+    if not isinstance(raw, str):
+        raise ApiError(400, "bad_body", f"{name}: expected an ISO-8601 time")
+    try:
+        dt = datetime.fromisoformat(raw.replace("Z", "+00:00"))
+    except ValueError:
+        raise ApiError(400, "bad_body", f"{name}: expected an ISO-8601 time, got {raw!r}") from None
+    return int((dt if dt.tzinfo else dt.replace(tzinfo=UTC)).timestamp())
+
+
+def _int(body: dict[str, Any], name: str, lo: int, hi: int) -> int:
+    value = body.get(name)
+    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+        raise ApiError(400, "bad_body", f"{name}: expected an integer {lo}..{hi}, got {value!r}")
+    return value
+
+
+def parse_command(body: Any) -> tuple[int, tuple[int, ...], str]:
+    """(DMesh command code, args, reason) of a request body."""
+    if not isinstance(body, dict):
+        raise ApiError(400, "bad_body", 'expected {"command": ..., "reason": ...}')
+    reason = body.get("reason")
+    if not isinstance(reason, str) or not reason.strip():
+        raise ApiError(400, "bad_body", "reason: a non-empty reason is required for the audit")
+    name = body.get("command")
+    if name not in CODES:
+        raise ApiError(400, "bad_body", f"command: expected one of {', '.join(CODES)}, got {name!r}")
+    code = CODES[name]
+    args: tuple[int, ...] = ()
+    if code == codec.CommandCode.SET_INTERVAL:
+        args = (_int(body, "seconds", 300, 65535),)
+    elif code == codec.CommandCode.PROFILE_REQUEST:
+        channel = _int(body, "channel", 1, 3)
+        t0, t1 = _time(body, "from"), _time(body, "to")
+        if t0 % HOUR or t1 % HOUR:
+            raise ApiError(400, "bad_body", "from and to must be hour-aligned")
+        if not 0 < t1 - t0 <= MAX_PROFILE_HOURS * HOUR:
+            raise ApiError(400, "bad_body", f"to must be 1..{MAX_PROFILE_HOURS} hours after from")
+        args = (channel, t0, t1)
+    return code, args, reason.strip()
+
+
+def command_routes(server: Server, driver: Callable[[], DmeshDriver | None]) -> list[Route]:
+    async def module_command(request: Request, module_id: str) -> Any:
+        if not module_id.isdigit() or not 0 < int(module_id) < 2**32:
+            raise ApiError(400, "bad_parameter", f"module_id: expected an integer 1..4294967295, got {module_id!r}")
+        code, args, reason = parse_command(body_json(request))
+        module = await server.storage.registry_get("modules", int(module_id))
+        if module is None:
+            raise ApiError(404, "not_found", f"module {module_id} is not in the registry")
+        running = driver()
+        if running is None:
+            raise ApiError(503, "unavailable", "the DMesh driver is not running")
+        record = await running.commands.module_command(
+            int(module_id), code, args, requested_by=f"api:{request.ctx.user}", reason=reason
+        )
+        return json({**record, "t": iso(record["t"])})
+
+    return [
+        Route("POST", "/api/v1/dmesh/modules/<module_id>/commands", module_command,
+              "Ping a radio module, set its reporting interval or request its hourly profile "
+              "(answered with the tracked outcome)",
+              role="operator", params=(Param("module_id", "path", "integer"),), tags=("dmesh",),
+              body='{"command": "ping"|"set_interval"|"profile_request", "seconds": 300..65535, '
+                   '"channel": 1..3, "from": ISO-8601, "to": ISO-8601, "reason": "..."}',
+              responses={200: "the audited command: id, outcome (done or failed), detail",
+                         400: "bad body or no reason", 404: "module not registered",
+                         503: "driver not running"}),
+    ]

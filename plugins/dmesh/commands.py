@@ -1,0 +1,296 @@
+"""Commands to radio modules through their concentrator, tracked until their result.
+
+A COMMAND frame goes out on the concentrator's link with a command id, the
+concentrator acknowledges it on receipt (transport ACK), and the outcome
+arrives later, possibly minutes later through 30 hops, in a COMMAND_RESULT
+frame. ``DmeshCommands`` keeps a future per (concentrator id, command id)
+that the session resolves once the result is stored; the host gives up after
+``command_timeout_s``. A result that arrives after a reconnect still counts:
+the concentrator keeps its COMMAND_RESULT frames until they are ACKed.
+
+Every command is in the ``commands`` journal and its journal id is the
+command id on the wire, so ids are never reused across restarts and a stored
+COMMAND_RESULT names its audit record. Valve and relay commands come through
+the actuation service (``DmeshActuator``); ping, reporting interval and
+profile requests are written to the same journal here. ``DmeshCommands``
+also back-fills the hours a concentrator's meters miss after it logs in.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from balans_edge.core.components import Command, CommandCode, CommandOutcome
+from balans_edge.core.tasks import cancel
+from balans_edge.plugins.dmesh import codec
+from balans_edge.plugins.dmesh.codec import CommandResult, CommandResultCode
+from balans_edge.plugins.dmesh.session import CommandRefused
+
+if TYPE_CHECKING:
+    from balans_edge.plugins.dmesh.driver import DmeshDriver
+
+log = logging.getLogger(__name__)
+
+HOUR = 3600
+MAX_PROFILE_HOURS = 168
+BACKFILL_CONCURRENCY = 4
+"""Profile requests of one concentrator in flight at once (the radio network is slow)."""
+
+ACTUATING = {
+    CommandCode.VALVE_CLOSE: (codec.CommandCode.VALVE_CLOSE, "valve"),
+    CommandCode.VALVE_OPEN: (codec.CommandCode.VALVE_OPEN, "valve"),
+    CommandCode.RELAY_OFF: (codec.CommandCode.RELAY_OFF, "relay"),
+    CommandCode.RELAY_ON: (codec.CommandCode.RELAY_ON, "relay"),
+}
+"""Actuation command -> (DMesh command code, meter flag it needs)."""
+
+JOURNAL_CODES = {
+    codec.CommandCode.PING_MODULE: "ping",
+    codec.CommandCode.SET_INTERVAL: "set_interval",
+    codec.CommandCode.PROFILE_REQUEST: "profile_request",
+}
+"""Names of the non-actuating commands in the ``commands`` journal and the API."""
+
+STATUS_NAMES = {5: "VALVE_CLOSED", 8: "RELAY_OFF"}
+
+
+@dataclass(frozen=True, slots=True)
+class Tracked:
+    """The host's view of one command's outcome."""
+
+    ok: bool
+    detail: str
+    result: int | None = None
+    status: int | None = None
+
+
+def _iso(t: int) -> str:
+    return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def describe(code: int, args: tuple[int, ...]) -> str:
+    if code == codec.CommandCode.PROFILE_REQUEST:
+        channel, t0, t1 = args
+        return f"channel {channel} {_iso(t0)}..{_iso(t1)}"
+    if code == codec.CommandCode.SET_INTERVAL:
+        return f"{args[0]} s"
+    return ""
+
+
+def missing_hours(ts: np.ndarray, t0: int, t1: int, tolerance: int) -> np.ndarray:
+    """Hour boundaries t0 <= h <= t1 without a reading within ``tolerance`` s.
+
+    ``ts`` are the meter's reading times, sorted; t0 and t1 are hour-aligned."""
+    hours = np.arange(t0, t1 + 1, HOUR, dtype=np.int64)
+    if len(ts) == 0:
+        return hours
+    i = np.searchsorted(ts, hours)
+    after = np.abs(ts[np.minimum(i, len(ts) - 1)] - hours)
+    before = np.abs(hours - ts[np.maximum(i - 1, 0)])
+    return hours[np.minimum(after, before) > tolerance]
+
+
+def hour_ranges(hours: np.ndarray, longest: int = MAX_PROFILE_HOURS) -> list[tuple[int, int]]:
+    """Contiguous runs of hour boundaries as [from, to) ranges of at most ``longest`` hours."""
+    if len(hours) == 0:
+        return []
+    breaks = np.flatnonzero(np.diff(hours) != HOUR) + 1
+    out = []
+    for run in np.split(hours, breaks):
+        for k in range(0, len(run), longest):
+            part = run[k : k + longest]
+            out.append((int(part[0]), int(part[-1]) + HOUR))
+    return out
+
+
+class DmeshCommands:
+    """Send commands to modules and track them; back-fill after a login."""
+
+    def __init__(self, driver: DmeshDriver) -> None:
+        self.driver = driver
+        self.server = driver.server
+        self.config = driver.config
+        self._pending: dict[tuple[int, int], asyncio.Future[CommandResult]] = {}
+        self._backfills: dict[int, asyncio.Task[None]] = {}
+
+    async def stop(self) -> None:
+        for task in list(self._backfills.values()):
+            await cancel(task)
+        self._backfills.clear()
+
+    # tracking ---------------------------------------------------------------
+
+    def result_arrived(self, concentrator_id: int, result: CommandResult) -> None:
+        """Called by a session once a COMMAND_RESULT is stored."""
+        fut = self._pending.get((concentrator_id, result.command_id))
+        if fut is not None and not fut.done():
+            fut.set_result(result)
+
+    async def track(
+        self, concentrator_id: int, command_id: int, module_id: int, code: int, args: tuple[int, ...] = ()
+    ) -> Tracked:
+        """Send one COMMAND and wait for its transport ACK, then for its result."""
+        session = self.driver.sessions().get(concentrator_id)
+        if session is None or session.closing:
+            return Tracked(False, f"concentrator {concentrator_id} is not connected")
+        timeout = self.config.command_timeout_s
+        key = (concentrator_id, command_id)
+        fut: asyncio.Future[CommandResult] = asyncio.get_running_loop().create_future()
+        self._pending[key] = fut
+        try:
+            async with asyncio.timeout(timeout):
+                try:
+                    await session.request(codec.Command(command_id, module_id, code, args))
+                except ConnectionError:
+                    return Tracked(False, f"concentrator {concentrator_id} disconnected before it acknowledged")
+                result = await fut
+        except TimeoutError:
+            return Tracked(False, f"timeout after {timeout:g} s")
+        except CommandRefused as exc:
+            return Tracked(False, str(exc))
+        finally:
+            self._pending.pop(key, None)
+        try:
+            name = CommandResultCode(result.result).name
+        except ValueError:
+            name = f"result {result.result}"
+        flags = [n for bit, n in STATUS_NAMES.items() if result.status >> bit & 1]
+        detail = name + (f" ({', '.join(flags)})" if flags else "")
+        return Tracked(result.result == CommandResultCode.DONE, detail, result.result, result.status)
+
+    # non-actuating commands -------------------------------------------------
+
+    async def module_command(
+        self, module_id: int, code: int, args: tuple[int, ...], *, requested_by: str, reason: str
+    ) -> dict[str, Any]:
+        """Audit, send and track a command that moves no valve or relay; return its journal record."""
+        if not requested_by or not reason:
+            raise ValueError("a command needs requested_by and reason for the audit")
+        storage = self.server.storage
+        record = {
+            "t": int(time.time()),
+            "target": f"module:{module_id}",
+            "code": JOURNAL_CODES[code],
+            "requested_by": requested_by,
+            "reason": reason,
+            "outcome": "pending",
+            "detail": describe(code, args),
+        }
+        record["id"] = await storage.journal_append("commands", record)
+        module = await storage.registry_get("modules", module_id)
+        if module is None or module.concentrator_id is None:
+            outcome = Tracked(False, f"module {module_id} is not registered on a concentrator")
+        else:
+            outcome = await self.track(module.concentrator_id, record["id"], module_id, code, args)
+        detail = f"{record['detail']}: {outcome.detail}" if record["detail"] else outcome.detail
+        record.update(outcome="done" if outcome.ok else "failed", detail=detail)
+        await storage.journal_update("commands", record["id"], {"outcome": record["outcome"], "detail": detail})
+        return record
+
+    # back-fill ----------------------------------------------------------------
+
+    def logged_in(self, concentrator_id: int) -> None:
+        """Start (or restart) the back-fill of a concentrator that just logged in."""
+        if not self.config.backfill:
+            return
+        old = self._backfills.pop(concentrator_id, None)
+        if old is not None:
+            old.cancel()
+        task = asyncio.create_task(self._backfill(concentrator_id), name=f"dmesh-backfill-{concentrator_id}")
+        self._backfills[concentrator_id] = task
+        task.add_done_callback(lambda t: self._backfills.pop(concentrator_id, None) if
+                               self._backfills.get(concentrator_id) is t else None)
+
+    async def gaps(self, concentrator_id: int, now: float | None = None) -> list[tuple[int, int, int, int]]:
+        """(module_id, channel, from, to) of the hours the concentrator's meters miss."""
+        storage = self.server.storage
+        now = time.time() if now is None else now
+        tolerance = int(self.server.config.intervals.tolerance_s)
+        end = (int(now) - tolerance) // HOUR * HOUR
+        start = end - self.config.backfill_days * 24 * HOUR
+        modules = {m.module_id for m in await storage.registry_list("modules") if m.concentrator_id == concentrator_id}
+        out = []
+        for key, meter in await storage.meters_by_key():
+            if meter.module_id not in modules or meter.channel is None:
+                continue
+            t0 = max(start, -(-meter.install_time // HOUR) * HOUR)
+            t1 = end if meter.removed_time is None else min(end, meter.removed_time // HOUR * HOUR)
+            if t1 < t0:
+                continue
+            rows = await storage.readings(key, t0 - tolerance, t1 + tolerance + 1)
+            for lo, hi in hour_ranges(missing_hours(rows.ts, t0, t1, tolerance)):
+                out.append((meter.module_id, meter.channel, lo, hi))
+        return out
+
+    async def _backfill(self, concentrator_id: int) -> None:
+        # What the concentrator buffered during the outage comes first; it may fill the gaps.
+        await asyncio.sleep(self.config.backfill_delay_s)
+        try:
+            gaps = await self.gaps(concentrator_id)
+        except Exception:
+            log.exception("dmesh: back-fill of concentrator %d: missing hours not found", concentrator_id)
+            return
+        if not gaps:
+            return
+        log.info("dmesh: concentrator %d: requesting %d profile(s) of missing hours", concentrator_id, len(gaps))
+        queue: asyncio.Queue[tuple[int, int, int, int]] = asyncio.Queue()
+        for gap in gaps:
+            queue.put_nowait(gap)
+
+        async def worker() -> None:
+            while not queue.empty():
+                module_id, channel, lo, hi = queue.get_nowait()
+                hours = (hi - lo) // HOUR
+                try:
+                    record = await self.module_command(
+                        module_id, codec.CommandCode.PROFILE_REQUEST, (channel, lo, hi),
+                        requested_by="dmesh:backfill",
+                        reason=f"back-fill of {hours} missing hour(s) after concentrator {concentrator_id} logged in",
+                    )
+                except Exception:
+                    log.exception("dmesh: back-fill request for module %d failed", module_id)
+                    continue
+                if record["outcome"] != "done":
+                    log.warning("dmesh: back-fill of module %d channel %d: %s", module_id, channel, record["detail"])
+
+        workers = [asyncio.create_task(worker()) for _ in range(min(BACKFILL_CONCURRENCY, len(gaps)))]
+        try:
+            await asyncio.gather(*workers)
+        finally:
+            for w in workers:
+                await cancel(w)
+
+
+class DmeshActuator:
+    """Valve and relay commands for meters on modules served by a DMesh concentrator."""
+
+    name = "dmesh"
+
+    def __init__(self, driver: DmeshDriver) -> None:
+        self.driver = driver
+
+    def handles(self, command: Command) -> bool:
+        return command.code in ACTUATING
+
+    async def execute(self, command: Command) -> CommandOutcome:
+        code, flag = ACTUATING[command.code]
+        storage = self.driver.server.storage
+        meter = await storage.registry_get("meters", command.target)
+        if meter is None:
+            return CommandOutcome(False, f"meter {command.target} is not in the registry")
+        if flag not in meter.flags:
+            return CommandOutcome(False, f"meter {command.target} has no {flag} (flag {flag!r} not set)")
+        module = await storage.registry_get("modules", meter.module_id) if meter.module_id is not None else None
+        if module is None or module.concentrator_id is None:
+            return CommandOutcome(False, f"meter {command.target} is not on a module of a DMesh concentrator")
+        if command.id is None:  # pragma: no cover - the actuation service audits before it executes
+            raise ValueError("the command has no journal id")
+        outcome = await self.driver.commands.track(module.concentrator_id, command.id, module.module_id, code)
+        return CommandOutcome(outcome.ok, f"module {module.module_id}: {outcome.detail}")

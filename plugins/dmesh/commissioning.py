@@ -1,0 +1,114 @@
+"""``balans-edge dmesh commissioning``: did every meter of a group deliver all
+of its hourly data over the last hours?
+
+A meter is complete when each hour of the window has a stored hourly
+consumption row that is measured or estimated; an hour without a row or with a
+missing row counts as missing.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import click
+
+from balans_edge.core.intervals import CODE, HOUR, floor_hour
+from balans_edge.core.model import Quality
+from balans_edge.routes import iso
+
+if TYPE_CHECKING:
+    from balans_edge.core.storage import Storage
+
+MAX_HOURS = 24 * 366
+
+
+@dataclass(frozen=True, slots=True)
+class MeterCompleteness:
+    meter_id: str
+    module_id: int | None
+    channel: int | None
+    hours: int
+    missing: int
+    first_missing: int | None
+
+    @property
+    def complete(self) -> bool:
+        return self.missing == 0
+
+
+async def commissioning(storage: Storage, group_id: str, t0: int, t1: int) -> list[MeterCompleteness]:
+    """Completeness of the hourly data of the meters of one group over [t0, t1) (hour-aligned)."""
+    missing_code = CODE[Quality.MISSING]
+    hours = list(range(t0, t1, HOUR))
+    out = []
+    for key, meter in await storage.meters_by_key():
+        if meter.group_id != group_id:
+            continue
+        delivered = {t for t, _, quality in await storage.hourly(key, t0, t1) if quality != missing_code}
+        gaps = [t for t in hours if t not in delivered]
+        out.append(
+            MeterCompleteness(
+                meter.meter_id, meter.module_id, meter.channel, len(hours), len(gaps), gaps[0] if gaps else None
+            )
+        )
+    return sorted(out, key=lambda m: m.meter_id)
+
+
+def _parse_end(raw: str | None) -> int:
+    if raw is None:
+        return floor_hour(int(time.time()))
+    try:
+        dt = datetime.fromisoformat(raw.replace("Z", "+00:00"))
+    except ValueError:
+        raise click.BadParameter(f"expected an ISO-8601 time, got {raw!r}", param_hint="--end") from None
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=UTC)
+    return floor_hour(int(dt.timestamp()))
+
+
+def add_commands(group: click.Group) -> None:
+    from balans_edge import cli as _cli
+
+    @group.command("commissioning")
+    @_cli.CONFIG_OPTION
+    @click.option("--group", "group_id", required=True, help="Balance group id (the meters' group_id).")
+    @click.option(
+        "--hours",
+        type=click.IntRange(1, MAX_HOURS),
+        default=48,
+        show_default=True,
+        help="Length of the window, in hours.",
+    )
+    @click.option(
+        "--end",
+        default=None,
+        help="End of the window, ISO-8601 (UTC if no offset), rounded down to the hour "
+        "(default: the current hour's start).",
+    )
+    def commissioning_command(config_path: Path | None, group_id: str, hours: int, end: str | None) -> None:
+        """Which meters of a group delivered 100 % of their hourly data over the
+        last HOURS hours (exit 0 when all did, 1 otherwise)."""
+        t1 = _parse_end(end)
+        t0 = t1 - hours * HOUR
+        _, config = _cli.prepare(config_path)
+        rows = _cli.run_async(lambda: _cli.with_storage(config, lambda s: commissioning(s, group_id, t0, t1)))
+        click.echo(f"group {group_id}: {iso(t0)} .. {iso(t1)} ({hours} h)")
+        if not rows:
+            click.echo(f"no meters with group_id {group_id!r}")
+            raise SystemExit(1)
+        click.echo(f"{'meter':<24} {'module':>10} {'ch':>2} {'hours':>11} {'missing':>7}  first missing (UTC)  result")
+        for r in rows:
+            module = "" if r.module_id is None else str(r.module_id)
+            channel = "" if r.channel is None else str(r.channel)
+            first = iso(r.first_missing) if r.first_missing is not None else "-"
+            click.echo(
+                f"{r.meter_id:<24} {module:>10} {channel:>2} {f'{r.hours - r.missing}/{r.hours}':>11} {r.missing:>7}"
+                f"  {first:<20} {'complete' if r.complete else 'INCOMPLETE'}"
+            )
+        done = sum(r.complete for r in rows)
+        click.echo(f"{done} of {len(rows)} meters complete, {len(rows) - done} incomplete")
+        raise SystemExit(0 if done == len(rows) else 1)

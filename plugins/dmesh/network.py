@@ -1,0 +1,330 @@
+"""DMesh network monitoring: the radio tree of each concentrator and its health.
+
+The tree is built from what is stored already: the registry's module rows
+(parent, hops, RSSI, battery, firmware and last seen, kept current by TOPOLOGY
+reports and readings), the newest topology entry of every module (its state as
+the concentrator reported it) and the newest reading of every meter. A module
+is
+
+- ``lost`` when its newest topology entry says so and no reading of it is
+  newer than that entry,
+- ``silent`` when it has not been heard from (a reading, or a topology entry in
+  state online) for more than ``silent_periods`` reporting periods,
+- ``online`` otherwise.
+
+``NetworkMonitor`` is also the ``dmesh-network`` detector: silent modules, low
+batteries with the days left from the battery trend, weak links, long routes
+and concentrators that stay offline.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from balans_edge.core.components import Finding, Severity
+from balans_edge.routes import iso
+from balans_edge.settings import setting
+
+if TYPE_CHECKING:
+    from balans_edge.core.storage import Storage
+    from balans_edge.server import Server
+
+DETECTOR = "dmesh-network"
+DAY = 86400
+BATTERY_REPLACED_MV = 100
+"""A rise of the battery voltage larger than this starts a new battery (trend)."""
+BATTERY_POINTS = 1000
+"""Newest topology entries of a module used for its battery trend."""
+
+
+@dataclass(frozen=True)
+class NetworkConfig:
+    """``[plugins.dmesh.network]``: limits of the network health findings."""
+
+    report_interval_s: int = setting(3600, range=(60, 7 * DAY), doc="the modules' reporting period")
+    silent_periods: int = setting(3, range=(1, 10000), doc="silent after this many periods without news")
+    low_battery_mv: int = setting(3000, range=(0, 65535), doc="battery below this is low")
+    battery_empty_mv: int = setting(2700, range=(0, 65535), doc="battery at which a module stops (days left)")
+    weak_rssi_dbm: int = setting(-95, range=(-128, 0), doc="a link to the parent below this is weak")
+    max_hops: int = setting(20, range=(1, 30), doc="a route longer than this is too long")
+    offline_after_s: int = setting(900, range=(0, 30 * DAY), doc="a configured concentrator away this long")
+
+
+@dataclass(slots=True)
+class ModuleView:
+    """One module as the network monitor sees it."""
+
+    module_id: int
+    concentrator_id: int | None
+    registered: bool
+    parent_id: int | None
+    """0: the concentrator itself; None: route unknown (no topology report yet)."""
+    hops: int | None
+    rssi: int | None
+    battery_mv: int | None
+    firmware: str
+    last_seen: int | None
+    """Newest news of the module: a reading, or a topology entry in state online."""
+    state: str
+    """online, lost or silent."""
+    reported_t: int | None = None
+    """Time of its newest topology entry."""
+
+
+def _firmware(fw_version: int) -> str:
+    return f"{fw_version >> 8}.{fw_version & 0xFF}"
+
+
+async def newest_readings(storage: Storage) -> dict[int, int]:
+    """module_id -> time of the newest stored reading of any of its meters."""
+    modules = {key: m.module_id for key, m in await storage.meters_by_key() if m.module_id is not None}
+    newest: dict[int, int] = {}
+    for head in await storage.load_heads():
+        module_id = modules.get(head.meter)
+        if module_id is not None and head.ts > newest.get(module_id, -1):
+            newest[module_id] = head.ts
+    return newest
+
+
+async def module_views(storage: Storage, config: NetworkConfig, now: float) -> dict[int, ModuleView]:
+    """Every module known to the registry or to a topology report, by id."""
+    registry = {m.module_id: m for m in await storage.registry_list("modules")}
+    latest = {r["module_id"]: r for r in await storage.latest_topology()}
+    readings = await newest_readings(storage)
+    silent_after = config.silent_periods * config.report_interval_s
+    views: dict[int, ModuleView] = {}
+    for module_id in sorted(set(registry) | set(latest)):
+        reg, snap, read_t = registry.get(module_id), latest.get(module_id), readings.get(module_id)
+        lost = snap is not None and snap["state"] != 0 and (read_t is None or read_t <= snap["t"])
+        if lost or reg is None:
+            heard = [t for t in (read_t, snap and snap["online_t"]) if t is not None]
+            last_seen = max(heard) if heard else None
+        else:
+            last_seen = reg.last_seen
+        if lost:
+            state = "lost"
+        elif last_seen is None or now - last_seen > silent_after:
+            state = "silent"
+        else:
+            state = "online"
+        if reg is not None:
+            view = ModuleView(
+                module_id,
+                snap["concentrator_id"] if snap else reg.concentrator_id,
+                True,
+                reg.parent_id,
+                reg.hops,
+                reg.rssi,
+                reg.battery_mv,
+                reg.firmware,
+                last_seen,
+                state,
+            )
+        else:
+            view = ModuleView(
+                module_id,
+                snap["concentrator_id"],
+                False,
+                snap["parent_id"],
+                snap["hops"],
+                snap["rssi"],
+                snap["battery_mv"],
+                _firmware(snap["fw_version"]),
+                last_seen,
+                state,
+            )
+        view.reported_t = snap["t"] if snap else None
+        views[module_id] = view
+    return views
+
+
+def battery_days_left(points: list[tuple[int, int]], empty_mv: int) -> tuple[float | None, float | None]:
+    """(days left until ``empty_mv``, slope in mV per day) from (t, mV) points in
+    time order, fitted with a straight line since the last battery change.
+    Days left count from the newest point; None when fewer than two points or
+    the battery is not falling."""
+    start = 0
+    for i in range(1, len(points)):
+        if points[i][1] - points[i - 1][1] > BATTERY_REPLACED_MV:
+            start = i
+    points = points[start:]
+    if len({t for t, _ in points}) < 2:
+        return None, None
+    t = np.array([p[0] for p in points], dtype=np.float64)
+    mv = np.array([p[1] for p in points], dtype=np.float64)
+    slope_per_s = float(np.polyfit(t - t[-1], mv, 1)[0])
+    slope = slope_per_s * DAY
+    if slope >= 0:
+        return None, slope
+    return max(0.0, (mv[-1] - empty_mv) / -slope), slope
+
+
+class NetworkMonitor:
+    """The DMesh network's state for the API and its health as a detector."""
+
+    name = DETECTOR
+
+    def __init__(self, server: Server, clock: Any = time.time) -> None:
+        self.server = server
+        self.clock = clock
+
+    @property
+    def dmesh(self) -> Any:
+        return self.server.plugin_config("dmesh")
+
+    @property
+    def config(self) -> NetworkConfig:
+        return self.dmesh.network
+
+    def connected(self) -> dict[int, Any]:
+        """Sessions of the connected concentrators, by id."""
+        from balans_edge.plugins.dmesh.driver import DmeshDriver
+
+        for _, component in self.server.components:
+            if isinstance(component, DmeshDriver):
+                return component.sessions()
+        return {}
+
+    async def modules(self) -> dict[int, ModuleView]:
+        return await module_views(self.server.storage, self.config, self.clock())
+
+    async def concentrators(self) -> list[dict[str, Any]]:
+        """Registered, configured and connected concentrators with their link and module counts."""
+        storage = self.server.storage
+        registry = {c.concentrator_id: c for c in await storage.registry_list("concentrators")}
+        configured = {c.id for c in self.dmesh.concentrators}
+        sessions = self.connected()
+        views = await self.modules()
+        out = []
+        for cid in sorted(set(registry) | configured | set(sessions)):
+            log = await storage.connection_log(cid, limit=1000)
+            last = {event: next((r for r in log if r["event"] == event), None) for event in ("connect", "disconnect")}
+            session = sessions.get(cid)
+            mine = [v for v in views.values() if v.concentrator_id == cid]
+            counts = {state: sum(v.state == state for v in mine) for state in ("online", "lost", "silent")}
+            out.append(
+                {
+                    "id": cid,
+                    "name": registry[cid].name if cid in registry else "",
+                    "registered": cid in registry,
+                    "configured": cid in configured,
+                    "connected": session is not None,
+                    "peer": session.peer if session is not None else (last["connect"] or {}).get("peer"),
+                    "last_connect": iso(last["connect"]["t"]) if last["connect"] else None,
+                    "last_disconnect": iso(last["disconnect"]["t"]) if last["disconnect"] else None,
+                    "modules": {"total": len(mine), **counts},
+                }
+            )
+        return out
+
+    # detector -----------------------------------------------------------------
+
+    async def detect(self, server: Any = None) -> list[Finding]:
+        config, now = self.config, int(self.clock())
+        views = await self.modules()
+        findings: list[Finding] = []
+        silent_after = config.silent_periods * config.report_interval_s
+        for view in views.values():
+            findings += await self._module_findings(view, config, now, silent_after)
+        findings += await self._offline_concentrators(config, now)
+        return findings
+
+    async def _module_findings(
+        self, v: ModuleView, config: NetworkConfig, now: int, silent_after: int
+    ) -> list[Finding]:
+        subject = f"module:{v.module_id}"
+        out = []
+
+        def finding(kind: str, message: str, severity: Severity, **data: Any) -> None:
+            out.append(Finding(DETECTOR, subject, kind, message, severity, now, data))
+
+        if v.last_seen is None or now - v.last_seen > silent_after:
+            if v.last_seen is None:
+                message = f"module {v.module_id} has never been heard from"
+                silent_s = None
+            else:
+                silent_s = now - v.last_seen
+                message = (
+                    f"module {v.module_id} silent for {silent_s / 3600:.1f} h "
+                    f"({silent_s / config.report_interval_s:.1f} reporting periods)"
+                )
+            finding(
+                "silent",
+                message,
+                Severity.WARNING,
+                silent_s=silent_s,
+                last_seen=v.last_seen,
+                report_interval_s=config.report_interval_s,
+                periods=config.silent_periods,
+            )
+        if v.battery_mv is not None and v.battery_mv < config.low_battery_mv:
+            history = await self.server.storage.topology_history(v.module_id, limit=BATTERY_POINTS)
+            points = sorted({(r["t"], r["battery_mv"]) for r in history})
+            if not points:
+                points = [(v.last_seen or now, v.battery_mv)]
+            days_left, slope = battery_days_left(points, config.battery_empty_mv)
+            mv = points[-1][1]
+            left = "unknown" if days_left is None else f"{days_left:.1f}"
+            critical = mv <= config.battery_empty_mv or (days_left is not None and days_left < 7)
+            finding(
+                "low_battery",
+                f"module {v.module_id}: battery {mv} mV, days left: {left}",
+                Severity.CRITICAL if critical else Severity.WARNING,
+                battery_mv=mv,
+                days_left=None if days_left is None else round(days_left, 1),
+                slope_mv_per_day=None if slope is None else round(slope, 3),
+                points=len(points),
+            )
+        if v.state == "lost":
+            return out  # its last route is stale
+        if v.rssi is not None and v.rssi < config.weak_rssi_dbm:
+            finding(
+                "weak_link",
+                f"module {v.module_id}: link to its parent at {v.rssi} dBm",
+                Severity.WARNING,
+                rssi_dbm=v.rssi,
+                limit_dbm=config.weak_rssi_dbm,
+            )
+        if v.hops is not None and v.hops > config.max_hops:
+            finding(
+                "too_many_hops",
+                f"module {v.module_id}: {v.hops} hops to the concentrator",
+                Severity.WARNING,
+                hops=v.hops,
+                limit=config.max_hops,
+            )
+        return out
+
+    async def _offline_concentrators(self, config: NetworkConfig, now: int) -> list[Finding]:
+        sessions = self.connected()
+        out = []
+        for c in self.dmesh.concentrators:
+            if c.id in sessions:
+                continue
+            log = await self.server.storage.connection_log(c.id, limit=1000)
+            last = next((r for r in log if r["event"] in ("connect", "disconnect", "replaced")), None)
+            since = last["t"] if last else (self.server.started_at or now)
+            offline_s = int(now - since)
+            if offline_s <= config.offline_after_s:
+                continue
+            what = f"since {iso(last['t'])}" if last else "since the server started, never connected"
+            out.append(
+                Finding(
+                    DETECTOR,
+                    f"concentrator:{c.id}",
+                    "concentrator_offline",
+                    f"concentrator {c.id} is not connected ({what})",
+                    Severity.CRITICAL,
+                    now,
+                    {
+                        "offline_s": offline_s,
+                        "last_event_t": last["t"] if last else None,
+                        "limit_s": config.offline_after_s,
+                    },
+                )
+            )
+        return out
