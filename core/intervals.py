@@ -34,6 +34,8 @@ from balans_edge.core.tasks import cancel
 log = logging.getLogger(__name__)
 
 HOUR = 3600
+READ_CHUNK = 500
+"""Meters read per query (SQLite's default limit on bound parameters is far higher)."""
 QUALITY_CODES = [Quality.MEASURED, Quality.ESTIMATED, Quality.MISSING]
 CODE = {q: i for i, q in enumerate(QUALITY_CODES)}
 
@@ -172,9 +174,7 @@ class IntervalWorker:
                 for r in ranges:
                     span = spans[r.meter]
                     span[0], span[1] = min(span[0], r.lo), max(span[1], r.hi)
-                rows: list[tuple[int, int, float | None, int]] = []
-                for meter, (lo, hi) in spans.items():
-                    rows.extend(await self._meter_rows(meter, lo, hi))
+                rows = await self._rows(spans)
                 await self.storage.save_intervals(rows, [r.id for r in ranges])
                 self.recomputed_hours += len(rows)
                 done_total += len(ranges)
@@ -187,15 +187,31 @@ class IntervalWorker:
                         )
                     )
 
-    async def _meter_rows(self, meter: int, lo: int, hi: int) -> list[tuple[int, int, float | None, int]]:
-        t0, t1 = floor_hour(lo), max(ceil_hour(hi), floor_hour(lo) + HOUR)
+    async def _rows(self, spans: dict[int, list[int]]) -> list[tuple[int, int, float | None, int]]:
+        """Hourly rows for every meter's span. Meters with the same hour window
+        (the usual case: everyone reported the last hour) are read with one
+        query per chunk instead of one per meter."""
+        windows: dict[tuple[int, int], list[int]] = defaultdict(list)
+        for meter, (lo, hi) in spans.items():
+            windows[(floor_hour(lo), max(ceil_hour(hi), floor_hour(lo) + HOUR))].append(meter)
         margin = self.settings.max_gap_s + 1
-        readings = await self.storage.readings(meter, t0 - margin, t1 + margin + 1)
-        hours, values, quality = hourly(readings, self._weights.get(meter, 0.0), t0, t1, self.settings)
-        return [
-            (meter, t, None if np.isnan(v) else v, q)
-            for t, v, q in zip(hours.tolist(), values.tolist(), quality.tolist(), strict=True)
-        ]
+        rows: list[tuple[int, int, float | None, int]] = []
+        for (t0, t1), meters in windows.items():
+            meters.sort()
+            for i in range(0, len(meters), READ_CHUNK):
+                chunk = meters[i : i + READ_CHUNK]
+                readings = await self.storage.readings_of(chunk, t0 - margin, t1 + margin + 1)
+                starts = np.searchsorted(readings.meter, chunk, side="left")
+                ends = np.searchsorted(readings.meter, chunk, side="right")
+                for meter, a, b in zip(chunk, starts.tolist(), ends.tolist(), strict=True):
+                    hours, values, quality = hourly(
+                        readings.select(slice(a, b)), self._weights.get(meter, 0.0), t0, t1, self.settings
+                    )
+                    rows.extend(
+                        (meter, t, None if v != v else v, q)  # v != v: NaN, a missing hour
+                        for t, v, q in zip(hours.tolist(), values.tolist(), quality.tolist(), strict=True)
+                    )
+        return rows
 
     async def run(self) -> None:
         """Recompute whenever readings are committed (and every minute anyway)."""

@@ -216,6 +216,10 @@ class Storage(ABC):
         """Stored readings of one meter with t0 <= ts < t1."""
 
     @abstractmethod
+    async def readings_of(self, meters: list[int], t0: int, t1: int) -> ReadingRows:
+        """Stored readings of several meters with t0 <= ts < t1, sorted by (meter, ts)."""
+
+    @abstractmethod
     async def has_readings(self, meter: int) -> bool: ...
 
 

@@ -365,6 +365,14 @@ class SqliteStorage(Storage):
             (meter, t0, t1),
         )
 
+    async def readings_of(self, meters: list[int], t0: int, t1: int) -> ReadingRows:
+        marks = ", ".join("?" * len(meters))
+        return await self._reading_rows(
+            f"SELECT {READING_COLUMNS} FROM readings WHERE meter IN ({marks}) AND ts >= ? AND ts < ? "
+            "ORDER BY meter, ts",
+            (*meters, t0, t1),
+        )
+
     async def has_readings(self, meter: int) -> bool:
         return bool(await self._scalar("SELECT EXISTS (SELECT 1 FROM readings WHERE meter = ?)", (meter,)))
 
