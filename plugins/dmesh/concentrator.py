@@ -16,12 +16,23 @@ answered with PROFILE frames of what ``profile(module_id, channel, from, to)``
 returns (one value per hour from ``from``, ``None`` for "not recorded"), then
 its COMMAND_RESULT. Frames answering commands are delivered like any data frame
 but kept in ``answers_acked``, not in ``acked``.
+
+Firmware is checked as a real concentrator does: FIRMWARE_BEGIN, FIRMWARE_BLOCK
+and FIRMWARE_END are collected, the signature is verified against
+``firmware_public_key`` (skipped when None), the blocks are assembled by offset,
+size and sha256 are checked at FIRMWARE_END, and FIRMWARE_RESULT answers with
+the code. A FIRMWARE_BEGIN with the same fields as the transfer in progress
+continues it (blocks received so far are kept). Accepted images are kept in
+``firmware_images``. ``drop_after_blocks`` = N closes the link once, on the N-th
+FIRMWARE_BLOCK, before acknowledging it (what was acknowledged before still
+reaches the host).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import time
 from collections import deque
@@ -38,6 +49,11 @@ from balans_edge.plugins.dmesh.codec import (
     CommandCode,
     CommandResult,
     CommandResultCode,
+    FirmwareBegin,
+    FirmwareBlock,
+    FirmwareEnd,
+    FirmwareResult,
+    FirmwareResultCode,
     Frame,
     FrameType,
     Hello,
@@ -84,6 +100,10 @@ class ConcentratorSettings:
     firmware: tuple[int, int, int] = (1, 4, 2)
     modules: int = 0
     meters: int = 0
+    firmware_public_key: bytes | None = None
+    """The vendor's raw Ed25519 public key; None: signatures are not checked."""
+    drop_after_blocks: int | None = None
+    """Drop the link once, on this FIRMWARE_BLOCK (counted from 1), before acknowledging it."""
 
 
 @dataclass
@@ -137,6 +157,12 @@ class SimulatedConcentrator:
         self.received: list[Payload] = []
         """Host frames other than ACK and PING (WELCOME, COMMAND, NACK, ...)."""
         self.counters = Counters()
+        self.firmware_images: dict[int, bytes] = {}
+        """image_id -> the bytes of every image accepted."""
+        self.firmware_results: list[FirmwareResult] = []
+        self._fw: dict[int, tuple[FirmwareBegin, dict[int, bytes]]] = {}
+        self._fw_blocks = 0
+        self._fw_dropped = False
         self.connected = asyncio.Event()
         self.welcome: Welcome | None = None
         self._wakeup = asyncio.Event()
@@ -260,6 +286,8 @@ class SimulatedConcentrator:
                 except ValueError:
                     continue
                 self._handle(frame.seq, payload, writer)
+                if writer.transport.is_closing():
+                    return
 
     def _handle(self, seq: int, payload: Payload, writer: asyncio.StreamWriter) -> None:
         if isinstance(payload, Ack):
@@ -287,11 +315,73 @@ class SimulatedConcentrator:
         if payload.TYPE == FrameType.PING:
             writer.write(Pong(seq).frame(self._next_seq()))
             return
+        if isinstance(payload, FirmwareBlock) and self._drop_now():
+            return
         if payload.TYPE in HOST_ACKED_TYPES:
             writer.write(Ack(seq, AckStatus.OK).frame(self._next_seq()))
         self.received.append(payload)
         if isinstance(payload, Command):
             self._command(payload)
+        elif isinstance(payload, FirmwareBegin | FirmwareBlock | FirmwareEnd):
+            self._firmware(payload)
+
+    def _drop_now(self) -> bool:
+        self._fw_blocks += 1
+        limit = self.settings.drop_after_blocks
+        if limit is None or self._fw_dropped or self._fw_blocks < limit:
+            return False
+        self._fw_dropped = True
+        if self._writer is not None:
+            # Closed, not aborted: the ACKs already written reach the host (deterministic for tests).
+            self._writer.close()
+        return True
+
+    def _firmware(self, payload: FirmwareBegin | FirmwareBlock | FirmwareEnd) -> None:
+        if isinstance(payload, FirmwareBegin):
+            current = self._fw.get(payload.image_id)
+            if current is None or current[0] != payload:
+                self._fw[payload.image_id] = (payload, {})
+            return
+        current = self._fw.get(payload.image_id)
+        if isinstance(payload, FirmwareBlock):
+            if current is not None:
+                current[1][payload.offset] = payload.data
+            return
+        self._fw.pop(payload.image_id, None)
+        code, image = self._check_firmware(current)
+        if code == FirmwareResultCode.ACCEPTED:
+            self.firmware_images[payload.image_id] = image
+        result = FirmwareResult(payload.image_id, code)
+        self.firmware_results.append(result)
+        self.submit(result, answer=True)
+
+    def _check_firmware(self, current: tuple[FirmwareBegin, dict[int, bytes]] | None) -> tuple[int, bytes]:
+        if current is None:
+            return FirmwareResultCode.BAD_LAYOUT, b""
+        begin, blocks = current
+        key = self.settings.firmware_public_key
+        if key is not None:
+            from cryptography.exceptions import InvalidSignature
+            from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+            from balans_edge.plugins.dmesh.firmware import manifest
+
+            try:
+                Ed25519PublicKey.from_public_bytes(key).verify(
+                    begin.signature, manifest(begin.image_id, begin.target, begin.size, begin.sha256)
+                )
+            except InvalidSignature:
+                return FirmwareResultCode.BAD_SIGNATURE, b""
+        image = bytearray()
+        for offset in sorted(blocks):
+            if offset != len(image):  # a gap or an overlap
+                return FirmwareResultCode.BAD_LAYOUT, b""
+            image += blocks[offset]
+        if len(image) != begin.size:
+            return FirmwareResultCode.BAD_LAYOUT, b""
+        if hashlib.sha256(image).digest() != begin.sha256:
+            return FirmwareResultCode.BAD_HASH, b""
+        return FirmwareResultCode.ACCEPTED, bytes(image)
 
     def _command(self, command: Command) -> None:
         answer = self.on_command(command)

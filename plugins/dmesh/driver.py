@@ -17,10 +17,11 @@ from typing import TYPE_CHECKING
 from balans_edge.core.storage import ConnectionEvent, StorageError
 from balans_edge.core.tasks import cancel
 from balans_edge.plugins.dmesh.commands import DmeshCommands
+from balans_edge.plugins.dmesh.firmware import FirmwarePusher
 from balans_edge.plugins.dmesh.session import Session
 
 if TYPE_CHECKING:
-    from balans_edge.plugins.dmesh.codec import CommandResult
+    from balans_edge.plugins.dmesh.codec import CommandResult, FirmwareResult
     from balans_edge.plugins.dmesh.plugin import DmeshConfig, SerialConfig
     from balans_edge.server import Server
 
@@ -47,6 +48,8 @@ class DmeshDriver:
         self._stopping = False
         self.commands = DmeshCommands(self)
         """Commands to modules, tracked until their COMMAND_RESULT; back-fill."""
+        self.firmware = FirmwarePusher(self)
+        """Firmware pushes, tracked until their FIRMWARE_RESULT; resumed after a reconnect."""
 
     # component --------------------------------------------------------------
 
@@ -62,6 +65,7 @@ class DmeshDriver:
     async def stop(self) -> None:
         self._stopping = True
         await self.commands.stop()
+        await self.firmware.stop()
         if self._tcp is not None:
             self._tcp.close()
         for task in self._serial_tasks:
@@ -105,9 +109,13 @@ class DmeshDriver:
         log.info("dmesh: concentrator %d connected from %s (%s)", cid, session.peer, detail)
         await self._log(ConnectionEvent(cid, "connect", int(time.time()), session.peer, detail))
         self.commands.logged_in(cid)
+        self.firmware.logged_in(cid)
 
     def command_result(self, concentrator_id: int, result: CommandResult) -> None:
         self.commands.result_arrived(concentrator_id, result)
+
+    def firmware_result(self, concentrator_id: int, result: FirmwareResult) -> None:
+        self.firmware.result_arrived(concentrator_id, result)
 
     async def auth_failed(self, session: Session, reason: str) -> None:
         await self._log(ConnectionEvent(session.concentrator_id, "auth_failed", int(time.time()), session.peer, reason))

@@ -5,14 +5,15 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from balans_edge import hookimpl
 from balans_edge.plugins.dmesh.command_api import command_routes
 from balans_edge.plugins.dmesh.commands import DmeshActuator
 from balans_edge.plugins.dmesh.driver import DmeshDriver
+from balans_edge.plugins.dmesh.firmware import check_public_key
 from balans_edge.plugins.dmesh.network import NetworkConfig, NetworkMonitor
-from balans_edge.plugins.dmesh.simulator import Simulator, SiteShape
+from balans_edge.plugins.dmesh.simulator import Simulator, SiteShape, TcpDelivery
 from balans_edge.settings import setting
 
 if TYPE_CHECKING:
@@ -31,6 +32,9 @@ class SimulatorConfig:
     interval_s: int = setting(60, range=(1, 86400))
     history_hours: int = setting(48, range=(0, 24 * 90))
     seed: int = setting(1, range=(0, 2**31))
+    transport: Literal["ingest", "tcp"] = "ingest"
+    """ingest: readings go straight into ingest; tcp: simulated concentrators dial in to
+    the driver and speak the protocol (their ids need keys under concentrators)."""
 
 
 def _non_empty(value: str) -> str | None:
@@ -67,6 +71,9 @@ class DmeshConfig:
     backfill: bool = setting(True, doc="request profiles of missing hours when a concentrator logs in")
     backfill_days: int = setting(7, range=(1, 7), doc="how far back the back-fill looks")
     backfill_delay_s: float = setting(30.0, range=(0.0, 3600.0), doc="wait after a login before the back-fill")
+    firmware_public_key: str = setting("", secret=True, check=check_public_key,
+                                       doc="vendor Ed25519 public key (64 hex characters) that signs firmware")
+    firmware_timeout_s: float = setting(900.0, range=(1.0, 86400.0), doc="host-side timeout of a firmware push")
     simulator: SimulatorConfig = field(default_factory=SimulatorConfig)
     network: NetworkConfig = field(default_factory=NetworkConfig)
 
@@ -94,7 +101,12 @@ def register_components(server: Server) -> list:
     sim = config.simulator
     if sim.enabled:
         shape = SiteShape(sim.concentrators, sim.modules_per_concentrator, sim.seed)
-        components.append(Simulator(server.storage, server.ingest, shape, sim.interval_s, sim.history_hours))
+        tcp = None
+        if sim.transport == "tcp":
+            driver = next((c for c in components if isinstance(c, DmeshDriver)), None)
+            keys = {c.id: c.key.encode("utf-8") for c in config.concentrators}
+            tcp = TcpDelivery(shape, keys, lambda: driver.port if driver else None)
+        components.append(Simulator(server.storage, server.ingest, shape, sim.interval_s, sim.history_hours, tcp))
     return components
 
 
@@ -110,9 +122,14 @@ def register_actuators(server: Server) -> list:
 
 @hookimpl
 def register_routes(server: Server) -> list:
+    from balans_edge.plugins.dmesh.firmware_api import firmware_routes
     from balans_edge.plugins.dmesh.network_api import routes as network_routes
 
-    return command_routes(server, lambda: _driver(server)) + network_routes(server, NetworkMonitor(server))
+    return (
+        command_routes(server, lambda: _driver(server))
+        + firmware_routes(server, lambda: _driver(server))
+        + network_routes(server, NetworkMonitor(server))
+    )
 
 
 @hookimpl
@@ -136,5 +153,7 @@ def dmesh_group(cli: click.Group) -> click.Group:
 @hookimpl
 def register_commands(cli: click.Group) -> None:
     from balans_edge.plugins.dmesh.commissioning import add_commands
+    from balans_edge.plugins.dmesh.firmware_api import add_commands as add_firmware_commands
 
     add_commands(dmesh_group(cli))
+    add_firmware_commands(dmesh_group(cli))

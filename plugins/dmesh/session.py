@@ -71,6 +71,8 @@ class SessionHost(Protocol):
 
     def command_result(self, concentrator_id: int, result: CommandResult) -> None: ...
 
+    def firmware_result(self, concentrator_id: int, result: FirmwareResult) -> None: ...
+
 
 class CommandRefused(Exception):
     """The concentrator answered a host frame with NACK or a non-OK ACK."""
@@ -361,5 +363,7 @@ class Session:
                 self.host.command_result(cid, payload)
         elif isinstance(payload, FirmwareResult):
             await server.storage.store_firmware_result(cid, payload.image_id, payload.result, now)
+            if cid is not None:
+                self.host.firmware_result(cid, payload)
         else:  # pragma: no cover - DATA_TYPES and the branches above list the same types
             raise TypeError(f"no storage for {type(payload).__name__}")

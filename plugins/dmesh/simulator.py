@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -20,6 +21,8 @@ from balans_edge.core.ingest import Ingest, ReadingBatch
 from balans_edge.core.model import Account, Concentrator, Meter, RadioModule, Resource
 from balans_edge.core.storage import Storage, StorageError
 from balans_edge.core.tasks import cancel
+from balans_edge.plugins.dmesh.codec import ReadingRecord, Readings
+from balans_edge.plugins.dmesh.concentrator import ConcentratorSettings, SimulatedConcentrator
 
 log = logging.getLogger(__name__)
 
@@ -107,15 +110,67 @@ class SiteSimulator:
                             counters, np.zeros(n, dtype=np.int64))
 
 
+PER_FRAME = 120
+"""Modules per READINGS frame: 120 x (15 + 3 x 4) bytes stay under the 4,096-byte payload limit."""
+
+
+class TcpDelivery:
+    """Delivers the site's readings as its concentrators would: READINGS frames
+    over TCP to the DMesh driver, through simulated concentrators."""
+
+    def __init__(self, shape: SiteShape, keys: dict[int, bytes], port: Callable[[], int | None]) -> None:
+        missing = [FIRST_CONCENTRATOR + c for c in range(shape.concentrators) if FIRST_CONCENTRATOR + c not in keys]
+        if missing:
+            raise ValueError(f"simulated concentrators {missing} need keys in [plugins.dmesh] concentrators")
+        self.shape = shape
+        self.keys = keys
+        self.port = port
+        self.concentrators: list[SimulatedConcentrator] = []
+
+    async def start(self) -> None:
+        port = self.port()
+        if port is None:
+            raise RuntimeError("the DMesh driver is not listening: the simulator cannot dial in")
+        for c in range(self.shape.concentrators):
+            cid = FIRST_CONCENTRATOR + c
+            con = SimulatedConcentrator(ConcentratorSettings(cid, self.keys[cid], port=port,
+                                                             modules=self.shape.modules_per_concentrator,
+                                                             meters=self.shape.modules_per_concentrator * len(KINDS)))
+            con.start()
+            self.concentrators.append(con)
+
+    async def deliver(self, batch: ReadingBatch) -> None:
+        """Queue the readings as frames; the concentrators send them as the window allows."""
+        k = len(KINDS)
+        modules, counters = batch.module[::k], batch.counter.reshape(-1, k)
+        t = int(batch.ts[0])
+        for c, con in enumerate(self.concentrators):
+            own = np.flatnonzero((modules - FIRST_MODULE) // 1000 == c)
+            records = [
+                ReadingRecord(int(modules[i]), t, 0, 3600 - int(i % 7) * 20, -60 - int(i % 30), 1 + int(i % 5),
+                              (1 << k) - 1, tuple(counters[i].tolist()))
+                for i in own
+            ]
+            for j in range(0, len(records), PER_FRAME):
+                con.submit(Readings(tuple(records[j : j + PER_FRAME])))
+
+    async def stop(self) -> None:
+        for con in self.concentrators:
+            await con.stop()
+        self.concentrators.clear()
+
+
 class Simulator:
-    """Component: registers the simulated site and feeds its readings."""
+    """Component: registers the simulated site and feeds its readings, straight
+    into ingest or over TCP through simulated concentrators."""
 
     name = "dmesh-simulator"
 
     def __init__(self, storage: Storage, ingest: Ingest, shape: SiteShape, interval_s: int,
-                 history_hours: int) -> None:
+                 history_hours: int, tcp: TcpDelivery | None = None) -> None:
         self.storage = storage
         self.ingest = ingest
+        self.tcp = tcp
         self.shape = shape
         self.interval_s = interval_s
         self.history_hours = history_hours
@@ -133,19 +188,29 @@ class Simulator:
         site = build_site(self.shape, start, self.sim.counters_at(start))
         if not all(m.meter_id in stored for m in site["meters"]):
             await self.storage.registry_apply(site)
+        if self.tcp is not None:
+            await self.tcp.start()
         # Hourly history up to now (already stored hours come back as duplicates).
         for t in range(max(start, now - self.history_hours * 3600) // 3600 * 3600, now + 1, 3600):
-            await self.ingest.ingest(self.sim.batch(t))
+            await self._deliver(self.sim.batch(t))
         self._task = asyncio.create_task(self._run(self.sim), name=self.name)
+
+    async def _deliver(self, batch: ReadingBatch) -> None:
+        if self.tcp is not None:
+            await self.tcp.deliver(batch)
+        else:
+            await self.ingest.ingest(batch)
 
     async def _run(self, sim: SiteSimulator) -> None:
         while True:
             await asyncio.sleep(self.interval_s)
             try:
-                await self.ingest.ingest(sim.batch(int(time.time())))
+                await self._deliver(sim.batch(int(time.time())))
             except StorageError as exc:
                 log.warning("simulated readings not stored (%s); the next round carries the counters", exc)
 
     async def stop(self) -> None:
         await cancel(self._task)
         self._task = None
+        if self.tcp is not None:
+            await self.tcp.stop()
