@@ -81,6 +81,12 @@ def _snapshot_row(concentrator_id: int, t: int, r: ModuleRoute) -> tuple[int, ..
             r.state)  # fmt: skip
 
 
+async def _pragma(db: aiosqlite.Connection, pragma: str) -> None:
+    """Run a PRAGMA and close its cursor (an unfinished statement can pin a read snapshot)."""
+    async with db.execute(f"PRAGMA {pragma}") as cursor:
+        await cursor.fetchall()
+
+
 @dataclass
 class _Job:
     statements: list[Statement]
@@ -110,10 +116,8 @@ class SqliteStorage(Storage):
             self.path.parent.mkdir(parents=True, exist_ok=True)
         self._writer = await aiosqlite.connect(self.path, isolation_level=None)
         try:
-            await self._writer.execute("PRAGMA journal_mode=WAL")
-            await self._writer.execute("PRAGMA synchronous=FULL")
-            await self._writer.execute("PRAGMA foreign_keys=ON")
-            await self._writer.execute("PRAGMA busy_timeout=10000")
+            for pragma in ("journal_mode=WAL", "synchronous=FULL", "foreign_keys=ON", "busy_timeout=10000"):
+                await _pragma(self._writer, pragma)
             await migrate(self._writer)
         except BaseException:
             # A refused or failed migration must not leak the connection (its
@@ -123,8 +127,8 @@ class SqliteStorage(Storage):
             raise
         self._reader = await aiosqlite.connect(self.path, isolation_level=None)
         self._reader.row_factory = aiosqlite.Row
-        await self._reader.execute("PRAGMA busy_timeout=10000")
-        await self._reader.execute("PRAGMA query_only=ON")
+        for pragma in ("busy_timeout=10000", "query_only=ON"):
+            await _pragma(self._reader, pragma)
         self._closing = False
         self._committer = asyncio.create_task(self._commit_loop(), name="sqlite-committer")
 
@@ -138,8 +142,10 @@ class SqliteStorage(Storage):
         if self._committer is not None:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._committer
-        await self._writer.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        # Close our reader first: a read transaction it still holds would make the
+        # checkpoint wait out the busy timeout.
         await self._reader.close()
+        await self._writer.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         await self._writer.close()
         self._writer = self._reader = None
 
