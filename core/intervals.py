@@ -45,6 +45,9 @@ class IntervalSettings:
     tolerance_s: int = field(default=300, metadata={"range": (0, 1800)})
     """A reading this close to an hour boundary makes it measured."""
     max_gap_s: int = field(default=6 * HOUR, metadata={"range": (HOUR, 31 * 24 * HOUR)})
+    debounce_s: float = field(default=5.0, metadata={"range": (0.0, 3600.0)})
+    """After new readings, wait this long before recomputing, so that many commits
+    share one pass instead of competing with ingest for the event loop."""
     """Longest gap between readings that is interpolated (estimated)."""
 
 
@@ -203,6 +206,7 @@ class IntervalWorker:
                 readings = await self.storage.readings_of(chunk, t0 - margin, t1 + margin + 1)
                 starts = np.searchsorted(readings.meter, chunk, side="left")
                 ends = np.searchsorted(readings.meter, chunk, side="right")
+                await asyncio.sleep(0)  # let sessions and HTTP requests run between chunks
                 for meter, a, b in zip(chunk, starts.tolist(), ends.tolist(), strict=True):
                     hours, values, quality = hourly(
                         readings.select(slice(a, b)), self._weights.get(meter, 0.0), t0, t1, self.settings
@@ -229,6 +233,7 @@ class IntervalWorker:
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(60):
                         await sub.get()
+                        await asyncio.sleep(self.settings.debounce_s)
         finally:
             if sub is not None:
                 sub.close()

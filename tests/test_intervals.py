@@ -339,7 +339,7 @@ async def test_worker_runs_on_readings_committed(storage: SqliteStorage) -> None
     bus = EventBus()
     updates = bus.subscribe(IntervalsUpdated)
     ingest = Ingest(storage, IngestSettings(), bus=bus, clock=lambda: T0 + 86400)
-    worker = IntervalWorker(storage, bus=bus)
+    worker = IntervalWorker(storage, IntervalSettings(debounce_s=0.05), bus=bus)
     await worker.start()
     try:
         await ingest.ingest([reading(T0, 0), reading(T0 + H, 30)])
