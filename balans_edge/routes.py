@@ -93,6 +93,18 @@ def parse_time(request: Request, name: str, default: int | None = None) -> int:
     return int(dt.timestamp())
 
 
+def audited_body(request: Request, shape: str) -> tuple[dict[str, Any], str]:
+    """The JSON object of a request that acts on devices, and its reason: every
+    such request must say why, for the audit."""
+    body = body_json(request)
+    if not isinstance(body, dict):
+        raise ApiError(400, "bad_body", f"expected {shape}")
+    reason = body.get("reason")
+    if not isinstance(reason, str) or not reason.strip():
+        raise ApiError(400, "bad_body", "reason: a non-empty reason is required for the audit")
+    return body, reason
+
+
 def body_json(request: Request) -> Any:
     try:
         return _json.loads(request.body or b"null")

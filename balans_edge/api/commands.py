@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 from sanic.request import Request
 
 from balans_edge.core.components import Command, CommandCode
-from balans_edge.routes import ApiError, Param, Route, body_json, iso, json
+from balans_edge.routes import ApiError, Param, Route, audited_body, iso, json
 
 if TYPE_CHECKING:
     from balans_edge.server import Server
@@ -17,12 +17,7 @@ METER_COMMANDS = (CommandCode.VALVE_CLOSE, CommandCode.VALVE_OPEN, CommandCode.R
 
 def routes(server: Server) -> list[Route]:
     async def meter_command(request: Request, meter_id: str) -> Any:
-        body = body_json(request)
-        if not isinstance(body, dict):
-            raise ApiError(400, "bad_body", 'expected {"command": ..., "reason": ...}')
-        reason = body.get("reason")
-        if not isinstance(reason, str) or not reason.strip():
-            raise ApiError(400, "bad_body", "reason: a non-empty reason is required for the audit")
+        body, reason = audited_body(request, '{"command": ..., "reason": ...}')
         code = body.get("command")
         if code not in METER_COMMANDS:
             names = ", ".join(str(c) for c in METER_COMMANDS)

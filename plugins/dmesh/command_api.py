@@ -12,7 +12,7 @@ from sanic.request import Request
 
 from balans_edge.plugins.dmesh import codec
 from balans_edge.plugins.dmesh.commands import HOUR, MAX_PROFILE_HOURS
-from balans_edge.routes import ApiError, Param, Route, body_json, iso, json
+from balans_edge.routes import ApiError, Param, Route, audited_body, iso, json
 
 if TYPE_CHECKING:
     from balans_edge.plugins.dmesh.driver import DmeshDriver
@@ -45,13 +45,9 @@ def _int(body: dict[str, Any], name: str, lo: int, hi: int) -> int:
     return value
 
 
-def parse_command(body: Any) -> tuple[int, tuple[int, ...], str]:
-    """(DMesh command code, args, reason) of a request body."""
-    if not isinstance(body, dict):
-        raise ApiError(400, "bad_body", 'expected {"command": ..., "reason": ...}')
-    reason = body.get("reason")
-    if not isinstance(reason, str) or not reason.strip():
-        raise ApiError(400, "bad_body", "reason: a non-empty reason is required for the audit")
+def parse_command(request: Request) -> tuple[int, tuple[int, ...], str]:
+    """(DMesh command code, args, reason) of a request."""
+    body, reason = audited_body(request, '{"command": ..., "reason": ...}')
     name = body.get("command")
     if name not in CODES:
         raise ApiError(400, "bad_body", f"command: expected one of {', '.join(CODES)}, got {name!r}")
@@ -74,7 +70,7 @@ def command_routes(server: Server, driver: Callable[[], DmeshDriver | None]) -> 
     async def module_command(request: Request, module_id: str) -> Any:
         if not module_id.isdigit() or not 0 < int(module_id) < 2**32:
             raise ApiError(400, "bad_parameter", f"module_id: expected an integer 1..4294967295, got {module_id!r}")
-        code, args, reason = parse_command(body_json(request))
+        code, args, reason = parse_command(request)
         module = await server.storage.registry_get("modules", int(module_id))
         if module is None:
             raise ApiError(404, "not_found", f"module {module_id} is not in the registry")

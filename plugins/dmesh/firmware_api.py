@@ -26,7 +26,7 @@ from balans_edge.plugins.dmesh.firmware import (
     sidecar_path,
     verify_image,
 )
-from balans_edge.routes import ApiError, Param, Route, body_json, iso, json
+from balans_edge.routes import ApiError, Param, Route, audited_body, iso, json
 
 if TYPE_CHECKING:
     import click
@@ -43,12 +43,7 @@ def firmware_routes(server: Server, driver: Callable[[], DmeshDriver | None]) ->
         if not concentrator_id.isdigit() or not 0 < int(concentrator_id) < 2**32:
             raise ApiError(400, "bad_parameter", f"id: expected an integer 1..4294967295, got {concentrator_id!r}")
         cid = int(concentrator_id)
-        body = body_json(request)
-        if not isinstance(body, dict):
-            raise ApiError(400, "bad_body", 'expected {"image": "<base64>", "signature": {...}, "reason": "..."}')
-        reason = body.get("reason")
-        if not isinstance(reason, str) or not reason.strip():
-            raise ApiError(400, "bad_body", "reason: a non-empty reason is required for the audit")
+        body, reason = audited_body(request, '{"image": "<base64>", "signature": {...}, "reason": "..."}')
         raw = body.get("image")
         if not isinstance(raw, str) or not raw:
             raise ApiError(400, "bad_body", "image: expected the image in base64")
