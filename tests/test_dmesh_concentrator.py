@@ -14,7 +14,7 @@ from pathlib import Path
 from balans_edge.plugins.dmesh.codec import ReadingRecord, Readings, StreamDecoder, decode_payload
 from balans_edge.plugins.dmesh.concentrator import ConcentratorSettings, SimulatedConcentrator
 
-from conftest import T0, base_config, small_site
+from conftest import T0, base_config, peer, small_site
 
 CID = 7
 KEY = "key-of-concentrator-7"
@@ -189,3 +189,31 @@ async def test_site_simulator_over_tcp_needs_keys(make_server, tmp_path):
     info = server.plugins.info["dmesh"]
     assert info.state == "failed"
     assert "[900002] need keys" in info.error
+
+
+async def test_simulated_concentrator_over_a_serial_line(make_server, tmp_path):
+    """The driver opens one end of a socat pseudo-terminal pair, the simulator sits on the other."""
+    socat = peer("socat")
+    host_end, device_end = tmp_path / "A", tmp_path / "B"
+    proc = subprocess.Popen([socat, "-d", "-d", f"pty,raw,echo=0,link={host_end}", f"pty,raw,echo=0,link={device_end}"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        async with asyncio.timeout(5):
+            while not (host_end.exists() and device_end.exists()):
+                await asyncio.sleep(0.02)
+        await start_driver(make_server, tmp_path, listen=False, serial=[{"path": str(host_end)}])
+        c = SimulatedConcentrator(ConcentratorSettings(CID, KEY.encode(), serial=str(device_end), reconnect_s=0.1))
+        for i in range(20):
+            c.submit(readings_frame(i))
+        c.start()
+        try:
+            async with asyncio.timeout(15):
+                await c.drained()
+        finally:
+            await c.stop()
+    finally:
+        proc.terminate()
+        proc.wait(5)
+    assert len(c.acked) == 20
+    rows = stored(tmp_path / "balans.db")
+    assert len(rows) == len(set(rows)) == 60

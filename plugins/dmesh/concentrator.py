@@ -100,6 +100,9 @@ class ConcentratorSettings:
     firmware: tuple[int, int, int] = (1, 4, 2)
     modules: int = 0
     meters: int = 0
+    serial: str = ""
+    """Device path of a serial line instead of TCP (the host opens the other end)."""
+    baudrate: int = 115200
     firmware_public_key: bytes | None = None
     """The vendor's raw Ed25519 public key; None: signatures are not checked."""
     drop_after_blocks: int | None = None
@@ -199,7 +202,7 @@ class SimulatedConcentrator:
     async def connect_once(self) -> None:
         """One session: handshake, then send and receive until the link drops."""
         s = self.settings
-        reader, writer = await asyncio.open_connection(s.host, s.port)
+        reader, writer = await self._open()
         decoder = StreamDecoder()
         self._writer = writer
         try:
@@ -225,6 +228,15 @@ class SimulatedConcentrator:
             writer.close()
             with contextlib.suppress(OSError, ConnectionError):
                 await writer.wait_closed()
+
+    async def _open(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        """TCP to the host, or the serial line the host's port is wired to (RS-485/USB)."""
+        s = self.settings
+        if s.serial:
+            import serial_asyncio_fast
+
+            return await serial_asyncio_fast.open_serial_connection(url=s.serial, baudrate=s.baudrate)
+        return await asyncio.open_connection(s.host, s.port)
 
     async def _expect(self, reader: asyncio.StreamReader, decoder: StreamDecoder, kind: type) -> Payload:
         while True:
