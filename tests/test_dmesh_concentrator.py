@@ -59,10 +59,9 @@ def concentrator(port: int, **kw) -> SimulatedConcentrator:
     return SimulatedConcentrator(ConcentratorSettings(CID, KEY.encode(), port=port, reconnect_s=0.1, **kw))
 
 
-async def test_streamed_frames_are_acked_after_they_are_stored(make_server, tmp_path):
-    driver = await start_driver(make_server, tmp_path)
-    c = concentrator(driver.port)
-    for i in range(40):
+async def deliver(c: SimulatedConcentrator, frames: int) -> None:
+    """Submit frames 0..frames-1, run the concentrator until every one is answered, stop it."""
+    for i in range(frames):
         c.submit(readings_frame(i))
     c.start()
     try:
@@ -70,6 +69,12 @@ async def test_streamed_frames_are_acked_after_they_are_stored(make_server, tmp_
             await c.drained()
     finally:
         await c.stop()
+
+
+async def test_streamed_frames_are_acked_after_they_are_stored(make_server, tmp_path):
+    driver = await start_driver(make_server, tmp_path)
+    c = concentrator(driver.port)
+    await deliver(c, 40)
     assert len(c.acked) == 40 and not c.rejected
     assert set(stored(tmp_path / "balans.db")) == readings_in(c.acked)
     assert len(stored(tmp_path / "balans.db")) == 40 * 3
@@ -203,14 +208,7 @@ async def test_simulated_concentrator_over_a_serial_line(make_server, tmp_path):
                 await asyncio.sleep(0.02)
         await start_driver(make_server, tmp_path, listen=False, serial=[{"path": str(host_end)}])
         c = SimulatedConcentrator(ConcentratorSettings(CID, KEY.encode(), serial=str(device_end), reconnect_s=0.1))
-        for i in range(20):
-            c.submit(readings_frame(i))
-        c.start()
-        try:
-            async with asyncio.timeout(15):
-                await c.drained()
-        finally:
-            await c.stop()
+        await deliver(c, 20)
     finally:
         proc.terminate()
         proc.wait(5)

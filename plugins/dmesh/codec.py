@@ -19,6 +19,8 @@ import struct
 from dataclasses import dataclass, field
 from typing import ClassVar, Self
 
+from balans_edge.core.storage import ModuleRoute
+
 MAGIC = b"DM"
 VERSION = 1
 MAX_PAYLOAD = 4096
@@ -428,20 +430,8 @@ class Nack(Payload):
 _MODULE = struct.Struct(">IIBbHHBB")
 
 
-@dataclass(frozen=True, slots=True)
-class ModuleEntry:
-    module_id: int
-    parent_id: int
-    hops: int
-    rssi: int
-    battery_mv: int
-    fw_version: int
-    channels: int
-    state: int
-
-    @property
-    def firmware(self) -> str:
-        return f"{self.fw_version >> 8}.{self.fw_version & 0xFF}"
+ModuleEntry = ModuleRoute
+"""A TOPOLOGY entry decodes straight into the domain's route record (same fields, same order)."""
 
 
 @dataclass(frozen=True, slots=True)

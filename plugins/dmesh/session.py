@@ -19,7 +19,7 @@ import time
 from typing import TYPE_CHECKING, Any, Protocol
 
 from balans_edge.core.model import RawReading
-from balans_edge.core.storage import ModuleEvent, ModuleRoute, StorageError
+from balans_edge.core.storage import ModuleEvent, StorageError
 from balans_edge.plugins.dmesh.codec import (
     DATA_TYPES,
     Ack,
@@ -349,11 +349,7 @@ class Session:
             if batch:
                 await server.ingest.ingest(batch)
         elif isinstance(payload, Topology):
-            routes = [
-                ModuleRoute(m.module_id, m.parent_id, m.hops, m.rssi, m.battery_mv, m.fw_version, m.channels, m.state)
-                for m in payload.modules
-            ]
-            await server.storage.store_topology(cid, now, routes)
+            await server.storage.store_topology(cid, now, list(payload.modules))
         elif isinstance(payload, Event):
             event = ModuleEvent(cid, payload.module_id, payload.ts, payload.code, payload.value, now)
             await server.storage.store_module_events([event])
