@@ -1,0 +1,445 @@
+"""Buildings with known faults: hourly DMesh counters plus the ground truth behind them.
+
+Balance and loss detectors can only be scored against data whose truth is
+known. A scenario generates, for apartment buildings with one input meter at
+the building entry and one water meter per apartment, what the concentrators
+would report (hourly u32 counters and status flags) and, separately, what
+really flowed (per meter and per hour) and how much each injected fault hid,
+lost or drew. The readings come out as ``ReadingBatch`` columns, ready for the
+real ingest path.
+
+Time convention: hour ``h`` is the interval ``[t_h, t_h+1)`` with
+``t_h = start + h * 3600``; reading ``k`` is latched at ``t_k`` and closes hour
+``k - 1``. A fault over hours ``[start, end)`` acts on the flow of those hours;
+its flags and gaps sit on the readings that close them (``k = start+1 .. end``).
+
+Everything is numpy over whole arrays (meters x hours); Python loops run per
+fault only. Pure: no I/O, deterministic for a seed, and a fault draws its own
+randomness from a generator seeded with (seed, fault index), so adding a fault
+never changes the rest of the scenario.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from balans_edge.core.ingest import ReadingBatch
+from balans_edge.core.model import COUNTER_MODULUS, Meter, RadioModule, Resource, Status
+
+HOUR = 3600
+PULSE_WEIGHT = 0.001
+"""m3 per pulse: 1 pulse per litre, so volumes in litres are pulse counts."""
+
+WEEKDAY = np.array([0.20, 0.15, 0.15, 0.15, 0.20, 0.45, 1.10, 2.20, 2.40, 1.70, 0.90, 0.80,
+                    0.85, 0.80, 0.75, 0.80, 0.90, 1.10, 1.40, 2.00, 2.30, 2.20, 1.60, 0.80])
+"""Relative hourly use on a working day (local time): night minimum, morning
+peak 7-9 before work, evening peak 19-22 (cooking, washing, showers)."""
+WEEKDAY = WEEKDAY / WEEKDAY.mean()
+WEEKEND = np.array([0.30, 0.22, 0.18, 0.15, 0.15, 0.18, 0.30, 0.60, 1.20, 2.10, 2.50, 2.20,
+                    1.80, 1.50, 1.30, 1.20, 1.20, 1.40, 1.70, 2.00, 2.40, 2.30, 1.80, 1.00])
+"""Relative hourly use at weekends: people sleep longer (peak 9-12) and stay
+at home, so the day uses more water than a working day."""
+WEEKEND = WEEKEND / WEEKEND.mean() * 1.2
+
+
+def _weekday(t: np.ndarray) -> np.ndarray:
+    """Day of week (Monday = 0) of unix times; 1970-01-01 was a Thursday."""
+    return (t // 86400 + 3) % 7
+
+
+@dataclass(frozen=True, slots=True)
+class Scenario:
+    """What to generate: the site, the period and the household behaviour."""
+
+    buildings: int = 1
+    apartments: int | tuple[int, ...] = 40
+    """Apartments per building: one number for all, or one per building."""
+    start: int = 1_704_067_200
+    """Unix time of the first reading (hour-aligned). Default 2024-01-01 00:00 UTC."""
+    hours: int = 720
+    seed: int = 0
+    network_loss: float = 0.03
+    """Background leakage of each building's network as a share of what its
+    input meter measures (without faults), over the scenario period."""
+    mean_lph: float = 10.0
+    """Mean use of an average apartment on a working day, litres per hour."""
+    scale_sigma: float = 0.4
+    """Spread (lognormal sigma) of the per-apartment scale factor: a pensioner
+    alone and a family of five share a building."""
+    noise: float = 0.5
+    """Coefficient of variation of the multiplicative gamma noise per apartment
+    and hour; 0 makes consumption the exact profile (for exact tests)."""
+    utc_offset_h: int = 0
+    """Local time offset of the site, for the daily profile."""
+    first_module: int = 2_000_000
+    """Module of building b's input meter is first_module + (b-1)*1000; its
+    apartment a has first_module + (b-1)*1000 + a."""
+
+    def counts(self) -> list[int]:
+        if isinstance(self.apartments, int):
+            return [self.apartments] * self.buildings
+        if len(self.apartments) != self.buildings:
+            raise ValueError(f"apartments: {len(self.apartments)} counts for {self.buildings} buildings")
+        return list(self.apartments)
+
+    def validate(self) -> None:
+        if self.start % HOUR:
+            raise ValueError("start must be hour-aligned")
+        if self.buildings < 1 or self.hours < 1:
+            raise ValueError("a scenario needs at least one building and one hour")
+        if any(not 1 <= n <= 999 for n in self.counts()):
+            raise ValueError("apartments per building must be 1..999")
+        if not 0.0 <= self.network_loss < 1.0:
+            raise ValueError("network_loss must be in [0, 1)")
+        if self.noise < 0 or self.mean_lph < 0 or self.scale_sigma < 0:
+            raise ValueError("noise, mean_lph and scale_sigma must not be negative")
+
+
+# Faults ------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Fault:
+    """Base of all faults: the hours ``[start, end)`` it is active (end None =
+    to the end of the scenario)."""
+
+    start: int = field(default=0, kw_only=True)
+    end: int | None = field(default=None, kw_only=True)
+
+    def window(self, hours: int) -> slice:
+        end = hours if self.end is None else min(self.end, hours)
+        if not 0 <= self.start < end:
+            raise ValueError(f"{self!r}: empty or invalid hour window for {hours} hours")
+        return slice(self.start, end)
+
+
+@dataclass(frozen=True, slots=True)
+class Leak(Fault):
+    """Continuous extra flow behind an apartment's meter (a running toilet, a
+    dripping pipe): really consumed and metered. With ``sensor`` the module's
+    leak sensor is wet and its readings carry LEAK."""
+
+    apartment: str
+    litres_per_hour: float
+    sensor: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class NetworkLeak(Fault):
+    """A burst in the building's network (before the apartment meters): the
+    water is lost, only the input meter sees it."""
+
+    building: str
+    litres_per_hour: float
+
+
+@dataclass(frozen=True, slots=True)
+class Unmetered(Fault):
+    """Water drawn from the building network past every meter (an illegal
+    connection, a janitor's tap): only the input meter sees it. The flow
+    follows a working day's shape with ``litres_per_hour`` as its daily mean,
+    so it hides in the consumption instead of standing out as a constant."""
+
+    building: str
+    litres_per_hour: float
+
+
+@dataclass(frozen=True, slots=True)
+class Magnet(Fault):
+    """A magnet on the meter slows its impeller: it registers only
+    ``1 - fraction`` of the flow. The module's magnet sensor sees the field on
+    some readings only (``flag_share`` of them, at random)."""
+
+    apartment: str
+    fraction: float
+    flag_share: float = 0.3
+
+
+@dataclass(frozen=True, slots=True)
+class Stuck(Fault):
+    """The meter's mechanism is blocked: the counter stops while water flows."""
+
+    apartment: str
+
+
+@dataclass(frozen=True, slots=True)
+class Reversed(Fault):
+    """The meter is mounted backwards: the counter decreases (modulo 2^32) by
+    the flow, and the module reports REVERSE."""
+
+    apartment: str
+
+
+@dataclass(frozen=True, slots=True)
+class CounterReset(Fault):
+    """The module restarts during ``hour`` at fraction ``at`` of it: its counter
+    starts again from 0 and the reading closing that hour carries
+    COUNTER_RESET. The pulses between the previous reading and the restart are
+    unknown to the host. (A point in time: ``start`` and ``end`` are unused.)"""
+
+    apartment: str
+    hour: int
+    at: float = 0.5
+
+
+@dataclass(frozen=True, slots=True)
+class LostModule(Fault):
+    """The module is off the network: the readings closing the window's hours
+    never arrive. Its counter keeps counting, so the first reading after the
+    window carries the whole gap."""
+
+    apartment: str
+
+
+AnyFault = Leak | NetworkLeak | Unmetered | Magnet | Stuck | Reversed | CounterReset | LostModule
+
+
+# Output ------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class FaultTruth:
+    """What a fault really did, for scoring a detector.
+
+    ``volume_m3`` is, by fault type: Leak the leaked volume; NetworkLeak the
+    lost volume; Unmetered the drawn volume; Magnet, Stuck and Reversed the
+    flow the meter failed to register (true - metered, so twice the flow for a
+    reversed meter); CounterReset the pulses between the last reading and the
+    restart (registered by the meter, unknown to the host); LostModule the flow
+    in the hours whose readings are missing (recoverable from the next reading).
+    ``hourly_m3`` spreads it over the scenario's hours.
+    """
+
+    fault: AnyFault
+    meter_id: str
+    """The affected meter: the apartment's, or the building's input meter."""
+    hourly_m3: np.ndarray
+
+    @property
+    def volume_m3(self) -> float:
+        return float(self.hourly_m3.sum())
+
+
+@dataclass(slots=True)
+class Truth:
+    """What really happened, per meter (rows as ``ScenarioData.meters``) and hour."""
+
+    consumption_m3: np.ndarray
+    """True flow through each meter's pipe (meters x hours)."""
+    metered_m3: np.ndarray
+    """What each meter registered (signed; before pulse rounding)."""
+    network_loss_m3: np.ndarray
+    """Background leakage of each building's network (buildings x hours)."""
+    faults: list[FaultTruth]
+    """One per fault, in the order the faults were given."""
+
+
+@dataclass(slots=True)
+class ScenarioData:
+    """Generated readings (meters x readings) and the truth behind them."""
+
+    scenario: Scenario
+    meters: list[Meter]
+    module: np.ndarray
+    channel: np.ndarray
+    building: np.ndarray
+    """Building index (0-based) of each meter."""
+    is_input: np.ndarray
+    ts: np.ndarray
+    """Reading times, hours + 1 of them (the first is the install time)."""
+    counter: np.ndarray
+    """u32 counter values (meters x readings, int64)."""
+    status: np.ndarray
+    present: np.ndarray
+    """False where a reading never arrives."""
+    truth: Truth
+    _index: dict[str, int] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        self._index = {m.meter_id: i for i, m in enumerate(self.meters)}
+
+    def registry(self) -> dict[str, list]:
+        """Radio modules and meters, as ``Storage.registry_apply`` takes them
+        (a meter's module must be registered with it)."""
+        modules = [RadioModule(int(m), channels=0b001) for m in self.module]
+        return {"modules": modules, "meters": list(self.meters)}
+
+    def row(self, meter_id: str) -> int:
+        return self._index[meter_id]
+
+    def batch(self, k: int) -> ReadingBatch:
+        """The readings latched at reading time ``k`` (0 .. hours)."""
+        rows = np.flatnonzero(self.present[:, k])
+        return ReadingBatch(self.module[rows], self.channel[rows], np.full(len(rows), self.ts[k], dtype=np.int64),
+                            self.counter[rows, k], self.status[rows, k])
+
+    def all_batches(self) -> Iterator[ReadingBatch]:
+        for k in range(len(self.ts)):
+            yield self.batch(k)
+
+    def readings(self, meter_id: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(ts, counter, status) of one meter's readings that arrive."""
+        i = self.row(meter_id)
+        ok = self.present[i]
+        return self.ts[ok], self.counter[i, ok], self.status[i, ok]
+
+
+# Generation --------------------------------------------------------------
+
+
+def profile(scenario: Scenario) -> np.ndarray:
+    """Mean use of an average apartment per hour of the scenario, litres."""
+    t = scenario.start + np.arange(scenario.hours, dtype=np.int64) * HOUR + scenario.utc_offset_h * HOUR
+    hour = (t // HOUR) % 24
+    weekend = _weekday(t) >= 5
+    return scenario.mean_lph * np.where(weekend, WEEKEND[hour], WEEKDAY[hour])
+
+
+def generate(scenario: Scenario, faults: Sequence[AnyFault] = ()) -> ScenarioData:
+    """Readings and truth of a scenario with the given faults injected."""
+    scenario.validate()
+    counts = scenario.counts()
+    hours = scenario.hours
+    rng = np.random.default_rng(scenario.seed)
+
+    # Meters: per building the input first, then its apartments.
+    ids: list[str] = []
+    module: list[int] = []
+    building: list[int] = []
+    for b, n in enumerate(counts):
+        base = scenario.first_module + b * 1000
+        ids.append(f"B{b + 1}-IN")
+        module.append(base)
+        building.extend([b] * (n + 1))
+        ids.extend(f"B{b + 1}-A{a:02d}" for a in range(1, n + 1))
+        module.extend(base + a for a in range(1, n + 1))
+    index = {m: i for i, m in enumerate(ids)}
+    n_meters = len(ids)
+    bld = np.array(building, dtype=np.int64)
+    is_input = np.zeros(n_meters, dtype=bool)
+    is_input[[index[f"B{b + 1}-IN"] for b in range(scenario.buildings)]] = True
+    apt = np.flatnonzero(~is_input)
+
+    base_counter = rng.integers(0, COUNTER_MODULUS, n_meters)
+    scale = rng.lognormal(-scenario.scale_sigma**2 / 2, scenario.scale_sigma, len(apt))
+    if scenario.noise > 0:
+        k = 1.0 / scenario.noise**2
+        noise = rng.gamma(k, 1.0 / k, (len(apt), hours))
+    else:
+        noise = np.ones((len(apt), hours))
+
+    # True flow, litres (= pulses) per meter and hour.
+    true = np.zeros((n_meters, hours))
+    true[apt] = scale[:, None] * profile(scenario)[None, :] * noise
+    onehot = bld[None, :] == np.arange(scenario.buildings)[:, None]  # buildings x meters
+    members = onehot & ~is_input[None, :]
+    # Background leakage is pressure-driven, so roughly constant over the day;
+    # its rate makes it network_loss of the fault-free input over the period.
+    household = members.astype(float) @ true
+    loss_rate = household.mean(axis=1) * scenario.network_loss / (1.0 - scenario.network_loss)
+    network_loss = np.repeat(loss_rate[:, None], hours, axis=1)
+    bypass = network_loss.copy()  # flow past the apartment meters, per building
+
+    truths: list[tuple[int, FaultTruth]] = []  # by fault position
+    effects: list[tuple[int, int, AnyFault, slice]] = []  # (fault position, meter row, fault, hours)
+    resets: list[tuple[int, int, CounterReset]] = []
+
+    def meter_of(name: str, what: str) -> int:
+        if name not in index:
+            raise ValueError(f"{what}: unknown meter {name!r}")
+        return index[name]
+
+    def building_of(name: str) -> int:
+        if name not in {f"B{b + 1}" for b in range(scenario.buildings)}:
+            raise ValueError(f"unknown building {name!r}")
+        return int(name[1:]) - 1
+
+    local_hour = (scenario.start // HOUR + scenario.utc_offset_h + np.arange(hours)) % 24
+    for j, fault in enumerate(faults):
+        if isinstance(fault, CounterReset):
+            if not 0 <= fault.hour < hours or not 0.0 <= fault.at <= 1.0:
+                raise ValueError(f"{fault!r}: hour outside the scenario or 'at' outside [0, 1]")
+            resets.append((j, meter_of(fault.apartment, repr(fault)), fault))
+        elif isinstance(fault, Leak):
+            i, w = meter_of(fault.apartment, repr(fault)), fault.window(hours)
+            if is_input[i]:
+                raise ValueError(f"{fault!r}: a Leak is behind an apartment's meter")
+            hourly = np.zeros(hours)
+            hourly[w] = fault.litres_per_hour
+            true[i] += hourly
+            truths.append((j, FaultTruth(fault, fault.apartment, hourly * PULSE_WEIGHT)))
+            effects.append((j, i, fault, w))
+        elif isinstance(fault, NetworkLeak | Unmetered):
+            b, w = building_of(fault.building), fault.window(hours)
+            hourly = np.zeros(hours)
+            shape = WEEKDAY[local_hour] if isinstance(fault, Unmetered) else np.ones(hours)
+            hourly[w] = fault.litres_per_hour * shape[w]
+            bypass[b] += hourly
+            truths.append((j, FaultTruth(fault, f"B{b + 1}-IN", hourly * PULSE_WEIGHT)))
+        elif isinstance(fault, Magnet | Stuck | Reversed | LostModule):
+            effects.append((j, meter_of(fault.apartment, repr(fault)), fault, fault.window(hours)))
+        else:
+            raise TypeError(f"not a scenario fault: {fault!r}")
+
+    true[is_input] = onehot[:, ~is_input].astype(float) @ true[~is_input] + bypass
+    metered = true.copy()
+    status = np.zeros((n_meters, hours + 1), dtype=np.int64)
+    present = np.ones((n_meters, hours + 1), dtype=bool)
+
+    for j, i, fault, w in effects:
+        closing = slice(w.start + 1, w.stop + 1)  # readings closing the window's hours
+        hourly = np.zeros(hours)
+        if isinstance(fault, Magnet):
+            before = metered[i, w].copy()
+            metered[i, w] *= 1.0 - fault.fraction
+            hourly[w] = before - metered[i, w]
+            flag_rng = np.random.default_rng([scenario.seed, 1, j])
+            flagged = flag_rng.random(w.stop - w.start) < fault.flag_share
+            status[i, closing] |= np.where(flagged, int(Status.MAGNET), 0)
+        elif isinstance(fault, Stuck):
+            hourly[w] = metered[i, w]
+            metered[i, w] = 0.0
+        elif isinstance(fault, Reversed):
+            hourly[w] = metered[i, w] + true[i, w]
+            metered[i, w] = -true[i, w]
+            status[i, closing] |= int(Status.REVERSE)
+        elif isinstance(fault, LostModule):
+            hourly[w] = true[i, w]
+            present[i, closing] = False
+        elif isinstance(fault, Leak):
+            if fault.sensor:
+                status[i, closing] |= int(Status.LEAK)
+            continue
+        truths.append((j, FaultTruth(fault, ids[i], hourly * PULSE_WEIGHT)))
+
+    # Counters: unwrapped pulse totals at each reading, minus the position of
+    # the module's latest restart (the counter's epoch origin).
+    cum = np.zeros((n_meters, hours + 1))
+    np.cumsum(metered, axis=1, out=cum[:, 1:])
+    origin = np.zeros((n_meters, hours + 1))
+    restarted = np.zeros((n_meters, hours + 1), dtype=bool)
+    for j, i, fault in sorted(resets, key=lambda r: r[2].hour):
+        h = fault.hour
+        unknown = fault.at * metered[i, h]
+        origin[i, h + 1 :] = cum[i, h] + unknown
+        restarted[i, h + 1 :] = True
+        status[i, h + 1] |= int(Status.COUNTER_RESET)
+        hourly = np.zeros(hours)
+        hourly[h] = unknown
+        truths.append((j, FaultTruth(fault, ids[i], hourly * PULSE_WEIGHT)))
+    epoch = np.floor(cum - origin).astype(np.int64)
+    counter = (np.where(restarted, 0, base_counter[:, None]) + epoch) % COUNTER_MODULUS
+
+    ts = scenario.start + np.arange(hours + 1, dtype=np.int64) * HOUR
+    meters = [
+        Meter(mid, Resource.WATER, "m3", PULSE_WEIGHT, scenario.start, module_id=module[i], channel=1,
+              base_counter=int(counter[i, 0]), group_id=f"B{building[i] + 1}")
+        for i, mid in enumerate(ids)
+    ]
+    truth = Truth(true * PULSE_WEIGHT, metered * PULSE_WEIGHT, network_loss * PULSE_WEIGHT,
+                  [ft for _, ft in sorted(truths, key=lambda jt: jt[0])])
+    return ScenarioData(scenario, meters, np.array(module, dtype=np.int64), np.ones(n_meters, dtype=np.int64), bld,
+                        is_input, ts, counter, status, present, truth)
