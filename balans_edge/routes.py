@@ -93,6 +93,13 @@ def parse_time(request: Request, name: str, default: int | None = None) -> int:
     return int(dt.timestamp())
 
 
+def path_u32(raw: str, name: str) -> int:
+    """A path parameter that is a device id (u32, 1..4294967295), or a 400 naming it."""
+    if not raw.isdigit() or not 0 < int(raw) < 2**32:
+        raise ApiError(400, "bad_parameter", f"{name}: expected an integer 1..4294967295, got {raw!r}")
+    return int(raw)
+
+
 def audited_body(request: Request, shape: str) -> tuple[dict[str, Any], str]:
     """The JSON object of a request that acts on devices, and its reason: every
     such request must say why, for the audit."""

@@ -8,7 +8,7 @@ from sanic.request import Request
 
 from balans_edge.core import registry as reg
 from balans_edge.core.storage import StorageError
-from balans_edge.routes import ApiError, Param, Route, body_json, json
+from balans_edge.routes import ApiError, Param, Route, body_json, json, path_u32
 
 if TYPE_CHECKING:
     from balans_edge.server import Server
@@ -32,11 +32,7 @@ def _kind_routes(server: Server, kind: str, key: str, key_type: str) -> list[Rou
     storage = server.storage
 
     def parse_key(raw: str) -> str | int:
-        if key_type == "integer":
-            if not raw.isdigit() or not 1 <= int(raw) < 2**32:
-                raise ApiError(400, "bad_parameter", f"{key}: expected integer 1..4294967295, got {raw!r}")
-            return int(raw)
-        return raw
+        return path_u32(raw, key) if key_type == "integer" else raw
 
     async def list_all(request: Request) -> Any:
         return json({kind: [reg.format_object(o) for o in await storage.registry_list(kind)]})

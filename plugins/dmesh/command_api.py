@@ -12,7 +12,7 @@ from sanic.request import Request
 
 from balans_edge.plugins.dmesh import codec
 from balans_edge.plugins.dmesh.commands import HOUR, MAX_PROFILE_HOURS
-from balans_edge.routes import ApiError, Param, Route, audited_body, iso, json
+from balans_edge.routes import ApiError, Param, Route, audited_body, iso, json, path_u32
 
 if TYPE_CHECKING:
     from balans_edge.plugins.dmesh.driver import DmeshDriver
@@ -68,17 +68,16 @@ def parse_command(request: Request) -> tuple[int, tuple[int, ...], str]:
 
 def command_routes(server: Server, driver: Callable[[], DmeshDriver | None]) -> list[Route]:
     async def module_command(request: Request, module_id: str) -> Any:
-        if not module_id.isdigit() or not 0 < int(module_id) < 2**32:
-            raise ApiError(400, "bad_parameter", f"module_id: expected an integer 1..4294967295, got {module_id!r}")
+        mid = path_u32(module_id, "module_id")
         code, args, reason = parse_command(request)
-        module = await server.storage.registry_get("modules", int(module_id))
+        module = await server.storage.registry_get("modules", mid)
         if module is None:
             raise ApiError(404, "not_found", f"module {module_id} is not in the registry")
         running = driver()
         if running is None:
             raise ApiError(503, "unavailable", "the DMesh driver is not running")
         record = await running.commands.module_command(
-            int(module_id), code, args, requested_by=f"api:{request.ctx.user}", reason=reason
+            mid, code, args, requested_by=f"api:{request.ctx.user}", reason=reason
         )
         return json({**record, "t": iso(record["t"])})
 

@@ -26,7 +26,7 @@ from balans_edge.plugins.dmesh.firmware import (
     sidecar_path,
     verify_image,
 )
-from balans_edge.routes import ApiError, Param, Route, audited_body, iso, json
+from balans_edge.routes import ApiError, Param, Route, audited_body, iso, json, path_u32
 
 if TYPE_CHECKING:
     import click
@@ -40,9 +40,7 @@ BEARER_ENV = "BALANS_EDGE_TOKEN"
 
 def firmware_routes(server: Server, driver: Callable[[], DmeshDriver | None]) -> list[Route]:
     async def push(request: Request, concentrator_id: str) -> Any:
-        if not concentrator_id.isdigit() or not 0 < int(concentrator_id) < 2**32:
-            raise ApiError(400, "bad_parameter", f"id: expected an integer 1..4294967295, got {concentrator_id!r}")
-        cid = int(concentrator_id)
+        cid = path_u32(concentrator_id, "id")
         body, reason = audited_body(request, '{"image": "<base64>", "signature": {...}, "reason": "..."}')
         raw = body.get("image")
         if not isinstance(raw, str) or not raw:
