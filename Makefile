@@ -35,7 +35,7 @@ test: $(EXAMPLE_STAMP)
 # Pinned to one core: the ingest target is stated for one core.
 bench: $(STAMP)
 	$$(command -v taskset >/dev/null && echo taskset -c 0) $(BIN)/python bench/ingest.py
-	$$(command -v taskset >/dev/null && echo taskset -c 0) $(BIN)/python bench/dmesh.py
+	$(BIN)/python bench/dmesh.py
 
 clean:
 	rm -rf var build dist *.egg-info .pytest_cache

@@ -1,7 +1,11 @@
-"""DMesh codec benchmark: frames/s decoded by the stream decoder and payload
-decoder, next to a bare ``struct.unpack`` walk over the same bytes.
+"""DMesh benchmark: the codec's decode rate, then the end-to-end path.
 
-    python bench/dmesh.py [--frames N]
+    python bench/dmesh.py [--frames N] [--concentrators 50] [--hours 12] [--codec-only]
+
+First the codec: frames/s decoded by the stream decoder and payload decoder,
+next to a bare ``struct.unpack`` walk over the same bytes. Then
+``dmesh_e2e.py``: simulated concentrators x 720 meters reporting over TCP to
+one server process, readings/s stored and the frame-to-ACK time.
 
 The baseline does the least any decoder must do (find each frame by its
 length, unpack the header, the CRC field and every reading record) without
@@ -16,6 +20,7 @@ import argparse
 import struct
 import sys
 import time
+from pathlib import Path
 
 from balans_edge.plugins.dmesh.codec import (
     ReadingRecord,
@@ -88,6 +93,9 @@ def timed(fn, *args) -> tuple[float, tuple[int, int]]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--frames", type=int, default=2000)
+    parser.add_argument("--concentrators", type=int, default=50, help="end to end: concentrators")
+    parser.add_argument("--hours", type=int, default=12, help="end to end: hourly rounds")
+    parser.add_argument("--codec-only", action="store_true", help="skip the end-to-end run")
     args = parser.parse_args()
     stream = make_stream(args.frames)
     print(f"{args.frames:,} READINGS frames of {RECORDS_PER_FRAME} records x 3 inputs, "
@@ -100,7 +108,13 @@ def main() -> int:
         assert (frames, readings) == base, "codec and baseline disagree"
         label = f"StreamDecoder + payloads ({chunk} B reads)"
         print(f"{label:<42} {frames / s:>10,.0f} {readings / s:>12,.0f} {base_s / s:>12.0%}")
-    return 0
+    if args.codec_only:
+        return 0
+    print()
+    sys.path.insert(0, str(Path(__file__).parent))
+    import dmesh_e2e  # a sibling script, importable once its folder is on the path
+
+    return dmesh_e2e.run(args.concentrators, args.hours)
 
 
 if __name__ == "__main__":

@@ -131,7 +131,11 @@ def main() -> int:
     parser.add_argument("--concentrators", type=int, default=50)
     parser.add_argument("--hours", type=int, default=12)
     args = parser.parse_args()
-    n, hours = args.concentrators, args.hours
+    return run(args.concentrators, args.hours)
+
+
+def run(n: int, hours: int) -> int:
+    """The whole end-to-end benchmark for ``n`` concentrators and ``hours`` rounds."""
     t0 = (int(time.time()) - 40 * 86400) // 3600 * 3600
     keys = {FIRST_CID + c: f"bench-key-{c:04d}-0123456789" for c in range(n)}
     readings = n * hours * MODULES * 3

@@ -3,9 +3,12 @@ port of 127.0.0.1, an HTTP client with tokens of each role."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import inspect
 import os
 import shutil
+import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -25,6 +28,29 @@ TOKENS = {
     "viewer": "viewer-token-0123456789",
 }
 T0 = 1390176000  # 2014-01-20 00:00:00 UTC, the protocol document's epoch
+
+
+async def eventually(check: Callable[[], Any], timeout: float = 5.0) -> Any:
+    """Poll ``check`` (plain or async) until it returns something truthy or the
+    timeout passes, and return its last result: the server works in the background."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if inspect.isawaitable(result):
+            result = await result
+        if result or time.monotonic() > deadline:
+            return result
+        await asyncio.sleep(0.02)
+
+
+async def stored_readings(server: Server) -> dict[str, list[tuple[int, int, int]]]:
+    """(ts, counter, status) of every stored reading, by meter id."""
+    keys = await server.storage.meter_keys()
+    out = {}
+    for meter_id, key in sorted(keys.items()):
+        r = await server.storage.readings(key, 0, 2**40)
+        out[meter_id] = list(zip(r.ts.tolist(), r.counter.tolist(), r.status.tolist(), strict=True))
+    return out
 
 
 def auth(role: str) -> dict[str, str]:

@@ -45,7 +45,8 @@ from balans_edge.plugins.dmesh.driver import DmeshDriver
 from balans_edge.plugins.dmesh.session import expected_mac
 from balans_edge.settings import ConfigError
 
-from conftest import T0, base_config, peer, small_site
+from conftest import T0, base_config, eventually, peer, small_site
+from conftest import stored_readings as stored
 
 CID = 0x0A0B0C0D
 KEY = "test-key-0123456789abcdef"
@@ -150,23 +151,6 @@ async def site(tmp_path: Path, make_server: Callable[..., Any]):
         await c.close()
 
 
-async def stored(server: Any) -> dict[str, list[tuple[int, int, int]]]:
-    """(ts, counter, status) of every stored reading, by meter id."""
-    keys = await server.storage.meter_keys()
-    out = {}
-    for meter_id, key in sorted(keys.items()):
-        r = await server.storage.readings(key, 0, 2**40)
-        out[meter_id] = list(zip(r.ts.tolist(), r.counter.tolist(), r.status.tolist(), strict=True))
-    return out
-
-
-async def eventually(check: Callable[[], Any], timeout: float = WAIT) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = await check()
-        if result or time.monotonic() > deadline:
-            return result
-        await asyncio.sleep(0.02)
 
 
 # configuration --------------------------------------------------------------

@@ -23,7 +23,7 @@ from balans_edge.core.components import Alarm, Command, CommandCode, Finding, Se
 from balans_edge.plugin_manager import Plugins, config_schemas
 from balans_edge.settings import ConfigError
 
-from conftest import auth, base_config, small_site
+from conftest import auth, base_config, eventually, small_site
 
 BIN = Path(sys.executable).parent
 
@@ -36,12 +36,6 @@ def reset_example_state() -> None:
 def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run([str(BIN / "balans-edge"), *args], cwd=cwd, capture_output=True, text=True, timeout=60)
 
-
-async def eventually(check: Callable[[], Any], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.01)
 
 
 def reading(module: int, channel: int, ts: int, counter: int) -> dict[str, int]:
@@ -211,7 +205,7 @@ async def test_hook_register_components(tmp_path: Path, plugins: Plugins, make_s
         ("recorder", "probe-b"),
     ]
     heartbeat = server.components[0][1]
-    await eventually(lambda: heartbeat.ticks >= 5)
+    assert await eventually(lambda: heartbeat.ticks >= 5)
     assert recorder.log == [("start", "probe-a", True), ("start", "probe-b", True)]
 
     await server.stop()
@@ -444,11 +438,11 @@ async def test_hook_observe_readings(
     assert r.status_code == 200
     assert (r.json()["accepted"], r.json()["quarantined"]) == (3, 1)
 
-    await eventually(lambda: recorder.seen["readings"])
+    assert await eventually(lambda: recorder.seen["readings"])
     (event,) = recorder.seen["readings"]
     assert event.meters == tuple(sorted((keys["W-1"], keys["W-3"])))
     assert (event.count, event.t_min, event.t_max) == (3, now - 300, now - 100)
-    await eventually(lambda: balans_edge_example.STATE["readings"] == 3)
+    assert await eventually(lambda: balans_edge_example.STATE["readings"] == 3)
 
 
 async def test_slow_observer_does_not_delay_acknowledgements(
@@ -474,7 +468,7 @@ async def test_slow_observer_does_not_delay_acknowledgements(
         )
         assert r.status_code == 200 and r.json()["accepted"] == 1
         assert time.monotonic() - started < 2.0
-    await eventually(lambda: Stuck.calls == 1)
+    assert await eventually(lambda: Stuck.calls == 1)
     rows = await server.storage.readings((await server.storage.meter_keys())["W-2"], now - 600, now)
     assert rows.counter.tolist() == [0, 1, 2, 3, 4]
 
@@ -545,7 +539,7 @@ async def test_observer_errors_are_counted_per_plugin(
         "/api/v1/readings", headers=auth("operator"), json={"readings": [reading(1002, 3, int(time.time()) - 5, 3)]}
     )
     assert r.status_code == 200
-    await eventually(lambda: balans_edge_example.STATE["readings"] == 1)
+    assert await eventually(lambda: balans_edge_example.STATE["readings"] == 1)
     await server.report_finding(Finding("d", "W-3", "k", "m"))
     await server.actuation.execute(Command("example:v", CommandCode.VALVE_OPEN, "api:admin", "restore"))
 

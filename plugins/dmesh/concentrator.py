@@ -190,8 +190,18 @@ class SimulatedConcentrator:
         return len(self._queue) + len(self._in_flight)
 
     async def drained(self) -> None:
-        """Wait until every submitted frame has been answered (wrap in asyncio.timeout)."""
-        await self._idle.wait()
+        """Wait until every submitted frame has been answered (wrap in asyncio.timeout).
+        Raises ``Refused`` if the host refused the concentrator meanwhile (it stops for good)."""
+        if self._task is None:
+            await self._idle.wait()
+            return
+        idle = asyncio.ensure_future(self._idle.wait())
+        try:
+            await asyncio.wait({idle, self._task}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            idle.cancel()
+        if not self._idle.is_set() and self._task.done() and not self._task.cancelled():
+            self._task.result()
 
     # session ---------------------------------------------------------------------------
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
+from zoneinfo import ZoneInfo
 
 from balans_edge import hookimpl
 from balans_edge.plugins.dmesh.command_api import command_routes
@@ -13,7 +15,7 @@ from balans_edge.plugins.dmesh.commands import DmeshActuator
 from balans_edge.plugins.dmesh.driver import DmeshDriver
 from balans_edge.plugins.dmesh.firmware import check_public_key
 from balans_edge.plugins.dmesh.network import NetworkConfig, NetworkMonitor
-from balans_edge.plugins.dmesh.simulator import Simulator, SiteShape, TcpDelivery
+from balans_edge.plugins.dmesh.simulator import Simulator, SimulatorConfig, SiteModel, TcpDelivery
 from balans_edge.settings import setting
 
 if TYPE_CHECKING:
@@ -22,19 +24,6 @@ if TYPE_CHECKING:
     from balans_edge.server import Server
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class SimulatorConfig:
-    enabled: bool = False
-    concentrators: int = setting(1, range=(1, 50))
-    modules_per_concentrator: int = setting(20, range=(1, 240))
-    interval_s: int = setting(60, range=(1, 86400))
-    history_hours: int = setting(48, range=(0, 24 * 90))
-    seed: int = setting(1, range=(0, 2**31))
-    transport: Literal["ingest", "tcp"] = "ingest"
-    """ingest: readings go straight into ingest; tcp: simulated concentrators dial in to
-    the driver and speak the protocol (their ids need keys under concentrators)."""
 
 
 def _non_empty(value: str) -> str | None:
@@ -100,14 +89,27 @@ def register_components(server: Server) -> list:
             log.info("dmesh: no concentrators configured, the driver is not started")
     sim = config.simulator
     if sim.enabled:
-        shape = SiteShape(sim.concentrators, sim.modules_per_concentrator, sim.seed)
         tcp = None
         if sim.transport == "tcp":
             driver = next((c for c in components if isinstance(c, DmeshDriver)), None)
-            keys = {c.id: c.key.encode("utf-8") for c in config.concentrators}
-            tcp = TcpDelivery(shape, keys, lambda: driver.port if driver else None)
-        components.append(Simulator(server.storage, server.ingest, shape, sim.interval_s, sim.history_hours, tcp))
+            keys = concentrator_keys(config)
+            TcpDelivery.check_keys(sim, keys)
+
+            def tcp(site: SiteModel) -> TcpDelivery:
+                return TcpDelivery(site, keys, lambda: driver.port if driver else None, config.host)
+
+        components.append(Simulator(server.storage, server.ingest, sim, utc_offset_h(server.config.site.timezone), tcp))
     return components
+
+
+def concentrator_keys(config: DmeshConfig) -> dict[int, bytes]:
+    return {c.id: c.key.encode("utf-8") for c in config.concentrators}
+
+
+def utc_offset_h(timezone: str) -> int:
+    """The site's offset from UTC now, in whole hours (for the household day)."""
+    offset = datetime.now(ZoneInfo(timezone)).utcoffset() or timedelta(0)
+    return round(offset.total_seconds() / 3600)
 
 
 def _driver(server: Server) -> DmeshDriver | None:
@@ -154,6 +156,8 @@ def dmesh_group(cli: click.Group) -> click.Group:
 def register_commands(cli: click.Group) -> None:
     from balans_edge.plugins.dmesh.commissioning import add_commands
     from balans_edge.plugins.dmesh.firmware_api import add_commands as add_firmware_commands
+    from balans_edge.plugins.dmesh.simulate_cli import add_commands as add_simulate_commands
 
     add_commands(dmesh_group(cli))
     add_firmware_commands(dmesh_group(cli))
+    add_simulate_commands(dmesh_group(cli))

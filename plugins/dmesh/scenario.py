@@ -16,18 +16,21 @@ its flags and gaps sit on the readings that close them (``k = start+1 .. end``).
 Everything is numpy over whole arrays (meters x hours); Python loops run per
 fault only. Pure: no I/O, deterministic for a seed, and a fault draws its own
 randomness from a generator seeded with (seed, fault index), so adding a fault
-never changes the rest of the scenario.
+never changes the rest of the scenario. A longer scenario begins with exactly
+the readings of a shorter one (hourly noise is drawn hour by hour and nothing
+depends on the length), so a running simulator can extend its horizon, and a
+restarted one continue its stored history, without a jump.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from balans_edge.core.ingest import ReadingBatch
-from balans_edge.core.model import COUNTER_MODULUS, Meter, RadioModule, Resource, Status
+from balans_edge.core.model import COUNTER_MODULUS, Account, Concentrator, Meter, RadioModule, Resource, Status
 
 HOUR = 3600
 PULSE_WEIGHT = 0.001
@@ -43,6 +46,12 @@ WEEKEND = np.array([0.30, 0.22, 0.18, 0.15, 0.15, 0.18, 0.30, 0.60, 1.20, 2.10, 
 """Relative hourly use at weekends: people sleep longer (peak 9-12) and stay
 at home, so the day uses more water than a working day."""
 WEEKEND = WEEKEND / WEEKEND.mean() * 1.2
+WEEK_MEAN = (5 * WEEKDAY.mean() + 2 * WEEKEND.mean()) / 7
+"""Mean of the relative profile over a whole week."""
+BATTERY_LOW_MV = 3000
+"""Below this the module sets LOW_BATTERY (the vendor's document)."""
+BATTERY_DEAD_MV = 2500
+"""A module's radio stops below this voltage."""
 
 
 def _weekday(t: np.ndarray) -> np.ndarray:
@@ -63,7 +72,9 @@ class Scenario:
     seed: int = 0
     network_loss: float = 0.03
     """Background leakage of each building's network as a share of what its
-    input meter measures (without faults), over the scenario period."""
+    input meter measures without faults, over whole weeks (the rate follows
+    the expected use, not the drawn noise, so it does not depend on the
+    scenario's length)."""
     mean_lph: float = 10.0
     """Mean use of an average apartment on a working day, litres per hour."""
     scale_sigma: float = 0.4
@@ -110,10 +121,12 @@ class Fault:
     end: int | None = field(default=None, kw_only=True)
 
     def window(self, hours: int) -> slice:
+        """The fault's hours within the scenario; empty for a fault that starts
+        after it (not active yet: a longer scenario will see it)."""
+        if self.start < 0 or (self.end is not None and self.end <= self.start):
+            raise ValueError(f"{self!r}: hour window [{self.start}, {self.end}) is empty")
         end = hours if self.end is None else min(self.end, hours)
-        if not 0 <= self.start < end:
-            raise ValueError(f"{self!r}: empty or invalid hour window for {hours} hours")
-        return slice(self.start, end)
+        return slice(min(self.start, hours), end)
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,7 +207,33 @@ class LostModule(Fault):
     apartment: str
 
 
-AnyFault = Leak | NetworkLeak | Unmetered | Magnet | Stuck | Reversed | CounterReset | LostModule
+@dataclass(frozen=True, slots=True)
+class LowBattery(Fault):
+    """The module's cell is exhausted: from ``start`` its voltage falls in a
+    straight line from its healthy level to 2,500 mV over ``days``; readings
+    below 3,000 mV carry LOW_BATTERY, and once it reaches 2,500 mV the radio
+    stops and no reading arrives any more (``end`` is unused: a dead battery
+    stays dead)."""
+
+    apartment: str
+    days: float = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class ClockDrift(Fault):
+    """The module's clock runs fast by ``seconds_per_day`` (slow when
+    negative) from ``start``: it latches its counters when its own clock shows
+    the hour, i.e. earlier (later) in true time, and stamps them with the hour.
+    The volumes are right in total, but shifted between hours. (A slow clock's
+    readings past the scenario's end are latched at its end.)"""
+
+    apartment: str
+    seconds_per_day: float
+
+
+AnyFault = (
+    Leak | NetworkLeak | Unmetered | Magnet | Stuck | Reversed | CounterReset | LostModule | LowBattery | ClockDrift
+)
 
 
 # Output ------------------------------------------------------------------
@@ -209,8 +248,11 @@ class FaultTruth:
     flow the meter failed to register (true - metered, so twice the flow for a
     reversed meter); CounterReset the pulses between the last reading and the
     restart (registered by the meter, unknown to the host); LostModule the flow
-    in the hours whose readings are missing (recoverable from the next reading).
-    ``hourly_m3`` spreads it over the scenario's hours.
+    in the hours whose readings are missing (recoverable from the next reading);
+    LowBattery the flow in the hours after the module died (never reported);
+    ClockDrift, per hour, what the readings put into that hour minus what the
+    meter registered in it (signed: volume moved between hours, about zero in
+    total). ``hourly_m3`` spreads it over the scenario's hours.
     """
 
     fault: AnyFault
@@ -255,17 +297,30 @@ class ScenarioData:
     status: np.ndarray
     present: np.ndarray
     """False where a reading never arrives."""
+    battery_mv: np.ndarray
+    """Battery voltage each module reports with each reading (meters x readings)."""
     truth: Truth
+    accounts: list[Account] = field(default_factory=list)
+    """One account per apartment (the input meters have none)."""
     _index: dict[str, int] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         self._index = {m.meter_id: i for i, m in enumerate(self.meters)}
 
-    def registry(self) -> dict[str, list]:
-        """Radio modules and meters, as ``Storage.registry_apply`` takes them
-        (a meter's module must be registered with it)."""
-        modules = [RadioModule(int(m), channels=0b001) for m in self.module]
-        return {"modules": modules, "meters": list(self.meters)}
+    def registry(self, concentrators: Mapping[int, int] | None = None) -> dict[str, list]:
+        """Concentrators, radio modules, accounts and meters, as
+        ``Storage.registry_apply`` takes them. ``concentrators`` maps a
+        building index to the concentrator its modules report to."""
+        concentrators = concentrators or {}
+        modules = [RadioModule(int(m), concentrators.get(int(b)), channels=0b001)
+                   for m, b in zip(self.module, self.building, strict=True)]
+        return {
+            "concentrators": [Concentrator(cid, name=f"Concentrator of building {b + 1}")
+                              for b, cid in sorted(concentrators.items())],
+            "modules": modules,
+            "accounts": list(self.accounts),
+            "meters": list(self.meters),
+        }
 
     def row(self, meter_id: str) -> int:
         return self._index[meter_id]
@@ -275,6 +330,26 @@ class ScenarioData:
         rows = np.flatnonzero(self.present[:, k])
         return ReadingBatch(self.module[rows], self.channel[rows], np.full(len(rows), self.ts[k], dtype=np.int64),
                             self.counter[rows, k], self.status[rows, k])
+
+    def batch_at(self, t: int) -> ReadingBatch:
+        """What the modules latch at any time ``t`` of the scenario, for a site
+        that reports more often than hourly: at a reading time the reading
+        itself, in between the counters moved on in proportion to the hour
+        gone by. A meter whose closing reading never arrives, or restarts,
+        reports nothing in between."""
+        if not self.ts[0] <= t <= self.ts[-1]:
+            raise ValueError(f"time {t} is outside the scenario ({self.ts[0]} .. {self.ts[-1]})")
+        k, into = divmod(int(t) - int(self.ts[0]), HOUR)
+        if into == 0:
+            return self.batch(k)
+        after = self.status[:, k + 1]
+        rows = np.flatnonzero(self.present[:, k] & self.present[:, k + 1] & ((after & Status.COUNTER_RESET) == 0))
+        c0, c1 = self.counter[rows, k], self.counter[rows, k + 1]
+        half = COUNTER_MODULUS // 2
+        delta = (c1 - c0 + half) % COUNTER_MODULUS - half  # signed: a reversed meter counts down
+        counter = (c0 + np.floor(delta * (into / HOUR)).astype(np.int64)) % COUNTER_MODULUS
+        return ReadingBatch(self.module[rows], self.channel[rows], np.full(len(rows), t, dtype=np.int64),
+                            counter, after[rows])
 
     def all_batches(self) -> Iterator[ReadingBatch]:
         for k in range(len(self.ts)):
@@ -326,10 +401,13 @@ def generate(scenario: Scenario, faults: Sequence[AnyFault] = ()) -> ScenarioDat
     base_counter = rng.integers(0, COUNTER_MODULUS, n_meters)
     scale = rng.lognormal(-scenario.scale_sigma**2 / 2, scenario.scale_sigma, len(apt))
     if scenario.noise > 0:
+        # Hour by hour from a generator of its own, so that a longer scenario
+        # draws the same noise for its first hours.
         k = 1.0 / scenario.noise**2
-        noise = rng.gamma(k, 1.0 / k, (len(apt), hours))
+        noise = np.random.default_rng([scenario.seed, 2]).gamma(k, 1.0 / k, (hours, len(apt))).T
     else:
         noise = np.ones((len(apt), hours))
+    healthy_mv = np.random.default_rng([scenario.seed, 3]).integers(3300, 3650, n_meters)
 
     # True flow, litres (= pulses) per meter and hour.
     true = np.zeros((n_meters, hours))
@@ -337,9 +415,9 @@ def generate(scenario: Scenario, faults: Sequence[AnyFault] = ()) -> ScenarioDat
     onehot = bld[None, :] == np.arange(scenario.buildings)[:, None]  # buildings x meters
     members = onehot & ~is_input[None, :]
     # Background leakage is pressure-driven, so roughly constant over the day;
-    # its rate makes it network_loss of the fault-free input over the period.
-    household = members.astype(float) @ true
-    loss_rate = household.mean(axis=1) * scenario.network_loss / (1.0 - scenario.network_loss)
+    # its rate makes it network_loss of the expected fault-free input.
+    expected = (members[:, apt].astype(float) @ scale) * scenario.mean_lph * WEEK_MEAN
+    loss_rate = expected * scenario.network_loss / (1.0 - scenario.network_loss)
     network_loss = np.repeat(loss_rate[:, None], hours, axis=1)
     bypass = network_loss.copy()  # flow past the apartment meters, per building
 
@@ -360,8 +438,8 @@ def generate(scenario: Scenario, faults: Sequence[AnyFault] = ()) -> ScenarioDat
     local_hour = (scenario.start // HOUR + scenario.utc_offset_h + np.arange(hours)) % 24
     for j, fault in enumerate(faults):
         if isinstance(fault, CounterReset):
-            if not 0 <= fault.hour < hours or not 0.0 <= fault.at <= 1.0:
-                raise ValueError(f"{fault!r}: hour outside the scenario or 'at' outside [0, 1]")
+            if fault.hour < 0 or not 0.0 <= fault.at <= 1.0:
+                raise ValueError(f"{fault!r}: negative hour or 'at' outside [0, 1]")
             resets.append((j, meter_of(fault.apartment, repr(fault)), fault))
         elif isinstance(fault, Leak):
             i, w = meter_of(fault.apartment, repr(fault)), fault.window(hours)
@@ -379,7 +457,7 @@ def generate(scenario: Scenario, faults: Sequence[AnyFault] = ()) -> ScenarioDat
             hourly[w] = fault.litres_per_hour * shape[w]
             bypass[b] += hourly
             truths.append((j, FaultTruth(fault, f"B{b + 1}-IN", hourly * PULSE_WEIGHT)))
-        elif isinstance(fault, Magnet | Stuck | Reversed | LostModule):
+        elif isinstance(fault, Magnet | Stuck | Reversed | LostModule | LowBattery | ClockDrift):
             effects.append((j, meter_of(fault.apartment, repr(fault)), fault, fault.window(hours)))
         else:
             raise TypeError(f"not a scenario fault: {fault!r}")
@@ -388,6 +466,10 @@ def generate(scenario: Scenario, faults: Sequence[AnyFault] = ()) -> ScenarioDat
     metered = true.copy()
     status = np.zeros((n_meters, hours + 1), dtype=np.int64)
     present = np.ones((n_meters, hours + 1), dtype=bool)
+    battery = np.repeat(healthy_mv[:, None], hours + 1, axis=1)
+    ts = scenario.start + np.arange(hours + 1, dtype=np.int64) * HOUR
+    # True time at which each reading is latched (off the hour under ClockDrift).
+    latched = np.repeat(ts[None, :].astype(np.float64), n_meters, axis=0)
 
     for j, i, fault, w in effects:
         closing = slice(w.start + 1, w.stop + 1)  # readings closing the window's hours
@@ -409,37 +491,67 @@ def generate(scenario: Scenario, faults: Sequence[AnyFault] = ()) -> ScenarioDat
         elif isinstance(fault, LostModule):
             hourly[w] = true[i, w]
             present[i, closing] = False
+        elif isinstance(fault, LowBattery):
+            if fault.days <= 0:
+                raise ValueError(f"{fault!r}: days must be positive")
+            k = np.arange(w.start, hours + 1)  # readings from the fault's start on
+            drop = (healthy_mv[i] - BATTERY_DEAD_MV) * (k - w.start) / (fault.days * 24)
+            battery[i, k] = np.maximum(np.round(healthy_mv[i] - drop), BATTERY_DEAD_MV).astype(np.int64)
+            status[i] |= np.where(battery[i] < BATTERY_LOW_MV, int(Status.LOW_BATTERY), 0)
+            dead = battery[i] <= BATTERY_DEAD_MV
+            present[i, dead] = False
+            hourly[dead[1:]] = true[i, dead[1:]]
+        elif isinstance(fault, ClockDrift):
+            # Readings closing the window's hours, and every later one (the clock stays off).
+            k = np.arange(w.start + 1, hours + 1)
+            latched[i, k] = ts[k] - fault.seconds_per_day * (ts[k] - ts[w.start]) / 86400
         elif isinstance(fault, Leak):
             if fault.sensor:
                 status[i, closing] |= int(Status.LEAK)
             continue
-        truths.append((j, FaultTruth(fault, ids[i], hourly * PULSE_WEIGHT)))
+        if not isinstance(fault, ClockDrift):  # its truth needs the counters, below
+            truths.append((j, FaultTruth(fault, ids[i], hourly * PULSE_WEIGHT)))
 
     # Counters: unwrapped pulse totals at each reading, minus the position of
     # the module's latest restart (the counter's epoch origin).
     cum = np.zeros((n_meters, hours + 1))
     np.cumsum(metered, axis=1, out=cum[:, 1:])
+    for j, i, fault, _ in effects:
+        if isinstance(fault, ClockDrift):
+            # The counter at the true latch time: linear within each hour.
+            at = np.clip(latched[i], ts[0], ts[-1])
+            shifted = np.interp(at, ts, cum[i])
+            truths.append((j, FaultTruth(fault, ids[i], (np.diff(shifted) - metered[i]) * PULSE_WEIGHT)))
+            cum[i] = shifted
     origin = np.zeros((n_meters, hours + 1))
     restarted = np.zeros((n_meters, hours + 1), dtype=bool)
     for j, i, fault in sorted(resets, key=lambda r: r[2].hour):
         h = fault.hour
-        unknown = fault.at * metered[i, h]
-        origin[i, h + 1 :] = cum[i, h] + unknown
-        restarted[i, h + 1 :] = True
-        status[i, h + 1] |= int(Status.COUNTER_RESET)
         hourly = np.zeros(hours)
-        hourly[h] = unknown
+        if h < hours:  # a later restart is not in this scenario yet
+            unknown = fault.at * metered[i, h]
+            origin[i, h + 1 :] = cum[i, h] + unknown
+            restarted[i, h + 1 :] = True
+            status[i, h + 1] |= int(Status.COUNTER_RESET)
+            hourly[h] = unknown
         truths.append((j, FaultTruth(fault, ids[i], hourly * PULSE_WEIGHT)))
     epoch = np.floor(cum - origin).astype(np.int64)
     counter = (np.where(restarted, 0, base_counter[:, None]) + epoch) % COUNTER_MODULUS
 
-    ts = scenario.start + np.arange(hours + 1, dtype=np.int64) * HOUR
     meters = [
         Meter(mid, Resource.WATER, "m3", PULSE_WEIGHT, scenario.start, module_id=module[i], channel=1,
-              base_counter=int(counter[i, 0]), group_id=f"B{building[i] + 1}")
+              base_counter=int(counter[i, 0]), group_id=f"B{building[i] + 1}",
+              account_id=None if is_input[i] else mid)
         for i, mid in enumerate(ids)
+    ]
+    # Bigger households tend to live in bigger flats: the floor area follows the
+    # apartment's scale (for allocation by area).
+    accounts = [
+        Account(ids[i], consumer=f"Apartment {int(ids[i].split('-A')[1])}, building {building[i] + 1}",
+                area_m2=round(float(np.clip(30 + 30 * s, 25, 140)), 1))
+        for i, s in zip(apt, scale, strict=True)
     ]
     truth = Truth(true * PULSE_WEIGHT, metered * PULSE_WEIGHT, network_loss * PULSE_WEIGHT,
                   [ft for _, ft in sorted(truths, key=lambda jt: jt[0])])
     return ScenarioData(scenario, meters, np.array(module, dtype=np.int64), np.ones(n_meters, dtype=np.int64), bld,
-                        is_input, ts, counter, status, present, truth)
+                        is_input, ts, counter, status, present, battery, truth, accounts)

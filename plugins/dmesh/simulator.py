@@ -1,213 +1,496 @@
-"""A simulated DMesh site for the demo and for benchmarks.
+"""A simulated DMesh site: scenario buildings, reported as their concentrators would.
 
-It registers concentrators, radio modules and meters, back-fills their
-history and then reports counters every ``interval_s`` through the real ingest
-path, as a concentrator's READINGS would. Consumption follows a daily profile
-(night minimum, morning and evening peaks) with noise, so hourly charts and
-balances look like a real building's. Deterministic for a given seed.
+The site is a ``scenario.Scenario``: buildings with an input meter and one
+water meter per apartment, household profiles, and injected faults whose
+ground truth is known. ``SiteModel`` turns it into what concentrators report
+over the air: READINGS records with battery, RSSI and hops, the TOPOLOGY of a
+mesh in which apartments relay through their neighbours, an EVENT when a
+module's status changes, PROFILE values for back-fill, and answers to commands
+after a delay that grows with the route's hops. Buildings are served by the
+concentrators round-robin.
+
+``TcpDelivery`` runs simulated concentrators (``concentrator.py``) that dial
+in to the driver; ``Simulator`` is the server component behind the demo, and
+``balans-edge dmesh simulate`` (``simulate_cli.py``) runs the same site as a
+separate process against any server. Everything is deterministic for a seed,
+and the site's counters are a function of the install time only, so a
+restarted simulator continues its stored history instead of inventing a reset.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Literal
 
 import numpy as np
 
 from balans_edge.core.ingest import Ingest, ReadingBatch
-from balans_edge.core.model import Account, Concentrator, Meter, RadioModule, Resource
+from balans_edge.core.model import Status
 from balans_edge.core.storage import Storage, StorageError
 from balans_edge.core.tasks import cancel
-from balans_edge.plugins.dmesh.codec import ReadingRecord, Readings
-from balans_edge.plugins.dmesh.concentrator import ConcentratorSettings, SimulatedConcentrator
+from balans_edge.plugins.dmesh.codec import (
+    Command,
+    CommandCode,
+    CommandResultCode,
+    Event,
+    ModuleEntry,
+    Payload,
+    ReadingRecord,
+    Readings,
+    Topology,
+)
+from balans_edge.plugins.dmesh.concentrator import STATUS_AFTER, ConcentratorSettings, SimulatedConcentrator
+from balans_edge.plugins.dmesh.scenario import (
+    HOUR,
+    AnyFault,
+    ClockDrift,
+    CounterReset,
+    Leak,
+    LostModule,
+    LowBattery,
+    Magnet,
+    NetworkLeak,
+    Reversed,
+    Scenario,
+    ScenarioData,
+    Stuck,
+    Unmetered,
+    generate,
+)
+from balans_edge.settings import setting
 
 log = logging.getLogger(__name__)
 
 FIRST_CONCENTRATOR = 900_001
-FIRST_MODULE = 1_000_001
-# (resource, unit, pulse weight in unit per pulse, mean hourly use in unit)
-KINDS = [
-    (Resource.WATER, "m3", 0.001, 0.012),
-    (Resource.WATER, "m3", 0.001, 0.006),
-    (Resource.ELECTRICITY, "kWh", 0.01, 0.35),
-]
-PROFILE = np.array([0.3, 0.2, 0.2, 0.2, 0.3, 0.6, 1.4, 2.0, 1.6, 1.0, 0.8, 0.8,
-                    0.9, 0.9, 0.8, 0.8, 0.9, 1.2, 1.7, 2.0, 1.8, 1.4, 0.9, 0.5])
-"""Relative hourly use over a local day (mean 1.0 over the day, roughly)."""
+HORIZON_H = 7 * 24
+"""The scenario is generated this far beyond the present, then extended."""
+PER_READINGS = 200
+"""One-channel records per READINGS frame: (4,096 - 2) // 19 = 215 fit in a payload."""
+INGEST_BATCH = 20_000
+"""Readings per ingest call when the history goes straight into ingest."""
+PER_TOPOLOGY = 250
+"""Entries per TOPOLOGY frame: (4,096 - 2) // 16 = 255 fit in a payload."""
+RING = 12
+"""Apartments per radio ring: a module relays through the one ``RING`` apartments
+below it (the floors nearer the concentrator in the basement)."""
+FIRMWARE = 0x0104
+
+FAULT_KINDS: dict[str, type] = {
+    "leak": Leak, "network_leak": NetworkLeak, "unmetered": Unmetered, "magnet": Magnet, "stuck": Stuck,
+    "reversed": Reversed, "counter_reset": CounterReset, "lost_module": LostModule, "low_battery": LowBattery,
+    "clock_drift": ClockDrift,
+}
+EVENT_ON_OFF = {Status.MAGNET: (1, 2), Status.LEAK: (4, 5)}
+"""Status flag -> (EVENT code when it appears, when it clears)."""
+EVENT_LOW_BATTERY, EVENT_MODULE_JOINED, EVENT_MODULE_LOST, EVENT_COUNTER_RESET = 8, 9, 10, 12
+
+
+# Configuration ------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
-class SiteShape:
-    concentrators: int
-    modules_per_concentrator: int
-    seed: int
+class FaultConfig:
+    """One injected fault: ``kind`` and the keys that apply to it."""
+
+    kind: Literal["leak", "network_leak", "unmetered", "magnet", "stuck", "reversed", "counter_reset",
+                  "lost_module", "low_battery", "clock_drift"]
+    meter: str = setting("", doc="the apartment's meter, e.g. B1-A07 (every kind but network_leak and unmetered)")
+    building: str = setting("", doc="the building, e.g. B2 (network_leak, unmetered)")
+    start_hour: int = setting(0, range=(0, 24 * 3660),
+                              doc="hours after the site's installation (counter_reset: the hour)")
+    end_hour: int = setting(0, range=(0, 24 * 3660), doc="hour it stops (0: never)")
+    litres_per_hour: float = setting(0.0, range=(0.0, 100_000.0), doc="leak, network_leak, unmetered")
+    fraction: float = setting(0.0, range=(0.0, 1.0), doc="magnet: share of the flow not registered")
+    flag_share: float = setting(0.3, range=(0.0, 1.0), doc="magnet: share of readings flagged MAGNET")
+    sensor: bool = setting(False, doc="leak: the module's leak sensor is wet")
+    at: float = setting(0.5, range=(0.0, 1.0), doc="counter_reset: point of the hour it restarts")
+    days: float = setting(30.0, range=(0.01, 3650.0), doc="low_battery: days from healthy to dead")
+    seconds_per_day: float = setting(0.0, range=(-86400.0, 86400.0), doc="clock_drift: gain (negative: loss)")
+
+    def __post_init__(self) -> None:
+        self.fault()  # refuses keys that do not apply, with the fault named
+
+    def fault(self) -> AnyFault:
+        """The scenario fault this entry describes."""
+        cls = FAULT_KINDS[self.kind]
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        rename = {"meter": "apartment", "start_hour": "hour" if cls is CounterReset else "start", "end_hour": "end"}
+        keys = [f for f in dataclasses.fields(self) if f.name != "kind"]
+        given = {f.name: getattr(self, f.name) for f in keys if getattr(self, f.name) != f.default}
+        wrong = sorted(k for k in given if rename.get(k, k) not in fields)
+        if wrong:
+            takes = ", ".join(sorted(f.name for f in keys if rename.get(f.name, f.name) in fields))
+            raise ValueError(f"{self.kind}: {', '.join(wrong)} does not apply (it takes {takes})")
+        args = {rename.get(k, k): v for k, v in given.items()}
+        if cls is CounterReset:
+            args["hour"] = self.start_hour  # hour 0 is a valid hour, not "not given"
+        back = {v: k for k, v in rename.items()}
+        missing = sorted(back.get(n, n) for n, f in fields.items()
+                         if f.default is dataclasses.MISSING and n not in args)
+        if missing:
+            raise ValueError(f"{self.kind}: {', '.join(missing)} is required")
+        return cls(**args)
 
 
-def build_site(shape: SiteShape, install_time: int, base_counters: np.ndarray) -> dict[str, list]:
-    """Registry objects of the simulated site: each module carries 3 meters
-    whose base counters are the module's counters at installation."""
-    concentrators, modules, accounts, meters = [], [], [], []
-    for c in range(shape.concentrators):
-        cid = FIRST_CONCENTRATOR + c
-        concentrators.append(Concentrator(cid, name=f"Simulated concentrator {c + 1}", site="demo"))
-        for m in range(shape.modules_per_concentrator):
-            mid = FIRST_MODULE + c * 1000 + m
-            modules.append(RadioModule(mid, cid, channels=0b111))
-            account = f"SIM-{c + 1:02d}-{m + 1:03d}"
-            accounts.append(Account(account, consumer=f"Flat {m + 1}", tariff_plan="standard",
-                                    area_m2=float(40 + (m * 7) % 50)))
-            for ch, (resource, unit, weight, _) in enumerate(KINDS, start=1):
-                meters.append(Meter(
-                    f"SIM-{mid}-{ch}", resource, unit, weight, install_time, module_id=mid, channel=ch,
-                    base_counter=int(base_counters[len(meters)]), account_id=account, group_id=f"sim-house-{c + 1}",
-                ))
-    return {"concentrators": concentrators, "modules": modules, "accounts": accounts, "meters": meters}
+@dataclass(frozen=True)
+class SimulatorConfig:
+    """``[plugins.dmesh.simulator]``: the simulated site of the demo and of ``dmesh simulate``."""
+
+    enabled: bool = setting(False, doc="run the simulated site inside the server")
+    transport: Literal["ingest", "tcp"] = setting(
+        "ingest", doc="ingest: readings go straight into ingest; tcp: simulated concentrators dial in to the "
+        "driver and speak the protocol (their ids need keys under concentrators)")
+    concentrators: int = setting(1, range=(1, 50), doc="concentrators 900001, 900002, ...; buildings round-robin")
+    buildings: int = setting(2, range=(1, 50))
+    apartments: int = setting(40, range=(1, 999), doc="apartments (meters) per building")
+    mean_lph: float = setting(10.0, range=(0.0, 10_000.0), doc="an average apartment's use, litres per hour")
+    network_loss: float = setting(0.03, range=(0.0, 0.9), doc="background leakage of each building's network")
+    interval_s: int = setting(60, range=(1, 86400), doc="reporting period of the live site")
+    history_hours: int = setting(48, range=(0, 24 * 90), doc="hours of history sent at start (fast-forward)")
+    hop_delay_s: float = setting(0.2, range=(0.0, 600.0), doc="a command's delay per radio hop")
+    seed: int = setting(1, range=(0, 2**31))
+    faults: list[FaultConfig] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        # Each fault against the site (meter names, hour windows), so that the error names it.
+        for i, entry in enumerate(self.faults):
+            fault = entry.fault()
+            hours = max(getattr(fault, "hour", 0), fault.start, fault.end or 0) + 1
+            try:
+                generate(self.scenario(start=0, hours=hours), [fault])
+            except ValueError as exc:
+                message = str(exc).removeprefix(f"{fault!r}: ")
+                raise ValueError(f"faults[{i}] ({entry.kind}): {message}") from None
+
+    def scenario(self, start: int, hours: int, utc_offset_h: int = 0) -> Scenario:
+        return Scenario(buildings=self.buildings, apartments=self.apartments, start=start, hours=hours,
+                        seed=self.seed, network_loss=self.network_loss, mean_lph=self.mean_lph,
+                        utc_offset_h=utc_offset_h)
+
+    def concentrator_ids(self) -> list[int]:
+        return [FIRST_CONCENTRATOR + c for c in range(self.concentrators)]
 
 
-class SiteSimulator:
-    """Counters of every simulated meter as a pure function of time.
+# The site ------------------------------------------------------------------------------
 
-    The counter at time t depends only on the seed and t (noise is drawn per
-    hour from a generator seeded with the hour), so a restarted demo continues
-    exactly where the stored history ends instead of inventing a reset.
+
+class SiteModel:
+    """The scenario of a site as time goes by, in the concentrators' terms.
+
+    The scenario is generated from the install time to a horizon beyond the
+    present and regenerated further when the clock passes it; a longer
+    scenario starts with the same readings, so nothing jumps.
     """
 
-    def __init__(self, shape: SiteShape, start: int) -> None:
-        self.shape = shape
-        rng = np.random.default_rng(shape.seed)
-        n_modules = shape.concentrators * shape.modules_per_concentrator
-        self.module = np.repeat(
-            np.array([FIRST_MODULE + c * 1000 + m for c in range(shape.concentrators)
-                      for m in range(shape.modules_per_concentrator)], dtype=np.int64), len(KINDS))
-        self.channel = np.tile(np.arange(1, len(KINDS) + 1, dtype=np.int64), n_modules)
-        weights = np.tile([k[2] for k in KINDS], n_modules)
-        mean_use = np.tile([k[3] for k in KINDS], n_modules) * rng.uniform(0.5, 1.5, len(self.module))
-        self.pulses_per_hour = mean_use / weights
-        self.start_hour = start // 3600
-        self._cum = [rng.integers(0, 2**32, len(self.module)).astype(np.float64)]
-        """Counters (unwrapped) at the start of each hour since start_hour."""
+    def __init__(self, config: SimulatorConfig, install_time: int, utc_offset_h: int = 0) -> None:
+        self.config = config
+        self.install_time = install_time // HOUR * HOUR
+        self.utc_offset_h = utc_offset_h
+        self.faults = [f.fault() for f in config.faults]
+        ids = config.concentrator_ids()
+        self.concentrator_of = {b: ids[b % len(ids)] for b in range(config.buildings)}
+        self.data = self._generate(HORIZON_H)
+        d = self.data
+        self.row_concentrator = np.array([self.concentrator_of[int(b)] for b in d.building], dtype=np.int64)
+        self.parent, self.hops, self.rssi = _mesh(d)
+        self._rows = {int(m): i for i, m in enumerate(d.module)}
 
-    def _hour_use(self, hour: int) -> np.ndarray:
-        noise = np.random.default_rng([self.shape.seed, hour]).gamma(4.0, 0.25, len(self.module))
-        return self.pulses_per_hour * PROFILE[hour % 24] * noise
+    def _generate(self, hours: int) -> ScenarioData:
+        scenario = self.config.scenario(self.install_time, hours, self.utc_offset_h)
+        return generate(scenario, self.faults)
 
-    def counters_at(self, t: int) -> np.ndarray:
-        hour, into = divmod(t, 3600)
-        offset = max(hour - self.start_hour, 0)
-        while len(self._cum) <= offset + 1:
-            h = self.start_hour + len(self._cum) - 1
-            self._cum.append(self._cum[-1] + self._hour_use(h))
-        a, b = self._cum[offset], self._cum[offset + 1]
-        return np.floor(a + (b - a) * (into / 3600)).astype(np.int64) % (1 << 32)
+    def ensure(self, t: int) -> ScenarioData:
+        """The scenario, generated at least up to time ``t``."""
+        if t > self.data.ts[-1]:
+            self.data = self._generate((t - self.install_time) // HOUR + 1 + HORIZON_H)
+        return self.data
 
-    def batch(self, t: int) -> ReadingBatch:
-        counters = self.counters_at(t)
-        n = len(counters)
-        return ReadingBatch(self.module.copy(), self.channel.copy(), np.full(n, t, dtype=np.int64),
-                            counters, np.zeros(n, dtype=np.int64))
+    def registry(self) -> dict[str, list]:
+        return self.data.registry(self.concentrator_of)
+
+    def closing_reading(self, t: int) -> int:
+        """Index of the reading that closes the hour ``t`` is in (``t`` itself at a reading time)."""
+        return -(-(t - self.install_time) // HOUR)
+
+    def records(self, batch: ReadingBatch) -> dict[int, list[ReadingRecord]]:
+        """READINGS records per concentrator for readings latched at one time."""
+        if not len(batch):
+            return {}
+        t = int(batch.ts[0])
+        d = self.ensure(t)
+        rows = np.searchsorted(d.module, batch.module)
+        battery = d.battery_mv[rows, self.closing_reading(t)]
+        records: dict[int, list[ReadingRecord]] = {}
+        for j, i in enumerate(rows.tolist()):
+            records.setdefault(int(self.row_concentrator[i]), []).append(ReadingRecord(
+                int(d.module[i]), t, int(batch.status[j]), int(battery[j]), int(self.rssi[i]), int(self.hops[i]),
+                1, (int(batch.counter[j]),)))
+        return records
+
+    def readings(self, batch: ReadingBatch) -> dict[int, list[Payload]]:
+        """READINGS frames per concentrator for readings latched at one time."""
+        return {cid: list(frames(r)) for cid, r in self.records(batch).items()}
+
+    def topology(self, t: int) -> dict[int, list[Payload]]:
+        """TOPOLOGY frames per concentrator: the mesh as it is at ``t``."""
+        d = self.ensure(t)
+        k = self.closing_reading(t)
+        entries: dict[int, list[ModuleEntry]] = {}
+        for i in range(len(d.module)):
+            entries.setdefault(int(self.row_concentrator[i]), []).append(ModuleEntry(
+                int(d.module[i]), int(self.parent[i]), int(self.hops[i]), int(self.rssi[i]),
+                int(d.battery_mv[i, k]), FIRMWARE, 1, 0 if d.present[i, k] else 1))
+        return {cid: [Topology(tuple(e[j : j + PER_TOPOLOGY])) for j in range(0, len(e), PER_TOPOLOGY)]
+                for cid, e in entries.items()}
+
+    def events(self, k: int) -> dict[int, list[Payload]]:
+        """EVENT frames per concentrator for what changed between readings ``k - 1`` and ``k``."""
+        if k < 1:
+            return {}
+        d = self.ensure(int(self.install_time + k * HOUR))
+        t = int(d.ts[k])
+        before, now = d.status[:, k - 1], d.status[:, k]
+        was, is_ = d.present[:, k - 1], d.present[:, k]
+        found: list[tuple[int, int, int]] = []  # (row, code, value)
+        for flag, (on, off) in EVENT_ON_OFF.items():
+            found += [(i, on, 0) for i in np.flatnonzero(is_ & (now & flag != 0) & (before & flag == 0))]
+            found += [(i, off, 0) for i in np.flatnonzero(is_ & was & (now & flag == 0) & (before & flag != 0))]
+        low = Status.LOW_BATTERY
+        found += [(i, EVENT_LOW_BATTERY, int(d.battery_mv[i, k]))
+                  for i in np.flatnonzero(is_ & (now & low != 0) & (before & low == 0))]
+        found += [(i, EVENT_COUNTER_RESET, 0) for i in np.flatnonzero(is_ & (now & Status.COUNTER_RESET != 0))]
+        found += [(i, EVENT_MODULE_LOST, 0) for i in np.flatnonzero(was & ~is_)]
+        found += [(i, EVENT_MODULE_JOINED, int(self.hops[i])) for i in np.flatnonzero(~was & is_)]
+        frames: dict[int, list[Payload]] = {}
+        for i, code, value in sorted(found):
+            frames.setdefault(int(self.row_concentrator[i]), []).append(Event(int(d.module[i]), t, code, value))
+        return frames
+
+    def profile(self, module_id: int, channel: int, t0: int, t1: int, now: int) -> list[int | None]:
+        """Hourly counters a module kept, for a PROFILE_REQUEST (None: not recorded)."""
+        i = self._rows.get(module_id)
+        hours = range(t0, t1, HOUR)
+        if i is None or channel != 1:
+            return [None for _ in hours]
+        d = self.ensure(min(t1, now))
+        out: list[int | None] = []
+        for t in hours:
+            k = (t - self.install_time) // HOUR
+            ok = 0 <= k < len(d.ts) and t <= now and bool(d.present[i, k])
+            out.append(int(d.counter[i, k]) if ok else None)
+        return out
+
+    def answer(self, module_id: int, code: int, now: int) -> tuple[int, int, float]:
+        """COMMAND_RESULT (result, status, delay) of a command to a module: the
+        answer takes ``hop_delay_s`` per hop there and back."""
+        i = self._rows.get(module_id)
+        if i is None:
+            return CommandResultCode.UNKNOWN_MODULE, 0, self.config.hop_delay_s
+        delay = 2 * self.config.hop_delay_s * int(self.hops[i])
+        d = self.ensure(now)
+        if not d.present[i, self.closing_reading(now)]:
+            return CommandResultCode.NO_ROUTE, 0, delay
+        return CommandResultCode.DONE, STATUS_AFTER.get(CommandCode(code), 0), delay
 
 
-PER_FRAME = 120
-"""Modules per READINGS frame: 120 x (15 + 3 x 4) bytes stay under the 4,096-byte payload limit."""
+def frames(records: list[ReadingRecord]) -> Iterator[Readings]:
+    for k in range(0, len(records), PER_READINGS):
+        yield Readings(tuple(records[k : k + PER_READINGS]))
+
+
+def _mesh(d: ScenarioData) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(parent module, hops, RSSI) of every module. The input meter's module sits
+    by the concentrator; apartment ``a`` is ``(a - 1) // RING`` rings further
+    and relays through the apartment of the same position one ring lower."""
+    base = d.module - d.module % 1000  # the building's input module
+    a = d.module % 1000
+    ring = np.where(a == 0, 0, (a - 1) // RING)
+    hops = np.minimum(ring + 1, 30)
+    parent = np.where(hops == 1, 0, base + 1 + (np.minimum(ring, 29) - 1) * RING + (a - 1) % RING)
+    rssi = -58 - (a * 37) % 35  # -58 .. -92 dBm
+    return parent, hops, rssi
+
+
+# Delivery ----------------------------------------------------------------------------
 
 
 class TcpDelivery:
-    """Delivers the site's readings as its concentrators would: READINGS frames
-    over TCP to the DMesh driver, through simulated concentrators."""
+    """Simulated concentrators that dial in to the driver and send what the site reports."""
 
-    def __init__(self, shape: SiteShape, keys: dict[int, bytes], port: Callable[[], int | None]) -> None:
-        missing = [FIRST_CONCENTRATOR + c for c in range(shape.concentrators) if FIRST_CONCENTRATOR + c not in keys]
-        if missing:
-            raise ValueError(f"simulated concentrators {missing} need keys in [plugins.dmesh] concentrators")
-        self.shape = shape
+    def __init__(self, site: SiteModel, keys: dict[int, bytes], port: Callable[[], int | None],
+                 host: str = "127.0.0.1", clock: Callable[[], float] = time.time) -> None:
+        self.check_keys(site.config, keys)
+        self.site = site
         self.keys = keys
         self.port = port
-        self.concentrators: list[SimulatedConcentrator] = []
+        self.host = host
+        self.clock = clock
+        self.concentrators: dict[int, SimulatedConcentrator] = {}
+
+    @staticmethod
+    def check_keys(config: SimulatorConfig, keys: dict[int, bytes]) -> None:
+        missing = [cid for cid in config.concentrator_ids() if cid not in keys]
+        if missing:
+            raise ValueError(f"simulated concentrators {missing} need keys in [plugins.dmesh] concentrators")
 
     async def start(self) -> None:
         port = self.port()
         if port is None:
             raise RuntimeError("the DMesh driver is not listening: the simulator cannot dial in")
-        for c in range(self.shape.concentrators):
-            cid = FIRST_CONCENTRATOR + c
-            con = SimulatedConcentrator(ConcentratorSettings(cid, self.keys[cid], port=port,
-                                                             modules=self.shape.modules_per_concentrator,
-                                                             meters=self.shape.modules_per_concentrator * len(KINDS)))
+        modules = np.bincount(np.searchsorted(self.site.config.concentrator_ids(), self.site.row_concentrator))
+        for c, cid in enumerate(self.site.config.concentrator_ids()):
+            n = int(modules[c]) if c < len(modules) else 0
+            con = SimulatedConcentrator(
+                ConcentratorSettings(cid, self.keys[cid], host=self.host, port=port, modules=n, meters=n),
+                self.clock, on_command=self._answer, profile=self._profile)
             con.start()
-            self.concentrators.append(con)
+            self.concentrators[cid] = con
 
-    async def deliver(self, batch: ReadingBatch) -> None:
-        """Queue the readings as frames; the concentrators send them as the window allows."""
-        k = len(KINDS)
-        modules, counters = batch.module[::k], batch.counter.reshape(-1, k)
-        t = int(batch.ts[0])
-        for c, con in enumerate(self.concentrators):
-            own = np.flatnonzero((modules - FIRST_MODULE) // 1000 == c)
-            records = [
-                ReadingRecord(int(modules[i]), t, 0, 3600 - int(i % 7) * 20, -60 - int(i % 30), 1 + int(i % 5),
-                              (1 << k) - 1, tuple(counters[i].tolist()))
-                for i in own
-            ]
-            for j in range(0, len(records), PER_FRAME):
-                con.submit(Readings(tuple(records[j : j + PER_FRAME])))
+    def _answer(self, command: Command) -> tuple[int, int, float]:
+        return self.site.answer(command.module_id, command.code, int(self.clock()))
+
+    def _profile(self, module_id: int, channel: int, t0: int, t1: int) -> list[int | None]:
+        return self.site.profile(module_id, channel, t0, t1, int(self.clock()))
+
+    def submit(self, frames: dict[int, list[Payload]]) -> None:
+        """Queue frames per concentrator; they go out as each one's window allows."""
+        for cid, payloads in frames.items():
+            for payload in payloads:
+                self.concentrators[cid].submit(payload)
+
+    async def drained(self) -> None:
+        await asyncio.gather(*(c.drained() for c in self.concentrators.values()))
+
+    @property
+    def acked(self) -> int:
+        return sum(c.counters.acked for c in self.concentrators.values())
 
     async def stop(self) -> None:
-        for con in self.concentrators:
+        for con in self.concentrators.values():
             await con.stop()
         self.concentrators.clear()
 
 
+class SiteRunner:
+    """Feeds a site's history (fast-forward) and then its live readings to a
+    delivery: TCP through simulated concentrators, or straight into ingest."""
+
+    def __init__(self, site: SiteModel, tcp: TcpDelivery | None = None, ingest: Ingest | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
+        if (tcp is None) == (ingest is None):
+            raise ValueError("give either a TCP delivery or an ingest")
+        self.site = site
+        self.tcp = tcp
+        self.ingest = ingest
+        self.clock = clock
+
+    async def send_hours(self, hours: Iterable[int]) -> int:
+        """The hourly readings (and events) of these reading indexes; returns the
+        readings sent. Consecutive hours share frames (a concentrator empties
+        its buffer so after an outage) and ingest batches, so that a month goes
+        through in seconds."""
+        sent = 0
+        pending: dict[int, list[ReadingRecord]] = {}
+        batches: list[ReadingBatch] = []
+        for k in hours:
+            batch = self.site.ensure(self.site.install_time + k * HOUR).batch(k)
+            sent += len(batch)
+            if self.tcp is None:
+                batches.append(batch)
+                if sum(map(len, batches)) >= INGEST_BATCH:
+                    await self._ingest(batches)
+                continue
+            for cid, records in self.site.records(batch).items():
+                buffer = pending.setdefault(cid, [])
+                buffer += records
+                if len(buffer) >= PER_READINGS:
+                    full = len(buffer) // PER_READINGS * PER_READINGS
+                    self.tcp.submit({cid: list(frames(buffer[:full]))})
+                    del buffer[:full]
+            self.tcp.submit(self.site.events(k))
+        if self.tcp is not None:
+            self.tcp.submit({cid: list(frames(r)) for cid, r in pending.items() if r})
+        await self._ingest(batches)
+        return sent
+
+    async def _ingest(self, batches: list[ReadingBatch]) -> None:
+        if self.ingest is not None and batches:
+            columns = [np.concatenate([getattr(b, name) for b in batches])
+                       for name in ("module", "channel", "ts", "counter", "status")]
+            batches.clear()
+            await self.ingest.ingest(ReadingBatch(*columns))
+
+    async def history(self, hours: int) -> int:
+        """Fast-forward: the last ``hours`` hourly readings up to now, then the topology."""
+        now = int(self.clock())
+        last = (now - self.site.install_time) // HOUR
+        sent = await self.send_hours(range(max(0, last - hours), last + 1))
+        if self.tcp is not None:
+            self.tcp.submit(self.site.topology(now))
+        return sent
+
+    async def live(self, interval_s: int) -> None:
+        """Report every ``interval_s`` and at every hour mark (with events and topology), forever."""
+        while True:
+            now = self.clock()
+            tick = (int(now) // interval_s + 1) * interval_s
+            mark = (int(now) // HOUR + 1) * HOUR
+            t = min(tick, mark)
+            await asyncio.sleep(max(0.0, t - self.clock()))
+            try:
+                if t == mark:
+                    await self.send_hours([(t - self.site.install_time) // HOUR])
+                    if self.tcp is not None:
+                        self.tcp.submit(self.site.topology(t))
+                elif self.tcp is not None:
+                    self.tcp.submit(self.site.readings(self.site.ensure(t).batch_at(t)))
+                else:
+                    await self._ingest([self.site.ensure(t).batch_at(t)])
+            except StorageError as exc:
+                log.warning("simulated readings not stored (%s); the next round carries the counters", exc)
+
+
+async def install_time(storage: Storage, now: int, history_hours: int) -> int:
+    """When the simulated site was installed: as stored, or ``history_hours`` ago."""
+    stored = await storage.registry_get("meters", "B1-IN")
+    if stored is not None:
+        return int(stored.install_time)
+    return (now - history_hours * HOUR) // HOUR * HOUR
+
+
 class Simulator:
-    """Component: registers the simulated site and feeds its readings, straight
-    into ingest or over TCP through simulated concentrators."""
+    """Server component: registers the simulated site and feeds its readings."""
 
     name = "dmesh-simulator"
 
-    def __init__(self, storage: Storage, ingest: Ingest, shape: SiteShape, interval_s: int,
-                 history_hours: int, tcp: TcpDelivery | None = None) -> None:
+    def __init__(self, storage: Storage, ingest: Ingest, config: SimulatorConfig, utc_offset_h: int,
+                 tcp: Callable[[SiteModel], TcpDelivery] | None = None) -> None:
         self.storage = storage
         self.ingest = ingest
-        self.tcp = tcp
-        self.shape = shape
-        self.interval_s = interval_s
-        self.history_hours = history_hours
+        self.config = config
+        self.utc_offset_h = utc_offset_h
+        self.make_tcp = tcp
+        self.tcp: TcpDelivery | None = None
+        self.site: SiteModel | None = None
         self._task: asyncio.Task[None] | None = None
-        self.sim: SiteSimulator | None = None
 
     async def start(self) -> None:
         now = int(time.time())
-        start = (now - self.history_hours * 3600) // 3600 * 3600
-        stored = {m.meter_id: m for m in await self.storage.registry_list("meters")}
-        first = stored.get(f"SIM-{FIRST_MODULE}-1")
-        if first is not None:
-            start = first.install_time  # continue the same simulated history
-        self.sim = SiteSimulator(self.shape, start)
-        site = build_site(self.shape, start, self.sim.counters_at(start))
-        if not all(m.meter_id in stored for m in site["meters"]):
-            await self.storage.registry_apply(site)
-        if self.tcp is not None:
+        start = await install_time(self.storage, now, self.config.history_hours)
+        self.site = site = SiteModel(self.config, start, self.utc_offset_h)
+        site.ensure(now)
+        await self.storage.registry_apply(site.registry())
+        if self.make_tcp is not None:
+            self.tcp = self.make_tcp(site)
             await self.tcp.start()
-        # Hourly history up to now (already stored hours come back as duplicates).
-        for t in range(max(start, now - self.history_hours * 3600) // 3600 * 3600, now + 1, 3600):
-            await self._deliver(self.sim.batch(t))
-        self._task = asyncio.create_task(self._run(self.sim), name=self.name)
-
-    async def _deliver(self, batch: ReadingBatch) -> None:
-        if self.tcp is not None:
-            await self.tcp.deliver(batch)
-        else:
-            await self.ingest.ingest(batch)
-
-    async def _run(self, sim: SiteSimulator) -> None:
-        while True:
-            await asyncio.sleep(self.interval_s)
-            try:
-                await self._deliver(sim.batch(int(time.time())))
-            except StorageError as exc:
-                log.warning("simulated readings not stored (%s); the next round carries the counters", exc)
+        runner = SiteRunner(site, self.tcp, None if self.tcp else self.ingest)
+        await runner.history(self.config.history_hours)
+        self._task = asyncio.create_task(runner.live(self.config.interval_s), name=self.name)
 
     async def stop(self) -> None:
         await cancel(self._task)
