@@ -133,6 +133,49 @@ class Meter:
     """Set when the meter was replaced or removed; readings after it are not its own."""
 
 
+LEVELS = ("entrance", "house", "street", "district", "city", "region")
+"""The usual levels of a balance group, from the smallest; any other name is a custom level."""
+ALLOCATION_RULES = ("consumption", "area", "equal")
+"""How a house's imbalance is shared among its accounts (ОДН): in proportion to
+their consumption, to their floor area, or equally."""
+
+
+@dataclass(frozen=True, slots=True)
+class GroupInput:
+    """A meter through which a balance group's resource enters (sign +1, a feed)
+    or leaves (sign -1, a transit or outgoing pipe metered inside the group)."""
+
+    meter_id: str
+    sign: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class Group:
+    """A balance group: what its input meters measure should equal what its
+    members consumed; the difference is the group's imbalance (loss).
+
+    Members are the meters whose ``group_id`` is this group and the groups whose
+    ``parent_id`` is this group; a member group counts with its input (what
+    flowed into it), so a group appears in its parent just as a meter does.
+    """
+
+    group_id: str
+    resource: Resource
+    unit: str
+    inputs: tuple[GroupInput, ...]
+    name: str = ""
+    level: str = "house"
+    parent_id: str | None = None
+    loss_norm_pct: float | None = None
+    """Imbalance as a share of the input that is accepted as normal (technical losses)."""
+    price: float | None = None
+    """Money per unit of the resource, for money lost and the allocation report."""
+    allocation_rule: str = "consumption"
+    odn_norm: float | None = None
+    """Most a month's imbalance may put on the accounts (ОДН), in units per m2 of
+    their floor area; None: no cap."""
+
+
 @dataclass(frozen=True, slots=True)
 class RawReading:
     """One counter value as a driver received it."""

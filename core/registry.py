@@ -21,19 +21,23 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Literal
 
-from balans_edge.core.model import UNITS, Meter, RadioModule, Resource
+from balans_edge.core.groups import group_problems
+from balans_edge.core.model import ALLOCATION_RULES, UNITS, Group, Meter, RadioModule, Resource
 from balans_edge.core.registry_io import (
     BadValue,
     Problem,
     Record,
     RegistryError,
     Where,
+    choice,
     flag_list,
     format_time,
+    group_inputs,
     identifier,
     int_range,
     iso_time,
     number_above,
+    number_between,
     plain_text,
     read_file,
     registry_files,
@@ -66,7 +70,8 @@ __all__ = [
     "validate_upsert",
 ]
 
-KEYS = {"concentrators": "concentrator_id", "modules": "module_id", "accounts": "account_id", "meters": "meter_id"}
+KEYS = {"concentrators": "concentrator_id", "modules": "module_id", "accounts": "account_id", "meters": "meter_id",
+        "groups": "group_id"}
 U32_MAX = (1 << 32) - 1
 TIME_COLUMNS = frozenset({"install_time", "removed_time", "last_seen"})
 STATUS_COLUMNS = ("parent_id", "hops", "rssi", "battery_mv", "firmware")
@@ -128,6 +133,19 @@ COLUMNS: dict[str, dict[str, Column]] = {
         ("flags", flag_list),
         ("removed_time", iso_time),
     ),
+    "groups": _columns(
+        ("group_id", identifier, True),
+        ("resource", resource_name, True),
+        ("unit", unit_name, True),
+        ("inputs", group_inputs, True),
+        ("name", plain_text),
+        ("level", identifier),
+        ("parent_id", identifier),
+        ("loss_norm_pct", number_between(0, 100)),
+        ("price", number_above(0, inclusive=True)),
+        ("allocation_rule", choice(ALLOCATION_RULES)),
+        ("odn_norm", number_above(0, inclusive=True)),
+    ),
 }
 """Columns of each kind in file order (the dataclass field order) with their parsers."""
 
@@ -154,7 +172,8 @@ def _parse(kind: str, data: Mapping[str, Any], where: Where) -> tuple[Any | None
     if problems:
         return None, problems
     obj = REGISTRY_KINDS[kind](**values)
-    problems = _meter_problems(obj, where) if kind == "meters" else []
+    own = {"meters": _meter_problems, "groups": _group_problems}.get(kind)
+    problems = own(obj, where) if own is not None else []
     return (None if problems else obj), problems
 
 
@@ -178,6 +197,15 @@ def _meter_problems(meter: Meter, where: Where) -> list[Problem]:
     if meter.removed_time is not None and meter.removed_time <= meter.install_time:
         problems.append(where.problem("removed_time", "must be later than install_time"))
     return problems
+
+
+def _group_problems(group: Group, where: Where) -> list[Problem]:
+    """Rules that tie a group's own columns together."""
+    allowed = UNITS[group.resource]
+    if group.unit not in allowed:
+        return [where.problem("unit", f'"{group.unit}" is not a unit of {group.resource} '
+                                      f'(allowed: {", ".join(sorted(allowed))})')]
+    return []
 
 
 def parse_object(kind: str, data: Mapping[str, Any], where: str | Where = "request") -> Any:
@@ -210,6 +238,8 @@ def format_object(obj: Any) -> dict[str, Any]:
             value = sorted(value)
         elif isinstance(value, Resource):
             value = value.value
+        elif f.name == "inputs":
+            value = [("-" if i.sign < 0 else "") + i.meter_id for i in value]
         out[f.name] = value
     return out
 
@@ -278,7 +308,7 @@ def _reference_problems(reg: Registry, fresh: Mapping[tuple[str, Any], Where], i
                 problems.append(where.problem("channel", message))
             if missing("accounts", obj.account_id):
                 problems.append(where.problem("account_id", f'unknown account "{obj.account_id}"'))
-    return problems + _overlaps(reg, fresh)
+    return problems + _overlaps(reg, fresh) + group_problems(reg, fresh, incomplete)
 
 
 def _unwired_meters(
@@ -367,20 +397,28 @@ async def validate_upsert(storage: Storage, obj: Any, where: str = "request") ->
         raise RegistryError(problems)
 
 
-_REFERRERS = {
-    "concentrators": ("modules", "concentrator_id"),
-    "modules": ("meters", "module_id"),
-    "accounts": ("meters", "account_id"),
+def _input_ids(group: Group) -> list[str]:
+    return [i.meter_id for i in group.inputs]
+
+
+_REFERRERS: dict[str, list[tuple[str, Callable[[Any], Any]]]] = {
+    "concentrators": [("modules", lambda o: [o.concentrator_id])],
+    "modules": [("meters", lambda o: [o.module_id])],
+    "accounts": [("meters", lambda o: [o.account_id])],
+    "meters": [("groups", _input_ids)],
+    "groups": [("meters", lambda o: [o.group_id]), ("groups", lambda o: [o.parent_id])],
 }
+"""kind -> (kind of referrers, the keys a referrer refers to)."""
 
 
 def check_delete(stored: Mapping[str, Iterable[Any]], kind: str, key: Any, where: str = "request") -> list[Problem]:
     """Why the object ``kind``/``key`` cannot be deleted: the objects that refer to it."""
-    if kind not in _REFERRERS:
-        return []
-    other, column = _REFERRERS[kind]
-    users = [getattr(o, KEYS[other]) for o in stored.get(other, []) if getattr(o, column) == key]
-    return [Where(where).problem(None, f"{other} still refer to it: {', '.join(map(str, users))}")] if users else []
+    problems = []
+    for other, refers in _REFERRERS.get(kind, []):
+        users = [getattr(o, KEYS[other]) for o in stored.get(other, []) if key in refers(o)]
+        if users:
+            problems.append(Where(where).problem(None, f"{other} still refer to it: {', '.join(map(str, users))}"))
+    return problems
 
 
 # -- files ---------------------------------------------------------------------------

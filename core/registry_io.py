@@ -22,7 +22,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from balans_edge.core.model import METER_FLAGS, UNITS, Resource, unix, utc
+from balans_edge.core.model import METER_FLAGS, UNITS, GroupInput, Resource, unix, utc
 from balans_edge.core.storage.base import REGISTRY_KINDS
 
 JSON_FILE = "registry.json"
@@ -402,3 +402,44 @@ def flag_list(value: Any) -> frozenset[str]:
     if unknown:
         raise BadValue(f'unknown flag "{unknown[0]}" (allowed: {", ".join(sorted(METER_FLAGS))})')
     return frozenset(found)
+
+
+def group_inputs(value: Any) -> tuple[GroupInput, ...]:
+    """Input meters of a group: ``M1;-M2`` in CSV (``-`` marks an outgoing or
+    transit meter), a list of such strings in JSON."""
+    if isinstance(value, str):
+        items: list[Any] = re.split(r"[;,]", value)
+    elif isinstance(value, list) and all(isinstance(v, str) for v in value):
+        items = value
+    else:
+        raise BadValue(f"expected a list of meter ids, e.g. \"IN-1;-TRANSIT-2\", got {shown(value)}")
+    inputs = []
+    for item in (i.strip() for i in items):
+        if not item:
+            continue
+        sign, meter_id = (-1, item[1:].strip()) if item.startswith("-") else (1, item.lstrip("+").strip())
+        inputs.append(GroupInput(identifier(meter_id), sign))
+    if not inputs:
+        raise BadValue("a group needs at least one input meter")
+    return tuple(inputs)
+
+
+def choice(options: Sequence[str]) -> Callable[[Any], str]:
+    def parse(value: Any) -> str:
+        if isinstance(value, str) and value.strip().lower() in options:
+            return value.strip().lower()
+        raise BadValue(f"expected one of {', '.join(options)}, got {shown(value)}")
+
+    return parse
+
+
+def number_between(lo: float, hi: float) -> Callable[[Any], float]:
+    above = number_above(lo, inclusive=True)
+
+    def parse(value: Any) -> float:
+        result = above(value)
+        if result > hi:
+            raise BadValue(f"expected a number {lo:g}..{hi:g}, got {shown(value)}")
+        return result
+
+    return parse

@@ -31,9 +31,9 @@ def test_import_is_all_or_nothing_and_idempotent(tmp_path):
     c = config(tmp_path)
     first = cli("registry", "import", "-c", c, *map(str, EXAMPLES))
     assert first.returncode == 0, first.stderr
-    assert "meters: 5 created, 0 updated, 0 unchanged" in first.stdout
+    assert "meters: 7 created, 0 updated, 0 unchanged" in first.stdout
     again = cli("registry", "import", "-c", c, *map(str, EXAMPLES))
-    assert "meters: 0 created, 0 updated, 5 unchanged" in again.stdout
+    assert "meters: 0 created, 0 updated, 7 unchanged" in again.stdout
 
     broken = tmp_path / "meters.csv"
     lines = Path("config/registry/meters.csv").read_text().splitlines()

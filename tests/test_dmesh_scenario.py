@@ -45,7 +45,9 @@ def test_meters_and_modules() -> None:
     assert [m.meter_id for m in data.meters] == ["B1-IN", "B1-A01", "B1-A02", "B1-A03", "B2-IN", "B2-A01", "B2-A02"]
     assert len({m.module_id for m in data.meters}) == 7  # one module per meter
     assert all(m.channel == 1 and m.pulse_weight == 0.001 and m.unit == "m3" for m in data.meters)
-    assert [m.group_id for m in data.meters] == ["B1"] * 4 + ["B2"] * 3
+    assert [m.group_id for m in data.meters] == [None, "B1", "B1", "B1", None, "B2", "B2"]  # inputs feed, not members
+    groups = data.registry()["groups"]
+    assert [(g.group_id, [i.meter_id for i in g.inputs]) for g in groups] == [("B1", ["B1-IN"]), ("B2", ["B2-IN"])]
     assert all(m.install_time == data.ts[0] and m.base_counter == data.counter[i, 0] for i, m in enumerate(data.meters))
     assert data.is_input.tolist() == [True, False, False, False, True, False, False]
     assert data.counter.shape == data.status.shape == (7, 5)

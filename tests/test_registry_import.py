@@ -116,6 +116,7 @@ async def test_good_csv_set_imports(storage, tmp_path):
         "modules": (2, 0, 0),
         "accounts": (2, 0, 0),
         "meters": (6, 0, 0),
+        "groups": (0, 0, 0),
     }
     assert len(calls) == 1
     w1 = await storage.registry_get("meters", "W1")
@@ -190,14 +191,15 @@ async def test_example_site_imports_cleanly(storage):
     report = await import_registry(storage, sorted(EXAMPLES.glob("*.csv")))
     assert counts(report) == {
         "concentrators": (1, 0, 0),
-        "modules": (3, 0, 0),
+        "modules": (4, 0, 0),
         "accounts": (3, 0, 0),
-        "meters": (5, 0, 0),
+        "meters": (7, 0, 0),
+        "groups": (2, 0, 0),
     }
     resources = {m.resource for m in await storage.registry_list("meters")}
     assert resources == {Resource.WATER, Resource.HEAT, Resource.ELECTRICITY}
     again = await import_registry(storage, [EXAMPLES])  # a folder stands for its files
-    assert again.unchanged == 12 and again.created == again.updated == 0
+    assert again.unchanged == 17 and again.created == again.updated == 0
 
 
 async def test_semicolon_csv_with_bom(storage, tmp_path):
@@ -372,10 +374,10 @@ async def test_broken_csv_file(storage, tmp_path, content, line, words):
 
 
 async def test_unknown_file_name(storage, tmp_path):
-    other = tmp_path / "groups.csv"
-    other.write_text("group_id\nG1\n")
+    other = tmp_path / "tariffs.csv"
+    other.write_text("tariff_id\nT1\n")
     problems = await refused(storage, [*write_set(tmp_path), other])
-    assert [p.file for p in problems] == ["groups.csv"]
+    assert [p.file for p in problems] == ["tariffs.csv"]
 
 
 # -- JSON and round trips ---------------------------------------------------------------
@@ -441,7 +443,7 @@ async def test_json_problems_name_the_item(storage, tmp_path):
         ('{"meters": [}', "registry.json:1"),
         ("[1, 2]", "registry.json"),
         ('{"meters": {}}', "registry.json:meters"),
-        ('{"groups": []}', "registry.json"),
+        ('{"tariffs": []}', "registry.json"),
     ],
 )
 async def test_broken_json(storage, tmp_path, content, where):

@@ -8,20 +8,26 @@ the domain: registry objects, reading columns as numpy arrays, hourly rows.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from balans_edge.core.model import Account, Concentrator, Meter, RadioModule
+from balans_edge.core.model import Account, Concentrator, Group, Meter, RadioModule
+
+if TYPE_CHECKING:
+    from balans_edge.core.balance import BalanceSeries
 
 REGISTRY_KINDS: dict[str, type] = {
     "concentrators": Concentrator,
     "modules": RadioModule,
     "accounts": Account,
     "meters": Meter,
+    "groups": Group,
 }
-"""Registry kinds in dependency order (a meter refers to a module and an account)."""
+"""Registry kinds in dependency order (a meter refers to a module and an account;
+groups and meters refer to each other, so they are checked together)."""
 
 
 class StorageError(Exception):
@@ -237,6 +243,27 @@ class Storage(ABC):
     @abstractmethod
     async def hourly(self, meter: int, t0: int, t1: int) -> list[tuple[int, float | None, int]]:
         """Stored hourly rows (t, value, quality code) with t0 <= t < t1."""
+
+    # balance ------------------------------------------------------------
+
+    @abstractmethod
+    async def consumption_matrix(self, meters: Sequence[int], t0: int, t1: int) -> tuple[np.ndarray, np.ndarray]:
+        """Hourly values of ``meters`` for the hours t0 <= t < t1 (hour-aligned)
+        as two (meters x hours) arrays in the order given: float64 values (NaN
+        where there is none) and int8 quality codes (missing where no row)."""
+
+    @abstractmethod
+    async def take_balance_dirty(self, limit: int = 10000) -> list[tuple[int, int, int]]:
+        """(id, lo, hi) ranges of hours whose balance must be recomputed (oldest first)."""
+
+    @abstractmethod
+    async def save_balance(self, series: BalanceSeries, done: list[int]) -> None:
+        """Store hourly balance rows and drop the dirty ranges ``done``, in one transaction."""
+
+    @abstractmethod
+    async def balance(self, group_ids: Sequence[str], t0: int, t1: int) -> BalanceSeries:
+        """Stored hourly balance of the groups for t0 <= t < t1, every hour
+        present (hours never computed are zeros: no members, no input)."""
 
     # journals -----------------------------------------------------------
 

@@ -18,11 +18,12 @@ import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiosqlite
+import numpy as np
 
-from balans_edge.core.model import Meter, Resource
+from balans_edge.core.model import GroupInput, Meter, Resource
 from balans_edge.core.storage.base import (
     CONNECTION_EVENTS,
     REGISTRY_KINDS,
@@ -38,6 +39,9 @@ from balans_edge.core.storage.base import (
 )
 from balans_edge.core.storage.migrations import migrate
 
+if TYPE_CHECKING:
+    from balans_edge.core.balance import BalanceSeries
+
 log = logging.getLogger(__name__)
 
 Statement = tuple[str, Iterable[Sequence[Any]]]
@@ -47,7 +51,12 @@ KEYS = {
     "modules": "module_id",
     "accounts": "account_id",
     "meters": "meter_id",
+    "groups": "group_id",
 }
+BALANCE_COLUMNS = ("input", "consumed", "measured", "estimated", "missing",
+                   "input_measured", "input_estimated", "input_missing")
+MATRIX_CHUNK = 500
+"""Meters per consumption query (well under SQLite's limit on bound parameters)."""
 READING_COLUMNS = "meter, ts, counter, pulses, status, flags"
 JOURNALS = {
     "commands": ("t", "target", "code", "requested_by", "reason", "outcome", "detail"),
@@ -58,18 +67,26 @@ JOURNALS = {
 
 def _to_row(kind: str, obj: Any) -> dict[str, Any]:
     row = dataclasses.asdict(obj)
-    if kind == "meters":
+    if kind in ("meters", "groups"):
         row["resource"] = str(obj.resource)
+    if kind == "meters":
         row["flags"] = ",".join(sorted(obj.flags))
+    if kind == "groups":
+        row["inputs"] = ",".join(("-" if i.sign < 0 else "") + i.meter_id for i in obj.inputs)
     return row
 
 
 def _from_row(kind: str, row: aiosqlite.Row) -> Any:
     cls = REGISTRY_KINDS[kind]
     values = {f.name: row[f.name] for f in dataclasses.fields(cls)}
-    if kind == "meters":
+    if kind in ("meters", "groups"):
         values["resource"] = Resource(values["resource"])
+    if kind == "meters":
         values["flags"] = frozenset(f for f in values["flags"].split(",") if f)
+    if kind == "groups":
+        values["inputs"] = tuple(
+            GroupInput(i[1:], -1) if i.startswith("-") else GroupInput(i) for i in values["inputs"].split(",") if i
+        )
     return cls(**values)
 
 
@@ -398,6 +415,9 @@ class SqliteStorage(Storage):
                     meter_rows,
                 )
             )
+            # The balance of these hours changes with them (same transaction: nothing is lost in a crash).
+            hours = [r[1] for r in meter_rows]
+            statements.append(("INSERT INTO balance_dirty (lo, hi) VALUES (?, ?)", [(min(hours), max(hours) + 3600)]))
         if done:
             statements.append(("DELETE FROM interval_dirty WHERE id = ?", [(i,) for i in done]))
         await self._submit(statements)
@@ -408,6 +428,77 @@ class SqliteStorage(Storage):
             (meter, t0, t1),
         )
         return [tuple(r) for r in rows]
+
+    # balance -------------------------------------------------------------
+
+    async def consumption_matrix(self, meters: Sequence[int], t0: int, t1: int) -> tuple[np.ndarray, np.ndarray]:
+        hours = max(0, (t1 - t0) // 3600)
+        values = np.full((len(meters), hours), np.nan)
+        quality = np.full((len(meters), hours), 2, dtype=np.int8)
+        keys = np.asarray(meters, dtype=np.int64)
+        order = np.argsort(keys, kind="stable")
+        for i in range(0, len(keys), MATRIX_CHUNK):
+            chunk = keys[order[i : i + MATRIX_CHUNK]]
+            marks = ", ".join("?" * len(chunk))
+            rows = await self._all(
+                f"SELECT meter, t, value, quality FROM consumption_hourly "
+                f"WHERE meter IN ({marks}) AND t >= ? AND t < ?",
+                (*chunk.tolist(), t0, t1),
+            )
+            if not rows:
+                continue
+            a = np.array([(r[0], r[1], np.nan if r[2] is None else r[2], r[3]) for r in rows], dtype=np.float64)
+            row = order[i + np.searchsorted(chunk, a[:, 0].astype(np.int64))]
+            col = ((a[:, 1].astype(np.int64) - t0) // 3600)
+            values[row, col] = a[:, 2]
+            quality[row, col] = a[:, 3].astype(np.int8)
+        return values, quality
+
+    async def take_balance_dirty(self, limit: int = 10000) -> list[tuple[int, int, int]]:
+        rows = await self._all("SELECT id, lo, hi FROM balance_dirty ORDER BY id LIMIT ?", (limit,))
+        return [tuple(r) for r in rows]
+
+    async def save_balance(self, series: BalanceSeries, done: list[int]) -> None:
+        columns = [getattr(series, c) for c in BALANCE_COLUMNS]
+        rows = [
+            (gid, t, *(col[g, h].item() for col in columns))
+            for g, gid in enumerate(series.group_ids)
+            for h, t in enumerate(series.t.tolist())
+        ]
+        statements: list[Statement] = []
+        if rows:
+            names = ", ".join(BALANCE_COLUMNS)
+            updates = ", ".join(f"{c} = excluded.{c}" for c in BALANCE_COLUMNS)
+            statements.append((
+                f"INSERT INTO balance_hourly (group_id, t, {names}) VALUES (?, ?{', ?' * len(BALANCE_COLUMNS)}) "
+                f"ON CONFLICT (group_id, t) DO UPDATE SET {updates}",
+                rows,
+            ))
+        if done:
+            statements.append(("DELETE FROM balance_dirty WHERE id = ?", [(i,) for i in done]))
+        if statements:
+            await self._submit(statements)
+
+    async def balance(self, group_ids: Sequence[str], t0: int, t1: int) -> BalanceSeries:
+        from balans_edge.core.balance import BalanceSeries
+
+        hours = np.arange(t0, t1, 3600, dtype=np.int64)
+        data = {c: np.zeros((len(group_ids), len(hours)), dtype=np.float64 if i < 2 else np.int64)
+                for i, c in enumerate(BALANCE_COLUMNS)}
+        index = {g: i for i, g in enumerate(group_ids)}
+        for i in range(0, len(group_ids), MATRIX_CHUNK):
+            chunk = list(group_ids[i : i + MATRIX_CHUNK])
+            marks = ", ".join("?" * len(chunk))
+            rows = await self._all(
+                f"SELECT group_id, t, {', '.join(BALANCE_COLUMNS)} FROM balance_hourly "
+                f"WHERE group_id IN ({marks}) AND t >= ? AND t < ?",
+                (*chunk, t0, t1),
+            )
+            for r in rows:
+                g, h = index[r[0]], (r[1] - t0) // 3600
+                for j, c in enumerate(BALANCE_COLUMNS):
+                    data[c][g, h] = r[2 + j]
+        return BalanceSeries(list(group_ids), hours, **data)
 
     # journals -------------------------------------------------------------
 

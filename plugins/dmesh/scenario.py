@@ -30,7 +30,17 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from balans_edge.core.ingest import ReadingBatch
-from balans_edge.core.model import COUNTER_MODULUS, Account, Concentrator, Meter, RadioModule, Resource, Status
+from balans_edge.core.model import (
+    COUNTER_MODULUS,
+    Account,
+    Concentrator,
+    Group,
+    GroupInput,
+    Meter,
+    RadioModule,
+    Resource,
+    Status,
+)
 
 HOUR = 3600
 PULSE_WEIGHT = 0.001
@@ -308,7 +318,7 @@ class ScenarioData:
         self._index = {m.meter_id: i for i, m in enumerate(self.meters)}
 
     def registry(self, concentrators: Mapping[int, int] | None = None) -> dict[str, list]:
-        """Concentrators, radio modules, accounts and meters, as
+        """Concentrators, radio modules, accounts, meters and the buildings' balance groups, as
         ``Storage.registry_apply`` takes them. ``concentrators`` maps a
         building index to the concentrator its modules report to."""
         concentrators = concentrators or {}
@@ -320,6 +330,9 @@ class ScenarioData:
             "modules": modules,
             "accounts": list(self.accounts),
             "meters": list(self.meters),
+            "groups": [Group(f"B{b + 1}", Resource.WATER, "m3", (GroupInput(f"B{b + 1}-IN"),),
+                             name=f"Building {b + 1}", level="house", allocation_rule="area")
+                       for b in range(self.scenario.buildings)],
         }
 
     def row(self, meter_id: str) -> int:
@@ -540,7 +553,7 @@ def generate(scenario: Scenario, faults: Sequence[AnyFault] = ()) -> ScenarioDat
 
     meters = [
         Meter(mid, Resource.WATER, "m3", PULSE_WEIGHT, scenario.start, module_id=module[i], channel=1,
-              base_counter=int(counter[i, 0]), group_id=f"B{building[i] + 1}",
+              base_counter=int(counter[i, 0]), group_id=None if is_input[i] else f"B{building[i] + 1}",
               account_id=None if is_input[i] else mid)
         for i, mid in enumerate(ids)
     ]
