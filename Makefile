@@ -36,6 +36,7 @@ test: $(EXAMPLE_STAMP)
 bench: $(STAMP)
 	$$(command -v taskset >/dev/null && echo taskset -c 0) $(BIN)/python bench/ingest.py
 	$(BIN)/python bench/dmesh.py
+	$$(command -v taskset >/dev/null && echo taskset -c 0) $(BIN)/python bench/balance.py
 
 clean:
 	rm -rf var build dist *.egg-info .pytest_cache

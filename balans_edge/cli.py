@@ -89,7 +89,7 @@ def run(config_path: Path | None, host: str | None, port: int | None) -> None:
     """Run the server until SIGINT or SIGTERM."""
     import dataclasses
 
-    from balans_edge.server import Server
+    from balans_edge.server import Server, StartupError
 
     plugins, config = prepare(config_path)
     if host is not None or port is not None:
@@ -110,6 +110,9 @@ def run(config_path: Path | None, host: str | None, port: int | None) -> None:
         except PluginError as exc:
             log.error("start-up failed: %s", exc)
             return 3
+        except StartupError as exc:
+            log.error("start-up failed: %s", exc)
+            return 2
         except OSError as exc:
             log.error("start-up failed: %s", exc)
             return 4
@@ -155,9 +158,11 @@ def plugins_command(config_path: Path | None, as_json: bool) -> None:
             click.echo(f"{'':<16} error: {p['error']}")
 
 
+from balans_edge.balance_cli import balance  # noqa: E402 - needs the helpers above
 from balans_edge.registry_cli import registry  # noqa: E402 - needs the helpers above
 
 cli.add_command(registry)
+cli.add_command(balance)
 
 
 def main() -> None:

@@ -14,8 +14,10 @@ from pathlib import Path
 from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from balans_edge.core.balance_worker import BalanceSettings
 from balans_edge.core.ingest import IngestSettings
 from balans_edge.core.intervals import IntervalSettings
+from balans_edge.core.model import Group
 from balans_edge.settings import ConfigError, parse_section, setting
 
 Role = Literal["viewer", "operator", "admin"]
@@ -75,7 +77,11 @@ class Config:
     storage: StorageSection = field(default_factory=StorageSection)
     ingest: IngestSettings = field(default_factory=IngestSettings)
     intervals: IntervalSettings = field(default_factory=IntervalSettings)
+    balance: BalanceSettings = field(default_factory=BalanceSettings)
     api: ApiSection = field(default_factory=ApiSection)
+    groups: list[Group] = field(default_factory=list)
+    """Balance groups declared in the file (``[[groups]]``, columns as in groups.csv);
+    written to the registry at start-up after the same checks as an import."""
     plugins: dict[str, Any] = field(default_factory=dict)
     """Validated plugin sections by plugin name (the plugin's dataclass, or a dict)."""
     plugin_flags: dict[str, PluginFlags] = field(default_factory=dict)
@@ -94,6 +100,7 @@ SECTIONS = {
     "storage": StorageSection,
     "ingest": IngestSettings,
     "intervals": IntervalSettings,
+    "balance": BalanceSettings,
     "api": ApiSection,
 }
 
@@ -103,8 +110,9 @@ def parse_config(data: dict[str, Any], schemas: dict[str, type], source: str = "
     problems: list[str] = []
     values: dict[str, Any] = {}
     for key in data:
-        if key not in SECTIONS and key != "plugins":
-            problems.append(f"[{key}]: unknown section (known: {', '.join([*SECTIONS, 'plugins'])})")
+        if key not in SECTIONS and key not in ("plugins", "groups"):
+            problems.append(f"[{key}]: unknown section (known: {', '.join([*SECTIONS, 'groups', 'plugins'])})")
+    groups = _groups(data.get("groups", []), problems)
     for name, cls in SECTIONS.items():
         try:
             values[name] = parse_section(cls, data.get(name, {}), [name])
@@ -141,7 +149,23 @@ def parse_config(data: dict[str, Any], schemas: dict[str, type], source: str = "
                 problems.extend(exc.problems)
     if problems:
         raise ConfigError(problems)
-    return Config(**values, plugins=plugins, plugin_flags=flags, source=source)
+    return Config(**values, groups=groups, plugins=plugins, plugin_flags=flags, source=source)
+
+
+def _groups(tables: Any, problems: list[str]) -> list[Group]:
+    """``[[groups]]`` through the registry's own parser, so the rules and messages are those of groups.csv."""
+    from balans_edge.core.registry import RegistryError, parse_object
+
+    if not isinstance(tables, list):
+        problems.append("[groups]: expected an array of tables ([[groups]])")
+        return []
+    groups = []
+    for i, table in enumerate(tables):
+        try:
+            groups.append(parse_object("groups", table, where=f"[[groups]] #{i + 1}"))
+        except RegistryError as exc:
+            problems.extend(str(p) for p in exc.problems)
+    return groups
 
 
 def load_config(path: str | Path | None, schemas: dict[str, type]) -> Config:

@@ -93,6 +93,28 @@ def parse_time(request: Request, name: str, default: int | None = None) -> int:
     return int(dt.timestamp())
 
 
+MAX_SPAN_S = {"hour": 366 * 24 * 3600, "day": 10 * 366 * 24 * 3600, "month": 50 * 366 * 24 * 3600}
+"""Longest period a query may ask for at each step (bounds the work of one request)."""
+
+
+def parse_step(request: Request) -> str:
+    step = request.args.get("step", "hour")
+    if step not in MAX_SPAN_S:
+        raise ApiError(400, "bad_parameter", f"step: expected hour, day or month, got {step!r}")
+    return step
+
+
+def parse_period(request: Request, step: str) -> tuple[int, int]:
+    """``from`` and ``to`` of a query, checked: ordered, and not too long for the step."""
+    t0 = parse_time(request, "from")
+    t1 = parse_time(request, "to")
+    if t1 <= t0:
+        raise ApiError(400, "bad_parameter", "to must be later than from")
+    if t1 - t0 > MAX_SPAN_S[step]:
+        raise ApiError(400, "bad_parameter", f"period too long for step={step}")
+    return t0, t1
+
+
 def path_u32(raw: str, name: str) -> int:
     """A path parameter that is a device id (u32, 1..4294967295), or a 400 naming it."""
     if not raw.isdigit() or not 0 < int(raw) < 2**32:

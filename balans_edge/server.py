@@ -18,6 +18,7 @@ from zoneinfo import ZoneInfo
 from balans_edge import __version__
 from balans_edge.config import Config
 from balans_edge.core.actuation import ActuationService
+from balans_edge.core.balance_worker import BalanceWorker
 from balans_edge.core.bus import EventBus, ReadingsCommitted, Subscription
 from balans_edge.core.components import Alarm, Command, Component, Exporter, Finding
 from balans_edge.core.ingest import Ingest
@@ -31,6 +32,10 @@ from balans_edge.routes import Route
 log = logging.getLogger(__name__)
 
 
+class StartupError(Exception):
+    """The configuration cannot be put into effect (e.g. its groups do not fit the registry)."""
+
+
 class Server:
     def __init__(self, config: Config, plugins: Plugins, storage: Storage | None = None) -> None:
         self.config = config
@@ -40,6 +45,7 @@ class Server:
         self.storage = storage or open_storage(config.storage.url)
         self.ingest = Ingest(self.storage, config.ingest, self.bus)
         self.intervals = IntervalWorker(self.storage, config.intervals, self.bus)
+        self.balance = BalanceWorker(self.storage, config.balance, self.bus)
         self.actuation = ActuationService(self.storage, observer=self._observe_command)
         self.components: list[tuple[str, Component]] = []
         self.detectors: list[tuple[str, Any]] = []
@@ -116,8 +122,10 @@ class Server:
     async def start(self, *, http: bool = True) -> None:
         await self.storage.open()
         try:
+            await self._apply_config_groups()
             self.collect_contributions()
             await self.intervals.start()
+            await self.balance.start()
             # Subscribe before components start so observers see their first readings.
             sub = self.bus.subscribe(ReadingsCommitted, maxsize=1000, policy="drop_oldest")
             self._observer_task = asyncio.create_task(self._observe_readings(sub), name="observe-readings")
@@ -133,6 +141,20 @@ class Server:
         for info in self.plugins.info.values():
             if info.state == "loaded":
                 info.state = "started"
+
+    async def _apply_config_groups(self) -> None:
+        """Write the configuration's groups to the registry, checked like an import:
+        on any problem start-up fails and nothing is written."""
+        if not self.config.groups:
+            return
+        from balans_edge.core.registry import RegistryError, validate_all
+
+        try:
+            await validate_all(self.storage, [(g, f"{self.config.source}: [[groups]] {g.group_id}")
+                                              for g in self.config.groups])
+        except RegistryError as exc:
+            raise StartupError(f"configured groups refused, nothing written:\n{exc}") from None
+        await self.storage.registry_apply({"groups": list(self.config.groups)})
 
     async def _start_components(self) -> None:
         plugin_components = self.components + [(n, e) for n, e in self.exporters]
@@ -169,6 +191,7 @@ class Server:
             await self._stop_component(name, component)
         await cancel(self._observer_task)
         self._observer_task = None
+        await self.balance.stop()
         await self.intervals.stop()
         await self.storage.close()
 

@@ -34,6 +34,15 @@ class IntervalsUpdated:
     t_max: int
 
 
+@dataclass(frozen=True, slots=True)
+class BalanceUpdated:
+    """The hourly balance of these groups was recomputed over [t_min, t_max)."""
+
+    groups: tuple[str, ...]
+    t_min: int
+    t_max: int
+
+
 Policy = Literal["block", "drop_oldest"]
 
 

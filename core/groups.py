@@ -96,7 +96,7 @@ def _cycles(groups: dict[str, Group], fresh: Fresh) -> list[Problem]:
         if node not in chain:
             continue
         cycle = chain[chain.index(node):]
-        if frozenset(cycle) in reported:
+        if len(cycle) == 1 or frozenset(cycle) in reported:  # a group that is its own parent: told once already
             continue
         reported.add(frozenset(cycle))
         blamed = next((g for g in cycle if ("groups", g) in fresh), None)

@@ -67,6 +67,7 @@ __all__ = [
     "kind_of",
     "parse_object",
     "read_registry",
+    "validate_all",
     "validate_upsert",
 ]
 
@@ -392,7 +393,12 @@ async def _stored(storage: Storage) -> dict[str, list[Any]]:
 
 async def validate_upsert(storage: Storage, obj: Any, where: str = "request") -> None:
     """Raise RegistryError if writing ``obj`` (from ``parse_object``) would break a reference."""
-    problems = check_references(await _stored(storage), [(obj, where)])
+    await validate_all(storage, [(obj, where)])
+
+
+async def validate_all(storage: Storage, incoming: Sequence[tuple[Any, Where | str]]) -> None:
+    """Raise RegistryError if writing these objects together would break a reference."""
+    problems = check_references(await _stored(storage), incoming)
     if problems:
         raise RegistryError(problems)
 

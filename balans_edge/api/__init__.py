@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from balans_edge.api import commands, meters, registry, system
+from balans_edge.api import commands, groups, meters, registry, system
 
 if TYPE_CHECKING:
     from balans_edge.routes import Route
@@ -12,4 +12,5 @@ if TYPE_CHECKING:
 
 
 def routes(server: Server) -> list[Route]:
-    return system.routes(server) + registry.routes(server) + meters.routes(server) + commands.routes(server)
+    return (system.routes(server) + registry.routes(server) + meters.routes(server) + groups.routes(server)
+            + commands.routes(server))

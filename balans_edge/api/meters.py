@@ -8,15 +8,14 @@ import numpy as np
 from sanic.request import Request
 
 from balans_edge.core.ingest import ReadingBatch
-from balans_edge.core.intervals import HOUR, aggregate, ceil_hour, floor_hour, to_points
+from balans_edge.core.intervals import aggregate, ceil_hour, floor_hour, to_points
 from balans_edge.core.model import Meter
 from balans_edge.core.storage import StorageError
-from balans_edge.routes import ApiError, Param, Route, body_json, iso, json, parse_time
+from balans_edge.routes import ApiError, Param, Route, body_json, iso, json, parse_period, parse_step
 
 if TYPE_CHECKING:
     from balans_edge.server import Server
 
-MAX_SPAN_S = {"hour": 366 * 24 * HOUR, "day": 10 * 366 * 24 * HOUR, "month": 50 * 366 * 24 * HOUR}
 MAX_PUSH = 100_000
 PUSH_FIELDS = ("module_id", "channel", "ts", "counter")
 
@@ -29,18 +28,9 @@ def routes(server: Server) -> list[Route]:
             raise ApiError(404, "not_found", f"meter {meter_id!r} is not in the registry")
         return key, meter
 
-    def period(request: Request, step: str) -> tuple[int, int]:
-        t0 = parse_time(request, "from")
-        t1 = parse_time(request, "to")
-        if t1 <= t0:
-            raise ApiError(400, "bad_parameter", "to must be later than from")
-        if t1 - t0 > MAX_SPAN_S[step]:
-            raise ApiError(400, "bad_parameter", f"period too long for step={step}")
-        return t0, t1
-
     async def readings(request: Request, meter_id: str) -> Any:
         key, meter = await meter_or_404(meter_id)
-        t0, t1 = period(request, "day")
+        t0, t1 = parse_period(request, "day")
         rows = await server.storage.readings(key, t0, t1)
         values = meter.base_reading + rows.pulses * meter.pulse_weight
         points = [
@@ -53,11 +43,9 @@ def routes(server: Server) -> list[Route]:
         return json({"meter_id": meter_id, "unit": meter.unit, "readings": points})
 
     async def consumption(request: Request, meter_id: str) -> Any:
-        step = request.args.get("step", "hour")
-        if step not in MAX_SPAN_S:
-            raise ApiError(400, "bad_parameter", f"step: expected hour, day or month, got {step!r}")
+        step = parse_step(request)
         key, meter = await meter_or_404(meter_id)
-        t0, t1 = period(request, step)
+        t0, t1 = parse_period(request, step)
         await server.intervals.process()  # read-your-writes: late data is folded in first
         h0, h1 = floor_hour(t0), ceil_hour(t1)
         points = aggregate(to_points(h0, h1, await server.storage.hourly(key, h0, h1)), step, server.tz)

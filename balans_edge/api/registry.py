@@ -1,4 +1,4 @@
-"""Registry CRUD: concentrators, radio modules, accounts and meters."""
+"""Registry CRUD: concentrators, radio modules, accounts, meters and balance groups."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 from sanic.request import Request
 
 from balans_edge.core import registry as reg
+from balans_edge.core.balance_queries import Tree
 from balans_edge.core.storage import StorageError
 from balans_edge.routes import ApiError, Param, Route, body_json, json, path_u32
 
@@ -18,6 +19,7 @@ KINDS = {
     "modules": ("module_id", "integer"),
     "accounts": ("account_id", "string"),
     "meters": ("meter_id", "string"),
+    "groups": ("group_id", "string"),
 }
 
 
@@ -41,7 +43,10 @@ def _kind_routes(server: Server, kind: str, key: str, key_type: str) -> list[Rou
         obj = await storage.registry_get(kind, parse_key(ident))
         if obj is None:
             raise ApiError(404, "not_found", f"{kind[:-1]} {ident!r} is not in the registry")
-        return json(reg.format_object(obj))
+        out = reg.format_object(obj)
+        if kind == "groups":  # a group's members live in the meters and groups that name it
+            out |= (await Tree.load(storage)).describe(obj.group_id)
+        return json(out)
 
     async def save(request: Request, data: Any, ident: str | int | None) -> Any:
         if not isinstance(data, dict):

@@ -1,0 +1,117 @@
+"""Balance groups: balance per hour, day or month, consumption like a meter's,
+monthly allocation (ОДН), and the ranking of losses."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from sanic.request import Request
+
+from balans_edge.core import balance_queries as q
+from balans_edge.core.balance import iso, points
+from balans_edge.core.model import Group
+from balans_edge.routes import ApiError, Param, Route, json, parse_period, parse_step
+
+if TYPE_CHECKING:
+    from balans_edge.server import Server
+
+ORDERS = ("absolute", "relative", "trend")
+
+
+def routes(server: Server) -> list[Route]:
+    storage = server.storage
+
+    async def group_or_404(group_id: str) -> Group:
+        group = await storage.registry_get("groups", group_id)
+        if group is None:
+            raise ApiError(404, "not_found", f"group {group_id!r} is not in the registry")
+        return group
+
+    async def fresh() -> None:
+        """Read your writes: late readings are folded into consumption, then into balances."""
+        await server.intervals.process()
+        await server.balance.process()
+
+    async def balance(request: Request, group_id: str) -> Any:
+        group = await group_or_404(group_id)
+        step = parse_step(request)
+        t0, t1 = parse_period(request, step)
+        await fresh()
+        series = await q.group_series(storage, [group_id], t0, t1, step, server.tz)
+        threshold = server.config.balance.completeness_threshold
+        return json({
+            "group_id": group_id,
+            "name": group.name,
+            "level": group.level,
+            "unit": group.unit,
+            "step": step,
+            "loss_norm_pct": group.loss_norm_pct,
+            "completeness_threshold": threshold,
+            "points": points(series, 0, group, threshold),
+        })
+
+    async def consumption(request: Request, group_id: str) -> Any:
+        """What flowed into the group, in the shape of a meter's consumption."""
+        group = await group_or_404(group_id)
+        step = parse_step(request)
+        t0, t1 = parse_period(request, step)
+        await fresh()
+        s = await q.group_series(storage, [group_id], t0, t1, step, server.tz)
+        out = []
+        for i, t in enumerate(s.t.tolist()):
+            quality = ("missing" if s.input_missing[0, i] else "estimated" if s.input_estimated[0, i]
+                       else "measured")
+            value = None if s.input_missing[0, i] else round(float(s.input[0, i]), 9)
+            out.append({"t": iso(t), "value": value, "quality": quality})
+        return json({"group_id": group_id, "unit": group.unit, "step": step, "points": out})
+
+    async def allocation(request: Request, group_id: str) -> Any:
+        group = await group_or_404(group_id)
+        month = request.args.get("month")
+        if not month:
+            raise ApiError(400, "missing_parameter", "query parameter month is required (YYYY-MM)")
+        try:
+            q.month_bounds(month, server.tz)
+        except ValueError as exc:
+            raise ApiError(400, "bad_parameter", str(exc)) from None
+        await fresh()
+        tree = await q.Tree.load(storage)
+        threshold = server.config.balance.completeness_threshold
+        report = await q.allocation(storage, tree, group, month, server.tz, threshold)
+        return json(report.to_json())
+
+    async def losses(request: Request) -> Any:
+        t0, t1 = parse_period(request, "day")
+        level = request.args.get("level") or None
+        order = request.args.get("order", "absolute")
+        if order not in ORDERS:
+            raise ApiError(400, "bad_parameter", f"order: expected one of {', '.join(ORDERS)}, got {order!r}")
+        await fresh()
+        tree = await q.Tree.load(storage)
+        entries = await q.losses(storage, tree, level, t0, t1, server.tz,
+                                 server.config.balance.completeness_threshold, order)  # type: ignore[arg-type]
+        return json({"from": iso(t0), "to": iso(t1), "level": level, "order": order,
+                     "groups": [e.to_json() for e in entries]})
+
+    group_param = Param("group_id", "path")
+    period = (Param("from", required=True, format="date-time"), Param("to", required=True, format="date-time"))
+    step = Param("step", enum=("hour", "day", "month"), description="default hour")
+    tags = ("groups",)
+    return [
+        Route("GET", "/api/v1/groups/<group_id>/balance", balance,
+              "Balance per hour (UTC), day or month (site timezone): input, consumed, imbalance, loss %, "
+              "completeness and flags", params=(group_param, *period, step), tags=tags,
+              responses={200: "OK", 404: "no such group"}),
+        Route("GET", "/api/v1/groups/<group_id>/consumption", consumption,
+              "What flowed into the group, like a meter's consumption", params=(group_param, *period, step),
+              tags=tags, responses={200: "OK", 404: "no such group"}),
+        Route("GET", "/api/v1/groups/<group_id>/allocation", allocation,
+              "Monthly allocation of the imbalance to the group's accounts (ОДН), capped by the norm",
+              params=(group_param, Param("month", required=True, description="YYYY-MM (site timezone)")),
+              tags=tags, responses={200: "OK", 400: "bad month", 404: "no such group"}),
+        Route("GET", "/api/v1/losses", losses,
+              "Groups ranked by loss over a period, with trend, money lost per month and where to look first",
+              params=(*period, Param("level", description="only groups of this level (house, street, ...)"),
+                      Param("order", enum=ORDERS, description="default absolute")),
+              tags=tags),
+    ]

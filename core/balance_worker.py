@@ -1,0 +1,150 @@
+"""Keeps the stored hourly balance of every group in step with the data.
+
+Storage marks hours dirty in the same transaction that changes what a balance
+depends on (hourly consumption, the group tree, a meter's membership), so late
+data, a back-fill or a registry edit is never left out, even across a crash.
+This worker takes the dirty hours, reads the consumption of every meter the
+tree uses for those hours as one matrix, computes all groups at once
+(``balance.compute``) and stores the rows with the dirty marks removed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from balans_edge.core.balance import QUALITY_ABSENT, BalanceSeries, BalanceTree, compute
+from balans_edge.core.bus import BalanceUpdated, EventBus, IntervalsUpdated
+from balans_edge.core.storage import Storage
+from balans_edge.core.tasks import cancel
+
+log = logging.getLogger(__name__)
+
+HOUR = 3600
+
+
+@dataclass(frozen=True, slots=True)
+class BalanceSettings:
+    """``[balance]``: how balances are computed and judged."""
+
+    completeness_threshold: float = field(default=0.95, metadata={"range": (0.0, 1.0)})
+    """An hour whose members are measured or estimated for less than this share is flagged incomplete."""
+    chunk_hours: int = field(default=168, metadata={"range": (1, 24 * 62)})
+    """Hours computed per pass: bounds memory (meters x hours values) on big sites."""
+    debounce_s: float = field(default=5.0, metadata={"range": (0.0, 3600.0)})
+    """After hourly consumption changed, wait this long so that many changes share one pass."""
+
+
+def merge(ranges: list[tuple[int, int, int]]) -> list[tuple[int, int]]:
+    """Hour-aligned spans covering the dirty ranges, overlapping ones merged."""
+    spans: list[list[int]] = []
+    for lo, hi in sorted((lo - lo % HOUR, -(-hi // HOUR) * HOUR) for _, lo, hi in ranges):
+        if spans and lo <= spans[-1][1]:
+            spans[-1][1] = max(spans[-1][1], hi)
+        else:
+            spans.append([lo, hi])
+    return [(lo, hi) for lo, hi in spans]
+
+
+@dataclass(frozen=True, slots=True)
+class Compiled:
+    """The tree and, per meter row, when the meter was installed and removed."""
+
+    tree: BalanceTree
+    installed: np.ndarray
+    removed: np.ndarray
+
+
+class BalanceWorker:
+    """Recomputes the balance of the dirty hours, all groups at once."""
+
+    def __init__(self, storage: Storage, settings: BalanceSettings | None = None, bus: EventBus | None = None) -> None:
+        self.storage = storage
+        self.settings = settings or BalanceSettings()
+        self.bus = bus
+        self._compiled: Compiled | None = None
+        self._version: int | None = None
+        self._lock = asyncio.Lock()
+        self._task: asyncio.Task[None] | None = None
+        self.recomputed_hours = 0
+
+    async def compiled(self) -> Compiled:
+        """The compiled group tree, rebuilt when the registry changed."""
+        version = await self.storage.registry_version()
+        if self._compiled is None or version != self._version:
+            groups = await self.storage.registry_list("groups")
+            meters = await self.storage.meters_by_key()
+            tree = BalanceTree.compile(groups, meters)
+            by_key = dict(meters)
+            rows = [by_key[int(k)] for k in tree.meter_keys]
+            installed = np.array([m.install_time for m in rows], dtype=np.int64)
+            removed = np.array([m.removed_time if m.removed_time is not None else 2**62 for m in rows], dtype=np.int64)
+            self._compiled = Compiled(tree, installed, removed)
+            self._version = version
+        return self._compiled
+
+    async def process(self, limit: int = 10000) -> int:
+        """Recompute every dirty hour; return how many hours were computed."""
+        done = 0
+        async with self._lock:
+            await self.storage.flush()
+            while True:
+                ranges = await self.storage.take_balance_dirty(limit)
+                if not ranges:
+                    return done
+                compiled = await self.compiled()
+                spans = merge(ranges)
+                step = self.settings.chunk_hours * HOUR
+                chunks = [(t, min(t + step, hi)) for lo, hi in spans for t in range(lo, hi, step)]
+                for i, (t0, t1) in enumerate(chunks):
+                    series = await self._compute(compiled, t0, t1)
+                    last = i == len(chunks) - 1
+                    await self.storage.save_balance(series, [r[0] for r in ranges] if last else [])
+                    done += len(series.t)
+                    await asyncio.sleep(0)  # let requests and sessions run between chunks
+                self.recomputed_hours += done
+                if self.bus is not None and chunks:
+                    groups = tuple(compiled.tree.group_ids)
+                    await self.bus.publish(BalanceUpdated(groups, chunks[0][0], chunks[-1][1]))
+
+    async def _compute(self, compiled: Compiled, t0: int, t1: int) -> BalanceSeries:
+        tree = compiled.tree
+        values, quality = await self.storage.consumption_matrix(tree.meter_keys, t0, t1)
+        t = np.arange(t0, t1, HOUR, dtype=np.int64)
+        # An hour in which the meter was not installed does not count as a member's missing hour.
+        absent = (t[None, :] + HOUR <= compiled.installed[:, None]) | (t[None, :] >= compiled.removed[:, None])
+        quality[absent] = QUALITY_ABSENT
+        return compute(tree, t, values, quality)
+
+    async def run(self) -> None:
+        """Recompute whenever hourly consumption changed (and every minute anyway)."""
+        sub = self.bus.subscribe(IntervalsUpdated, maxsize=1, policy="drop_oldest") if self.bus else None
+        try:
+            while True:
+                try:
+                    await self.process()
+                except Exception:
+                    log.exception("balance recomputation failed")
+                if sub is None:
+                    await asyncio.sleep(60)
+                    continue
+                # asyncio.timeout, not wait_for, which can swallow a racing cancellation on 3.11.
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(60):
+                        await sub.get()
+                        await asyncio.sleep(self.settings.debounce_s)
+        finally:
+            if sub is not None:
+                sub.close()
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self.run(), name="balance")
+
+    async def stop(self) -> None:
+        """Stop at once: dirty hours stay marked and are done after the next start."""
+        await cancel(self._task)
+        self._task = None
