@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -85,8 +86,9 @@ def report_command(config_path: Path | None, group_id: str, month: str, as_json:
         if group is None:
             raise click.ClickException(f"group {group_id!r} is not in the registry")
         days = await q.group_series(storage, [group_id], t0, t1, "day", tz)
-        allocation = await q.allocation(storage, tree, group, month, tz, threshold)
-        ranked = await q.losses(storage, tree, None, t0, t1, tz, threshold)
+        now = int(time.time())
+        allocation = await q.allocation(storage, tree, group, month, tz, threshold, now)
+        ranked = await q.losses(storage, tree, None, t0, t1, tz, threshold, now)
         entry = next(e for e in ranked if e.group_id == group_id)
         return {"allocation": allocation.to_json(), "days": points(days, 0, group, threshold),
                 "losses": entry.to_json()}

@@ -46,6 +46,13 @@ def hour_span(t0: int, t1: int) -> tuple[int, int]:
     return t0 - t0 % HOUR, -(-t1 // HOUR) * HOUR
 
 
+def closed_span(t0: int, t1: int, now: int) -> tuple[int, int]:
+    """The hours of [t0, t1) that are over by ``now``: an hour still running has no
+    closing reading yet, and would count as missing in a month-to-date total."""
+    h0, h1 = hour_span(t0, t1)
+    return h0, max(h0, min(h1, now - now % HOUR))
+
+
 async def group_series(storage: Storage, group_ids: Sequence[str], t0: int, t1: int, step: Step,
                        tz: ZoneInfo) -> BalanceSeries:
     """Balance of the groups per hour, local day or local month over [t0, t1)."""
@@ -100,10 +107,10 @@ async def findings_between(storage: Storage, t0: int, t1: int) -> list[dict[str,
 
 
 async def allocation(storage: Storage, tree: Tree, group: Group, month: str, tz: ZoneInfo,
-                     threshold: float) -> AllocationReport:
-    """The month's ОДН allocation of a house's imbalance to its accounts."""
+                     threshold: float, now: int) -> AllocationReport:
+    """The month's ОДН allocation of a house's imbalance to its accounts (to date, for the running month)."""
     t0, t1 = month_bounds(month, tz)
-    h0, h1 = hour_span(t0, t1)
+    h0, h1 = closed_span(t0, t1, now)
     series = await storage.balance([group.group_id], h0, h1)
     known = int(series.input_missing.sum()) == 0
     members = int((series.measured + series.estimated + series.missing).sum())
@@ -127,10 +134,11 @@ async def allocation(storage: Storage, tree: Tree, group: Group, month: str, tz:
 
 
 async def losses(storage: Storage, tree: Tree, level: str | None, t0: int, t1: int, tz: ZoneInfo,
-                 threshold: float, order: Literal["absolute", "relative", "trend"] = "absolute") -> list[LossEntry]:
-    """Groups of a level (or all) ranked by their loss over [t0, t1), with recommendations."""
+                 threshold: float, now: int,
+                 order: Literal["absolute", "relative", "trend"] = "absolute") -> list[LossEntry]:
+    """Groups of a level (or all) ranked by their loss over the hours of [t0, t1) that are over."""
     groups = [g for g in tree.groups.values() if level is None or g.level == level]
-    h0, h1 = hour_span(t0, t1)
+    h0, h1 = closed_span(t0, t1, now)
     hourly = await storage.balance([g.group_id for g in groups], h0, h1)
     found = await findings_between(storage, t0, t1)
     return rank(groups, hourly, tz, found, members=tree.member_meters, threshold=threshold, order=order)

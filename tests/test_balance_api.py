@@ -251,3 +251,23 @@ async def test_balance_report_command(served, tmp_path) -> None:
         "--month", "2024-01", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     _, err = await asyncio.wait_for(proc.communicate(), 60)
     assert proc.returncode == 1 and "group 'NOPE' is not in the registry" in err.decode()
+
+
+async def test_the_running_month_counts_the_hours_that_are_over(served) -> None:
+    """Month to date: the running hour has no closing reading yet and must not make the input 'missing'."""
+    from zoneinfo import ZoneInfo
+
+    from balans_edge.core import balance_queries as q
+
+    server, _, data = served
+    await server.intervals.process()
+    await server.balance.process()
+    tree = await q.Tree.load(server.storage)
+    now = START + 50 * 3600 + 1800
+    report = await q.allocation(server.storage, tree, tree.groups["B1"], "2024-01", ZoneInfo("Europe/Moscow"),
+                                0.95, now)
+    assert "input_missing" not in report.flags
+    rows = np.flatnonzero(data.building == 0)
+    metered = data.truth.metered_m3[rows, :50]
+    assert report.input == pytest.approx(metered[0].sum(), abs=2 * PULSE)
+    assert report.consumed == pytest.approx(metered[1:].sum(), abs=7 * PULSE)

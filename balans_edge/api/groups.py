@@ -3,6 +3,7 @@ monthly allocation (ОДН), and the ranking of losses."""
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING, Any
 
 from sanic.request import Request
@@ -77,7 +78,7 @@ def routes(server: Server) -> list[Route]:
         await fresh()
         tree = await q.Tree.load(storage)
         threshold = server.config.balance.completeness_threshold
-        report = await q.allocation(storage, tree, group, month, server.tz, threshold)
+        report = await q.allocation(storage, tree, group, month, server.tz, threshold, int(time.time()))
         return json(report.to_json())
 
     async def losses(request: Request) -> Any:
@@ -88,8 +89,8 @@ def routes(server: Server) -> list[Route]:
             raise ApiError(400, "bad_parameter", f"order: expected one of {', '.join(ORDERS)}, got {order!r}")
         await fresh()
         tree = await q.Tree.load(storage)
-        entries = await q.losses(storage, tree, level, t0, t1, server.tz,
-                                 server.config.balance.completeness_threshold, order)  # type: ignore[arg-type]
+        entries = await q.losses(storage, tree, level, t0, t1, server.tz, server.config.balance.completeness_threshold,
+                                 int(time.time()), order)  # type: ignore[arg-type]
         return json({"from": iso(t0), "to": iso(t1), "level": level, "order": order,
                      "groups": [e.to_json() for e in entries]})
 

@@ -459,12 +459,13 @@ class SqliteStorage(Storage):
         return [tuple(r) for r in rows]
 
     async def save_balance(self, series: BalanceSeries, done: list[int]) -> None:
-        columns = [getattr(series, c) for c in BALANCE_COLUMNS]
-        rows = [
-            (gid, t, *(col[g, h].item() for col in columns))
-            for g, gid in enumerate(series.group_ids)
-            for h, t in enumerate(series.t.tolist())
-        ]
+        hours = len(series.t)
+        rows = list(zip(
+            np.repeat(np.array(series.group_ids, dtype=object), hours).tolist(),
+            np.tile(series.t, len(series.group_ids)).tolist(),
+            *(getattr(series, c).ravel().tolist() for c in BALANCE_COLUMNS),
+            strict=True,
+        ))
         statements: list[Statement] = []
         if rows:
             names = ", ".join(BALANCE_COLUMNS)
@@ -494,10 +495,13 @@ class SqliteStorage(Storage):
                 f"WHERE group_id IN ({marks}) AND t >= ? AND t < ?",
                 (*chunk, t0, t1),
             )
-            for r in rows:
-                g, h = index[r[0]], (r[1] - t0) // 3600
-                for j, c in enumerate(BALANCE_COLUMNS):
-                    data[c][g, h] = r[2 + j]
+            if not rows:
+                continue
+            g = np.array([index[r[0]] for r in rows])
+            h = (np.array([r[1] for r in rows], dtype=np.int64) - t0) // 3600
+            values = np.array([tuple(r)[2:] for r in rows], dtype=np.float64)
+            for j, c in enumerate(BALANCE_COLUMNS):
+                data[c][g, h] = values[:, j]
         return BalanceSeries(list(group_ids), hours, **data)
 
     # journals -------------------------------------------------------------
