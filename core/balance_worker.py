@@ -11,7 +11,6 @@ tree uses for those hours as one matrix, computes all groups at once
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from dataclasses import dataclass, field
 
@@ -20,7 +19,7 @@ import numpy as np
 from balans_edge.core.balance import QUALITY_ABSENT, BalanceSeries, BalanceTree, compute
 from balans_edge.core.bus import BalanceUpdated, EventBus, IntervalsUpdated
 from balans_edge.core.storage import Storage
-from balans_edge.core.tasks import cancel
+from balans_edge.core.tasks import cancel, rerun
 
 log = logging.getLogger(__name__)
 
@@ -122,24 +121,7 @@ class BalanceWorker:
 
     async def run(self) -> None:
         """Recompute whenever hourly consumption changed (and every minute anyway)."""
-        sub = self.bus.subscribe(IntervalsUpdated, maxsize=1, policy="drop_oldest") if self.bus else None
-        try:
-            while True:
-                try:
-                    await self.process()
-                except Exception:
-                    log.exception("balance recomputation failed")
-                if sub is None:
-                    await asyncio.sleep(60)
-                    continue
-                # asyncio.timeout, not wait_for, which can swallow a racing cancellation on 3.11.
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(60):
-                        await sub.get()
-                        await asyncio.sleep(self.settings.debounce_s)
-        finally:
-            if sub is not None:
-                sub.close()
+        await rerun(self.process, "balance recomputation", self.bus, IntervalsUpdated, self.settings.debounce_s)
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self.run(), name="balance")

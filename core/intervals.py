@@ -17,7 +17,6 @@ starts 30 minutes off; documented in docs/intervals.md).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -29,7 +28,7 @@ import numpy as np
 from balans_edge.core.bus import EventBus, IntervalsUpdated, ReadingsCommitted
 from balans_edge.core.model import IntervalValue, Quality, ReadingFlag
 from balans_edge.core.storage import ReadingRows, Storage
-from balans_edge.core.tasks import cancel
+from balans_edge.core.tasks import cancel, rerun
 
 log = logging.getLogger(__name__)
 
@@ -219,24 +218,7 @@ class IntervalWorker:
 
     async def run(self) -> None:
         """Recompute whenever readings are committed (and every minute anyway)."""
-        sub = self.bus.subscribe(ReadingsCommitted, maxsize=1, policy="drop_oldest") if self.bus else None
-        try:
-            while True:
-                try:
-                    await self.process()
-                except Exception:
-                    log.exception("interval recomputation failed")
-                if sub is None:
-                    await asyncio.sleep(60)
-                    continue
-                # asyncio.timeout, not wait_for, which can swallow a racing cancellation on 3.11.
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(60):
-                        await sub.get()
-                        await asyncio.sleep(self.settings.debounce_s)
-        finally:
-            if sub is not None:
-                sub.close()
+        await rerun(self.process, "interval recomputation", self.bus, ReadingsCommitted, self.settings.debounce_s)
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self.run(), name="intervals")

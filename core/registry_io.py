@@ -389,15 +389,20 @@ def unit_name(value: Any) -> str:
     return _UNIT_NAMES.get(result.lower(), result)
 
 
-def flag_list(value: Any) -> frozenset[str]:
-    """Meter flags: a list in JSON; in CSV one cell separated by ``;`` (or ``,`` in a quoted cell)."""
+def _items(value: Any, what: str) -> list[str]:
+    """A list cell: in CSV separated by ``;`` (or ``,`` in a quoted cell), in JSON a list of strings."""
     if isinstance(value, str):
-        items: list[Any] = re.split(r"[;,]", value)
+        items = re.split(r"[;,]", value)
     elif isinstance(value, list) and all(isinstance(v, str) for v in value):
         items = value
     else:
-        raise BadValue(f"expected a list of flags, got {shown(value)}")
-    found = {item.strip().lower() for item in items if item.strip()}
+        raise BadValue(f"expected a list of {what}, got {shown(value)}")
+    return [item.strip() for item in items if item.strip()]
+
+
+def flag_list(value: Any) -> frozenset[str]:
+    """Meter flags: a list in JSON; in CSV one cell separated by ``;`` (or ``,`` in a quoted cell)."""
+    found = {item.lower() for item in _items(value, "flags")}
     unknown = sorted(found - METER_FLAGS)
     if unknown:
         raise BadValue(f'unknown flag "{unknown[0]}" (allowed: {", ".join(sorted(METER_FLAGS))})')
@@ -407,16 +412,8 @@ def flag_list(value: Any) -> frozenset[str]:
 def group_inputs(value: Any) -> tuple[GroupInput, ...]:
     """Input meters of a group: ``M1;-M2`` in CSV (``-`` marks an outgoing or
     transit meter), a list of such strings in JSON."""
-    if isinstance(value, str):
-        items: list[Any] = re.split(r"[;,]", value)
-    elif isinstance(value, list) and all(isinstance(v, str) for v in value):
-        items = value
-    else:
-        raise BadValue(f"expected a list of meter ids, e.g. \"IN-1;-TRANSIT-2\", got {shown(value)}")
     inputs = []
-    for item in (i.strip() for i in items):
-        if not item:
-            continue
+    for item in _items(value, 'meter ids, e.g. "IN-1;-TRANSIT-2"'):
         sign, meter_id = (-1, item[1:].strip()) if item.startswith("-") else (1, item.lstrip("+").strip())
         inputs.append(GroupInput(identifier(meter_id), sign))
     if not inputs:

@@ -4,6 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from balans_edge.core.bus import EventBus
+
+log = logging.getLogger(__name__)
 
 
 async def cancel(task: asyncio.Task | None) -> None:
@@ -13,3 +21,29 @@ async def cancel(task: asyncio.Task | None) -> None:
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await task
+
+
+async def rerun(work: Callable[[], Awaitable[object]], what: str, bus: EventBus | None, event: type,
+                debounce_s: float, every_s: float = 60.0) -> None:
+    """Run ``work`` now, then again after each ``event`` on the bus (waiting
+    ``debounce_s`` so that a burst of events shares one run) and every
+    ``every_s`` anyway; a failing run is logged and the loop goes on. For the
+    background workers that fold new data into derived tables."""
+    sub = bus.subscribe(event, maxsize=1, policy="drop_oldest") if bus is not None else None
+    try:
+        while True:
+            try:
+                await work()
+            except Exception:
+                log.exception("%s failed", what)
+            if sub is None:
+                await asyncio.sleep(every_s)
+                continue
+            # asyncio.timeout, not wait_for, which can swallow a racing cancellation on 3.11.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(every_s):
+                    await sub.get()
+                    await asyncio.sleep(debounce_s)
+    finally:
+        if sub is not None:
+            sub.close()

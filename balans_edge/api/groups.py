@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 from sanic.request import Request
 
 from balans_edge.core import balance_queries as q
-from balans_edge.core.balance import iso, points
+from balans_edge.core.balance import BalanceSeries, iso, points
 from balans_edge.core.model import Group
 from balans_edge.routes import ApiError, Param, Route, json, parse_period, parse_step
 
@@ -33,12 +33,16 @@ def routes(server: Server) -> list[Route]:
         await server.intervals.process()
         await server.balance.process()
 
-    async def balance(request: Request, group_id: str) -> Any:
+    async def series_of(request: Request, group_id: str) -> tuple[Group, str, BalanceSeries]:
+        """The group and its balance over the request's period and step."""
         group = await group_or_404(group_id)
         step = parse_step(request)
         t0, t1 = parse_period(request, step)
         await fresh()
-        series = await q.group_series(storage, [group_id], t0, t1, step, server.tz)
+        return group, step, await q.group_series(storage, [group_id], t0, t1, step, server.tz)
+
+    async def balance(request: Request, group_id: str) -> Any:
+        group, step, series = await series_of(request, group_id)
         threshold = server.config.balance.completeness_threshold
         return json({
             "group_id": group_id,
@@ -53,11 +57,7 @@ def routes(server: Server) -> list[Route]:
 
     async def consumption(request: Request, group_id: str) -> Any:
         """What flowed into the group, in the shape of a meter's consumption."""
-        group = await group_or_404(group_id)
-        step = parse_step(request)
-        t0, t1 = parse_period(request, step)
-        await fresh()
-        s = await q.group_series(storage, [group_id], t0, t1, step, server.tz)
+        group, step, s = await series_of(request, group_id)
         out = []
         for i, t in enumerate(s.t.tolist()):
             quality = ("missing" if s.input_missing[0, i] else "estimated" if s.input_estimated[0, i]
