@@ -90,7 +90,8 @@ def report_command(config_path: Path | None, group_id: str, month: str, as_json:
         allocation = await q.allocation(storage, tree, group, month, tz, threshold, now)
         ranked = await q.losses(storage, tree, None, t0, t1, tz, threshold, now)
         entry = next(e for e in ranked if e.group_id == group_id)
-        return {"allocation": allocation.to_json(), "days": points(days, 0, group, threshold),
+        return {"allocation": allocation.to_json(),
+                "days": points(days, 0, group, threshold, tree.resolution(group_id)),
                 "losses": entry.to_json()}
 
     result = _cli.run_async(lambda: _cli.with_storage(config, run))

@@ -249,12 +249,14 @@ class Server:
 
     async def health(self) -> dict[str, Any]:
         pending = await self.storage.take_dirty(1)
+        balance_pending = await self.storage.take_balance_dirty(1)
         return {
             "status": "ok",
             "version": __version__,
             "site": self.config.site.name,
             "uptime_s": round(time.time() - self.started_at, 1) if self.started_at else 0,
-            "storage": {"schema_version": await self.storage.schema_version(), "intervals_pending": bool(pending)},
+            "storage": {"schema_version": await self.storage.schema_version(), "intervals_pending": bool(pending),
+                        "balance_pending": bool(balance_pending)},
             "ingest": self.ingest.totals.as_dict(),
             "plugins": {n: i.state for n, i in sorted(self.plugins.info.items())},
             "exporters": {getattr(e, "name", n): e.status() for n, e in self.exporters},

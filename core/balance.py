@@ -434,6 +434,7 @@ def _flags(
     estimated_inputs: int,
     group: Group,
     threshold: float,
+    resolution: float,
 ) -> list[str]:
     flags = []
     if share_known is None:
@@ -446,13 +447,19 @@ def _flags(
         flags.append("input_estimated")
     if loss is not None and group.loss_norm_pct is not None and loss > group.loss_norm_pct:
         flags.append("norm_exceeded")
-    if imbalance is not None and imbalance < 0:
+    if imbalance is not None and imbalance < -resolution:
         flags.append("negative_imbalance")
     return sorted(flags)
 
 
-def points(series: BalanceSeries, row: int, group: Group, threshold: float) -> list[dict[str, Any]]:
+def points(series: BalanceSeries, row: int, group: Group, threshold: float,
+           resolution: float = 0.0) -> list[dict[str, Any]]:
     """JSON-ready periods of one group (row ``row`` of ``series``).
+
+    ``resolution`` is how far below zero an imbalance may be from the meters'
+    whole pulses alone (a pulse per meter, whatever the period's length, since
+    counters are cumulative); only a deficit beyond it is flagged
+    ``negative_imbalance``.
 
     A period in which an input meter is missing has no input, imbalance or
     loss: the known part of the input would make the loss look smaller than
@@ -474,7 +481,7 @@ def points(series: BalanceSeries, row: int, group: Group, threshold: float) -> l
             "estimated": round(e / members, 4) if members else 0.0,
             "missing": round(x / members, 4) if members else 0.0,
         }
-        flags = _flags(share, inp, imbalance, loss, cols["input_estimated"][i], group, threshold)
+        flags = _flags(share, inp, imbalance, loss, cols["input_estimated"][i], group, threshold, resolution)
         out.append(
             {
                 "t": iso(t),

@@ -87,6 +87,14 @@ class Tree:
         return {"members": sorted(self.member_meters.get(group_id, [])),
                 "children": sorted(self.children.get(group_id, []))}
 
+    def resolution(self, group_id: str) -> float:
+        """Most the group's imbalance can be off by whole pulses: one pulse of each
+        meter in its balance (inputs, member meters, member groups' inputs)."""
+        group = self.groups[group_id]
+        meters = [i.meter_id for i in group.inputs] + self.member_meters.get(group_id, [])
+        meters += [i.meter_id for child in self.children.get(group_id, []) for i in self.groups[child].inputs]
+        return sum(self.meters[m].pulse_weight for m in meters if m in self.meters)
+
     def suspects_of(self, group_id: str) -> set[str]:
         """The group and its member meters: what a finding may be about to concern it."""
         return {group_id, *self.member_meters.get(group_id, [])}

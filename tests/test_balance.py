@@ -252,6 +252,10 @@ def test_points_flags() -> None:
     assert (negative["imbalance"], negative["loss_pct"]) == (-2.0, -20.0)
     assert negative["flags"] == ["input_estimated", "negative_imbalance"]
     assert (empty["loss_pct"], empty["flags"]) == (None, [])
+    # Within the meters' pulse resolution a deficit is rounding, not a metering problem.
+    assert points(s, 0, groups[0], threshold=0.9, resolution=2.0)[1]["flags"] == ["input_estimated"]
+    assert points(s, 0, groups[0], threshold=0.9, resolution=1.999)[1]["flags"] == [
+        "input_estimated", "negative_imbalance"]
 
 
 def test_balanced_float_noise_raises_no_flag() -> None:

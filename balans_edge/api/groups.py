@@ -52,7 +52,7 @@ def routes(server: Server) -> list[Route]:
             "step": step,
             "loss_norm_pct": group.loss_norm_pct,
             "completeness_threshold": threshold,
-            "points": points(series, 0, group, threshold),
+            "points": points(series, 0, group, threshold, (await q.Tree.load(storage)).resolution(group_id)),
         })
 
     async def consumption(request: Request, group_id: str) -> Any:
