@@ -26,10 +26,14 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from balans_edge.core.ingest import ReadingBatch
+
+if TYPE_CHECKING:
+    from balans_edge.core.analytics.data import GroupData
 from balans_edge.core.model import (
     COUNTER_MODULUS,
     Account,
@@ -367,6 +371,35 @@ class ScenarioData:
     def all_batches(self) -> Iterator[ReadingBatch]:
         for k in range(len(self.ts)):
             yield self.batch(k)
+
+    def hourly(self) -> tuple[np.ndarray, np.ndarray]:
+        """(meters x hours) registered consumption per hour in m3, as the server's
+        hourly intervals give it for readings on the hour, and quality codes:
+        measured, or missing where a reading does not arrive (the gap is
+        interpolated by the server only when readings surround it: left missing
+        here, which is what a detector must cope with anyway) or after a restart."""
+        delta = (np.diff(self.counter, axis=1) + COUNTER_MODULUS // 2) % COUNTER_MODULUS - COUNTER_MODULUS // 2
+        values = delta * PULSE_WEIGHT
+        broken = ~self.present[:, 1:] | ~self.present[:, :-1] | ((self.status[:, 1:] & Status.COUNTER_RESET) != 0)
+        values = np.where(broken, np.nan, values)
+        quality = np.where(broken, 2, 0).astype(np.int8)
+        return values, quality
+
+    def group_data(self, building: int, tz: str = "UTC") -> GroupData:
+        """What the loss detectors see of building ``building`` (0-based) over the whole scenario."""
+        from zoneinfo import ZoneInfo
+
+        from balans_edge.core.analytics.data import GroupData, local_calendar
+
+        values, quality = self.hourly()
+        rows = np.flatnonzero((self.building == building) & ~self.is_input)
+        inp = int(np.flatnonzero((self.building == building) & self.is_input)[0])
+        t = self.ts[:-1]
+        local_hour, weekday = local_calendar(t, ZoneInfo(tz))
+        group = self.registry()["groups"][building]
+        status = self.status[rows, 1:].astype(np.int64)
+        return GroupData(group, t, [self.meters[r].meter_id for r in rows], values[rows], quality[rows], status,
+                         values[inp], np.zeros(len(t)), local_hour, weekday, np.full(len(rows), PULSE_WEIGHT))
 
     def readings(self, meter_id: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(ts, counter, status) of one meter's readings that arrive."""

@@ -1,0 +1,79 @@
+"""How group detectors plug into the server's detector hook.
+
+A loss detector looks at one balance group at a time: ``detect_group`` is a
+pure function of a ``GroupData`` window, so it is tested and scored on
+scenario data without a server. ``GroupDetector.detect`` is the hook's
+``Detector`` contract: it asks the run's ``Scope`` for the window of every
+group in scope (loaded once per run and shared by all detectors) and calls
+``detect_group`` on each.
+"""
+
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from balans_edge.core.analytics.data import HOUR, GroupData, load_group_data
+from balans_edge.core.components import Finding
+
+DEFAULT_WINDOW_DAYS = 14
+
+
+@dataclass(slots=True)
+class Scope:
+    """What one run of the detectors looks at: groups and hours [t0, t1)."""
+
+    t0: int
+    t1: int
+    group_ids: list[str] | None = None
+    """None: every group."""
+    _cache: dict[str, GroupData] = field(default_factory=dict)
+
+    @classmethod
+    def recent(cls, now: float, window_days: int = DEFAULT_WINDOW_DAYS, group_ids: list[str] | None = None) -> Scope:
+        """The last ``window_days`` of hours that are over by ``now``."""
+        t1 = int(now) - int(now) % HOUR
+        return cls(t1 - window_days * 86400, t1, group_ids)
+
+    async def windows(self, server: Any) -> list[GroupData]:
+        """The window of every group in scope, loaded once per run."""
+        storage = server.storage
+        groups = {g.group_id: g for g in await storage.registry_list("groups")}
+        wanted = [g for g in groups if self.group_ids is None or g in self.group_ids]
+        missing = [g for g in wanted if g not in self._cache]
+        if missing:
+            meters = await storage.registry_list("meters")
+            keys = await storage.meter_keys()
+            tz = ZoneInfo(server.config.site.timezone)
+            for gid in missing:
+                members = [m for m in meters if m.group_id == gid]
+                children = [i for g in groups.values() if g.parent_id == gid for i in g.inputs]
+                self._cache[gid] = await load_group_data(
+                    storage, groups[gid], members, [(i.meter_id, i.sign) for i in children], keys,
+                    self.t0, self.t1, tz)
+        return [self._cache[g] for g in wanted]
+
+
+def current_scope(server: Any) -> Scope:
+    """The scope of the run in progress, or the recent window when a detector is run on its own."""
+    scope = getattr(server, "analytics_scope", None)
+    return scope if scope is not None else Scope.recent(time.time())
+
+
+class GroupDetector(ABC):
+    """A detector of one balance group at a time."""
+
+    name: str = "group-detector"
+
+    @abstractmethod
+    def detect_group(self, data: GroupData) -> list[Finding]:
+        """Findings about the group or its meters in this window (pure: no I/O)."""
+
+    async def detect(self, server: Any) -> list[Finding]:
+        found: list[Finding] = []
+        for data in await current_scope(server).windows(server):
+            found += self.detect_group(data)
+        return found
