@@ -22,6 +22,9 @@ from balans_edge.settings import ConfigError
 log = logging.getLogger("balans_edge")
 T = TypeVar("T")
 
+BEARER_ENV = "BALANS_EDGE_TOKEN"
+"""Environment variable commands that talk to the running server take their bearer token from."""
+
 CONFIG_OPTION = click.option(
     "-c", "--config", "config_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
     help="TOML configuration file (default: the embedded demo defaults).",
@@ -158,11 +161,13 @@ def plugins_command(config_path: Path | None, as_json: bool) -> None:
             click.echo(f"{'':<16} error: {p['error']}")
 
 
+from balans_edge.analytics_cli import analytics  # noqa: E402 - needs the helpers above
 from balans_edge.balance_cli import balance  # noqa: E402 - needs the helpers above
 from balans_edge.registry_cli import registry  # noqa: E402 - needs the helpers above
 
 cli.add_command(registry)
 cli.add_command(balance)
+cli.add_command(analytics)
 
 
 def main() -> None:

@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 ENTRY_POINT_GROUP = "balans_edge"
 DEFAULT_PLUGINS: dict[str, str] = {
     "dmesh": "balans_edge.plugins.dmesh.plugin",
+    "analytics": "balans_edge.plugins.analytics.plugin",
 }
 """Built-in plugins by name. Modbus, OPC UA and export join as they are built."""
 

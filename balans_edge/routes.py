@@ -82,12 +82,21 @@ def parse_time(request: Request, name: str, default: int | None = None) -> int:
         if default is None:
             raise ApiError(400, "missing_parameter", f"query parameter {name} is required (ISO-8601 time)")
         return default
+    return parse_time_value(raw, f"query parameter {name}")
+
+
+def parse_time_value(raw: Any, name: str) -> int:
+    """A time given as ISO-8601 (with timezone, or UTC if none) or unix seconds; 400 naming ``name`` otherwise."""
+    if isinstance(raw, int) and not isinstance(raw, bool):
+        return raw
+    if not isinstance(raw, str):
+        raise ApiError(400, "bad_parameter", f"{name}: expected ISO-8601 time, got {raw!r}")
     if re.fullmatch(r"-?\d{1,12}", raw):
         return int(raw)
     try:
         dt = datetime.fromisoformat(raw.replace("Z", "+00:00"))
     except ValueError:
-        raise ApiError(400, "bad_parameter", f"query parameter {name}: expected ISO-8601 time, got {raw!r}") from None
+        raise ApiError(400, "bad_parameter", f"{name}: expected ISO-8601 time, got {raw!r}") from None
     if dt.tzinfo is None:
         dt = dt.replace(tzinfo=UTC)
     return int(dt.timestamp())

@@ -208,12 +208,23 @@ class Server:
         await self.plugins.notify("observe_commands", server=self, command=command)
 
     async def report_finding(self, finding: Finding) -> Finding:
-        """Store a finding and tell the observers."""
+        """Store a finding once per problem; raise an alarm and tell the observers
+        only when it is new.
+
+        Detectors report what they see on every run; a finding still open or
+        acknowledged is updated in place (seen again, newest estimate), and one
+        marked a false alarm recently is suppressed. So notifiers, SCADA bridges
+        and ``observe_findings`` hear about a problem once, not once per run.
+        The returned finding carries the id of the stored one either way.
+        """
         record = dataclasses.asdict(finding)
         record["t"] = finding.t or int(time.time())
         record["severity"] = str(finding.severity)
-        finding = dataclasses.replace(finding, t=record["t"], id=await self.storage.journal_append("findings", record))
-        await self.plugins.notify("observe_findings", server=self, finding=finding)
+        finding_id, new = await self.storage.record_finding(record)
+        finding = dataclasses.replace(finding, t=record["t"], id=finding_id)
+        if new:
+            await self.plugins.notify("observe_findings", server=self, finding=finding)
+            await self.raise_alarm(_finding_alarm(finding))
         return finding
 
     async def run_detectors(self) -> list[Finding]:
@@ -262,3 +273,16 @@ class Server:
             "exporters": {getattr(e, "name", n): e.status() for n, e in self.exporters},
             "bus": self.bus.stats(),
         }
+
+
+def _finding_alarm(finding: Finding) -> Alarm:
+    """The alarm that announces a new finding; its data lets a notifier or a
+    SCADA bridge link back to the finding (``GET /api/v1/findings/{id}``)."""
+    return Alarm(
+        source=finding.detector,
+        message=finding.message,
+        severity=finding.severity,
+        t=finding.t,
+        data={"finding_id": finding.id, "subject": finding.subject, "kind": finding.kind,
+              "group_id": finding.data.get("group_id")},
+    )

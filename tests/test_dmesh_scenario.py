@@ -480,3 +480,21 @@ async def test_registry_with_concentrators_and_accounts_applies(storage: SqliteS
         assert res.quarantined == 0 and not res.rejected
         accepted += res.accepted
     assert accepted == 7 * 7  # 7 readings of 7 meters
+
+
+def test_behaviour_change_moves_meter_and_input_together() -> None:
+    """Less real use is no loss: the apartment and the input both drop, the balance stays."""
+    from balans_edge.plugins.dmesh.scenario import BehaviourChange
+
+    plain = generate(EXACT)
+    data = generate(EXACT, [BehaviourChange("B1-A02", 0.5, start=24)])
+    row = data.row("B1-A02")
+    t, p = data.truth, plain.truth
+    assert np.allclose(t.consumption_m3[row, 24:], 0.5 * p.consumption_m3[row, 24:])
+    assert np.allclose(t.consumption_m3[row, :24], p.consumption_m3[row, :24])
+    dropped = p.consumption_m3[row, 24:].sum() * 0.5
+    assert t.consumption_m3[0].sum() == pytest.approx(p.consumption_m3[0].sum() - dropped)
+    assert np.allclose(t.network_loss_m3, p.network_loss_m3)
+    assert data.truth.faults[0].volume_m3 == pytest.approx(-dropped)
+    with pytest.raises(ValueError, match="behaviour change"):
+        generate(EXACT, [BehaviourChange("B1-IN", 0.5)])

@@ -21,6 +21,7 @@ from balans_edge import hookimpl
 from balans_edge.config import parse_config
 from balans_edge.core.components import Alarm, Command, CommandCode, Finding, Severity
 from balans_edge.plugin_manager import Plugins, config_schemas
+from balans_edge.plugins.analytics.plugin import DETECTOR_NAMES
 from balans_edge.settings import ConfigError
 
 from conftest import auth, base_config, eventually, small_site
@@ -150,7 +151,7 @@ def raiser_first() -> tuple[Plugins, Raiser]:
     raiser = Raiser()
     plugins.register(raiser, "raiser")
     plugins.load()
-    assert list(plugins.info) == ["raiser", "dmesh", "example"]
+    assert list(plugins.info) == ["raiser", "dmesh", "analytics", "example"]
     return plugins, raiser
 
 
@@ -200,11 +201,12 @@ async def test_hook_register_components(tmp_path: Path, plugins: Plugins, make_s
     server = await make_server(base_config(tmp_path, plugins={"example": {"interval_s": 0.01}}), http=False)
 
     assert [(n, c.name) for n, c in server.components] == [
+        ("analytics", "analytics-scheduler"),
         ("example", "example-heartbeat"),
         ("recorder", "probe-a"),
         ("recorder", "probe-b"),
     ]
-    heartbeat = server.components[0][1]
+    heartbeat = server.components[1][1]
     assert await eventually(lambda: heartbeat.ticks >= 5)
     assert recorder.log == [("start", "probe-a", True), ("start", "probe-b", True)]
 
@@ -267,6 +269,7 @@ async def test_hook_register_detectors(
     client = client_for(server)
     assert [(n, d.name) for n, d in server.detectors] == [
         ("raiser", "broken-detector"),
+        *(("analytics", name) for name in DETECTOR_NAMES),  # built-in, registered like any plugin's
         ("example", "example-quarantine"),
     ]
 
@@ -286,8 +289,8 @@ async def test_hook_register_detectors(
     found = await server.run_detectors()
     # The broken detector ran first and did not stop the example one; the
     # raiser's observer failed on the example's finding, and the example's saw it.
-    assert raiser.calls == ["detect", "detect", "observe_findings"]
-    assert plugins.info["raiser"].errors == 3
+    assert raiser.calls == ["detect", "detect", "observe_findings", "notify", "observe_alarms"]
+    assert plugins.info["raiser"].errors == 5
     assert len(found) == 1
     finding = found[0]
     assert (finding.detector, finding.subject, finding.kind, finding.severity) == (
@@ -484,8 +487,8 @@ async def test_hook_observe_findings(tmp_path: Path, make_server: MakeServer) ->
     )
     assert finding.id is not None and finding.t > 0
     assert balans_edge_example.STATE["findings"] == [finding]  # after the raiser's observer failed
-    assert raiser.calls == ["observe_findings"]
-    assert plugins.info["raiser"].errors == 1
+    assert raiser.calls == ["observe_findings", "notify", "observe_alarms"]
+    assert plugins.info["raiser"].errors == 3
     ((observed, stored_ids),) = recorder.seen["findings"]
     assert observed == finding
     assert observed.data == {"d": -3}
@@ -543,12 +546,13 @@ async def test_observer_errors_are_counted_per_plugin(
     await server.report_finding(Finding("d", "W-3", "k", "m"))
     await server.actuation.execute(Command("example:v", CommandCode.VALVE_OPEN, "api:admin", "restore"))
 
-    assert raiser.calls == ["observe_readings", "observe_findings", "observe_commands"]
-    assert plugins.info["raiser"].errors == 3
+    assert raiser.calls == ["observe_readings", "observe_findings", "notify", "observe_alarms", "observe_commands"]
+    assert plugins.info["raiser"].errors == 5
     assert plugins.info["example"].errors == 0
     assert len(balans_edge_example.STATE["findings"]) == len(balans_edge_example.STATE["commands"]) == 1
 
     listing = (await client.get("/api/v1/plugins", headers=auth("viewer"))).json()["plugins"]
     states = {p["name"]: (p["state"], p["errors"]) for p in listing}
-    assert states == {"dmesh": ("started", 0), "example": ("started", 0), "raiser": ("started", 3)}
+    assert states == {"dmesh": ("started", 0), "analytics": ("started", 0), "example": ("started", 0),
+                      "raiser": ("started", 5)}
     assert (await client.get("/api/v1/health")).json()["status"] == "ok"

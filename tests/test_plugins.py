@@ -153,9 +153,10 @@ async def test_failing_plugin_is_disabled_and_the_rest_runs(
 
     health = await client.get("/api/v1/health")
     assert health.status_code == 200
-    assert health.json()["plugins"] == {"dmesh": "started", name: "failed"}
+    assert health.json()["plugins"] == {"analytics": "started", "dmesh": "started", name: "failed"}
     listing = (await client.get("/api/v1/plugins", headers=auth("viewer"))).json()["plugins"]
     assert [(p["name"], p["state"], p["error"]) for p in listing] == [
+        ("analytics", "started", None),
         ("dmesh", "started", None),
         (name, "failed", EXPECTED[kind].format(name=name)),
     ]
@@ -217,10 +218,10 @@ async def test_enabled_false_disables_a_plugin(
 
     assert server.plugins.info["example"].state == "disabled"
     assert server.plugins.info["example"].error is None
-    assert [n for n, _ in server.components + server.exporters] == []
+    assert [n for n, _ in server.components + server.exporters] == ["analytics"]
     assert (await client.get("/api/v1/example/summary", headers=auth("viewer"))).status_code == 404
     health = (await client.get("/api/v1/health")).json()
-    assert health["plugins"] == {"dmesh": "started", "example": "disabled"}
+    assert health["plugins"] == {"analytics": "started", "dmesh": "started", "example": "disabled"}
     assert health["exporters"] == {}
     command = await server.actuation.execute(Command("example:valve", CommandCode.VALVE_OPEN, "test", "disabled"))
     assert command.outcome == "refused"
@@ -328,6 +329,7 @@ def test_cli_runs_with_failing_optional_plugins(tmp_path: Path, plugin_dir: Call
         assert line.startswith("listening on http://"), proc.stderr.read() if proc.poll() is not None else line
         health = httpx.get(line.split()[-1] + "/api/v1/health", timeout=10).json()
         assert health["plugins"] == {
+            "analytics": "started",
             "dmesh": "started",
             "example": "started",
             "opt_import": "failed",

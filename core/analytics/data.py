@@ -55,14 +55,32 @@ class GroupData:
         return np.nansum(self.values, axis=0) + self.others
 
     @property
-    def imbalance(self) -> np.ndarray:
-        """(H,) input minus consumed; NaN where the input or a member is unknown."""
+    def blind(self) -> np.ndarray:
+        """(M,) members unknown for most of the window (a lost module, a dead battery).
+        They are left out of the imbalance altogether: their use then sits in it as a
+        steady offset, which the detectors (looking for changes) can live with, where
+        counting them would make nearly every hour unknown."""
         known = ~np.isnan(self.values) | (self.quality == QUALITY_ABSENT)
-        return np.where(known.all(axis=0), self.input - self.consumed, np.nan)
+        return known.mean(axis=1) < 0.5 if self.hours else np.zeros(len(self.meter_ids), bool)
+
+    @property
+    def imbalance(self) -> np.ndarray:
+        """(H,) input minus consumed; NaN where the input or a member that is not blind is unknown."""
+        seen = ~self.blind
+        known = ~np.isnan(self.values[seen]) | (self.quality[seen] == QUALITY_ABSENT)
+        consumed = np.nansum(self.values[seen], axis=0) + self.others
+        return np.where(known.all(axis=0), self.input - consumed, np.nan)
 
     @property
     def hours(self) -> int:
         return len(self.t)
+
+    def slice(self, start: int, stop: int) -> GroupData:
+        """The hours ``start:stop`` of this window (a shorter window of the same group)."""
+        h = slice(start, stop)
+        return GroupData(self.group, self.t[h], self.meter_ids, self.values[:, h], self.quality[:, h],
+                         self.status[:, h], self.input[h], self.others[h], self.local_hour[h], self.weekday[h],
+                         self.pulse_weight)
 
 
 def local_calendar(t: np.ndarray, tz: ZoneInfo) -> tuple[np.ndarray, np.ndarray]:

@@ -280,6 +280,41 @@ class Storage(ABC):
     async def journal_list(self, kind: str, limit: int = 100) -> list[dict[str, Any]]:
         """The newest records of a journal, newest first."""
 
+    # findings -------------------------------------------------------------
+
+    @abstractmethod
+    async def record_finding(self, record: dict[str, Any], suppress_s: int = 30 * 86400) -> tuple[int, bool]:
+        """Store a detector's finding once per problem; return (id, new).
+
+        An open or acknowledged finding with the same detector, subject and kind
+        is updated (last_seen, seen, message, severity, data) instead of being
+        added again, so detectors may report on every run. A resolved one that
+        recurs is a new finding. A false alarm marked within ``suppress_s``
+        seconds suppresses the report: (its id, False)."""
+
+    @abstractmethod
+    async def findings(
+        self,
+        group: str | None = None,
+        kind: str | None = None,
+        status: str | None = None,
+        subject: str | None = None,
+        limit: int = 100,
+    ) -> list[dict[str, Any]]:
+        """Stored findings, most recently seen first, data and feedback decoded."""
+
+    @abstractmethod
+    async def finding(self, finding_id: int) -> dict[str, Any] | None:
+        """One stored finding, or None."""
+
+    @abstractmethod
+    async def set_finding_status(
+        self, finding_id: int, status: str, by: str, note: str = "", t: int | None = None
+    ) -> dict[str, Any] | None:
+        """Move a finding through its lifecycle and keep the operator's answer;
+        None if there is no such finding, ValueError on a change the lifecycle
+        (balans_edge.core.findings) does not allow."""
+
     # device reports -------------------------------------------------------
 
     @abstractmethod

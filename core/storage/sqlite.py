@@ -15,6 +15,7 @@ import contextlib
 import dataclasses
 import json
 import logging
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 import aiosqlite
 import numpy as np
 
+from balans_edge.core import findings as findings_rules
 from balans_edge.core.model import GroupInput, Meter, Resource
 from balans_edge.core.storage.base import (
     CONNECTION_EVENTS,
@@ -63,6 +65,28 @@ JOURNALS = {
     "findings": ("t", "detector", "subject", "kind", "severity", "message", "data"),
     "alarms": ("t", "source", "severity", "message", "data"),
 }
+FINDING_COLUMNS = (*JOURNALS["findings"], "status", "group_id", "first_seen", "last_seen", "seen", "feedback")
+"""What a finding row holds since its lifecycle was added (migration 0007)."""
+
+
+def _finding_lifecycle(record: dict[str, Any]) -> dict[str, Any]:
+    """The lifecycle columns of a finding appended as a new one: open, seen once, now."""
+    return {
+        "status": record.get("status") or findings_rules.OPEN,
+        "group_id": record.get("group_id") or findings_rules.group_of(record.get("data")),
+        "first_seen": record.get("first_seen") or record.get("t"),
+        "last_seen": record.get("last_seen") or record.get("t"),
+        "seen": record.get("seen") or 1,
+        "feedback": json.dumps(record.get("feedback") or [], ensure_ascii=False),
+    }
+
+
+def _finding_out(row: Any) -> dict[str, Any]:
+    """A stored finding as callers use it: data and feedback decoded."""
+    out = dict(row)
+    out["data"] = json.loads(out["data"] or "{}")
+    out["feedback"] = json.loads(out["feedback"] or "[]")
+    return out
 
 
 def _to_row(kind: str, obj: Any) -> dict[str, Any]:
@@ -507,10 +531,12 @@ class SqliteStorage(Storage):
     # journals -------------------------------------------------------------
 
     async def journal_append(self, kind: str, record: dict[str, Any]) -> int:
-        columns = JOURNALS[kind]
+        columns = FINDING_COLUMNS if kind == "findings" else JOURNALS[kind]
         row = {c: record.get(c) for c in columns}
         if "data" in row:
             row["data"] = json.dumps(row["data"] or {}, sort_keys=True, default=str)
+        if kind == "findings":
+            row.update(_finding_lifecycle(record))
         # The id is allocated here (under the single writer) so the caller
         # learns it without a second round trip after the group commit.
         async with self._journal_lock:
@@ -541,6 +567,98 @@ class SqliteStorage(Storage):
             if "data" in r:
                 r["data"] = json.loads(r["data"])
         return out
+
+    # findings ---------------------------------------------------------------
+
+    def _findings_lock(self) -> asyncio.Lock:
+        """Serialises look-up-then-write of findings, so two reports of one
+        problem racing each other cannot both add a row."""
+        lock = self.__dict__.get("_findings_mutex")
+        if lock is None:
+            lock = self.__dict__["_findings_mutex"] = asyncio.Lock()
+        return lock
+
+    async def record_finding(
+        self, record: dict[str, Any], suppress_s: int = findings_rules.SUPPRESS_S
+    ) -> tuple[int, bool]:
+        t = int(record.get("t") or time.time())
+        key = (record["detector"], record["subject"], record["kind"])
+        async with self._findings_lock():
+            active = await self._active_finding(key)
+            if active is not None:
+                await self._seen_again(active, record, t)
+                return active, False
+            suppressing = await self._suppressing_false_alarm(key, t - suppress_s)
+            if suppressing is not None:
+                return suppressing, False
+            return await self.journal_append("findings", {**record, "t": t, "first_seen": t, "last_seen": t}), True
+
+    async def _active_finding(self, key: tuple[str, str, str]) -> int | None:
+        return await self._scalar(
+            "SELECT id FROM findings WHERE detector = ? AND subject = ? AND kind = ? "
+            "AND status IN ('open', 'acknowledged') ORDER BY id DESC LIMIT 1", key)
+
+    async def _seen_again(self, finding_id: int, record: dict[str, Any], t: int) -> None:
+        """Another run reported an active finding: keep its newest estimate."""
+        data = record.get("data") or {}
+        sql = ("UPDATE findings SET last_seen = max(coalesce(last_seen, t), ?), seen = seen + 1, message = ?, "
+               "severity = ?, data = ?, group_id = coalesce(?, group_id) WHERE id = ?")
+        args = (t, record["message"], str(record["severity"]), json.dumps(data, sort_keys=True, default=str),
+                record.get("group_id") or findings_rules.group_of(data), finding_id)
+        await self._submit([(sql, [args])])
+
+    async def _suppressing_false_alarm(self, key: tuple[str, str, str], since: int) -> int | None:
+        """The newest false alarm of this detector, subject and kind if it was marked at or after ``since``."""
+        rows = await self._all(
+            "SELECT id, last_seen, feedback FROM findings WHERE detector = ? AND subject = ? AND kind = ? "
+            "AND status = 'false_alarm' ORDER BY id DESC LIMIT 1", key)
+        if not rows:
+            return None
+        marks = [e["t"] for e in json.loads(rows[0]["feedback"]) if e.get("status") == findings_rules.FALSE_ALARM]
+        marked = max(marks) if marks else rows[0]["last_seen"] or 0
+        return rows[0]["id"] if marked >= since else None
+
+    async def findings(
+        self,
+        group: str | None = None,
+        kind: str | None = None,
+        status: str | None = None,
+        subject: str | None = None,
+        limit: int = 100,
+    ) -> list[dict[str, Any]]:
+        filters = {"group_id": group, "kind": kind, "status": status, "subject": subject}
+        used = {c: v for c, v in filters.items() if v is not None}
+        where = " AND ".join(f"{c} = ?" for c in used) or "1"
+        rows = await self._all(
+            f"SELECT * FROM findings WHERE {where} ORDER BY coalesce(last_seen, t) DESC, id DESC LIMIT ?",
+            (*used.values(), limit))
+        return [_finding_out(r) for r in rows]
+
+    async def finding(self, finding_id: int) -> dict[str, Any] | None:
+        rows = await self._all("SELECT * FROM findings WHERE id = ?", (finding_id,))
+        return _finding_out(rows[0]) if rows else None
+
+    async def set_finding_status(
+        self, finding_id: int, status: str, by: str, note: str = "", t: int | None = None
+    ) -> dict[str, Any] | None:
+        findings_rules.check_status(status)
+        async with self._findings_lock():
+            current = await self.finding(finding_id)
+            if current is None:
+                return None
+            findings_rules.check_transition(current["status"], status)
+            if status in findings_rules.ACTIVE and current["status"] not in findings_rules.ACTIVE:
+                await self._refuse_second_active(current)
+            feedback = [*current["feedback"], findings_rules.feedback_entry(status, by, note, t)]
+            await self._submit([("UPDATE findings SET status = ?, feedback = ? WHERE id = ?",
+                                 [(status, json.dumps(feedback, ensure_ascii=False), finding_id)])])
+        return await self.finding(finding_id)
+
+    async def _refuse_second_active(self, current: dict[str, Any]) -> None:
+        """Reopening must not leave two active findings of one problem (the newer already tracks it)."""
+        other = await self._active_finding((current["detector"], current["subject"], current["kind"]))
+        if other is not None:
+            raise findings_rules.TransitionError(f"finding {other} already tracks this problem: reopen is refused")
 
     # device reports ---------------------------------------------------------
 

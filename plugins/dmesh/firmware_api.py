@@ -35,7 +35,6 @@ if TYPE_CHECKING:
     from balans_edge.server import Server
 
 PATH = "/api/v1/dmesh/concentrators/{id}/firmware"
-BEARER_ENV = "BALANS_EDGE_TOKEN"
 
 
 def firmware_routes(server: Server, driver: Callable[[], DmeshDriver | None]) -> list[Route]:
@@ -102,7 +101,7 @@ def add_commands(group: click.Group) -> None:
     @click.option("--concentrator", "concentrator_id", required=True, type=click.IntRange(1, 2**32 - 1),
                   help="Concentrator id.")
     @click.option("--url", default="http://127.0.0.1:8080", show_default=True, help="The running server.")
-    @click.option("--token", default=None, help=f"Bearer token of an admin (default: ${BEARER_ENV}).")
+    @click.option("--token", default=None, help=f"Bearer token of an admin (default: ${_cli.BEARER_ENV}).")
     @click.option("--reason", default=None, help="Why, for the audit (default: names the image file).")
     def push_command(config_path: Path | None, image: Path, concentrator_id: int, url: str, token: str | None,
                      reason: str | None) -> None:
@@ -114,9 +113,9 @@ def add_commands(group: click.Group) -> None:
             click.echo(f"error: {message}", err=True)
             raise SystemExit(1)
 
-        token = token or os.environ.get(BEARER_ENV)
+        token = token or os.environ.get(_cli.BEARER_ENV)
         if not token:
-            fail(f"no token: give --token or set {BEARER_ENV}")
+            fail(f"no token: give --token or set {_cli.BEARER_ENV}")
         side = sidecar_path(image)
         try:
             if config_path is not None:

@@ -245,8 +245,20 @@ class ClockDrift(Fault):
     seconds_per_day: float
 
 
+@dataclass(frozen=True, slots=True)
+class BehaviourChange(Fault):
+    """Not a fault: the household really uses ``factor`` times its water from
+    ``start`` (someone moved out, a new washing machine). The meter and the
+    input both see it, the balance does not change: a detector that reports it
+    raises a false finding."""
+
+    apartment: str
+    factor: float
+
+
 AnyFault = (
     Leak | NetworkLeak | Unmetered | Magnet | Stuck | Reversed | CounterReset | LostModule | LowBattery | ClockDrift
+    | BehaviourChange
 )
 
 
@@ -266,7 +278,8 @@ class FaultTruth:
     LowBattery the flow in the hours after the module died (never reported);
     ClockDrift, per hour, what the readings put into that hour minus what the
     meter registered in it (signed: volume moved between hours, about zero in
-    total). ``hourly_m3`` spreads it over the scenario's hours.
+    total); BehaviourChange the change of real use (negative for less; no
+    loss). ``hourly_m3`` spreads it over the scenario's hours.
     """
 
     fault: AnyFault
@@ -496,6 +509,13 @@ def generate(scenario: Scenario, faults: Sequence[AnyFault] = ()) -> ScenarioDat
             true[i] += hourly
             truths.append((j, FaultTruth(fault, fault.apartment, hourly * PULSE_WEIGHT)))
             effects.append((j, i, fault, w))
+        elif isinstance(fault, BehaviourChange):
+            i, w = meter_of(fault.apartment, repr(fault)), fault.window(hours)
+            if is_input[i] or fault.factor < 0:
+                raise ValueError(f"{fault!r}: a behaviour change is an apartment's, with a factor >= 0")
+            before = true[i].copy()
+            true[i, w] *= fault.factor
+            truths.append((j, FaultTruth(fault, fault.apartment, (true[i] - before) * PULSE_WEIGHT)))
         elif isinstance(fault, NetworkLeak | Unmetered):
             b, w = building_of(fault.building), fault.window(hours)
             hourly = np.zeros(hours)

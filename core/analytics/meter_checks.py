@@ -1,0 +1,553 @@
+"""Checks of single meters and of a group's night flow, from one group's window.
+
+Each detector is a pure function of a ``GroupData``. The meter checks look
+for what a member meter's own series and the group's imbalance say together:
+a meter that stopped or slowed down hides consumption, so the imbalance must
+rise by about what the meter stopped registering; a meter that merely shows
+less use (a tenant moved out, a family went on holiday) leaves the balance
+unchanged and is not a fault. Leaks behind a consumer meter are metered, so
+they are found from the meter's flow never going to zero; leaks in the
+group's network are found from the imbalance at night, when the consumers
+sleep and the loss stands out.
+
+Volumes are in the group's unit (m3 for water); rates in the findings are
+litres per hour for water, i.e. 1000 x unit per hour.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from balans_edge.core.analytics.base import GroupDetector
+from balans_edge.core.analytics.data import HOUR, GroupData
+from balans_edge.core.balance import QUALITY_MEASURED
+from balans_edge.core.components import Finding, Severity
+from balans_edge.core.model import Status
+
+LITRES = 1000.0
+"""Litres per m3: rates are reported in l/h because leaks are talked about in l/h."""
+
+
+# Shared helpers -------------------------------------------------------------
+
+
+def _money(data: GroupData, volume: float) -> float | None:
+    """Money lost at the group's price; None when the group has no price."""
+    return None if data.group.price is None else round(volume * data.group.price, 2)
+
+
+def _confidence(score: float, half: float) -> float:
+    """A monotone 0..1 score that is 0.5 at ``half`` and tends to 1: a ranking
+    of how clear the evidence is, not a calibrated probability."""
+    score = max(score, 0.0)
+    return round(score**2 / (score**2 + half**2), 3) if half > 0 else 1.0
+
+
+def _mean_or_zero(x: np.ndarray) -> float:
+    """Mean of the known values; 0 when none is known (no relative allowance then)."""
+    known = x[~np.isnan(x)]
+    return float(known.mean()) if len(known) else 0.0
+
+
+def _end(data: GroupData) -> int:
+    """Time the window's last hour is over: when a finding about it is made."""
+    return int(data.t[-1]) + HOUR if data.hours else 0
+
+
+def _local_day(data: GroupData) -> np.ndarray:
+    """(H,) an id of the local calendar day of each hour (consistent within a window),
+    derived from the local hour so that the detectors need no timezone."""
+    utc_hour = (data.t // HOUR) % 24
+    offset = (data.local_hour - utc_hour + 12) % 24 - 12
+    return (data.t // HOUR + offset) // 24
+
+
+def _latest_runs(inside: np.ndarray, known: np.ndarray, need: int) -> dict[int, tuple[int, int]]:
+    """Per row, the latest run of ``inside`` hours holding at least ``need`` known hours,
+    as {row: (first, stop)} trimmed to known hours. Unknown hours must be marked
+    inside by the caller so that a gap neither breaks nor lengthens a run."""
+    rows, hours = inside.shape
+    if not hours:
+        return {}
+    idx = np.arange(hours)
+    last_break = np.maximum.accumulate(np.where(inside, -1, idx[None, :]), axis=1)
+    counted = np.cumsum(known, axis=1)
+    padded = np.concatenate([np.zeros((rows, 1), dtype=counted.dtype), counted], axis=1)
+    in_run = counted - np.take_along_axis(padded, last_break + 1, axis=1)
+    ok = inside & (in_run >= need)
+    found: dict[int, tuple[int, int]] = {}
+    for r in np.flatnonzero(ok.any(axis=1)):
+        h = int(hours - 1 - np.argmax(ok[r, ::-1]))
+        first = int(last_break[r, h]) + 1
+        after = np.flatnonzero(~inside[r, h:])
+        stop = h + int(after[0]) if len(after) else hours
+        known_hours = np.flatnonzero(known[r, first:stop]) + first
+        found[int(r)] = (int(known_hours[0]), int(known_hours[-1]) + 1)
+    return found
+
+
+def _mean_shift(x: np.ndarray, split: int) -> tuple[float, float]:
+    """(mean after - mean before, its standard error) of ``x`` split at hour ``split``,
+    ignoring NaN; (0, inf) when either side has fewer than 12 known hours."""
+    before, after = x[:split], x[split:]
+    before, after = before[~np.isnan(before)], after[~np.isnan(after)]
+    if len(before) < 12 or len(after) < 12:
+        return 0.0, float("inf")
+    se = np.sqrt(before.var(ddof=1) / len(before) + after.var(ddof=1) / len(after))
+    return float(after.mean() - before.mean()), float(max(se, 1e-9))
+
+
+def _finding(detector: str, data: GroupData, subject: str, kind: str, message: str, info: dict[str, Any],
+             severity: Severity = Severity.WARNING) -> Finding:
+    return Finding(detector, subject, kind, message, severity, _end(data), {"group_id": data.group.group_id, **info})
+
+
+# 1. Leak behind a consumer meter ----------------------------------------------
+
+
+def _onset_of_floor(stretch: np.ndarray, share: float = 0.75) -> int:
+    """Index where a constant flow began within a stretch of continuous flow: the stretch
+    may begin with the household's own daytime use before the leak, which dips
+    below the floor the leak sets later; the floor is the minimum of the second half."""
+    filled = np.where(np.isnan(stretch), np.inf, stretch)
+    floor = float(filled[len(filled) // 2:].min())
+    suffix_min = np.minimum.accumulate(filled[::-1])[::-1]
+    return int(np.argmax(suffix_min >= share * floor))
+
+
+@dataclass
+class ConsumerLeakDetector(GroupDetector):
+    """Continuous flow at a consumer's meter: a running toilet or a dripping pipe.
+
+    People sleep and leave home, so a healthy household's meter stands still
+    for at least an hour now and then; a leak keeps it turning. A big family's
+    night use can stay above a few litres an hour for a day, so a low rate
+    needs a longer stretch: over many simulated buildings no leak-free meter
+    stayed above 5 l/h for 48 h (2 in 4,000 meter-months) nor above 8 l/h for
+    24 h (none), while a 10 l/h leak is above both from its first hour.
+    """
+
+    min_lph: float = 5.0
+    """Lowest flow counted as continuous over ``min_hours``."""
+    min_hours: int = 48
+    fast_lph: float = 8.0
+    """A higher flow that is convincing sooner, over ``fast_hours``."""
+    fast_hours: int = 24
+    min_pulses: float = 2.0
+    """Resolution: a threshold is never below this many pulses an hour."""
+    min_rate_share: float = 0.8
+    """A stretch is reported only when its leak estimate (the household's own night use
+    taken off) is at least this share of ``min_lph``: a big family is no leak."""
+    quantile: float = 0.05
+    """Low quantile of hourly flow that the leak shifts (its estimate)."""
+    history_hours: int = 48
+    """Known hours before the stretch needed to take the household's own night use off."""
+    name: str = "consumer-leak"
+
+    def detect_group(self, data: GroupData) -> list[Finding]:
+        values = data.values
+        known = ~np.isnan(values)
+        floor = self.min_pulses * data.pulse_weight[:, None]
+        runs: dict[int, tuple[int, int]] = {}
+        for lph, hours in ((self.min_lph, self.min_hours), (self.fast_lph, self.fast_hours)):
+            threshold = np.maximum(lph / LITRES, floor)
+            found = _latest_runs((values >= threshold) | ~known, known, hours)
+            for r, run in found.items():
+                if r not in runs or run[0] < runs[r][0]:
+                    runs[r] = run
+        sensor = (data.status & Status.LEAK) != 0
+        out = []
+        for r in sorted(set(runs) | set(np.flatnonzero(sensor.any(axis=1)).tolist())):
+            found = self._finding(data, r, runs.get(r), sensor[r])
+            if found.data.get("sensor") or found.data["leak_lph"] >= self.min_rate_share * self.min_lph:
+                out.append(found)
+        return out
+
+    def _finding(self, data: GroupData, r: int, run: tuple[int, int] | None, sensor: np.ndarray) -> Finding:
+        flagged = np.flatnonzero(sensor)
+        first, stop = run if run is not None else (int(flagged[0]), data.hours)
+        first = _onset_of_floor(data.values[r, first:stop]) + first
+        rate = self._rate(data.values[r, :first], data.values[r, first:stop])
+        volume = rate * (stop - first)
+        score = rate / (self.min_lph / LITRES) * (stop - first) / self.min_hours
+        info = {"leak_lph": round(rate * LITRES, 2), "start": int(data.t[first]), "volume_m3": round(volume, 4),
+                "money": _money(data, volume), "confidence": max(_confidence(score, 1.0), 0.9 * bool(len(flagged)))}
+        if len(flagged):
+            info["sensor"] = True
+        meter = data.meter_ids[r]
+        how = "its leak sensor is wet" if run is None else f"it has not stood still for {stop - first} h"
+        message = (f"Meter {meter}: continuous flow of about {rate * LITRES:.1f} l/h, {how}; "
+                   f"about {volume:.2f} {data.group.unit} since the leak began.")
+        return _finding(self.name, data, meter, "consumer_leak", message, info)
+
+    def _rate(self, before: np.ndarray, stretch: np.ndarray) -> float:
+        """The leak adds a constant to every hour, so it shifts the low quantile of the
+        hourly flow by its rate: the household's own night use, seen before the
+        stretch, is taken off. Without enough history the stretch's minimum (leak
+        plus the least the household used) is the estimate."""
+        stretch = stretch[~np.isnan(stretch)]
+        before = before[~np.isnan(before)]
+        if not len(stretch):
+            return 0.0
+        low = float(np.quantile(stretch, self.quantile))
+        if len(before) >= self.history_hours:
+            return max(low - float(np.quantile(before, self.quantile)), 0.0)
+        return max(float(stretch.min()), 0.0)
+
+
+# 2. Leak in the group's network ---------------------------------------------
+
+
+def _nightly_minimum(data: GroupData, series: np.ndarray, night: tuple[int, int],
+                     min_hours: int = 2) -> tuple[np.ndarray, np.ndarray]:
+    """(first hour index of each night, minimum of ``series`` in it); NaN for nights with
+    fewer than ``min_hours`` known hours. At night the consumers sleep, so the
+    minimum is the loss alone plus the few who are awake."""
+    in_night = (data.local_hour >= night[0]) & (data.local_hour < night[1])
+    idx = np.flatnonzero(in_night)
+    if not len(idx):
+        return np.zeros(0, np.int64), np.zeros(0)
+    days, first, inverse = np.unique(_local_day(data)[idx], return_index=True, return_inverse=True)
+    x = series[idx]
+    mins = np.full(len(days), np.inf)
+    np.minimum.at(mins, inverse[~np.isnan(x)], x[~np.isnan(x)])
+    counts = np.bincount(inverse[~np.isnan(x)], minlength=len(days))
+    return idx[first], np.where(counts >= min_hours, mins, np.nan)
+
+
+@dataclass
+class GroupLeakDetector(GroupDetector):
+    """A leak in the group's network, from the minimum night flow of its imbalance.
+
+    A burst is a step up of the night minimum over the median of the earlier
+    nights that lasts; a background leak is a slow growth, a significant
+    positive slope of the night minimum. The allowance keeps day-to-day
+    wobble (meter resolution, late readings) from counting.
+    """
+
+    min_lph: float = 5.0
+    """Absolute allowance: a smaller step is not a burst."""
+    min_pct: float = 2.0
+    """Relative allowance: percent of the group's mean input."""
+    min_nights: int = 2
+    """A burst must last this many nights."""
+    baseline_nights: int = 3
+    """Earlier nights a burst needs for its baseline."""
+    z: float = 4.0
+    """A step must also be this many robust standard deviations of the baseline nights."""
+    trend_nights: int = 7
+    trend_t: float = 5.0
+    """t statistic of the night minimum's slope for a background leak."""
+    night: tuple[int, int] = (2, 6)
+    """Local hours [from, to) of the night window."""
+    name: str = "group-leak"
+
+    def detect_group(self, data: GroupData) -> list[Finding]:
+        starts, mins = _nightly_minimum(data, data.imbalance, self.night)
+        ok = ~np.isnan(mins)
+        starts, mins = starts[ok], mins[ok]
+        allowance = max(self.min_lph / LITRES, self.min_pct / 100 * _mean_or_zero(data.input))
+        burst = self._burst(data, starts, mins, allowance)
+        if burst is not None:
+            return [burst]
+        trend = self._trend(data, starts, mins, allowance)
+        return [trend] if trend is not None else []
+
+    def _burst(self, data: GroupData, starts: np.ndarray, mins: np.ndarray, allowance: float) -> Finding | None:
+        """The first night from which the night minimum stays above the baseline
+        by the allowance for at least ``min_nights`` (a loop over a few nights)."""
+        for n in range(self.baseline_nights, len(mins) - self.min_nights + 1):
+            base = float(np.median(mins[:n]))
+            spread = 1.4826 * float(np.median(np.abs(mins[:n] - base)))
+            step = mins[n:] - base
+            needed = max(allowance, self.z * spread)
+            if (step[: self.min_nights] < needed).any() or np.median(step) < needed:
+                continue
+            rate = float(np.median(step))
+            first = self._onset(data, int(starts[n - 1]), int(starts[n]), base, rate)
+            volume = rate * (data.hours - first)
+            info = {"rate_lph": round(rate * LITRES, 2), "start": int(data.t[first]), "volume_m3": round(volume, 4),
+                    "money": _money(data, volume), "confidence": _confidence(rate / max(spread, 1e-9), 2 * self.z)}
+            gid = data.group.group_id
+            message = (f"Group {gid}: the night flow stepped up by about {rate * LITRES:.1f} l/h, a burst in its "
+                       f"network; about {volume:.2f} {data.group.unit} lost since.")
+            return _finding(self.name, data, gid, "burst", message, info, Severity.CRITICAL)
+        return None
+
+    @staticmethod
+    def _onset(data: GroupData, lo: int, hi: int, base: float, rate: float) -> int:
+        """Hour the burst began between the last quiet night and the first loud one:
+        after the last hour whose imbalance was still below half the step (daytime
+        imbalance is noisier, so the night is the fallback)."""
+        imb = data.imbalance[lo:hi + 1]
+        quiet = np.flatnonzero(imb - base < rate / 2)
+        return lo + int(quiet[-1]) + 1 if len(quiet) else lo
+
+    def _trend(self, data: GroupData, starts: np.ndarray, mins: np.ndarray, allowance: float) -> Finding | None:
+        """A least-squares slope of the night minimum per night, significant by its t statistic."""
+        n = len(mins)
+        if n < self.trend_nights:
+            return None
+        x = np.arange(n, dtype=float)
+        slope, icept = np.polyfit(x, mins, 1)
+        resid = mins - (slope * x + icept)
+        se = np.sqrt(resid @ resid / (n - 2) / ((x - x.mean()) @ (x - x.mean())))
+        t_stat = slope / max(se, 1e-12)
+        rise = slope * (n - 1)
+        if t_stat < self.trend_t or rise < allowance:
+            return None
+        volume = float(slope * np.arange(data.hours).sum() / 24)  # grows linearly from the first night
+        first = int(starts[0])
+        info = {"rate_lph": round(rise * LITRES, 2), "start": int(data.t[first]), "volume_m3": round(volume, 4),
+                "money": _money(data, volume), "confidence": _confidence(t_stat, 2 * self.trend_t)}
+        gid = data.group.group_id
+        message = (f"Group {gid}: the night flow grew by about {rise * LITRES:.1f} l/h over {n} nights, a growing "
+                   f"background leak; about {volume:.2f} {data.group.unit} lost over the window.")
+        return _finding(self.name, data, gid, "background_leak", message, info)
+
+
+# 3. Stuck meter -------------------------------------------------------------
+
+
+@dataclass
+class StuckMeterDetector(GroupDetector):
+    """A meter whose counter stopped while water still flows through it.
+
+    An empty apartment also registers nothing, so zero alone is no fault: the
+    meter must have consumed normally before, and the group's imbalance must
+    have risen since by about what it used to register (the water still
+    flows, now unmetered).
+    """
+
+    min_hours: int = 24
+    """Measured hours in a row with zero delta."""
+    min_usual_lph: float = 1.0
+    """Usual use before the stop below this (or one pulse an hour) is too little to compare."""
+    history_hours: int = 48
+    """Known hours before the stop needed for the usual use."""
+    match: float = 0.5
+    """The imbalance must rise by at least this share of the usual use..."""
+    z: float = 3.0
+    """...and the rise must be this many standard errors."""
+    name: str = "stuck-meter"
+
+    def detect_group(self, data: GroupData) -> list[Finding]:
+        measured = (data.quality == QUALITY_MEASURED) & ~np.isnan(data.values)
+        zero = measured & (data.values == 0)
+        runs = _latest_runs(zero | ~measured, zero, self.min_hours)
+        out = []
+        imbalance = data.imbalance
+        for r, (first, stop) in runs.items():
+            before = data.values[r, :first]
+            if np.count_nonzero(~np.isnan(before)) < self.history_hours:
+                continue
+            usual = float(np.nanmean(before))
+            if usual < max(self.min_usual_lph / LITRES, data.pulse_weight[r]):
+                continue
+            rise, se = _mean_shift(imbalance[: stop], first)
+            if rise < self.match * usual or rise / se < self.z:
+                continue
+            out.append(self._finding(data, r, first, stop, usual, rise / se))
+        return out
+
+    def _finding(self, data: GroupData, r: int, first: int, stop: int, usual: float, z: float) -> Finding:
+        volume = usual * (stop - first)
+        meter = data.meter_ids[r]
+        info = {"start": int(data.t[first]), "usual_lph": round(usual * LITRES, 2), "volume_m3": round(volume, 4),
+                "money": _money(data, volume), "confidence": _confidence(z, 2 * self.z)}
+        message = (f"Meter {meter}: registers nothing for {stop - first} h although it used to register about "
+                   f"{usual * LITRES:.1f} l/h and the group's imbalance rose by as much; about {volume:.2f} "
+                   f"{data.group.unit} unmetered.")
+        return _finding(self.name, data, meter, "stuck_meter", message, info)
+
+
+# 4. Reversed meter ----------------------------------------------------------
+
+
+@dataclass
+class ReverseMeterDetector(GroupDetector):
+    """A meter mounted backwards: its counter runs down, and its module may say REVERSE.
+
+    Meters allowed to run backwards (a feed-in, a bidirectional meter) are
+    passed in ``allowed`` since the window carries no registry flags.
+    """
+
+    allowed: frozenset[str] = frozenset()
+    min_hours: int = 3
+    """Hours with a negative delta needed without the REVERSE flag (one may be a correction)."""
+    name: str = "reverse-meter"
+
+    def detect_group(self, data: GroupData) -> list[Finding]:
+        negative = np.nan_to_num(data.values) < 0
+        flagged = (data.status & Status.REVERSE) != 0
+        hit = (negative.sum(axis=1) >= self.min_hours) | flagged.any(axis=1)
+        out = []
+        for r in np.flatnonzero(hit):
+            meter = data.meter_ids[r]
+            if meter in self.allowed:
+                continue
+            first = int(np.argmax(negative[r] | flagged[r]))
+            volume = float(-np.nansum(np.where(negative[r], data.values[r], 0.0)))
+            both = negative[r].any() and flagged[r].any()
+            info = {"start": int(data.t[first]), "volume_m3": round(volume, 4), "money": _money(data, volume),
+                    "confidence": 0.99 if both else 0.9 if negative[r].any() else 0.7}
+            message = (f"Meter {meter}: runs backwards ({int(negative[r].sum())} h with a falling counter); "
+                       f"about {volume:.2f} {data.group.unit} counted down.")
+            out.append(_finding(self.name, data, meter, "reverse_meter", message, info))
+        return out
+
+
+# 5. Module status flags -----------------------------------------------------
+
+
+STATUS_KINDS: dict[str, Status] = {
+    "magnet": Status.MAGNET,
+    "tamper": Status.TAMPER,
+    "cable_cut": Status.CABLE_CUT,
+    "counter_reset": Status.COUNTER_RESET,
+}
+"""Status flags that are findings on their own: someone at the meter, or a restart that lost pulses."""
+ESCALATING = frozenset({"magnet", "tamper", "cable_cut"})
+"""Kinds that become critical when they recur: a deliberate act rather than a glitch."""
+
+
+@dataclass
+class ModuleStatusDetector(GroupDetector):
+    """What the radio modules report about themselves, once per meter and kind."""
+
+    critical_days: int = 3
+    """Different local days with a tampering flag that make it critical."""
+    name: str = "module-status"
+
+    def detect_group(self, data: GroupData) -> list[Finding]:
+        day = _local_day(data)
+        out = []
+        for kind, flag in STATUS_KINDS.items():
+            hit = (data.status & flag) != 0
+            for r in np.flatnonzero(hit.any(axis=1)):
+                hours = np.flatnonzero(hit[r])
+                days = len(np.unique(day[hours]))
+                severe = kind in ESCALATING and days >= self.critical_days
+                meter = data.meter_ids[r]
+                info = {"hours": len(hours), "first": int(data.t[hours[0]]), "last": int(data.t[hours[-1]])}
+                message = (f"Meter {meter}: module reports {kind.replace('_', ' ')} in {len(hours)} h "
+                           f"on {days} day(s).")
+                out.append(_finding(self.name, data, meter, kind, message, info,
+                                    Severity.CRITICAL if severe else Severity.WARNING))
+        return out
+
+
+# 6. Consumption drop with a matching imbalance rise -----------------------------
+
+
+def _lagged_median(values: np.ndarray, lag: int, count: int, need: int) -> np.ndarray:
+    """(M, H) median of the values ``lag``, 2 x ``lag`` .. ``count`` x ``lag`` hours
+    earlier; NaN where fewer than ``need`` of them are known. A loop over lags only."""
+    rows, hours = values.shape
+    stack = np.full((count, rows, hours), np.nan)
+    for k in range(1, count + 1):
+        if k * lag < hours:
+            stack[k - 1, :, k * lag:] = values[:, : hours - k * lag]
+    enough = np.count_nonzero(~np.isnan(stack), axis=0) >= need
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # hours without history: NaN, masked below
+        median = np.nanmedian(stack, axis=0) if count else np.full((rows, hours), np.nan)
+    return np.where(enough, median, np.nan)
+
+
+def forecast(values: np.ndarray, weeks: int = 4, days: int = 14) -> np.ndarray:
+    """(M, H) each hour's expected consumption from the same hour of the earlier weeks
+    (median, at least 2 of them), else of the earlier days (at least 3): robust to a
+    shower or a party, and using only the past so that a change shows up in the residual."""
+    weekly = _lagged_median(values, 168, weeks, 2)
+    daily = _lagged_median(values, 24, days, 3)
+    return np.where(np.isnan(weekly), daily, weekly)
+
+
+def cusum_down(residual: np.ndarray, k: float) -> tuple[np.ndarray, np.ndarray]:
+    """One-sided CUSUM S_h = max(0, S_{h-1} + r_h - k) of each row, in closed form
+    (S_h = C_h - min(0, min_{j<=h} C_j) with C the cumulative sum of r - k), and for
+    each hour the first hour of the excursion it belongs to."""
+    rows, hours = residual.shape
+    c = np.cumsum(residual - k, axis=1)
+    padded = np.concatenate([np.zeros((rows, 1)), c], axis=1)  # C_{-1} = 0
+    low = np.minimum.accumulate(padded, axis=1)
+    at_low = padded == low
+    idx = np.where(at_low, np.arange(hours + 1)[None, :], 0)
+    onset = np.maximum.accumulate(idx, axis=1)  # last position of the running minimum
+    return c - low[:, 1:], onset[:, :-1] if hours else onset
+
+
+@dataclass
+class ConsumptionDropDetector(GroupDetector):
+    """A meter that registers less while the group loses more: slowed (a magnet, a worn
+    impeller) rather than used less.
+
+    A lasting drop against the meter's own forecast is found with a one-sided
+    CUSUM; it is a finding only if the group's imbalance rose at the same time
+    by a matching amount. Without that rise the drop is a change of behaviour
+    (a holiday, a tenant moving out) and no one's business.
+    """
+
+    k: float = 0.15
+    """CUSUM allowance, in units of the meter's typical level per hour."""
+    h: float = 12.0
+    """CUSUM decision threshold, same units."""
+    min_drop_pct: float = 20.0
+    """Smaller drops are not reported."""
+    match: float = 0.5
+    """The imbalance must rise by at least this share of the drop..."""
+    max_match: float = 2.0
+    """...and at most this multiple of it (a much bigger rise has another cause)..."""
+    z: float = 3.0
+    """...and the rise must be this many standard errors."""
+    history_hours: int = 72
+    """Known hours before the drop needed to compare with."""
+    name: str = "consumption-drop"
+
+    def detect_group(self, data: GroupData) -> list[Finding]:
+        values = data.values
+        expected = forecast(values)
+        counted = np.maximum(np.count_nonzero(~np.isnan(values), axis=1), 1)
+        level = np.maximum(np.nansum(values, axis=1) / counted, data.pulse_weight)  # typical use per hour
+        residual = np.nan_to_num((expected - values) / level[:, None])  # a drop is positive
+        s, onset = cusum_down(residual, self.k)
+        alarm = s > self.h
+        imbalance = data.imbalance
+        out = []
+        for r in np.flatnonzero(alarm.any(axis=1)):
+            first = int(onset[r, int(np.argmax(alarm[r]))])
+            found = self._check(data, int(r), first, imbalance)
+            if found is not None:
+                out.append(found)
+        return out
+
+    def _check(self, data: GroupData, r: int, first: int, imbalance: np.ndarray) -> Finding | None:
+        """The drop measured as mean before - mean after; stopped and reversed meters
+        are left to their own detectors."""
+        before, after = data.values[r, :first], data.values[r, first:]
+        after_known = after[~np.isnan(after)]
+        if np.count_nonzero(~np.isnan(before)) < self.history_hours or len(after_known) < 12:
+            return None
+        if not (after_known > 0).any() or (after_known < 0).any():
+            return None
+        usual = float(np.nanmean(before))
+        drop = usual - float(after_known.mean())
+        if usual <= 0 or drop / usual * 100 < self.min_drop_pct:
+            return None
+        rise, se = _mean_shift(imbalance, first)
+        if not self.match * drop <= rise <= self.max_match * drop or rise / se < self.z:
+            return None
+        volume = drop * (data.hours - first)
+        meter = data.meter_ids[r]
+        pct = drop / usual * 100
+        info = {"start": int(data.t[first]), "drop_pct": round(pct, 1), "volume_m3": round(volume, 4),
+                "money": _money(data, volume), "confidence": _confidence(rise / se, 2 * self.z)}
+        message = (f"Meter {meter}: registers {pct:.0f} % less (about {drop * LITRES:.1f} l/h) while the group's "
+                   f"imbalance rose by about {rise * LITRES:.1f} l/h; about {volume:.2f} {data.group.unit} "
+                   f"unmetered.")
+        return _finding(self.name, data, meter, "consumption_drop", message, info)

@@ -1,0 +1,95 @@
+"""Forecast questions answered from storage: a meter's month, a group's month,
+and the average of a group's member meters to compare a meter with."""
+
+from __future__ import annotations
+
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import numpy as np
+
+from balans_edge.core.analytics.data import local_calendar
+from balans_edge.core.analytics.forecast import HOUR, WEEK_H, MonthForecast, month_forecast
+from balans_edge.core.balance_queries import month_bounds
+from balans_edge.core.model import Group, Meter
+from balans_edge.core.storage import Storage
+
+HISTORY_WEEKS = 4
+
+
+def _span(month: str, tz: ZoneInfo, now: float) -> tuple[int, int, int, int]:
+    """(history start, month start, month end, hours of the month that are over)."""
+    t0, t1 = month_bounds(month, tz)
+    t0, t1 = t0 - t0 % HOUR, -(-t1 // HOUR) * HOUR
+    last = int(now) - int(now) % HOUR
+    over = max(0, min(t1, last) - t0) // HOUR
+    return t0 - HISTORY_WEEKS * WEEK_H * HOUR, t0, t1, over
+
+
+def _how(t: np.ndarray, tz: ZoneInfo) -> np.ndarray:
+    hour, weekday = local_calendar(t, tz)
+    return weekday * 24 + hour
+
+
+def _forecast(series: np.ndarray, h0: int, t0: int, t1: int, over: int, tz: ZoneInfo) -> MonthForecast:
+    """Forecast from one hourly series that starts at ``h0`` (history, then the month)."""
+    t = np.arange(h0, t1, HOUR, dtype=np.int64)
+    how = _how(t, tz)
+    split = (t0 - h0) // HOUR
+    month = series[split:].copy()
+    month[over:] = np.nan  # hours not over yet are forecast, never taken as measured
+    return month_forecast(month, how[split:], over, series[:split], how[:split])
+
+
+async def meters(storage: Storage, meter_list: list[Meter], month: str, tz: ZoneInfo,
+                 now: float) -> list[MonthForecast]:
+    h0, t0, t1, over = _span(month, tz, now)
+    keys = await storage.meter_keys()
+    values, _ = await storage.consumption_matrix([keys[m.meter_id] for m in meter_list], h0, t1)
+    return [_forecast(row, h0, t0, t1, over, tz) for row in values]
+
+
+async def meter(storage: Storage, m: Meter, month: str, tz: ZoneInfo, now: float) -> MonthForecast:
+    return (await meters(storage, [m], month, tz, now))[0]
+
+
+async def group(storage: Storage, g: Group, month: str, tz: ZoneInfo, now: float) -> MonthForecast:
+    """The group's input: what flows into it (hours with a missing input meter count as missing)."""
+    h0, t0, t1, over = _span(month, tz, now)
+    series = await storage.balance([g.group_id], h0, t1)
+    values = np.where(series.input_missing[0] > 0, np.nan, series.input[0])
+    return _forecast(values, h0, t0, t1, over, tz)
+
+
+async def group_average(storage: Storage, group_id: str | None, month: str, tz: ZoneInfo,
+                        now: float) -> tuple[float, int] | None:
+    """Mean forecast of a group's member meters, and how many there are."""
+    if group_id is None:
+        return None
+    members = [m for m in await storage.registry_list("meters") if m.group_id == group_id]
+    if not members:
+        return None
+    found = await meters(storage, members, month, tz, now)
+    return float(np.mean([f.forecast for f in found])), len(found)
+
+
+def _pct(value: float, reference: float | None) -> float | None:
+    return None if not reference else round(100.0 * (value - reference) / reference, 1)
+
+
+def report(head: dict[str, Any], f: MonthForecast, norm: float | None,
+           peers: tuple[float, int] | None) -> dict[str, Any]:
+    """JSON of a forecast, with its comparison to the group's average and the norm."""
+    average = None if peers is None else peers[0]
+    return {
+        **head,
+        "to_date": round(f.to_date, 6),
+        "forecast": round(f.forecast, 6),
+        "filled_hours": f.filled_hours,
+        "baseline_weeks": f.baseline_weeks,
+        "group_average": None if average is None else round(average, 6),
+        "group_members": None if peers is None else peers[1],
+        "vs_group_pct": None if average is None else _pct(f.forecast, average),
+        "norm": norm,
+        "vs_norm_pct": _pct(f.forecast, norm),
+    }

@@ -1,0 +1,151 @@
+"""The analytics plugin: contributes the built-in loss detectors of ``core/analytics``
+through the detector hook (as a partner's plugin would), runs every detector on a
+schedule, and lets an operator run them on demand for a group and a period."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from balans_edge import hookimpl
+from balans_edge.core.analytics.base import DEFAULT_WINDOW_DAYS, GroupDetector, Scope
+from balans_edge.core.components import Finding
+from balans_edge.core.model import Resource
+from balans_edge.core.tasks import cancel
+from balans_edge.settings import setting
+
+if TYPE_CHECKING:
+    import click
+
+    from balans_edge.server import Server
+
+log = logging.getLogger(__name__)
+
+NAME = "analytics"
+
+
+DETECTOR_NAMES = ("slowed-meter", "unmetered-connection", "consumer-leak", "group-leak", "stuck-meter",
+                  "reverse-meter", "module-status", "consumption-drop")
+
+
+def _known_detectors(names: list[str]) -> str | None:
+    unknown = sorted(set(names) - set(DETECTOR_NAMES))
+    return f"unknown detectors {unknown} (known: {', '.join(DETECTOR_NAMES)})" if unknown else None
+
+
+@dataclass(frozen=True)
+class AnalyticsConfig:
+    """``[plugins.analytics]``."""
+
+    interval_s: int = setting(3600, range=(0, 7 * 86400), doc="run every detector this often (0: only on demand)")
+    window_days: int = setting(DEFAULT_WINDOW_DAYS, range=(2, 120), doc="hours of history each run looks at")
+    detectors: list[str] = field(default_factory=list)
+    """Built-in group detectors to run (empty: all)."""
+    verification_cost: float = setting(1500.0, range=(0.0, 1e9), doc="money a meter's verification costs")
+    verification_interval_years: float = setting(6.0, range=(0.1, 50.0), doc="the calendar interval of verification")
+    balanced_loss_pct: float = setting(5.0, range=(0.0, 100.0),
+                                       doc="a group without a loss norm balances when its loss is within this")
+    plan_days: int = setting(90, range=(7, 730), doc="days of balances the verification plan judges groups by")
+    monthly_norms: dict[str, float] = field(default_factory=dict)
+    """Normal consumption of one meter in a month, per resource (e.g. water = 6.0 m3),
+    that forecasts are compared with."""
+
+    def __post_init__(self) -> None:
+        problem = _known_detectors(self.detectors)
+        if problem:
+            raise ValueError(f"detectors: {problem}")
+        resources = {r.value for r in Resource}
+        for key, value in self.monthly_norms.items():
+            if key not in resources:
+                raise ValueError(f"monthly_norms: unknown resource {key!r} (known: {', '.join(sorted(resources))})")
+            if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+                raise ValueError(f"monthly_norms.{key}: expected a number >= 0, got {value!r}")
+
+
+def detector_classes() -> dict[str, type[GroupDetector]]:
+    """The built-in group detectors by name (imported when the plugin registers them:
+    they bring scipy, which the rest of the server does not need)."""
+    from balans_edge.core.analytics import imbalance_fit, meter_checks
+
+    classes: list[type[GroupDetector]] = [
+        imbalance_fit.SlowedMeterDetector, imbalance_fit.UnmeteredDetector,
+        meter_checks.ConsumerLeakDetector, meter_checks.GroupLeakDetector, meter_checks.StuckMeterDetector,
+        meter_checks.ReverseMeterDetector, meter_checks.ModuleStatusDetector, meter_checks.ConsumptionDropDetector,
+    ]
+    return {c.name: c for c in classes}
+
+
+async def run_analytics(server: Server, scope: Scope) -> list[Finding]:
+    """Run every detector over ``scope``; one run at a time (they share the scope's loaded windows)."""
+    lock = server.__dict__.setdefault("_analytics_lock", asyncio.Lock())
+    async with lock:
+        server.analytics_scope = scope
+        try:
+            return await server.run_detectors()
+        finally:
+            server.analytics_scope = None
+
+
+class Scheduler:
+    """Component: every ``interval_s``, run the detectors over the last ``window_days``."""
+
+    name = "analytics-scheduler"
+
+    def __init__(self, server: Server, config: AnalyticsConfig) -> None:
+        self.server = server
+        self.config = config
+        self._task: asyncio.Task[None] | None = None
+        self.runs = 0
+
+    async def _loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.interval_s)
+            try:
+                await run_analytics(self.server, Scope.recent(time.time(), self.config.window_days))
+                self.runs += 1
+            except Exception:
+                log.exception("analytics run failed")
+
+    async def start(self) -> None:
+        if self.config.interval_s:
+            self._task = asyncio.create_task(self._loop(), name=self.name)
+
+    async def stop(self) -> None:
+        await cancel(self._task)
+        self._task = None
+
+
+@hookimpl
+def config_schema() -> dict[str, type]:
+    return {NAME: AnalyticsConfig}
+
+
+@hookimpl
+def register_detectors(server: Server) -> list:
+    config: AnalyticsConfig = server.plugin_config(NAME)
+    classes = detector_classes()
+    return [classes[n]() for n in config.detectors or DETECTOR_NAMES]
+
+
+@hookimpl
+def register_components(server: Server) -> list:
+    return [Scheduler(server, server.plugin_config(NAME))]
+
+
+@hookimpl
+def register_routes(server: Server) -> list:
+    from balans_edge.plugins.analytics.api import routes
+
+    return routes(server)
+
+
+@hookimpl
+def register_commands(cli: click.Group) -> None:
+    from balans_edge.plugins.analytics.api import add_commands
+
+    group: Any = cli.commands.get("analytics")
+    if group is not None:
+        add_commands(group)
