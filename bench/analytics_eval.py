@@ -4,7 +4,8 @@
 
 Generates many apartment buildings with the scenario generator
 (``plugins/dmesh/scenario.py``): 20-120 apartments, varied household mix and
-noise, background network loss, and at most one injected fault each (a slowed
+noise, households drawing water in uses of 5-12 litres, background network
+loss, and at most one injected fault each (a slowed
 meter, a consumer leak, an unmetered connection, a stuck meter) or an ordinary
 change of behaviour that is not a loss, with a random size and start. It then
 runs every group detector as the server does: once a day over the last 14 days
@@ -97,9 +98,12 @@ class Site:
 
 def random_site(rng: np.random.Generator, index: int, days: int) -> Site:
     apartments = int(rng.integers(20, 121))
+    # Households draw water in uses of 5-12 litres (a Poisson number per hour around
+    # the daily profile), so nights have empty hours as real meters show.
     scenario = Scenario(buildings=1, apartments=apartments, hours=days * 24, seed=int(rng.integers(2**31)),
                         noise=float(rng.uniform(0.3, 0.7)), scale_sigma=float(rng.uniform(0.2, 0.6)),
-                        network_loss=float(rng.uniform(0.01, 0.06)), utc_offset_h=3)
+                        network_loss=float(rng.uniform(0.01, 0.06)), utc_offset_h=3,
+                        event_litres=float(rng.uniform(5.0, 12.0)))
     kind = index % 6
     start = int(rng.integers(14 * 24, (days - 8) * 24))
     apt = f"B1-A{int(rng.integers(1, apartments + 1)):02d}"

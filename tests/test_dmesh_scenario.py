@@ -498,3 +498,18 @@ def test_behaviour_change_moves_meter_and_input_together() -> None:
     assert data.truth.faults[0].volume_m3 == pytest.approx(-dropped)
     with pytest.raises(ValueError, match="behaviour change"):
         generate(EXACT, [BehaviourChange("B1-IN", 0.5)])
+
+
+def test_households_drawing_water_in_uses_have_empty_night_hours() -> None:
+    """With uses of ~8 l, most night hours have no use at all, while the mean stays the profile's."""
+    events = Scenario(apartments=40, hours=14 * 24, seed=1, event_litres=8.0)
+    data = generate(events)
+    use = data.truth.consumption_m3[1:] * 1000  # litres
+    nights = use.reshape(40, 14, 24)[:, :, 1:5]
+    assert (nights == 0).mean() > 0.6
+    assert use.mean() == pytest.approx(generate(Scenario(apartments=40, hours=14 * 24, seed=1)).truth
+                                       .consumption_m3[1:].mean() * 1000, rel=0.1)
+    longer = generate(Scenario(apartments=40, hours=20 * 24, seed=1, event_litres=8.0))
+    assert np.array_equal(longer.counter[:, : 14 * 24 + 1], data.counter)  # still prefix-stable
+    with pytest.raises(ValueError, match="event_litres"):
+        generate(Scenario(event_litres=-1.0))

@@ -325,6 +325,20 @@ def _best_member_r2(r: np.ndarray, x: np.ndarray, mask: np.ndarray) -> float:
     return float(np.nanmax(corr**2)) if len(corr) else 0.0
 
 
+def _stopped_member_explains(values: np.ndarray, start: int, rate: float) -> bool:
+    """A member meter that all but stopped at the rise, having used at least half
+    of the rise's rate before: the water still flows through its pipe, unregistered
+    (a stuck meter, a bypass). That is the stuck-meter detector's finding, about
+    the meter, not an unmetered connection of the group."""
+    if start < 24 or start >= values.shape[1] - 24:
+        return False
+    with np.errstate(invalid="ignore"):
+        before = np.nanmean(values[:, :start], axis=1)
+        after = np.nanmean(values[:, start:], axis=1)
+    stopped = (before >= 0.5 * rate) & (after <= 0.2 * before)
+    return bool(np.any(stopped))
+
+
 class UnmeteredDetector(GroupDetector):
     """Water drawn past every meter: an imbalance rise with a household's daily shape.
 
@@ -393,6 +407,8 @@ class UnmeteredDetector(GroupDetector):
             return None
         r2_shape = _best_member_r2(r, (w * after)[None, :], mask)
         if _best_member_r2(r, p.x, mask) >= r2_shape:
+            return None
+        if _stopped_member_explains(data.values, start, volume / max(int(after.sum()), 1)):
             return None
         return Draw(start, a, t_stat, volume, profile, corr)
 

@@ -482,6 +482,23 @@ def cusum_down(residual: np.ndarray, k: float) -> tuple[np.ndarray, np.ndarray]:
     return c - low[:, 1:], onset[:, :-1] if hours else onset
 
 
+def change_point(y: np.ndarray, min_side: int = 24) -> int | None:
+    """Index where the mean of ``y`` (NaN skipped) shifts most: the split with the
+    largest standardised difference of the means on either side, each side at
+    least ``min_side`` known values long."""
+    idx = np.flatnonzero(~np.isnan(y))
+    v = y[idx]
+    n = len(v)
+    if n < 2 * min_side:
+        return None
+    c = np.cumsum(v)
+    k = np.arange(1, n)
+    score = np.abs((c[-1] - c[:-1]) / (n - k) - c[:-1] / k) * np.sqrt(k * (n - k) / n)
+    score[: min_side - 1] = 0.0
+    score[n - min_side :] = 0.0
+    return int(idx[int(np.argmax(score)) + 1])
+
+
 @dataclass
 class ConsumptionDropDetector(GroupDetector):
     """A meter that registers less while the group loses more: slowed (a magnet, a worn
@@ -507,6 +524,8 @@ class ConsumptionDropDetector(GroupDetector):
     """...and the rise must be this many standard errors."""
     history_hours: int = 72
     """Known hours before the drop needed to compare with."""
+    align_hours: int = 48
+    """The imbalance's own change point must lie this close to the drop's start."""
     name: str = "consumption-drop"
 
     def detect_group(self, data: GroupData) -> list[Finding]:
@@ -542,6 +561,9 @@ class ConsumptionDropDetector(GroupDetector):
         rise, se = _mean_shift(imbalance, first)
         if not self.match * drop <= rise <= self.max_match * drop or rise / se < self.z:
             return None
+        shift = change_point(imbalance)
+        if shift is None or abs(shift - first) > self.align_hours:
+            return None  # the imbalance changed at another time: another cause, a coincidental drop
         volume = drop * (data.hours - first)
         meter = data.meter_ids[r]
         pct = drop / usual * 100

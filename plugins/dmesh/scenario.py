@@ -97,6 +97,12 @@ class Scenario:
     noise: float = 0.5
     """Coefficient of variation of the multiplicative gamma noise per apartment
     and hour; 0 makes consumption the exact profile (for exact tests)."""
+    event_litres: float = 0.0
+    """0: use flows continuously (the profile times the noise). Above 0, a
+    household's water is drawn in uses (a flush, a shower, the dishes) of this
+    mean volume, a Poisson number of them per hour around the profile: at night
+    most hours have none, as real meters show (a leak is then a flow that never
+    stops)."""
     utc_offset_h: int = 0
     """Local time offset of the site, for the daily profile."""
     first_module: int = 2_000_000
@@ -119,8 +125,8 @@ class Scenario:
             raise ValueError("apartments per building must be 1..999")
         if not 0.0 <= self.network_loss < 1.0:
             raise ValueError("network_loss must be in [0, 1)")
-        if self.noise < 0 or self.mean_lph < 0 or self.scale_sigma < 0:
-            raise ValueError("noise, mean_lph and scale_sigma must not be negative")
+        if self.noise < 0 or self.mean_lph < 0 or self.scale_sigma < 0 or self.event_litres < 0:
+            raise ValueError("noise, mean_lph, scale_sigma and event_litres must not be negative")
 
 
 # Faults ------------------------------------------------------------------
@@ -459,18 +465,27 @@ def generate(scenario: Scenario, faults: Sequence[AnyFault] = ()) -> ScenarioDat
 
     base_counter = rng.integers(0, COUNTER_MODULUS, n_meters)
     scale = rng.lognormal(-scenario.scale_sigma**2 / 2, scenario.scale_sigma, len(apt))
-    if scenario.noise > 0:
-        # Hour by hour from a generator of its own, so that a longer scenario
-        # draws the same noise for its first hours.
+    # Hour by hour from a generator of its own, so that a longer scenario draws
+    # the same noise for its first hours.
+    hourly_rng = np.random.default_rng([scenario.seed, 2])
+    expected = scale[:, None] * profile(scenario)[None, :]
+    if scenario.event_litres > 0:
+        # Uses per hour ~ Poisson; each use's volume ~ gamma with CV ``noise``, so the
+        # sum of n uses is gamma with n times the shape.
+        k = 1.0 / max(scenario.noise, 1e-6) ** 2
+        uses = hourly_rng.poisson((expected / scenario.event_litres).T).T
+        volumes = np.random.default_rng([scenario.seed, 4]).gamma(np.maximum(uses, 1).T * k, scenario.event_litres / k)
+        use = np.where(uses > 0, volumes.T, 0.0)
+    elif scenario.noise > 0:
         k = 1.0 / scenario.noise**2
-        noise = np.random.default_rng([scenario.seed, 2]).gamma(k, 1.0 / k, (hours, len(apt))).T
+        use = expected * hourly_rng.gamma(k, 1.0 / k, (hours, len(apt))).T
     else:
-        noise = np.ones((len(apt), hours))
+        use = expected
     healthy_mv = np.random.default_rng([scenario.seed, 3]).integers(3300, 3650, n_meters)
 
     # True flow, litres (= pulses) per meter and hour.
     true = np.zeros((n_meters, hours))
-    true[apt] = scale[:, None] * profile(scenario)[None, :] * noise
+    true[apt] = use
     onehot = bld[None, :] == np.arange(scenario.buildings)[:, None]  # buildings x meters
     members = onehot & ~is_input[None, :]
     # Background leakage is pressure-driven, so roughly constant over the day;
