@@ -513,3 +513,30 @@ def test_households_drawing_water_in_uses_have_empty_night_hours() -> None:
     assert np.array_equal(longer.counter[:, : 14 * 24 + 1], data.counter)  # still prefix-stable
     with pytest.raises(ValueError, match="event_litres"):
         generate(Scenario(event_litres=-1.0))
+
+
+@pytest.mark.parametrize("attack", ["h1", "h2", "h3", "h4", "h5", "h6"])
+def test_theft_attacks(attack: str) -> None:
+    """The six attacks on a tampered meter: h1-h4 hide volume, h5 and h6 keep each day's total."""
+    from balans_edge.plugins.dmesh.scenario import Theft
+
+    s = Scenario(apartments=5, hours=5 * 24, seed=3)
+    plain, data = generate(s), generate(s, [Theft("B1-A02", attack, alpha=0.3, start=24)])
+    row = data.row("B1-A02")
+    true, metered = data.truth.consumption_m3[row], data.truth.metered_m3[row]
+    assert np.array_equal(true, plain.truth.consumption_m3[row])  # the water still flows
+    assert np.array_equal(metered[:24], true[:24])
+    hidden = data.truth.faults[0].hourly_m3
+    assert np.allclose(hidden, true - metered)
+    days = hidden[24:].reshape(4, 24).sum(axis=1)
+    if attack in ("h5", "h6"):
+        assert np.allclose(days, 0.0) and np.abs(hidden[24:]).max() > 0  # daily totals kept, hours moved
+    else:
+        assert (days > 0).all()
+    if attack == "h1":
+        assert np.allclose(metered[24:], 0.3 * true[24:])
+    if attack == "h2":
+        hour = np.arange(24, 5 * 24) % 24
+        assert np.all(metered[24:][(hour >= 8) & (hour < 18)] == 0)
+    if attack == "h6":
+        assert np.allclose(metered[24:48], true[24:48][::-1])

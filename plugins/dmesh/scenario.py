@@ -262,10 +262,57 @@ class BehaviourChange(Fault):
     factor: float
 
 
+ATTACKS = ("h1", "h2", "h3", "h4", "h5", "h6")
+
+
+@dataclass(frozen=True, slots=True)
+class Theft(Fault):
+    """A tampered meter registers a manipulated series: the six attacks of Jokar
+    et al. (2016) on hourly use x of each local day. h1: alpha x; h2: nothing in
+    the daily hours [off_hour, off_hour + off_hours); h3: x times a random
+    factor in [0.1, 0.8] per hour; h4: the day's mean times such a factor; h5:
+    the day's mean every hour; h6: the day's hours in reverse order. h5 and h6
+    keep every day's total, so only an hourly balance sees them (days the
+    window cuts are left as they are)."""
+
+    apartment: str
+    attack: str
+    alpha: float = 0.5
+    off_hour: int = 8
+    off_hours: int = 10
+
+
 AnyFault = (
     Leak | NetworkLeak | Unmetered | Magnet | Stuck | Reversed | CounterReset | LostModule | LowBattery | ClockDrift
-    | BehaviourChange
+    | BehaviourChange | Theft
 )
+
+
+def _attack(fault: Theft, x: np.ndarray, hour: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """The series a meter under ``fault`` registers for the true hourly use ``x``
+    whose local hours of the day are ``hour`` (the window starts on any hour)."""
+    out = x.copy()
+    if fault.attack == "h1":
+        return fault.alpha * x
+    if fault.attack == "h2":
+        off = (hour - fault.off_hour) % 24 < fault.off_hours
+        return np.where(off, 0.0, x)
+    if fault.attack == "h3":
+        return x * rng.uniform(0.1, 0.8, len(x))
+    # Whole local days only: h4..h6 rearrange a day.
+    first = int(np.argmax(hour == 0)) if (hour == 0).any() else len(x)
+    days = (len(x) - first) // 24
+    if days == 0:
+        return out
+    block = x[first : first + days * 24].reshape(days, 24)
+    if fault.attack == "h4":
+        block = block.mean(axis=1, keepdims=True) * rng.uniform(0.1, 0.8, (days, 24))
+    elif fault.attack == "h5":
+        block = np.repeat(block.mean(axis=1, keepdims=True), 24, axis=1)
+    else:  # h6
+        block = block[:, ::-1]
+    out[first : first + days * 24] = block.ravel()
+    return out
 
 
 # Output ------------------------------------------------------------------
@@ -285,7 +332,8 @@ class FaultTruth:
     ClockDrift, per hour, what the readings put into that hour minus what the
     meter registered in it (signed: volume moved between hours, about zero in
     total); BehaviourChange the change of real use (negative for less; no
-    loss). ``hourly_m3`` spreads it over the scenario's hours.
+    loss); Theft the flow its meter did not register (per hour; for h5 and h6
+    it sums to about zero each day). ``hourly_m3`` spreads it over the scenario's hours.
     """
 
     fault: AnyFault
@@ -538,6 +586,10 @@ def generate(scenario: Scenario, faults: Sequence[AnyFault] = ()) -> ScenarioDat
             hourly[w] = fault.litres_per_hour * shape[w]
             bypass[b] += hourly
             truths.append((j, FaultTruth(fault, f"B{b + 1}-IN", hourly * PULSE_WEIGHT)))
+        elif isinstance(fault, Theft):
+            if fault.attack not in ATTACKS or not 0.0 <= fault.alpha < 1.0:
+                raise ValueError(f"{fault!r}: attack one of {', '.join(ATTACKS)}, alpha in [0, 1)")
+            effects.append((j, meter_of(fault.apartment, repr(fault)), fault, fault.window(hours)))
         elif isinstance(fault, Magnet | Stuck | Reversed | LostModule | LowBattery | ClockDrift):
             effects.append((j, meter_of(fault.apartment, repr(fault)), fault, fault.window(hours)))
         else:
@@ -562,6 +614,10 @@ def generate(scenario: Scenario, faults: Sequence[AnyFault] = ()) -> ScenarioDat
             flag_rng = np.random.default_rng([scenario.seed, 1, j])
             flagged = flag_rng.random(w.stop - w.start) < fault.flag_share
             status[i, closing] |= np.where(flagged, int(Status.MAGNET), 0)
+        elif isinstance(fault, Theft):
+            before = metered[i, w].copy()
+            metered[i, w] = _attack(fault, before, local_hour[w], np.random.default_rng([scenario.seed, 1, j]))
+            hourly[w] = before - metered[i, w]
         elif isinstance(fault, Stuck):
             hourly[w] = metered[i, w]
             metered[i, w] = 0.0
