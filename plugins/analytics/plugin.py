@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 NAME = "analytics"
+FIRST_RUN_S = 60
 
 
 DETECTOR_NAMES = ("slowed-meter", "unmetered-connection", "consumer-leak", "group-leak", "stuck-meter",
@@ -101,8 +102,12 @@ class Scheduler:
         self.runs = 0
 
     async def _loop(self) -> None:
+        # The first run soon after start (data delivered at start-up is looked at
+        # within a minute), then every interval.
+        wait = min(self.config.interval_s, FIRST_RUN_S)
         while True:
-            await asyncio.sleep(self.config.interval_s)
+            await asyncio.sleep(wait)
+            wait = self.config.interval_s
             try:
                 await run_analytics(self.server, Scope.recent(time.time(), self.config.window_days))
                 self.runs += 1

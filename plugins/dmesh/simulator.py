@@ -59,6 +59,7 @@ from balans_edge.plugins.dmesh.scenario import (
     Scenario,
     ScenarioData,
     Stuck,
+    Theft,
     Unmetered,
     generate,
 )
@@ -83,7 +84,7 @@ FIRMWARE = 0x0104
 FAULT_KINDS: dict[str, type] = {
     "leak": Leak, "network_leak": NetworkLeak, "unmetered": Unmetered, "magnet": Magnet, "stuck": Stuck,
     "reversed": Reversed, "counter_reset": CounterReset, "lost_module": LostModule, "low_battery": LowBattery,
-    "clock_drift": ClockDrift,
+    "clock_drift": ClockDrift, "theft": Theft,
 }
 EVENT_ON_OFF = {Status.MAGNET: (1, 2), Status.LEAK: (4, 5)}
 """Status flag -> (EVENT code when it appears, when it clears)."""
@@ -98,7 +99,7 @@ class FaultConfig:
     """One injected fault: ``kind`` and the keys that apply to it."""
 
     kind: Literal["leak", "network_leak", "unmetered", "magnet", "stuck", "reversed", "counter_reset",
-                  "lost_module", "low_battery", "clock_drift"]
+                  "lost_module", "low_battery", "clock_drift", "theft"]
     meter: str = setting("", doc="the apartment's meter, e.g. B1-A07 (every kind but network_leak and unmetered)")
     building: str = setting("", doc="the building, e.g. B2 (network_leak, unmetered)")
     start_hour: int = setting(0, range=(0, 24 * 3660),
@@ -111,6 +112,8 @@ class FaultConfig:
     at: float = setting(0.5, range=(0.0, 1.0), doc="counter_reset: point of the hour it restarts")
     days: float = setting(30.0, range=(0.01, 3650.0), doc="low_battery: days from healthy to dead")
     seconds_per_day: float = setting(0.0, range=(-86400.0, 86400.0), doc="clock_drift: gain (negative: loss)")
+    attack: str = setting("", doc="theft: h1..h6 (Jokar et al. 2016)")
+    alpha: float = setting(0.5, range=(0.0, 0.99), doc="theft h1: share of the use the meter still registers")
 
     def __post_init__(self) -> None:
         self.fault()  # refuses keys that do not apply, with the fault named
@@ -150,6 +153,8 @@ class SimulatorConfig:
     apartments: int = setting(40, range=(1, 999), doc="apartments (meters) per building")
     mean_lph: float = setting(10.0, range=(0.0, 10_000.0), doc="an average apartment's use, litres per hour")
     network_loss: float = setting(0.03, range=(0.0, 0.9), doc="background leakage of each building's network")
+    event_litres: float = setting(8.0, range=(0.0, 1000.0),
+                                  doc="mean volume of one use of water (0: use flows continuously)")
     interval_s: int = setting(60, range=(1, 86400), doc="reporting period of the live site")
     history_hours: int = setting(48, range=(0, 24 * 90), doc="hours of history sent at start (fast-forward)")
     hop_delay_s: float = setting(0.2, range=(0.0, 600.0), doc="a command's delay per radio hop")
@@ -170,7 +175,7 @@ class SimulatorConfig:
     def scenario(self, start: int, hours: int, utc_offset_h: int = 0) -> Scenario:
         return Scenario(buildings=self.buildings, apartments=self.apartments, start=start, hours=hours,
                         seed=self.seed, network_loss=self.network_loss, mean_lph=self.mean_lph,
-                        utc_offset_h=utc_offset_h)
+                        utc_offset_h=utc_offset_h, event_litres=self.event_litres)
 
     def concentrator_ids(self) -> list[int]:
         return [FIRST_CONCENTRATOR + c for c in range(self.concentrators)]
