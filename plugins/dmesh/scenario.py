@@ -288,7 +288,7 @@ AnyFault = (
 )
 
 
-def _attack(fault: Theft, x: np.ndarray, hour: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+def attacked(fault: Theft, x: np.ndarray, hour: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """The series a meter under ``fault`` registers for the true hourly use ``x``
     whose local hours of the day are ``hour`` (the window starts on any hour)."""
     out = x.copy()
@@ -616,7 +616,7 @@ def generate(scenario: Scenario, faults: Sequence[AnyFault] = ()) -> ScenarioDat
             status[i, closing] |= np.where(flagged, int(Status.MAGNET), 0)
         elif isinstance(fault, Theft):
             before = metered[i, w].copy()
-            metered[i, w] = _attack(fault, before, local_hour[w], np.random.default_rng([scenario.seed, 1, j]))
+            metered[i, w] = attacked(fault, before, local_hour[w], np.random.default_rng([scenario.seed, 1, j]))
             hourly[w] = before - metered[i, w]
         elif isinstance(fault, Stuck):
             hourly[w] = metered[i, w]
