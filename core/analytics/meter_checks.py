@@ -208,7 +208,11 @@ class ConsumerLeakDetector(GroupDetector):
         before = values[outside]
         if len(before) < self.history_hours // 6:  # about two nights
             return True
-        threshold = max(self.min_lph / LITRES, self.min_pulses * float(data.pulse_weight[r]))
+        # Quiet means below the level the stretch never left: a big leak keeps the meter
+        # far above what the household's busiest nights show, and convinces sooner.
+        stretch = values[first:stop][~np.isnan(values[first:stop])]
+        level = 0.8 * float(np.quantile(stretch, self.quantile)) if len(stretch) else 0.0
+        threshold = max(self.min_lph / LITRES, self.min_pulses * float(data.pulse_weight[r]), level)
         quiet = float(np.mean(before < threshold))
         if quiet <= 0.0:
             return False
@@ -365,8 +369,12 @@ class StuckMeterDetector(GroupDetector):
     """Known hours before the stop needed for the usual use."""
     match: float = 0.5
     """The imbalance must rise by at least this share of the usual use..."""
+    max_match: float = 3.0
+    """...and at most this multiple of it..."""
     z: float = 3.0
-    """...and the rise must be this many standard errors."""
+    """...and the rise must be this many standard errors..."""
+    align_hours: int = 48
+    """...and the imbalance's own change point must lie this close to the stop."""
     name: str = "stuck-meter"
 
     def detect_group(self, data: GroupData) -> list[Finding]:
@@ -383,8 +391,11 @@ class StuckMeterDetector(GroupDetector):
             if usual < max(self.min_usual_lph / LITRES, data.pulse_weight[r]):
                 continue
             rise, se = _mean_shift(imbalance[: stop], first)
-            if rise < self.match * usual or rise / se < self.z:
-                continue
+            if not self.match * usual <= rise <= self.max_match * usual or rise / se < self.z:
+                continue  # too small a rise, or far more than the meter ever used: another cause
+            shift = change_point(imbalance[:stop])
+            if shift is None or abs(shift - first) > self.align_hours:
+                continue  # the imbalance rose at another time: an empty flat next to another loss
             out.append(self._finding(data, r, first, stop, usual, rise / se))
         return out
 
