@@ -561,10 +561,11 @@ class ConsumptionDropDetector(GroupDetector):
     """CUSUM decision threshold, same units."""
     min_drop_pct: float = 20.0
     """Smaller drops are not reported."""
-    match: float = 0.5
+    match: float = 0.67
     """The imbalance must rise by at least this share of the drop..."""
-    max_match: float = 2.0
-    """...and at most this multiple of it (a much bigger rise has another cause)..."""
+    max_match: float = 1.5
+    """...and at most this multiple of it (a much bigger rise has another cause: with
+    looser bounds, households that happen to use less next to another loss were named)..."""
     z: float = 3.0
     """...and the rise must be this many standard errors."""
     history_hours: int = 72
