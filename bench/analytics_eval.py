@@ -79,6 +79,7 @@ def detectors() -> list[GroupDetector]:
         "balans_edge.core.analytics.meter_checks": ["ConsumerLeakDetector", "GroupLeakDetector",
                                                     "StuckMeterDetector", "ReverseMeterDetector",
                                                     "ModuleStatusDetector", "ConsumptionDropDetector"],
+        "balans_edge.core.analytics.profile_tamper": ["ProfileTamperDetector"],
     }.items():
         try:
             mod = __import__(module, fromlist=names)

@@ -29,7 +29,7 @@ FIRST_RUN_S = 60
 
 
 DETECTOR_NAMES = ("slowed-meter", "unmetered-connection", "consumer-leak", "group-leak", "stuck-meter",
-                  "reverse-meter", "module-status", "consumption-drop")
+                  "reverse-meter", "module-status", "consumption-drop", "profile-tamper")
 
 
 def _known_detectors(names: list[str]) -> str | None:
@@ -69,12 +69,13 @@ class AnalyticsConfig:
 def detector_classes() -> dict[str, type[GroupDetector]]:
     """The built-in group detectors by name (imported when the plugin registers them:
     they bring scipy, which the rest of the server does not need)."""
-    from balans_edge.core.analytics import imbalance_fit, meter_checks
+    from balans_edge.core.analytics import imbalance_fit, meter_checks, profile_tamper
 
     classes: list[type[GroupDetector]] = [
         imbalance_fit.SlowedMeterDetector, imbalance_fit.UnmeteredDetector,
         meter_checks.ConsumerLeakDetector, meter_checks.GroupLeakDetector, meter_checks.StuckMeterDetector,
         meter_checks.ReverseMeterDetector, meter_checks.ModuleStatusDetector, meter_checks.ConsumptionDropDetector,
+        profile_tamper.ProfileTamperDetector,
     ]
     return {c.name: c for c in classes}
 
