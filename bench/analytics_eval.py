@@ -60,10 +60,10 @@ TARGETS = {
 }
 MATCHES = {
     # fault type -> finding kinds that name it correctly (the first is the one scored for recall)
-    Magnet: ("slowed_meter", "magnet", "consumption_drop"),
+    Magnet: ("slowed_meter", "magnet", "consumption_drop", "profile_tamper"),
     Leak: ("consumer_leak",),
     Unmetered: ("unmetered_connection", "burst", "background_leak"),
-    Stuck: ("stuck_meter", "consumption_drop", "slowed_meter"),
+    Stuck: ("stuck_meter", "consumption_drop", "slowed_meter", "profile_tamper"),
 }
 FAULT_NAMES = {Magnet: "slowed meter", Leak: "consumer leak", Unmetered: "unmetered connection",
                Stuck: "stuck meter"}
