@@ -22,27 +22,24 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import aiosqlite
-import numpy as np
 
 from balans_edge.core import findings as findings_rules
 from balans_edge.core.model import GroupInput, Meter, Resource
 from balans_edge.core.storage.base import (
-    CONNECTION_EVENTS,
     REGISTRY_KINDS,
-    ConnectionEvent,
     DirtyRange,
     IngestWrite,
     MeterHead,
-    ModuleEvent,
-    ModuleRoute,
     ReadingRows,
     Storage,
     StorageError,
 )
 from balans_edge.core.storage.migrations import migrate
+from balans_edge.core.storage.sqlite_balance import BalanceTables
+from balans_edge.core.storage.sqlite_devices import DeviceReports
 
 if TYPE_CHECKING:
-    from balans_edge.core.balance import BalanceSeries
+    pass
 
 log = logging.getLogger(__name__)
 
@@ -55,10 +52,6 @@ KEYS = {
     "meters": "meter_id",
     "groups": "group_id",
 }
-BALANCE_COLUMNS = ("input", "consumed", "measured", "estimated", "missing",
-                   "input_measured", "input_estimated", "input_missing")
-MATRIX_CHUNK = 500
-"""Meters per consumption query (well under SQLite's limit on bound parameters)."""
 READING_COLUMNS = "meter, ts, counter, pulses, status, flags"
 JOURNALS = {
     "commands": ("t", "target", "code", "requested_by", "reason", "outcome", "detail"),
@@ -114,14 +107,6 @@ def _from_row(kind: str, row: aiosqlite.Row) -> Any:
     return cls(**values)
 
 
-SNAPSHOT_COLUMNS = "module_id, t, concentrator_id, parent_id, hops, rssi, battery_mv, fw_version, channels, state"
-
-
-def _snapshot_row(concentrator_id: int, t: int, r: ModuleRoute) -> tuple[int, ...]:
-    return (r.module_id, t, concentrator_id, r.parent_id, r.hops, r.rssi, r.battery_mv, r.fw_version, r.channels,
-            r.state)  # fmt: skip
-
-
 async def _pragma(db: aiosqlite.Connection, pragma: str) -> None:
     """Run a PRAGMA and close its cursor (an unfinished statement can pin a read snapshot)."""
     async with db.execute(f"PRAGMA {pragma}") as cursor:
@@ -134,7 +119,7 @@ class _Job:
     future: asyncio.Future[None]
 
 
-class SqliteStorage(Storage):
+class SqliteStorage(BalanceTables, DeviceReports, Storage):
     def __init__(self, path: str | Path, *, max_group: int = 256) -> None:
         self.path = Path(path)
         self.max_group = max_group
@@ -453,81 +438,6 @@ class SqliteStorage(Storage):
         )
         return [tuple(r) for r in rows]
 
-    # balance -------------------------------------------------------------
-
-    async def consumption_matrix(self, meters: Sequence[int], t0: int, t1: int) -> tuple[np.ndarray, np.ndarray]:
-        hours = max(0, (t1 - t0) // 3600)
-        values = np.full((len(meters), hours), np.nan)
-        quality = np.full((len(meters), hours), 2, dtype=np.int8)
-        keys = np.asarray(meters, dtype=np.int64)
-        order = np.argsort(keys, kind="stable")
-        for i in range(0, len(keys), MATRIX_CHUNK):
-            chunk = keys[order[i : i + MATRIX_CHUNK]]
-            marks = ", ".join("?" * len(chunk))
-            rows = await self._all(
-                f"SELECT meter, t, value, quality FROM consumption_hourly "
-                f"WHERE meter IN ({marks}) AND t >= ? AND t < ?",
-                (*chunk.tolist(), t0, t1),
-            )
-            if not rows:
-                continue
-            a = np.array([(r[0], r[1], np.nan if r[2] is None else r[2], r[3]) for r in rows], dtype=np.float64)
-            row = order[i + np.searchsorted(chunk, a[:, 0].astype(np.int64))]
-            col = ((a[:, 1].astype(np.int64) - t0) // 3600)
-            values[row, col] = a[:, 2]
-            quality[row, col] = a[:, 3].astype(np.int8)
-        return values, quality
-
-    async def take_balance_dirty(self, limit: int = 10000) -> list[tuple[int, int, int]]:
-        rows = await self._all("SELECT id, lo, hi FROM balance_dirty ORDER BY id LIMIT ?", (limit,))
-        return [tuple(r) for r in rows]
-
-    async def save_balance(self, series: BalanceSeries, done: list[int]) -> None:
-        hours = len(series.t)
-        rows = list(zip(
-            np.repeat(np.array(series.group_ids, dtype=object), hours).tolist(),
-            np.tile(series.t, len(series.group_ids)).tolist(),
-            *(getattr(series, c).ravel().tolist() for c in BALANCE_COLUMNS),
-            strict=True,
-        ))
-        statements: list[Statement] = []
-        if rows:
-            names = ", ".join(BALANCE_COLUMNS)
-            updates = ", ".join(f"{c} = excluded.{c}" for c in BALANCE_COLUMNS)
-            statements.append((
-                f"INSERT INTO balance_hourly (group_id, t, {names}) VALUES (?, ?{', ?' * len(BALANCE_COLUMNS)}) "
-                f"ON CONFLICT (group_id, t) DO UPDATE SET {updates}",
-                rows,
-            ))
-        if done:
-            statements.append(("DELETE FROM balance_dirty WHERE id = ?", [(i,) for i in done]))
-        if statements:
-            await self._submit(statements)
-
-    async def balance(self, group_ids: Sequence[str], t0: int, t1: int) -> BalanceSeries:
-        from balans_edge.core.balance import BalanceSeries
-
-        hours = np.arange(t0, t1, 3600, dtype=np.int64)
-        data = {c: np.zeros((len(group_ids), len(hours)), dtype=np.float64 if i < 2 else np.int64)
-                for i, c in enumerate(BALANCE_COLUMNS)}
-        index = {g: i for i, g in enumerate(group_ids)}
-        for i in range(0, len(group_ids), MATRIX_CHUNK):
-            chunk = list(group_ids[i : i + MATRIX_CHUNK])
-            marks = ", ".join("?" * len(chunk))
-            rows = await self._all(
-                f"SELECT group_id, t, {', '.join(BALANCE_COLUMNS)} FROM balance_hourly "
-                f"WHERE group_id IN ({marks}) AND t >= ? AND t < ?",
-                (*chunk, t0, t1),
-            )
-            if not rows:
-                continue
-            g = np.array([index[r[0]] for r in rows])
-            h = (np.array([r[1] for r in rows], dtype=np.int64) - t0) // 3600
-            values = np.array([tuple(r)[2:] for r in rows], dtype=np.float64)
-            for j, c in enumerate(BALANCE_COLUMNS):
-                data[c][g, h] = values[:, j]
-        return BalanceSeries(list(group_ids), hours, **data)
-
     # journals -------------------------------------------------------------
 
     async def journal_append(self, kind: str, record: dict[str, Any]) -> int:
@@ -659,102 +569,3 @@ class SqliteStorage(Storage):
         other = await self._active_finding((current["detector"], current["subject"], current["kind"]))
         if other is not None:
             raise findings_rules.TransitionError(f"finding {other} already tracks this problem: reopen is refused")
-
-    # device reports ---------------------------------------------------------
-
-    async def store_module_events(self, events: list[ModuleEvent]) -> None:
-        if not events:
-            return
-        await self._submit(
-            [
-                (
-                    "INSERT OR IGNORE INTO module_events (module_id, ts, code, concentrator_id, value, received_at) "
-                    "VALUES (?, ?, ?, ?, ?, ?)",
-                    [(e.module_id, e.ts, e.code, e.concentrator_id, e.value, e.received_at) for e in events],
-                )
-            ]
-        )
-
-    async def store_topology(self, concentrator_id: int, t: int, routes: list[ModuleRoute]) -> None:
-        if not routes:
-            return
-        await self._submit(
-            [
-                (
-                    f"INSERT OR REPLACE INTO topology_snapshots ({SNAPSHOT_COLUMNS}) VALUES ({', '.join('?' * 10)})",
-                    [_snapshot_row(concentrator_id, t, r) for r in routes],
-                ),
-                (
-                    "UPDATE modules SET parent_id = ?, hops = ?, rssi = ?, battery_mv = ?, firmware = ?, "
-                    "last_seen = max(coalesce(last_seen, 0), ?) WHERE module_id = ?",
-                    [(r.parent_id, r.hops, r.rssi, r.battery_mv, r.firmware, t, r.module_id) for r in routes],
-                ),
-            ]
-        )
-
-    async def store_command_result(
-        self, concentrator_id: int, command_id: int, result: int, status: int, received_at: int
-    ) -> None:
-        await self._submit(
-            [
-                (
-                    "INSERT OR REPLACE INTO command_results (concentrator_id, command_id, result, status, "
-                    "received_at) VALUES (?, ?, ?, ?, ?)",
-                    [(concentrator_id, command_id, result, status, received_at)],
-                )
-            ]
-        )
-
-    async def store_firmware_result(self, concentrator_id: int, image_id: int, result: int, received_at: int) -> None:
-        await self._submit(
-            [
-                (
-                    "INSERT OR REPLACE INTO firmware_results (concentrator_id, image_id, result, received_at) "
-                    "VALUES (?, ?, ?, ?)",
-                    [(concentrator_id, image_id, result, received_at)],
-                )
-            ]
-        )
-
-    async def log_connection(self, event: ConnectionEvent) -> None:
-        if event.event not in CONNECTION_EVENTS:
-            raise ValueError(f"unknown connection event {event.event!r}")
-        await self._submit(
-            [
-                (
-                    "INSERT INTO connection_log (concentrator_id, event, t, peer, detail) VALUES (?, ?, ?, ?, ?)",
-                    [(event.concentrator_id, event.event, event.t, event.peer, event.detail)],
-                )
-            ]
-        )
-
-    async def _device_rows(self, table: str, order: str, where: str, args: tuple, limit: int) -> list[dict[str, Any]]:
-        rows = await self._all(f"SELECT * FROM {table} {where} ORDER BY {order} LIMIT ?", (*args, limit))
-        return [dict(r) for r in rows]
-
-    async def module_events(self, module_id: int | None = None, limit: int = 1000) -> list[dict[str, Any]]:
-        where, args = ("WHERE module_id = ?", (module_id,)) if module_id is not None else ("", ())
-        return await self._device_rows("module_events", "received_at DESC, ts DESC, module_id", where, args, limit)
-
-    async def topology_history(self, module_id: int | None = None, limit: int = 1000) -> list[dict[str, Any]]:
-        where, args = ("WHERE module_id = ?", (module_id,)) if module_id is not None else ("", ())
-        return await self._device_rows("topology_snapshots", "t DESC, module_id", where, args, limit)
-
-    async def latest_topology(self) -> list[dict[str, Any]]:
-        rows = await self._all(
-            "SELECT s.*, (SELECT max(o.t) FROM topology_snapshots o WHERE o.module_id = s.module_id "
-            "AND o.state = 0) AS online_t FROM topology_snapshots s "
-            "JOIN (SELECT module_id, max(t) AS t FROM topology_snapshots GROUP BY module_id) m "
-            "ON s.module_id = m.module_id AND s.t = m.t ORDER BY s.module_id, s.concentrator_id"
-        )
-        return list({r["module_id"]: dict(r) for r in rows}.values())
-
-    async def command_results(self, limit: int = 100) -> list[dict[str, Any]]:
-        return await self._device_rows("command_results", "received_at DESC, command_id DESC", "", (), limit)
-
-    async def firmware_results(self, limit: int = 100) -> list[dict[str, Any]]:
-        return await self._device_rows("firmware_results", "received_at DESC, image_id DESC", "", (), limit)
-
-    async def connection_log(self, concentrator_id: int | None = None, limit: int = 100) -> list[dict[str, Any]]:
-        where, args = ("WHERE concentrator_id = ?", (concentrator_id,)) if concentrator_id is not None else ("", ())
-        return await self._device_rows("connection_log", "id DESC", where, args, limit)

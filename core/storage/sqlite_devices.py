@@ -1,0 +1,121 @@
+"""SQLite storage of what concentrators report besides readings: module events,
+topology snapshots, command and firmware results, and the connection log.
+
+A part of ``SqliteStorage`` (a mixin): it uses the storage's reader (``_all``)
+and its group-committing writer (``_submit``)."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from balans_edge.core.storage.base import CONNECTION_EVENTS, ConnectionEvent, ModuleEvent, ModuleRoute
+
+SNAPSHOT_COLUMNS = "module_id, t, concentrator_id, parent_id, hops, rssi, battery_mv, fw_version, channels, state"
+
+
+def _snapshot_row(concentrator_id: int, t: int, r: ModuleRoute) -> tuple[int, ...]:
+    return (r.module_id, t, concentrator_id, r.parent_id, r.hops, r.rssi, r.battery_mv, r.fw_version, r.channels,
+            r.state)  # fmt: skip
+
+
+class DeviceReports:
+    _all: Callable[..., Awaitable[list[Any]]]
+    _submit: Callable[..., Awaitable[None]]
+
+    async def store_module_events(self, events: list[ModuleEvent]) -> None:
+        if not events:
+            return
+        await self._submit(
+            [
+                (
+                    "INSERT OR IGNORE INTO module_events (module_id, ts, code, concentrator_id, value, received_at) "
+                    "VALUES (?, ?, ?, ?, ?, ?)",
+                    [(e.module_id, e.ts, e.code, e.concentrator_id, e.value, e.received_at) for e in events],
+                )
+            ]
+        )
+
+    async def store_topology(self, concentrator_id: int, t: int, routes: list[ModuleRoute]) -> None:
+        if not routes:
+            return
+        await self._submit(
+            [
+                (
+                    f"INSERT OR REPLACE INTO topology_snapshots ({SNAPSHOT_COLUMNS}) VALUES ({', '.join('?' * 10)})",
+                    [_snapshot_row(concentrator_id, t, r) for r in routes],
+                ),
+                (
+                    "UPDATE modules SET parent_id = ?, hops = ?, rssi = ?, battery_mv = ?, firmware = ?, "
+                    "last_seen = max(coalesce(last_seen, 0), ?) WHERE module_id = ?",
+                    [(r.parent_id, r.hops, r.rssi, r.battery_mv, r.firmware, t, r.module_id) for r in routes],
+                ),
+            ]
+        )
+
+    async def store_command_result(
+        self, concentrator_id: int, command_id: int, result: int, status: int, received_at: int
+    ) -> None:
+        await self._submit(
+            [
+                (
+                    "INSERT OR REPLACE INTO command_results (concentrator_id, command_id, result, status, "
+                    "received_at) VALUES (?, ?, ?, ?, ?)",
+                    [(concentrator_id, command_id, result, status, received_at)],
+                )
+            ]
+        )
+
+    async def store_firmware_result(self, concentrator_id: int, image_id: int, result: int, received_at: int) -> None:
+        await self._submit(
+            [
+                (
+                    "INSERT OR REPLACE INTO firmware_results (concentrator_id, image_id, result, received_at) "
+                    "VALUES (?, ?, ?, ?)",
+                    [(concentrator_id, image_id, result, received_at)],
+                )
+            ]
+        )
+
+    async def log_connection(self, event: ConnectionEvent) -> None:
+        if event.event not in CONNECTION_EVENTS:
+            raise ValueError(f"unknown connection event {event.event!r}")
+        await self._submit(
+            [
+                (
+                    "INSERT INTO connection_log (concentrator_id, event, t, peer, detail) VALUES (?, ?, ?, ?, ?)",
+                    [(event.concentrator_id, event.event, event.t, event.peer, event.detail)],
+                )
+            ]
+        )
+
+    async def _device_rows(self, table: str, order: str, where: str, args: tuple, limit: int) -> list[dict[str, Any]]:
+        rows = await self._all(f"SELECT * FROM {table} {where} ORDER BY {order} LIMIT ?", (*args, limit))
+        return [dict(r) for r in rows]
+
+    async def module_events(self, module_id: int | None = None, limit: int = 1000) -> list[dict[str, Any]]:
+        where, args = ("WHERE module_id = ?", (module_id,)) if module_id is not None else ("", ())
+        return await self._device_rows("module_events", "received_at DESC, ts DESC, module_id", where, args, limit)
+
+    async def topology_history(self, module_id: int | None = None, limit: int = 1000) -> list[dict[str, Any]]:
+        where, args = ("WHERE module_id = ?", (module_id,)) if module_id is not None else ("", ())
+        return await self._device_rows("topology_snapshots", "t DESC, module_id", where, args, limit)
+
+    async def latest_topology(self) -> list[dict[str, Any]]:
+        rows = await self._all(
+            "SELECT s.*, (SELECT max(o.t) FROM topology_snapshots o WHERE o.module_id = s.module_id "
+            "AND o.state = 0) AS online_t FROM topology_snapshots s "
+            "JOIN (SELECT module_id, max(t) AS t FROM topology_snapshots GROUP BY module_id) m "
+            "ON s.module_id = m.module_id AND s.t = m.t ORDER BY s.module_id, s.concentrator_id"
+        )
+        return list({r["module_id"]: dict(r) for r in rows}.values())
+
+    async def command_results(self, limit: int = 100) -> list[dict[str, Any]]:
+        return await self._device_rows("command_results", "received_at DESC, command_id DESC", "", (), limit)
+
+    async def firmware_results(self, limit: int = 100) -> list[dict[str, Any]]:
+        return await self._device_rows("firmware_results", "received_at DESC, image_id DESC", "", (), limit)
+
+    async def connection_log(self, concentrator_id: int | None = None, limit: int = 100) -> list[dict[str, Any]]:
+        where, args = ("WHERE concentrator_id = ?", (concentrator_id,)) if concentrator_id is not None else ("", ())
+        return await self._device_rows("connection_log", "id DESC", where, args, limit)
