@@ -10,8 +10,9 @@ exactly the arrays it sees in production.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import numpy as np
@@ -48,6 +49,9 @@ class GroupData:
     """(H,) local day of the week, Monday 0."""
     pulse_weight: np.ndarray
     """(M,) unit per pulse of each member meter: its resolution."""
+    derived: dict[Any, Any] = field(default_factory=dict, repr=False, compare=False)
+    """Results that several detectors need, computed once per window (a window is
+    not changed once the detectors look at it; ``slice`` makes a new one)."""
 
     @property
     def consumed(self) -> np.ndarray:

@@ -119,6 +119,22 @@ def prepare(data: GroupData) -> Prepared | None:
     return Prepared(y, x, valid, resid[0], resid[1:], np.nan_to_num(shape, nan=1.0))
 
 
+def prepared(data: GroupData) -> Prepared | None:
+    """``prepare(data)``, once per window: both detectors here start from it."""
+    if "prepared" not in data.derived:
+        data.derived["prepared"] = prepare(data)
+    return data.derived["prepared"]
+
+
+def fitted(data: GroupData, p: Prepared, settings: FitSettings) -> list[SlowedMeter]:
+    """``fit_group`` once per window and settings: the unmetered detector takes off
+    what the slowed-meter detector's fit explains, with the same settings by default."""
+    key = ("fit", settings)
+    if key not in data.derived:
+        data.derived[key] = fit_group(p, settings)
+    return data.derived[key]
+
+
 def _mean_by(values: np.ndarray, mask: np.ndarray, key: np.ndarray, n: int) -> np.ndarray:
     """Mean of ``values`` over ``mask`` per integer key 0..n-1 (NaN where a key has no hour)."""
     total = np.bincount(key[mask], weights=values[mask], minlength=n)
@@ -253,10 +269,10 @@ class SlowedMeterDetector(GroupDetector):
         self.critical_at = critical_at
 
     def detect_group(self, data: GroupData) -> list[Finding]:
-        p = prepare(data)
+        p = prepared(data)
         if p is None:
             return []
-        found = sorted(fit_group(p, self.settings), key=lambda s: -s.c)
+        found = sorted(fitted(data, p, self.settings), key=lambda s: -s.c)
         seen: set[str] = set()
         out = []
         for s in found:
@@ -365,22 +381,22 @@ class UnmeteredDetector(GroupDetector):
         self.fit = fit or FitSettings()
 
     def detect_group(self, data: GroupData) -> list[Finding]:
-        p = prepare(data)
+        p = prepared(data)
         if p is None:
             return []
         draw = self.find_draw(data, p)
         return [] if draw is None else [self._finding(data, p, draw)]
 
-    def residual(self, p: Prepared) -> np.ndarray:
+    def residual(self, data: GroupData, p: Prepared) -> np.ndarray:
         """The imbalance minus what the slowed meters explain."""
         hours = np.arange(len(p.y))
         r = p.y.copy()
-        for s in fit_group(p, self.fit):
+        for s in fitted(data, p, self.fit):
             r -= np.where(hours >= s.start, s.c * p.x[s.row], 0.0)
         return r
 
     def find_draw(self, data: GroupData, p: Prepared) -> Draw | None:
-        r = self.residual(p)
+        r = self.residual(data, p)
         w = p.shape[data.local_hour] - 1.0
         hours = np.arange(len(r))
         known_after = _reverse_cumsum(p.valid.astype(np.float64))
