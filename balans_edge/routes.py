@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
+from zoneinfo import ZoneInfo
 
 from sanic import response
 from sanic.request import Request
@@ -122,6 +123,23 @@ def parse_period(request: Request, step: str) -> tuple[int, int]:
     if t1 - t0 > MAX_SPAN_S[step]:
         raise ApiError(400, "bad_parameter", f"period too long for step={step}")
     return t0, t1
+
+
+def parse_month(request: Request, tz: ZoneInfo, required: bool) -> str:
+    """The ``month`` query parameter (YYYY-MM in the site's timezone), checked; the
+    current month when it is not required and not given."""
+    from balans_edge.core.balance_queries import month_bounds
+
+    month = request.args.get("month")
+    if not month:
+        if required:
+            raise ApiError(400, "missing_parameter", "query parameter month is required (YYYY-MM)")
+        month = datetime.now(tz).strftime("%Y-%m")
+    try:
+        month_bounds(month, tz)
+    except ValueError as exc:
+        raise ApiError(400, "bad_parameter", str(exc)) from None
+    return month
 
 
 def path_u32(raw: str, name: str) -> int:

@@ -20,7 +20,7 @@ import numpy as np
 
 from balans_edge.core.allocation import AccountUse, AllocationReport, allocate
 from balans_edge.core.balance import BalanceSeries, aggregate
-from balans_edge.core.losses import LossEntry, rank
+from balans_edge.core.losses import LossEntry, finding_volume, rank
 from balans_edge.core.model import Group, Meter
 from balans_edge.core.storage import Storage
 
@@ -100,15 +100,6 @@ class Tree:
         return {group_id, *self.member_meters.get(group_id, [])}
 
 
-def _volume(finding: dict[str, Any]) -> float:
-    data = finding.get("data") or {}
-    for key in ("volume_m3", "volume"):
-        value = data.get(key)
-        if isinstance(value, int | float):
-            return float(value)
-    return 0.0
-
-
 async def findings_between(storage: Storage, t0: int, t1: int) -> list[dict[str, Any]]:
     rows = await storage.journal_list("findings", FINDINGS_SCANNED)
     return [f for f in rows if t0 <= int(f.get("t") or 0) < t1]
@@ -136,7 +127,8 @@ async def allocation(storage: Storage, tree: Tree, group: Group, month: str, tz:
     shares = [AccountUse(a, getattr(accounts.get(a), "consumer", ""), getattr(accounts.get(a), "area_m2", None), v)
               for a, v in sorted(use.items())]
     suspects = tree.suspects_of(group.group_id)
-    fixable = sum(_volume(f) for f in await findings_between(storage, t0, t1) if f.get("subject") in suspects)
+    found = await findings_between(storage, t0, t1)
+    fixable = sum(finding_volume(f) or 0.0 for f in found if f.get("subject") in suspects)
     return allocate(group, month, float(series.input.sum()) if known else None, float(series.consumed.sum()),
                     shares, fixable=fixable, completeness=completeness, threshold=threshold)
 

@@ -283,7 +283,7 @@ def _metering_gaps(
     return Recommendation("metering_gaps", message, group.group_id)
 
 
-def _volume(finding: Mapping[str, Any]) -> float | None:
+def finding_volume(finding: Mapping[str, Any]) -> float | None:
     """The volume a finding puts on the month, if it states one as a number."""
     data = finding.get("data") or {}
     value = data.get("volume_m3", data.get("volume"))
@@ -300,7 +300,7 @@ def _suspects(group: Group, findings: Sequence[Mapping[str, Any]]) -> list[Recom
     """
     best: dict[str, tuple[tuple[bool, float, int], Mapping[str, Any]]] = {}
     for f in findings:
-        volume = _volume(f)
+        volume = finding_volume(f)
         key = (volume is None, -(volume or 0.0), _SEVERITY_RANK.get(str(f.get("severity", "")), 3))
         subject = str(f.get("subject"))
         if subject not in best or key < best[subject][0]:
@@ -310,7 +310,7 @@ def _suspects(group: Group, findings: Sequence[Mapping[str, Any]]) -> list[Recom
 
 
 def _suspect_message(group: Group, finding: Mapping[str, Any]) -> str:
-    volume = _volume(finding)
+    volume = finding_volume(finding)
     about = f"; about {volume:.6g} {group.unit} per month" if volume is not None else ""
     detector, kind = finding.get("detector", ""), finding.get("kind", "")
     return f"{kind} ({detector}, {finding.get('severity', '')}): {finding.get('message', '')}{about}"

@@ -11,7 +11,7 @@ from sanic.request import Request
 from balans_edge.core import balance_queries as q
 from balans_edge.core.balance import BalanceSeries, iso, points
 from balans_edge.core.model import Group
-from balans_edge.routes import ApiError, Param, Route, json, parse_period, parse_step
+from balans_edge.routes import ApiError, Param, Route, json, parse_month, parse_period, parse_step
 
 if TYPE_CHECKING:
     from balans_edge.server import Server
@@ -68,13 +68,7 @@ def routes(server: Server) -> list[Route]:
 
     async def allocation(request: Request, group_id: str) -> Any:
         group = await group_or_404(group_id)
-        month = request.args.get("month")
-        if not month:
-            raise ApiError(400, "missing_parameter", "query parameter month is required (YYYY-MM)")
-        try:
-            q.month_bounds(month, server.tz)
-        except ValueError as exc:
-            raise ApiError(400, "bad_parameter", str(exc)) from None
+        month = parse_month(request, server.tz, required=True)
         await fresh()
         tree = await q.Tree.load(storage)
         threshold = server.config.balance.completeness_threshold

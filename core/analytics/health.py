@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from balans_edge.core.losses import finding_volume
 from balans_edge.core.model import Meter
 
 YEAR_S = 365 * 86400
@@ -61,8 +62,8 @@ class MeterHealth:
 def _yearly(finding: Mapping[str, Any], now: float) -> float:
     """A finding's volume per year: its volume over the time since its start (at least a day)."""
     data = finding.get("data") or {}
-    volume = data.get("volume_m3")
-    if not isinstance(volume, int | float) or volume <= 0:
+    volume = finding_volume(finding)
+    if volume is None or volume <= 0:
         return 0.0
     start = data.get("start") if isinstance(data.get("start"), int | float) else finding.get("first_seen")
     seen = finding.get("last_seen") or now

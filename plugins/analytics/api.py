@@ -12,7 +12,7 @@ from sanic.request import Request
 
 from balans_edge.core.analytics.base import Scope
 from balans_edge.plugins.analytics import forecasts
-from balans_edge.routes import ApiError, Param, Route, body_json, iso, json, parse_time_value
+from balans_edge.routes import ApiError, Param, Route, body_json, iso, json, parse_month, parse_time_value
 
 if TYPE_CHECKING:
     import click
@@ -63,7 +63,7 @@ def routes(server: Server) -> list[Route]:
         meter = await server.storage.registry_get("meters", meter_id)
         if meter is None:
             raise ApiError(404, "not_found", f"meter {meter_id!r} is not in the registry")
-        month = month_of(request, server)
+        month = parse_month(request, server.tz, required=False)
         await server.intervals.process()
         f = await forecasts.meter(server.storage, meter, month, server.tz, time.time())
         norm = server.plugin_config(NAME).monthly_norms.get(str(meter.resource))
@@ -74,7 +74,7 @@ def routes(server: Server) -> list[Route]:
         group = await server.storage.registry_get("groups", group_id)
         if group is None:
             raise ApiError(404, "not_found", f"group {group_id!r} is not in the registry")
-        month = month_of(request, server)
+        month = parse_month(request, server.tz, required=False)
         await server.intervals.process()
         await server.balance.process()
         f = await forecasts.group(server.storage, group, month, server.tz, time.time())
@@ -113,19 +113,6 @@ def routes(server: Server) -> list[Route]:
               body='{"group": "id (optional)", "from": "ISO-8601 (optional)", "to": "ISO-8601 (optional)"}',
               responses={200: "the findings of the run", 400: "bad body", 404: "no such group"}),
     ]
-
-
-def month_of(request: Request, server: Server) -> str:
-    from datetime import datetime
-
-    from balans_edge.core.balance_queries import month_bounds
-
-    month = request.args.get("month") or datetime.now(server.tz).strftime("%Y-%m")
-    try:
-        month_bounds(month, server.tz)
-    except ValueError as exc:
-        raise ApiError(400, "bad_parameter", str(exc)) from None
-    return month
 
 
 def add_commands(group: click.Group) -> None:
