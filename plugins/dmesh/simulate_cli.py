@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import signal
 import time
@@ -40,7 +41,7 @@ def truth_document(site: SiteModel, until: int) -> dict[str, Any]:
             {
                 "kind": type(ft.fault).__name__,
                 "meter_id": ft.meter_id,
-                "fault": vars_of(ft.fault),
+                "fault": dataclasses.asdict(ft.fault),
                 "volume_m3": round(float(ft.hourly_m3[:hours].sum()), 6),
             }
             for ft in t.faults
@@ -52,10 +53,6 @@ def truth_document(site: SiteModel, until: int) -> dict[str, Any]:
             for i, m in enumerate(d.meters)
         },
     }
-
-
-def vars_of(fault: Any) -> dict[str, Any]:
-    return {name: getattr(fault, name) for name in fault.__dataclass_fields__}
 
 
 async def simulate(config: Any, hours: int | None, live: bool, register: bool, host: str | None,

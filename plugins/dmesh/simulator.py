@@ -371,10 +371,6 @@ class TcpDelivery:
     async def drained(self) -> None:
         await asyncio.gather(*(c.drained() for c in self.concentrators.values()))
 
-    @property
-    def acked(self) -> int:
-        return sum(c.counters.acked for c in self.concentrators.values())
-
     async def stop(self) -> None:
         for con in self.concentrators.values():
             await con.stop()
