@@ -1,13 +1,14 @@
 """Loss detectors scored against sites whose faults are known.
 
-    python bench/analytics_eval.py [--sites 200] [--seed 1] [--days 42] [--quick]
+    python bench/analytics_eval.py [--sites 240] [--seed 1] [--days 42] [--quick]
 
 Generates many apartment buildings with the scenario generator
 (``plugins/dmesh/scenario.py``): 20-120 apartments, varied household mix and
 noise, households drawing water in uses of 5-12 litres, background network
 loss, and at most one injected fault each (a slowed
-meter, a consumer leak, an unmetered connection, a stuck meter) or an ordinary
-change of behaviour that is not a loss, with a random size and start. It then
+meter, a consumer leak, an unmetered connection, a stuck meter, drips under the
+meters' starting flow, a drifting module clock) or an ordinary change of
+behaviour that is not a loss, with a random size and start. It then
 runs every group detector as the server does: once a day over the last 14 days
 of hourly data (``GroupData`` windows, exactly the arrays the server builds),
 from the start of the data to the end. It prints per fault kind the recall
@@ -35,9 +36,12 @@ import numpy as np
 
 from balans_edge.core.analytics.base import GroupDetector
 from balans_edge.core.analytics.data import GroupData
+from balans_edge.plugins.analytics.plugin import detector_classes
 from balans_edge.plugins.dmesh.scenario import (
     ATTACKS,
     BehaviourChange,
+    ClockDrift,
+    Dripping,
     Leak,
     Magnet,
     Scenario,
@@ -57,6 +61,9 @@ TARGETS = {
     "consumer leak": (48, 0.95, 0.95),
     "unmetered connection": (7 * 24, 0.80, 0.90),
     "stuck meter": (3 * 24, 0.95, 0.95),
+    # No target in the issue: shown for what they are.
+    "below starting flow": (7 * 24, None, None),
+    "clock drift": (7 * 24, None, None),
 }
 MATCHES = {
     # fault type -> finding kinds that name it correctly (the first is the one scored for recall)
@@ -64,30 +71,19 @@ MATCHES = {
     Leak: ("consumer_leak",),
     Unmetered: ("unmetered_connection", "burst", "background_leak"),
     Stuck: ("stuck_meter", "consumption_drop", "slowed_meter", "profile_tamper"),
+    Dripping: ("below_starting_flow", "burst", "background_leak"),
+    ClockDrift: ("clock_drift", "profile_tamper"),
 }
 FAULT_NAMES = {Magnet: "slowed meter", Leak: "consumer leak", Unmetered: "unmetered connection",
-               Stuck: "stuck meter"}
+               Stuck: "stuck meter", Dripping: "below starting flow", ClockDrift: "clock drift"}
 KIND_OF = {"slowed meter": "slowed_meter", "consumer leak": "consumer_leak",
-           "unmetered connection": "unmetered_connection", "stuck meter": "stuck_meter"}
+           "unmetered connection": "unmetered_connection", "stuck meter": "stuck_meter",
+           "below starting flow": "below_starting_flow", "clock drift": "clock_drift"}
 
 
 def detectors() -> list[GroupDetector]:
-    """Every built-in group detector (those not importable yet are skipped, and said so)."""
-    found: list[GroupDetector] = []
-    for module, names in {
-        "balans_edge.core.analytics.imbalance_fit": ["SlowedMeterDetector", "UnmeteredDetector"],
-        "balans_edge.core.analytics.meter_checks": ["ConsumerLeakDetector", "GroupLeakDetector",
-                                                    "StuckMeterDetector", "ReverseMeterDetector",
-                                                    "ModuleStatusDetector", "ConsumptionDropDetector"],
-        "balans_edge.core.analytics.profile_tamper": ["ProfileTamperDetector"],
-    }.items():
-        try:
-            mod = __import__(module, fromlist=names)
-        except ImportError as exc:
-            print(f"(skipped {module}: {exc})", file=sys.stderr)
-            continue
-        found += [getattr(mod, n)() for n in names if hasattr(mod, n)]
-    return found
+    """Every built-in group detector, as the analytics plugin registers them."""
+    return [cls() for cls in detector_classes().values()]
 
 
 @dataclass
@@ -107,7 +103,7 @@ def random_site(rng: np.random.Generator, index: int, days: int) -> Site:
                         noise=float(rng.uniform(0.3, 0.7)), scale_sigma=float(rng.uniform(0.2, 0.6)),
                         network_loss=float(rng.uniform(0.01, 0.06)), utc_offset_h=3,
                         event_litres=float(rng.uniform(5.0, 12.0)))
-    kind = index % 6
+    kind = index % 8
     start = int(rng.integers(14 * 24, (days - 8) * 24))
     apt = f"B1-A{int(rng.integers(1, apartments + 1)):02d}"
     if kind == 0:
@@ -129,9 +125,15 @@ def random_site(rng: np.random.Generator, index: int, days: int) -> Site:
         fault = Unmetered("B1", share * apartments * scenario.mean_lph, start=start)
     elif kind == 4:
         fault = Stuck(apt, start=start)
+    elif kind == 6:
+        # 10-50 % of the flats dripping 1-3 l/h on average (0.5-1.5 times that each).
+        fault = Dripping("B1", float(rng.uniform(0.1, 0.5)), float(rng.uniform(1.0, 3.0)), start=start)
+    elif kind == 7:
+        # A module clock gaining or losing 2-15 minutes a day.
+        fault = ClockDrift(apt, float(rng.choice([-1, 1]) * rng.uniform(120, 900)), start=start)
     else:
         fault = BehaviourChange(apt, float(rng.choice([0.0, 0.3, 0.5, 1.8])), start=start)
-    return Site(scenario, fault, "B1" if isinstance(fault, Unmetered) else apt, start)
+    return Site(scenario, fault, "B1" if isinstance(fault, Unmetered | Dripping) else apt, start)
 
 
 @dataclass
@@ -150,6 +152,10 @@ def daily_runs(data: GroupData, dets: list[GroupDetector]) -> dict[tuple[str, st
             for f in det.detect_group(window):
                 first.setdefault((f.subject, f.kind), end)
     return first
+
+
+def _target(value: float | None) -> str:
+    return f"{value:>7.2f}" if value is not None else f"{'-':>7}"
 
 
 def evaluate(sites: int, seed: int, days: int, verbose: bool = False) -> int:
@@ -204,9 +210,10 @@ def evaluate(sites: int, seed: int, days: int, verbose: bool = False) -> int:
         flags = per_kind_found.get(kind, [])
         precision = sum(flags) / len(flags) if flags else float("nan")
         median = statistics.median(tally.delays_h) if tally.delays_h else float("nan")
-        met &= recall >= recall_target and (precision >= precision_target or not flags)
-        print(f"{name:<22} {tally.faults:>4} {recall:>7.2f} {recall_target:>7.2f} {precision:>9.2f} "
-              f"{precision_target:>7.2f} {median:>8.0f} {deadline:>8}")
+        if recall_target is not None:
+            met &= recall >= recall_target and (precision >= precision_target or not flags)
+        print(f"{name:<22} {tally.faults:>4} {recall:>7.2f} {_target(recall_target)} {precision:>9.2f} "
+              f"{_target(precision_target)} {median:>8.0f} {deadline:>8}")
     behaviour_rate = 1000 * false_on_behaviour / behaviour_meter_months if behaviour_meter_months else 0.0
     print(f"{'behaviour change':<22} false findings per 1,000 meter-months: {behaviour_rate:.2f} (target <= 1)")
     print(f"all sites: {false_findings} false findings, "
@@ -260,13 +267,13 @@ def district_runtime(buildings: int = 100, apartments: int = 99, days: int = 90)
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sites", type=int, default=200)
+    parser.add_argument("--sites", type=int, default=240)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--days", type=int, default=42)
-    parser.add_argument("--quick", action="store_true", help="30 sites, no district run")
+    parser.add_argument("--quick", action="store_true", help="40 sites, no district run")
     parser.add_argument("--verbose", action="store_true", help="print every false finding")
     args = parser.parse_args()
-    status = evaluate(30 if args.quick else args.sites, args.seed, args.days, args.verbose)
+    status = evaluate(40 if args.quick else args.sites, args.seed, args.days, args.verbose)
     if not args.quick:
         theft_attacks(10, args.seed, args.days)
         district_runtime()

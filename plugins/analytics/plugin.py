@@ -29,7 +29,8 @@ FIRST_RUN_S = 60
 
 
 DETECTOR_NAMES = ("slowed-meter", "unmetered-connection", "consumer-leak", "group-leak", "stuck-meter",
-                  "reverse-meter", "module-status", "consumption-drop", "profile-tamper")
+                  "reverse-meter", "module-status", "consumption-drop", "profile-tamper", "starting-flow",
+                  "clock-drift")
 
 
 def _known_detectors(names: list[str]) -> str | None:
@@ -69,13 +70,13 @@ class AnalyticsConfig:
 def detector_classes() -> dict[str, type[GroupDetector]]:
     """The built-in group detectors by name (imported when the plugin registers them:
     they bring scipy, which the rest of the server does not need)."""
-    from balans_edge.core.analytics import imbalance_fit, meter_checks, profile_tamper
+    from balans_edge.core.analytics import imbalance_fit, meter_checks, profile_tamper, registration
 
     classes: list[type[GroupDetector]] = [
         imbalance_fit.SlowedMeterDetector, imbalance_fit.UnmeteredDetector,
         meter_checks.ConsumerLeakDetector, meter_checks.GroupLeakDetector, meter_checks.StuckMeterDetector,
         meter_checks.ReverseMeterDetector, meter_checks.ModuleStatusDetector, meter_checks.ConsumptionDropDetector,
-        profile_tamper.ProfileTamperDetector,
+        profile_tamper.ProfileTamperDetector, registration.StartingFlowDetector, registration.ClockDriftDetector,
     ]
     return {c.name: c for c in classes}
 

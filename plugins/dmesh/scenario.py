@@ -181,6 +181,20 @@ class Unmetered(Fault):
 
 
 @dataclass(frozen=True, slots=True)
+class Dripping(Fault):
+    """Taps and cisterns dripping in ``share`` of a building's apartments (chosen at
+    random), each at 0.5-1.5 times ``litres_per_hour``: below the meters' starting
+    flow, so a meter's impeller stands still under the drip alone. The drip is
+    registered only in hours in which the household also draws water (the
+    impeller turns then) and lost in the others. Needs households that draw
+    water in uses (``event_litres`` > 0): with continuous use no hour is idle."""
+
+    building: str
+    share: float
+    litres_per_hour: float
+
+
+@dataclass(frozen=True, slots=True)
 class Magnet(Fault):
     """A magnet on the meter slows its impeller: it registers only
     ``1 - fraction`` of the flow. The module's magnet sensor sees the field on
@@ -283,8 +297,8 @@ class Theft(Fault):
 
 
 AnyFault = (
-    Leak | NetworkLeak | Unmetered | Magnet | Stuck | Reversed | CounterReset | LostModule | LowBattery | ClockDrift
-    | BehaviourChange | Theft
+    Leak | NetworkLeak | Unmetered | Dripping | Magnet | Stuck | Reversed | CounterReset | LostModule | LowBattery
+    | ClockDrift | BehaviourChange | Theft
 )
 
 
@@ -323,7 +337,8 @@ class FaultTruth:
     """What a fault really did, for scoring a detector.
 
     ``volume_m3`` is, by fault type: Leak the leaked volume; NetworkLeak the
-    lost volume; Unmetered the drawn volume; Magnet, Stuck and Reversed the
+    lost volume; Unmetered the drawn volume; Dripping the drips in the hours
+    their meters stood still (lost); Magnet, Stuck and Reversed the
     flow the meter failed to register (true - metered, so twice the flow for a
     reversed meter); CounterReset the pulses between the last reading and the
     restart (registered by the meter, unknown to the host); LostModule the flow
@@ -546,6 +561,7 @@ def generate(scenario: Scenario, faults: Sequence[AnyFault] = ()) -> ScenarioDat
     truths: list[tuple[int, FaultTruth]] = []  # by fault position
     effects: list[tuple[int, int, AnyFault, slice]] = []  # (fault position, meter row, fault, hours)
     resets: list[tuple[int, int, CounterReset]] = []
+    drips: list[tuple[int, Dripping, np.ndarray, np.ndarray, slice]] = []  # (position, fault, rows, l/h, hours)
 
     def meter_of(name: str, what: str) -> int:
         if name not in index:
@@ -586,6 +602,14 @@ def generate(scenario: Scenario, faults: Sequence[AnyFault] = ()) -> ScenarioDat
             hourly[w] = fault.litres_per_hour * shape[w]
             bypass[b] += hourly
             truths.append((j, FaultTruth(fault, f"B{b + 1}-IN", hourly * PULSE_WEIGHT)))
+        elif isinstance(fault, Dripping):
+            b, w = building_of(fault.building), fault.window(hours)
+            if scenario.event_litres <= 0 or not 0.0 < fault.share <= 1.0 or fault.litres_per_hour <= 0:
+                raise ValueError(f"{fault!r}: needs event_litres > 0, share in (0, 1] and a positive rate")
+            drip_rng = np.random.default_rng([scenario.seed, 5, j])
+            flats = np.flatnonzero(members[b])
+            rows = np.sort(drip_rng.choice(flats, max(1, round(fault.share * len(flats))), replace=False))
+            drips.append((j, fault, rows, fault.litres_per_hour * drip_rng.uniform(0.5, 1.5, len(rows)), w))
         elif isinstance(fault, Theft):
             if fault.attack not in ATTACKS or not 0.0 <= fault.alpha < 1.0:
                 raise ValueError(f"{fault!r}: attack one of {', '.join(ATTACKS)}, alpha in [0, 1)")
@@ -595,8 +619,20 @@ def generate(scenario: Scenario, faults: Sequence[AnyFault] = ()) -> ScenarioDat
         else:
             raise TypeError(f"not a scenario fault: {fault!r}")
 
+    # A drip goes unregistered in the hours its household draws nothing (decided after
+    # every other fault has set the apartments' flow).
+    unregistered = []
+    for j, fault, rows, rates, w in drips:
+        idle = true[rows, w] == 0
+        true[rows, w] += rates[:, None]
+        unregistered.append((rows, w, np.where(idle, rates[:, None], 0.0)))
+        lost = np.zeros(hours)
+        lost[w] = unregistered[-1][2].sum(axis=0)
+        truths.append((j, FaultTruth(fault, f"B{building_of(fault.building) + 1}-IN", lost * PULSE_WEIGHT)))
     true[is_input] = onehot[:, ~is_input].astype(float) @ true[~is_input] + bypass
     metered = true.copy()
+    for rows, w, lost_per_row in unregistered:
+        metered[rows, w] -= lost_per_row
     status = np.zeros((n_meters, hours + 1), dtype=np.int64)
     present = np.ones((n_meters, hours + 1), dtype=bool)
     battery = np.repeat(healthy_mv[:, None], hours + 1, axis=1)

@@ -50,6 +50,7 @@ from balans_edge.plugins.dmesh.scenario import (
     AnyFault,
     ClockDrift,
     CounterReset,
+    Dripping,
     Leak,
     LostModule,
     LowBattery,
@@ -82,9 +83,9 @@ below it (the floors nearer the concentrator in the basement)."""
 FIRMWARE = 0x0104
 
 FAULT_KINDS: dict[str, type] = {
-    "leak": Leak, "network_leak": NetworkLeak, "unmetered": Unmetered, "magnet": Magnet, "stuck": Stuck,
-    "reversed": Reversed, "counter_reset": CounterReset, "lost_module": LostModule, "low_battery": LowBattery,
-    "clock_drift": ClockDrift, "theft": Theft,
+    "leak": Leak, "network_leak": NetworkLeak, "unmetered": Unmetered, "dripping": Dripping, "magnet": Magnet,
+    "stuck": Stuck, "reversed": Reversed, "counter_reset": CounterReset, "lost_module": LostModule,
+    "low_battery": LowBattery, "clock_drift": ClockDrift, "theft": Theft,
 }
 EVENT_ON_OFF = {Status.MAGNET: (1, 2), Status.LEAK: (4, 5)}
 """Status flag -> (EVENT code when it appears, when it clears)."""
@@ -98,15 +99,17 @@ EVENT_LOW_BATTERY, EVENT_MODULE_JOINED, EVENT_MODULE_LOST, EVENT_COUNTER_RESET =
 class FaultConfig:
     """One injected fault: ``kind`` and the keys that apply to it."""
 
-    kind: Literal["leak", "network_leak", "unmetered", "magnet", "stuck", "reversed", "counter_reset",
+    kind: Literal["leak", "network_leak", "unmetered", "dripping", "magnet", "stuck", "reversed", "counter_reset",
                   "lost_module", "low_battery", "clock_drift", "theft"]
-    meter: str = setting("", doc="the apartment's meter, e.g. B1-A07 (every kind but network_leak and unmetered)")
-    building: str = setting("", doc="the building, e.g. B2 (network_leak, unmetered)")
+    meter: str = setting("", doc="the apartment's meter, e.g. B1-A07 (every kind but network_leak, "
+                         "unmetered and dripping)")
+    building: str = setting("", doc="the building, e.g. B2 (network_leak, unmetered, dripping)")
     start_hour: int = setting(0, range=(0, 24 * 3660),
                               doc="hours after the site's installation (counter_reset: the hour)")
     end_hour: int = setting(0, range=(0, 24 * 3660), doc="hour it stops (0: never)")
-    litres_per_hour: float = setting(0.0, range=(0.0, 100_000.0), doc="leak, network_leak, unmetered")
+    litres_per_hour: float = setting(0.0, range=(0.0, 100_000.0), doc="leak, network_leak, unmetered, dripping")
     fraction: float = setting(0.0, range=(0.0, 1.0), doc="magnet: share of the flow not registered")
+    share: float = setting(0.0, range=(0.0, 1.0), doc="dripping: share of the building's apartments with a drip")
     flag_share: float = setting(0.3, range=(0.0, 1.0), doc="magnet: share of readings flagged MAGNET")
     sensor: bool = setting(False, doc="leak: the module's leak sensor is wet")
     at: float = setting(0.5, range=(0.0, 1.0), doc="counter_reset: point of the hour it restarts")
