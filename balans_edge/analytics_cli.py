@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -59,3 +60,36 @@ def findings_command(
         click.echo("no findings")
     else:
         click.echo(_table(found))
+
+
+@analytics.command("quality")
+@_cli.CONFIG_OPTION
+@click.option("--days", type=click.IntRange(1, 3660), default=365, show_default=True,
+              help="Findings first seen in this many last days.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def quality_command(config_path: Path | None, days: int, as_json: bool) -> None:
+    """Detection quality from the operators' answers, per detector and kind: precision
+    among the findings judged resolved or false alarm."""
+    _, config = _cli.prepare(config_path)
+    since = int(time.time()) - days * 86400
+
+    async def run(storage: Any) -> list[dict[str, Any]]:
+        return await storage.findings(since=since, limit=1_000_000)
+
+    rows = rules.quality(_cli.run_async(lambda: _cli.with_storage(config, run)))
+    if as_json:
+        click.echo(json.dumps({"detectors": rows}, indent=2))
+        return
+    if not rows:
+        click.echo(f"no findings in the last {days} days")
+        return
+    header = ["detector", "kind", "findings", "open", "acknowledged", "resolved", "false_alarm", "precision",
+              "median_hours_to_answer"]
+    table = [header] + [[_cell(r[h]) for h in header] for r in rows]
+    widths = [max(len(r[i]) for r in table) for i in range(len(header))]
+    click.echo("\n".join("  ".join(c.rjust(w) if i >= 2 else c.ljust(w) for i, (c, w) in
+                                    enumerate(zip(r, widths, strict=True))).rstrip() for r in table))
+
+
+def _cell(value: Any) -> str:
+    return "-" if value is None else str(value)

@@ -9,7 +9,9 @@ detector and kind can be measured on real sites, not only on simulations.
 
 from __future__ import annotations
 
+import statistics
 import time
+from collections import defaultdict
 from typing import Any
 
 OPEN = "open"
@@ -62,3 +64,26 @@ def group_of(data: dict[str, Any] | None) -> str | None:
     """The balance group a finding is about, when its detector says so."""
     value = (data or {}).get("group_id")
     return None if value is None else str(value)
+
+
+def quality(found: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """How the operators judged the findings, per detector and kind: counts by
+    status, the precision among the judged ones (resolved / (resolved + false
+    alarms)) and the median hours from first report to the first answer.
+
+    A finding counts in its current status (a reopened false alarm is open
+    again); precision is None until one of a kind is judged."""
+    by_kind: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+    for finding in found:
+        by_kind[(finding["detector"], finding["kind"])].append(finding)
+    rows = []
+    for (detector, kind), items in sorted(by_kind.items()):
+        counts = {status: sum(f["status"] == status for f in items) for status in STATUSES}
+        judged = counts[RESOLVED] + counts[FALSE_ALARM]
+        waits = [(f["feedback"][0]["t"] - (f.get("first_seen") or f["t"])) / 3600 for f in items if f["feedback"]]
+        rows.append({
+            "detector": detector, "kind": kind, "findings": len(items), **counts, "judged": judged,
+            "precision": round(counts[RESOLVED] / judged, 3) if judged else None,
+            "median_hours_to_answer": round(statistics.median(waits), 1) if waits else None,
+        })
+    return rows

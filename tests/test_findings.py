@@ -284,6 +284,46 @@ async def test_cli_lists_findings_from_the_database(tmp_path: Path, served: Any)
     assert code == 2 and "closed" in err
 
 
+# detection quality from the operators' answers -----------------------------------------
+
+
+async def test_quality_counts_the_operators_answers_per_detector_and_kind(tmp_path: Path, served: Any) -> None:
+    server, client = served
+    now = int(time.time())
+    made = [await server.report_finding(slowed(now - 7200, subject=f"B1-A{i:02d}")) for i in range(1, 6)]
+    old = await server.report_finding(slowed(now - 400 * DAY, subject="B1-A09"))
+    leak = await server.report_finding(Finding("leaks", "B1-A07", "consumer_leak", "leak", t=now - 3600))
+    for finding, status in zip(made, ["resolved", "resolved", "resolved", "false_alarm", "acknowledged"],
+                               strict=True):
+        assert (await patch(client, finding.id, status=status)).status_code == 200
+    assert (await patch(client, old.id, status="false_alarm")).status_code == 200
+
+    r = await client.get("/api/v1/findings/quality", params={"days": 30}, headers=auth("viewer"))
+    assert r.status_code == 200, r.text
+    rows = {(q["detector"], q["kind"]): q for q in r.json()["detectors"]}
+    assert set(rows) == {("magnet", "slowed_meter"), ("leaks", "consumer_leak")}  # the old one is out of range
+    magnet = rows[("magnet", "slowed_meter")]
+    assert (magnet["findings"], magnet["resolved"], magnet["false_alarm"], magnet["acknowledged"],
+            magnet["judged"], magnet["precision"]) == (5, 3, 1, 1, 4, 0.75)
+    assert 1.9 < magnet["median_hours_to_answer"] < 2.1  # answered about two hours after the first report
+    assert (rows[("leaks", "consumer_leak")]["open"], rows[("leaks", "consumer_leak")]["precision"]) == (1, None)
+    assert leak.id is not None
+
+    r = await client.get("/api/v1/findings/quality", params={"days": 3660}, headers=auth("viewer"))
+    assert {q["kind"]: q["false_alarm"] for q in r.json()["detectors"]}["slowed_meter"] == 2
+    r = await client.get("/api/v1/findings/quality", params={"days": "0"}, headers=auth("viewer"))
+    assert r.status_code == 400 and "days" in r.json()["error"]["message"]
+
+    config = tmp_path / "edge.toml"
+    config.write_text(f'[storage]\nurl = "sqlite:{tmp_path / "balans.db"}"\n', encoding="utf-8")
+    code, out, err = await cli("analytics", "quality", "-c", str(config), "--days", "30", cwd=tmp_path)
+    assert code == 0, err
+    header, *lines = out.splitlines()
+    assert header.split()[:3] == ["detector", "kind", "findings"]
+    assert [line.split()[:3] + line.split()[-2:-1] for line in lines] == [
+        ["leaks", "consumer_leak", "1", "-"], ["magnet", "slowed_meter", "5", "0.75"]]
+
+
 # rules and migration ----------------------------------------------------------------
 
 

@@ -3,6 +3,7 @@ lifecycle (acknowledge, resolve, false alarm, reopen) with the operator's note."
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING, Any
 
 from sanic.request import Request
@@ -14,6 +15,9 @@ if TYPE_CHECKING:
     from balans_edge.server import Server
 
 MAX_LIMIT = 1000
+MAX_DAYS = 3660
+MAX_QUALITY_FINDINGS = 1_000_000
+"""Findings the quality figures look at (far more than a site collects in years)."""
 TIME_FIELDS = ("t", "first_seen", "last_seen")
 
 
@@ -70,6 +74,14 @@ def routes(server: Server) -> list[Route]:
         )
         return json({"findings": [present(f) for f in found]})
 
+    async def quality(request: Request) -> Any:
+        raw = request.args.get("days", "365")
+        if not raw.isdigit() or not 1 <= int(raw) <= MAX_DAYS:
+            raise ApiError(400, "bad_parameter", f"days: expected an integer 1..{MAX_DAYS}, got {raw!r}")
+        since = int(time.time()) - int(raw) * 86400
+        found = await storage.findings(since=since, limit=MAX_QUALITY_FINDINGS)
+        return json({"since": iso(since), "detectors": rules.quality(found)})
+
     async def get_finding(request: Request, finding_id: str) -> Any:
         found = await storage.finding(_finding_id(finding_id))
         if found is None:
@@ -97,6 +109,12 @@ def routes(server: Server) -> list[Route]:
                       Param("status", enum=rules.STATUSES), Param("subject", description="meter or group id"),
                       Param("limit", type="integer", description=f"1..{MAX_LIMIT}, default 100")),
               tags=tags, responses={200: "OK", 400: "bad filter"}),
+        Route("GET", "/api/v1/findings/quality", quality,
+              "Detection quality from the operators' answers: per detector and kind the findings by status, "
+              "the precision among the judged ones and the median hours to the first answer",
+              params=(Param("days", type="integer", description=f"findings first seen in the last 1..{MAX_DAYS} "
+                                                                "days, default 365"),),
+              tags=tags, responses={200: "OK", 400: "bad days"}),
         Route("GET", "/api/v1/findings/<finding_id>", get_finding, "One finding with the operators' feedback",
               params=(path_id,), tags=tags, responses={200: "OK", 404: "no such finding"}),
         Route("PATCH", "/api/v1/findings/<finding_id>", patch_finding,

@@ -147,6 +147,22 @@ class DirtyRange:
     hi: int
 
 
+TAG_QUALITIES = frozenset({"good", "stale", "comm_fail"})
+"""Quality of a polled tag sample: a fresh value, an old or refused one, the device unreachable."""
+
+
+@dataclass(frozen=True, slots=True)
+class TagRow:
+    """One stored sample of a polled tag (a PLC's tank level, pump state, totaliser)."""
+
+    tag: str
+    """'<device>/<tag>' as configured."""
+    ts: int
+    value: float | None
+    """None unless the quality is good."""
+    quality: str
+
+
 class Storage(ABC):
     """A durable store for the registry, readings and derived intervals."""
 
@@ -300,8 +316,10 @@ class Storage(ABC):
         status: str | None = None,
         subject: str | None = None,
         limit: int = 100,
+        since: int | None = None,
     ) -> list[dict[str, Any]]:
-        """Stored findings, most recently seen first, data and feedback decoded."""
+        """Stored findings, most recently seen first, data and feedback decoded;
+        ``since``: only those first seen at or after it."""
 
     @abstractmethod
     async def finding(self, finding_id: int) -> dict[str, Any] | None:
@@ -372,3 +390,42 @@ class Storage(ABC):
     @abstractmethod
     async def connection_log(self, concentrator_id: int | None = None, limit: int = 100) -> list[dict[str, Any]]:
         """The device connection log (of one concentrator or all), newest first."""
+
+    # polled tags ------------------------------------------------------------
+
+    @abstractmethod
+    async def store_tag_values(self, samples: Sequence[TagRow]) -> None:
+        """Store samples of polled tags durably, all in one transaction. A tag
+        keeps one sample per second: a later sample of the same second replaces
+        it. Raises ValueError on an unknown quality (nothing is stored)."""
+
+    @abstractmethod
+    async def tag_values(self, tag: str, t0: int, t1: int, limit: int = 10000) -> list[dict[str, Any]]:
+        """Stored samples of one tag with t0 <= ts < t1, oldest first: ``tag``,
+        ``ts``, ``value`` (None unless good) and ``quality``."""
+
+    @abstractmethod
+    async def latest_tag_values(self) -> list[dict[str, Any]]:
+        """The newest stored sample of every tag, by tag id, with ``last_good_value``
+        and ``last_good_ts`` (None when the tag never had a good value)."""
+
+    # protocol bridges -------------------------------------------------------
+
+    @abstractmethod
+    async def bridge_slots(self, bridge: str) -> dict[str, int]:
+        """object id -> slot of every object ``bridge`` ever gave a slot to (removed
+        objects included: their slots are never given to another object)."""
+
+    @abstractmethod
+    async def allocate_bridge_slots(self, bridge: str, object_ids: Sequence[str], t: int) -> dict[str, int]:
+        """Give each of ``object_ids`` that has no slot in ``bridge`` the next slot
+        (one past the highest ever allocated), in the order given, durably and in
+        one transaction; return every slot of the bridge. Idempotent: an object
+        keeps its slot, and callers racing each other (tasks or processes) never
+        get the same slot for two objects."""
+
+    @abstractmethod
+    async def latest_readings(self, meters: Sequence[int] | None = None) -> ReadingRows:
+        """The newest stored reading of each of ``meters`` (internal keys; every
+        meter when None) that has one, sorted by meter: what a bridge shows as
+        the meter's present state."""

@@ -36,7 +36,9 @@ from balans_edge.core.storage.base import (
 )
 from balans_edge.core.storage.migrations import migrate
 from balans_edge.core.storage.sqlite_balance import BalanceTables
+from balans_edge.core.storage.sqlite_bridges import BridgeSlots
 from balans_edge.core.storage.sqlite_devices import DeviceReports
+from balans_edge.core.storage.sqlite_tags import TagTable
 
 if TYPE_CHECKING:
     pass
@@ -119,7 +121,7 @@ class _Job:
     future: asyncio.Future[None]
 
 
-class SqliteStorage(BalanceTables, DeviceReports, Storage):
+class SqliteStorage(BalanceTables, DeviceReports, BridgeSlots, TagTable, Storage):
     def __init__(self, path: str | Path, *, max_group: int = 256) -> None:
         self.path = Path(path)
         self.max_group = max_group
@@ -535,10 +537,12 @@ class SqliteStorage(BalanceTables, DeviceReports, Storage):
         status: str | None = None,
         subject: str | None = None,
         limit: int = 100,
+        since: int | None = None,
     ) -> list[dict[str, Any]]:
-        filters = {"group_id": group, "kind": kind, "status": status, "subject": subject}
+        filters = {"group_id = ?": group, "kind = ?": kind, "status = ?": status, "subject = ?": subject,
+                   "coalesce(first_seen, t) >= ?": since}
         used = {c: v for c, v in filters.items() if v is not None}
-        where = " AND ".join(f"{c} = ?" for c in used) or "1"
+        where = " AND ".join(used) or "1"
         rows = await self._all(
             f"SELECT * FROM findings WHERE {where} ORDER BY coalesce(last_seen, t) DESC, id DESC LIMIT ?",
             (*used.values(), limit))
