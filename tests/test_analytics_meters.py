@@ -20,8 +20,10 @@ from balans_edge.core.analytics.meter_checks import (
 from balans_edge.core.components import Severity
 from balans_edge.core.model import Status
 from balans_edge.plugins.dmesh.scenario import (
+    BehaviourChange,
     ClockDrift,
     CounterReset,
+    Dripping,
     Leak,
     LostModule,
     Magnet,
@@ -230,3 +232,16 @@ def test_halved_consumption_with_unchanged_input_is_a_finding(seed):
     found = only(ConsumptionDropDetector().detect_group(data), "consumption_drop")
     assert list(found) == ["B1-A12"]
     assert found["B1-A12"].data["drop_pct"] == pytest.approx(50, rel=0.2)
+
+
+@pytest.mark.parametrize("seed", [1, 3])
+def test_a_household_using_less_when_drips_begin_is_not_blamed(seed: int) -> None:
+    """Drips raise the imbalance at night; a family using less by day at the same time
+    matches the rise in size and time, not in the hours of the day it happens."""
+    base = Scenario(apartments=30, hours=HOURS, seed=seed, utc_offset_h=3, event_litres=8.0)
+    use = generate(base).truth.consumption_m3[1:].sum(axis=1)
+    heavy = f"B1-A{int(np.argmax(use)) + 1:02d}"
+    faults = [Dripping("B1", 0.5, 3.0, start=7 * 24), BehaviourChange(heavy, 0.4, start=7 * 24)]
+    data = generate(base, faults).group_data(0, "Europe/Moscow")
+    assert [f.subject for f in ConsumptionDropDetector(min_profile_correlation=-1.0).detect_group(data)] == [heavy]
+    assert ConsumptionDropDetector().detect_group(data) == []

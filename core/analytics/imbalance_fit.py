@@ -364,6 +364,10 @@ class UnmeteredDetector(GroupDetector):
     ``min_correlation`` (0.6): correlation of the rise's hour-of-day profile with the consumption shape;
     ``start_step_hours`` (6): resolution of the start scan;
     ``min_fault_hours`` (48): known hours a start leaves after it;
+    ``min_before_hours`` (48): known hours before the start: a rise must be seen
+    rising. A draw older than the window is the same data as a member meter
+    stuck before it (its water, in its household's shape, in the imbalance from
+    the first hour), so it is left to the finding made when it began;
     the slowed-meter thresholds are the shared fit's (``FitSettings``), so that the
     part of the imbalance a slowed meter explains is removed first.
     """
@@ -372,12 +376,14 @@ class UnmeteredDetector(GroupDetector):
     kind = "unmetered_connection"
 
     def __init__(self, min_share: float = 0.02, min_t: float = 8.0, min_correlation: float = 0.6,
-                 start_step_hours: int = 6, min_fault_hours: int = 48, fit: FitSettings | None = None) -> None:
+                 start_step_hours: int = 6, min_fault_hours: int = 48, min_before_hours: int = 48,
+                 fit: FitSettings | None = None) -> None:
         self.min_share = min_share
         self.min_t = min_t
         self.min_correlation = min_correlation
         self.start_step_hours = start_step_hours
         self.min_fault_hours = min_fault_hours
+        self.min_before_hours = min_before_hours
         self.fit = fit or FitSettings()
 
     def detect_group(self, data: GroupData) -> list[Finding]:
@@ -400,7 +406,9 @@ class UnmeteredDetector(GroupDetector):
         w = p.shape[data.local_hour] - 1.0
         hours = np.arange(len(r))
         known_after = _reverse_cumsum(p.valid.astype(np.float64))
-        starts = [int(s) for s in range(0, len(r), self.start_step_hours) if known_after[s] >= self.min_fault_hours]
+        known_before = np.cumsum(p.valid) - p.valid
+        starts = [int(s) for s in range(0, len(r), self.start_step_hours)
+                  if known_after[s] >= self.min_fault_hours and known_before[s] >= self.min_before_hours]
         fits = [(_shape_fit(r, w, p.valid, s), s) for s in starts]
         if not fits:
             return None

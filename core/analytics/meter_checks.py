@@ -146,8 +146,11 @@ class ConsumerLeakDetector(GroupDetector):
     """Low quantile of hourly flow that the leak shifts (its estimate)."""
     history_hours: int = 48
     """Known hours before the stretch needed to take the household's own night use off."""
-    natural_p: float = 1e-4
-    """How unlikely a stretch must be for the household as it was: see ``_convincing``."""
+    natural_p: float = 1e-6
+    """How unlikely a stretch must be for the household as it was: see ``_convincing``.
+    Every meter is tested on every run, so the bar is high: over 240 simulated
+    buildings 1e-4 let three heavy households (30-40 l/h) through as leaks, 1e-6
+    none, and still found 29 of 30 leaks of 10-40 l/h within 48 h."""
     night: tuple[int, int] = (1, 5)
     """Local hours [from, to) in which a household is usually quiet."""
     name: str = "consumer-leak"
@@ -544,6 +547,26 @@ def change_point(y: np.ndarray, min_side: int = 24) -> int | None:
     return int(idx[int(np.argmax(score)) + 1])
 
 
+def _by_local_hour(data: GroupData, x: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """(24,) mean of ``x`` per local hour of the day over ``mask`` (NaN skipped; NaN where none)."""
+    ok = mask & ~np.isnan(x)
+    total = np.bincount(data.local_hour[ok], weights=x[ok], minlength=24)
+    count = np.bincount(data.local_hour[ok], minlength=24)
+    return np.divide(total, count, out=np.full(24, np.nan), where=count > 0)
+
+
+def _profile_correlation(data: GroupData, values: np.ndarray, imbalance: np.ndarray, first: int) -> float:
+    """Correlation over the hours of the day of a meter's drop (before - after) with the
+    imbalance's rise (after - before) at hour ``first``; 0 when either has no shape."""
+    after = np.arange(data.hours) >= first
+    drop = _by_local_hour(data, values, ~after) - _by_local_hour(data, values, after)
+    rise = _by_local_hour(data, imbalance, after) - _by_local_hour(data, imbalance, ~after)
+    ok = ~np.isnan(drop) & ~np.isnan(rise)
+    if ok.sum() < 12 or drop[ok].std() == 0 or rise[ok].std() == 0:
+        return 0.0
+    return float(np.corrcoef(drop[ok], rise[ok])[0, 1])
+
+
 @dataclass
 class ConsumptionDropDetector(GroupDetector):
     """A meter that registers less while the group loses more: slowed (a magnet, a worn
@@ -570,6 +593,12 @@ class ConsumptionDropDetector(GroupDetector):
     """...and the rise must be this many standard errors."""
     history_hours: int = 72
     """Known hours before the drop needed to compare with."""
+    min_profile_correlation: float = 0.1
+    """The water a meter stops registering shows up in the imbalance at the hours it
+    flows: the drop's profile over the hours of the day must go with the rise's.
+    Over 240 simulated buildings this kept 47 of 50 right findings and dropped 11
+    of 17 households that happened to use less when a loss began (a drip at night
+    rises when households use water by day)."""
     align_hours: int = 48
     """The imbalance's own change point must lie this close to the drop's start."""
     name: str = "consumption-drop"
@@ -620,6 +649,8 @@ class ConsumptionDropDetector(GroupDetector):
             return None  # the imbalance changed at another time: another cause, a coincidental drop
         if stopped:
             return abs(rise - drop), None
+        if _profile_correlation(data, data.values[r], imbalance, first) < self.min_profile_correlation:
+            return None
         volume = drop * (data.hours - first)
         meter = data.meter_ids[r]
         pct = drop / usual * 100
