@@ -9,7 +9,7 @@ import pytest
 
 from balans_edge.core.analytics.imbalance_fit import SlowedMeterDetector, UnmeteredDetector
 from balans_edge.core.components import Severity
-from balans_edge.plugins.dmesh.scenario import Leak, Magnet, Scenario, ScenarioData, Unmetered, generate
+from balans_edge.plugins.dmesh.scenario import Leak, Magnet, Scenario, ScenarioData, Stuck, Unmetered, generate
 
 HOURS = 24 * 21
 START = 24 * 10
@@ -110,3 +110,16 @@ def test_price_gives_money() -> None:
     group.group = replace(group.group, price=2.5)
     [f] = SlowedMeterDetector().detect_group(group)
     assert f.data["money"] == pytest.approx(f.data["volume_m3"] * 2.5, abs=0.01)
+
+
+def test_a_meter_that_stopped_just_before_the_rise_explains_it() -> None:
+    """The biggest household's meter stops a day into the window; the draw the scan
+    finds starts a little later. The meter stopped registering what the group lost:
+    the stuck-meter detector's finding, not an unmetered connection."""
+    base = Scenario(apartments=30, hours=14 * 24, seed=5, utc_offset_h=3, event_litres=8.0)
+    heavy = f"B1-A{int(np.argmax(generate(base).truth.consumption_m3[1:].sum(axis=1))) + 1:02d}"
+    data = generate(base, [Stuck(heavy, start=26)]).group_data(0, "Europe/Moscow")
+    assert UnmeteredDetector().detect_group(data) == []
+    # The same rise with the meter still registering is a draw past every meter.
+    drawn = generate(base, [Unmetered("B1", 20.0, start=26)]).group_data(0, "Europe/Moscow")
+    assert [f.kind for f in UnmeteredDetector().detect_group(drawn)] == ["unmetered_connection"]

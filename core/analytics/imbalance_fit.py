@@ -34,6 +34,7 @@ member's hourly values explain the rise as well as the smooth shape does.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -341,18 +342,22 @@ def _best_member_r2(r: np.ndarray, x: np.ndarray, mask: np.ndarray) -> float:
     return float(np.nanmax(corr**2)) if len(corr) else 0.0
 
 
-def _stopped_member_explains(values: np.ndarray, start: int, rate: float) -> bool:
-    """A member meter that all but stopped at the rise, having used at least half
-    of the rise's rate before: the water still flows through its pipe, unregistered
-    (a stuck meter, a bypass). That is the stuck-meter detector's finding, about
-    the meter, not an unmetered connection of the group."""
-    if start < 24 or start >= values.shape[1] - 24:
+def _member_explains(values: np.ndarray, start: int, rate: float, guard: int = 24, min_drop: float = 0.3) -> bool:
+    """A member meter that registers less since the rise by at least half of its rate
+    (and by ``min_drop`` of its own use): the water still flows through its pipe,
+    unregistered (a stuck meter, a magnet). That is the meter detectors' finding,
+    about the meter, not an unmetered connection of the group. The hours within
+    ``guard`` of the rise's start (known only to a few hours) are left out of
+    both sides, so that a meter that stopped a little before or after still counts."""
+    hours = values.shape[1]
+    before, after = values[:, : max(start - guard, 0)], values[:, min(start + guard, hours):]
+    if before.shape[1] < guard or after.shape[1] < guard:
         return False
-    with np.errstate(invalid="ignore"):
-        before = np.nanmean(values[:, :start], axis=1)
-        after = np.nanmean(values[:, start:], axis=1)
-    stopped = (before >= 0.5 * rate) & (after <= 0.2 * before)
-    return bool(np.any(stopped))
+    with np.errstate(invalid="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # members without a known hour: NaN, never chosen
+        usual = np.nanmean(before, axis=1)
+        drop = usual - np.nanmean(after, axis=1)
+    return bool(np.any((drop >= 0.5 * rate) & (drop >= min_drop * usual)))
 
 
 class UnmeteredDetector(GroupDetector):
@@ -432,7 +437,7 @@ class UnmeteredDetector(GroupDetector):
         r2_shape = _best_member_r2(r, (w * after)[None, :], mask)
         if _best_member_r2(r, p.x, mask) >= r2_shape:
             return None
-        if _stopped_member_explains(data.values, start, volume / max(int(after.sum()), 1)):
+        if _member_explains(data.values, start, volume / max(int(after.sum()), 1)):
             return None
         return Draw(start, a, t_stat, volume, profile, corr)
 
