@@ -37,6 +37,7 @@ bench: $(STAMP)
 	$$(command -v taskset >/dev/null && echo taskset -c 0) $(BIN)/python bench/ingest.py
 	$(BIN)/python bench/dmesh.py
 	$$(command -v taskset >/dev/null && echo taskset -c 0) $(BIN)/python bench/balance.py
+	$(BIN)/python bench/modbus.py
 
 # The loss detectors against known faults, real district inflows and simulated households
 # (about 30 minutes; installs the data packages of the [bench] extra).

@@ -84,7 +84,9 @@ def register_actuators(server: Server) -> list[Actuator] | None:
     """Contribute actuators that execute valve, relay and pump commands.
 
     An actuator has a ``name``, ``handles(command) -> bool`` and
-    ``async execute(command) -> CommandOutcome``. Commands reach it only
+    ``async execute(command) -> CommandOutcome``, and may have
+    ``owns(target) -> bool``: a command for an owned target goes only to its
+    owners (never to a generic actuator that takes any valve command). Commands reach it only
     through the core actuation service, which audits who asked, when, why and
     the outcome.
     """

@@ -29,8 +29,9 @@ ENTRY_POINT_GROUP = "balans_edge"
 DEFAULT_PLUGINS: dict[str, str] = {
     "dmesh": "balans_edge.plugins.dmesh.plugin",
     "analytics": "balans_edge.plugins.analytics.plugin",
+    "modbus": "balans_edge.plugins.modbus.plugin",
 }
-"""Built-in plugins by name. Modbus, OPC UA and export join as they are built."""
+"""Built-in plugins by name. OPC UA and export join as they are built."""
 
 
 def summarize(exc: BaseException) -> str:

@@ -122,7 +122,6 @@ class Server:
     async def start(self, *, http: bool = True) -> None:
         await self.storage.open()
         try:
-            await self._apply_config_groups()
             self.collect_contributions()
             await self.intervals.start()
             await self.balance.start()
@@ -130,6 +129,9 @@ class Server:
             sub = self.bus.subscribe(ReadingsCommitted, maxsize=1000, policy="drop_oldest")
             self._observer_task = asyncio.create_task(self._observe_readings(sub), name="observe-readings")
             await self._start_components()
+            # After the components: a plugin may create the meters a group's inputs
+            # name (a PLC's totaliser); failing here still stops everything started.
+            await self._apply_config_groups()
             self._put_in_service()
             if http:
                 self.http = Http(self.routes, self.config.api, self.config.server.host, self.config.server.port)

@@ -34,6 +34,19 @@ class ActuationService:
     def add(self, actuator: Actuator) -> None:
         self.actuators.append(actuator)
 
+    def route(self, command: Command) -> Actuator | None:
+        """The actuator that executes ``command``.
+
+        An actuator may implement ``owns(target) -> bool`` to say that it drives
+        that target (a Modbus valve, a pump). A command for an owned target
+        goes only to its owners, and is refused when none of them handles its
+        code; it never falls through to a generic actuator that accepts any
+        valve or relay command (the DMesh one). Other commands go to the first
+        actuator that handles them, in registration order.
+        """
+        owners = [a for a in self.actuators if _owns(a, command.target)]
+        return next((a for a in owners or self.actuators if a.handles(command)), None)
+
     async def execute(self, command: Command) -> Command:
         """Execute and audit one command; return it with id and outcome."""
         if not command.requested_by or not command.reason:
@@ -44,9 +57,11 @@ class ActuationService:
         record = dataclasses.asdict(command)
         record["code"] = str(command.code)
         command = dataclasses.replace(command, id=await self.storage.journal_append("commands", record))
-        actuator = next((a for a in self.actuators if a.handles(command)), None)
+        actuator = self.route(command)
         if actuator is None:
-            outcome, detail = "refused", f"no actuator handles {command.code} for {command.target}"
+            owners = ", ".join(a.name for a in self.actuators if _owns(a, command.target))
+            outcome, detail = "refused", (f"{command.target} is driven by {owners}, which takes no {command.code}"
+                                          if owners else f"no actuator handles {command.code} for {command.target}")
         else:
             try:
                 result = await actuator.execute(command)
@@ -61,3 +76,8 @@ class ActuationService:
         if self.observer is not None:
             await self.observer(command)
         return command
+
+
+def _owns(actuator: Actuator, target: str) -> bool:
+    owns = getattr(actuator, "owns", None)
+    return bool(owns is not None and owns(target))

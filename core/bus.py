@@ -43,6 +43,33 @@ class BalanceUpdated:
     t_max: int
 
 
+@dataclass(frozen=True, slots=True)
+class TagSample:
+    """One polled value of a PLC tag (tank level, pump state, totaliser) with its quality."""
+
+    tag: str
+    """'<device>/<tag>' as configured."""
+    ts: float
+    """Unix time the value was read (or found missing)."""
+    value: float | None
+    """The scaled value; None unless the quality is good."""
+    quality: str
+    """good | stale (refused, or no fresh value) | comm_fail (device unreachable)."""
+    unit: str = ""
+    detail: str = ""
+    """Why the quality is not good (the device's exception, the link's error)."""
+
+
+@dataclass(frozen=True, slots=True)
+class TagValues:
+    """Samples of one device's tags from one poll (or a quality change), published
+    after the samples chosen for storage are committed."""
+
+    source: str
+    """The device (or server) the tags were polled from."""
+    samples: tuple[TagSample, ...]
+
+
 Policy = Literal["block", "drop_oldest"]
 
 

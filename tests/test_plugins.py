@@ -153,13 +153,15 @@ async def test_failing_plugin_is_disabled_and_the_rest_runs(
 
     health = await client.get("/api/v1/health")
     assert health.status_code == 200
-    assert health.json()["plugins"] == {"analytics": "started", "dmesh": "started", name: "failed"}
+    assert health.json()["plugins"] == {"analytics": "started", "dmesh": "started", "modbus": "started",
+                                        name: "failed"}
     listing = (await client.get("/api/v1/plugins", headers=auth("viewer"))).json()["plugins"]
-    assert [(p["name"], p["state"], p["error"]) for p in listing] == [
+    assert [(p["name"], p["state"], p["error"]) for p in listing] == sorted([
         ("analytics", "started", None),
         ("dmesh", "started", None),
+        ("modbus", "started", None),
         (name, "failed", EXPECTED[kind].format(name=name)),
-    ]
+    ])
 
     # Out of service: none of its contributions is in use.
     assert (await client.get(f"/api/v1/{name}/hello")).status_code == 404
@@ -221,7 +223,8 @@ async def test_enabled_false_disables_a_plugin(
     assert [n for n, _ in server.components + server.exporters] == ["analytics"]
     assert (await client.get("/api/v1/example/summary", headers=auth("viewer"))).status_code == 404
     health = (await client.get("/api/v1/health")).json()
-    assert health["plugins"] == {"analytics": "started", "dmesh": "started", "example": "disabled"}
+    assert health["plugins"] == {"analytics": "started", "dmesh": "started", "example": "disabled",
+                                 "modbus": "started"}
     assert health["exporters"] == {}
     command = await server.actuation.execute(Command("example:valve", CommandCode.VALVE_OPEN, "test", "disabled"))
     assert command.outcome == "refused"
@@ -332,6 +335,7 @@ def test_cli_runs_with_failing_optional_plugins(tmp_path: Path, plugin_dir: Call
             "analytics": "started",
             "dmesh": "started",
             "example": "started",
+            "modbus": "started",
             "opt_import": "failed",
             "opt_start": "failed",
         }

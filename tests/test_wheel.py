@@ -24,7 +24,7 @@ IGNORED = shutil.ignore_patterns(
     ".hypothesis",
 )  # fmt: skip
 IMPORTS = (
-    "balans_edge.core.ingest, balans_edge.plugins.dmesh.plugin, balans_edge.plugins.modbus, "
+    "balans_edge.core.ingest, balans_edge.plugins.dmesh.plugin, balans_edge.plugins.modbus.plugin, "
     "balans_edge.plugins.opcua, balans_edge.plugins.export, balans_edge.plugins.analytics.plugin, "
     "balans_edge.core.analytics.imbalance_fit, balans_edge.core.analytics.meter_checks"
 )
@@ -99,7 +99,8 @@ def test_wheel_installs_into_a_clean_venv_and_runs(tmp_path: Path) -> None:
 
     result = run(bin_ / "balans-edge", "plugins", "--json", cwd=tmp_path)
     assert [(p["name"], p["source"]) for p in json.loads(result.stdout)] == [("analytics", "builtin"),
-                                                                           ("dmesh", "builtin")]
+                                                                           ("dmesh", "builtin"),
+                                                                           ("modbus", "builtin")]
 
     # The partner path: a third-party plugin installed next to the wheel.
     example = tmp_path / "balans-edge-example"
@@ -108,7 +109,7 @@ def test_wheel_installs_into_a_clean_venv_and_runs(tmp_path: Path) -> None:
 
     result = run(bin_ / "balans-edge", "plugins", "--json", cwd=tmp_path)
     plugins = {p["name"]: p for p in json.loads(result.stdout)}
-    assert sorted(plugins) == ["analytics", "dmesh", "example"]
+    assert sorted(plugins) == ["analytics", "dmesh", "example", "modbus"]
     assert plugins["example"]["source"] == "entry point (balans-edge-example 0.1.0)"
     assert plugins["example"]["state"] == "loaded"
     assert plugins["example"]["hooks"] == Plugins().hook_names()

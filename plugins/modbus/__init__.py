@@ -1,1 +1,1 @@
-"""modbus plugin (placeholder; see README.md)."""
+"""modbus plugin: the Modbus TCP server for SCADA (see README.md)."""

@@ -1,0 +1,96 @@
+"""HTTP routes of the Modbus client: polled tags, device links, actuators."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from sanic.request import Request
+
+from balans_edge.core.components import Command, CommandCode
+from balans_edge.routes import ApiError, Param, Route, audited_body, iso, json, parse_time
+
+if TYPE_CHECKING:
+    from balans_edge.plugins.modbus.actuators import ModbusActuator
+    from balans_edge.plugins.modbus.client import ModbusClient
+    from balans_edge.server import Server
+
+
+def _time(t: float | None) -> str | None:
+    return iso(int(t)) if t else None
+
+
+def routes(server: Server, client: Callable[[], ModbusClient | None],
+           actuator: Callable[[], ModbusActuator | None]) -> list[Route]:
+    async def tags(request: Request) -> Any:
+        running = client()
+        rows = running.snapshot() if running is not None else []
+        device = request.args.get("device")
+        if device:
+            rows = [r for r in rows if r["device"] == device]
+        for r in rows:
+            r["t"], r["last_good_t"] = _time(r["t"]), _time(r["last_good_t"])
+        return json({"tags": rows})
+
+    async def history(request: Request) -> Any:
+        tag = request.args.get("tag")
+        if not tag:
+            raise ApiError(400, "missing_parameter", "query parameter tag is required ('<device>/<tag>')")
+        t0, t1 = parse_time(request, "from"), parse_time(request, "to")
+        if t1 <= t0:
+            raise ApiError(400, "bad_parameter", "to must be later than from")
+        limit = request.args.get("limit", "10000")
+        if not limit.isdigit() or not 1 <= int(limit) <= 100000:
+            raise ApiError(400, "bad_parameter", f"limit: expected integer 1..100000, got {limit!r}")
+        rows = await server.storage.tag_values(tag, t0, t1, int(limit))
+        return json({"tag": tag, "samples": [{**r, "ts": iso(r["ts"])} for r in rows]})
+
+    async def devices(request: Request) -> Any:
+        running = client()
+        return json({"devices": running.status() if running is not None else []})
+
+    async def actuators(request: Request) -> Any:
+        a = actuator()
+        rows = a.listing() if a is not None else []
+        for r in rows:
+            r["t"] = _time(r["t"])
+        return json({"actuators": rows})
+
+    async def command(request: Request, target: str) -> Any:
+        body, reason = audited_body(request, '{"command": ..., "reason": ...}')
+        a = actuator()
+        if a is None or not a.owns(target):
+            raise ApiError(404, "not_found", f"no Modbus actuator drives {target!r}")
+        code = body.get("command")
+        names = [str(c) for c in CommandCode]
+        if code not in names:
+            raise ApiError(400, "bad_body", f"command: expected one of {', '.join(names)}, got {code!r}")
+        done = await server.actuation.execute(
+            Command(target, CommandCode(code), requested_by=f"api:{request.ctx.user}", reason=reason.strip()))
+        return json({"id": done.id, "t": iso(done.t), "target": done.target, "code": str(done.code),
+                     "requested_by": done.requested_by, "reason": done.reason, "outcome": done.outcome,
+                     "detail": done.detail})
+
+    return [
+        Route("GET", "/api/v1/tags", tags,
+              "Polled PLC tags: newest value, unit, quality (good, stale, comm_fail), time, last good value",
+              params=(Param("device", description="only the tags of this device"),), tags=("tags",)),
+        Route("GET", "/api/v1/tags/history", history, "Stored samples of one tag, oldest first",
+              params=(Param("tag", required=True, description="'<device>/<tag>'"),
+                      Param("from", required=True, format="date-time"), Param("to", required=True, format="date-time"),
+                      Param("limit", type="integer", description="at most this many (default 10000)")),
+              tags=("tags",)),
+        Route("GET", "/api/v1/modbus/devices", devices,
+              "Polled Modbus devices: link state, reconnects, requests, reads per poll, last error",
+              tags=("tags",)),
+        Route("GET", "/api/v1/modbus/actuators", actuators,
+              "Valves, pumps and relays driven through Modbus, with their last read-back state",
+              tags=("commands",)),
+        Route("POST", "/api/v1/modbus/actuators/<target>/commands", command,
+              "Open or close a valve, start or stop a pump, switch a relay (audited; confirmed by read-back)",
+              role="operator", params=(Param("target", "path"),), tags=("commands",),
+              body='{"command": "valve_open"|"valve_close"|"pump_start"|"pump_stop"|"relay_on"|"relay_off", '
+                   '"reason": "..."}',
+              responses={200: "the audited command: id, outcome (done, failed or refused), detail",
+                         400: "bad body or no reason", 404: "no Modbus actuator drives the target"}),
+    ]

@@ -1,0 +1,336 @@
+"""PLC tags: their configuration, the read plan that batches them, and their quality.
+
+A pumping station's PLC is read tag by tag in the integrator's vocabulary (tank
+level, pump on/off, discharge pressure, flow totaliser), but on the wire the
+cost is per request: a slow RS-485 line at 9600 baud spends most of its time on
+request overhead and the slave's turnaround. So the tags of one device and one
+poll interval are planned into as few requests as possible: tags whose
+registers are adjacent or nearly adjacent (up to ``max_gap`` unused registers
+between them) share one read, within the protocol's limits of 125 registers
+and 2000 bits per request (``max_registers`` / ``max_bits`` lower them for
+devices that accept less).
+
+Every tag carries a quality next to its value, with the vocabulary SCADA
+integrators know: ``good`` (a fresh value the device answered), ``stale`` (the
+device answered an exception for the tag, or no fresh good value came within
+``stale_after`` poll intervals) and ``comm_fail`` (the device is not
+reachable). Nothing here does I/O: ``client.py`` polls, this module decides.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+from balans_edge.core.model import UNITS, Resource
+from balans_edge.plugins.modbus.values import ByteOrder, DataType, decode, register_count
+from balans_edge.settings import setting
+
+Table = Literal["holding", "input", "coil", "discrete"]
+Quality = Literal["good", "stale", "comm_fail"]
+QUALITIES: tuple[str, ...] = ("good", "stale", "comm_fail")
+
+BIT_TABLES = frozenset({"coil", "discrete"})
+MAX_REGISTERS = 125
+"""Registers one read request may ask for (Modbus application protocol, FC 3 and 4)."""
+MAX_BITS = 2000
+"""Coils or discrete inputs one read request may ask for (FC 1 and 2)."""
+NAME = re.compile(r"[A-Za-z0-9_.-]+")
+
+
+def _name(value: str) -> str | None:
+    return None if NAME.fullmatch(value) else "expected letters, digits, '_', '.' or '-' (it is part of a tag id)"
+
+
+@dataclass(frozen=True, kw_only=True)
+class TagConfig:
+    """One value read from a PLC: where it is, how it is encoded and scaled, how often it is read."""
+
+    name: str = setting(check=_name, doc="unique within its device; the tag id is '<device>/<name>'")
+    table: Table = "holding"
+    """holding | input (registers), coil | discrete (bits)."""
+    address: int = setting(range=(0, 65535), doc="0-based protocol address (holding register 40001 is 0)")
+    type: DataType = "uint16"
+    """Register tables only: uint16, int16, uint32, int32, float32, float64."""
+    byte_order: ByteOrder = "ABCD"
+    """ABCD, CDAB, BADC or DCBA (see values.py)."""
+    scale: float = setting(1.0, doc="value = raw * scale + offset")
+    offset: float = 0.0
+    unit: str = ""
+    interval_s: float = setting(1.0, range=(0.01, 86400.0), doc="poll interval; tags are grouped by it")
+    deadband: float = setting(0.0, range=(0.0, 1e12), doc="store a sample when the value moved more than this")
+    meter_id: str = setting("", doc="make this totaliser a registry meter with this id")
+    module_id: int = setting(0, range=(0, 2**32 - 1), doc="the meter's virtual module number (unique)")
+    resource: Literal["water", "gas", "heat", "electricity"] = "water"
+    resolution: float = setting(0.0, range=(0.0, 1e9), doc="the meter's quantity per count (its pulse weight)")
+    reading_every_s: float = setting(60.0, range=(1.0, 86400.0), doc="a meter reading at most this often")
+
+    def problems(self) -> list[str]:
+        """What is wrong with this tag on its own (its device names it in the error)."""
+        out = []
+        if self.table in BIT_TABLES and self.type != "uint16":
+            out.append(f"type {self.type} does not apply to a {self.table} (a single bit)")
+        elif self.address + self.count - 1 > 65535:
+            out.append(f"{self.type} at address {self.address} runs past address 65535")
+        if self.scale == 0 or not math.isfinite(self.scale) or not math.isfinite(self.offset):
+            out.append("scale must be a non-zero number and offset a number")
+        if self.meter_id:
+            out += self._meter_problems()
+        return out
+
+    def _meter_problems(self) -> list[str]:
+        if self.table in BIT_TABLES:
+            return [f"a meter needs a totaliser in registers, not a {self.table}"]
+        out = []
+        if self.module_id <= 0:
+            out.append("meter_id needs module_id, a virtual module number 1..4294967295")
+        if self.resolution <= 0:
+            out.append("meter_id needs resolution > 0 (the meter's quantity per count)")
+        allowed = UNITS[Resource(self.resource)]
+        if self.unit not in allowed:
+            out.append(f'unit "{self.unit}" is not a unit of {self.resource} (allowed: {", ".join(sorted(allowed))})')
+        return out
+
+    @property
+    def count(self) -> int:
+        """Registers (or bits) the tag occupies."""
+        return 1 if self.table in BIT_TABLES else register_count(self.type)
+
+
+@dataclass(frozen=True, kw_only=True)
+class DeviceConfig:
+    """A PLC (a Modbus slave) reached over TCP or over a serial line (RTU)."""
+
+    name: str = setting(check=_name, doc="unique; used in tag ids, actuators and logs")
+    transport: Literal["tcp", "rtu"] = "tcp"
+    host: str = setting("127.0.0.1", doc="tcp: the PLC's (or gateway's) address")
+    port: int = setting(502, range=(1, 65535), doc="tcp: its port")
+    path: str = setting("", doc="rtu: serial device path, e.g. /dev/ttyUSB0")
+    baudrate: int = setting(9600, range=(50, 4_000_000))
+    parity: Literal["N", "E", "O"] = "N"
+    stopbits: Literal[1, 2] = 1
+    bytesize: Literal[7, 8] = 8
+    unit_id: int = setting(1, range=(0, 255), doc="the slave's unit id (RTU address 1..247)")
+    timeout_s: float = setting(1.0, range=(0.01, 60.0), doc="wait this long for each answer")
+    retries: int = setting(1, range=(0, 10), doc="ask again this many times before giving up")
+    pause_s: float = setting(0.0, range=(0.0, 10.0), doc="quiet time on the line before each request")
+    max_gap: int = setting(8, range=(0, 124), doc="unused registers (x16 bits) one read may span")
+    max_registers: int = setting(MAX_REGISTERS, range=(1, MAX_REGISTERS), doc="registers per read")
+    max_bits: int = setting(MAX_BITS, range=(1, MAX_BITS), doc="coils or discrete inputs per read")
+    stale_after: float = setting(2.0, range=(1.0, 100.0), doc="stale without a good value for this many intervals")
+    store_every_s: float = setting(60.0, range=(0.0, 86400.0), doc="store unchanged samples this often (0: all)")
+    reconnect_min_s: float = setting(0.5, range=(0.01, 3600.0), doc="first reconnect delay (doubles, with jitter)")
+    reconnect_max_s: float = setting(30.0, range=(0.01, 3600.0), doc="longest reconnect delay")
+    tags: list[TagConfig] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        where = f'device "{self.name}"'
+        if self.transport == "rtu" and not self.path:
+            raise ValueError(f"{where}: transport rtu needs path (the serial port, e.g. /dev/ttyUSB0)")
+        if self.reconnect_max_s < self.reconnect_min_s:
+            raise ValueError(f"{where}: reconnect_max_s is shorter than reconnect_min_s")
+        problems: list[str] = []
+        seen: set[str] = set()
+        for tag in self.tags:
+            if tag.name in seen:
+                problems.append(f'{where} tag "{tag.name}" is listed more than once')
+            seen.add(tag.name)
+            problems += [f'{where} tag "{tag.name}": {p}' for p in tag.problems()]
+        if problems:
+            raise ValueError("; ".join(problems))
+
+    @property
+    def link_key(self) -> tuple[str, str, int]:
+        """Devices with the same key share one connection, one lock and one pause:
+        slaves on one serial line, or unit ids behind one TCP gateway."""
+        return ("rtu", self.path, 0) if self.transport == "rtu" else ("tcp", self.host, self.port)
+
+    def describe(self) -> str:
+        if self.transport == "rtu":
+            return f"rtu {self.path} {self.baudrate} {self.bytesize}{self.parity}{self.stopbits} unit {self.unit_id}"
+        return f"tcp {self.host}:{self.port} unit {self.unit_id}"
+
+
+SERIAL_SETTINGS = ("baudrate", "parity", "stopbits", "bytesize")
+
+
+def check_devices(devices: Sequence[DeviceConfig]) -> list[str]:
+    """Problems across devices: duplicate names, two slaves on one address, slaves on
+    one serial line with different line settings, meters that collide."""
+    problems: list[str] = []
+    names: set[str] = set()
+    slaves: dict[tuple, str] = {}
+    lines: dict[str, DeviceConfig] = {}
+    meters: dict[str, str] = {}
+    modules: dict[int, str] = {}
+    for d in devices:
+        if d.name in names:
+            problems.append(f'device "{d.name}" is listed more than once')
+        names.add(d.name)
+        slave = (*d.link_key, d.unit_id)
+        if slave in slaves and slaves[slave] != d.name:
+            problems.append(f'device "{d.name}": {d.describe()} is already device "{slaves[slave]}"')
+        slaves.setdefault(slave, d.name)
+        if d.transport == "rtu":
+            first = lines.setdefault(d.path, d)
+            differ = [s for s in SERIAL_SETTINGS if getattr(first, s) != getattr(d, s)]
+            if differ:
+                problems.append(f'device "{d.name}": {", ".join(differ)} on {d.path} differ from device '
+                                f'"{first.name}" (slaves on one line share its settings)')
+        for t in d.tags:
+            if not t.meter_id:
+                continue
+            place = f'device "{d.name}" tag "{t.name}"'
+            if t.meter_id in meters:
+                problems.append(f'{place}: meter "{t.meter_id}" is already made by {meters[t.meter_id]}')
+            if t.module_id in modules:
+                problems.append(f"{place}: module_id {t.module_id} is already used by {modules[t.module_id]}")
+            meters.setdefault(t.meter_id, place)
+            modules.setdefault(t.module_id, place)
+    return problems
+
+
+# -- read plan ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Block:
+    """One read request: ``count`` registers or bits of ``table`` from ``start``,
+    and the tags it serves with each one's offset in the answer."""
+
+    table: str
+    start: int
+    count: int
+    tags: tuple[tuple[TagConfig, int], ...]
+
+
+def plan(tags: Iterable[TagConfig], max_gap: int = 8, max_registers: int = MAX_REGISTERS,
+         max_bits: int = MAX_BITS) -> list[Block]:
+    """The fewest reads (greedy, in address order) that cover ``tags``: a tag joins
+    the current read when the gap before it is at most ``max_gap`` registers
+    (``max_gap * 16`` bits) and the read stays within the request limit.
+    Tags that overlap (one register read two ways) share a read."""
+    blocks: list[Block] = []
+    by_table: dict[str, list[TagConfig]] = {}
+    for t in tags:
+        by_table.setdefault(t.table, []).append(t)
+    for table in ("holding", "input", "coil", "discrete"):
+        members = sorted(by_table.get(table, []), key=lambda t: (t.address, t.count))
+        bits = table in BIT_TABLES
+        limit, gap = (max_bits, max_gap * 16) if bits else (max_registers, max_gap)
+        current: list[TagConfig] = []
+        start = end = 0
+        for t in members:
+            t_end = t.address + t.count
+            if current and t.address - end <= gap and max(end, t_end) - start <= limit:
+                current.append(t)
+                end = max(end, t_end)
+                continue
+            if current:
+                blocks.append(_block(table, start, end, current))
+            current, start, end = [t], t.address, t_end
+        if current:
+            blocks.append(_block(table, start, end, current))
+    return blocks
+
+
+def _block(table: str, start: int, end: int, tags: list[TagConfig]) -> Block:
+    return Block(table, start, end - start, tuple((t, t.address - start) for t in tags))
+
+
+def tag_value(tag: TagConfig, data: Sequence[int] | Sequence[bool], offset: int) -> float:
+    """The engineering value of ``tag`` from a block's answer: decoded with its
+    type and byte order, then scaled."""
+    if tag.table in BIT_TABLES:
+        raw = float(bool(data[offset]))
+    else:
+        raw = float(decode(data[offset : offset + tag.count], tag.type, tag.byte_order)[0])
+    return raw * tag.scale + tag.offset
+
+
+def groups(tags: Iterable[TagConfig]) -> dict[float, list[TagConfig]]:
+    """Tags by poll interval (each interval is one group, planned on its own)."""
+    out: dict[float, list[TagConfig]] = {}
+    for t in tags:
+        out.setdefault(t.interval_s, []).append(t)
+    return dict(sorted(out.items()))
+
+
+# -- state and quality ---------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class TagState:
+    """What is known about one tag now: its newest sample and its last good value."""
+
+    device: str
+    tag: TagConfig
+    value: float | None = None
+    quality: str = "stale"
+    t: float = 0.0
+    """Wall-clock time of the newest sample (0: none yet)."""
+    detail: str = "not polled yet"
+    last_good_value: float | None = None
+    last_good_t: float | None = None
+    last_good_mono: float | None = None
+    stored_value: float | None = None
+    stored_quality: str | None = None
+    stored_t: float | None = None
+    reading_t: float | None = None
+    """Wall-clock time of the newest meter reading taken from this tag."""
+
+    @property
+    def id(self) -> str:
+        return f"{self.device}/{self.tag.name}"
+
+    def good(self, value: float, t: float, mono: float) -> None:
+        self.value, self.quality, self.t, self.detail = value, "good", t, ""
+        self.last_good_value, self.last_good_t, self.last_good_mono = value, t, mono
+
+    def bad(self, quality: str, t: float, detail: str) -> None:
+        self.value, self.quality, self.t, self.detail = None, quality, t, detail
+
+    def overdue(self, mono: float, stale_after: float) -> bool:
+        """A good tag without a fresh good value for ``stale_after`` intervals."""
+        if self.quality != "good" or self.last_good_mono is None:
+            return False
+        return mono - self.last_good_mono > stale_after * self.tag.interval_s
+
+    def should_store(self, store_every_s: float) -> bool:
+        """Store a sample when the quality changed, the value moved beyond the
+        deadband, or nothing was stored for ``store_every_s`` (a heartbeat that
+        shows the tag was still read). Keeps a 1 s poll from writing 86,400 rows
+        a day per tag when nothing happens."""
+        if self.stored_t is None or self.quality != self.stored_quality:
+            return True
+        if store_every_s <= 0 or self.t - self.stored_t >= store_every_s:
+            return True
+        if self.value is None or self.stored_value is None:
+            return False
+        return abs(self.value - self.stored_value) > self.tag.deadband
+
+    def mark_stored(self) -> None:
+        self.stored_value, self.stored_quality, self.stored_t = self.value, self.quality, self.t
+
+
+EXCEPTION_NAMES = {
+    1: "illegal function",
+    2: "illegal data address",
+    3: "illegal data value",
+    4: "server device failure",
+    5: "acknowledge",
+    6: "server device busy",
+    8: "memory parity error",
+    10: "gateway path unavailable",
+    11: "gateway target device failed to respond",
+}
+GATEWAY_UNREACHABLE = frozenset({10, 11})
+"""Exceptions a TCP gateway answers when the serial slave behind it is silent:
+the device is not reachable (comm_fail), it did not refuse the tag (stale)."""
+
+
+def describe_exception(code: int) -> str:
+    return f"exception {code} ({EXCEPTION_NAMES.get(code, 'unknown')})"
