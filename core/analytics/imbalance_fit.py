@@ -43,6 +43,7 @@ from scipy.optimize import nnls
 
 from balans_edge.core.analytics.base import GroupDetector
 from balans_edge.core.analytics.data import GroupData
+from balans_edge.core.analytics.meter_checks import change_point
 from balans_edge.core.balance import QUALITY_ABSENT
 from balans_edge.core.components import Finding, Severity
 
@@ -342,22 +343,30 @@ def _best_member_r2(r: np.ndarray, x: np.ndarray, mask: np.ndarray) -> float:
     return float(np.nanmax(corr**2)) if len(corr) else 0.0
 
 
-def _member_explains(values: np.ndarray, start: int, rate: float, guard: int = 24, min_drop: float = 0.3) -> bool:
+def _member_explains(values: np.ndarray, start: int, rate: float, guard: int = 24, span: int = 48,
+                     align: int = 48, min_drop: float = 0.3) -> bool:
     """A member meter that registers less since the rise by at least half of its rate
-    (and by ``min_drop`` of its own use): the water still flows through its pipe,
-    unregistered (a stuck meter, a magnet). That is the meter detectors' finding,
-    about the meter, not an unmetered connection of the group. The hours within
-    ``guard`` of the rise's start (known only to a few hours) are left out of
-    both sides, so that a meter that stopped a little before or after still counts."""
+    (and by ``min_drop`` of its own use), its own change within ``align`` hours of the
+    rise: the water still flows through its pipe, unregistered (a stuck meter, a
+    magnet). That is the meter detectors' finding, about the meter, not an
+    unmetered connection of the group. The member's use is compared over ``span``
+    hours on either side of the rise, leaving out the hours within ``guard`` of its
+    start (known only to a few hours); a meter that stopped days later (another
+    fault) does not explain the rise."""
     hours = values.shape[1]
-    before, after = values[:, : max(start - guard, 0)], values[:, min(start + guard, hours):]
+    before = values[:, max(start - guard - span, 0): max(start - guard, 0)]
+    after = values[:, min(start + guard, hours): min(start + guard + span, hours)]
     if before.shape[1] < guard or after.shape[1] < guard:
         return False
     with np.errstate(invalid="ignore"), warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # members without a known hour: NaN, never chosen
         usual = np.nanmean(before, axis=1)
         drop = usual - np.nanmean(after, axis=1)
-    return bool(np.any((drop >= 0.5 * rate) & (drop >= min_drop * usual)))
+    for r in np.flatnonzero((drop >= 0.5 * rate) & (drop >= min_drop * usual)):
+        shift = change_point(values[r])
+        if shift is not None and abs(shift - start) <= align:
+            return True
+    return False
 
 
 class UnmeteredDetector(GroupDetector):
