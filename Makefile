@@ -26,9 +26,20 @@ demo: $(STAMP)
 
 peers:
 	bash .ci/install-peers
+	-$(MAKE) --no-print-directory $(OPCUA_PEER)
+
+# node-opcua, the OPC UA client the tests drive our OPC UA server with: installed
+# from the committed package-lock.json (nothing is downloaded while the tests run).
+OPCUA_PEER := tests/opcua_peer/node_modules/.package-lock.json
+
+$(OPCUA_PEER): tests/opcua_peer/package-lock.json
+	@if command -v npm >/dev/null; then \
+		npm ci --prefix tests/opcua_peer --no-audit --no-fund --loglevel=error && touch $@; \
+	else echo "npm not found: the OPC UA tests will skip (CI=true: fail); see docs/testing.md" >&2; fi
 
 test: $(EXAMPLE_STAMP)
 	-bash .ci/install-peers
+	-$(MAKE) --no-print-directory $(OPCUA_PEER)
 	$(BIN)/ruff check .
 	$(BIN)/pytest -q
 
@@ -38,6 +49,8 @@ bench: $(STAMP)
 	$(BIN)/python bench/dmesh.py
 	$$(command -v taskset >/dev/null && echo taskset -c 0) $(BIN)/python bench/balance.py
 	$(BIN)/python bench/modbus.py
+	$(BIN)/python bench/export.py
+	$(BIN)/python bench/opcua.py
 
 # The loss detectors against known faults, real district inflows and simulated households
 # (about 30 minutes; installs the data packages of the [bench] extra).

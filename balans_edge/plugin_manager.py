@@ -30,8 +30,10 @@ DEFAULT_PLUGINS: dict[str, str] = {
     "dmesh": "balans_edge.plugins.dmesh.plugin",
     "analytics": "balans_edge.plugins.analytics.plugin",
     "modbus": "balans_edge.plugins.modbus.plugin",
+    "opcua": "balans_edge.plugins.opcua.plugin",
+    "export": "balans_edge.plugins.export.plugin",
 }
-"""Built-in plugins by name. OPC UA and export join as they are built."""
+"""Built-in plugins by name."""
 
 
 def summarize(exc: BaseException) -> str:

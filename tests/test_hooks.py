@@ -151,7 +151,7 @@ def raiser_first() -> tuple[Plugins, Raiser]:
     raiser = Raiser()
     plugins.register(raiser, "raiser")
     plugins.load()
-    assert list(plugins.info) == ["raiser", "dmesh", "analytics", "modbus", "example"]
+    assert list(plugins.info) == ["raiser", "dmesh", "analytics", "modbus", "opcua", "export", "example"]
     return plugins, raiser
 
 
@@ -554,5 +554,6 @@ async def test_observer_errors_are_counted_per_plugin(
     listing = (await client.get("/api/v1/plugins", headers=auth("viewer"))).json()["plugins"]
     states = {p["name"]: (p["state"], p["errors"]) for p in listing}
     assert states == {"dmesh": ("started", 0), "analytics": ("started", 0), "modbus": ("started", 0),
-                      "example": ("started", 0), "raiser": ("started", 5)}
+                      "opcua": ("started", 0), "export": ("started", 0), "example": ("started", 0),
+                      "raiser": ("started", 5)}
     assert (await client.get("/api/v1/health")).json()["status"] == "ok"

@@ -154,12 +154,14 @@ async def test_failing_plugin_is_disabled_and_the_rest_runs(
     health = await client.get("/api/v1/health")
     assert health.status_code == 200
     assert health.json()["plugins"] == {"analytics": "started", "dmesh": "started", "modbus": "started",
-                                        name: "failed"}
+                                        "opcua": "started", "export": "started", name: "failed"}
     listing = (await client.get("/api/v1/plugins", headers=auth("viewer"))).json()["plugins"]
     assert [(p["name"], p["state"], p["error"]) for p in listing] == sorted([
         ("analytics", "started", None),
         ("dmesh", "started", None),
+        ("export", "started", None),
         ("modbus", "started", None),
+        ("opcua", "started", None),
         (name, "failed", EXPECTED[kind].format(name=name)),
     ])
 
@@ -224,7 +226,7 @@ async def test_enabled_false_disables_a_plugin(
     assert (await client.get("/api/v1/example/summary", headers=auth("viewer"))).status_code == 404
     health = (await client.get("/api/v1/health")).json()
     assert health["plugins"] == {"analytics": "started", "dmesh": "started", "example": "disabled",
-                                 "modbus": "started"}
+                                 "modbus": "started", "opcua": "started", "export": "started"}
     assert health["exporters"] == {}
     command = await server.actuation.execute(Command("example:valve", CommandCode.VALVE_OPEN, "test", "disabled"))
     assert command.outcome == "refused"
@@ -335,7 +337,9 @@ def test_cli_runs_with_failing_optional_plugins(tmp_path: Path, plugin_dir: Call
             "analytics": "started",
             "dmesh": "started",
             "example": "started",
+            "export": "started",
             "modbus": "started",
+            "opcua": "started",
             "opt_import": "failed",
             "opt_start": "failed",
         }

@@ -21,11 +21,11 @@ from balans_edge.plugin_manager import Plugins
 ROOT = Path(__file__).resolve().parent.parent
 IGNORED = shutil.ignore_patterns(
     ".git", ".venv", "var", "build", "dist", "*.egg-info", "__pycache__", ".pytest_cache", ".ruff_cache",
-    ".hypothesis",
+    ".hypothesis", "node_modules",
 )  # fmt: skip
 IMPORTS = (
     "balans_edge.core.ingest, balans_edge.plugins.dmesh.plugin, balans_edge.plugins.modbus.plugin, "
-    "balans_edge.plugins.opcua, balans_edge.plugins.export, balans_edge.plugins.analytics.plugin, "
+    "balans_edge.plugins.opcua.plugin, balans_edge.plugins.export, balans_edge.plugins.analytics.plugin, "
     "balans_edge.core.analytics.imbalance_fit, balans_edge.core.analytics.meter_checks"
 )
 
@@ -100,7 +100,9 @@ def test_wheel_installs_into_a_clean_venv_and_runs(tmp_path: Path) -> None:
     result = run(bin_ / "balans-edge", "plugins", "--json", cwd=tmp_path)
     assert [(p["name"], p["source"]) for p in json.loads(result.stdout)] == [("analytics", "builtin"),
                                                                            ("dmesh", "builtin"),
-                                                                           ("modbus", "builtin")]
+                                                                           ("export", "builtin"),
+                                                                           ("modbus", "builtin"),
+                                                                           ("opcua", "builtin")]
 
     # The partner path: a third-party plugin installed next to the wheel.
     example = tmp_path / "balans-edge-example"
@@ -109,7 +111,7 @@ def test_wheel_installs_into_a_clean_venv_and_runs(tmp_path: Path) -> None:
 
     result = run(bin_ / "balans-edge", "plugins", "--json", cwd=tmp_path)
     plugins = {p["name"]: p for p in json.loads(result.stdout)}
-    assert sorted(plugins) == ["analytics", "dmesh", "example", "modbus"]
+    assert sorted(plugins) == ["analytics", "dmesh", "example", "export", "modbus", "opcua"]
     assert plugins["example"]["source"] == "entry point (balans-edge-example 0.1.0)"
     assert plugins["example"]["state"] == "loaded"
     assert plugins["example"]["hooks"] == Plugins().hook_names()

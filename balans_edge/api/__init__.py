@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from balans_edge.api import commands, findings, groups, meters, registry, system
+from balans_edge.api import commands, findings, groups, meters, registry, system, tags
 
 if TYPE_CHECKING:
     from balans_edge.routes import Route
@@ -13,4 +13,4 @@ if TYPE_CHECKING:
 
 def routes(server: Server) -> list[Route]:
     return (system.routes(server) + registry.routes(server) + meters.routes(server) + groups.routes(server)
-            + commands.routes(server) + findings.routes(server))
+            + commands.routes(server) + findings.routes(server) + tags.routes(server))

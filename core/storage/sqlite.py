@@ -38,6 +38,7 @@ from balans_edge.core.storage.migrations import migrate
 from balans_edge.core.storage.sqlite_balance import BalanceTables
 from balans_edge.core.storage.sqlite_bridges import BridgeSlots
 from balans_edge.core.storage.sqlite_devices import DeviceReports
+from balans_edge.core.storage.sqlite_export import ExportQueues
 from balans_edge.core.storage.sqlite_tags import TagTable
 
 if TYPE_CHECKING:
@@ -121,7 +122,7 @@ class _Job:
     future: asyncio.Future[None]
 
 
-class SqliteStorage(BalanceTables, DeviceReports, BridgeSlots, TagTable, Storage):
+class SqliteStorage(BalanceTables, DeviceReports, BridgeSlots, TagTable, ExportQueues, Storage):
     def __init__(self, path: str | Path, *, max_group: int = 256) -> None:
         self.path = Path(path)
         self.max_group = max_group

@@ -1,1 +1,1 @@
-"""export plugin (placeholder; see README.md)."""
+"""The export plugin: InfluxDB v2 write API with store-and-forward (see README.md)."""

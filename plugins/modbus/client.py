@@ -21,6 +21,8 @@ A sweeper marks tags ``stale`` when their device stops delivering fresh values
 to storage (on change, and as a heartbeat), then to the event bus
 (``TagValues``); totaliser tags named as meters are ingested as readings like
 any meter's, so a pumping station's outflow can be a balance group's input.
+Quality, storage, back-off and totaliser rules are the OPC UA client's too
+(``balans_edge.core.tags``).
 """
 
 from __future__ import annotations
@@ -29,25 +31,20 @@ import asyncio
 import contextlib
 import logging
 import math
-import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
 from pymodbus.exceptions import ConnectionException, ModbusIOException
 
-from balans_edge.core.bus import TagSample, TagValues
-from balans_edge.core.model import COUNTER_MODULUS, Meter, RadioModule, RawReading, Resource
-from balans_edge.core.storage import StorageError
-from balans_edge.core.storage.base import TagRow
+from balans_edge.core.tags import Backoff, TagQuality, TagRecorder, TagState, ensure_meters, mark
+from balans_edge.core.tags import counter_of as counter_of  # shared with the OPC UA client; importable from here
 from balans_edge.plugins.modbus.tags import (
     BIT_TABLES,
     GATEWAY_UNREACHABLE,
     Block,
     DeviceConfig,
-    TagState,
     describe_exception,
     groups,
     plan,
@@ -70,8 +67,6 @@ READERS = {
 }
 
 
-class ModbusConfigError(Exception):
-    """The configuration cannot be put into effect (e.g. a meter it names exists and differs)."""
 
 
 class LinkDown(Exception):
@@ -92,36 +87,6 @@ class DeviceRefused(Exception):
 
 class BadAnswer(Exception):
     """The device answered something that does not fit the request."""
-
-
-# -- back-off --------------------------------------------------------------------------
-
-
-@dataclass(slots=True)
-class Backoff:
-    """Exponential back-off with jitter: after n failures wait between half and all
-    of min(cap, base * 2^n), so that many clients of one PLC spread out."""
-
-    base: float
-    cap: float
-    failures: int = 0
-    next_try: float = 0.0
-
-    def ready(self, now: float) -> bool:
-        return now >= self.next_try
-
-    def wait(self, now: float) -> float:
-        return max(0.0, self.next_try - now)
-
-    def failed(self, now: float) -> float:
-        delay = min(self.cap, self.base * 2 ** min(self.failures, 30))
-        delay = delay / 2 + random.uniform(0, delay / 2)  # noqa: S311 - jitter, not a secret
-        self.failures += 1
-        self.next_try = now + delay
-        return delay
-
-    def succeeded(self) -> None:
-        self.failures, self.next_try = 0, 0.0
 
 
 # -- link --------------------------------------------------------------------------------
@@ -383,10 +348,8 @@ class Poller:
                 "reads_per_poll": {f"{interval:g}s": len(blocks) for interval, blocks in self.plans}}
 
 
-def _bad(states: Sequence[TagState], quality: str, detail: str) -> None:
-    t = wall_clock()
-    for s in states:
-        s.bad(quality, t, detail)
+def _bad(states: Sequence[TagState], quality: TagQuality, detail: str) -> None:
+    mark(states, quality, wall_clock(), detail)
 
 
 async def _cancel_surely(task: asyncio.Task[None]) -> None:
@@ -400,71 +363,6 @@ async def _cancel_surely(task: asyncio.Task[None]) -> None:
         log.error("modbus: %s ended with %r", task.get_name(), task.exception())
 
 
-# -- meters ------------------------------------------------------------------------------------
-
-
-def counter_of(value: float, resolution: float) -> int:
-    """A totaliser value as a meter counter: counts of ``resolution``, modulo 2^32
-    (ingest follows the wrap like a radio module's counter)."""
-    return round(value / resolution) % COUNTER_MODULUS
-
-
-async def ensure_meters(server: Server, devices: Sequence[DeviceConfig], now: int) -> list[str]:
-    """Make sure the registry holds the module and meter of every totaliser tag
-    named as a meter, creating what is missing (checked like a registry import).
-    A meter or module that exists and differs is never overwritten: the error
-    names the tag. Returns the ids of the meters created."""
-    from balans_edge.core.registry import RegistryError, validate_all
-
-    storage = server.storage
-    incoming: list[tuple[Any, str]] = []
-    problems: list[str] = []
-    for d in devices:
-        for t in d.tags:
-            if not t.meter_id:
-                continue
-            place = f'[plugins.modbus] device "{d.name}" tag "{t.name}"'
-            want = Meter(t.meter_id, Resource(t.resource), t.unit, t.resolution, now, module_id=t.module_id, channel=1)
-            module = await storage.registry_get("modules", t.module_id)
-            if module is None:
-                incoming.append((RadioModule(t.module_id, None, channels=0b001), place))
-            elif module.concentrator_id is not None:
-                problems.append(f"{place}: module {t.module_id} is a radio module of concentrator "
-                                f"{module.concentrator_id}; choose a module_id no radio module uses")
-            meter = await storage.registry_get("meters", t.meter_id)
-            if meter is None:
-                incoming.append((want, place))
-            elif differences := _differences(meter, want):
-                problems.append(f'{place}: meter "{t.meter_id}" is in the registry with {differences}; '
-                                "it is not overwritten: change the tag or the registry")
-    if problems:
-        raise ModbusConfigError("\n".join(problems))
-    if not incoming:
-        return []
-    try:
-        await validate_all(storage, incoming)
-    except RegistryError as exc:
-        raise ModbusConfigError(f"meters of totaliser tags refused, nothing written:\n{exc}") from None
-    created = [o for o, _ in incoming]
-    await storage.registry_apply({
-        "modules": [o for o in created if isinstance(o, RadioModule)],
-        "meters": [o for o in created if isinstance(o, Meter)],
-    })
-    return [o.meter_id for o in created if isinstance(o, Meter)]
-
-
-def _differences(have: Meter, want: Meter) -> str:
-    out = []
-    for name in ("module_id", "channel", "resource", "unit"):
-        if getattr(have, name) != getattr(want, name):
-            out.append(f"{name} {getattr(have, name)} (the tag says {getattr(want, name)})")
-    if not math.isclose(have.pulse_weight, want.pulse_weight, rel_tol=1e-9):
-        out.append(f"pulse_weight {have.pulse_weight:g} (the tag's resolution is {want.pulse_weight:g})")
-    if have.removed_time is not None:
-        out.append("removed_time set (the meter was taken out of service)")
-    return ", ".join(out)
-
-
 # -- the component ---------------------------------------------------------------------------
 
 
@@ -472,9 +370,11 @@ class ModbusClient:
     """The component: links, devices, supervised poll loops, the stale sweeper."""
 
     name = "modbus-client"
+    protocol = "modbus"
 
     def __init__(self, server: Server, devices: Sequence[DeviceConfig]) -> None:
         self.server = server
+        self.recorder = TagRecorder(server.storage, server.bus, server.ingest, "modbus")
         self.configs = list(devices)
         self.links: dict[tuple, Link] = {}
         self.devices: dict[str, Device] = {}
@@ -483,7 +383,8 @@ class ModbusClient:
         self.created_meters: list[str] = []
 
     async def start(self) -> None:
-        self.created_meters = await ensure_meters(self.server, self.configs, int(wall_clock()))
+        tags = [(f'[plugins.modbus] device "{d.name}" tag "{t.name}"', t) for d in self.configs for t in d.tags]
+        self.created_meters = await ensure_meters(self.server.storage, tags, int(wall_clock()))
         if self.created_meters:
             log.info("modbus: created meters %s for totaliser tags", ", ".join(self.created_meters))
         by_link: dict[tuple, list[DeviceConfig]] = {}
@@ -545,54 +446,17 @@ class ModbusClient:
 
     async def _record(self, poller: Poller, states: list[TagState]) -> None:
         """Store what changed (and heartbeats), publish every sample, ingest totalisers."""
-        if not states:
-            return
-        every = poller.device.config.store_every_s
-        rows = []
-        for s in states:
-            if s.should_store(every):
-                rows.append(TagRow(s.id, int(s.t), s.value, s.quality))
-                s.mark_stored()
-        try:
-            await self.server.storage.store_tag_values(rows)
-        except StorageError as exc:
-            log.warning("modbus: %d tag samples of %s not stored: %s", len(rows), poller.device.name, exc)
-        samples = tuple(TagSample(s.id, s.t, s.value, s.quality, s.tag.unit, s.detail) for s in states)
-        await self.server.bus.publish(TagValues(poller.device.name, samples))
-        await self._ingest(states)
-
-    async def _ingest(self, states: list[TagState]) -> None:
-        """Good totaliser samples as meter readings (at most one per ``reading_every_s``)."""
-        taken = [s for s in states if s.tag.meter_id and s.quality == "good" and s.value is not None
-                 and (s.reading_t is None or s.t - s.reading_t >= s.tag.reading_every_s)]
-        if not taken:
-            return
-        readings = [RawReading(s.tag.module_id, 1, int(s.t), counter_of(s.value, s.tag.resolution))
-                    for s in taken if s.value is not None]
-        try:
-            result = await self.server.ingest.ingest(readings)
-        except StorageError as exc:
-            log.warning("modbus: %d totaliser readings not stored (taken again next poll): %s", len(readings), exc)
-            return
-        for s in taken:
-            s.reading_t = s.t
-        if result.quarantined or result.rejected:
-            log.warning("modbus: totaliser readings not accepted: %s", result.as_dict())
+        await self.recorder.record(poller.device.name, states, poller.device.config.store_every_s)
 
     # views -------------------------------------------------------------------
 
     def snapshot(self) -> list[dict[str, Any]]:
         """Every tag's newest sample, last good value and quality, in configuration order."""
-        out = []
-        for p in self.pollers:
-            for s in p.states.values():
-                out.append({
-                    "tag": s.id, "device": s.device, "name": s.tag.name, "value": s.value, "unit": s.tag.unit,
-                    "quality": s.quality, "t": s.t or None, "detail": s.detail,
-                    "last_good_value": s.last_good_value, "last_good_t": s.last_good_t,
-                    "meter_id": s.tag.meter_id or None,
-                })
-        return out
+        return [s.row() for p in self.pollers for s in p.states.values()]
+
+    def tag_snapshot(self) -> list[dict[str, Any]]:
+        """The tags as ``GET /api/v1/tags`` lists them (``core.tags.TagSource``)."""
+        return [{**row, "protocol": self.protocol} for row in self.snapshot()]
 
     def status(self) -> list[dict[str, Any]]:
         polled = {p.device.name: p for p in self.pollers}

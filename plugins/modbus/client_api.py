@@ -1,4 +1,5 @@
-"""HTTP routes of the Modbus client: polled tags, device links, actuators."""
+"""HTTP routes of the Modbus client: device links, actuators. (Its tags are
+listed with every other protocol's by ``balans_edge.api.tags``.)"""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 from sanic.request import Request
 
 from balans_edge.core.components import Command, CommandCode
-from balans_edge.routes import ApiError, Param, Route, audited_body, iso, json, parse_time
+from balans_edge.routes import ApiError, Param, Route, audited_body, iso, json
 
 if TYPE_CHECKING:
     from balans_edge.plugins.modbus.actuators import ModbusActuator
@@ -22,29 +23,6 @@ def _time(t: float | None) -> str | None:
 
 def routes(server: Server, client: Callable[[], ModbusClient | None],
            actuator: Callable[[], ModbusActuator | None]) -> list[Route]:
-    async def tags(request: Request) -> Any:
-        running = client()
-        rows = running.snapshot() if running is not None else []
-        device = request.args.get("device")
-        if device:
-            rows = [r for r in rows if r["device"] == device]
-        for r in rows:
-            r["t"], r["last_good_t"] = _time(r["t"]), _time(r["last_good_t"])
-        return json({"tags": rows})
-
-    async def history(request: Request) -> Any:
-        tag = request.args.get("tag")
-        if not tag:
-            raise ApiError(400, "missing_parameter", "query parameter tag is required ('<device>/<tag>')")
-        t0, t1 = parse_time(request, "from"), parse_time(request, "to")
-        if t1 <= t0:
-            raise ApiError(400, "bad_parameter", "to must be later than from")
-        limit = request.args.get("limit", "10000")
-        if not limit.isdigit() or not 1 <= int(limit) <= 100000:
-            raise ApiError(400, "bad_parameter", f"limit: expected integer 1..100000, got {limit!r}")
-        rows = await server.storage.tag_values(tag, t0, t1, int(limit))
-        return json({"tag": tag, "samples": [{**r, "ts": iso(r["ts"])} for r in rows]})
-
     async def devices(request: Request) -> Any:
         running = client()
         return json({"devices": running.status() if running is not None else []})
@@ -72,14 +50,6 @@ def routes(server: Server, client: Callable[[], ModbusClient | None],
                      "detail": done.detail})
 
     return [
-        Route("GET", "/api/v1/tags", tags,
-              "Polled PLC tags: newest value, unit, quality (good, stale, comm_fail), time, last good value",
-              params=(Param("device", description="only the tags of this device"),), tags=("tags",)),
-        Route("GET", "/api/v1/tags/history", history, "Stored samples of one tag, oldest first",
-              params=(Param("tag", required=True, description="'<device>/<tag>'"),
-                      Param("from", required=True, format="date-time"), Param("to", required=True, format="date-time"),
-                      Param("limit", type="integer", description="at most this many (default 10000)")),
-              tags=("tags",)),
         Route("GET", "/api/v1/modbus/devices", devices,
               "Polled Modbus devices: link state, reconnects, requests, reads per poll, last error",
               tags=("tags",)),

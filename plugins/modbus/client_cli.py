@@ -11,7 +11,8 @@ from typing import Any
 
 import click
 
-from balans_edge.plugins.modbus.tags import DeviceConfig, TagState, plan
+from balans_edge.core.tags import TagState
+from balans_edge.plugins.modbus.tags import DeviceConfig, plan
 
 
 def _when(t: float | None) -> str:

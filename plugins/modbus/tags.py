@@ -14,7 +14,9 @@ Every tag carries a quality next to its value, with the vocabulary SCADA
 integrators know: ``good`` (a fresh value the device answered), ``stale`` (the
 device answered an exception for the tag, or no fresh good value came within
 ``stale_after`` poll intervals) and ``comm_fail`` (the device is not
-reachable). Nothing here does I/O: ``client.py`` polls, this module decides.
+reachable); the rules for quality, storage and totalisers are shared with the
+OPC UA client (``balans_edge.core.tags``). Nothing here does I/O:
+``client.py`` polls, this module decides.
 """
 
 from __future__ import annotations
@@ -25,13 +27,11 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
-from balans_edge.core.model import UNITS, Resource
+from balans_edge.core.tags import meter_collisions, meter_problems
 from balans_edge.plugins.modbus.values import ByteOrder, DataType, decode, register_count
 from balans_edge.settings import setting
 
 Table = Literal["holding", "input", "coil", "discrete"]
-Quality = Literal["good", "stale", "comm_fail"]
-QUALITIES: tuple[str, ...] = ("good", "stale", "comm_fail")
 
 BIT_TABLES = frozenset({"coil", "discrete"})
 MAX_REGISTERS = 125
@@ -84,15 +84,7 @@ class TagConfig:
     def _meter_problems(self) -> list[str]:
         if self.table in BIT_TABLES:
             return [f"a meter needs a totaliser in registers, not a {self.table}"]
-        out = []
-        if self.module_id <= 0:
-            out.append("meter_id needs module_id, a virtual module number 1..4294967295")
-        if self.resolution <= 0:
-            out.append("meter_id needs resolution > 0 (the meter's quantity per count)")
-        allowed = UNITS[Resource(self.resource)]
-        if self.unit not in allowed:
-            out.append(f'unit "{self.unit}" is not a unit of {self.resource} (allowed: {", ".join(sorted(allowed))})')
-        return out
+        return meter_problems(self)
 
     @property
     def count(self) -> int:
@@ -164,8 +156,6 @@ def check_devices(devices: Sequence[DeviceConfig]) -> list[str]:
     names: set[str] = set()
     slaves: dict[tuple, str] = {}
     lines: dict[str, DeviceConfig] = {}
-    meters: dict[str, str] = {}
-    modules: dict[int, str] = {}
     for d in devices:
         if d.name in names:
             problems.append(f'device "{d.name}" is listed more than once')
@@ -180,17 +170,7 @@ def check_devices(devices: Sequence[DeviceConfig]) -> list[str]:
             if differ:
                 problems.append(f'device "{d.name}": {", ".join(differ)} on {d.path} differ from device '
                                 f'"{first.name}" (slaves on one line share its settings)')
-        for t in d.tags:
-            if not t.meter_id:
-                continue
-            place = f'device "{d.name}" tag "{t.name}"'
-            if t.meter_id in meters:
-                problems.append(f'{place}: meter "{t.meter_id}" is already made by {meters[t.meter_id]}')
-            if t.module_id in modules:
-                problems.append(f"{place}: module_id {t.module_id} is already used by {modules[t.module_id]}")
-            meters.setdefault(t.meter_id, place)
-            modules.setdefault(t.module_id, place)
-    return problems
+    return problems + meter_collisions((f'device "{d.name}" tag "{t.name}"', t) for d in devices for t in d.tags)
 
 
 # -- read plan ---------------------------------------------------------------------
@@ -259,61 +239,7 @@ def groups(tags: Iterable[TagConfig]) -> dict[float, list[TagConfig]]:
     return dict(sorted(out.items()))
 
 
-# -- state and quality ---------------------------------------------------------------
-
-
-@dataclass(slots=True)
-class TagState:
-    """What is known about one tag now: its newest sample and its last good value."""
-
-    device: str
-    tag: TagConfig
-    value: float | None = None
-    quality: str = "stale"
-    t: float = 0.0
-    """Wall-clock time of the newest sample (0: none yet)."""
-    detail: str = "not polled yet"
-    last_good_value: float | None = None
-    last_good_t: float | None = None
-    last_good_mono: float | None = None
-    stored_value: float | None = None
-    stored_quality: str | None = None
-    stored_t: float | None = None
-    reading_t: float | None = None
-    """Wall-clock time of the newest meter reading taken from this tag."""
-
-    @property
-    def id(self) -> str:
-        return f"{self.device}/{self.tag.name}"
-
-    def good(self, value: float, t: float, mono: float) -> None:
-        self.value, self.quality, self.t, self.detail = value, "good", t, ""
-        self.last_good_value, self.last_good_t, self.last_good_mono = value, t, mono
-
-    def bad(self, quality: str, t: float, detail: str) -> None:
-        self.value, self.quality, self.t, self.detail = None, quality, t, detail
-
-    def overdue(self, mono: float, stale_after: float) -> bool:
-        """A good tag without a fresh good value for ``stale_after`` intervals."""
-        if self.quality != "good" or self.last_good_mono is None:
-            return False
-        return mono - self.last_good_mono > stale_after * self.tag.interval_s
-
-    def should_store(self, store_every_s: float) -> bool:
-        """Store a sample when the quality changed, the value moved beyond the
-        deadband, or nothing was stored for ``store_every_s`` (a heartbeat that
-        shows the tag was still read). Keeps a 1 s poll from writing 86,400 rows
-        a day per tag when nothing happens."""
-        if self.stored_t is None or self.quality != self.stored_quality:
-            return True
-        if store_every_s <= 0 or self.t - self.stored_t >= store_every_s:
-            return True
-        if self.value is None or self.stored_value is None:
-            return False
-        return abs(self.value - self.stored_value) > self.tag.deadband
-
-    def mark_stored(self) -> None:
-        self.stored_value, self.stored_quality, self.stored_t = self.value, self.quality, self.t
+# -- device exceptions ---------------------------------------------------------------
 
 
 EXCEPTION_NAMES = {

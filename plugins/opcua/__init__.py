@@ -1,1 +1,1 @@
-"""opcua plugin (placeholder; see README.md)."""
+"""opcua plugin: the OPC UA server for SCADA and MES (see README.md)."""

@@ -1,0 +1,94 @@
+"""HTTP routes of the export plugin: the targets' state, their dead letters, and
+the same figures as Prometheus metrics.
+
+Metrics are served for scraping (``GET /api/v1/export/metrics``, Prometheus
+text format 0.0.4) rather than written to the target itself: an exporter
+that reports its own failures through the link that is failing says nothing
+when it matters most.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from sanic import response
+from sanic.request import Request
+
+from balans_edge.plugins.export.exporter import TargetExporter
+from balans_edge.routes import ApiError, Param, Route, json
+
+if TYPE_CHECKING:
+    from balans_edge.server import Server
+
+METRICS = (
+    ("queue_depth", "gauge", "Points waiting in the target's queue.", "queue_depth"),
+    ("queue_max", "gauge", "Points the target's queue holds at most.", "max_queue"),
+    ("oldest_point_age_seconds", "gauge", "How long the oldest queued point has waited (0: queue empty).",
+     "oldest_age_s"),
+    ("points_sent_total", "counter", "Points the target accepted.", "points_sent"),
+    ("retries_total", "counter", "Requests repeated after a transient failure.", "retries"),
+    ("dead_letter_points_total", "counter", "Points the target refused, kept in the dead letters.", "dead_letters"),
+    ("dropped_points_total", "counter", "Points dropped from a full queue (when_full = drop_oldest).", "dropped"),
+)
+PREFIX = "balans_export_"
+
+
+def exporters(server: Server) -> list[TargetExporter]:
+    return [e for _, e in server.exporters if isinstance(e, TargetExporter)]
+
+
+def _label(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def prometheus(statuses: list[dict[str, Any]]) -> str:
+    """The exporters' figures in Prometheus text format, one series per target."""
+    lines = []
+    for name, kind, text, key in METRICS:
+        lines += [f"# HELP {PREFIX}{name} {text}", f"# TYPE {PREFIX}{name} {kind}"]
+        for s in statuses:
+            lines.append(f'{PREFIX}{name}{{target="{_label(s["target"])}"}} {s.get(key) or 0}')
+    lines += [f"# HELP {PREFIX}up 1 unless the target's last request failed and is being retried.",
+              f"# TYPE {PREFIX}up gauge"]
+    for s in statuses:
+        lines.append(f'{PREFIX}up{{target="{_label(s["target"])}"}} {0 if s["state"] == "retrying" else 1}')
+    return "\n".join(lines) + "\n"
+
+
+def routes(server: Server) -> list[Route]:
+    async def fresh() -> list[dict[str, Any]]:
+        out = []
+        for exporter in exporters(server):
+            await exporter.refresh()
+            out.append(exporter.status())
+        return out
+
+    async def export_targets(request: Request) -> Any:
+        return json({"targets": await fresh()})
+
+    async def export_metrics(request: Request) -> Any:
+        return response.text(prometheus(await fresh()), content_type="text/plain; version=0.0.4; charset=utf-8")
+
+    async def export_dead_letters(request: Request) -> Any:
+        limit = request.args.get("limit", "100")
+        if not limit.isdigit() or not 1 <= int(limit) <= 10_000:
+            raise ApiError(400, "bad_parameter", f"limit: expected integer 1..10000, got {limit!r}")
+        target = request.args.get("target") or None
+        known = {e.target for e in exporters(server)}
+        if target is not None and target not in known:
+            raise ApiError(404, "not_found", f"no export target {target!r}")
+        return json({"dead_letters": await server.storage.export_dead_letters(target, int(limit))})
+
+    tags = ("export",)
+    return [
+        Route("GET", "/api/v1/export/targets", export_targets,
+              "Export targets: queue depth, oldest point age, points sent, retries, dead letters, dropped, "
+              "last error", tags=tags),
+        Route("GET", "/api/v1/export/dead-letters", export_dead_letters,
+              "Batches an export target refused for good, with its answer and the refused lines, newest first",
+              params=(Param("target", description="only this target"),
+                      Param("limit", type="integer", description="at most this many (default 100)")),
+              tags=tags, responses={200: "OK", 404: "no such target"}),
+        Route("GET", "/api/v1/export/metrics", export_metrics,
+              "The export targets' figures in Prometheus text format (for scraping)", tags=tags),
+    ]

@@ -1,0 +1,91 @@
+"""``[plugins.export]``: the targets points are exported to, what each takes, and
+how its queue and its sender behave."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Literal
+
+from balans_edge.core.storage.base import EXPORT_KINDS, ExportTarget
+from balans_edge.settings import setting
+
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+RESERVED_TAGS = frozenset({
+    "site", "meter", "resource", "unit", "group", "level", "region", "city", "district", "street", "house",
+    "entrance", "detector", "kind", "subject", "source", "module", "concentrator",
+})
+"""Tag keys the exporter sets itself (docs/export.md); a target's static tags may not reuse them."""
+
+
+def _name(value: str) -> str | None:
+    return None if NAME.fullmatch(value) else "expected 1..64 letters, digits, '_', '.' or '-'"
+
+
+def _url(value: str) -> str | None:
+    return None if re.fullmatch(r"https?://[^\s/]+(/\S*)?", value) else "expected http://HOST[:PORT] or https://..."
+
+
+def _non_empty(value: str) -> str | None:
+    return None if value else "expected a non-empty value"
+
+
+def _prefix(value: str) -> str | None:
+    return None if re.fullmatch(r"[A-Za-z0-9_]*", value) else "expected letters, digits and '_' only"
+
+
+@dataclass(frozen=True)
+class TargetConfig:
+    """One InfluxDB v2 write API endpoint (InfluxDB 2.x/3.x, VictoriaMetrics, ...)."""
+
+    name: str = setting(check=_name, doc="names the target in status, metrics and the command line")
+    url: str = setting(check=_url, doc="base URL; points go to URL/api/v2/write")
+    bucket: str = setting(check=_non_empty)
+    org: str = ""
+    token: str = setting("", secret=True, doc="API token, sent as 'Authorization: Token ...'")
+    enabled: bool = setting(True, doc="false: stop queueing for this target (its queue is kept)")
+    kinds: list[str] = field(default_factory=lambda: list(EXPORT_KINDS))
+    """What is exported (every kind by default)."""
+    batch_size: int = setting(5000, range=(1, 100_000), doc="points per request at most")
+    flush_interval_s: float = setting(1.0, range=(0.01, 3600.0),
+                                      doc="longest a point waits for a batch to fill up before it is sent")
+    max_queue: int = setting(1_000_000, range=(1, 1_000_000_000), doc="points the queue holds at most")
+    when_full: Literal["drop_oldest", "block"] = setting("drop_oldest", doc="what a full queue does")
+    gzip: bool = True
+    timeout_s: float = setting(10.0, range=(0.1, 600.0), doc="per request")
+    backoff_initial_s: float = setting(1.0, range=(0.001, 3600.0))
+    backoff_max_s: float = setting(60.0, range=(0.001, 86400.0))
+    retry_after_max_s: float = setting(600.0, range=(0.0, 86400.0), doc="longest Retry-After that is honoured")
+    measurement_prefix: str = setting("", check=_prefix, doc="put before every measurement name")
+    tags: dict[str, str] = field(default_factory=dict)
+    """Static tags added to every point (``{ edge = "box-17" }``)."""
+
+    def __post_init__(self) -> None:
+        unknown = sorted(set(self.kinds) - set(EXPORT_KINDS))
+        if unknown:
+            raise ValueError(f"target {self.name}: unknown kind {unknown[0]!r} (known: {', '.join(EXPORT_KINDS)})")
+        if len(set(self.kinds)) != len(self.kinds):
+            raise ValueError(f"target {self.name}: a kind is listed twice")
+        if self.backoff_initial_s > self.backoff_max_s:
+            raise ValueError(f"target {self.name}: backoff_initial_s is larger than backoff_max_s")
+        for key, value in self.tags.items():
+            if not isinstance(value, str) or not value or not NAME.fullmatch(key):
+                raise ValueError(f"target {self.name}: tags.{key}: expected a non-empty string under a plain key")
+            if key in RESERVED_TAGS:
+                raise ValueError(f"target {self.name}: tags.{key}: the exporter sets this tag itself")
+
+    def storage_target(self) -> ExportTarget:
+        """What storage needs to know: which kinds feed the queue, and its bound."""
+        return ExportTarget(self.name, tuple(self.kinds) if self.enabled else (), self.max_queue, self.when_full)
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    targets: list[TargetConfig] = field(default_factory=list)
+    """``[[plugins.export.targets]]``, each with its own queue."""
+
+    def __post_init__(self) -> None:
+        names = [t.name for t in self.targets]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ValueError(f"targets: name {twice[0]!r} is used more than once")

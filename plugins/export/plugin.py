@@ -1,0 +1,52 @@
+"""The export plugin: InfluxDB v2 write API targets fed from durable per-target
+queues (store-and-forward), their state in health, over HTTP and as metrics,
+and the ``balans-edge export`` commands."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from balans_edge import hookimpl
+from balans_edge.plugins.export.config import ExportConfig
+from balans_edge.plugins.export.exporter import Configurator, TargetExporter
+
+if TYPE_CHECKING:
+    import click
+
+    from balans_edge.server import Server
+
+NAME = "export"
+
+
+@hookimpl
+def config_schema() -> dict[str, type]:
+    return {NAME: ExportConfig}
+
+
+@hookimpl
+def register_exporters(server: Server) -> list:
+    """One exporter per configured target (a disabled one too: it shows its kept
+    queue, and starting it is what stops storage from queueing for it)."""
+    config: ExportConfig = server.plugin_config(NAME)
+    configurator = Configurator(server.storage, config)
+    return [TargetExporter(server, target, configurator) for target in config.targets]
+
+
+@hookimpl
+def register_routes(server: Server) -> list:
+    from balans_edge.plugins.export.api import routes
+
+    return routes(server)
+
+
+@hookimpl
+def register_commands(cli: click.Group) -> None:
+    import click
+
+    from balans_edge.plugins.export.cli import add_commands
+
+    group = cli.commands.get(NAME)
+    if not isinstance(group, click.Group):
+        group = click.Group(NAME, help="Export to time-series databases: status, back-fill, dead letters.")
+        cli.add_command(group)
+    add_commands(group)

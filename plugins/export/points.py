@@ -1,0 +1,320 @@
+"""Queue entries -> line protocol: the measurements, tags and fields of
+docs/export.md.
+
+Values are read when a batch is sent, not when the entry was queued, so a point
+changed again before it went out is sent once with its newest value. Several
+entries for the same point in one batch (an hour recomputed twice, every hour
+of a day for the day's total) become one line.
+
+Tags carry the balance-group path of a meter or group: for each standard level
+(region, city, district, street, house, entrance) the id of the nearest group
+of that level on the way up the tree. So a central database that receives the
+points of many edge boxes can sum any level with an ordinary query
+(``sum(consumption_value{city="..."})``), as long as the boxes use the same
+ids for the groups they share.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+from collections import defaultdict
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from operator import attrgetter
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import numpy as np
+
+from balans_edge.core.balance import BalanceSeries, points
+from balans_edge.core.balance_queries import Tree, group_series
+from balans_edge.core.intervals import QUALITY_CODES
+from balans_edge.core.losses import finding_volume
+from balans_edge.core.model import LEVELS, Group, Meter
+from balans_edge.core.storage import Storage
+from balans_edge.core.storage.base import ExportBatch
+from balans_edge.core.storage.sqlite_balance import BALANCE_COLUMNS
+from balans_edge.plugins.export.lineproto import line, number, series
+
+Made = list[tuple[tuple[Any, ...], int, str | None]]
+"""What a kind's builder makes of its rows: (point key, queue entry id, line) each."""
+
+MEASUREMENTS = {
+    "readings": "reading",
+    "consumption": "consumption",
+    "balance_hourly": "balance",
+    "balance_daily": "balance_daily",
+    "findings": "finding",
+    "alarms": "alarm",
+    "network": "network",
+}
+"""Measurement of each kind (before the target's prefix)."""
+
+
+@dataclass(slots=True)
+class Unit:
+    """One point and the queue entries it carries: sent, acknowledged or
+    dead-lettered together. Several entries for the same point in a batch make
+    one unit; an entry whose row yields several points (a module's health
+    reported through two concentrators) is in several units, and leaves the
+    queue with the first of them."""
+
+    first: int
+    """The lowest of its entry ids: units are sent in queue order."""
+    ids: list[int]
+    line: str
+
+
+@dataclass(slots=True)
+class Built:
+    units: list[Unit]
+    gone: list[int]
+    """Entries with nothing to send (their row or its meter or group no longer exists)."""
+
+    @property
+    def points(self) -> int:
+        return len(self.units)
+
+
+def reading_line(series_key: str, meter: Meter, r: Mapping[str, Any]) -> str:
+    """A reading's line: what ``line(series_key, {"value", "pulses", "counter",
+    "status", "flags"}, ts)`` writes (a test holds them equal), in one format
+    string, since readings are most of what is exported."""
+    value = round(meter.base_reading + r["pulses"] * meter.pulse_weight, 9)
+    return (f"{series_key} counter={int(r['counter'])}i,flags={int(r['flags'])}i,pulses={int(r['pulses'])}i,"
+            f"status={int(r['status'])}i,value={number(float(value))} {int(r['ts'])}")
+
+
+def group_path(groups: Mapping[str, Group], group_id: str | None) -> dict[str, str]:
+    """{level: group id} of the nearest group of each standard level from ``group_id`` up."""
+    tags: dict[str, str] = {}
+    seen: set[str] = set()
+    group = groups.get(group_id) if group_id else None
+    while group is not None and group.group_id not in seen:
+        seen.add(group.group_id)
+        if group.level in LEVELS and group.level not in tags:
+            tags[group.level] = group.group_id
+        group = groups.get(group.parent_id) if group.parent_id else None
+    return tags
+
+
+@dataclass(slots=True)
+class Registry:
+    """The registry as the exporter needs it, with series keys escaped once."""
+
+    version: int
+    meters: dict[int, Meter]
+    groups: dict[str, Group]
+    tree: Tree
+    meter_series: dict[tuple[str, int], str] = field(default_factory=dict)
+    group_series: dict[tuple[str, str], str] = field(default_factory=dict)
+
+
+class PointBuilder:
+    """Turns a batch of queue entries into line protocol for one target."""
+
+    def __init__(self, storage: Storage, tz: ZoneInfo, threshold: float, static_tags: Mapping[str, str],
+                 prefix: str = "") -> None:
+        self.storage = storage
+        self.tz = tz
+        self.threshold = threshold
+        self.static_tags = dict(static_tags)
+        self.prefix = prefix
+        self._registry: Registry | None = None
+
+    def measurement(self, kind: str) -> str:
+        return self.prefix + MEASUREMENTS[kind]
+
+    async def registry(self) -> Registry:
+        """The registry snapshot, reloaded when the registry changed."""
+        version = await self.storage.registry_version()
+        if self._registry is None or self._registry.version != version:
+            meters = dict(await self.storage.meters_by_key())
+            tree = await Tree.load(self.storage)
+            self._registry = Registry(version, meters, dict(tree.groups), tree)
+        return self._registry
+
+    def _tags(self, specific: Mapping[str, str | None]) -> dict[str, str | None]:
+        return {**self.static_tags, **specific}
+
+    def meter_key(self, reg: Registry, kind: str, key: int) -> str | None:
+        """Series key of a meter's points of ``kind``; None if the meter is gone."""
+        cached = reg.meter_series.get((kind, key))
+        if cached is None:
+            meter = reg.meters.get(key)
+            if meter is None:
+                return None
+            tags = {"meter": meter.meter_id, "resource": str(meter.resource), "unit": meter.unit,
+                    "group": meter.group_id, **group_path(reg.groups, meter.group_id)}
+            cached = reg.meter_series[(kind, key)] = series(self.measurement(kind), self._tags(tags))
+        return cached
+
+    def group_key(self, reg: Registry, kind: str, group_id: str) -> str | None:
+        cached = reg.group_series.get((kind, group_id))
+        if cached is None:
+            group = reg.groups.get(group_id)
+            if group is None:
+                return None
+            tags = {"group": group.group_id, "level": group.level, "resource": str(group.resource),
+                    "unit": group.unit, **group_path(reg.groups, group.group_id)}
+            cached = reg.group_series[(kind, group_id)] = series(self.measurement(kind), self._tags(tags))
+        return cached
+
+    async def build(self, batch: ExportBatch) -> Built:
+        reg = await self.registry()
+        units: dict[tuple[Any, ...], Unit] = {}
+        for kind, rows in batch.rows.items():
+            made = getattr(self, f"_{kind}")(reg, rows)
+            if inspect.isawaitable(made):
+                made = await made
+            for key, qid, text in made:
+                if text is None:
+                    continue
+                unit = units.get((kind, key))
+                if unit is None:
+                    units[(kind, key)] = Unit(qid, [qid], text)
+                elif qid not in unit.ids:
+                    unit.ids.append(qid)
+                    unit.first = min(unit.first, qid)
+        carried = {i for u in units.values() for i in u.ids}
+        gone = [i for i in batch.ids if i not in carried]
+        return Built(sorted(units.values(), key=attrgetter("first")), gone)
+
+    # one method per kind: (collapse key, queue id, line) for each row --------------
+
+    def _readings(self, reg: Registry, rows: list[dict[str, Any]]) -> Made:
+        out = []
+        for r in rows:
+            key = self.meter_key(reg, "readings", r["meter"])
+            if key is None:
+                continue
+            meter = reg.meters[r["meter"]]
+            out.append(((r["meter"], r["ts"]), r["qid"], reading_line(key, meter, r)))
+        return out
+
+    def _consumption(self, reg: Registry, rows: list[dict[str, Any]]) -> Made:
+        out = []
+        for r in rows:
+            key = self.meter_key(reg, "consumption", r["meter"])
+            if key is None:
+                continue
+            quality = QUALITY_CODES[r["quality"]]
+            value = None if r["value"] is None else round(r["value"], 9)
+            text = line(key, {"value": value, "quality": str(quality), "quality_code": r["quality"]}, r["t"])
+            out.append(((r["meter"], r["t"]), r["qid"], text))
+        return out
+
+    def _balance_fields(self, reg: Registry, group: Group, series_: BalanceSeries, row: int,
+                        ) -> list[dict[str, Any]]:
+        """The fields of each period of one group's row, derived as the API derives them."""
+        resolution = reg.tree.resolution(group.group_id)
+        out = []
+        for i, p in enumerate(points(series_, row, group, self.threshold, resolution)):
+            out.append({
+                "input": p["input"], "consumed": p["consumed"], "imbalance": p["imbalance"],
+                "loss_pct": p["loss_pct"],
+                "completeness_measured": p["completeness"]["measured"],
+                "completeness_estimated": p["completeness"]["estimated"],
+                "completeness_missing": p["completeness"]["missing"],
+                "measured": int(series_.measured[row, i]), "estimated": int(series_.estimated[row, i]),
+                "missing": int(series_.missing[row, i]), "input_missing": int(series_.input_missing[row, i]),
+                "flags": ",".join(p["flags"]),
+            })
+        return out
+
+    def _balance_hourly(self, reg: Registry, rows: list[dict[str, Any]]) -> Made:
+        by_group: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        for r in rows:
+            by_group[r["group_id"]].append(r)
+        out = []
+        for group_id, grows in by_group.items():
+            key = self.group_key(reg, "balance_hourly", group_id)
+            if key is None:
+                continue
+            columns = {c: np.array([[r[c] for r in grows]], dtype=np.float64 if c in ("input", "consumed")
+                                   else np.int64) for c in BALANCE_COLUMNS}
+            hours = np.array([r["t"] for r in grows], dtype=np.int64)
+            s = BalanceSeries([group_id], hours, **columns)
+            for r, values in zip(grows, self._balance_fields(reg, reg.groups[group_id], s, 0), strict=True):
+                out.append(((group_id, r["t"]), r["qid"], line(key, values, r["t"])))
+        return out
+
+    def day_of(self, t: int) -> tuple[int, int]:
+        """Start of the local day holding ``t`` and of the next one (as core.balance does it)."""
+        d = datetime.fromtimestamp(t, self.tz).date()
+        start = datetime(d.year, d.month, d.day, tzinfo=self.tz)
+        nxt = d + timedelta(days=1)
+        return int(start.timestamp()), int(datetime(nxt.year, nxt.month, nxt.day, tzinfo=self.tz).timestamp())
+
+    async def _balance_daily(self, reg: Registry, rows: list[dict[str, Any]],
+                             ) -> Made:
+        days: dict[tuple[int, int], list[dict[str, Any]]] = defaultdict(list)
+        for r in rows:
+            if r["group_id"] in reg.groups:
+                days[self.day_of(r["t"])].append(r)
+        out = []
+        for (d0, d1), drows in sorted(days.items()):
+            group_ids = sorted({r["group_id"] for r in drows})
+            s = await group_series(self.storage, group_ids, d0, d1, "day", self.tz)
+            period = int(np.searchsorted(s.t, d0))
+            if period >= len(s.t) or s.t[period] != d0:
+                continue
+            lines = {}
+            for row, group_id in enumerate(group_ids):
+                values = self._balance_fields(reg, reg.groups[group_id], s, row)[period]
+                lines[group_id] = line(self.group_key(reg, "balance_daily", group_id), values, d0)
+            out += [((r["group_id"], d0), r["qid"], lines[r["group_id"]]) for r in drows]
+        return out
+
+    def _findings(self, reg: Registry, rows: list[dict[str, Any]]) -> Made:
+        out = []
+        for r in rows:
+            data = _data(r["data"])
+            tags = {"detector": r["detector"], "kind": r["kind"], "subject": r["subject"], "group": r["group_id"],
+                    **group_path(reg.groups, r["group_id"])}
+            values = {"id": r["id"], "status": r["status"], "severity": r["severity"], "message": r["message"],
+                      "seen": r["seen"], "first_seen": r["first_seen"], "last_seen": r["last_seen"],
+                      "volume": finding_volume({"data": data})}
+            t = r["first_seen"] or r["t"]
+            out.append(((r["id"],), r["qid"], line(series(self.measurement("findings"), self._tags(tags)), values, t)))
+        return out
+
+    def _alarms(self, reg: Registry, rows: list[dict[str, Any]]) -> Made:
+        out = []
+        for r in rows:
+            data = _data(r["data"])
+            group_id = data.get("group_id") if isinstance(data.get("group_id"), str) else None
+            tags = {"source": r["source"], "kind": _text(data.get("kind")), "subject": _text(data.get("subject")),
+                    "group": group_id, **group_path(reg.groups, group_id)}
+            finding = data.get("finding_id")
+            values = {"id": r["id"], "severity": r["severity"], "message": r["message"],
+                      "finding_id": finding if isinstance(finding, int) and not isinstance(finding, bool) else None}
+            out.append(((r["id"],), r["qid"], line(series(self.measurement("alarms"), self._tags(tags)), values,
+                                                   r["t"])))
+        return out
+
+    def _network(self, reg: Registry, rows: list[dict[str, Any]]) -> Made:
+        out = []
+        measurement = self.measurement("network")
+        for r in rows:
+            tags = {"module": str(r["module_id"]), "concentrator": str(r["concentrator_id"])}
+            values = {"battery_mv": r["battery_mv"], "rssi": r["rssi"], "hops": r["hops"], "parent": r["parent_id"],
+                      "state": r["state"], "fw_version": r["fw_version"], "channels": r["channels"]}
+            text = line(series(measurement, self._tags(tags)), values, r["t"])
+            out.append(((r["module_id"], r["t"], r["concentrator_id"]), r["qid"], text))
+        return out
+
+
+def _data(text: str | None) -> dict[str, Any]:
+    """A journal record's data: a JSON object (anything else counts as empty)."""
+    try:
+        data = json.loads(text or "{}")
+    except ValueError:
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _text(value: Any) -> str | None:
+    return value if isinstance(value, str) and value else None

@@ -1,0 +1,70 @@
+"""HTTP routes of the OPC UA client: device sessions and actuators. (Its tags
+are listed with every other protocol's by ``balans_edge.api.tags``.)"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from sanic.request import Request
+
+from balans_edge.core.components import Command, CommandCode
+from balans_edge.routes import ApiError, Param, Route, audited_body, iso, json
+
+if TYPE_CHECKING:
+    from balans_edge.plugins.opcua.actuators import OpcuaActuator
+    from balans_edge.plugins.opcua.client import OpcuaClient
+    from balans_edge.server import Server
+
+
+def _time(t: float | None) -> str | None:
+    return iso(int(t)) if t else None
+
+
+def routes(server: Server, client: Callable[[], OpcuaClient | None],
+           actuator: Callable[[], OpcuaActuator | None]) -> list[Route]:
+    async def devices(request: Request) -> Any:
+        running = client()
+        rows = running.status() if running is not None else []
+        for r in rows:
+            r["connected_at"] = _time(r["connected_at"])
+        return json({"devices": rows})
+
+    async def actuators(request: Request) -> Any:
+        a = actuator()
+        rows = a.listing() if a is not None else []
+        for r in rows:
+            r["t"] = _time(r["t"])
+        return json({"actuators": rows})
+
+    async def command(request: Request, target: str) -> Any:
+        body, reason = audited_body(request, '{"command": ..., "reason": ...}')
+        a = actuator()
+        if a is None or not a.owns(target):
+            raise ApiError(404, "not_found", f"no OPC UA actuator drives {target!r}")
+        code = body.get("command")
+        names = [str(c) for c in CommandCode]
+        if code not in names:
+            raise ApiError(400, "bad_body", f"command: expected one of {', '.join(names)}, got {code!r}")
+        done = await server.actuation.execute(
+            Command(target, CommandCode(code), requested_by=f"api:{request.ctx.user}", reason=reason.strip()))
+        return json({"id": done.id, "t": iso(done.t), "target": done.target, "code": str(done.code),
+                     "requested_by": done.requested_by, "reason": done.reason, "outcome": done.outcome,
+                     "detail": done.detail})
+
+    return [
+        Route("GET", "/api/v1/opcua/devices", devices,
+              "OPC UA servers read as a client: session up, security, connects, last error, reads, notifications",
+              tags=("tags",)),
+        Route("GET", "/api/v1/opcua/actuators", actuators,
+              "Valves, pumps and relays driven through OPC UA, with their last read-back state",
+              tags=("commands",)),
+        Route("POST", "/api/v1/opcua/actuators/<target>/commands", command,
+              "Open or close a valve, start or stop a pump, switch a relay through OPC UA (audited; confirmed by "
+              "read-back)",
+              role="operator", params=(Param("target", "path"),), tags=("commands",),
+              body='{"command": "valve_open"|"valve_close"|"pump_start"|"pump_stop"|"relay_on"|"relay_off", '
+                   '"reason": "..."}',
+              responses={200: "the audited command: id, outcome (done, failed or refused), detail",
+                         400: "bad body or no reason", 404: "no OPC UA actuator drives the target"}),
+    ]

@@ -1,0 +1,297 @@
+"""``[[plugins.opcua.devices]]`` and ``[[plugins.opcua.actuators]]``: the OPC UA
+servers of pumping stations read as a client, and the valves, pumps and relays
+driven through them.
+
+Kept apart from ``client.py`` so that loading the plugin (every command of the
+command line does) does not import asyncua. Node ids are checked here in
+their string form (``ns=2;s=Tank.Level``, ``nsu=urn:plc:station;s=Tank.Level``,
+``ns=3;i=1001``); a namespace URI is resolved to its index on the server at
+every connection, because a server may number its namespaces differently
+after a restart.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from balans_edge.core.tags import meter_collisions, meter_problems
+from balans_edge.settings import setting
+
+Policy = Literal["None", "Basic256Sha256", "Aes128_Sha256_RsaOaep"]
+Mode = Literal["Sign", "SignAndEncrypt"]
+ReadMode = Literal["subscription", "poll"]
+Kind = Literal["valve", "pump", "relay"]
+Scalar = bool | int | float | str
+"""A value written to or expected from a node, or a method argument (its type
+on the wire is the node's or the argument's declared DataType)."""
+
+NAME = re.compile(r"[A-Za-z0-9_.-]+")
+NODE_ID = re.compile(r"(?:(?P<ns>ns=\d+)|(?P<nsu>nsu=[^;]+));(?P<kind>[isgb])=(?P<id>.+)|(?P<kind0>[isgb])=(?P<id0>.+)")
+GUID = re.compile(r"[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}")
+ENDPOINT = re.compile(r"opc\.tcp://[^/:\s]+(?::\d{1,5})?(?:/\S*)?")
+
+
+@dataclass(frozen=True, slots=True)
+class NodeRef:
+    """A node id as configured: a namespace index or URI, and the identifier."""
+
+    namespace_uri: str | None
+    namespace_index: int
+    kind: str
+    """i (numeric), s (string), g (GUID) or b (opaque, base64)."""
+    identifier: str
+
+    def with_index(self, index: int) -> str:
+        """The string form with a namespace index (what asyncua parses)."""
+        return f"ns={index};{self.kind}={self.identifier}"
+
+
+def parse_node_id(text: str) -> NodeRef:
+    """``ns=<index>;`` or ``nsu=<uri>;`` (optional, default namespace 0), then
+    ``i=``, ``s=``, ``g=`` or ``b=`` and the identifier; ValueError otherwise."""
+    m = NODE_ID.fullmatch(text.strip())
+    if m is None:
+        raise ValueError(f'"{text}" is not a node id (expected e.g. "ns=2;s=Tank.Level" or '
+                         '"nsu=urn:plc:station;s=Tank.Level")')
+    kind, identifier = (m["kind"], m["id"]) if m["kind"] else (m["kind0"], m["id0"])
+    if kind == "i" and not identifier.isdigit():
+        raise ValueError(f'"{text}": a numeric node id (i=) needs digits')
+    if kind == "g" and not GUID.fullmatch(identifier):
+        raise ValueError(f'"{text}": a GUID node id (g=) looks like 09087e75-8e5e-499b-954f-f2a9603db28a')
+    if m["nsu"]:
+        return NodeRef(m["nsu"][4:], 0, kind, identifier)
+    return NodeRef(None, int(m["ns"][3:]) if m["ns"] else 0, kind, identifier)
+
+
+def _node_id(value: str) -> str | None:
+    try:
+        parse_node_id(value)
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
+def _optional_node_id(value: str) -> str | None:
+    return _node_id(value) if value else None
+
+
+def _name(value: str) -> str | None:
+    return None if NAME.fullmatch(value) else "expected letters, digits, '_', '.' or '-' (it is part of a tag id)"
+
+
+def _endpoint(value: str) -> str | None:
+    return None if ENDPOINT.fullmatch(value) else f'expected an endpoint URL such as "opc.tcp://10.20.0.7:4840/", ' \
+                                                  f'got "{value}"'
+
+
+def _scalar(value: object) -> str | None:
+    if isinstance(value, bool | int | float | str):
+        return None
+    return f"expected true/false, a number or a string, got {type(value).__name__}"
+
+
+@dataclass(frozen=True, kw_only=True)
+class TagConfig:
+    """One value of a pumping station's OPC UA server: its node, how it is scaled,
+    and whether the server reports changes (subscription) or it is read (poll)."""
+
+    name: str = setting(check=_name, doc="unique within its device; the tag id is '<device>/<name>'")
+    node_id: str = setting(check=_node_id, doc='"ns=2;s=Tank.Level", "nsu=<namespace URI>;s=..." or "ns=3;i=1001"')
+    unit: str = ""
+    scale: float = setting(1.0, doc="value = raw * scale + offset (booleans read as 1 or 0)")
+    offset: float = 0.0
+    read: ReadMode = "subscription"
+    """subscription (the server reports changes) or poll (read every interval_s)."""
+    interval_s: float = setting(1.0, range=(0.01, 86400.0),
+                                doc="subscription: the sampling interval asked of the server; poll: the poll interval")
+    deadband: float = setting(0.0, range=(0.0, 1e12), doc="store a sample when the value moved more than this")
+    meter_id: str = setting("", doc="make this totaliser a registry meter with this id")
+    module_id: int = setting(0, range=(0, 2**32 - 1), doc="the meter's virtual module number (unique)")
+    resource: Literal["water", "gas", "heat", "electricity"] = "water"
+    resolution: float = setting(0.0, range=(0.0, 1e9), doc="the meter's quantity per count (its pulse weight)")
+    reading_every_s: float = setting(60.0, range=(1.0, 86400.0), doc="a meter reading at most this often")
+
+    def problems(self) -> list[str]:
+        """What is wrong with this tag on its own (its device names it in the error)."""
+        out = []
+        if self.scale == 0 or not math.isfinite(self.scale) or not math.isfinite(self.offset):
+            out.append("scale must be a non-zero number and offset a number")
+        if self.meter_id:
+            out += meter_problems(self)
+        return out
+
+    @property
+    def node(self) -> NodeRef:
+        return parse_node_id(self.node_id)
+
+
+@dataclass(frozen=True, kw_only=True)
+class DeviceConfig:
+    """An OPC UA server of a pumping station (or its PLC), read as a client."""
+
+    name: str = setting(check=_name, doc="unique; used in tag ids, actuators and logs")
+    endpoint: str = setting(check=_endpoint, doc='the server\'s endpoint URL, "opc.tcp://host:port/path"')
+    security_policy: Policy = "None"
+    """None (no signing, no encryption), Basic256Sha256 or Aes128_Sha256_RsaOaep."""
+    security_mode: Mode = "SignAndEncrypt"
+    """Sign or SignAndEncrypt (with a policy other than None)."""
+    pki_dir: str = setting("var/opcua-client-pki", doc="the client's certificate and key (own/) and server "
+                                                       "certificates trusted on first use (servers/)")
+    certificate: str = setting("", doc="the client's certificate (DER or PEM); default <pki_dir>/own/client_cert.der; "
+                                       "created with its key when both are missing")
+    private_key: str = setting("", doc="its private key (PEM); default <pki_dir>/own/client_key.pem")
+    application_uri: str = setting("", doc="the client's application URI, written into a certificate it creates "
+                                           "(default urn:<host name>:balans-edge:client)")
+    server_certificate: str = setting("", doc="the server's certificate to trust (DER or PEM)")
+    trust_on_first_use: bool = setting(False, doc="without server_certificate: trust the certificate the server "
+                                                  "shows first, keep it in <pki_dir>/servers/ and refuse another")
+    username: str = ""
+    password: str = setting("", secret=True, doc="the user's password (or password_env)")
+    timeout_s: float = setting(4.0, range=(0.05, 600.0), doc="wait this long for each answer, and for a connection")
+    watchdog_s: float = setting(5.0, range=(0.05, 600.0),
+                                doc="check the session this often (a read of the server's state)")
+    publishing_interval_s: float = setting(1.0, range=(0.01, 3600.0),
+                                           doc="how often the server sends the changes of subscribed tags")
+    keepalive_s: float = setting(5.0, range=(0.05, 3600.0),
+                                 doc="a subscription without changes says it is alive this often")
+    stale_after: float = setting(2.0, range=(1.0, 100.0),
+                                 doc="stale without a value for this many poll intervals (subscriptions: keep-alives)")
+    store_every_s: float = setting(60.0, range=(0.0, 86400.0), doc="store unchanged samples this often (0: "
+                                                                   "only changes of subscribed tags, every poll)")
+    reconnect_min_s: float = setting(0.5, range=(0.01, 3600.0), doc="first reconnect delay (doubles, with jitter)")
+    reconnect_max_s: float = setting(30.0, range=(0.01, 3600.0), doc="longest reconnect delay")
+    tags: list[TagConfig] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        where = f'device "{self.name}"'
+        problems = []
+        if self.security_policy != "None" and not self.server_certificate and not self.trust_on_first_use:
+            problems.append(f"{where}: security_policy {self.security_policy} needs server_certificate (the "
+                            "server's certificate to trust) or trust_on_first_use = true")
+        if self.password and not self.username:
+            problems.append(f"{where}: password without username")
+        if self.username and not self.password:
+            problems.append(f"{where}: username {self.username!r} needs password (or password_env)")
+        if self.reconnect_max_s < self.reconnect_min_s:
+            problems.append(f"{where}: reconnect_max_s is shorter than reconnect_min_s")
+        seen: set[str] = set()
+        for tag in self.tags:
+            if tag.name in seen:
+                problems.append(f'{where} tag "{tag.name}" is listed more than once')
+            seen.add(tag.name)
+            problems += [f'{where} tag "{tag.name}": {p}' for p in tag.problems()]
+        if problems:
+            raise ValueError("; ".join(problems))
+
+    def __repr__(self) -> str:  # never show the password, even in a traceback
+        return f"DeviceConfig(name={self.name!r}, endpoint={self.endpoint!r}, policy={self.security_policy!r})"
+
+    @property
+    def secure(self) -> bool:
+        return self.security_policy != "None"
+
+    @property
+    def certificate_path(self) -> Path:
+        return Path(self.certificate) if self.certificate else Path(self.pki_dir) / "own" / "client_cert.der"
+
+    @property
+    def private_key_path(self) -> Path:
+        return Path(self.private_key) if self.private_key else Path(self.pki_dir) / "own" / "client_key.pem"
+
+    @property
+    def first_use_path(self) -> Path:
+        """Where the server certificate trusted on first use is kept."""
+        return Path(self.pki_dir) / "servers" / f"{self.name}.der"
+
+    def describe(self) -> str:
+        security = f"{self.security_policy} {self.security_mode}" if self.secure else "no security"
+        user = f", user {self.username}" if self.username else ""
+        return f"{self.endpoint} ({security}{user})"
+
+
+def check_devices(devices: Sequence[DeviceConfig]) -> list[str]:
+    """Problems across devices: duplicate names, meters that collide."""
+    problems: list[str] = []
+    names: set[str] = set()
+    for d in devices:
+        if d.name in names:
+            problems.append(f'device "{d.name}" is listed more than once')
+        names.add(d.name)
+    return problems + meter_collisions((f'device "{d.name}" tag "{t.name}"', t) for d in devices for t in d.tags)
+
+
+# -- actuators -------------------------------------------------------------------------
+
+
+def _non_empty(value: str) -> str | None:
+    return None if value.strip() else "expected a non-empty name"
+
+
+@dataclass(frozen=True, kw_only=True)
+class ActuatorConfig:
+    """A valve, pump or relay switched by writing a node or calling a method of
+    a device's server, and confirmed by reading a node back."""
+
+    target: str = setting(check=_non_empty, doc="the meter id or device id commands name")
+    device: str = setting(check=_non_empty, doc="the [[plugins.opcua.devices]] name it is driven through")
+    kind: Kind
+    """valve (open/close), pump (start/stop) or relay (on/off)."""
+    write_node: str = setting("", check=_optional_node_id, doc="a node written to switch (or use methods)")
+    on_value: bool | int | float | str = setting(True, check=_scalar, doc="written to open, start or switch on")
+    off_value: bool | int | float | str = setting(False, check=_scalar, doc="written to close, stop or switch off")
+    object_node: str = setting("", check=_optional_node_id, doc="the object whose methods switch it")
+    on_method: str = setting("", check=_optional_node_id, doc="method called to open, start or switch on")
+    off_method: str = setting("", check=_optional_node_id, doc="method called to close, stop or switch off")
+    on_args: list[Scalar] = field(default_factory=list, metadata={"check": _scalar, "doc": "arguments of on_method"})
+    off_args: list[Scalar] = field(default_factory=list, metadata={"check": _scalar, "doc": "arguments of off_method"})
+    readback_node: str = setting(check=_node_id, doc="the node that shows the resulting state")
+    readback_on: bool | int | float | str = setting(True, check=_scalar, doc="read back once open, running or on")
+    readback_off: bool | int | float | str = setting(False, check=_scalar, doc="read back once closed, stopped or off")
+    confirm_timeout_s: float = setting(10.0, range=(0.05, 3600.0), doc="give up confirming after this long")
+    confirm_every_s: float = setting(0.2, range=(0.01, 60.0), doc="read the state back this often")
+
+    def __post_init__(self) -> None:
+        where = f'actuator "{self.target}"'
+        methods = bool(self.object_node or self.on_method or self.off_method)
+        if self.write_node and methods:
+            raise ValueError(f"{where}: give either write_node or object_node with on_method and off_method, not both")
+        if not self.write_node and not methods:
+            raise ValueError(f"{where}: give write_node (a node written) or object_node with on_method and "
+                             "off_method (methods called)")
+        if methods and not (self.object_node and self.on_method and self.off_method):
+            raise ValueError(f"{where}: a method call needs object_node, on_method and off_method")
+        if self.write_node and same(self.on_value, self.off_value):
+            raise ValueError(f"{where}: on_value and off_value are both {self.on_value!r}")
+        if same(self.readback_on, self.readback_off):
+            raise ValueError(f"{where}: readback_on and readback_off are both {self.readback_on!r}")
+
+    @property
+    def by_method(self) -> bool:
+        return bool(self.object_node)
+
+
+def same(seen: object, expected: object) -> bool:
+    """Whether a value read from a node is the configured one: numbers and
+    booleans by value (a Boolean node reads True for 1), text as text."""
+    if isinstance(seen, bool | int | float) and isinstance(expected, bool | int | float):
+        return float(seen) == float(expected)
+    return str(seen) == str(expected)
+
+
+def check_actuators(actuators: Sequence[ActuatorConfig], devices: Sequence[DeviceConfig]) -> list[str]:
+    """Problems across actuators: unknown devices, a target listed twice."""
+    names = {d.name for d in devices}
+    problems, seen = [], set()
+    for a in actuators:
+        if a.device not in names:
+            known = ", ".join(sorted(names)) or "none configured"
+            problems.append(f'actuator "{a.target}": unknown device "{a.device}" (devices: {known})')
+        if a.target in seen:
+            problems.append(f'actuator "{a.target}" is listed more than once')
+        seen.add(a.target)
+    return problems

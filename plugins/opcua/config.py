@@ -1,0 +1,95 @@
+"""``[plugins.opcua.server]``: the OPC UA server's configuration.
+
+Kept apart from ``server.py`` so that loading the plugin (every command of
+the command line does) does not import asyncua; the server module is
+imported only when the server is started.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from balans_edge.settings import setting
+
+Role = Literal["viewer", "operator", "admin"]
+
+POLICIES = ("None", "Basic256Sha256", "Aes128_Sha256_RsaOaep", "Aes256_Sha256_RsaPss")
+"""Security policies the server can offer (asyncua 2.1 implements these)."""
+MODES = ("Sign", "SignAndEncrypt")
+DEFAULT_POLICIES = ["Basic256Sha256", "Aes128_Sha256_RsaOaep"]
+DEFAULT_MODES = ["Sign", "SignAndEncrypt"]
+
+
+def _path(value: str) -> str | None:
+    if not value.startswith("/") or "//" in value:
+        return f'expected a path such as "/balans-edge/", got "{value}"'
+    return None
+
+
+def _password(value: str) -> str | None:
+    return None if len(value) >= 8 else "expected at least 8 characters"
+
+
+@dataclass(frozen=True)
+class UserConfig:
+    """``[[plugins.opcua.server.users]]``: who may open a session, with which role."""
+
+    name: str
+    role: Role
+    password: str = setting(secret=True, check=_password)
+
+    def __repr__(self) -> str:  # never show the password, even in a traceback
+        return f"UserConfig(name={self.name!r}, role={self.role!r})"
+
+
+def _check_choices(key: str, values: list[str], known: tuple[str, ...]) -> str | None:
+    unknown = [v for v in values if v not in known]
+    if unknown:
+        return f"{key}: unknown {', '.join(map(repr, unknown))} (known: {', '.join(known)})"
+    if not values:
+        return f"{key}: name at least one of {', '.join(known)}"
+    return None
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """``[plugins.opcua.server]``: the OPC UA server for SCADA and MES."""
+
+    enabled: bool = setting(False, doc="serve the address space (off unless asked for)")
+    host: str = setting("127.0.0.1", doc="address to listen on; loopback unless you mean otherwise")
+    port: int = setting(4840, range=(0, 65535), doc="TCP port (0: any free port)")
+    path: str = setting("/balans-edge/", check=_path, doc="path of the endpoint URL")
+    application_uri: str = setting("", doc="the server's application URI (default: urn:<host name>:balans-edge); "
+                                           "it is written into the certificate")
+    server_name: str = "balans-edge"
+    pki_dir: str = setting("var/opcua-pki", doc="the server's certificate and key (own/), trusted client "
+                                                "certificates (trusted/), refused ones (rejected/)")
+    security_policies: list[str] = field(default_factory=lambda: list(DEFAULT_POLICIES))
+    """Offered policies; "None" (no signing, no encryption) only when listed."""
+    security_modes: list[str] = field(default_factory=lambda: list(DEFAULT_MODES))
+    """Message security modes offered with every policy other than None."""
+    users: list[UserConfig] = field(default_factory=list)
+    api_users: bool = setting(False, doc="also accept the HTTP API's users: user name and bearer token as password")
+    anonymous_role: Literal["none", "viewer"] = "none"
+    max_connections: int = setting(32, range=(1, 10000))
+    method_timeout_s: float = setting(10.0, range=(0.1, 600.0),
+                                      doc="a command not done by then is answered GoodCompletesAsynchronously")
+    age_interval_s: float = setting(5.0, range=(1.0, 3600.0), doc="how often every DataAge is rewritten")
+    registry_poll_s: float = setting(60.0, range=(1.0, 86400.0),
+                                     doc="re-read the registry this often even when its version did not change "
+                                         "(radio module hops, RSSI and battery are updated without one)")
+
+    def __post_init__(self) -> None:
+        problem = (_check_choices("security_policies", self.security_policies, POLICIES)
+                   or _check_choices("security_modes", self.security_modes, MODES))
+        if problem:
+            raise ValueError(problem)
+        names = [u.name for u in self.users]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"users: {', '.join(duplicates)} named more than once")
+
+    @property
+    def secure_policies(self) -> list[str]:
+        return [p for p in self.security_policies if p != "None"]

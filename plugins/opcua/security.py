@@ -1,0 +1,151 @@
+"""Who may connect and what they may do.
+
+- **Users.** A session is opened with a user name and password
+  (``[[plugins.opcua.server.users]]``, and with ``api_users`` the HTTP
+  API's users with their token as password), or anonymously only when
+  ``anonymous_role = "viewer"``. Roles are the API's: viewer reads, browses
+  and subscribes; operator also calls the valve and relay methods; admin is
+  an operator here (nothing in the address space is writable or
+  administrable over OPC UA). Passwords are compared in constant time and
+  never logged.
+- **Services.** ``RoleRules`` is asked by asyncua before every request of a
+  session: a viewer's Write is refused with Bad_UserAccessDenied, and
+  nobody may add or delete nodes. It also records the session's user for
+  the request being served (``current_login``), because asyncua calls a
+  method with the object and the arguments only, and the audit of a
+  command must name the OPC UA user.
+- **Channels.** Without the None policy, a client may still open an
+  unsecured channel to ask for the endpoints (OPC UA requires it), but a
+  session on it can do nothing (``DiscoveryOnly``).
+- **Certificates.** A client's application instance certificate must be in
+  ``trusted/`` (or the client is refused with Bad_CertificateUntrusted and
+  its certificate is kept in ``rejected/``), be within its validity, and
+  name the client's application URI.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import datetime
+import hmac
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from asyncua import ua
+from asyncua.common.utils import ServiceError
+from asyncua.crypto.permission_rules import USER_TYPES, PermissionRuleset, User, UserRole
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from balans_edge.plugins.opcua import pki
+
+log = logging.getLogger(__name__)
+
+ROLE_RANK = {"viewer": 1, "operator": 2, "admin": 3}
+
+
+@dataclass
+class Login(User):
+    """An asyncua user with our role. asyncua's own role stays ``User`` for
+    everyone: its ``Admin`` would bypass access levels and may add nodes."""
+
+    access: str = "viewer"
+
+    def may(self, role: str) -> bool:
+        return ROLE_RANK[self.access] >= ROLE_RANK[role]
+
+
+_login: contextvars.ContextVar[Login | None] = contextvars.ContextVar("opcua_login", default=None)
+
+
+def current_login() -> Login | None:
+    """The user of the request being served (set by ``RoleRules`` in the
+    connection's own task, which serves its requests one at a time)."""
+    return _login.get()
+
+
+@dataclass(frozen=True)
+class Credential:
+    name: str
+    role: str
+    secret: bytes
+
+
+class Users:
+    """asyncua's user manager: user name and password -> Login, or None (Bad_UserAccessDenied)."""
+
+    def __init__(self, credentials: Iterable[Credential], anonymous_role: str = "none") -> None:
+        self.credentials = list(credentials)
+        self.anonymous_role = anonymous_role
+
+    def get_user(self, iserver: object, username: str | None = None, password: str | None = None,
+                 certificate: object = None) -> Login | None:
+        if username is None and password is None:
+            if self.anonymous_role == "viewer":
+                return Login(role=UserRole.User, name="anonymous", access="viewer")
+            return None
+        given = (password or "").encode()
+        found = None
+        for c in self.credentials:
+            # Every credential is compared, so timing does not tell which name exists.
+            match = hmac.compare_digest(c.secret, given)
+            if match and c.name == username and found is None:
+                found = c
+        if found is None:
+            log.warning("opcua: refused a session for user %r (unknown user or wrong password)", username)
+            return None
+        return Login(role=UserRole.User, name=found.name, access=found.role)
+
+
+WRITES = {ua.NodeId(ua.ObjectIds.WriteRequest_Encoding_DefaultBinary),
+          ua.NodeId(ua.ObjectIds.HistoryUpdateRequest_Encoding_DefaultBinary)}
+ALLOWED = {ua.NodeId(t) for t in USER_TYPES}
+
+
+class RoleRules(PermissionRuleset):
+    """Which service a session's user may call (asked before every request)."""
+
+    def check_validity(self, user: User, action_type_id: ua.NodeId, body: object) -> bool:
+        login = user if isinstance(user, Login) else None
+        _login.set(login)
+        if login is None or action_type_id not in ALLOWED:
+            return False
+        return not (action_type_id in WRITES and not login.may("operator"))
+
+
+class DiscoveryOnly(PermissionRuleset):
+    """For a channel without security when the None policy is not offered.
+
+    OPC UA lets any client open such a channel to ask for the endpoints, and
+    asyncua then also lets it create and activate a session on it; a client
+    that ignores the endpoint list would have an unsigned, unencrypted
+    session. Every request of such a session is refused."""
+
+    def check_validity(self, user: User, action_type_id: ua.NodeId, body: object) -> bool:
+        _login.set(None)
+        return False
+
+
+class TrustList:
+    """asyncua's certificate validator: trusted/ holds the client certificates
+    allowed to open a session; anything else is refused and kept in rejected/."""
+
+    def __init__(self, folder: pki.Pki) -> None:
+        self.pki = folder
+
+    async def __call__(self, cert: x509.Certificate, app: ua.ApplicationDescription) -> None:
+        now = datetime.datetime.now(datetime.UTC)
+        name = cert.subject.rfc4514_string()
+        if cert.public_bytes(serialization.Encoding.DER) not in pki.trusted_certificates(self.pki):
+            kept = pki.keep_rejected(self.pki, cert)
+            log.warning("opcua: refused client %s (%s): certificate not trusted; kept as %s (move it to %s to "
+                        "trust it)", app.ApplicationUri, name, kept, self.pki.trusted)
+            raise ServiceError(ua.StatusCodes.BadCertificateUntrusted)
+        if not cert.not_valid_before_utc <= now <= cert.not_valid_after_utc:
+            log.warning("opcua: refused client %s (%s): certificate outside its validity", app.ApplicationUri, name)
+            raise ServiceError(ua.StatusCodes.BadCertificateTimeInvalid)
+        if app.ApplicationUri not in pki.application_uris(cert):
+            log.warning("opcua: refused client %s (%s): its certificate names %s", app.ApplicationUri, name,
+                        ", ".join(pki.application_uris(cert)) or "no application URI")
+            raise ServiceError(ua.StatusCodes.BadCertificateUriInvalid)

@@ -1,0 +1,208 @@
+"""The sender against a scripted write API on 127.0.0.1: a refused point goes to
+the dead letters without holding up the rest, 413 splits, 429 waits for
+Retry-After, 5xx, 401 and refused connections are retried with back-off, a
+full blocking queue stops acknowledging devices; and the state in health, over
+HTTP and as Prometheus metrics. The servers are real (balans-edge in this
+process, the write API in a thread); nothing is mocked."""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from export_support import ScriptedWriteApi, free_port, influx_error
+
+from balans_edge.core.model import RawReading
+
+from conftest import T0, auth, base_config, eventually, small_site
+
+MakeServer = Callable[..., Awaitable[Any]]
+
+
+@pytest.fixture
+def write_api() -> Iterator[Callable[..., ScriptedWriteApi]]:
+    started: list[ScriptedWriteApi] = []
+
+    def make(policy: Any = None, port: int = 0) -> ScriptedWriteApi:
+        api = ScriptedWriteApi(policy, port) if policy else ScriptedWriteApi(port=port)
+        started.append(api)
+        return api
+
+    yield make
+    for api in started:
+        api.close()
+
+
+def target(url: str, **overrides: Any) -> dict[str, Any]:
+    return {"targets": [{"name": "t", "url": url, "bucket": "meters", "org": "utility", "token": "secret-token",
+                         "kinds": ["readings"], "batch_size": 100, "flush_interval_s": 0.05,
+                         "backoff_initial_s": 0.1, "backoff_max_s": 0.4, "timeout_s": 2.0, **overrides}]}
+
+
+async def started(make_server: MakeServer, tmp_path: Path, url: str, **overrides: Any) -> Any:
+    server = await make_server(base_config(tmp_path, plugins={"export": target(url, **overrides)}))
+    await server.storage.registry_apply(small_site())
+    return server
+
+
+def readings(channel: int, n: int, start: int = 0, module: int = 1001) -> list[RawReading]:
+    return [RawReading(module, channel, T0 + i * 600, i * 7) for i in range(start, start + n)]
+
+
+async def drained(server: Any) -> bool:
+    return (await server.storage.export_state("t"))[0]["depth"] == 0
+
+
+async def _settled(health: Callable[[], Awaitable[dict[str, Any]]], sent: int) -> dict[str, Any] | None:
+    status = await health()
+    return status if status["points_sent"] == sent and status["queue_depth"] == 0 else None
+
+
+def meters_of(lines: list[str]) -> list[str]:
+    return [re.search(r"meter=([^, ]+)", ln).group(1) for ln in lines]
+
+
+async def test_a_refused_point_is_dead_lettered_and_the_rest_flows(
+    tmp_path: Path, make_server: MakeServer, client_for: Any, write_api: Any
+) -> None:
+    def refuse_w3(lines: list[str], n: int) -> tuple[int, dict[str, str], str]:
+        if any("meter=W-3" in ln for ln in lines):
+            return 400, {"Content-Type": "application/json"}, influx_error("field type conflict: value is float")
+        return 204, {}, ""
+
+    api = write_api(refuse_w3)
+    server = await started(make_server, tmp_path, api.url)
+    await server.ingest.ingest(readings(1, 5) + readings(3, 2, module=1002) + readings(2, 5))
+    assert await eventually(lambda: drained(server), timeout=10)
+
+    # Every good point arrived once; the two refused ones are in the dead letters with the target's message.
+    assert sorted(meters_of(api.accepted_lines())) == ["W-1"] * 5 + ["W-2"] * 5
+    assert len(set(api.accepted_lines())) == 10
+    client = client_for(server)
+    dead = (await client.get("/api/v1/export/dead-letters", headers=auth("viewer"))).json()["dead_letters"]
+    assert sum(d["points"] for d in dead) == 2
+    assert all(d["status"] == 400 and d["message"] == "field type conflict: value is float" for d in dead)
+    assert sorted(meters_of([d["lines"] for d in dead])) == ["W-3", "W-3"]
+
+    # Later points are not held up by the refused ones.
+    await server.ingest.ingest(readings(1, 3, start=5))
+    assert await eventually(lambda: len(api.accepted_lines()) == 13, timeout=10)
+
+    async def health() -> dict[str, Any]:  # refreshed by the exporter about once a second
+        return (await client.get("/api/v1/health")).json()["exporters"]["export:t"]
+
+    status = await eventually(lambda: _settled(health, 13), timeout=10)
+    assert (status["dead_letters"], status["points_sent"], status["queue_depth"]) == (2, 13, 0)
+    assert "field type conflict" in status["last_error"]
+    assert status["since_start"]["dead_letters"] == 2 and status["since_start"]["splits"] >= 3
+
+
+async def test_413_splits_a_batch_until_the_target_takes_it(
+    tmp_path: Path, make_server: MakeServer, write_api: Any
+) -> None:
+    api = write_api(lambda lines, n: (413, {}, "request too large") if len(lines) > 4 else (204, {}, ""))
+    server = await started(make_server, tmp_path, api.url)
+    await server.ingest.ingest(readings(1, 10))
+    assert await eventually(lambda: drained(server), timeout=10)
+    accepted = [r for r in api.requests if r.status == 204]
+    assert all(len(r.lines) <= 4 for r in accepted)
+    assert sorted(api.accepted_lines()) == sorted(set(api.accepted_lines())) and len(api.accepted_lines()) == 10
+    assert (await server.storage.export_state("t"))[0]["dead"] == 0
+    assert api.requests[0].status == 413 and len(api.requests[0].lines) == 10
+
+
+async def test_429_waits_for_retry_after_and_5xx_backs_off(
+    tmp_path: Path, make_server: MakeServer, write_api: Any
+) -> None:
+    script = {0: (429, {"Retry-After": "1"}, influx_error("rate limited")), 1: (503, {}, "unavailable"),
+              2: (503, {}, "unavailable")}
+    api = write_api(lambda lines, n: script.get(n, (204, {}, "")))
+    server = await started(make_server, tmp_path, api.url)
+    await server.ingest.ingest(readings(1, 5))
+    assert await eventually(lambda: drained(server), timeout=10)
+
+    t = [r.t for r in api.requests]
+    assert len(t) == 4 and [r.status for r in api.requests] == [429, 503, 503, 204]
+    assert t[1] - t[0] >= 0.95  # Retry-After: 1
+    assert 0.1 - 0.01 <= t[2] - t[1] <= 0.2 + 0.5  # back-off 2: 0.1..0.2 s (+ slack for a busy machine)
+    assert 0.2 - 0.01 <= t[3] - t[2] <= 0.4 + 0.5  # back-off 3: 0.2..0.4 s (doubling, capped at 0.4)
+    assert all(r.lines == api.requests[0].lines for r in api.requests)  # the same batch each time
+    state = (await server.storage.export_state("t"))[0]
+    assert (state["retries"], state["sent"], state["dead"]) == (3, 5, 0)
+    assert state["last_error"] == "HTTP 503: unavailable"
+
+    first = api.requests[0]
+    assert first.path.startswith("/api/v2/write?") and "bucket=meters" in first.path and "precision=s" in first.path
+    assert first.headers["Authorization"] == "Token secret-token"
+    assert first.headers["Content-Encoding"] == "gzip"
+
+
+async def test_misconfigured_target_keeps_points_instead_of_dead_lettering(
+    tmp_path: Path, make_server: MakeServer, write_api: Any
+) -> None:
+    api = write_api(lambda lines, n: (401, {}, influx_error("unauthorized access")) if n < 3 else (204, {}, ""))
+    server = await started(make_server, tmp_path, api.url)
+    await server.ingest.ingest(readings(1, 4))
+    assert await eventually(lambda: drained(server), timeout=10)
+    state = (await server.storage.export_state("t"))[0]
+    assert (state["dead"], state["sent"], state["retries"]) == (0, 4, 3)
+    assert state["last_error"] == "HTTP 401: unauthorized access"
+
+
+async def test_points_wait_while_the_target_is_unreachable(
+    tmp_path: Path, make_server: MakeServer, client_for: Any, write_api: Any
+) -> None:
+    port = free_port()
+    server = await started(make_server, tmp_path, f"http://127.0.0.1:{port}")
+    await server.ingest.ingest(readings(1, 6))
+    client = client_for(server)
+
+    async def retrying() -> bool:
+        s = (await client.get("/api/v1/health")).json()["exporters"]["export:t"]
+        return s["state"] == "retrying" and s["retries"] >= 2
+
+    assert await eventually(retrying, timeout=10)
+    metrics = (await client.get("/api/v1/export/metrics", headers=auth("viewer"))).text
+    assert 'balans_export_queue_depth{target="t"} 6' in metrics
+    assert 'balans_export_up{target="t"} 0' in metrics
+    assert "# TYPE balans_export_points_sent_total counter" in metrics
+
+    api = write_api(port=port)
+    assert await eventually(lambda: drained(server), timeout=10)
+    assert len(api.accepted_lines()) == 6
+    targets = (await client.get("/api/v1/export/targets", headers=auth("viewer"))).json()["targets"]
+    assert (targets[0]["target"], targets[0]["points_sent"], targets[0]["queue_depth"]) == ("t", 6, 0)
+    assert "ConnectError" in targets[0]["last_error"]
+    metrics = (await client.get("/api/v1/export/metrics", headers=auth("viewer"))).text
+    assert 'balans_export_points_sent_total{target="t"} 6' in metrics
+
+
+async def test_a_full_blocking_queue_stops_acknowledging_devices(
+    tmp_path: Path, make_server: MakeServer, client_for: Any, write_api: Any
+) -> None:
+    port = free_port()
+    server = await started(make_server, tmp_path, f"http://127.0.0.1:{port}", max_queue=3, when_full="block")
+    client = client_for(server)
+
+    def push(start: int, n: int) -> Any:
+        rows = [{"module_id": 1001, "channel": 1, "ts": T0 + i * 600, "counter": i * 7}
+                for i in range(start, start + n)]
+        return client.post("/api/v1/readings", json={"readings": rows}, headers=auth("operator"))
+
+    assert (await push(0, 2)).status_code == 200
+    refused = await push(2, 2)
+    assert refused.status_code == 503  # not stored: the device must send it again
+    assert "export queue full: t" in refused.json()["error"]["message"]
+    assert len(await server.storage.readings(1, 0, 2**40)) == 2
+
+    api = write_api(port=port)
+    assert await eventually(lambda: drained(server), timeout=10)
+    assert (await push(2, 2)).status_code == 200
+    assert await eventually(lambda: len(api.accepted_lines()) == 4, timeout=10)
+    started_at = time.monotonic()
+    assert await eventually(lambda: drained(server), timeout=10)
+    assert time.monotonic() - started_at < 5
