@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from sanic.request import Request
@@ -15,23 +16,33 @@ if TYPE_CHECKING:
 METER_COMMANDS = (CommandCode.VALVE_CLOSE, CommandCode.VALVE_OPEN, CommandCode.RELAY_OFF, CommandCode.RELAY_ON)
 
 
+def command_body(request: Request, allowed: Sequence[CommandCode] = tuple(CommandCode)) -> tuple[CommandCode, str]:
+    """The command code and reason of a ``{"command", "reason"}`` body; 400 naming the allowed codes."""
+    body, reason = audited_body(request, '{"command": ..., "reason": ...}')
+    code = body.get("command")
+    if code not in allowed:
+        names = ", ".join(str(c) for c in allowed)
+        raise ApiError(400, "bad_body", f"command: expected one of {names}, got {code!r}")
+    return CommandCode(code), reason.strip()
+
+
+async def execute(server: Server, request: Request, target: str, code: CommandCode, reason: str) -> Any:
+    """Run a command for the API user through the actuation service; answer the audited record."""
+    command = await server.actuation.execute(Command(target, code, requested_by=f"api:{request.ctx.user}",
+                                                     reason=reason))
+    return json({
+        "id": command.id, "t": iso(command.t), "target": command.target, "code": str(command.code),
+        "requested_by": command.requested_by, "reason": command.reason,
+        "outcome": command.outcome, "detail": command.detail,
+    })
+
+
 def routes(server: Server) -> list[Route]:
     async def meter_command(request: Request, meter_id: str) -> Any:
-        body, reason = audited_body(request, '{"command": ..., "reason": ...}')
-        code = body.get("command")
-        if code not in METER_COMMANDS:
-            names = ", ".join(str(c) for c in METER_COMMANDS)
-            raise ApiError(400, "bad_body", f"command: expected one of {names}, got {code!r}")
+        code, reason = command_body(request, METER_COMMANDS)
         if await server.storage.registry_get("meters", meter_id) is None:
             raise ApiError(404, "not_found", f"meter {meter_id!r} is not in the registry")
-        command = await server.actuation.execute(
-            Command(meter_id, CommandCode(code), requested_by=f"api:{request.ctx.user}", reason=reason.strip())
-        )
-        return json({
-            "id": command.id, "t": iso(command.t), "target": command.target, "code": str(command.code),
-            "requested_by": command.requested_by, "reason": command.reason,
-            "outcome": command.outcome, "detail": command.detail,
-        })
+        return await execute(server, request, meter_id, code, reason)
 
     return [
         Route("POST", "/api/v1/meters/<meter_id>/commands", meter_command,

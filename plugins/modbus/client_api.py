@@ -8,8 +8,8 @@ from typing import TYPE_CHECKING, Any
 
 from sanic.request import Request
 
-from balans_edge.core.components import Command, CommandCode
-from balans_edge.routes import ApiError, Param, Route, audited_body, iso, json
+from balans_edge.api.commands import command_body, execute
+from balans_edge.routes import ApiError, Param, Route, iso, json
 
 if TYPE_CHECKING:
     from balans_edge.plugins.modbus.actuators import ModbusActuator
@@ -35,19 +35,11 @@ def routes(server: Server, client: Callable[[], ModbusClient | None],
         return json({"actuators": rows})
 
     async def command(request: Request, target: str) -> Any:
-        body, reason = audited_body(request, '{"command": ..., "reason": ...}')
+        code, reason = command_body(request)
         a = actuator()
         if a is None or not a.owns(target):
             raise ApiError(404, "not_found", f"no Modbus actuator drives {target!r}")
-        code = body.get("command")
-        names = [str(c) for c in CommandCode]
-        if code not in names:
-            raise ApiError(400, "bad_body", f"command: expected one of {', '.join(names)}, got {code!r}")
-        done = await server.actuation.execute(
-            Command(target, CommandCode(code), requested_by=f"api:{request.ctx.user}", reason=reason.strip()))
-        return json({"id": done.id, "t": iso(done.t), "target": done.target, "code": str(done.code),
-                     "requested_by": done.requested_by, "reason": done.reason, "outcome": done.outcome,
-                     "detail": done.detail})
+        return await execute(server, request, target, code, reason)
 
     return [
         Route("GET", "/api/v1/modbus/devices", devices,
