@@ -401,11 +401,16 @@ async def test_totaliser_becomes_a_meter_with_readings_and_hourly_consumption(ma
                                   channel=1)
             assert meter.install_time == t0  # made at start, in the station's time
             assert await server.storage.registry_get("modules", 900001) == RadioModule(900001, None, channels=1)
+            # the station's clock starts only once its reading at t0 is stored: the first hour needs its start
+            http = client_for(server)
+            url = f"/api/v1/meters/PS1-OUT/readings?from={t0}&to={t0 + 1}"
+            async with asyncio.timeout(10):
+                while not (await http.get(url, headers=auth("viewer"))).json()["readings"]:
+                    await asyncio.sleep(0.01)
             go.append(time.monotonic())
             await asyncio.sleep(2.6)
         finally:
             running.cancel()
-    http = client_for(server)
     r = await http.get(f"/api/v1/meters/PS1-OUT/consumption?from={t0}&to={t0 + 3 * hour}", headers=auth("viewer"))
     assert r.status_code == 200, r.text
     points = r.json()["points"]
