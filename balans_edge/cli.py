@@ -34,6 +34,16 @@ CONFIG_OPTION = click.option(
 _loaded: Plugins | None = None
 
 
+def command_group(cli: click.Group, name: str, help: str) -> click.Group:
+    """The command group ``balans-edge <name>`` of a plugin, created on first use
+    (so several modules of a plugin can each add their commands to it)."""
+    group = cli.commands.get(name)
+    if not isinstance(group, click.Group):
+        group = click.Group(name, help=help)
+        cli.add_command(group)
+    return group
+
+
 def plugins_once() -> Plugins:
     """The plugins of this process, loaded once (import failures are reported once)."""
     global _loaded

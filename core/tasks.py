@@ -23,6 +23,18 @@ async def cancel(task: asyncio.Task | None) -> None:
         await task
 
 
+async def cancel_surely(task: asyncio.Task[None]) -> None:
+    """Cancel a task and wait for it to end, cancelling again if needed: on Python
+    3.11 ``asyncio.wait_for`` (used inside pymodbus and asyncua) and
+    ``asyncio.timeout`` can turn a cancellation that races with an answer or a
+    timeout into a normal return or a TimeoutError, and a loop would go on."""
+    while not task.done():
+        task.cancel()
+        await asyncio.wait({task}, timeout=0.5)
+    if not task.cancelled() and task.exception() is not None:
+        log.error("%s ended with %r", task.get_name(), task.exception())
+
+
 async def rerun(work: Callable[[], Awaitable[object]], what: str, bus: EventBus | None, event: type,
                 debounce_s: float, every_s: float = 60.0) -> None:
     """Run ``work`` now, then again after each ``event`` on the bus (waiting

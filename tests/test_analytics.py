@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import sys
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +15,7 @@ import numpy as np
 import pytest
 
 from balans_edge.config import parse_config
+from balans_edge.core.analytics.base import GroupDetector, Scope
 from balans_edge.core.analytics.data import GroupData
 from balans_edge.plugin_manager import config_schemas, load_plugins
 from balans_edge.plugins.dmesh.scenario import Leak, LostModule, Scenario, Stuck, generate
@@ -100,6 +103,41 @@ async def test_scheduled_runs(make_server, tmp_path) -> None:
         while scheduler.runs < 2:
             await asyncio.sleep(0.05)
     assert server.analytics_scope is None  # each run's scope is dropped after it
+
+
+async def test_group_detectors_compute_off_the_event_loop(site) -> None:
+    """A run's numeric work leaves the loop free: concentrators are answered meanwhile."""
+    server, _ = site
+    loop_thread = threading.get_ident()
+    seen: list[tuple[int, int]] = []
+
+    class Slow(GroupDetector):
+        name = "slow"
+
+        def detect_group(self, data: GroupData) -> list:
+            ticks = len(beats)
+            time.sleep(0.3)  # a long fit
+            seen.append((threading.get_ident(), len(beats) - ticks))
+            return []
+
+    beats: list[float] = []
+
+    async def heartbeat() -> None:
+        while True:
+            beats.append(time.monotonic())
+            await asyncio.sleep(0.01)
+
+    beating = asyncio.create_task(heartbeat())
+    try:
+        server.analytics_scope = Scope(START, START + DAYS * 86400)
+        assert await Slow().detect(server) == []
+    finally:
+        server.analytics_scope = None
+        beating.cancel()
+    assert len(seen) == 1
+    thread, beats_meanwhile = seen[0]
+    assert thread != loop_thread
+    assert beats_meanwhile >= 5  # the loop went on beating while the detector worked
 
 
 async def test_forecasts_and_the_verification_plan(site) -> None:

@@ -52,8 +52,8 @@ async def test_valve_closed_and_opened_through_the_meter_api_with_read_back(make
         r = await http.post("/api/v1/meters/W-1/commands", json=body, headers=auth("operator"))
         assert r.status_code == 200, r.text
         done = r.json()
-        assert done["outcome"] == "done", done
-        assert done["detail"].startswith("modbus: valve W-1 closed: confirmed after ")
+        assert done["outcome"] == "done", done["detail"]
+        assert done["detail"].startswith("modbus: valve W-1 closed: wrote 0 to coil 10, confirmed after ")
         assert done["detail"].endswith("(discrete 10 = 0)")
         assert float(done["detail"].split("after ")[1].split(" s")[0]) >= 0.1  # it waited for the limit switch
         assert await p.get(1, "coil", 10) == [0] and await p.get(1, "discrete", 10) == [0]
@@ -82,7 +82,7 @@ async def test_pump_started_and_stopped_through_a_holding_register(make_server, 
                                 headers=auth("operator"))).status_code == 404
         r = await http.post(url, json=start, headers=auth("operator"))
         assert r.json()["outcome"] == "done", r.text
-        assert "pump PS1-pump1 running: confirmed" in r.json()["detail"]
+        assert "pump PS1-pump1 running: wrote 2 to holding 50, confirmed" in r.json()["detail"]
         assert await p.get(1, "holding", 50) == [2] and await p.get(1, "input", 50) == [1]
         r = await http.post(url, json={"command": "pump_stop", "reason": "night tariff over"}, headers=auth("operator"))
         assert r.json()["outcome"] == "done" and await p.get(1, "holding", 50) == [1]
@@ -101,7 +101,8 @@ async def test_a_plc_that_does_not_move_is_reported_not_confirmed(make_server, t
                                    http=False)
         done = await server.actuation.execute(Command("V-stuck", CommandCode.VALVE_OPEN, "policy:night", "fill"))
         assert done.outcome == "failed"
-        assert done.detail == ("modbus: valve V-stuck not confirmed open within 0.3 s: discrete 11 = 0, expected 1")
+        assert done.detail == ("modbus: valve V-stuck not confirmed open within 0.3 s (wrote 1 to coil 11): "
+                               "discrete 11 = 0, expected 1")
         assert await p.get(1, "coil", 11) == [1]  # the write itself arrived
         assert len([r for r in p.requests if r[1] == "discrete"]) >= 5  # it kept looking until the timeout
 

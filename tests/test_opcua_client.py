@@ -30,8 +30,9 @@ from balans_edge.core.model import Meter, RadioModule, Resource
 from balans_edge.plugin_manager import config_schemas, load_plugins
 from balans_edge.plugins.opcua import client as client_module
 from balans_edge.plugins.opcua import pki
-from balans_edge.plugins.opcua.client import OpcuaClient, ensure_client_certificate
+from balans_edge.plugins.opcua.client import OpcuaClient
 from balans_edge.plugins.opcua.client_config import DeviceConfig
+from balans_edge.plugins.opcua.client_pki import ensure_client_certificate
 from balans_edge.routes import iso
 from balans_edge.settings import ConfigError
 

@@ -406,6 +406,7 @@ async def test_subscription_gets_new_readings_and_an_alarm_event_for_a_new_findi
          "until": [{"kind": "changes", "match": {"node": node_id("Meters/W-V/Value"),
                                                  "sourceTimestamp": datetime.fromtimestamp(t, UTC).isoformat(
                                                      timespec="milliseconds").replace("+00:00", "Z")}},
+                   {"kind": "changes", "match": {"node": node_id("Meters/W-V/Valve"), "value": True}},
                    {"kind": "events", "match": {"Kind": "consumer_leak"}}]},
     ]
     before = (await site.get("/api/v1/meters/W-V/readings", **{"from": site.hour - 12 * HOUR,

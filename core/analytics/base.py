@@ -5,11 +5,12 @@ pure function of a ``GroupData`` window, so it is tested and scored on
 scenario data without a server. ``GroupDetector.detect`` is the hook's
 ``Detector`` contract: it asks the run's ``Scope`` for the window of every
 group in scope (loaded once per run and shared by all detectors) and calls
-``detect_group`` on each.
+``detect_group`` on each in a worker thread.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
@@ -18,6 +19,7 @@ from zoneinfo import ZoneInfo
 
 from balans_edge.core.analytics.data import HOUR, GroupData, load_group_data
 from balans_edge.core.components import Finding
+from balans_edge.core.model import Meter
 
 DEFAULT_WINDOW_DAYS = 14
 
@@ -45,15 +47,17 @@ class Scope:
         wanted = [g for g in groups if self.group_ids is None or g in self.group_ids]
         missing = [g for g in wanted if g not in self._cache]
         if missing:
-            meters = await storage.registry_list("meters")
+            members: dict[str | None, list[Meter]] = {}
+            for m in await storage.registry_list("meters"):
+                members.setdefault(m.group_id, []).append(m)
+            children: dict[str | None, list[tuple[str, int]]] = {}
+            for g in groups.values():
+                children.setdefault(g.parent_id, []).extend((i.meter_id, i.sign) for i in g.inputs)
             keys = await storage.meter_keys()
             tz = ZoneInfo(server.config.site.timezone)
             for gid in missing:
-                members = [m for m in meters if m.group_id == gid]
-                children = [i for g in groups.values() if g.parent_id == gid for i in g.inputs]
                 self._cache[gid] = await load_group_data(
-                    storage, groups[gid], members, [(i.meter_id, i.sign) for i in children], keys,
-                    self.t0, self.t1, tz)
+                    storage, groups[gid], members.get(gid, []), children.get(gid, []), keys, self.t0, self.t1, tz)
         return [self._cache[g] for g in wanted]
 
 
@@ -70,10 +74,13 @@ class GroupDetector(ABC):
 
     @abstractmethod
     def detect_group(self, data: GroupData) -> list[Finding]:
-        """Findings about the group or its meters in this window (pure: no I/O)."""
+        """Findings about the group or its meters in this window (pure: no I/O;
+        it runs in a worker thread, so it must not touch the server either)."""
 
     async def detect(self, server: Any) -> list[Finding]:
         found: list[Finding] = []
         for data in await current_scope(server).windows(server):
-            found += self.detect_group(data)
+            # Off the event loop, a group at a time: a run over a district takes
+            # seconds of numpy and scipy, while concentrators wait for their ACKs.
+            found += await asyncio.to_thread(self.detect_group, data)
         return found

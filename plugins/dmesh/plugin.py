@@ -141,23 +141,14 @@ def register_detectors(server: Server) -> list:
     return [NetworkMonitor(server)] if config.concentrators or config.simulator.enabled else []
 
 
-def dmesh_group(cli: click.Group) -> click.Group:
-    """The ``balans-edge dmesh`` command group (created on first use)."""
-    import click
-
-    group = cli.commands.get("dmesh")
-    if not isinstance(group, click.Group):
-        group = click.Group("dmesh", help="DMesh concentrators and radio network.")
-        cli.add_command(group)
-    return group
-
-
 @hookimpl
 def register_commands(cli: click.Group) -> None:
+    from balans_edge.cli import command_group
     from balans_edge.plugins.dmesh.commissioning import add_commands
     from balans_edge.plugins.dmesh.firmware_api import add_commands as add_firmware_commands
     from balans_edge.plugins.dmesh.simulate_cli import add_commands as add_simulate_commands
 
-    add_commands(dmesh_group(cli))
-    add_firmware_commands(dmesh_group(cli))
-    add_simulate_commands(dmesh_group(cli))
+    group = command_group(cli, "dmesh", "DMesh concentrators and radio network.")
+    add_commands(group)
+    add_firmware_commands(group)
+    add_simulate_commands(group)

@@ -41,12 +41,7 @@ def register_routes(server: Server) -> list:
 
 @hookimpl
 def register_commands(cli: click.Group) -> None:
-    import click
-
+    from balans_edge.cli import command_group
     from balans_edge.plugins.export.cli import add_commands
 
-    group = cli.commands.get(NAME)
-    if not isinstance(group, click.Group):
-        group = click.Group(NAME, help="Export to time-series databases: status, back-fill, dead letters.")
-        cli.add_command(group)
-    add_commands(group)
+    add_commands(command_group(cli, NAME, "Export to time-series databases: status, back-fill, dead letters."))

@@ -40,6 +40,7 @@ from pymodbus.exceptions import ConnectionException, ModbusIOException
 
 from balans_edge.core.tags import Backoff, TagQuality, TagRecorder, TagState, ensure_meters, mark
 from balans_edge.core.tags import counter_of as counter_of  # shared with the OPC UA client; importable from here
+from balans_edge.core.tasks import cancel_surely
 from balans_edge.plugins.modbus.tags import (
     BIT_TABLES,
     GATEWAY_UNREACHABLE,
@@ -352,17 +353,6 @@ def _bad(states: Sequence[TagState], quality: TagQuality, detail: str) -> None:
     mark(states, quality, wall_clock(), detail)
 
 
-async def _cancel_surely(task: asyncio.Task[None]) -> None:
-    """Cancel a poll loop and wait for it to end, cancelling again if needed: on
-    Python 3.11 ``asyncio.wait_for`` (used inside pymodbus) swallows a cancellation
-    that races with the answer it waits for, and the loop would poll on."""
-    while not task.done():
-        task.cancel()
-        await asyncio.wait({task}, timeout=0.5)
-    if not task.cancelled() and task.exception() is not None:
-        log.error("modbus: %s ended with %r", task.get_name(), task.exception())
-
-
 # -- the component ---------------------------------------------------------------------------
 
 
@@ -400,7 +390,7 @@ class ModbusClient:
 
     async def stop(self) -> None:
         for task in self._tasks:
-            await _cancel_surely(task)
+            await cancel_surely(task)
         self._tasks = []
         for link in self.links.values():
             link.close()

@@ -4,7 +4,6 @@ order right, is the scale right) before the server polls it."""
 
 from __future__ import annotations
 
-import asyncio
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -13,14 +12,11 @@ import click
 
 from balans_edge.core.tags import TagState
 from balans_edge.plugins.modbus.tags import DeviceConfig, plan
+from balans_edge.tags_cli import add_read_command, show_value
 
 
 def _when(t: float | None) -> str:
     return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:%M:%SZ") if t else "-"
-
-
-def _show(value: float | None) -> str:
-    return "-" if value is None else f"{value:.6g}"
 
 
 async def read_once(device: DeviceConfig) -> list[TagState]:
@@ -55,21 +51,7 @@ def add_commands(group: click.Group) -> None:
             return
         click.echo(f"{'tag':<32} {'value':>14} {'quality':<9} {'time (UTC)':<20} {'last good':>14}")
         for r in rows:
-            click.echo(f"{r['tag']:<32} {_show(r['value']):>14} {r['quality']:<9} {_when(r['ts']):<20} "
-                       f"{_show(r['last_good_value']):>14}")
+            click.echo(f"{r['tag']:<32} {show_value(r['value']):>14} {r['quality']:<9} {_when(r['ts']):<20} "
+                       f"{show_value(r['last_good_value']):>14}")
 
-    @group.command("read")
-    @_cli.CONFIG_OPTION
-    @click.option("--device", "name", required=True, help="A [[plugins.modbus.devices]] name.")
-    def read_command(config_path: Path | None, name: str) -> None:
-        """Read every tag of one configured device once and print it (exit 1 unless all are good)."""
-        _, config = _cli.prepare(config_path)
-        devices = {d.name: d for d in config.plugins["modbus"].devices}
-        if name not in devices:
-            raise click.BadParameter(f"no device {name!r} (configured: {', '.join(devices) or 'none'})",
-                                     param_hint="--device")
-        states = asyncio.run(read_once(devices[name]))
-        click.echo(f"{'tag':<24} {'value':>14} {'unit':<6} {'quality':<9} detail")
-        for s in states:
-            click.echo(f"{s.tag.name:<24} {_show(s.value):>14} {s.tag.unit:<6} {s.quality:<9} {s.detail}")
-        raise SystemExit(0 if all(s.quality == "good" for s in states) else 1)
+    add_read_command(group, "modbus", lambda: read_once)

@@ -9,7 +9,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from balans_edge import hookimpl
-from balans_edge.plugins.modbus.actuators import ActuatorConfig, ModbusActuator, check_actuators
+from balans_edge.core.readback import check_actuators
+from balans_edge.plugins.modbus.actuators import ActuatorConfig, ModbusActuator
 from balans_edge.plugins.modbus.client import ModbusClient
 from balans_edge.plugins.modbus.server import ModbusServer, ServerConfig
 from balans_edge.plugins.modbus.tags import DeviceConfig, check_devices
@@ -32,7 +33,7 @@ class ModbusConfig:
     """Valves, pumps and relays driven through those devices (``[[plugins.modbus.actuators]]``)."""
 
     def __post_init__(self) -> None:
-        problems = check_devices(self.devices) + check_actuators(self.actuators, self.devices)
+        problems = check_devices(self.devices) + check_actuators(self.actuators, {d.name for d in self.devices})
         if problems:
             raise ValueError("; ".join(problems))
 
@@ -96,21 +97,12 @@ async def observe_alarms(server: Server, alarm: Alarm) -> None:
         await component.on_alarm(alarm)
 
 
-def modbus_group(cli: click.Group) -> click.Group:
-    """The ``balans-edge modbus`` command group (created on first use)."""
-    import click
-
-    group = cli.commands.get("modbus")
-    if not isinstance(group, click.Group):
-        group = click.Group("modbus", help="Modbus: the register map for SCADA, PLC tags.")
-        cli.add_command(group)
-    return group
-
-
 @hookimpl
 def register_commands(cli: click.Group) -> None:
+    from balans_edge.cli import command_group
     from balans_edge.plugins.modbus.client_cli import add_commands as add_client_commands
     from balans_edge.plugins.modbus.map_cli import add_commands
 
-    add_commands(modbus_group(cli))
-    add_client_commands(modbus_group(cli))
+    group = command_group(cli, "modbus", "Modbus: the register map for SCADA, PLC tags.")
+    add_commands(group)
+    add_client_commands(group)

@@ -8,17 +8,13 @@ from typing import TYPE_CHECKING, Any
 
 from sanic.request import Request
 
-from balans_edge.api.commands import command_body, execute
-from balans_edge.routes import ApiError, Param, Route, iso, json
+from balans_edge.api.commands import actuator_routes
+from balans_edge.routes import Route, iso, json
 
 if TYPE_CHECKING:
     from balans_edge.plugins.opcua.actuators import OpcuaActuator
     from balans_edge.plugins.opcua.client import OpcuaClient
     from balans_edge.server import Server
-
-
-def _time(t: float | None) -> str | None:
-    return iso(int(t)) if t else None
 
 
 def routes(server: Server, client: Callable[[], OpcuaClient | None],
@@ -27,36 +23,12 @@ def routes(server: Server, client: Callable[[], OpcuaClient | None],
         running = client()
         rows = running.status() if running is not None else []
         for r in rows:
-            r["connected_at"] = _time(r["connected_at"])
+            r["connected_at"] = iso(int(r["connected_at"])) if r["connected_at"] else None
         return json({"devices": rows})
-
-    async def actuators(request: Request) -> Any:
-        a = actuator()
-        rows = a.listing() if a is not None else []
-        for r in rows:
-            r["t"] = _time(r["t"])
-        return json({"actuators": rows})
-
-    async def command(request: Request, target: str) -> Any:
-        code, reason = command_body(request)
-        a = actuator()
-        if a is None or not a.owns(target):
-            raise ApiError(404, "not_found", f"no OPC UA actuator drives {target!r}")
-        return await execute(server, request, target, code, reason)
 
     return [
         Route("GET", "/api/v1/opcua/devices", devices,
               "OPC UA servers read as a client: session up, security, connects, last error, reads, notifications",
               tags=("tags",)),
-        Route("GET", "/api/v1/opcua/actuators", actuators,
-              "Valves, pumps and relays driven through OPC UA, with their last read-back state",
-              tags=("commands",)),
-        Route("POST", "/api/v1/opcua/actuators/<target>/commands", command,
-              "Open or close a valve, start or stop a pump, switch a relay through OPC UA (audited; confirmed by "
-              "read-back)",
-              role="operator", params=(Param("target", "path"),), tags=("commands",),
-              body='{"command": "valve_open"|"valve_close"|"pump_start"|"pump_stop"|"relay_on"|"relay_off", '
-                   '"reason": "..."}',
-              responses={200: "the audited command: id, outcome (done, failed or refused), detail",
-                         400: "bad body or no reason", 404: "no OPC UA actuator drives the target"}),
+        *actuator_routes(server, "opcua", "OPC UA", actuator),
     ]

@@ -19,13 +19,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from balans_edge.core.readback import Kind, non_empty, same
 from balans_edge.core.tags import meter_collisions, meter_problems
 from balans_edge.settings import setting
 
 Policy = Literal["None", "Basic256Sha256", "Aes128_Sha256_RsaOaep"]
 Mode = Literal["Sign", "SignAndEncrypt"]
 ReadMode = Literal["subscription", "poll"]
-Kind = Literal["valve", "pump", "relay"]
 Scalar = bool | int | float | str
 """A value written to or expected from a node, or a method argument (its type
 on the wire is the node's or the argument's declared DataType)."""
@@ -228,17 +228,13 @@ def check_devices(devices: Sequence[DeviceConfig]) -> list[str]:
 # -- actuators -------------------------------------------------------------------------
 
 
-def _non_empty(value: str) -> str | None:
-    return None if value.strip() else "expected a non-empty name"
-
-
 @dataclass(frozen=True, kw_only=True)
 class ActuatorConfig:
     """A valve, pump or relay switched by writing a node or calling a method of
     a device's server, and confirmed by reading a node back."""
 
-    target: str = setting(check=_non_empty, doc="the meter id or device id commands name")
-    device: str = setting(check=_non_empty, doc="the [[plugins.opcua.devices]] name it is driven through")
+    target: str = setting(check=non_empty, doc="the meter id or device id commands name")
+    device: str = setting(check=non_empty, doc="the [[plugins.opcua.devices]] name it is driven through")
     kind: Kind
     """valve (open/close), pump (start/stop) or relay (on/off)."""
     write_node: str = setting("", check=_optional_node_id, doc="a node written to switch (or use methods)")
@@ -273,25 +269,3 @@ class ActuatorConfig:
     @property
     def by_method(self) -> bool:
         return bool(self.object_node)
-
-
-def same(seen: object, expected: object) -> bool:
-    """Whether a value read from a node is the configured one: numbers and
-    booleans by value (a Boolean node reads True for 1), text as text."""
-    if isinstance(seen, bool | int | float) and isinstance(expected, bool | int | float):
-        return float(seen) == float(expected)
-    return str(seen) == str(expected)
-
-
-def check_actuators(actuators: Sequence[ActuatorConfig], devices: Sequence[DeviceConfig]) -> list[str]:
-    """Problems across actuators: unknown devices, a target listed twice."""
-    names = {d.name for d in devices}
-    problems, seen = [], set()
-    for a in actuators:
-        if a.device not in names:
-            known = ", ".join(sorted(names)) or "none configured"
-            problems.append(f'actuator "{a.target}": unknown device "{a.device}" (devices: {known})')
-        if a.target in seen:
-            problems.append(f'actuator "{a.target}" is listed more than once')
-        seen.add(a.target)
-    return problems

@@ -9,7 +9,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from balans_edge import hookimpl
-from balans_edge.plugins.opcua.client_config import ActuatorConfig, DeviceConfig, check_actuators, check_devices
+from balans_edge.core.readback import check_actuators
+from balans_edge.plugins.opcua.client_config import ActuatorConfig, DeviceConfig, check_devices
 from balans_edge.plugins.opcua.config import ServerConfig
 
 if TYPE_CHECKING:
@@ -33,7 +34,7 @@ class OpcuaConfig:
     """Valves, pumps and relays driven through those servers (``[[plugins.opcua.actuators]]``)."""
 
     def __post_init__(self) -> None:
-        problems = check_devices(self.devices) + check_actuators(self.actuators, self.devices)
+        problems = check_devices(self.devices) + check_actuators(self.actuators, {d.name for d in self.devices})
         if problems:
             raise ValueError("; ".join(problems))
 
@@ -107,19 +108,10 @@ def register_routes(server: Server) -> list[Any]:
     return routes(server, lambda: opcua_client(server), lambda: opcua_actuator(server))
 
 
-def opcua_group(cli: click.Group) -> click.Group:
-    """The ``balans-edge opcua`` command group (created on first use)."""
-    import click
-
-    group = cli.commands.get("opcua")
-    if not isinstance(group, click.Group):
-        group = click.Group("opcua", help="OPC UA: the server for SCADA, pumping-station servers read as a client.")
-        cli.add_command(group)
-    return group
-
-
 @hookimpl
 def register_commands(cli: click.Group) -> None:
+    from balans_edge.cli import command_group
     from balans_edge.plugins.opcua.client_cli import add_commands
 
-    add_commands(opcua_group(cli))
+    add_commands(command_group(cli, "opcua", "OPC UA: the server for SCADA, pumping-station servers read as a "
+                                             "client."))
