@@ -129,6 +129,7 @@ class Server:
             sub = self.bus.subscribe(ReadingsCommitted, maxsize=1000, policy="drop_oldest")
             self._observer_task = asyncio.create_task(self._observe_readings(sub), name="observe-readings")
             await self._start_components()
+            await self._release_export_queues()
             # After the components: a plugin may create the meters a group's inputs
             # name (a PLC's totaliser); failing here still stops everything started.
             await self._apply_config_groups()
@@ -143,6 +144,21 @@ class Server:
         for info in self.plugins.info.values():
             if info.state == "loaded":
                 info.state = "started"
+
+    async def _release_export_queues(self) -> None:
+        """Stop filling the storage's export queues when no exporter drains them
+        this run (the plugin that does is disabled, or has no targets left): a
+        queue nobody sends would grow to its bound, and one that blocks when full
+        would then refuse the devices' readings. What is queued is kept."""
+        if any(getattr(e, "drains_export_queue", False) for _, e in self.exporters):
+            return
+        collecting = [r for r in await self.storage.export_state() if r["kinds"]]
+        if collecting:
+            await self.storage.export_configure([])
+            for r in collecting:
+                log.warning("export target %s: no exporter runs for it, so no new points are queued; its %d "
+                            "queued points are kept (balans-edge export drop %s discards them)",
+                            r["name"], r["depth"], r["name"])
 
     async def _apply_config_groups(self) -> None:
         """Write the configuration's groups to the registry, checked like an import:

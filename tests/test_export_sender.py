@@ -17,6 +17,7 @@ import pytest
 from export_support import ScriptedWriteApi, free_port, influx_error
 
 from balans_edge.core.model import RawReading
+from balans_edge.plugin_manager import load_plugins
 
 from conftest import T0, auth, base_config, eventually, small_site
 
@@ -206,3 +207,41 @@ async def test_a_full_blocking_queue_stops_acknowledging_devices(
     started_at = time.monotonic()
     assert await eventually(lambda: drained(server), timeout=10)
     assert time.monotonic() - started_at < 5
+
+
+async def test_without_an_exporter_nothing_is_queued_and_a_full_queue_no_longer_blocks_devices(
+    tmp_path: Path, make_server: MakeServer, client_for: Any
+) -> None:
+    url = f"http://127.0.0.1:{free_port()}"  # nobody answers: the queue fills
+    server = await started(make_server, tmp_path, url, max_queue=3, when_full="block")
+    client = client_for(server)
+
+    def push(start: int, n: int) -> Any:
+        rows = [{"module_id": 1001, "channel": 1, "ts": T0 + i * 600, "counter": i * 7}
+                for i in range(start, start + n)]
+        return client.post("/api/v1/readings", json={"readings": rows}, headers=auth("operator"))
+
+    assert (await push(0, 3)).status_code == 200
+    assert (await push(3, 1)).status_code == 503
+    await server.stop()
+
+    # The export plugin is switched off: its queue is kept, but nothing fills it
+    # and the devices' readings are stored again.
+    config = base_config(tmp_path, plugins={"export": {"enabled": False, **target(url, max_queue=3,
+                                                                                  when_full="block")}})
+    server = await make_server(config, plugins_=load_plugins())  # its own: they keep the plugins' states
+    assert not any(name == "export" for name, _ in server.exporters)
+    client = client_for(server)
+    assert (await push(3, 5)).status_code == 200
+    assert len(await server.storage.readings(1, 0, 2**40)) == 8
+    (state,) = await server.storage.export_state("t")
+    assert (state["depth"], state["kinds"]) == (3, [])
+    await server.stop()
+
+    # Switched on again, with no target answering: it queues (and blocks) as configured.
+    server = await started(make_server, tmp_path, url, max_queue=4, when_full="block")
+    client = client_for(server)
+    (state,) = await server.storage.export_state("t")
+    assert state["kinds"] == ["readings"]
+    assert (await push(8, 1)).status_code == 200
+    assert (await push(9, 1)).status_code == 503

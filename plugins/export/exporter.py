@@ -88,6 +88,9 @@ class Counters:
 class TargetExporter:
     """An exporter (a component with ``status()``) for one target."""
 
+    drains_export_queue = True
+    """The server stops storage from queueing for targets when no exporter says this."""
+
     def __init__(self, server: Server, config: TargetConfig, configurator: Configurator) -> None:
         self.server = server
         self.storage = server.storage
