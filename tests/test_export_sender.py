@@ -7,7 +7,10 @@ process, the write API in a thread); nothing is mocked."""
 
 from __future__ import annotations
 
+import asyncio
 import re
+import subprocess
+import sys
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
@@ -22,6 +25,7 @@ from balans_edge.plugin_manager import load_plugins
 from conftest import T0, auth, base_config, eventually, small_site
 
 MakeServer = Callable[..., Awaitable[Any]]
+BIN = Path(sys.executable).parent
 
 
 @pytest.fixture
@@ -100,6 +104,76 @@ async def test_a_refused_point_is_dead_lettered_and_the_rest_flows(
     assert (status["dead_letters"], status["points_sent"], status["queue_depth"]) == (2, 13, 0)
     assert "field type conflict" in status["last_error"]
     assert status["since_start"]["dead_letters"] == 2 and status["since_start"]["splits"] >= 3
+
+
+async def test_dead_letters_are_sent_again_on_request_once_the_target_takes_them(
+    tmp_path: Path, make_server: MakeServer, client_for: Any, write_api: Any
+) -> None:
+    fixed = False
+
+    def refuse_w3_until_fixed(lines: list[str], n: int) -> tuple[int, dict[str, str], str]:
+        if not fixed and any("meter=W-3" in ln for ln in lines):
+            return 400, {"Content-Type": "application/json"}, influx_error("field type conflict: value is float")
+        return 204, {}, ""
+
+    api = write_api(refuse_w3_until_fixed)
+    server = await started(make_server, tmp_path, api.url)
+    client = client_for(server)
+    await server.ingest.ingest(readings(1, 3) + readings(3, 2, module=1002))
+    assert await eventually(lambda: drained(server), timeout=10)
+    assert len(api.accepted_lines()) == 3
+
+    async def dead_letters() -> list[dict[str, Any]]:
+        r = await client.get("/api/v1/export/dead-letters", headers=auth("viewer"))
+        return r.json()["dead_letters"]
+
+    async def resend(body: Any, role: str = "admin") -> Any:
+        return await client.post("/api/v1/export/dead-letters/resend", json=body, headers=auth(role))
+
+    refused = await dead_letters()
+    assert sum(d["points"] for d in refused) == 2 and not any(d["resend"] for d in refused)
+    assert (await resend({}, role="operator")).status_code == 403
+    assert (await resend({"target": "nope"})).status_code == 404
+    assert (await resend({"ids": "all"})).status_code == 400
+
+    # Still refused: each stays, with the new answer, and is no longer marked.
+    first, asked = refused[-1]["id"], len(api.requests)
+    assert (await resend({"ids": [first]})).json() == {"marked": 1}
+    assert await eventually(lambda: _unmarked(dead_letters), timeout=10)
+    assert len(api.requests) == asked + 1  # sent once, whole, and refused
+    assert len(await dead_letters()) == len(refused) and len(api.accepted_lines()) == 3
+
+    # The database is fixed; the command line marks them: sent again, accepted, gone from
+    # the dead letters, counted as sent.
+    fixed = True
+    cfg = tmp_path / "export.toml"
+    cfg.write_text(f'[storage]\nurl = "sqlite:{tmp_path / "balans.db"}"\n'
+                   f'[[plugins.export.targets]]\nname = "t"\nurl = "{api.url}"\nbucket = "meters"\n',
+                   encoding="utf-8")
+    listed = await asyncio.to_thread(export_cli, cfg, "dead-letters")
+    assert listed.returncode == 0 and listed.stdout.count("field type conflict") == len(refused), listed.stdout
+    unknown = await asyncio.to_thread(export_cli, cfg, "resend", "--target", "nope")
+    assert unknown.returncode == 2 and "no export target 'nope'" in unknown.stderr
+    marked = await asyncio.to_thread(export_cli, cfg, "resend", "--target", "t")
+    assert marked.returncode == 0 and f"{len(refused)} dead letter(s) marked" in marked.stdout, marked.stderr
+    assert await eventually(lambda: _none_left(dead_letters), timeout=10)
+    assert sorted(meters_of(api.accepted_lines())) == ["W-1"] * 3 + ["W-3"] * 2
+    assert len(set(api.accepted_lines())) == 5  # the refused lines, as they were, once each
+    (state,) = await server.storage.export_state("t")
+    assert state["sent"] == 5 and state["dead"] == 2  # dead counts every point ever refused
+
+
+def export_cli(cfg: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([BIN / "balans-edge", "export", *args, "-c", str(cfg)], capture_output=True, text=True,
+                          timeout=60)
+
+
+async def _unmarked(dead_letters: Callable[[], Awaitable[list[dict[str, Any]]]]) -> bool:
+    return not any(d["resend"] for d in await dead_letters())
+
+
+async def _none_left(dead_letters: Callable[[], Awaitable[list[dict[str, Any]]]]) -> bool:
+    return not await dead_letters()
 
 
 async def test_413_splits_a_batch_until_the_target_takes_it(

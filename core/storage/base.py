@@ -490,6 +490,22 @@ class Storage(ABC):
         refused lines and the target's answer, in one transaction."""
 
     @abstractmethod
+    async def export_resend(self, target: str | None = None, ids: Sequence[int] | None = None) -> int:
+        """Mark dead letters (of one target or all; only ``ids`` when given) to be
+        sent again by their target's exporter; return how many were marked."""
+
+    @abstractmethod
+    async def export_resend_next(self, target: str) -> dict[str, Any] | None:
+        """The oldest dead letter of ``target`` marked to be sent again (``id``,
+        ``points``, ``lines``), or None."""
+
+    @abstractmethod
+    async def export_resent(self, target: str, dead_id: int, status: int, message: str) -> None:
+        """The target's answer to a dead letter sent again: accepted (2xx), it leaves
+        the dead letters and its points count as sent; refused, it stays with the
+        new answer and is no longer marked."""
+
+    @abstractmethod
     async def export_note_failure(self, target: str, error: str, retries: int = 1) -> None:
         """Record a failed attempt (the error, and how many requests will be repeated)."""
 

@@ -265,6 +265,43 @@ class ExportQueues:
              [(points, f"HTTP {status}: {message}", now, target_id)]),
         ])
 
+    async def export_resend(self, target: str | None = None, ids: Sequence[int] | None = None) -> int:
+        where, args = ["d.resend = 0"], []
+        if target is not None:
+            where.append("d.target = ?")
+            args.append(await self._export_id(target))
+        if ids is not None:
+            where.append(f"d.id IN ({', '.join('?' * len(ids))})" if ids else "0")
+            args += list(ids)
+        chosen = [r[0] for r in await self._all(f"SELECT d.id FROM export_dead d WHERE {' AND '.join(where)}",
+                                                tuple(args))]
+        if chosen:
+            await self._submit([("UPDATE export_dead SET resend = 1 WHERE id = ?", [(i,) for i in chosen])])
+        return len(chosen)
+
+    async def export_resend_next(self, target: str) -> dict[str, Any] | None:
+        rows = await self._all(
+            "SELECT d.id, d.points, d.lines FROM export_dead d JOIN export_targets t ON t.id = d.target "
+            "WHERE t.name = ? AND d.resend = 1 ORDER BY d.id LIMIT 1", (target,))
+        return dict(rows[0]) if rows else None
+
+    async def export_resent(self, target: str, dead_id: int, status: int, message: str) -> None:
+        target_id = await self._export_id(target)
+        now = int(time.time())
+        if 200 <= status < 300:
+            await self._submit([
+                ("UPDATE export_targets SET sent = sent + (SELECT points FROM export_dead WHERE id = ?), "
+                 "last_sent_at = ? WHERE id = ?", [(dead_id, now, target_id)]),
+                ("DELETE FROM export_dead WHERE id = ?", [(dead_id,)]),
+            ])
+        else:
+            await self._submit([
+                ("UPDATE export_dead SET resend = 0, t = ?, status = ?, message = ? WHERE id = ?",
+                 [(now, status, message, dead_id)]),
+                ("UPDATE export_targets SET last_error = ?, last_error_at = ? WHERE id = ?",
+                 [(f"HTTP {status}: {message}", now, target_id)]),
+            ])
+
     async def export_note_failure(self, target: str, error: str, retries: int = 1) -> None:
         await self._submit([(
             "UPDATE export_targets SET retries = retries + ?, last_error = ?, last_error_at = ? WHERE name = ?",
@@ -289,9 +326,10 @@ class ExportQueues:
     async def export_dead_letters(self, target: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
         where, args = ("WHERE t.name = ?", (target,)) if target is not None else ("", ())
         rows = await self._all(
-            f"SELECT d.id, t.name AS target, d.t, d.status, d.message, d.points, d.lines FROM export_dead d "
-            f"JOIN export_targets t ON t.id = d.target {where} ORDER BY d.id DESC LIMIT ?", (*args, limit))
-        return [dict(r) for r in rows]
+            f"SELECT d.id, t.name AS target, d.t, d.status, d.message, d.points, d.lines, d.resend "
+            f"FROM export_dead d JOIN export_targets t ON t.id = d.target {where} ORDER BY d.id DESC LIMIT ?",
+            (*args, limit))
+        return [{**dict(r), "resend": bool(r["resend"])} for r in rows]
 
     def _backfill_query(self, kind: str, after: tuple[Any, Any] | None, times: Sequence[int] | None,
                         ) -> tuple[str, list[Any]]:

@@ -9,16 +9,19 @@ when it matters most.
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING, Any
 
 from sanic import response
 from sanic.request import Request
 
 from balans_edge.plugins.export.exporter import TargetExporter
-from balans_edge.routes import ApiError, Param, Route, json
+from balans_edge.routes import ApiError, Param, Route, body_json, json
 
 if TYPE_CHECKING:
     from balans_edge.server import Server
+
+log = logging.getLogger(__name__)
 
 METRICS = (
     ("queue_depth", "gauge", "Points waiting in the target's queue.", "queue_depth"),
@@ -79,6 +82,21 @@ def routes(server: Server) -> list[Route]:
             raise ApiError(404, "not_found", f"no export target {target!r}")
         return json({"dead_letters": await server.storage.export_dead_letters(target, int(limit))})
 
+    async def export_resend(request: Request) -> Any:
+        body = body_json(request)
+        body = {} if body is None else body
+        if not isinstance(body, dict) or set(body) - {"target", "ids"}:
+            raise ApiError(400, "bad_body", 'expected {"target": "...", "ids": [...]} (both optional)')
+        target, ids = body.get("target"), body.get("ids")
+        if target is not None and target not in {e.target for e in exporters(server)}:
+            raise ApiError(404, "not_found", f"no export target {target!r}")
+        if ids is not None and (not isinstance(ids, list) or
+                                not all(isinstance(i, int) and not isinstance(i, bool) for i in ids)):
+            raise ApiError(400, "bad_body", f"ids: expected a list of dead letter ids, got {ids!r}")
+        marked = await server.storage.export_resend(target, ids)
+        log.info("export: %s marked %d dead letter(s) to be sent again", request.ctx.user, marked)
+        return json({"marked": marked})
+
     tags = ("export",)
     return [
         Route("GET", "/api/v1/export/targets", export_targets,
@@ -89,6 +107,11 @@ def routes(server: Server) -> list[Route]:
               params=(Param("target", description="only this target"),
                       Param("limit", type="integer", description="at most this many (default 100)")),
               tags=tags, responses={200: "OK", 404: "no such target"}),
+        Route("POST", "/api/v1/export/dead-letters/resend", export_resend,
+              "Send dead letters again once the target is fixed (all, one target's, or the listed ids); "
+              "refused again, they stay with the new answer", role="admin", tags=tags,
+              body='{"target": "...", "ids": [1, 2]} (both optional)',
+              responses={200: "how many were marked: {\"marked\": n}", 400: "bad body", 404: "no such target"}),
         Route("GET", "/api/v1/export/metrics", export_metrics,
               "The export targets' figures in Prometheus text format (for scraping)", tags=tags),
     ]

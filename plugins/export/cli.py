@@ -189,10 +189,23 @@ def add_commands(group: click.Group) -> None:
             click.echo("no dead letters")
             return
         for r in rows:
+            again = " (to be sent again)" if r["resend"] else ""
             click.echo(f"#{r['id']} {r['target']} {_when(r['t'])} HTTP {r['status']} {r['points']} point(s): "
-                       f"{r['message']}")
+                       f"{r['message']}{again}")
             if show_lines:
                 click.echo("  " + r["lines"].replace("\n", "\n  "))
+
+    @group.command("resend")
+    @_cli.CONFIG_OPTION
+    @click.option("--target", default=None, help="Only this target's dead letters.")
+    @click.option("--id", "ids", type=int, multiple=True, help="Only this dead letter (repeatable).")
+    def resend_command(config_path: Path | None, target: str | None, ids: tuple[int, ...]) -> None:
+        """Send dead letters again once the target is fixed; the running server sends them before its queue."""
+        config, export = setup(config_path)
+        if target is not None and target not in {t.name for t in export.targets}:
+            raise click.BadParameter(f"no export target {target!r}", param_hint="--target")
+        marked = _cli.run_async(lambda: _cli.with_storage(config, lambda s: s.export_resend(target, list(ids) or None)))
+        click.echo(f"{marked} dead letter(s) marked to be sent again")
 
     @group.command("drop")
     @_cli.CONFIG_OPTION

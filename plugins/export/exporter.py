@@ -198,6 +198,8 @@ class TargetExporter:
         self.state = "idle"
         while not self._stopping.is_set():
             try:
+                if await self._resend_dead():
+                    continue
                 if await self._due():
                     await self._drain()
                 else:
@@ -225,6 +227,25 @@ class TargetExporter:
         finally:
             await cancel(ahead)
             await self._settle_acks()
+
+    async def _resend_dead(self) -> bool:
+        """Send the oldest dead letter an operator marked to be sent again (before
+        the queue: its points are older). Whole, as it was refused; a refusal
+        again keeps it with the new answer. False when none is marked."""
+        dead = await self.storage.export_resend_next(self.target)
+        if dead is None:
+            return False
+        self.state = "sending"
+        answer = await self._post(dead["lines"].split("\n"))
+        self.state = "idle"
+        await self.storage.export_resent(self.target, dead["id"], answer.status, answer.message)
+        if answer.accepted:
+            self.counters.points_sent += dead["points"]
+            log.info("%s: dead letter #%d sent again and accepted (%d point(s))", self.name, dead["id"],
+                     dead["points"])
+        else:
+            log.warning("%s: dead letter #%d refused again (%s)", self.name, dead["id"], answer.describe())
+        return True
 
     async def _due(self) -> bool:
         """Is a batch full, or has the oldest point waited ``flush_interval_s``?"""
@@ -276,7 +297,7 @@ class TargetExporter:
     async def _deliver(self, units: list[Unit], answer: Answer | None = None) -> None:
         """Send ``units`` (or act on the ``answer`` they already got) until each is
         accepted or dead-lettered."""
-        answer = answer or await self._post(units)
+        answer = answer or await self._post([u.line for u in units])
         if answer.accepted:
             await self._ack(units)
         elif len(units) == 1:
@@ -296,12 +317,12 @@ class TargetExporter:
         request per point."""
         self.counters.splits += 1
         first, second = _halves(units)
-        a = await self._post(first)
+        a = await self._post([u.line for u in first])
         if a.accepted:
             await self._ack(first)
             await self._deliver(second)
             return
-        b = await self._post(second)
+        b = await self._post([u.line for u in second])
         if b.accepted:
             await self._ack(second)
             await self._deliver(first, a)
@@ -312,12 +333,12 @@ class TargetExporter:
             else:
                 await self._dead(half, refusal)
 
-    async def _post(self, units: list[Unit]) -> Answer:
+    async def _post(self, lines: list[str]) -> Answer:
         """POST until the target gives an answer that is not transient."""
         client = self._client
         if client is None:
             raise Stopping
-        body = await client.body([u.line for u in units])
+        body = await client.body(lines)
         attempt = 0
         while True:
             if self._stopping.is_set():
