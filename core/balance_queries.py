@@ -9,6 +9,7 @@ and the findings journal.
 from __future__ import annotations
 
 import re
+import weakref
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -83,6 +84,18 @@ class Tree:
                 children[g.parent_id].append(g.group_id)
         return cls(groups, meters, dict(member_meters), dict(children))
 
+    @classmethod
+    async def current(cls, storage: Storage) -> Tree:
+        """The tree as the registry is now, built again only after the registry
+        changed: a request about one group must not read every meter of the site."""
+        version = await storage.registry_version()
+        cached = _TREES.get(storage)
+        if cached is not None and cached[0] == version:
+            return cached[1]
+        tree = await cls.load(storage)
+        _TREES[storage] = (version, tree)  # a change during the load only makes the next call load again
+        return tree
+
     def describe(self, group_id: str) -> dict[str, Any]:
         return {"members": sorted(self.member_meters.get(group_id, [])),
                 "children": sorted(self.children.get(group_id, []))}
@@ -98,6 +111,10 @@ class Tree:
     def suspects_of(self, group_id: str) -> set[str]:
         """The group and its member meters: what a finding may be about to concern it."""
         return {group_id, *self.member_meters.get(group_id, [])}
+
+
+_TREES: weakref.WeakKeyDictionary[Storage, tuple[int, Tree]] = weakref.WeakKeyDictionary()
+"""The last tree built per storage, with the registry version it was built at."""
 
 
 async def findings_between(storage: Storage, t0: int, t1: int) -> list[dict[str, Any]]:

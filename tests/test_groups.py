@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from balans_edge.core.balance_queries import Tree
 from balans_edge.core.model import Group, GroupInput, Meter, Resource
 from balans_edge.core.registry import RegistryError, check_delete, check_references, import_registry, parse_object
 
@@ -129,6 +130,16 @@ def test_group_columns(data: dict[str, Any], expected: str | None) -> None:
     with pytest.raises(RegistryError) as info:
         parse_object("groups", row)
     assert expected in str(info.value)
+
+
+async def test_the_tree_is_built_again_only_after_the_registry_changed(storage) -> None:
+    await storage.registry_apply(street())
+    tree = await Tree.current(storage)
+    assert tree.describe("H1") == {"members": ["A1", "A2"], "children": []}
+    assert await Tree.current(storage) is tree  # nothing changed: not read again
+    await storage.registry_apply({"meters": [water("A3", "H1")]})
+    changed = await Tree.current(storage)
+    assert changed is not tree and changed.describe("H1") == {"members": ["A1", "A2", "A3"], "children": []}
 
 
 def write_csv(folder: Path, meters: str, groups: str) -> list[Path]:

@@ -52,7 +52,7 @@ def routes(server: Server) -> list[Route]:
             "step": step,
             "loss_norm_pct": group.loss_norm_pct,
             "completeness_threshold": threshold,
-            "points": points(series, 0, group, threshold, (await q.Tree.load(storage)).resolution(group_id)),
+            "points": points(series, 0, group, threshold, (await q.Tree.current(storage)).resolution(group_id)),
         })
 
     async def consumption(request: Request, group_id: str) -> Any:
@@ -70,7 +70,7 @@ def routes(server: Server) -> list[Route]:
         group = await group_or_404(group_id)
         month = parse_month(request, server.tz, required=True)
         await fresh()
-        tree = await q.Tree.load(storage)
+        tree = await q.Tree.current(storage)
         threshold = server.config.balance.completeness_threshold
         report = await q.allocation(storage, tree, group, month, server.tz, threshold, int(time.time()))
         return json(report.to_json())
@@ -82,7 +82,7 @@ def routes(server: Server) -> list[Route]:
         if order not in ORDERS:
             raise ApiError(400, "bad_parameter", f"order: expected one of {', '.join(ORDERS)}, got {order!r}")
         await fresh()
-        tree = await q.Tree.load(storage)
+        tree = await q.Tree.current(storage)
         entries = await q.losses(storage, tree, level, t0, t1, server.tz, server.config.balance.completeness_threshold,
                                  int(time.time()), order)  # type: ignore[arg-type]
         return json({"from": iso(t0), "to": iso(t1), "level": level, "order": order,

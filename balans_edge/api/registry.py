@@ -45,7 +45,7 @@ def _kind_routes(server: Server, kind: str, key: str, key_type: str) -> list[Rou
             raise ApiError(404, "not_found", f"{kind[:-1]} {ident!r} is not in the registry")
         out = reg.format_object(obj)
         if kind == "groups":  # a group's members live in the meters and groups that name it
-            out |= (await Tree.load(storage)).describe(obj.group_id)
+            out |= (await Tree.current(storage)).describe(obj.group_id)
         return json(out)
 
     async def save(request: Request, data: Any, ident: str | int | None) -> Any:

@@ -18,7 +18,7 @@ FINDINGS_READ = 100_000
 
 async def verification_plan(storage: Storage, config: AnalyticsConfig, tz: ZoneInfo, now: float,
                             threshold: float) -> list[MeterHealth]:
-    tree = await q.Tree.load(storage)
+    tree = await q.Tree.current(storage)
     t1 = int(now)
     entries = await q.losses(storage, tree, None, t1 - config.plan_days * 86400, t1, tz, threshold, t1)
     groups = {e.group_id: GroupState(e.loss_pct, e.norm, e.completeness, e.price) for e in entries}
