@@ -122,6 +122,7 @@ class Server:
     async def start(self, *, http: bool = True) -> None:
         await self.storage.open()
         try:
+            await self.actuation.settle_interrupted()
             self.collect_contributions()
             await self.intervals.start()
             await self.balance.start()

@@ -18,6 +18,8 @@ from balans_edge.core.storage import Storage
 
 log = logging.getLogger(__name__)
 
+INTERRUPTED = "interrupted: the server stopped before the outcome was known"
+
 
 class ActuationService:
     def __init__(
@@ -30,6 +32,14 @@ class ActuationService:
         self.observer = observer
         self.clock = clock
         self.actuators: list[Actuator] = []
+
+    async def settle_interrupted(self) -> None:
+        """At start: commands of an earlier run whose outcome was never recorded
+        are marked failed, so the audit does not show them running forever (a
+        device's late answer may still correct it: see the DMesh commands)."""
+        for c in await self.storage.settle_pending_commands(INTERRUPTED):
+            log.warning("command #%d (%s %s, asked by %s) was interrupted by a stop of the server: marked failed",
+                        c["id"], c["code"], c["target"], c["requested_by"])
 
     def add(self, actuator: Actuator) -> None:
         self.actuators.append(actuator)

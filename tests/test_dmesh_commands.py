@@ -11,11 +11,11 @@ import time
 import numpy as np
 
 from balans_edge.core.model import RawReading
-from balans_edge.plugins.dmesh.codec import Command, CommandCode, CommandResultCode
+from balans_edge.plugins.dmesh.codec import Command, CommandCode, CommandResult, CommandResultCode
 from balans_edge.plugins.dmesh.commands import hour_ranges, missing_hours
 from balans_edge.plugins.dmesh.concentrator import ConcentratorSettings, SimulatedConcentrator
 
-from conftest import T0, auth, base_config, small_site
+from conftest import T0, auth, base_config, eventually, small_site
 
 CID = 7
 KEY = "key-of-concentrator-7"
@@ -99,6 +99,56 @@ async def test_unanswered_command_times_out_on_the_host(make_server, client_for,
         assert len(commands_sent(c)) == 1  # acknowledged, never answered
     finally:
         await c.stop()
+
+
+async def test_a_late_result_corrects_the_audit_of_a_timed_out_command(make_server, client_for, tmp_path):
+    server, driver = await start(make_server, tmp_path, command_timeout_s=0.3)
+    c = await connected(driver.port, on_command=lambda command: (CommandResultCode.DONE, 1 << 5, 0.8))
+    try:
+        answer = (await client_for(server).post("/api/v1/meters/W-1/commands", headers=auth("operator"),
+                                                json={"command": "valve_close", "reason": "burst"})).json()
+        assert answer["outcome"] == "failed" and "timeout after 0.3 s" in answer["detail"]
+
+        async def corrected() -> dict | None:
+            record = await server.storage.journal_get("commands", answer["id"])
+            return record if record["outcome"] == "done" else None
+
+        record = await eventually(corrected, timeout=5)
+        assert record["detail"] == ("dmesh: module 1001: timeout after 0.3 s; "
+                                    "a late result arrived: DONE (VALVE_CLOSED)")
+        # The same result again changes nothing; a result from another concentrator is not taken.
+        driver.commands.result_arrived(CID, CommandResult(answer["id"], CommandResultCode.DONE, 1 << 5))
+        failed = await server.storage.journal_append("commands", {
+            "t": int(time.time()), "target": "W-1", "code": "valve_open", "requested_by": "test", "reason": "r",
+            "outcome": "failed", "detail": "dmesh: module 1001: timeout after 0.3 s"})
+        driver.commands.result_arrived(CID + 1, CommandResult(failed, CommandResultCode.DONE, 0))
+        await asyncio.sleep(0.2)
+        assert (await server.storage.journal_get("commands", answer["id"]))["detail"] == record["detail"]
+        assert (await server.storage.journal_get("commands", failed))["outcome"] == "failed"
+    finally:
+        await c.stop()
+
+
+async def test_a_command_interrupted_by_a_stop_is_failed_at_the_next_start(make_server, client_for, tmp_path):
+    server, driver = await start(make_server, tmp_path, command_timeout_s=30)
+    c = await connected(driver.port, on_command=lambda command: None)  # never answered
+    try:
+        asking = asyncio.create_task(client_for(server).post(
+            "/api/v1/meters/W-1/commands", headers=auth("operator"), json={"command": "valve_open", "reason": "x"}))
+        await eventually(lambda: _pending(server), timeout=5)
+        await server.stop()
+        asking.cancel()
+    finally:
+        await c.stop()
+    server, _ = await start(make_server, tmp_path)
+    (record,) = await server.storage.journal_list("commands")
+    assert record["outcome"] == "failed"
+    assert record["detail"] == "interrupted: the server stopped before the outcome was known"
+
+
+async def _pending(server) -> bool:
+    records = await server.storage.journal_list("commands")
+    return bool(records) and records[0]["outcome"] == "pending"
 
 
 async def test_result_codes_map_to_failures(make_server, tmp_path):

@@ -328,6 +328,16 @@ class Storage(ABC):
     async def journal_list(self, kind: str, limit: int = 100) -> list[dict[str, Any]]:
         """The newest records of a journal, newest first."""
 
+    @abstractmethod
+    async def journal_get(self, kind: str, record_id: int) -> dict[str, Any] | None:
+        """One journal record, or None."""
+
+    @abstractmethod
+    async def settle_pending_commands(self, note: str) -> list[dict[str, Any]]:
+        """Commands still ``pending`` (their outcome was never recorded: the process
+        stopped while they ran) become ``failed`` with ``note`` added to their
+        detail, in one transaction; return them as they are now."""
+
     # findings -------------------------------------------------------------
 
     @abstractmethod

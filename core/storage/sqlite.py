@@ -481,6 +481,25 @@ class SqliteStorage(BalanceTables, DeviceReports, BridgeSlots, TagTable, ExportQ
                 r["data"] = json.loads(r["data"])
         return out
 
+    async def journal_get(self, kind: str, record_id: int) -> dict[str, Any] | None:
+        JOURNALS[kind]
+        rows = await self._all(f"SELECT * FROM {kind} WHERE id = ?", (record_id,))
+        if not rows:
+            return None
+        row = dict(rows[0])
+        if "data" in row:
+            row["data"] = json.loads(row["data"])
+        return row
+
+    async def settle_pending_commands(self, note: str) -> list[dict[str, Any]]:
+        pending = [r[0] for r in await self._all("SELECT id FROM commands WHERE outcome = 'pending'")]
+        if not pending:
+            return []
+        await self._submit([(
+            "UPDATE commands SET outcome = 'failed', detail = CASE WHEN detail = '' THEN ? ELSE detail || '; ' || ? "
+            "END WHERE id = ? AND outcome = 'pending'", [(note, note, i) for i in pending])])
+        return [r for i in pending if (r := await self.journal_get("commands", i)) is not None]
+
     # findings ---------------------------------------------------------------
 
     def _findings_lock(self) -> asyncio.Lock:

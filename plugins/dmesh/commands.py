@@ -110,6 +110,16 @@ def hour_ranges(hours: np.ndarray, longest: int = MAX_PROFILE_HOURS) -> list[tup
     return out
 
 
+def describe_result(result: CommandResult) -> str:
+    """A module's answer as the audit shows it: ``DONE (VALVE_CLOSED)``."""
+    try:
+        name = CommandResultCode(result.result).name
+    except ValueError:
+        name = f"result {result.result}"
+    flags = [n for bit, n in STATUS_NAMES.items() if result.status >> bit & 1]
+    return name + (f" ({', '.join(flags)})" if flags else "")
+
+
 class DmeshCommands:
     """Send commands to modules and track them; back-fill after a login."""
 
@@ -119,9 +129,10 @@ class DmeshCommands:
         self.config = driver.config
         self._pending: dict[tuple[int, int], asyncio.Future[CommandResult]] = {}
         self._backfills: dict[int, asyncio.Task[None]] = {}
+        self._late: set[asyncio.Task[None]] = set()
 
     async def stop(self) -> None:
-        for task in list(self._backfills.values()):
+        for task in [*self._backfills.values(), *self._late]:
             await cancel(task)
         self._backfills.clear()
 
@@ -132,6 +143,44 @@ class DmeshCommands:
         fut = self._pending.get((concentrator_id, result.command_id))
         if fut is not None and not fut.done():
             fut.set_result(result)
+            return
+        task = asyncio.create_task(self._late_result(concentrator_id, result))
+        self._late.add(task)
+        task.add_done_callback(self._late.discard)
+
+    async def _late_result(self, concentrator_id: int, result: CommandResult) -> None:
+        """A result nobody waits for: the command timed out, or the server stopped
+        while it ran. Its audit record said failed; the module's answer is the
+        truth, so the record is corrected (a valve an operator believes open may
+        have closed after all). Only for a command sent through this concentrator."""
+        storage = self.server.storage
+        try:
+            record = await storage.journal_get("commands", result.command_id)
+            if record is None or record["outcome"] != "failed" or record["detail"].endswith(describe_result(result)):
+                return  # not ours to correct, or the same answer sent again
+            if await self._concentrator_of(record["target"]) != concentrator_id:
+                log.warning("dmesh: concentrator %d sent a result for command #%d, which it was not sent",
+                            concentrator_id, result.command_id)
+                return
+            ok = result.result == CommandResultCode.DONE
+            detail = f"{record['detail']}; a late result arrived: {describe_result(result)}"
+            await storage.journal_update("commands", result.command_id,
+                                         {"outcome": "done" if ok else "failed", "detail": detail})
+            log.warning("dmesh: command #%d (%s %s) answered late: %s", result.command_id, record["code"],
+                        record["target"], describe_result(result))
+        except Exception:
+            log.exception("dmesh: the late result of command #%d was not recorded", result.command_id)
+
+    async def _concentrator_of(self, target: str) -> int | None:
+        """The concentrator a command for ``target`` (a meter, or ``module:ID``) goes through."""
+        storage = self.server.storage
+        if target.startswith("module:") and target[7:].isdigit():
+            module_id: int | None = int(target[7:])
+        else:
+            meter = await storage.registry_get("meters", target)
+            module_id = meter.module_id if meter is not None else None
+        module = await storage.registry_get("modules", module_id) if module_id is not None else None
+        return module.concentrator_id if module is not None else None
 
     async def track(
         self, concentrator_id: int, command_id: int, module_id: int, code: int, args: tuple[int, ...] = ()
@@ -157,13 +206,7 @@ class DmeshCommands:
             return Tracked(False, str(exc))
         finally:
             self._pending.pop(key, None)
-        try:
-            name = CommandResultCode(result.result).name
-        except ValueError:
-            name = f"result {result.result}"
-        flags = [n for bit, n in STATUS_NAMES.items() if result.status >> bit & 1]
-        detail = name + (f" ({', '.join(flags)})" if flags else "")
-        return Tracked(result.result == CommandResultCode.DONE, detail, result.result, result.status)
+        return Tracked(result.result == CommandResultCode.DONE, describe_result(result), result.result, result.status)
 
     # non-actuating commands -------------------------------------------------
 
