@@ -7,7 +7,9 @@ may the driver acknowledge the device.
 
 Rules (see docs/ingest.md):
 - counters wrap modulo 2^32; a jump of 2^31 or more is a counter that went
-  backwards (a reset the module did not flag);
+  backwards: negative pulses when it lost less than it still holds (a meter
+  running backwards) or the meter is allowed to run backwards
+  (``reverse_allowed``), otherwise a reset the module did not flag;
 - COUNTER_RESET starts a new epoch: the pulses since the module restarted are
   counted, the ones before the restart are unknown and the interval since the
   last good reading is flagged incomplete (never invented, never hidden);
@@ -126,8 +128,10 @@ class MeterMap:
         self.key = np.array([k for k, _ in wired], dtype=np.int64)
         size = max((k for k, _ in meters), default=0) + 1
         self.base_counter = np.zeros(size, dtype=np.int64)
+        self.reversible = np.zeros(size, dtype=bool)
         for k, m in meters:
             self.base_counter[k] = m.base_counter
+            self.reversible[k] = "reverse_allowed" in m.flags
         self.size = size
 
     def lookup(self, module: np.ndarray, channel: np.ndarray, ts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -171,11 +175,15 @@ def chain(
     status: np.ndarray,
     prev_counter: np.ndarray,
     prev_pulses: np.ndarray,
+    reversible: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Cumulative pulses and flags of readings sorted by (meter, ts).
 
     ``starts`` are the first row of each meter's segment; ``prev_counter`` and
     ``prev_pulses`` (one per segment) describe the reading just before it.
+    ``reversible`` (one per segment) marks meters allowed to run backwards
+    (``reverse_allowed``: a bidirectional meter's net totaliser): their counter
+    going back is always negative pulses, never a reset.
     """
     n = len(counter)
     if n == 0:
@@ -185,17 +193,26 @@ def chain(
     prev[1:] = counter[:-1]
     prev[starts] = prev_counter
     delta = (counter - prev) & MASK
-    explicit = (status & Status.COUNTER_RESET) != 0
-    implicit = ~explicit & (delta >= BACKWARDS)
-    inc = np.where(explicit | implicit, counter, delta)
-    csum = np.cumsum(inc)
-    before = csum[starts] - inc[starts]
     lengths = np.diff(np.append(starts, n))
     seg = np.repeat(np.arange(len(starts)), lengths)
+    explicit = (status & Status.COUNTER_RESET) != 0
+    back = ~explicit & (delta >= BACKWARDS)
+    # A counter that went back without COUNTER_RESET either restarted from 0 and
+    # counted ``counter`` since (so it lost more than it now holds), or runs
+    # backwards (a meter mounted the wrong way round, a net totaliser): it lost
+    # less than it holds. A meter allowed to run backwards always runs backwards.
+    drop = COUNTER_MODULUS - delta
+    reverse = back & (counter >= drop)
+    if reversible is not None:
+        reverse |= back & reversible[seg]
+    implicit = back & ~reverse
+    inc = np.where(explicit | implicit, counter, np.where(reverse, delta - COUNTER_MODULUS, delta))
+    csum = np.cumsum(inc)
+    before = csum[starts] - inc[starts]
     pulses = prev_pulses[seg] + csum - before[seg]
-    flags = np.where(explicit | implicit, int(ReadingFlag.EPOCH_START), 0) | np.where(
-        implicit, int(ReadingFlag.IMPLICIT_RESET), 0
-    )
+    flags = (np.where(explicit | implicit, int(ReadingFlag.EPOCH_START), 0)
+             | np.where(implicit, int(ReadingFlag.IMPLICIT_RESET), 0)
+             | np.where(reverse, int(ReadingFlag.BACKWARDS), 0))
     return pulses, flags.astype(np.int64)
 
 
@@ -390,7 +407,7 @@ class Ingest:
         known = self.has_head[seg]
         prev_counter = np.where(known, self.head_counter[seg], self._map.base_counter[seg])
         prev_pulses = np.where(known, self.head_pulses[seg], 0)
-        pulses, flags = chain(starts, b.counter, b.status, prev_counter, prev_pulses)
+        pulses, flags = chain(starts, b.counter, b.status, prev_counter, prev_pulses, self._map.reversible[seg])
         ends = np.append(starts[1:], len(m)) - 1
         lo = np.where(known, self.head_ts[seg], b.ts[starts])
         write.dirty.extend(zip(seg.tolist(), lo.tolist(), b.ts[ends].tolist(), strict=True))
@@ -430,7 +447,8 @@ class Ingest:
             prev_c, prev_p = np.array([counter[0]]), np.array([old_pulses[0]])
         else:
             prev_c, prev_p = np.array([self._map.base_counter[meter]]), np.array([0])
-        pulses, flags = chain(np.array([0]), counter[first:], status[first:], prev_c, prev_p)
+        pulses, flags = chain(np.array([0]), counter[first:], status[first:], prev_c, prev_p,
+                              self._map.reversible[[meter]])
         pulses = np.concatenate([old_pulses[:first], pulses])
         flags = np.concatenate([old_flags[:first], flags])
 

@@ -62,6 +62,9 @@ class ReadingFlag(enum.IntFlag):
     reading is incomplete (pulses between the two are unknown)."""
     IMPLICIT_RESET = 1 << 1
     """The counter went backwards without a COUNTER_RESET flag."""
+    BACKWARDS = 1 << 2
+    """The counter ran backwards (it lost less than it still holds, or the meter
+    is ``reverse_allowed``): negative pulses, no reset."""
 
 
 METER_FLAGS = frozenset({"valve", "relay", "virtual", "reverse_allowed"})

@@ -30,6 +30,7 @@ WEIGHT = 0.001  # 1 pulse per litre, in m3
 RESET = int(Status.COUNTER_RESET)
 EPOCH = int(ReadingFlag.EPOCH_START)
 IMPLICIT = int(ReadingFlag.IMPLICIT_RESET)
+BACK = int(ReadingFlag.BACKWARDS)
 MEASURED, ESTIMATED, MISSING = CODE[Quality.MEASURED], CODE[Quality.ESTIMATED], CODE[Quality.MISSING]
 
 

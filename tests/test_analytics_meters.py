@@ -168,7 +168,8 @@ def test_reversed_meter():
     assert info["start"] == int(sd.ts[24 * 4])
     assert info["volume_m3"] == pytest.approx(sd.truth.faults[0].volume_m3 / 2, rel=0.05)
     assert info["confidence"] > 0.9
-    assert ReverseMeterDetector(allowed=frozenset({"B1-A11"})).detect_group(data) == []
+    allowed = replace(data, reverse_allowed=frozenset({"B1-A11"}))  # registry flag reverse_allowed
+    assert ReverseMeterDetector().detect_group(allowed) == []
 
 
 # Module status ---------------------------------------------------------------

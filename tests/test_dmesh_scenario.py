@@ -257,13 +257,17 @@ async def test_ingest_accepts_the_readings(storage: SqliteStorage) -> None:
         assert res.quarantined == 0 and not res.rejected
         accepted, resets = accepted + res.accepted, resets + res.resets
     assert accepted == int(data.present.sum())
-    assert resets == 1 + 2  # the flagged restart, and the reversed hours seen as counters gone backwards
+    assert resets == 1  # the flagged restart; the reversed hours are a counter running backwards, not resets
     keys = await storage.meter_keys()
     rows = await storage.readings(keys["B1-A01"], int(data.ts[0]), int(data.ts[-1]) + 1)
     flagged = rows.ts[(rows.flags & ReadingFlag.EPOCH_START) != 0].tolist()
     assert flagged == [int(data.ts[11])]
     rows = await storage.readings(keys["B1-IN"], int(data.ts[0]), int(data.ts[-1]) + 1)
     assert rows.pulses[-1] == litres(data, "B1-IN", 0, 30)
+    rows = await storage.readings(keys["B1-A03"], int(data.ts[0]), int(data.ts[-1]) + 1)
+    assert rows.ts[(rows.flags & ReadingFlag.BACKWARDS) != 0].tolist() == [int(data.ts[21]), int(data.ts[22])]
+    ran_back = (rows.counter[20:22] - rows.counter[21:23]) % 2**32  # what the counter lost in each hour
+    assert np.diff(rows.pulses)[20:22].tolist() == (-ran_back).tolist()
 
 
 def test_longer_scenario_begins_with_the_shorter_one() -> None:

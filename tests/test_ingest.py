@@ -20,6 +20,7 @@ from balans_edge.core.storage import StorageError
 from balans_edge.core.storage.sqlite import SqliteStorage
 
 from ingest_support import (
+    BACK,
     EPOCH,
     IMPLICIT,
     MEASURED,
@@ -122,6 +123,35 @@ async def test_implicit_backwards_counter(storage: RecordingStorage) -> None:
     assert await hours(storage, T0, T0 + 3 * H) == approx_hours(
         [(T0, 0.1, MEASURED), (T0 + H, None, MISSING), (T0 + 2 * H, 0.05, MEASURED)]
     )
+
+
+async def test_a_counter_running_backwards_gives_negative_pulses(storage: RecordingStorage) -> None:
+    # 5000 -> 4930 lost less than it still holds: a meter mounted the wrong way
+    # round (or a net totaliser), not a restart from 0. Its hours are negative,
+    # measured, and the readings say so; nothing is reset or left unknown.
+    res = await new_ingest(storage).ingest([r(T0, 5000), r(T0 + H, 4930), r(T0 + 2 * H, 4900), r(T0 + 3 * H, 4950)])
+    assert res.resets == 0
+    assert await stored(storage) == [
+        (T0, 5000, 5000, 0, 0),
+        (T0 + H, 4930, 4930, 0, BACK),
+        (T0 + 2 * H, 4900, 4900, 0, BACK),
+        (T0 + 3 * H, 4950, 4950, 0, 0),
+    ]
+    await IntervalWorker(storage).process()
+    assert await hours(storage, T0, T0 + 3 * H) == approx_hours(
+        [(T0, -0.07, MEASURED), (T0 + H, -0.03, MEASURED), (T0 + 2 * H, 0.05, MEASURED)]
+    )
+    # Running back past 0 wraps to the top of the range: still backwards.
+    await new_ingest(storage).ingest([r(T0, 20, channel=2), r(T0 + H, COUNTER_MODULUS - 30, channel=2)])
+    assert [(p, f) for *_, p, _, f in await stored(storage, "W2")] == [(20, 0), (-30, BACK)]
+
+
+async def test_a_meter_allowed_to_run_backwards_never_resets_silently(storage: RecordingStorage) -> None:
+    # 5000 -> 1000 would be a restart from 0 on another meter (it lost more than it holds).
+    await storage.registry_apply({"meters": [meter("W1", flags=frozenset({"reverse_allowed"}))]})
+    res = await new_ingest(storage).ingest([r(T0, 5000), r(T0 + H, 1000), r(T0 + 2 * H, 300, RESET)])
+    assert res.resets == 1  # the flagged restart only
+    assert [(p, f) for *_, p, _, f in await stored(storage)] == [(5000, 0), (1000, BACK), (1300, EPOCH)]
 
 
 async def test_jump_of_half_the_counter_range_is_backwards(storage: RecordingStorage) -> None:

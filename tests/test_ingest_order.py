@@ -197,19 +197,21 @@ async def test_back_filled_reset_shifts_later_readings(storage: RecordingStorage
 
 
 async def test_back_fill_removes_an_implicit_reset(storage: RecordingStorage) -> None:
-    # 0 -> 3e9 looks like a counter that went backwards; the reading between
-    # shows two forward steps of 1.5e9.
+    # 3e9 -> 1e9 looks like a counter that restarted from 0 (it lost more than it
+    # holds); the reading between shows two forward steps of 1,147,483,648 (through the wrap).
+    step = 1_147_483_648
+    await storage.registry_apply({"meters": [meter("W1", base_counter=3_000_000_000)]})
     ingest = new_ingest(storage)
-    await ingest.ingest([r(T0, 0), r(T0 + 2 * H, 3_000_000_000)])
+    await ingest.ingest([r(T0, 3_000_000_000), r(T0 + 2 * H, 1_000_000_000)])
     assert [f for *_, f in await stored(storage)] == [0, EPOCH | IMPLICIT]
     storage.writes.clear()
-    await ingest.ingest([r(T0 + H, 1_500_000_000)])
+    await ingest.ingest([r(T0 + H, 3_000_000_000 + step)])
     (write,) = storage.writes
     assert list(zip(write.updates.ts.tolist(), write.updates.flags.tolist(), strict=True)) == [(T0 + 2 * H, 0)]
     assert await stored(storage) == [
-        (T0, 0, 0, 0, 0),
-        (T0 + H, 1_500_000_000, 1_500_000_000, 0, 0),
-        (T0 + 2 * H, 3_000_000_000, 3_000_000_000, 0, 0),
+        (T0, 3_000_000_000, 0, 0, 0),
+        (T0 + H, 3_000_000_000 + step, step, 0, 0),
+        (T0 + 2 * H, 1_000_000_000, 2 * step, 0, 0),
     ]
 
 

@@ -9,7 +9,7 @@ from sanic.request import Request
 
 from balans_edge.core.ingest import ReadingBatch
 from balans_edge.core.intervals import aggregate, ceil_hour, floor_hour, to_points
-from balans_edge.core.model import Meter
+from balans_edge.core.model import Meter, ReadingFlag
 from balans_edge.core.storage import StorageError
 from balans_edge.routes import ApiError, Param, Route, body_json, iso, json, parse_period, parse_step
 
@@ -34,7 +34,8 @@ def routes(server: Server) -> list[Route]:
         rows = await server.storage.readings(key, t0, t1)
         values = meter.base_reading + rows.pulses * meter.pulse_weight
         points = [
-            {"t": iso(t), "value": round(v, 9), "counter": c, "status": s, "epoch_start": bool(f & 1)}
+            {"t": iso(t), "value": round(v, 9), "counter": c, "status": s,
+             "epoch_start": bool(f & ReadingFlag.EPOCH_START), "backwards": bool(f & ReadingFlag.BACKWARDS)}
             for t, v, c, s, f in zip(
                 rows.ts.tolist(), values.tolist(), rows.counter.tolist(), rows.status.tolist(),
                 rows.flags.tolist(), strict=True,

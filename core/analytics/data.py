@@ -49,6 +49,8 @@ class GroupData:
     """(H,) local day of the week, Monday 0."""
     pulse_weight: np.ndarray
     """(M,) unit per pulse of each member meter: its resolution."""
+    reverse_allowed: frozenset[str] = frozenset()
+    """Members whose flow may run backwards (registry flag ``reverse_allowed``)."""
     derived: dict[Any, Any] = field(default_factory=dict, repr=False, compare=False)
     """Results that several detectors need, computed once per window (a window is
     not changed once the detectors look at it; ``slice`` makes a new one)."""
@@ -84,7 +86,7 @@ class GroupData:
         h = slice(start, stop)
         return GroupData(self.group, self.t[h], self.meter_ids, self.values[:, h], self.quality[:, h],
                          self.status[:, h], self.input[h], self.others[h], self.local_hour[h], self.weekday[h],
-                         self.pulse_weight)
+                         self.pulse_weight, self.reverse_allowed)
 
 
 def local_calendar(t: np.ndarray, tz: ZoneInfo) -> tuple[np.ndarray, np.ndarray]:
@@ -135,7 +137,9 @@ async def load_group_data(storage: Storage, group: Group, members: list[Meter], 
                             t0, len(t))
     local_hour, weekday = local_calendar(t, tz)
     weights = np.array([m.pulse_weight for m in members], dtype=np.float64)
-    return GroupData(group, t, ids, values, quality, status, input_, others, local_hour, weekday, weights)
+    reversible = frozenset(m.meter_id for m in members if "reverse_allowed" in m.flags)
+    return GroupData(group, t, ids, values, quality, status, input_, others, local_hour, weekday, weights,
+                     reversible)
 
 
 async def _signed_sum(storage: Storage, meters: list[tuple[str, int]], keys: dict[str, int], t0: int,

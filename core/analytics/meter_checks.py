@@ -420,11 +420,10 @@ class StuckMeterDetector(GroupDetector):
 class ReverseMeterDetector(GroupDetector):
     """A meter mounted backwards: its counter runs down, and its module may say REVERSE.
 
-    Meters allowed to run backwards (a feed-in, a bidirectional meter) are
-    passed in ``allowed`` since the window carries no registry flags.
+    Meters allowed to run backwards (registry flag ``reverse_allowed``: a
+    feed-in, a bidirectional meter) are not reported.
     """
 
-    allowed: frozenset[str] = frozenset()
     min_hours: int = 3
     """Hours with a negative delta needed without the REVERSE flag (one may be a correction)."""
     name: str = "reverse-meter"
@@ -436,7 +435,7 @@ class ReverseMeterDetector(GroupDetector):
         out = []
         for r in np.flatnonzero(hit):
             meter = data.meter_ids[r]
-            if meter in self.allowed:
+            if meter in data.reverse_allowed:
                 continue
             first = int(np.argmax(negative[r] | flagged[r]))
             volume = float(-np.nansum(np.where(negative[r], data.values[r], 0.0)))
