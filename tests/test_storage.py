@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import threading
 from pathlib import Path
 
 import aiosqlite
@@ -12,6 +13,7 @@ import pytest
 
 from balans_edge.core.model import Account, Concentrator, Meter, RadioModule, Resource
 from balans_edge.core.storage import IngestWrite, ReadingRows, StorageError
+from balans_edge.core.storage import sqlite as backend
 from balans_edge.core.storage.migrations import LATEST, available, migrate
 from balans_edge.core.storage.sqlite import SqliteStorage
 
@@ -399,3 +401,22 @@ async def test_reader_never_sees_a_half_written_batch(storage: SqliteStorage) ->
     seen.add(len(await storage.readings(keys["W-1"], 0, 2**40)))
     assert seen <= {0, 2000}
     assert 2000 in seen
+
+
+async def test_many_registry_rows_become_objects_off_the_event_loop(storage: SqliteStorage, monkeypatch) -> None:
+    meters = [Meter(f"M{i:04d}", Resource.WATER, "m3", 0.001, 1_700_000_000, flags=frozenset({"valve"}))
+              for i in range(50)]
+    await storage.registry_apply({"meters": meters})
+    inline = await storage.registry_list("meters")
+    made_in: set[int] = set()
+    original = backend._from_row
+
+    def spy(kind: str, row: aiosqlite.Row) -> object:
+        made_in.add(threading.get_ident())
+        return original(kind, row)
+
+    monkeypatch.setattr(backend, "_from_row", spy)
+    monkeypatch.setattr(backend, "OFF_LOOP_ROWS", 10)  # 50 rows count as many here
+    assert await storage.registry_list("meters") == inline == meters
+    assert [m for _, m in await storage.meters_by_key()] == meters
+    assert made_in and threading.get_ident() not in made_in

@@ -16,10 +16,10 @@ import dataclasses
 import json
 import logging
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import aiosqlite
 
@@ -108,6 +108,20 @@ def _from_row(kind: str, row: aiosqlite.Row) -> Any:
             GroupInput(i[1:], -1) if i.startswith("-") else GroupInput(i) for i in values["inputs"].split(",") if i
         )
     return cls(**values)
+
+
+T = TypeVar("T")
+OFF_LOOP_ROWS = 2000
+"""Rows turned into registry objects in a worker thread from this many on."""
+
+
+async def _objects(rows: list[aiosqlite.Row], make: Callable[[aiosqlite.Row], T]) -> list[T]:
+    """Registry rows as objects; many of them in a worker thread, since 100,000
+    meters take a second and a half of Python that would hold the event loop
+    (and every concentrator waiting for its ACK) meanwhile."""
+    if len(rows) < OFF_LOOP_ROWS:
+        return [make(r) for r in rows]
+    return await asyncio.to_thread(lambda: [make(r) for r in rows])
 
 
 async def _pragma(db: aiosqlite.Connection, pragma: str) -> None:
@@ -280,7 +294,7 @@ class SqliteStorage(BalanceTables, DeviceReports, BridgeSlots, TagTable, ExportQ
     async def registry_list(self, kind: str) -> list[Any]:
         key = KEYS[kind]
         rows = await self._all(f"SELECT * FROM {kind} ORDER BY {key}")
-        return [_from_row(kind, r) for r in rows]
+        return await _objects(rows, lambda r: _from_row(kind, r))
 
     async def registry_get(self, kind: str, key: str | int) -> Any | None:
         rows = await self._all(f"SELECT * FROM {kind} WHERE {KEYS[kind]} = ?", (key,))
@@ -316,7 +330,7 @@ class SqliteStorage(BalanceTables, DeviceReports, BridgeSlots, TagTable, ExportQ
 
     async def meters_by_key(self) -> list[tuple[int, Meter]]:
         rows = await self._all("SELECT * FROM meters ORDER BY id")
-        return [(r["id"], _from_row("meters", r)) for r in rows]
+        return await _objects(rows, lambda r: (r["id"], _from_row("meters", r)))
 
     # ingest --------------------------------------------------------------
 

@@ -132,7 +132,7 @@ class PointBuilder:
         version = await self.storage.registry_version()
         if self._registry is None or self._registry.version != version:
             meters = dict(await self.storage.meters_by_key())
-            tree = await Tree.load(self.storage)
+            tree = await Tree.current(self.storage)
             self._registry = Registry(version, meters, dict(tree.groups), tree)
         return self._registry
 

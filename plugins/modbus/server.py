@@ -427,7 +427,7 @@ class ModbusServer:
         rmap = await load_map(self.server.storage, self.config, int(time.time()))
         from balans_edge.core.balance_queries import Tree
 
-        tree = await Tree.load(self.server.storage)
+        tree = await Tree.current(self.server.storage)
         resolution = {g: tree.resolution(g) for g in tree.groups}
         snapshot = snap.Snapshot(rmap, self.config, self.server.tz, self.server.config.balance.completeness_threshold,
                                  resolution)

@@ -270,7 +270,7 @@ class OpcuaServer:
     async def _new_values(self, meters: list[Any], groups: list[Any]) -> None:
         from balans_edge.core.balance_queries import Tree
 
-        tree = await Tree.load(self.server.storage)
+        tree = await Tree.current(self.server.storage)
         values = Values(meters, groups, self.server.tz, self.server.config.balance.completeness_threshold,
                         {g: tree.resolution(g) for g in tree.groups})
         now = time.time()
