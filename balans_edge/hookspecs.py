@@ -83,8 +83,8 @@ def register_detectors(server: Server) -> list[Detector] | None:
 def register_actuators(server: Server) -> list[Actuator] | None:
     """Contribute actuators that execute valve, relay and pump commands.
 
-    An actuator has a ``name``, ``handles(command) -> bool`` and
-    ``async execute(command) -> CommandOutcome``, and may have
+    An actuator has a ``name``, ``handles(command) -> bool`` (plain or async)
+    and ``async execute(command) -> CommandOutcome``, and may have
     ``owns(target) -> bool``: a command for an owned target goes only to its
     owners (never to a generic actuator that takes any valve command). Commands reach it only
     through the core actuation service, which audits who asked, when, why and

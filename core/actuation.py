@@ -9,6 +9,7 @@ and control policies all call ``execute``; none talks to an actuator directly.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -44,18 +45,22 @@ class ActuationService:
     def add(self, actuator: Actuator) -> None:
         self.actuators.append(actuator)
 
-    def route(self, command: Command) -> Actuator | None:
+    async def route(self, command: Command) -> Actuator | None:
         """The actuator that executes ``command``.
 
         An actuator may implement ``owns(target) -> bool`` to say that it drives
         that target (a Modbus valve, a pump). A command for an owned target
         goes only to its owners, and is refused when none of them handles its
         code; it never falls through to a generic actuator that accepts any
-        valve or relay command (the DMesh one). Other commands go to the first
-        actuator that handles them, in registration order.
+        valve or relay command. Other commands go to the first actuator that
+        handles them, in registration order. ``handles`` may be a coroutine
+        (an actuator that looks the target up in the registry).
         """
         owners = [a for a in self.actuators if _owns(a, command.target)]
-        return next((a for a in owners or self.actuators if a.handles(command)), None)
+        for actuator in owners or self.actuators:
+            if await _handles(actuator, command):
+                return actuator
+        return None
 
     async def execute(self, command: Command) -> Command:
         """Execute and audit one command; return it with id and outcome."""
@@ -67,7 +72,7 @@ class ActuationService:
         record = dataclasses.asdict(command)
         record["code"] = str(command.code)
         command = dataclasses.replace(command, id=await self.storage.journal_append("commands", record))
-        actuator = self.route(command)
+        actuator = await self.route(command)
         if actuator is None:
             owners = ", ".join(a.name for a in self.actuators if _owns(a, command.target))
             outcome, detail = "refused", (f"{command.target} is driven by {owners}, which takes no {command.code}"
@@ -86,6 +91,11 @@ class ActuationService:
         if self.observer is not None:
             await self.observer(command)
         return command
+
+
+async def _handles(actuator: Actuator, command: Command) -> bool:
+    answer = actuator.handles(command)
+    return bool(await answer) if inspect.isawaitable(answer) else bool(answer)
 
 
 def _owns(actuator: Actuator, target: str) -> bool:

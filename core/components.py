@@ -9,6 +9,7 @@ later analytics and control work builds on.
 from __future__ import annotations
 
 import enum
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -96,7 +97,7 @@ class Detector(Protocol):
 class Actuator(Protocol):
     name: str
 
-    def handles(self, command: Command) -> bool: ...
+    def handles(self, command: Command) -> bool | Awaitable[bool]: ...
 
     async def execute(self, command: Command) -> CommandOutcome: ...
 

@@ -10,7 +10,7 @@ import time
 
 import numpy as np
 
-from balans_edge.core.model import RawReading
+from balans_edge.core.model import Meter, RawReading, Resource
 from balans_edge.plugins.dmesh.codec import Command, CommandCode, CommandResult, CommandResultCode
 from balans_edge.plugins.dmesh.commands import hour_ranges, missing_hours
 from balans_edge.plugins.dmesh.concentrator import ConcentratorSettings, SimulatedConcentrator
@@ -149,6 +149,31 @@ async def test_a_command_interrupted_by_a_stop_is_failed_at_the_next_start(make_
 async def _pending(server) -> bool:
     records = await server.storage.journal_list("commands")
     return bool(records) and records[0]["outcome"] == "pending"
+
+
+async def test_a_valve_not_on_a_concentrator_is_left_to_the_actuator_that_drives_it(make_server, tmp_path):
+    from balans_edge.core.components import Command as Cmd
+    from balans_edge.core.components import CommandCode as Code
+    from balans_edge.core.components import CommandOutcome
+
+    server, _ = await start(make_server, tmp_path)
+    await server.storage.registry_apply({"meters": [Meter("V-9", Resource.WATER, "m3", 0.001, T0,
+                                                          flags=frozenset({"valve"}))]})
+
+    class StationValves:  # a partner's actuator without owns(): it takes any valve command it is given
+        name = "station"
+
+        def handles(self, command: Cmd) -> bool:
+            return command.code in (Code.VALVE_CLOSE, Code.VALVE_OPEN)
+
+        async def execute(self, command: Cmd) -> CommandOutcome:
+            return CommandOutcome(True, f"closed {command.target}")
+
+    server.actuation.add(StationValves())
+    on_module = await server.actuation.route(Cmd("W-1", Code.VALVE_CLOSE, "test", "r"))
+    assert on_module is not None and on_module.name == "dmesh"
+    done = await server.actuation.execute(Cmd("V-9", Code.VALVE_CLOSE, "policy:test", "burst"))
+    assert (done.outcome, done.detail) == ("done", "station: closed V-9")
 
 
 async def test_result_codes_map_to_failures(make_server, tmp_path):

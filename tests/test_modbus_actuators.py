@@ -130,7 +130,7 @@ async def test_a_modbus_target_never_goes_to_the_dmesh_actuator(make_server, tmp
         server = await make_server(base_config(tmp_path, plugins=plugins), http=False)
         await with_site(server)  # W-1 and W-2 are DMesh meters with a valve; W-1's valve is wired to the PLC
         kinds = [type(a) for a in server.actuation.actuators if isinstance(a, DmeshActuator | ModbusActuator)]
-        assert kinds == [DmeshActuator, ModbusActuator]  # DMesh comes first and accepts any valve command
+        assert kinds == [DmeshActuator, ModbusActuator]  # DMesh comes first and takes W-1 (on a concentrator)
         done = await server.actuation.execute(Command("W-1", CommandCode.VALVE_OPEN, "operator:1", "test"))
         assert done.outcome == "done" and done.detail.startswith("modbus: valve W-1 open")
         relay = await server.actuation.execute(Command("W-1", CommandCode.RELAY_OFF, "operator:1", "test"))

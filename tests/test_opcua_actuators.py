@@ -55,7 +55,7 @@ async def test_valve_closed_and_opened_by_method_call_through_the_meter_api(make
         site["meters"][1] = dataclasses.replace(site["meters"][1], flags=frozenset({"valve"}))
         await server.storage.registry_apply(site)
         kinds = [type(a) for a in server.actuation.actuators if isinstance(a, DmeshActuator | OpcuaActuator)]
-        assert kinds == [DmeshActuator, OpcuaActuator]  # DMesh comes first and accepts any valve command
+        assert kinds == [DmeshActuator, OpcuaActuator]  # DMesh comes first and takes W-1 (on a concentrator)
         await connected(server)
         http = client_for(server)
         r = await http.post("/api/v1/meters/W-1/commands", json={"command": "valve_close", "reason": "burst main"},

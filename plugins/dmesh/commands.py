@@ -319,8 +319,17 @@ class DmeshActuator:
     def __init__(self, driver: DmeshDriver) -> None:
         self.driver = driver
 
-    def handles(self, command: Command) -> bool:
-        return command.code in ACTUATING
+    async def handles(self, command: Command) -> bool:
+        """Valve and relay commands for meters on a module of a concentrator; a
+        valve elsewhere is left to the actuator that drives it."""
+        if command.code not in ACTUATING:
+            return False
+        storage = self.driver.server.storage
+        meter = await storage.registry_get("meters", command.target)
+        if meter is None or meter.module_id is None:
+            return False
+        module = await storage.registry_get("modules", meter.module_id)
+        return module is not None and module.concentrator_id is not None
 
     async def execute(self, command: Command) -> CommandOutcome:
         code, flag = ACTUATING[command.code]
