@@ -6,6 +6,7 @@ simulate`` in its own process)."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import math
 import sqlite3
@@ -42,6 +43,7 @@ BIN = Path(sys.executable).parent
 INSTALL = 1_704_067_200  # 2024-01-01 00:00 UTC
 KEYS = [{"id": 900001, "key": "key-900001-abcdef"}, {"id": 900002, "key": "key-900002-abcdef"}]
 VALVE_CLOSED = 1 << 5
+RELAY_OFF = 1 << 8
 
 
 # helpers ------------------------------------------------------------------------------
@@ -217,6 +219,38 @@ def test_command_answers(site: SiteModel) -> None:
     assert site.answer(far, CommandCode.VALVE_CLOSE, INSTALL + HOUR) == (
         CommandResultCode.DONE, VALVE_CLOSED, pytest.approx(2 * hop * hops))
     assert site.answer(far, CommandCode.PING_MODULE, INSTALL + HOUR)[:2] == (CommandResultCode.DONE, 0)
+
+
+def test_a_closed_valve_stops_the_meter_until_it_is_opened_again() -> None:
+    site = SiteModel(faulty_config(), install_time=INSTALL)  # its own: switching changes it
+    module, i = module_of(site, "B1-A05"), site.data.row("B1-A05")
+    closed, opened = INSTALL + 3 * HOUR + 600, INSTALL + 6 * HOUR + 1200
+
+    def reported(t: int) -> tuple[int, int]:
+        (record,) = [r for _, rs in site.records(site.ensure(t).batch_at(t)).items() for r in rs
+                     if r.module_id == module]
+        return record.counters[0], record.status & (VALVE_CLOSED | RELAY_OFF)
+
+    def model(t: int) -> int:
+        return site.data.counter_at(i, t)
+
+    site.switch(module, CommandCode.VALVE_CLOSE, closed)
+    assert reported(INSTALL + 2 * HOUR) == (model(INSTALL + 2 * HOUR), 0)  # the past is as it was
+    assert reported(INSTALL + 4 * HOUR) == reported(INSTALL + 5 * HOUR + 300) == (model(closed), VALVE_CLOSED)
+    site.switch(module, CommandCode.RELAY_OFF, INSTALL + 5 * HOUR)  # both off: still nothing flows
+    assert reported(INSTALL + 5 * HOUR + 600)[1] == VALVE_CLOSED | RELAY_OFF
+    site.switch(module, CommandCode.RELAY_ON, INSTALL + 5 * HOUR + 900)
+    site.switch(module, CommandCode.VALVE_OPEN, opened)
+    held = model(opened) - model(closed)
+    assert held > 0  # the household drew water meanwhile
+    after = INSTALL + 8 * HOUR
+    assert reported(after) == ((model(after) - held) % COUNTER_MODULUS, 0)  # on from where it stopped
+    assert site.profile(module, 1, INSTALL + HOUR, INSTALL + 9 * HOUR, after + HOUR) == [
+        reported(INSTALL + k * HOUR)[0] for k in range(1, 9)]
+    other = module_of(site, "B1-A06")
+    (record,) = [r for _, rs in site.records(site.ensure(after).batch_at(after)).items() for r in rs
+                 if r.module_id == other]
+    assert record.counters[0] == site.data.counter_at(site.data.row("B1-A06"), after)  # the neighbours flow on
 
 
 def test_ensure_extends_the_horizon_without_changing_the_past() -> None:
@@ -415,3 +449,35 @@ async def test_commands_reach_simulated_modules_over_tcp(make_server: Any, clien
     assert r.json()["outcome"] == "failed" and "UNKNOWN_MODULE" in r.json()["detail"]
     results = {x["command_id"]: x["result"] for x in await server.storage.command_results()}
     assert results == {journal["id"]: CommandResultCode.DONE, r.json()["id"]: CommandResultCode.UNKNOWN_MODULE}
+
+
+async def test_a_valve_closed_over_tcp_stops_the_simulated_meter_also_after_a_restart(
+        make_server: Any, client_for: Any, tmp_path: Path) -> None:
+    dmesh = {"port": 0, "concentrators": KEYS[:1], "backfill": False,
+             "simulator": {"enabled": True, "transport": "tcp", "buildings": 1, "apartments": 8,
+                           "history_hours": 1, "interval_s": 3600, "hop_delay_s": 0.01}}
+    config = base_config(tmp_path, plugins={"dmesh": dmesh})
+    server = await make_server(config)
+    sim = next(c for _, c in server.components if c.name == "dmesh-simulator")
+    async with asyncio.timeout(10):
+        await sim.tcp.drained()
+    meter = await server.storage.registry_get("meters", "B1-A05")
+    await server.storage.registry_apply({"meters": [dataclasses.replace(meter, flags=frozenset({"valve"}))]})
+    r = await client_for(server).post("/api/v1/meters/B1-A05/commands", headers=auth("operator"),
+                                      json={"command": "valve_close", "reason": "unpaid bills"})
+    assert r.json()["outcome"] == "done", r.json()
+    module, later = module_of(sim.site, "B1-A05"), int(time.time()) + 12 * HOUR
+
+    def reported(site: SiteModel) -> tuple[int, int]:
+        (record,) = [x for _, rs in site.records(site.ensure(later).batch_at(later)).items() for x in rs
+                     if x.module_id == module]
+        return record.counters[0], record.status & VALVE_CLOSED
+
+    before = reported(sim.site)
+    assert before[1] == VALVE_CLOSED
+    await server.stop()
+
+    # The new run's site starts open; the audited command closes it again, at the same time.
+    server = await make_server(config)
+    again = next(c for _, c in server.components if c.name == "dmesh-simulator")
+    assert again.site is not sim.site and reported(again.site) == before

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -193,6 +193,17 @@ class Truth:
     """One per fault, in the order the faults were given."""
 
 
+def counted(c0: Any, c1: Any) -> Any:
+    """Signed pulses from counter ``c0`` to ``c1`` (a reversed meter counts down; counters wrap)."""
+    half = COUNTER_MODULUS // 2
+    return (c1 - c0 + half) % COUNTER_MODULUS - half
+
+
+def between(c0: Any, c1: Any, into: int) -> Any:
+    """The counter ``into`` seconds into the hour from reading ``c0`` to ``c1``: moved on in proportion."""
+    return (c0 + counted(c0, c1) * into // HOUR) % COUNTER_MODULUS
+
+
 @dataclass(slots=True)
 class ScenarioData:
     """Generated readings (meters x readings) and the truth behind them."""
@@ -261,12 +272,15 @@ class ScenarioData:
             return self.batch(k)
         after = self.status[:, k + 1]
         rows = np.flatnonzero(self.present[:, k] & self.present[:, k + 1] & ((after & Status.COUNTER_RESET) == 0))
-        c0, c1 = self.counter[rows, k], self.counter[rows, k + 1]
-        half = COUNTER_MODULUS // 2
-        delta = (c1 - c0 + half) % COUNTER_MODULUS - half  # signed: a reversed meter counts down
-        counter = (c0 + np.floor(delta * (into / HOUR)).astype(np.int64)) % COUNTER_MODULUS
+        counter = between(self.counter[rows, k], self.counter[rows, k + 1], into)
         return ReadingBatch(self.module[rows], self.channel[rows], np.full(len(rows), t, dtype=np.int64),
                             counter, after[rows])
+
+    def counter_at(self, row: int, t: int) -> int:
+        """Row ``row``'s counter at any time ``t`` of the scenario, as ``batch_at`` has it."""
+        k, into = divmod(int(t) - int(self.ts[0]), HOUR)
+        c0 = int(self.counter[row, k])
+        return c0 if into == 0 else int(between(c0, int(self.counter[row, k + 1]), into))
 
     def all_batches(self) -> Iterator[ReadingBatch]:
         for k in range(len(self.ts)):

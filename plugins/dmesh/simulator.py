@@ -30,7 +30,7 @@ from typing import Literal
 import numpy as np
 
 from balans_edge.core.ingest import Ingest, ReadingBatch
-from balans_edge.core.model import Status
+from balans_edge.core.model import COUNTER_MODULUS, Status
 from balans_edge.core.storage import Storage, StorageError
 from balans_edge.core.tasks import cancel
 from balans_edge.plugins.dmesh.codec import (
@@ -62,6 +62,7 @@ from balans_edge.plugins.dmesh.scenario import (
     Stuck,
     Theft,
     Unmetered,
+    counted,
     generate,
 )
 from balans_edge.settings import setting
@@ -187,6 +188,23 @@ class SimulatorConfig:
 # The site ------------------------------------------------------------------------------
 
 
+SUPPLY_SWITCHES: dict[CommandCode, tuple[int, bool]] = {
+    CommandCode.VALVE_CLOSE: (Status.VALVE_CLOSED, True), CommandCode.VALVE_OPEN: (Status.VALVE_CLOSED, False),
+    CommandCode.RELAY_OFF: (Status.RELAY_OFF, True), CommandCode.RELAY_ON: (Status.RELAY_OFF, False),
+}
+"""Commands that switch a module's supply -> (its status flag, whether it turns the supply off)."""
+
+
+@dataclass
+class Supply:
+    """A module's valve and relay as commands left them."""
+
+    flags: int = 0
+    """VALVE_CLOSED and RELAY_OFF as they are now (0: open and on)."""
+    periods: list[list[int | None]] = field(default_factory=list)
+    """[from, until) of each time nothing flowed (until None: still off)."""
+
+
 class SiteModel:
     """The scenario of a site as time goes by, in the concentrators' terms.
 
@@ -207,6 +225,7 @@ class SiteModel:
         self.row_concentrator = np.array([self.concentrator_of[int(b)] for b in d.building], dtype=np.int64)
         self.parent, self.hops, self.rssi = _mesh(d)
         self._rows = {int(m): i for i, m in enumerate(d.module)}
+        self._supply: dict[int, Supply] = {}
 
     def _generate(self, hours: int) -> ScenarioData:
         scenario = self.config.scenario(self.install_time, hours, self.utc_offset_h)
@@ -233,12 +252,52 @@ class SiteModel:
         d = self.ensure(t)
         rows = np.searchsorted(d.module, batch.module)
         battery = d.battery_mv[rows, self.closing_reading(t)]
+        counter, status = self._switched(batch.module, batch.counter, batch.status, t)
         records: dict[int, list[ReadingRecord]] = {}
         for j, i in enumerate(rows.tolist()):
             records.setdefault(int(self.row_concentrator[i]), []).append(ReadingRecord(
-                int(d.module[i]), t, int(batch.status[j]), int(battery[j]), int(self.rssi[i]), int(self.hops[i]),
-                1, (int(batch.counter[j]),)))
+                int(d.module[i]), t, int(status[j]), int(battery[j]), int(self.rssi[i]), int(self.hops[i]),
+                1, (int(counter[j]),)))
         return records
+
+    # valves and relays -------------------------------------------------------------
+
+    def switch(self, module_id: int, code: int, t: int) -> None:
+        """A command the module carried out at ``t``: a closed valve or a relay
+        switched off stops its meter until both are open and on again."""
+        if code not in SUPPLY_SWITCHES or module_id not in self._rows:
+            return
+        flag, off = SUPPLY_SWITCHES[CommandCode(code)]
+        supply = self._supply.setdefault(module_id, Supply())
+        was = supply.flags
+        supply.flags = was | flag if off else was & ~flag
+        if supply.flags and not was:
+            supply.periods.append([t, None])
+        elif was and not supply.flags:
+            supply.periods[-1][1] = t
+
+    def _switched(self, modules: np.ndarray, counter: np.ndarray, status: np.ndarray,
+                  t: int) -> tuple[np.ndarray, np.ndarray]:
+        """Counters less what did not flow while supply was off, and the VALVE_CLOSED
+        and RELAY_OFF flags, of readings latched at ``t``."""
+        if not self._supply:
+            return counter, status
+        counter, status = counter.copy(), status.copy()
+        for j, module in enumerate(modules.tolist()):
+            supply = self._supply.get(module)
+            if supply is None:
+                continue
+            i = self._rows[module]
+            held = sum(self._flow(i, t0, t if t1 is None else min(t1, t)) for t0, t1 in supply.periods if t0 < t)
+            counter[j] = (int(counter[j]) - held) % COUNTER_MODULUS
+            if supply.periods and supply.periods[-1][1] is None and t >= supply.periods[-1][0]:
+                status[j] |= supply.flags
+        return counter, status
+
+    def _flow(self, i: int, t0: int, t1: int) -> int:
+        """Pulses the scenario counts on row ``i`` from ``t0`` to ``t1``."""
+        d = self.ensure(t1)
+        return int(counted(d.counter_at(i, t0), d.counter_at(i, t1)))
 
     def readings(self, batch: ReadingBatch) -> dict[int, list[Payload]]:
         """READINGS frames per concentrator for readings latched at one time."""
@@ -290,7 +349,11 @@ class SiteModel:
         for t in hours:
             k = (t - self.install_time) // HOUR
             ok = 0 <= k < len(d.ts) and t <= now and bool(d.present[i, k])
-            out.append(int(d.counter[i, k]) if ok else None)
+            if ok:
+                counter, _ = self._switched(np.array([module_id]), d.counter[[i], k], np.zeros(1, np.int64), t)
+                out.append(int(counter[0]))
+            else:
+                out.append(None)
         return out
 
     def answer(self, module_id: int, code: int, now: int) -> tuple[int, int, float]:
@@ -360,7 +423,11 @@ class TcpDelivery:
             self.concentrators[cid] = con
 
     def _answer(self, command: Command) -> tuple[int, int, float]:
-        return self.site.answer(command.module_id, command.code, int(self.clock()))
+        now = int(self.clock())
+        result = self.site.answer(command.module_id, command.code, now)
+        if result[0] == CommandResultCode.DONE:
+            self.site.switch(command.module_id, command.code, now)
+        return result
 
     def _profile(self, module_id: int, channel: int, t0: int, t1: int) -> list[int | None]:
         return self.site.profile(module_id, channel, t0, t1, int(self.clock()))
@@ -467,6 +534,28 @@ async def install_time(storage: Storage, now: int, history_hours: int) -> int:
     return (now - history_hours * HOUR) // HOUR * HOUR
 
 
+async def replay_switches(storage: Storage, site: SiteModel) -> int:
+    """Valves and relays as the audited DMesh commands left them. The model
+    starts every run open, so a restarted simulator would otherwise let water
+    through a valve an operator closed, and report what the valve held back as
+    a burst. Returns how many commands were replayed."""
+    from balans_edge.plugins.dmesh.commands import ACTUATING
+
+    codes = {str(code): dmesh for code, (dmesh, _) in ACTUATING.items()}
+    done = [c for c in reversed(await storage.journal_list("commands", 1_000_000))
+            if c["outcome"] == "done" and c["code"] in codes and c["detail"].startswith("dmesh:")]
+    if not done:
+        return 0
+    meters = {m.meter_id: m for m in await storage.registry_list("meters")}
+    replayed = 0
+    for c in done:
+        meter = meters.get(c["target"])
+        if meter is not None and meter.module_id is not None:
+            site.switch(meter.module_id, codes[c["code"]], int(c["t"]))
+            replayed += 1
+    return replayed
+
+
 class Simulator:
     """Server component: registers the simulated site and feeds its readings."""
 
@@ -489,6 +578,8 @@ class Simulator:
         self.site = site = SiteModel(self.config, start, self.utc_offset_h)
         site.ensure(now)
         await self.storage.registry_apply(site.registry())
+        if await replay_switches(self.storage, site):
+            log.info("dmesh simulator: valves and relays set as the audited commands left them")
         if self.make_tcp is not None:
             self.tcp = self.make_tcp(site)
             await self.tcp.start()
