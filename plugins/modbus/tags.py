@@ -21,15 +21,14 @@ OPC UA client (``balans_edge.core.tags``). Nothing here does I/O:
 
 from __future__ import annotations
 
-import math
-import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
-from balans_edge.core.tags import meter_collisions, meter_problems
+from balans_edge.core.tags import meter_collisions
 from balans_edge.plugins.modbus.values import ByteOrder, DataType, decode, register_count
 from balans_edge.settings import setting
+from balans_edge.tag_settings import TagSettings, tag_name
 
 Table = Literal["holding", "input", "coil", "discrete"]
 
@@ -38,18 +37,10 @@ MAX_REGISTERS = 125
 """Registers one read request may ask for (Modbus application protocol, FC 3 and 4)."""
 MAX_BITS = 2000
 """Coils or discrete inputs one read request may ask for (FC 1 and 2)."""
-NAME = re.compile(r"[A-Za-z0-9_.-]+")
-
-
-def _name(value: str) -> str | None:
-    return None if NAME.fullmatch(value) else "expected letters, digits, '_', '.' or '-' (it is part of a tag id)"
-
-
 @dataclass(frozen=True, kw_only=True)
-class TagConfig:
+class TagConfig(TagSettings):
     """One value read from a PLC: where it is, how it is encoded and scaled, how often it is read."""
 
-    name: str = setting(check=_name, doc="unique within its device; the tag id is '<device>/<name>'")
     table: Table = "holding"
     """holding | input (registers), coil | discrete (bits)."""
     address: int = setting(range=(0, 65535), doc="0-based protocol address (holding register 40001 is 0)")
@@ -57,34 +48,17 @@ class TagConfig:
     """Register tables only: uint16, int16, uint32, int32, float32, float64."""
     byte_order: ByteOrder = "ABCD"
     """ABCD, CDAB, BADC or DCBA (see values.py)."""
-    scale: float = setting(1.0, doc="value = raw * scale + offset")
-    offset: float = 0.0
-    unit: str = ""
     interval_s: float = setting(1.0, range=(0.01, 86400.0), doc="poll interval; tags are grouped by it")
-    deadband: float = setting(0.0, range=(0.0, 1e12), doc="store a sample when the value moved more than this")
-    meter_id: str = setting("", doc="make this totaliser a registry meter with this id")
-    module_id: int = setting(0, range=(0, 2**32 - 1), doc="the meter's virtual module number (unique)")
-    resource: Literal["water", "gas", "heat", "electricity"] = "water"
-    resolution: float = setting(0.0, range=(0.0, 1e9), doc="the meter's quantity per count (its pulse weight)")
-    reading_every_s: float = setting(60.0, range=(1.0, 86400.0), doc="a meter reading at most this often")
 
     def problems(self) -> list[str]:
-        """What is wrong with this tag on its own (its device names it in the error)."""
         out = []
         if self.table in BIT_TABLES and self.type != "uint16":
             out.append(f"type {self.type} does not apply to a {self.table} (a single bit)")
         elif self.address + self.count - 1 > 65535:
             out.append(f"{self.type} at address {self.address} runs past address 65535")
-        if self.scale == 0 or not math.isfinite(self.scale) or not math.isfinite(self.offset):
-            out.append("scale must be a non-zero number and offset a number")
-        if self.meter_id:
-            out += self._meter_problems()
-        return out
-
-    def _meter_problems(self) -> list[str]:
-        if self.table in BIT_TABLES:
-            return [f"a meter needs a totaliser in registers, not a {self.table}"]
-        return meter_problems(self)
+        if self.meter_id and self.table in BIT_TABLES:
+            return [*out, f"a meter needs a totaliser in registers, not a {self.table}"]
+        return out + super().problems()
 
     @property
     def count(self) -> int:
@@ -96,7 +70,7 @@ class TagConfig:
 class DeviceConfig:
     """A PLC (a Modbus slave) reached over TCP or over a serial line (RTU)."""
 
-    name: str = setting(check=_name, doc="unique; used in tag ids, actuators and logs")
+    name: str = setting(check=tag_name, doc="unique; used in tag ids, actuators and logs")
     transport: Literal["tcp", "rtu"] = "tcp"
     host: str = setting("127.0.0.1", doc="tcp: the PLC's (or gateway's) address")
     port: int = setting(502, range=(1, 65535), doc="tcp: its port")

@@ -12,7 +12,6 @@ after a restart.
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -20,8 +19,9 @@ from pathlib import Path
 from typing import Literal
 
 from balans_edge.core.readback import Kind, non_empty, same
-from balans_edge.core.tags import meter_collisions, meter_problems
+from balans_edge.core.tags import meter_collisions
 from balans_edge.settings import setting
+from balans_edge.tag_settings import TagSettings, tag_name
 
 Policy = Literal["None", "Basic256Sha256", "Aes128_Sha256_RsaOaep"]
 Mode = Literal["Sign", "SignAndEncrypt"]
@@ -30,7 +30,6 @@ Scalar = bool | int | float | str
 """A value written to or expected from a node, or a method argument (its type
 on the wire is the node's or the argument's declared DataType)."""
 
-NAME = re.compile(r"[A-Za-z0-9_.-]+")
 NODE_ID = re.compile(r"(?:(?P<ns>ns=\d+)|(?P<nsu>nsu=[^;]+));(?P<kind>[isgb])=(?P<id>.+)|(?P<kind0>[isgb])=(?P<id0>.+)")
 GUID = re.compile(r"[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}")
 ENDPOINT = re.compile(r"opc\.tcp://[^/:\s]+(?::\d{1,5})?(?:/\S*)?")
@@ -80,10 +79,6 @@ def _optional_node_id(value: str) -> str | None:
     return _node_id(value) if value else None
 
 
-def _name(value: str) -> str | None:
-    return None if NAME.fullmatch(value) else "expected letters, digits, '_', '.' or '-' (it is part of a tag id)"
-
-
 def _endpoint(value: str) -> str | None:
     return None if ENDPOINT.fullmatch(value) else f'expected an endpoint URL such as "opc.tcp://10.20.0.7:4840/", ' \
                                                   f'got "{value}"'
@@ -96,34 +91,15 @@ def _scalar(value: object) -> str | None:
 
 
 @dataclass(frozen=True, kw_only=True)
-class TagConfig:
+class TagConfig(TagSettings):
     """One value of a pumping station's OPC UA server: its node, how it is scaled,
     and whether the server reports changes (subscription) or it is read (poll)."""
 
-    name: str = setting(check=_name, doc="unique within its device; the tag id is '<device>/<name>'")
     node_id: str = setting(check=_node_id, doc='"ns=2;s=Tank.Level", "nsu=<namespace URI>;s=..." or "ns=3;i=1001"')
-    unit: str = ""
-    scale: float = setting(1.0, doc="value = raw * scale + offset (booleans read as 1 or 0)")
-    offset: float = 0.0
     read: ReadMode = "subscription"
     """subscription (the server reports changes) or poll (read every interval_s)."""
     interval_s: float = setting(1.0, range=(0.01, 86400.0),
                                 doc="subscription: the sampling interval asked of the server; poll: the poll interval")
-    deadband: float = setting(0.0, range=(0.0, 1e12), doc="store a sample when the value moved more than this")
-    meter_id: str = setting("", doc="make this totaliser a registry meter with this id")
-    module_id: int = setting(0, range=(0, 2**32 - 1), doc="the meter's virtual module number (unique)")
-    resource: Literal["water", "gas", "heat", "electricity"] = "water"
-    resolution: float = setting(0.0, range=(0.0, 1e9), doc="the meter's quantity per count (its pulse weight)")
-    reading_every_s: float = setting(60.0, range=(1.0, 86400.0), doc="a meter reading at most this often")
-
-    def problems(self) -> list[str]:
-        """What is wrong with this tag on its own (its device names it in the error)."""
-        out = []
-        if self.scale == 0 or not math.isfinite(self.scale) or not math.isfinite(self.offset):
-            out.append("scale must be a non-zero number and offset a number")
-        if self.meter_id:
-            out += meter_problems(self)
-        return out
 
     @property
     def node(self) -> NodeRef:
@@ -134,7 +110,7 @@ class TagConfig:
 class DeviceConfig:
     """An OPC UA server of a pumping station (or its PLC), read as a client."""
 
-    name: str = setting(check=_name, doc="unique; used in tag ids, actuators and logs")
+    name: str = setting(check=tag_name, doc="unique; used in tag ids, actuators and logs")
     endpoint: str = setting(check=_endpoint, doc='the server\'s endpoint URL, "opc.tcp://host:port/path"')
     security_policy: Policy = "None"
     """None (no signing, no encryption), Basic256Sha256 or Aes128_Sha256_RsaOaep."""
