@@ -123,6 +123,8 @@ class Scenario:
     stops)."""
     utc_offset_h: int = 0
     """Local time offset of the site, for the daily profile."""
+    valves: bool = False
+    """Apartment meters have a shut-off valve on their module (registry flag ``valve``)."""
     first_module: int = 2_000_000
     """Module of building b's input meter is first_module + (b-1)*1000; its
     apartment a has first_module + (b-1)*1000 + a."""
@@ -546,7 +548,8 @@ def generate(scenario: Scenario, faults: Sequence[AnyFault] = ()) -> ScenarioDat
     meters = [
         Meter(mid, Resource.WATER, "m3", PULSE_WEIGHT, scenario.start, module_id=module[i], channel=1,
               base_counter=int(counter[i, 0]), group_id=None if is_input[i] else f"B{building[i] + 1}",
-              account_id=None if is_input[i] else mid)
+              account_id=None if is_input[i] else mid,
+              flags=frozenset({"valve"}) if scenario.valves and not is_input[i] else frozenset())
         for i, mid in enumerate(ids)
     ]
     # Bigger households tend to live in bigger flats: the floor area follows the

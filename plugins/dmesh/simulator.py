@@ -162,6 +162,7 @@ class SimulatorConfig:
     interval_s: int = setting(60, range=(1, 86400), doc="reporting period of the live site")
     history_hours: int = setting(48, range=(0, 24 * 90), doc="hours of history sent at start (fast-forward)")
     hop_delay_s: float = setting(0.2, range=(0.0, 600.0), doc="a command's delay per radio hop")
+    valves: bool = setting(True, doc="apartment meters have a shut-off valve that commands close and open")
     seed: int = setting(1, range=(0, 2**31))
     faults: list[FaultConfig] = field(default_factory=list)
 
@@ -179,7 +180,7 @@ class SimulatorConfig:
     def scenario(self, start: int, hours: int, utc_offset_h: int = 0) -> Scenario:
         return Scenario(buildings=self.buildings, apartments=self.apartments, start=start, hours=hours,
                         seed=self.seed, network_loss=self.network_loss, mean_lph=self.mean_lph,
-                        utc_offset_h=utc_offset_h, event_litres=self.event_litres)
+                        utc_offset_h=utc_offset_h, event_litres=self.event_litres, valves=self.valves)
 
     def concentrator_ids(self) -> list[int]:
         return [FIRST_CONCENTRATOR + c for c in range(self.concentrators)]
