@@ -282,8 +282,9 @@ async def test_tags_over_http_and_in_storage(make_server, client_for, tmp_path):
         await p.set_value(1, "input", 3, 71.25, "float32", "DCBA")
         tags = [{"name": "pressure", "table": "input", "address": 3, "type": "float32", "byte_order": "DCBA",
                  "unit": "bar", "interval_s": 0.05}]
+        # stale_after: a stall of a loaded machine must not turn the tag stale and back (a stored change)
         server, client = await start(make_server, tmp_path,
-                                     [device("PS1", p.port, tags, store_every_s=3600.0)])
+                                     [device("PS1", p.port, tags, store_every_s=3600.0, stale_after=100.0)])
         http = client_for(server)
         assert (await http.get("/api/v1/tags")).status_code == 401
         body = await eventually(lambda: _good_tags(http))
