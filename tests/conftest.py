@@ -4,7 +4,6 @@ port of 127.0.0.1, an HTTP client with tokens of each role."""
 from __future__ import annotations
 
 import asyncio
-import bisect
 import dataclasses
 import inspect
 import os
@@ -29,16 +28,6 @@ TOKENS = {
     "viewer": "viewer-token-0123456789",
 }
 T0 = 1390176000  # 2014-01-20 00:00:00 UTC, the protocol document's epoch
-
-
-def shown_between(shown: list[tuple[float, float]], t0: float, t1: float) -> list[float]:
-    """Values a simulated device showed at some time in [t0, t1] (``shown`` is the
-    (time, value) of every change in order): the one current at t0 and those set
-    until t1. A reading is right when its value is one of these: a device's value
-    is a step function of time, whatever the machine's load does to the updates."""
-    times = [t for t, _ in shown]
-    lo = max(bisect.bisect_right(times, t0) - 1, 0)
-    return [v for _, v in shown[lo : bisect.bisect_right(times, t1)]]
 
 
 async def eventually(check: Callable[[], Any], timeout: float = 5.0) -> Any:

@@ -9,15 +9,14 @@ from __future__ import annotations
 import asyncio
 import sys
 import textwrap
-import time
 import tomllib
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 from modbus_support import plc
 from pymodbus.constants import ExcCodes
+from totaliser_support import ReplayedTotaliser
 
 from balans_edge.config import parse_config
 from balans_edge.core.bus import TagValues
@@ -29,7 +28,7 @@ from balans_edge.plugins.modbus.tags import TagConfig, plan
 from balans_edge.plugins.modbus.values import BYTE_ORDERS, DATA_TYPES, register_count
 from balans_edge.settings import ConfigError
 
-from conftest import auth, base_config, eventually, shown_between
+from conftest import auth, base_config, eventually
 
 BIN = Path(sys.executable).parent
 FAST = {"timeout_s": 0.25, "retries": 0, "reconnect_min_s": 0.05, "reconnect_max_s": 0.2, "store_every_s": 0.0}
@@ -372,26 +371,14 @@ async def _good_tags(http) -> Any:
 
 async def test_totaliser_becomes_a_meter_with_readings_and_hourly_consumption(make_server, client_for, tmp_path,
                                                                                monkeypatch):
-    hour = 3600
-    t0 = (int(time.time()) // hour - 4) * hour
-    go: list[float] = []
-    shown: list[tuple[float, float]] = []  # (station time, m3) of every value the PLC showed
-
-    def replayed() -> float:  # from "go" on, one real second is one hour of the station's life, four hours ago
-        return t0 + (time.monotonic() - go[0]) * hour if go else float(t0)
-
-    monkeypatch.setattr(client_module, "wall_clock", replayed)
+    station = ReplayedTotaliser()
+    monkeypatch.setattr(client_module, "wall_clock", station.clock)
     async with plc() as p:
 
-        async def station() -> None:  # the PLC's flow totaliser: 1000 m3, then 10 m3 per hour, in litres
-            while True:
-                at = replayed()
-                litres = round((1000 + 10 * (at - t0) / hour) * 1000)
-                await p.set_value(1, "holding", 20, litres, "uint32", "CDAB")
-                shown.append((at, litres / 1000))
-                await asyncio.sleep(0.005)
+        async def show(at: float, litres: int) -> None:  # the PLC's flow totaliser, in litres
+            await p.set_value(1, "holding", 20, litres, "uint32", "CDAB")
 
-        running = asyncio.create_task(station())
+        running = asyncio.create_task(station.run(show))
         await asyncio.sleep(0.02)
         tags = [{"name": "outflow", "address": 20, "type": "uint32", "byte_order": "CDAB", "scale": 0.001,
                  "unit": "m3", "interval_s": 0.05, "meter_id": "PS1-OUT", "module_id": 900001,
@@ -403,35 +390,14 @@ async def test_totaliser_becomes_a_meter_with_readings_and_hourly_consumption(ma
             meter = await server.storage.registry_get("meters", "PS1-OUT")
             assert meter == Meter("PS1-OUT", Resource.WATER, "m3", 0.001, meter.install_time, module_id=900001,
                                   channel=1)
-            assert meter.install_time == t0  # made at start, in the station's time
+            assert meter.install_time == station.t0  # made at start, in the station's time
             assert await server.storage.registry_get("modules", 900001) == RadioModule(900001, None, channels=1)
-            # the station's clock starts only once its reading at t0 is stored: the first hour needs its start
             http = client_for(server)
-            url = f"/api/v1/meters/PS1-OUT/readings?from={t0}&to={t0 + 1}"
-            async with asyncio.timeout(10):
-                while not (await http.get(url, headers=auth("viewer"))).json()["readings"]:
-                    await asyncio.sleep(0.01)
-            go.append(time.monotonic())
+            await station.start(http, "PS1-OUT")
             await asyncio.sleep(2.6)
         finally:
             running.cancel()
-    r = await http.get(f"/api/v1/meters/PS1-OUT/consumption?from={t0}&to={t0 + 3 * hour}", headers=auth("viewer"))
-    assert r.status_code == 200, r.text
-    points = r.json()["points"]
-    full = [pt for pt in points if pt["quality"] == "measured"]
-    assert len(full) >= 2, points
-    for pt in full:
-        assert pt["value"] == pytest.approx(10.0, abs=0.3)
-    readings = (await http.get(f"/api/v1/meters/PS1-OUT/readings?from={t0}&to={t0 + 4 * hour}",
-                               headers=auth("viewer"))).json()["readings"]
-    assert len(readings) > 30
-    for reading in readings:  # the register reads what the PLC's totaliser said then
-        at = datetime.fromisoformat(reading["t"].replace("Z", "+00:00")).timestamp()
-        # what it showed shortly before the reading's time (the request's or the keep-alive's way
-        # back takes a few ms: at this speed, a station minute), or in its whole second
-        shown_then = shown_between(shown, at - 0.1 * hour, at + 1)
-        assert any(abs(v - reading["value"]) < 1e-6 for v in shown_then), (reading, shown_then)
-        assert reading["counter"] == round(reading["value"] * 1000)
+    await station.check(http, "PS1-OUT", min_readings=30)
     assert server.ingest.totals.quarantined == 0 and not server.ingest.totals.rejected
 
 

@@ -13,7 +13,6 @@ import stat
 import sys
 import textwrap
 import time
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +22,7 @@ from asyncua import ua
 from cryptography.hazmat.primitives.serialization import Encoding
 from modbus_support import plc
 from opcua_support import NAMESPACE, Station, station
+from totaliser_support import ReplayedTotaliser
 
 from balans_edge.config import parse_config
 from balans_edge.core.bus import TagValues
@@ -36,7 +36,7 @@ from balans_edge.plugins.opcua.client_pki import ensure_client_certificate
 from balans_edge.routes import iso
 from balans_edge.settings import ConfigError
 
-from conftest import auth, base_config, eventually, shown_between
+from conftest import auth, base_config, eventually
 
 BIN = Path(sys.executable).parent
 FAST = {"timeout_s": 0.5, "watchdog_s": 0.2, "reconnect_min_s": 0.05, "reconnect_max_s": 0.2,
@@ -277,26 +277,14 @@ async def test_a_fault_in_one_device_does_not_stop_another(make_server, tmp_path
 
 async def test_totaliser_becomes_a_meter_with_readings_and_hourly_consumption(make_server, client_for, tmp_path,
                                                                                monkeypatch):
-    hour = 3600
-    t0 = (int(time.time()) // hour - 4) * hour
-    go: list[float] = []
-    shown: list[tuple[float, float]] = []  # (station time, m3) of every value the station showed
-
-    def replayed() -> float:  # from "go" on, one real second is one hour of the station's life, four hours ago
-        return t0 + (time.monotonic() - go[0]) * hour if go else float(t0)
-
-    monkeypatch.setattr(client_module, "wall_clock", replayed)
+    totaliser = ReplayedTotaliser()
+    monkeypatch.setattr(client_module, "wall_clock", totaliser.clock)
     async with station() as s:
 
-        async def totaliser() -> None:  # 1000 m3, then 10 m3 per hour, in litres, stamped by the station
-            while True:
-                at = replayed()
-                litres = round((1000 + 10 * (at - t0) / hour) * 1000)
-                await s.set("total", litres, at=at)
-                shown.append((at, litres / 1000))
-                await asyncio.sleep(0.005)
+        async def show(at: float, litres: int) -> None:  # in litres, stamped by the station
+            await s.set("total", litres, at=at)
 
-        running = asyncio.create_task(totaliser())
+        running = asyncio.create_task(totaliser.run(show))
         await asyncio.sleep(0.02)
         tags = [{"name": "outflow", "node_id": s.node_id("total"), "scale": 0.001, "unit": "m3",
                  "interval_s": 0.02, "meter_id": "PS2-OUT", "module_id": 900002, "resolution": 0.001,
@@ -304,34 +292,14 @@ async def test_totaliser_becomes_a_meter_with_readings_and_hourly_consumption(ma
         server, _ = await start(make_server, tmp_path, [device("PS2", s.url, tags)], intervals={"debounce_s": 0.0})
         try:
             meter = await server.storage.registry_get("meters", "PS2-OUT")
-            assert meter == Meter("PS2-OUT", Resource.WATER, "m3", 0.001, t0, module_id=900002, channel=1)
+            assert meter == Meter("PS2-OUT", Resource.WATER, "m3", 0.001, totaliser.t0, module_id=900002, channel=1)
             assert await server.storage.registry_get("modules", 900002) == RadioModule(900002, None, channels=1)
-            # the station's clock starts only once its reading at t0 is stored: the first hour needs its start
             http = client_for(server)
-            url = f"/api/v1/meters/PS2-OUT/readings?from={t0}&to={t0 + 1}"
-            async with asyncio.timeout(10):
-                while not (await http.get(url, headers=auth("viewer"))).json()["readings"]:
-                    await asyncio.sleep(0.01)
-            go.append(time.monotonic())
+            await totaliser.start(http, "PS2-OUT")
             await asyncio.sleep(2.6)
         finally:
             running.cancel()
-    r = await http.get(f"/api/v1/meters/PS2-OUT/consumption?from={t0}&to={t0 + 3 * hour}", headers=auth("viewer"))
-    assert r.status_code == 200, r.text
-    full = [pt for pt in r.json()["points"] if pt["quality"] == "measured"]
-    assert len(full) >= 2, r.json()["points"]
-    for pt in full:
-        assert pt["value"] == pytest.approx(10.0, abs=0.3)
-    readings = (await http.get(f"/api/v1/meters/PS2-OUT/readings?from={t0}&to={t0 + 4 * hour}",
-                               headers=auth("viewer"))).json()["readings"]
-    assert len(readings) > 20
-    for reading in readings:  # the register reads what the station's totaliser said at that time
-        at = datetime.fromisoformat(reading["t"].replace("Z", "+00:00")).timestamp()
-        # what it showed shortly before the reading's time (the request's or the keep-alive's way
-        # back takes a few ms: at this speed, a station minute), or in its whole second
-        shown_then = shown_between(shown, at - 0.1 * hour, at + 1)
-        assert any(abs(v - reading["value"]) < 1e-6 for v in shown_then), (reading, shown_then)
-        assert reading["counter"] == round(reading["value"] * 1000)
+    await totaliser.check(http, "PS2-OUT", min_readings=20)
     assert server.ingest.totals.quarantined == 0 and not server.ingest.totals.rejected
 
 
