@@ -32,7 +32,6 @@ import argparse
 import asyncio
 import json
 import shutil
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -45,6 +44,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import httpx
+from procs import free_port
 
 sys.path.insert(0, str(Path(__file__).parent))
 from ingest import METERS, Readings, registry, synthesize
@@ -63,12 +63,6 @@ SETUPS: dict[str, list[ExportTarget]] = {
     "2 targets": [ExportTarget("a", ("readings",), 10_000_000), ExportTarget("b", ("readings",), 10_000_000)],
 }
 SITE = "bench site"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # 1. overhead on ingest -----------------------------------------------------------------------

@@ -28,7 +28,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import socket
 import struct
 import subprocess
 import sys
@@ -38,29 +37,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from procs import cpu_seconds, free_port, pin
 
 BIN = Path(sys.executable).parent
 T_INSTALL = 1_704_067_200
 METER_BLOCK = 24
 METERS_BASE = 10000
-TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of a process (Linux)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICKS
-
-
-def pin(pid: int, core: int) -> None:
-    if hasattr(os, "sched_setaffinity") and (os.cpu_count() or 1) > 1:
-        os.sched_setaffinity(pid, {core})
 
 
 async def wait_port(port: int, timeout: float = 30.0) -> None:

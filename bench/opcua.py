@@ -33,7 +33,6 @@ import contextlib
 import logging
 import os
 import re
-import socket
 import subprocess
 import sys
 import tempfile
@@ -41,30 +40,15 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from procs import cpu_seconds, free_port, pin
+
 BIN = Path(sys.executable).parent
-TICKS = os.sysconf("SC_CLK_TCK")
 TOKEN = "bench-operator-token-0123456789"
 NS = "urn:balans-edge:opcua"
 PUBLISHING_MS = 100
 SETTLE_S = 1.5
 """Wait after each round, inside the CPU window, for the server's background work (hourly
 consumption, balances) to finish, so rounds with and without OPC UA are comparable."""
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICKS
-
-
-def pin(pid: int, core: int) -> None:
-    if hasattr(os, "sched_setaffinity") and (os.cpu_count() or 1) > 1:
-        os.sched_setaffinity(pid, {core})
 
 
 # balans-edge --------------------------------------------------------------------------------------
