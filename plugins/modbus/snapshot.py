@@ -101,6 +101,24 @@ def derive(cols: dict[str, np.ndarray], norms: np.ndarray, resolution: np.ndarra
     return Derived(inp, consumed, imbalance, loss, np.round(share * 10000), flags)
 
 
+class KeyRows:
+    """Rows of a bridge's meters for internal meter keys, and which keys are its
+    own: a binary search over the sorted keys for a whole batch of readings at
+    once (the Modbus map and the OPC UA values both look readings up this way)."""
+
+    def __init__(self, keys: np.ndarray) -> None:
+        keys = np.asarray(keys, dtype=np.int64)
+        self._order = np.argsort(keys, kind="stable")
+        self._sorted = keys[self._order]
+
+    def __call__(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        keys = np.asarray(keys, dtype=np.int64)
+        if not len(self._sorted):
+            return np.zeros(len(keys), dtype=np.int64), np.zeros(len(keys), dtype=bool)
+        at = np.minimum(np.searchsorted(self._sorted, keys), len(self._sorted) - 1)
+        return self._order[at], self._sorted[at] == keys
+
+
 class Snapshot:
     """The register image of one map and the per-meter state behind it."""
 
@@ -117,8 +135,7 @@ class Snapshot:
         self.meter_addr = np.array([p.address for p in meters], dtype=np.int64)
         self.row_of_key = {p.key: i for i, p in enumerate(meters)}
         keys = np.array([-1 if p.key is None else p.key for p in meters], dtype=np.int64)
-        self._by_key = np.argsort(keys, kind="stable")
-        self._sorted_keys = keys[self._by_key]
+        self.rows_of = KeyRows(keys)
         self.row_of_id = {p.object_id: i for i, p in enumerate(meters)}
         self.keys = [int(p.key) for p in meters if p.key is not None]
         self.base = np.array([p.meter.base_reading for p in meters], dtype=np.float64)
@@ -190,14 +207,6 @@ class Snapshot:
             coils = self.coil_addr[kind][rows]
             has = coils >= 0
             self.image.coils[coils[has]] = (state[has] == 1.0).astype(np.uint8)
-
-    def rows_of(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Rows of the map's meters for internal keys, and which keys are in the map."""
-        keys = np.asarray(keys, dtype=np.int64)
-        at = np.minimum(np.searchsorted(self._sorted_keys, keys), max(len(self._sorted_keys) - 1, 0))
-        if not len(self._sorted_keys):
-            return np.zeros(len(keys), dtype=np.int64), np.zeros(len(keys), dtype=bool)
-        return self._by_key[at], self._sorted_keys[at] == keys
 
     def readings(self, rows_of: Any) -> None:
         """Newest readings (``ReadingRows``) into register value, pulses, status, states."""

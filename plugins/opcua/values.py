@@ -66,8 +66,7 @@ class Values:
         self.meter_ids = [meter_id(m.meter_id) for _, m in meters]
         self.row_of_meter = {m.meter_id: i for i, (_, m) in enumerate(meters)}
         keys = np.array(self.keys, dtype=np.int64)
-        self._by_key = np.argsort(keys, kind="stable")
-        self._sorted_keys = keys[self._by_key]
+        self.rows_of = snap.KeyRows(keys)
         self.base = np.array([m.base_reading for _, m in meters], dtype=np.float64)
         self.weight = np.array([m.pulse_weight for _, m in meters], dtype=np.float64)
         self.value = np.full(n, np.nan)
@@ -88,14 +87,6 @@ class Values:
         self.periods: dict[str, dict[str, np.ndarray]] = {}
 
     # filled by the snapshot functions -------------------------------------------------------
-
-    def rows_of(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Rows of internal meter keys, and which of the keys are ours."""
-        keys = np.asarray(keys, dtype=np.int64)
-        if not len(self._sorted_keys):
-            return np.zeros(len(keys), dtype=np.int64), np.zeros(len(keys), dtype=bool)
-        at = np.minimum(np.searchsorted(self._sorted_keys, keys), len(self._sorted_keys) - 1)
-        return self._by_key[at], self._sorted_keys[at] == keys
 
     def readings(self, rows_of: Any) -> None:
         """The newest readings (``ReadingRows``): register value, status, reported valve and relay."""
