@@ -299,10 +299,14 @@ async def test_tags_over_http_and_in_storage(make_server, client_for, tmp_path):
         assert client.pollers[0].polls >= 4
         await p.set_value(1, "input", 3, 72.0, "float32", "DCBA")
         assert await eventually(lambda: tags_of(client)["PS1/pressure"]["value"] == 72.0)
-        await server.storage.flush()
-        history = (await http.get("/api/v1/tags/history?tag=PS1/pressure&from=0&to=9999999999",
-                                  headers=auth("viewer"))).json()
-        assert [s["value"] for s in history["samples"]][-1] == 72.0
+
+        async def stored_change() -> bool:  # the state changes first, its recording follows
+            await server.storage.flush()
+            history = (await http.get("/api/v1/tags/history?tag=PS1/pressure&from=0&to=9999999999",
+                                      headers=auth("viewer"))).json()
+            return [s["value"] for s in history["samples"]] == [71.25, 72.0]
+
+        assert await eventually(stored_change)
 
 
 async def test_command_line_reads_a_device_once_and_lists_stored_tags(make_server, tmp_path):

@@ -165,8 +165,14 @@ async def test_values_quality_and_source_times_through_http_and_storage(make_ser
         reads = client.devices["PS2"].reads
         await s.set("level", 3.75)
         assert await eventually(lambda: tags_of(client)["PS2/level"]["value"] == 3.75)
-        await server.storage.flush()
-        history = await get(http, "/api/v1/tags/history?tag=PS2/level&from=0&to=9999999999")
+
+        async def stored_level() -> Any:  # the state changes at once; its recording follows in a batch
+            await server.storage.flush()
+            found = await get(http, "/api/v1/tags/history?tag=PS2/level&from=0&to=9999999999")
+            return found if found["samples"] and found["samples"][-1]["value"] == 3.75 else None
+
+        history = await eventually(stored_level)
+        assert history, "the new level was not stored"
         assert [(x["value"], x["quality"]) for x in history["samples"]] == [(3.5, "good"), (3.75, "good")]
         assert history["samples"][0]["ts"] == iso(int(changed_at))
         assert client.devices["PS2"].notifications >= 3
