@@ -175,7 +175,7 @@ def chain(
     status: np.ndarray,
     prev_counter: np.ndarray,
     prev_pulses: np.ndarray,
-    reversible: np.ndarray | None = None,
+    reversible: np.ndarray,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Cumulative pulses and flags of readings sorted by (meter, ts).
 
@@ -202,9 +202,7 @@ def chain(
     # backwards (a meter mounted the wrong way round, a net totaliser): it lost
     # less than it holds. A meter allowed to run backwards always runs backwards.
     drop = COUNTER_MODULUS - delta
-    reverse = back & (counter >= drop)
-    if reversible is not None:
-        reverse |= back & reversible[seg]
+    reverse = back & ((counter >= drop) | reversible[seg])
     implicit = back & ~reverse
     inc = np.where(explicit | implicit, counter, np.where(reverse, delta - COUNTER_MODULUS, delta))
     csum = np.cumsum(inc)

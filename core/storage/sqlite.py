@@ -512,7 +512,8 @@ class SqliteStorage(BalanceTables, DeviceReports, BridgeSlots, TagTable, ExportQ
         await self._submit([(
             "UPDATE commands SET outcome = 'failed', detail = CASE WHEN detail = '' THEN ? ELSE detail || '; ' || ? "
             "END WHERE id = ? AND outcome = 'pending'", [(note, note, i) for i in pending])])
-        return [r for i in pending if (r := await self.journal_get("commands", i)) is not None]
+        marks = ", ".join("?" * len(pending))
+        return [dict(r) for r in await self._all(f"SELECT * FROM commands WHERE id IN ({marks}) ORDER BY id", pending)]
 
     # findings ---------------------------------------------------------------
 
