@@ -30,13 +30,14 @@ import asyncio
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from balans_edge.core.bus import EventBus, ReadingsCommitted
 from balans_edge.core.model import COUNTER_MODULUS, Meter, RawReading, ReadingFlag, Status
+from balans_edge.core.periods import MeterPeriod, first_period
 from balans_edge.core.storage import IngestWrite, ReadingRows, Storage
 
 log = logging.getLogger(__name__)
@@ -111,21 +112,41 @@ class ReadingBatch:
 class MeterMap:
     """Vectorised lookup (module, channel, time) -> meter key.
 
-    A channel may carry a sequence of meters over time (replacements): the meter
-    installed last at or before the reading's time owns it, unless it was
-    removed by then.
+    A channel may carry a sequence of meters over time (replacements, a module
+    moved to another meter): the meter whose period on it began last at or
+    before the reading's time owns it, unless that period had ended by then
+    (the meter was removed or moved off the channel). Built from the meters'
+    parameter periods (``core.periods``), one entry per stretch of time a meter
+    spent on one channel.
+
+    A meter moved to another module or channel, or given a new base counter,
+    starts a counter epoch: its first reading there is chained from the
+    period's base counter, not from the previous module's counter.
     """
 
-    def __init__(self, meters: list[tuple[int, Meter]]) -> None:
-        wired = [(k, m) for k, m in meters if m.module_id is not None and m.channel is not None]
-        wired.sort(key=lambda km: (km[1].module_id * CHANNELS + km[1].channel, km[1].install_time))
-        self.chan = np.array([m.module_id * CHANNELS + m.channel for _, m in wired], dtype=np.int64)
-        self.install = np.array([m.install_time for _, m in wired], dtype=np.int64)
-        self.removed = np.array(
-            [m.removed_time if m.removed_time is not None else np.iinfo(np.int64).max for _, m in wired],
-            dtype=np.int64,
-        )
-        self.key = np.array([k for k, _ in wired], dtype=np.int64)
+    def __init__(self, meters: list[tuple[int, Meter]],
+                 periods: Mapping[int, Sequence[MeterPeriod]] | None = None) -> None:
+        never = int(np.iinfo(np.int64).max)
+        entries: list[tuple[int, int, int, int]] = []  # (channel code, from, until, meter key)
+        epochs: list[tuple[int, int, int]] = []  # (meter key, from, base counter)
+        for k, m in meters:
+            ps = (periods or {}).get(k) or [first_period(m)]
+            end = never if m.removed_time is None else m.removed_time
+            for i, p in enumerate(ps):
+                until = min(ps[i + 1].valid_from, end) if i + 1 < len(ps) else end
+                wiring = (p.module_id, p.channel, p.base_counter)
+                if i == 0 or wiring != (ps[i - 1].module_id, ps[i - 1].channel, ps[i - 1].base_counter):
+                    epochs.append((k, p.valid_from, p.base_counter))
+                if p.module_id is None or p.channel is None:
+                    continue
+                code = p.module_id * CHANNELS + p.channel
+                if entries and entries[-1][0] == code and entries[-1][3] == k and entries[-1][2] == p.valid_from:
+                    entries[-1] = (code, entries[-1][1], until, k)  # same channel, only other parameters changed
+                else:
+                    entries.append((code, p.valid_from, until, k))
+        entries.sort(key=lambda e: (e[0], e[1]))
+        table = np.array(entries, dtype=np.int64).reshape(-1, 4)
+        self.chan, self.install, self.removed, self.key = table.T.copy()
         size = max((k for k, _ in meters), default=0) + 1
         self.base_counter = np.zeros(size, dtype=np.int64)
         self.reversible = np.zeros(size, dtype=bool)
@@ -133,6 +154,30 @@ class MeterMap:
             self.base_counter[k] = m.base_counter
             self.reversible[k] = "reverse_allowed" in m.flags
         self.size = size
+        ep = np.array(sorted(epochs), dtype=np.int64).reshape(-1, 3)
+        self.epoch_meter, self.epoch_base = ep[:, 0].copy(), ep[:, 2].copy()
+        self._epoch_keys = _epoch_key(ep[:, 0], ep[:, 1])
+        self.rewired = len(ep) > len(np.unique(ep[:, 0]))
+        """Some meter has more than one counter epoch (so chaining must look for restarts)."""
+
+    def epoch(self, meter: np.ndarray, ts: np.ndarray) -> np.ndarray:
+        """Index of the counter epoch of each (meter, time)."""
+        idx = np.searchsorted(self._epoch_keys, _epoch_key(meter, ts), side="right") - 1
+        return np.maximum(idx, np.searchsorted(self.epoch_meter, meter, side="left"))
+
+    def restarts(self, meter: np.ndarray, ts: np.ndarray, prev_epoch: np.ndarray | None,
+                 starts: np.ndarray) -> np.ndarray | None:
+        """For ``chain``: per reading (sorted by meter, time), the counter to chain
+        it from when it is the first of a new epoch, else -1. ``prev_epoch`` is the
+        epoch of the reading before each segment (-1: none, chain from the base
+        counter). None when no meter was ever re-wired."""
+        if not self.rewired or not len(ts):
+            return None
+        e = self.epoch(meter, ts)
+        before = np.empty(len(e), dtype=np.int64)
+        before[1:] = e[:-1]
+        before[starts] = prev_epoch
+        return np.where(before != e, self.epoch_base[e], -1)
 
     def lookup(self, module: np.ndarray, channel: np.ndarray, ts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Meter key per reading (-1 if none) and a reason code for the -1s
@@ -166,6 +211,11 @@ class MeterMap:
         return keys, reason
 
 
+def _epoch_key(meter: np.ndarray, ts: np.ndarray) -> np.ndarray:
+    """(meter, time) as one sortable int64 (times clipped to 0 .. 2^34 s)."""
+    return np.asarray(meter, np.int64) * (1 << 34) + np.clip(np.asarray(ts, np.int64), 0, (1 << 34) - 1)
+
+
 QUARANTINE_REASONS = {1: "unknown_channel", 2: "before_install", 3: "meter_removed"}
 
 
@@ -176,6 +226,7 @@ def chain(
     prev_counter: np.ndarray,
     prev_pulses: np.ndarray,
     reversible: np.ndarray,
+    restart: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Cumulative pulses and flags of readings sorted by (meter, ts).
 
@@ -183,7 +234,9 @@ def chain(
     ``prev_pulses`` (one per segment) describe the reading just before it.
     ``reversible`` (one per segment) marks meters allowed to run backwards
     (``reverse_allowed``: a bidirectional meter's net totaliser): their counter
-    going back is always negative pulses, never a reset.
+    going back is always negative pulses, never a reset. ``restart`` (per
+    reading, -1 for none) replaces the previous counter of the first reading of
+    a counter epoch (``MeterMap.restarts``: the meter moved to another input).
     """
     n = len(counter)
     if n == 0:
@@ -192,6 +245,8 @@ def chain(
     prev = np.empty(n, dtype=np.int64)
     prev[1:] = counter[:-1]
     prev[starts] = prev_counter
+    if restart is not None:
+        prev = np.where(restart >= 0, restart, prev)
     delta = (counter - prev) & MASK
     lengths = np.diff(np.append(starts, n))
     seg = np.repeat(np.arange(len(starts)), lengths)
@@ -247,7 +302,7 @@ class Ingest:
         version = await self.storage.registry_version()
         if self._map is None or version != self._registry_version:
             await self.storage.flush()
-            self._map = MeterMap(await self.storage.meters_by_key())
+            self._map = MeterMap(await self.storage.meters_by_key(), await self.storage.meter_periods())
             self._registry_version = version
             self._heads_valid = False
         if not self._heads_valid:
@@ -405,7 +460,10 @@ class Ingest:
         known = self.has_head[seg]
         prev_counter = np.where(known, self.head_counter[seg], self._map.base_counter[seg])
         prev_pulses = np.where(known, self.head_pulses[seg], 0)
-        pulses, flags = chain(starts, b.counter, b.status, prev_counter, prev_pulses, self._map.reversible[seg])
+        prev_epoch = np.where(known, self._map.epoch(seg, self.head_ts[seg]), -1) if self._map.rewired else None
+        restart = self._map.restarts(m, b.ts, prev_epoch, starts)
+        pulses, flags = chain(starts, b.counter, b.status, prev_counter, prev_pulses, self._map.reversible[seg],
+                              restart)
         ends = np.append(starts[1:], len(m)) - 1
         lo = np.where(known, self.head_ts[seg], b.ts[starts])
         write.dirty.extend(zip(seg.tolist(), lo.tolist(), b.ts[ends].tolist(), strict=True))
@@ -445,8 +503,11 @@ class Ingest:
             prev_c, prev_p = np.array([counter[0]]), np.array([old_pulses[0]])
         else:
             prev_c, prev_p = np.array([self._map.base_counter[meter]]), np.array([0])
+        rest = ts[first:]
+        prev_epoch = self._map.epoch(np.array([meter]), ts[:1]) if has_prev and self._map.rewired else np.array([-1])
         pulses, flags = chain(np.array([0]), counter[first:], status[first:], prev_c, prev_p,
-                              self._map.reversible[[meter]])
+                              self._map.reversible[[meter]],
+                              self._map.restarts(np.full(len(rest), meter), rest, prev_epoch, np.array([0])))
         pulses = np.concatenate([old_pulses[:first], pulses])
         flags = np.concatenate([old_flags[:first], flags])
 

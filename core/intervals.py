@@ -27,6 +27,7 @@ import numpy as np
 
 from balans_edge.core.bus import EventBus, IntervalsUpdated, ReadingsCommitted
 from balans_edge.core.model import IntervalValue, Quality, ReadingFlag
+from balans_edge.core.periods import RegisterTable
 from balans_edge.core.storage import ReadingRows, Storage
 from balans_edge.core.tasks import cancel, rerun
 
@@ -59,13 +60,15 @@ def ceil_hour(t: int) -> int:
 
 
 def hourly(
-    rows: ReadingRows, weight: float, t0: int, t1: int, settings: IntervalSettings
+    rows: ReadingRows, weight: float | np.ndarray, t0: int, t1: int, settings: IntervalSettings
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Hours starting at t0, t0+3600, ... < t1 (both hour-aligned): (t, value, quality code).
 
     ``rows`` are one meter's readings sorted by time, including those just
-    outside [t0, t1] so that the boundaries can be interpolated. Missing
-    values are NaN.
+    outside [t0, t1] so that the boundaries can be interpolated. ``weight`` is
+    the meter's pulse weight, or per reading the weight of the pulses counted
+    since the reading before it (``RegisterTable.increment_weights``: a meter
+    whose weight changed). Missing values are NaN.
     """
     hours = np.arange(t0, t1, HOUR, dtype=np.int64)
     bounds = np.arange(t0, t1 + HOUR, HOUR, dtype=np.int64)
@@ -91,7 +94,7 @@ def hourly(
     bq[estimable & (near <= settings.tolerance_s)] = CODE[Quality.MEASURED]
     bq[exact] = CODE[Quality.MEASURED]
 
-    values = np.interp(bounds, ts, rows.pulses.astype(np.float64)) * weight
+    values = np.interp(bounds, ts, _quantity(rows.pulses, weight))
     quality = np.maximum(bq[:-1], bq[1:])
 
     # Hours overlapping a reset gap (previous reading, first reading of the new epoch).
@@ -102,6 +105,16 @@ def hourly(
     result = np.diff(values)
     result[quality == CODE[Quality.MISSING]] = np.nan
     return hours, result, quality
+
+
+def _quantity(pulses: np.ndarray, weight: float | np.ndarray) -> np.ndarray:
+    """The metered quantity at each reading, up to a constant: pulses times
+    weight, each reading's new pulses with their own weight when it varies."""
+    p = pulses.astype(np.float64)
+    if np.ndim(weight) == 0:
+        return p * weight
+    steps = np.diff(p) * np.asarray(weight, np.float64)[1:]
+    return np.concatenate([p[:1] * weight[0], p[0] * weight[0] + np.cumsum(steps)])
 
 
 def to_points(t0: int, t1: int, stored: list[tuple[int, float | None, int]]) -> list[IntervalValue]:
@@ -148,19 +161,25 @@ class IntervalWorker:
         self.storage = storage
         self.settings = settings or IntervalSettings()
         self.bus = bus
-        self._weights: dict[int, float] = {}
+        self._table = RegisterTable({})
         self._registry_version: int | None = None
         self._task: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
         self.recomputed_hours = 0
 
     async def _reload_weights(self) -> None:
-        """Follow registry changes (storage marks the history of a meter whose
-        pulse weight changed as dirty in the same transaction)."""
+        """Follow registry changes: the pulse weights of each meter's periods (a
+        new period holds only for readings after it; a correction of the past
+        marks the readings it changes dirty in its own transaction)."""
         version = await self.storage.registry_version()
         if version != self._registry_version:
-            self._weights = {k: m.pulse_weight for k, m in await self.storage.meters_by_key()}
+            self._table = await self.storage.register_table()
             self._registry_version = version
+
+    def _weight(self, meter: int, readings: ReadingRows) -> float | np.ndarray:
+        if meter in self._table.changed:
+            return self._table.increment_weights(meter, readings.ts)
+        return self._table.current_weight(meter)
 
     async def process(self, limit: int = 5000) -> int:
         """Recompute every pending range; return how many ranges were done."""
@@ -176,6 +195,7 @@ class IntervalWorker:
                 for r in ranges:
                     span = spans[r.meter]
                     span[0], span[1] = min(span[0], r.lo), max(span[1], r.hi)
+                await self._follow_anchors(spans)
                 rows = await self._rows(spans)
                 await self.storage.save_intervals(rows, [r.id for r in ranges])
                 self.recomputed_hours += len(rows)
@@ -188,6 +208,14 @@ class IntervalWorker:
                             t_max=ceil_hour(max(s[1] for s in spans.values())),
                         )
                     )
+
+    async def _follow_anchors(self, spans: dict[int, list[int]]) -> None:
+        """Readings that landed at or before a later period's start move its
+        anchor (the pulses the register continues from): recompute them."""
+        moved = [m for m, (lo, _) in spans.items() if m in self._table.changed and lo <= self._table.last_start(m)]
+        if moved:
+            await self.storage.refresh_anchors(moved)
+            await self._reload_weights()
 
     async def _rows(self, spans: dict[int, list[int]]) -> list[tuple[int, int, float | None, int]]:
         """Hourly rows for every meter's span. Meters with the same hour window
@@ -207,9 +235,8 @@ class IntervalWorker:
                 ends = np.searchsorted(readings.meter, chunk, side="right")
                 await asyncio.sleep(0)  # let sessions and HTTP requests run between chunks
                 for meter, a, b in zip(chunk, starts.tolist(), ends.tolist(), strict=True):
-                    hours, values, quality = hourly(
-                        readings.select(slice(a, b)), self._weights.get(meter, 0.0), t0, t1, self.settings
-                    )
+                    mine = readings.select(slice(a, b))
+                    hours, values, quality = hourly(mine, self._weight(meter, mine), t0, t1, self.settings)
                     rows.extend(
                         (meter, t, None if v != v else v, q)  # v != v: NaN, a missing hour
                         for t, v, q in zip(hours.tolist(), values.tolist(), quality.tolist(), strict=True)

@@ -321,8 +321,8 @@ async def test_worker_weights_and_missing_hours_over_sqlite(storage: SqliteStora
     assert await storage.hourly(keys["W1"], T0, T0 + 4 * H) == []
 
 
-async def test_worker_recomputes_history_when_the_pulse_weight_changes(storage: SqliteStorage) -> None:
-    ingest = Ingest(storage, IngestSettings(), clock=lambda: T0 + 86400)
+async def test_a_pulse_weight_change_keeps_past_hours_and_values_new_ones(storage: SqliteStorage) -> None:
+    ingest = Ingest(storage, IngestSettings(registry_check_s=0), clock=lambda: T0 + 86400)
     worker = IntervalWorker(storage)
     w1 = (await storage.meter_keys())["W1"]
     await ingest.ingest([reading(T0 + i * H, 100 * i) for i in range(4)])
@@ -330,9 +330,13 @@ async def test_worker_recomputes_history_when_the_pulse_weight_changes(storage: 
     assert [v for _, v, _ in await storage.hourly(w1, T0, T0 + 3 * H)] == pytest.approx([1.0, 1.0, 1.0])
 
     meter = await storage.registry_get("meters", "W1")
-    await storage.registry_apply({"meters": [dataclasses.replace(meter, pulse_weight=0.001)]})
-    assert await worker.process() == 1
-    assert [v for _, v, _ in await storage.hourly(w1, T0, T0 + 3 * H)] == pytest.approx([0.1, 0.1, 0.1])
+    await storage.registry_apply({"meters": [dataclasses.replace(meter, pulse_weight=0.001)]},
+                                 effective_from={"W1": T0 + 3 * H + 1})
+    assert await worker.process() == 0  # nothing stored changes
+    await ingest.ingest([reading(T0 + i * H, 100 * i) for i in range(4, 6)])
+    await worker.process()
+    # Hours before the change keep 0.01 m3 per pulse; the new hours count 100 pulses x 0.001.
+    assert [v for _, v, _ in await storage.hourly(w1, T0, T0 + 5 * H)] == pytest.approx([1.0, 1.0, 1.0, 0.1, 0.1])
 
 
 async def test_worker_runs_on_readings_committed(storage: SqliteStorage) -> None:

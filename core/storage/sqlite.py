@@ -39,6 +39,7 @@ from balans_edge.core.storage.sqlite_balance import BalanceTables
 from balans_edge.core.storage.sqlite_bridges import BridgeSlots
 from balans_edge.core.storage.sqlite_devices import DeviceReports
 from balans_edge.core.storage.sqlite_export import ExportQueues
+from balans_edge.core.storage.sqlite_registry_history import RegistryHistory
 from balans_edge.core.storage.sqlite_tags import TagTable
 
 if TYPE_CHECKING:
@@ -85,17 +86,6 @@ def _finding_out(row: Any) -> dict[str, Any]:
     return out
 
 
-def _to_row(kind: str, obj: Any) -> dict[str, Any]:
-    row = dataclasses.asdict(obj)
-    if kind in ("meters", "groups"):
-        row["resource"] = str(obj.resource)
-    if kind == "meters":
-        row["flags"] = ",".join(sorted(obj.flags))
-    if kind == "groups":
-        row["inputs"] = ",".join(("-" if i.sign < 0 else "") + i.meter_id for i in obj.inputs)
-    return row
-
-
 def _from_row(kind: str, row: aiosqlite.Row) -> Any:
     cls = REGISTRY_KINDS[kind]
     values = {f.name: row[f.name] for f in dataclasses.fields(cls)}
@@ -136,7 +126,7 @@ class _Job:
     future: asyncio.Future[None]
 
 
-class SqliteStorage(BalanceTables, DeviceReports, BridgeSlots, TagTable, ExportQueues, Storage):
+class SqliteStorage(RegistryHistory, BalanceTables, DeviceReports, BridgeSlots, TagTable, ExportQueues, Storage):
     def __init__(self, path: str | Path, *, max_group: int = 256) -> None:
         self.path = Path(path)
         self.max_group = max_group
@@ -299,31 +289,6 @@ class SqliteStorage(BalanceTables, DeviceReports, BridgeSlots, TagTable, ExportQ
     async def registry_get(self, kind: str, key: str | int) -> Any | None:
         rows = await self._all(f"SELECT * FROM {kind} WHERE {KEYS[kind]} = ?", (key,))
         return _from_row(kind, rows[0]) if rows else None
-
-    async def registry_apply(
-        self, upserts: dict[str, list[Any]], deletes: dict[str, list[str | int]] | None = None
-    ) -> None:
-        statements: list[Statement] = []
-        for kind in REGISTRY_KINDS:
-            objs = upserts.get(kind) or []
-            if not objs:
-                continue
-            rows = [_to_row(kind, o) for o in objs]
-            cols = list(rows[0])
-            key = KEYS[kind]
-            updates = ", ".join(f"{c} = excluded.{c}" for c in cols if c != key)
-            sql = (
-                f"INSERT INTO {kind} ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))}) "
-                f"ON CONFLICT ({key}) DO UPDATE SET {updates}"
-            )
-            statements.append((sql, [tuple(r[c] for c in cols) for r in rows]))
-        for kind in reversed(list(REGISTRY_KINDS)):
-            keys = (deletes or {}).get(kind) or []
-            if keys:
-                statements.append((f"DELETE FROM {kind} WHERE {KEYS[kind]} = ?", [(k,) for k in keys]))
-        if statements:
-            statements.append(("UPDATE registry_state SET version = version + 1 WHERE id = ?", [(1,)]))
-            await self._submit(statements)
 
     async def meter_keys(self) -> dict[str, int]:
         return {r[0]: r[1] for r in await self._all("SELECT meter_id, id FROM meters")}
