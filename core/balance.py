@@ -15,7 +15,7 @@ group's periods for the API. Nothing here touches storage or the web layer.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from typing import Any, Literal
@@ -24,6 +24,7 @@ from zoneinfo import ZoneInfo
 import numpy as np
 
 from balans_edge.core.model import Group, Meter
+from balans_edge.core.periods import MeterPeriod
 
 QUALITY_MEASURED, QUALITY_ESTIMATED, QUALITY_MISSING, QUALITY_ABSENT = 0, 1, 2, 3
 """Codes of the ``quality`` matrix given to ``compute``: the first three are the
@@ -192,32 +193,48 @@ class BalanceTree:
     children: Scatter
     """Member groups' rows into their parents' rows."""
 
+    row_from: np.ndarray
+    """Per meter row, the first hour (unix, hour-aligned) it counts in its group."""
+    row_until: np.ndarray
+    """Per meter row, the hour it stops counting in its group (a member row of a
+    meter that moved to another group; input rows count always)."""
+
     @classmethod
-    def compile(cls, groups: Sequence[Group], meters: Sequence[tuple[int, Meter]]) -> BalanceTree:
+    def compile(cls, groups: Sequence[Group], meters: Sequence[tuple[int, Meter]],
+                periods: Mapping[int, Sequence[MeterPeriod]] | None = None) -> BalanceTree:
         """Index arrays for ``groups`` (assumed valid: no cycles, inputs present,
-        no meter twice); meters that no group refers to are left out."""
+        no meter twice); meters that no group refers to are left out.
+
+        With the meters' ``periods``, a meter that moved between groups has one
+        member row per stretch of time in a group: it counts in the old group for
+        the hours before the move and in the new one from the hour of the move
+        on (``row_from`` / ``row_until``), so past balances stay as they were."""
         group_ids = [g.group_id for g in groups]
         row_of_group = {gid: i for i, gid in enumerate(group_ids)}
-        key_of = {m.meter_id: key for key, m in meters}
-        members = sorted((row_of_group[m.group_id], m.meter_id) for _, m in meters if m.group_id in row_of_group)
-        order, piece_length, piece_group = _pieces(np.array([g for g, _ in members], dtype=np.int64))
-        member_ids = [members[i][1] for i in order.tolist()]
+        stays = [(row_of_group[g], m.meter_id, lo, hi, key)
+                 for key, m in meters for g, lo, hi in _memberships(m, (periods or {}).get(key))
+                 if g in row_of_group]
+        members = sorted(stays)
+        order, piece_length, piece_group = _pieces(np.array([s[0] for s in members], dtype=np.int64))
+        member_rows = [members[i] for i in order.tolist()]
         # Input meters in order of use, so that one input per group is a plain slice of rows.
-        member_set = set(member_ids)
-        input_only = list(dict.fromkeys(i.meter_id for g in groups for i in g.inputs if i.meter_id not in member_set))
-        meter_ids = member_ids + input_only
-        row_of_meter = {mid: i for i, mid in enumerate(meter_ids)}
-        flat_inputs = [(row_of_group[g.group_id], row_of_meter[i.meter_id], i.sign) for g in groups for i in g.inputs]
+        # An input meter is read from its member row only when that row counts at all times.
+        whole = {s[1]: i for i, s in enumerate(member_rows) if s[2] == _ALWAYS[0] and s[3] == _ALWAYS[1]}
+        key_of = {m.meter_id: key for key, m in meters}
+        input_only = list(dict.fromkeys(i.meter_id for g in groups for i in g.inputs if i.meter_id not in whole))
+        row_of_input = whole | {mid: len(member_rows) + i for i, mid in enumerate(input_only)}
+        flat_inputs = [(row_of_group[g.group_id], row_of_input[i.meter_id], i.sign) for g in groups for i in g.inputs]
         child_pairs = [(row_of_group[g.parent_id], i) for i, g in enumerate(groups) if g.parent_id in row_of_group]
         inputs = Scatter.build(np.array([g for g, _, _ in flat_inputs], dtype=np.int64))
         if len(inputs.ranks) > _FIELD_MAX:
             raise ValueError(f"a group has more than {_FIELD_MAX} input meters")
         input_rows = np.array([r for _, r, _ in flat_inputs], dtype=np.int64)
+        spans = [(s[2], s[3]) for s in member_rows] + [_ALWAYS] * len(input_only)
         return cls(
             group_ids=group_ids,
-            meter_keys=np.array([key_of[mid] for mid in meter_ids], dtype=np.int64),
-            meter_ids=meter_ids,
-            member_rows=len(member_ids),
+            meter_keys=np.array([s[4] for s in member_rows] + [key_of[mid] for mid in input_only], dtype=np.int64),
+            meter_ids=[s[1] for s in member_rows] + input_only,
+            member_rows=len(member_rows),
             blocks=Blocks.build(piece_length, piece_group),
             pieces=Scatter.build(piece_group),
             input_rows=_as_slice(input_rows),
@@ -226,7 +243,28 @@ class BalanceTree:
             children=Scatter.build(
                 np.array([p for p, _ in child_pairs], dtype=np.int64), np.array([c for _, c in child_pairs], np.int64)
             ),
+            row_from=np.array([lo for lo, _ in spans], dtype=np.int64).reshape(-1),
+            row_until=np.array([hi for _, hi in spans], dtype=np.int64).reshape(-1),
         )
+
+
+_ALWAYS = (-(2**62), 2**62)
+
+
+def _memberships(meter: Meter, periods: Sequence[MeterPeriod] | None) -> list[tuple[str | None, int, int]]:
+    """(group, first hour, hour it ends) of each stretch of the meter's time in one
+    group; a change counts from the hour it falls in."""
+    if not periods:
+        return [(meter.group_id, *_ALWAYS)]
+    out: list[tuple[str | None, int, int]] = []
+    for p in sorted(periods, key=lambda p: p.valid_from):
+        if out and out[-1][0] == p.group_id:
+            continue
+        start = p.valid_from - p.valid_from % 3600
+        if out:
+            out[-1] = (out[-1][0], out[-1][1], start)
+        out.append((p.group_id, start if out else _ALWAYS[0], _ALWAYS[1]))
+    return out
 
 
 @dataclass(slots=True)

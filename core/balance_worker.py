@@ -77,7 +77,7 @@ class BalanceWorker:
         if self._compiled is None or version != self._version:
             groups = await self.storage.registry_list("groups")
             meters = await self.storage.meters_by_key()
-            tree = BalanceTree.compile(groups, meters)
+            tree = BalanceTree.compile(groups, meters, await self.storage.meter_periods())
             by_key = dict(meters)
             rows = [by_key[int(k)] for k in tree.meter_keys]
             installed = np.array([m.install_time for m in rows], dtype=np.int64)
@@ -112,11 +112,20 @@ class BalanceWorker:
 
     async def _compute(self, compiled: Compiled, t0: int, t1: int) -> BalanceSeries:
         tree = compiled.tree
-        values, quality = await self.storage.consumption_matrix(tree.meter_keys, t0, t1)
+        # A meter that moved between groups has a row per group: read it once.
+        keys, row = np.unique(tree.meter_keys, return_inverse=True)
+        if len(keys) == len(tree.meter_keys):
+            values, quality = await self.storage.consumption_matrix(tree.meter_keys, t0, t1)
+        else:
+            values, quality = await self.storage.consumption_matrix(keys, t0, t1)
+            values, quality = values[row], quality[row]
         t = np.arange(t0, t1, HOUR, dtype=np.int64)
-        # An hour in which the meter was not installed does not count as a member's missing hour.
+        # An hour in which the meter was not installed does not count as a member's missing hour,
+        # nor one in which it was in another group (its value counts there).
         absent = (t[None, :] + HOUR <= compiled.installed[:, None]) | (t[None, :] >= compiled.removed[:, None])
+        absent |= (t[None, :] < tree.row_from[:, None]) | (t[None, :] >= tree.row_until[:, None])
         quality[absent] = QUALITY_ABSENT
+        values[absent] = np.nan
         return compute(tree, t, values, quality)
 
     async def run(self) -> None:

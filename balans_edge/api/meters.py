@@ -32,7 +32,7 @@ def routes(server: Server) -> list[Route]:
         key, meter = await meter_or_404(meter_id)
         t0, t1 = parse_period(request, "day")
         rows = await server.storage.readings(key, t0, t1)
-        values = meter.base_reading + rows.pulses * meter.pulse_weight
+        values = (await server.storage.register_table([key])).values(rows.meter, rows.ts, rows.pulses)
         points = [
             {"t": iso(t), "value": round(v, 9), "counter": c, "status": s,
              "epoch_start": bool(f & ReadingFlag.EPOCH_START), "backwards": bool(f & ReadingFlag.BACKWARDS)}

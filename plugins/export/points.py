@@ -33,6 +33,7 @@ from balans_edge.core.balance_queries import Tree, group_series
 from balans_edge.core.intervals import QUALITY_CODES
 from balans_edge.core.losses import finding_volume
 from balans_edge.core.model import LEVELS, Group, Meter
+from balans_edge.core.periods import RegisterTable
 from balans_edge.core.storage import Storage
 from balans_edge.core.storage.base import ExportBatch
 from balans_edge.core.storage.sqlite_balance import BALANCE_COLUMNS
@@ -78,11 +79,14 @@ class Built:
         return len(self.units)
 
 
-def reading_line(series_key: str, meter: Meter, r: Mapping[str, Any]) -> str:
+def reading_line(series_key: str, meter: Meter, r: Mapping[str, Any], value: float | None = None) -> str:
     """A reading's line: what ``line(series_key, {"value", "pulses", "counter",
     "status", "flags"}, ts)`` writes (a test holds them equal), in one format
-    string, since readings are most of what is exported."""
-    value = round(meter.base_reading + r["pulses"] * meter.pulse_weight, 9)
+    string, since readings are most of what is exported. ``value``: the register
+    value (``RegisterTable``); without it, from the meter's current parameters."""
+    if value is None:
+        value = RegisterTable.of_meters([(0, meter)]).value(0, r["ts"], r["pulses"])
+    value = round(value, 9)
     return (f"{series_key} counter={int(r['counter'])}i,flags={int(r['flags'])}i,pulses={int(r['pulses'])}i,"
             f"status={int(r['status'])}i,value={number(float(value))} {int(r['ts'])}")
 
@@ -108,6 +112,7 @@ class Registry:
     meters: dict[int, Meter]
     groups: dict[str, Group]
     tree: Tree
+    register: RegisterTable
     meter_series: dict[tuple[str, int], str] = field(default_factory=dict)
     group_series: dict[tuple[str, str], str] = field(default_factory=dict)
 
@@ -133,7 +138,7 @@ class PointBuilder:
         if self._registry is None or self._registry.version != version:
             meters = dict(await self.storage.meters_by_key())
             tree = await Tree.current(self.storage)
-            self._registry = Registry(version, meters, dict(tree.groups), tree)
+            self._registry = Registry(version, meters, dict(tree.groups), tree, await self.storage.register_table())
         return self._registry
 
     def _tags(self, specific: Mapping[str, str | None]) -> dict[str, str | None]:
@@ -186,12 +191,14 @@ class PointBuilder:
 
     def _readings(self, reg: Registry, rows: list[dict[str, Any]]) -> Made:
         out = []
-        for r in rows:
+        columns = np.array([(r["meter"], r["ts"], r["pulses"]) for r in rows], dtype=np.int64).reshape(-1, 3)
+        values = reg.register.values(*columns.T).tolist()
+        for r, value in zip(rows, values, strict=True):
             key = self.meter_key(reg, "readings", r["meter"])
             if key is None:
                 continue
             meter = reg.meters[r["meter"]]
-            out.append(((r["meter"], r["ts"]), r["qid"], reading_line(key, meter, r)))
+            out.append(((r["meter"], r["ts"]), r["qid"], reading_line(key, meter, r, value)))
         return out
 
     def _consumption(self, reg: Registry, rows: list[dict[str, Any]]) -> Made:

@@ -21,6 +21,7 @@ import numpy as np
 
 from balans_edge.core.components import Command, CommandCode
 from balans_edge.core.model import Status
+from balans_edge.core.periods import RegisterTable
 from balans_edge.plugins.modbus.regmap import (
     ALARM_CODES,
     COIL_KINDS,
@@ -138,8 +139,8 @@ class Snapshot:
         self.rows_of = KeyRows(keys)
         self.row_of_id = {p.object_id: i for i, p in enumerate(meters)}
         self.keys = [int(p.key) for p in meters if p.key is not None]
-        self.base = np.array([p.meter.base_reading for p in meters], dtype=np.float64)
-        self.weight = np.array([p.meter.pulse_weight for p in meters], dtype=np.float64)
+        self.register = RegisterTable({})
+        """Parameter periods of the meters: pulses -> register value (set by ``load_all``)."""
         self.last_ts = np.full(n, np.nan)
         self.hour_bits = np.zeros(n, dtype=np.int64)
         self.fitted = {k: np.array([k in p.meter.flags for p in meters], dtype=bool) for k in COIL_KINDS}
@@ -216,7 +217,7 @@ class Snapshot:
             return
         pulses = rows_of.pulses[mine].astype(np.int64)
         status = rows_of.status[mine].astype(np.int64)
-        value = self.base[rows] + pulses * self.weight[rows]
+        value = self.register.values(rows_of.meter[mine], rows_of.ts[mine], pulses)
         self.last_ts[rows] = rows_of.ts[mine]
         self._meter("register_value", rows, value)
         self._meter("register_value_f32", rows, value)
@@ -297,6 +298,7 @@ class Snapshot:
 
 async def load_all(snapshot: Snapshot, storage: Storage, now: float) -> None:
     """Everything of a new snapshot from storage (at start and after the registry changed)."""
+    snapshot.register = await storage.register_table(snapshot.keys)
     await refresh_readings(snapshot, storage, None)
     hour, today = hour_marks(now, snapshot.tz)
     await refresh_hour(snapshot, storage, None, hour)

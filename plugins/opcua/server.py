@@ -257,7 +257,7 @@ class OpcuaServer:
                                         self._cache)
         stats = await self.space.apply(model)
         self._registry_version, self._registry_read = version, time.monotonic()
-        objects = (meters, groups)
+        objects = (meters, groups, await storage.meter_periods())
         if force_values or objects != self._objects or self.values is None:
             await self._new_values(meters, groups)
             self._objects = objects

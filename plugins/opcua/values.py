@@ -25,6 +25,7 @@ import numpy as np
 
 from balans_edge.core.components import Command
 from balans_edge.core.model import Group, Meter, Status
+from balans_edge.core.periods import RegisterTable
 from balans_edge.plugins.modbus import snapshot as snap
 from balans_edge.plugins.modbus.regmap import GROUP_FLAGS
 from balans_edge.plugins.opcua.model import PERIOD_VARIABLES, group_id, meter_id
@@ -67,8 +68,8 @@ class Values:
         self.row_of_meter = {m.meter_id: i for i, (_, m) in enumerate(meters)}
         keys = np.array(self.keys, dtype=np.int64)
         self.rows_of = snap.KeyRows(keys)
-        self.base = np.array([m.base_reading for _, m in meters], dtype=np.float64)
-        self.weight = np.array([m.pulse_weight for _, m in meters], dtype=np.float64)
+        self.register = RegisterTable({})
+        """Parameter periods of the meters: pulses -> register value (set by ``load_all``)."""
         self.value = np.full(n, np.nan)
         self.last_ts = np.full(n, np.nan)
         self.status = np.full(n, np.nan)
@@ -96,7 +97,7 @@ class Values:
             return
         pulses = rows_of.pulses[mine].astype(np.int64)
         status = rows_of.status[mine].astype(np.int64)
-        self.value[rows] = self.base[rows] + pulses * self.weight[rows]
+        self.value[rows] = self.register.values(rows_of.meter[mine], rows_of.ts[mine], pulses)
         self.last_ts[rows] = rows_of.ts[mine]
         # The age of a new reading now; every age only every age_interval_s (see ages).
         self.age[rows] = np.floor(time.time() - self.last_ts[rows])
