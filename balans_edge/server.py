@@ -173,7 +173,7 @@ class Server:
                                               for g in self.config.groups])
         except RegistryError as exc:
             raise StartupError(f"configured groups refused, nothing written:\n{exc}") from None
-        await self.storage.registry_apply({"groups": list(self.config.groups)})
+        await self.storage.registry_apply({"groups": list(self.config.groups)}, who="config")
 
     async def _start_components(self) -> None:
         plugin_components = self.components + [(n, e) for n, e in self.exporters]

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
@@ -149,6 +150,9 @@ COLUMNS: dict[str, dict[str, Column]] = {
     ),
 }
 """Columns of each kind in file order (the dataclass field order) with their parsers."""
+EFFECTIVE_FROM = "effective_from"
+"""An optional meters column (not a meter field): when the row's new parameters take
+effect (default now; see core/registry_history.py)."""
 
 
 def _empty(value: Any) -> bool:
@@ -442,6 +446,8 @@ class Loaded:
     """Where each key was first seen, to point a duplicate at its twin."""
     incomplete: set[str] = field(default_factory=set)
     problems: list[Problem] = field(default_factory=list)
+    effective: dict[str, tuple[Any, Where]] = field(default_factory=dict)
+    """meter_id -> (the effective_from cell as given, where)."""
 
 
 def read_registry(paths: Sequence[Path]) -> Loaded:
@@ -481,7 +487,7 @@ def _header_problems(kind: str, where: Where, names: list[str]) -> list[Problem]
         return [where.problem(None, f"missing header row naming the columns (at least {', '.join(required)})")]
     problems = []
     for i, name in enumerate(names):
-        if name and name not in columns:
+        if name and name not in columns and not (kind == "meters" and name == EFFECTIVE_FROM):
             problems.append(where.problem(name, _unknown_column(kind)))
         elif name and name in names[:i]:
             problems.append(where.problem(name, "column appears twice"))
@@ -492,7 +498,13 @@ def _header_problems(kind: str, where: Where, names: list[str]) -> list[Problem]
 def _add_record(loaded: Loaded, record: Record) -> None:
     kind, where = record.kind, record.where
     key_column = KEYS[kind]
-    obj, problems = _parse(kind, record.data, where)
+    data = record.data
+    effective = data.get(EFFECTIVE_FROM) if kind == "meters" else None
+    if kind == "meters" and EFFECTIVE_FROM in data:
+        data = {k: v for k, v in data.items() if k != EFFECTIVE_FROM}
+    obj, problems = _parse(kind, data, where)
+    if obj is not None and not _empty(effective):
+        loaded.effective[obj.meter_id] = (effective, where)
     key = getattr(obj, key_column) if obj is not None else _key_or_none(kind, record.data)
     if key is not None:
         first = loaded.first.setdefault((kind, key), where)
@@ -578,11 +590,17 @@ def _sort_key(problem: Problem) -> tuple[str, str, int]:
     return _place(Where(problem.file, problem.line, problem.section))
 
 
-async def import_registry(storage: Storage, paths: Sequence[Path]) -> ImportReport:
+async def import_registry(storage: Storage, paths: Sequence[Path], who: str = "system",
+                          now: int | None = None) -> ImportReport:
     """Import registry files: all of them are validated first, and on any problem
     RegistryError lists every problem and nothing is written. Otherwise new and
-    changed objects are written in one transaction; nothing is ever deleted, and
-    re-importing the same files writes nothing (the registry version stays)."""
+    changed objects are written in one transaction with their audit rows (by
+    ``who``); nothing is ever deleted, and re-importing the same files writes
+    nothing (the registry version stays). A meter row's ``effective_from`` says
+    when its changed parameters take effect (default now)."""
+    from balans_edge.core.registry_history import effective_problems, params_changed, parse_effective
+
+    now = int(time.time()) if now is None else now
     loaded = await asyncio.to_thread(read_registry, [Path(p) for p in paths])
     stored = await _stored(storage)
     reg = _index(stored)
@@ -594,11 +612,22 @@ async def import_registry(storage: Storage, paths: Sequence[Path]) -> ImportRepo
             reg[kind][key] = obj
             fresh[(kind, key)] = where
     problems = loaded.problems + _reference_problems(reg, fresh, loaded.incomplete)
+    effective: dict[str, int] = {}
+    for meter_id, (cell, where) in loaded.effective.items():
+        try:
+            effective[meter_id] = parse_effective(cell, where, now)
+        except RegistryError as exc:
+            problems += exc.problems
+    before = {m.meter_id: m for m in stored["meters"]}
+    changed = {mid: before[mid] for mid, (obj, _) in loaded.objects["meters"].items()
+               if params_changed(before.get(mid), obj)}
+    problems += await effective_problems(storage, changed, effective,
+                                         {mid: w for mid, (_, w) in loaded.effective.items()})
     if problems:
         raise RegistryError(sorted(problems, key=_sort_key))
     upserts, report = _plan(loaded, stored)
     if upserts:
-        await storage.registry_apply(upserts)
+        await storage.registry_apply(upserts, who=who, effective_from=effective, now=now)
     return report
 
 

@@ -267,7 +267,7 @@ async def ensure_meters(storage: Storage, tags: Iterable[tuple[str, TagSpec]], n
     await storage.registry_apply({
         "modules": [o for o in created if isinstance(o, RadioModule)],
         "meters": [o for o in created if isinstance(o, Meter)],
-    })
+    }, who="config")
     return [o.meter_id for o in created if isinstance(o, Meter)]
 
 

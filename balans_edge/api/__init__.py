@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from balans_edge.api import commands, findings, groups, meters, registry, system, tags
+from balans_edge.api import commands, findings, groups, meters, registry, registry_history, system, tags
 
 if TYPE_CHECKING:
     from balans_edge.routes import Route
@@ -12,5 +12,6 @@ if TYPE_CHECKING:
 
 
 def routes(server: Server) -> list[Route]:
-    return (system.routes(server) + registry.routes(server) + meters.routes(server) + groups.routes(server)
+    return (system.routes(server) + registry.routes(server) + registry_history.routes(server) + meters.routes(server)
+            + groups.routes(server)
             + commands.routes(server) + findings.routes(server) + tags.routes(server))

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING, Any
 
 from sanic.request import Request
 
 from balans_edge.core import registry as reg
+from balans_edge.core import registry_history as history
 from balans_edge.core.balance_queries import Tree
 from balans_edge.core.storage import StorageError
 from balans_edge.routes import ApiError, Param, Route, body_json, json, path_u32
@@ -55,14 +57,27 @@ def _kind_routes(server: Server, kind: str, key: str, key_type: str) -> list[Rou
             if key in data and str(data[key]) != str(ident):
                 raise ApiError(400, "bad_body", f"{key} in the body ({data[key]!r}) differs from the path ({ident!r})")
             data = {**data, key: ident}
+        where = f"{request.method} {request.path}"
+        effective: dict[str, int] = {}
         try:
-            where = f"{request.method} {request.path}"
+            if kind == "meters" and reg.EFFECTIVE_FROM in data:
+                raw = data.get(reg.EFFECTIVE_FROM)
+                data = {k: v for k, v in data.items() if k != reg.EFFECTIVE_FROM}
+                if raw is not None:
+                    effective[str(data.get(key))] = history.parse_effective(raw, reg.Where(where), int(time.time()))
             obj = reg.parse_object(kind, data, where=where)
             await reg.validate_upsert(storage, obj, where=where)
+            if kind == "meters":
+                old = await storage.registry_get(kind, obj.meter_id)
+                changed = {obj.meter_id: old} if history.params_changed(old, obj) else {}
+                problems = await history.effective_problems(storage, changed, effective,
+                                                            {obj.meter_id: reg.Where(where)})
+                if problems:
+                    raise reg.RegistryError(problems)
         except reg.RegistryError as exc:
             raise ApiError(422, "invalid", str(exc)) from None
         try:
-            await storage.registry_apply({kind: [obj]})
+            await storage.registry_apply({kind: [obj]}, who=f"api:{request.ctx.user}", effective_from=effective)
         except StorageError as exc:
             raise ApiError(409, "conflict", f"{kind[:-1]} not saved: {exc}") from None
         return obj
@@ -94,7 +109,7 @@ def _kind_routes(server: Server, kind: str, key: str, key_type: str) -> list[Rou
             if key_of is not None and await storage.has_readings(key_of):
                 raise ApiError(409, "conflict", f"meter {ident!r} has readings; set removed_time instead of deleting")
         try:
-            await storage.registry_apply({}, {kind: [parsed]})
+            await storage.registry_apply({}, {kind: [parsed]}, who=f"api:{request.ctx.user}")
         except StorageError as exc:
             raise ApiError(409, "conflict", f"{kind[:-1]} {ident!r} is still referenced: {exc}") from None
         return json({"deleted": parsed})
@@ -113,7 +128,9 @@ def _kind_routes(server: Server, kind: str, key: str, key_type: str) -> list[Rou
         Route("GET", item, get_one, f"One of the {kind}", params=ident_param, tags=tags,
               responses={200: "OK", 404: "not in the registry"}),
         Route("PUT", item, put, f"Create or replace one of the {kind}", role="admin", params=ident_param, tags=tags,
-              body=f"one of the {kind}, columns as in docs/registry.md",
+              body=f"one of the {kind}, columns as in docs/registry.md"
+                   + ("; effective_from (ISO-8601): when changed parameters take effect, default now"
+                      if kind == "meters" else ""),
               responses={200: "replaced", 201: "created", 422: "invalid, names the field"}),
         Route("DELETE", item, delete, f"Delete one of the {kind} (409 while referenced or with readings)",
               role="admin", params=ident_param, tags=tags, responses={200: "deleted", 404: "not found", 409: "in use"}),
