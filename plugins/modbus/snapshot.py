@@ -139,8 +139,8 @@ class Snapshot:
         self.rows_of = KeyRows(keys)
         self.row_of_id = {p.object_id: i for i, p in enumerate(meters)}
         self.keys = [int(p.key) for p in meters if p.key is not None]
-        self.register = RegisterTable({})
-        """Parameter periods of the meters: pulses -> register value (set by ``load_all``)."""
+        self.register = RegisterTable.of_meters((p.key, p.meter) for p in meters if p.key is not None)
+        """Pulses -> register value: the meters' parameter periods once ``load_all`` read them."""
         self.last_ts = np.full(n, np.nan)
         self.hour_bits = np.zeros(n, dtype=np.int64)
         self.fitted = {k: np.array([k in p.meter.flags for p in meters], dtype=bool) for k in COIL_KINDS}

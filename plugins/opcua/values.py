@@ -68,8 +68,8 @@ class Values:
         self.row_of_meter = {m.meter_id: i for i, (_, m) in enumerate(meters)}
         keys = np.array(self.keys, dtype=np.int64)
         self.rows_of = snap.KeyRows(keys)
-        self.register = RegisterTable({})
-        """Parameter periods of the meters: pulses -> register value (set by ``load_all``)."""
+        self.register = RegisterTable.of_meters(meters)
+        """Pulses -> register value: the meters' parameter periods once ``load_all`` read them."""
         self.value = np.full(n, np.nan)
         self.last_ts = np.full(n, np.nan)
         self.status = np.full(n, np.nan)
