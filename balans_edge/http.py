@@ -24,7 +24,7 @@ from sanic.exceptions import SanicException
 from sanic.request import Request
 
 from balans_edge import __version__
-from balans_edge.routes import ROLE_RANK, ApiError, Route, json
+from balans_edge.routes import ROLE_RANK, ApiError, Route, json, path_value
 
 if TYPE_CHECKING:
     from balans_edge.config import ApiSection
@@ -98,7 +98,8 @@ class Http:
             self._idle.clear()
             try:
                 self._authorize(request, route)
-                return await route.handler(request, **params)
+                decoded = {name: path_value(raw, name) for name, raw in params.items()}
+                return await route.handler(request, **decoded)
             finally:
                 self.in_flight -= 1
                 if self.in_flight == 0:

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import json as _json
 import re
+import unicodedata
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
+from urllib.parse import unquote
 from zoneinfo import ZoneInfo
 
 from sanic import response
@@ -140,6 +142,24 @@ def parse_month(request: Request, tz: ZoneInfo, required: bool) -> str:
     except ValueError as exc:
         raise ApiError(400, "bad_parameter", str(exc)) from None
     return month
+
+
+_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
+
+
+def path_value(raw: str, name: str) -> str:
+    """A path parameter as the client meant it: percent-decoded (as UTF-8) and
+    NFC-normalised, so ``/meters/%D0%9A%D0%B2-1`` names meter "Кв-1" in either
+    Unicode form. Sanic matches routes on the raw path and hands the segment
+    over still encoded; the HTTP layer calls this once for every route. A
+    broken escape or bytes that are not UTF-8 are the client's error (400)."""
+    if _ESCAPE.search(raw):
+        raise ApiError(400, "bad_parameter", f"{name}: broken percent-escape in {raw!r}")
+    try:
+        text = unquote(raw, errors="strict")
+    except UnicodeDecodeError:
+        raise ApiError(400, "bad_parameter", f"{name}: percent-escapes that are not UTF-8 in {raw!r}") from None
+    return unicodedata.normalize("NFC", text)
 
 
 def path_u32(raw: str, name: str) -> int:

@@ -16,6 +16,7 @@ import json
 import math
 import os
 import re
+import unicodedata
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -188,7 +189,8 @@ def _read_csv(name: str, kind: str, text: str) -> Source:
 
 
 def _csv_record(kind: str, where: Where, header: list[str], row: list[str], problems: list[Problem]) -> Record | None:
-    """Cells keyed by column name. Missing trailing cells are empty (spreadsheets
+    """Cells keyed by column name, without surrounding blanks (spreadsheets pad
+    cells; no value means them). Missing trailing cells are empty (spreadsheets
     drop them); a value beyond the named columns is an error, never dropped."""
     for i, cell in enumerate(row):
         if cell.strip() and (i >= len(header) or not header[i]):
@@ -196,7 +198,7 @@ def _csv_record(kind: str, where: Where, header: list[str], row: list[str], prob
                 where.problem(None, f"value {cell.strip()[:40]!r} in cell {i + 1}, which has no column name")
             )
             return None
-    return Record(kind, where, {h: cell for h, cell in zip(header, row, strict=False) if h})
+    return Record(kind, where, {h: cell.strip() for h, cell in zip(header, row, strict=False) if h})
 
 
 def _read_json(name: str, text: str) -> Source:
@@ -341,11 +343,39 @@ def plain_text(value: Any) -> str:
     return result
 
 
+MAX_ID_LENGTH = 128
+_NOT_IN_IDS = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"})
+"""Unicode categories an id may not hold: control, format (zero-width, bidi
+marks), surrogate, private-use and unassigned characters, line and paragraph
+separators: all invisible or shown differently by every program."""
+
+
 def identifier(value: Any) -> str:
-    """Identifiers are one line: they end up in URLs, file names and reports."""
-    result = plain_text(value)
-    if any(c in result for c in "\n\r\t"):
-        raise BadValue(f"must be a single line without tabs, got {shown(result)}")
+    """The id rule for meters, accounts, groups (and the other one-word columns).
+
+    Ids are keys people type, read and put in URLs: any Unicode letters
+    ("Кв-1") and spaces inside are normal, but two ids that look the same must
+    be the same id. So an id is NFC-normalised (a composed "й" and "и" plus a
+    combining breve are one id), holds only printable characters (no control,
+    zero-width or bidi characters, no space but U+0020), has no white space at
+    either end, no "/" (it is one URL path segment), is not "." or "..", and
+    is at most ``MAX_ID_LENGTH`` characters. CSV cells lose their surrounding
+    blanks when read (``_read_csv``); a value given as JSON is refused with them.
+    """
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        raise BadValue(f"expected an id (text), got {shown(value)}")
+    result = unicodedata.normalize("NFC", str(value))
+    bad = next((c for c in result if unicodedata.category(c) in _NOT_IN_IDS
+                or (unicodedata.category(c) == "Zs" and c != " ")), None)
+    if bad is not None:
+        raise BadValue(f"an id may not contain U+{ord(bad):04X} (a control or invisible character, or a space "
+                       f"other than U+0020), got {shown(result)}")
+    if result != result.strip():
+        raise BadValue(f"an id may not start or end with white space, got {shown(result)}")
+    if "/" in result or result in (".", ".."):
+        raise BadValue(f'an id may not contain "/" nor be "." or "..", got {shown(result)}')
+    if len(result) > MAX_ID_LENGTH:
+        raise BadValue(f"an id is at most {MAX_ID_LENGTH} characters, got {len(result)}")
     return result
 
 

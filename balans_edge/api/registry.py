@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import unicodedata
 from typing import TYPE_CHECKING, Any
 
 from sanic.request import Request
@@ -50,14 +51,16 @@ def _kind_routes(server: Server, kind: str, key: str, key_type: str) -> list[Rou
             out |= (await Tree.current(storage)).describe(obj.group_id)
         return json(out)
 
-    async def save(request: Request, data: Any, ident: str | int | None) -> Any:
+    def parse(request: Request, data: Any, ident: str | int | None) -> tuple[Any, dict[str, int]]:
+        """One object of the body, checked on its own, and when its changed parameters take
+        effect (meters); the path's key wins over (and must match) the body's."""
         if not isinstance(data, dict):
             raise ApiError(400, "bad_body", f"expected a JSON object describing one {kind[:-1]}")
+        where = f"{request.method} /api/v1/{kind}" + ("" if ident is None else f"/{ident}")
         if ident is not None:
-            if key in data and str(data[key]) != str(ident):
+            if key in data and unicodedata.normalize("NFC", str(data[key])) != str(ident):
                 raise ApiError(400, "bad_body", f"{key} in the body ({data[key]!r}) differs from the path ({ident!r})")
             data = {**data, key: ident}
-        where = f"{request.method} {request.path}"
         effective: dict[str, int] = {}
         try:
             if kind == "meters" and reg.EFFECTIVE_FROM in data:
@@ -65,7 +68,14 @@ def _kind_routes(server: Server, kind: str, key: str, key_type: str) -> list[Rou
                 data = {k: v for k, v in data.items() if k != reg.EFFECTIVE_FROM}
                 if raw is not None:
                     effective[str(data.get(key))] = history.parse_effective(raw, reg.Where(where), int(time.time()))
-            obj = reg.parse_object(kind, data, where=where)
+            return reg.parse_object(kind, data, where=where), effective
+        except reg.RegistryError as exc:
+            raise ApiError(422, "invalid", str(exc)) from None
+
+    async def save(request: Request, obj: Any, effective: dict[str, int]) -> None:
+        """Check ``obj`` against the registry and write it."""
+        where = f"{request.method} /api/v1/{kind}/{reg.key_of(obj)}"
+        try:
             await reg.validate_upsert(storage, obj, where=where)
             if kind == "meters":
                 old = await storage.registry_get(kind, obj.meter_id)
@@ -80,20 +90,18 @@ def _kind_routes(server: Server, kind: str, key: str, key_type: str) -> list[Rou
             await storage.registry_apply({kind: [obj]}, who=f"api:{request.ctx.user}", effective_from=effective)
         except StorageError as exc:
             raise ApiError(409, "conflict", f"{kind[:-1]} not saved: {exc}") from None
-        return obj
 
     async def create(request: Request) -> Any:
-        data = body_json(request)
-        ident = data.get(key) if isinstance(data, dict) else None
-        if ident is not None and await storage.registry_get(kind, ident) is not None:
-            raise ApiError(409, "conflict", f"{kind[:-1]} {ident!r} already exists; use PUT to change it")
-        obj = await save(request, data, None)
+        obj, effective = parse(request, body_json(request), None)
+        if await storage.registry_get(kind, reg.key_of(obj)) is not None:
+            raise ApiError(409, "conflict", f"{kind[:-1]} {reg.key_of(obj)!r} already exists; use PUT to change it")
+        await save(request, obj, effective)
         return json(reg.format_object(obj), status=201)
 
     async def put(request: Request, ident: str) -> Any:
-        parsed = parse_key(ident)
-        existed = await storage.registry_get(kind, parsed) is not None
-        obj = await save(request, body_json(request), parsed)
+        obj, effective = parse(request, body_json(request), parse_key(ident))
+        existed = await storage.registry_get(kind, reg.key_of(obj)) is not None
+        await save(request, obj, effective)
         return json(reg.format_object(obj), status=200 if existed else 201)
 
     async def delete(request: Request, ident: str) -> Any:
@@ -101,7 +109,7 @@ def _kind_routes(server: Server, kind: str, key: str, key_type: str) -> list[Rou
         if await storage.registry_get(kind, parsed) is None:
             raise ApiError(404, "not_found", f"{kind[:-1]} {ident!r} is not in the registry")
         stored = {k: await storage.registry_list(k) for k in KINDS}
-        problems = reg.check_delete(stored, kind, parsed, where=f"{request.method} {request.path}")
+        problems = reg.check_delete(stored, kind, parsed, where=f"{request.method} /api/v1/{kind}/{parsed}")
         if problems:
             raise ApiError(409, "conflict", str(reg.RegistryError(problems)))
         if kind == "meters":
