@@ -16,6 +16,7 @@ import click
 
 from balans_edge import __version__
 from balans_edge.config import Config, load_config
+from balans_edge.core.redact import RedactingFilter, redact_url
 from balans_edge.plugin_manager import PluginError, Plugins, config_schemas, load_plugins
 from balans_edge.settings import ConfigError
 
@@ -65,11 +66,10 @@ def prepare(config_path: Path | None) -> tuple[Plugins, Config]:
 
 
 def setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper()),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.addFilter(RedactingFilter())  # no credential reaches the log, whoever logs it
+    logging.basicConfig(level=getattr(logging, level.upper()), handlers=[handler])
 
 
 def run_async(fn: Callable[[], Awaitable[T]]) -> T:
@@ -147,7 +147,7 @@ def run(config_path: Path | None, host: str | None, port: int | None) -> None:
 def check_config(file: Path) -> None:
     """Validate a configuration file; exit non-zero on any error."""
     _, config = prepare(file)
-    click.echo(f"{file}: OK (site {config.site.name!r}, storage {config.storage.url})")
+    click.echo(f"{file}: OK (site {config.site.name!r}, storage {redact_url(config.storage.url)})")
 
 
 @cli.command("plugins")

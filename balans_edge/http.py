@@ -75,17 +75,17 @@ class Http:
         return found
 
     def _authorize(self, request: Request, route: Route) -> None:
-        if route.role is None:
-            return
         user = self.user(request)
         if user is None and self.api.anonymous_role == "viewer":
             user = ("anonymous", "viewer")
+        # Open routes see the caller too (None: nobody): health shows more to a viewer.
+        request.ctx.user, request.ctx.role = user or (None, None)
+        if route.role is None:
+            return
         if user is None:
             raise ApiError(401, "unauthorized", "missing or invalid bearer token")
         if ROLE_RANK[user[1]] < ROLE_RANK[route.role]:
             raise ApiError(403, "forbidden", f"{route.method} {route.openapi_path} needs role {route.role}")
-        request.ctx.user = user[0]
-        request.ctx.role = user[1]
 
     def _mount(self, route: Route) -> None:
         @functools.wraps(route.handler)

@@ -21,6 +21,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from balans_edge.core.bus import BalanceUpdated, IntervalsUpdated, ReadingsCommitted, Subscription
+from balans_edge.core.redact import redact_url
 from balans_edge.core.storage import Storage
 from balans_edge.core.tasks import cancel
 from balans_edge.plugins.export.config import ExportConfig, TargetConfig
@@ -157,7 +158,7 @@ class TargetExporter:
         oldest = row.get("oldest_t")
         self.snapshot = {
             "target": self.target,
-            "url": self.config.url,
+            "url": redact_url(self.config.url),
             "bucket": self.config.bucket,
             "kinds": list(self.config.kinds) if self.config.enabled else [],
             "queue_depth": row.get("depth", 0),
