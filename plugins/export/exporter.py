@@ -191,7 +191,8 @@ class TargetExporter:
         return {**self.snapshot, "state": state, "since_start": {
             "points_sent": self.counters.points_sent, "batches_sent": self.counters.batches_sent,
             "retries": self.counters.retries, "dead_letters": self.counters.dead_points,
-            "splits": self.counters.splits, "gone": self.counters.gone}}
+            "splits": self.counters.splits, "gone": self.counters.gone,
+            "non_finite_fields": self.builder.non_finite.count}}
 
     # the loop -------------------------------------------------------------------
 
