@@ -73,6 +73,7 @@ class _Parser:
         hints = typing.get_type_hints(cls)
         fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
         values: dict[str, Any] = {}
+        reported = len(self.problems)
         known = set(fields) | {f"{n}_env" for n, f in fields.items() if f.metadata.get("secret")}
         for key in table:
             if key not in known:
@@ -100,6 +101,8 @@ class _Parser:
             ok, value = self.value(hints[name], raw, path, name, f.metadata)
             if ok:
                 values[name] = value
+        if len(self.problems) > reported:
+            return None  # the checks across keys (``__post_init__``) would only repeat a reported problem
         try:
             return cls(**values)
         except TypeError:
