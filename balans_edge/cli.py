@@ -16,7 +16,9 @@ import click
 
 from balans_edge import __version__
 from balans_edge.config import Config, load_config
+from balans_edge.core.redact import RedactingFilter, redact_url
 from balans_edge.plugin_manager import PluginError, Plugins, config_schemas, load_plugins
+from balans_edge.security import assess
 from balans_edge.settings import ConfigError
 
 log = logging.getLogger("balans_edge")
@@ -65,11 +67,10 @@ def prepare(config_path: Path | None) -> tuple[Plugins, Config]:
 
 
 def setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper()),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.addFilter(RedactingFilter())  # no credential reaches the log, whoever logs it
+    logging.basicConfig(level=getattr(logging, level.upper()), handlers=[handler])
 
 
 def run_async(fn: Callable[[], Awaitable[T]]) -> T:
@@ -111,6 +112,12 @@ def run(config_path: Path | None, host: str | None, port: int | None) -> None:
         )
         config = dataclasses.replace(config, server=server_section)
     setup_logging(config.server.log_level)
+    assessment = assess(config)
+    for risk in assessment.risks:
+        log.warning("insecure configuration: %s", risk)
+    if assessment.refused:
+        log.error("start-up refused: %s", assessment.refusal())
+        raise SystemExit(2)
 
     async def main() -> int:
         server = Server(config, plugins)
@@ -145,9 +152,16 @@ def run(config_path: Path | None, host: str | None, port: int | None) -> None:
 @cli.command("check-config")
 @click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
 def check_config(file: Path) -> None:
-    """Validate a configuration file; exit non-zero on any error."""
+    """Validate a configuration file; exit non-zero on any error, or on risks
+    (weak tokens, anonymous access) on an address other than loopback."""
     _, config = prepare(file)
-    click.echo(f"{file}: OK (site {config.site.name!r}, storage {config.storage.url})")
+    assessment = assess(config)
+    for risk in assessment.risks:
+        click.echo(f"warning: {risk}", err=True)
+    if assessment.refused:
+        click.echo(f"error: {assessment.refusal()}", err=True)
+        raise SystemExit(2)
+    click.echo(f"{file}: OK (site {config.site.name!r}, storage {redact_url(config.storage.url)})")
 
 
 @cli.command("plugins")
@@ -174,8 +188,10 @@ def plugins_command(config_path: Path | None, as_json: bool) -> None:
 from balans_edge.analytics_cli import analytics  # noqa: E402 - needs the helpers above
 from balans_edge.balance_cli import balance  # noqa: E402 - needs the helpers above
 from balans_edge.registry_cli import registry  # noqa: E402 - needs the helpers above
+from balans_edge.token_cli import token  # noqa: E402 - needs the helpers above
 
 cli.add_command(registry)
+cli.add_command(token)
 cli.add_command(balance)
 cli.add_command(analytics)
 

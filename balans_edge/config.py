@@ -8,6 +8,7 @@ See docs/config.md.
 
 from __future__ import annotations
 
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +19,7 @@ from balans_edge.core.balance_worker import BalanceSettings
 from balans_edge.core.ingest import IngestSettings
 from balans_edge.core.intervals import IntervalSettings
 from balans_edge.core.model import Group
+from balans_edge.security import token_digest
 from balans_edge.settings import ConfigError, parse_section, setting
 
 Role = Literal["viewer", "operator", "admin"]
@@ -43,6 +45,8 @@ class ServerSection:
     port: int = setting(8080, range=(1, 65535))
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     shutdown_timeout_s: float = setting(15.0, range=(0.1, 600))
+    allow_insecure: bool = setting(False, doc="run on a non-loopback address despite weak tokens or an anonymous "
+                                              "role (balans_edge.security); they are still logged")
 
 
 @dataclass(frozen=True)
@@ -56,11 +60,26 @@ class StorageSection:
     url: str = setting("sqlite:var/balans-edge.db", check=_storage_url)
 
 
+def _sha256_hex(value: str) -> str | None:
+    if re.fullmatch(r"[0-9a-fA-F]{64}", value):
+        return None
+    return "expected 64 hexadecimal digits (from balans-edge token hash)"
+
+
 @dataclass(frozen=True)
 class ApiUser:
     name: str
     role: Role
-    token: str = setting(secret=True, check=lambda t: None if len(t) >= 16 else "expected at least 16 characters")
+    token: str = setting("", secret=True, check=lambda t: None if len(t) >= 16 else "expected at least 16 characters")
+    token_sha256: str = setting("", check=_sha256_hex, doc="the token's SHA-256 in hex instead of the token itself")
+
+    def __post_init__(self) -> None:
+        if bool(self.token) == bool(self.token_sha256):
+            raise ValueError(f'user "{self.name}": give one of token, token_env or token_sha256')
+
+    def digest(self) -> bytes:
+        """SHA-256 of the token: what a presented token is compared with (balans_edge.security)."""
+        return bytes.fromhex(self.token_sha256) if self.token_sha256 else token_digest(self.token)
 
 
 @dataclass(frozen=True)
@@ -68,6 +87,16 @@ class ApiSection:
     users: list[ApiUser] = field(default_factory=list)
     anonymous_role: Literal["none", "viewer"] = "none"
     max_body_bytes: int = setting(16 * 1024 * 1024, range=(1024, 1024**3))
+
+    def __post_init__(self) -> None:
+        # Two users with one token: the last one won, so a "viewer" token acted as
+        # admin. Always an error, whatever form each token is given in.
+        first: dict[bytes, int] = {}
+        for i, user in enumerate(self.users):
+            j = first.setdefault(user.digest(), i)
+            if j != i:
+                raise ValueError(f'users[{j}] "{self.users[j].name}" and users[{i}] "{user.name}" have the same token: '
+                                 "each user needs its own")
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,9 @@ from sanic.exceptions import SanicException
 from sanic.request import Request
 
 from balans_edge import __version__
+from balans_edge.core.log_limit import LimitedLog
 from balans_edge.routes import ROLE_RANK, ApiError, Route, json, path_value
+from balans_edge.security import token_digest
 
 if TYPE_CHECKING:
     from balans_edge.config import ApiSection
@@ -32,6 +34,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 _names = itertools.count()
 
+REFUSALS_PER_MINUTE = 20
+"""401 and 403 log lines a minute at most; the rest are counted in the next line."""
 SANIC_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
                405: "method_not_allowed", 408: "timeout", 413: "payload_too_large", 503: "unavailable"}
 
@@ -47,6 +51,8 @@ class Http:
         self._idle = asyncio.Event()
         self._idle.set()
         self._server: Any = None
+        self._digests = [(u.digest(), u.name, u.role) for u in api.users]
+        self._refusals = LimitedLog(log, burst=REFUSALS_PER_MINUTE)
         Sanic.test_mode = True  # several apps per process (tests); no Sanic signal handlers
         self.app = Sanic(f"balans_edge_{next(_names)}", configure_logging=False)
         self.app.config.REQUEST_MAX_SIZE = api.max_body_bytes
@@ -67,25 +73,36 @@ class Http:
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token:
             return None
+        presented = token_digest(token.strip())
         found = None
-        for user in self.api.users:
-            # Compare against every user so timing does not reveal which matched.
-            if hmac.compare_digest(user.token.encode(), token.strip().encode()):
-                found = (user.name, user.role)
+        for digest, name, role in self._digests:
+            # Digests (plain and hashed tokens alike), compared with every user in
+            # constant time, so timing reveals neither a token nor which user matched.
+            if hmac.compare_digest(digest, presented):
+                found = (name, role)
         return found
 
+    def _refused(self, request: Request, route: Route, status: int, why: str) -> None:
+        """Every 401 and 403 is logged with the peer and the route (not the raw path,
+        which the caller chose), at most ``burst`` lines a minute."""
+        self._refusals.log(logging.WARNING, "HTTP %d %s %s from %s: %s", status, route.method, route.openapi_path,
+                           request.ip or "?", why)
+
     def _authorize(self, request: Request, route: Route) -> None:
-        if route.role is None:
-            return
         user = self.user(request)
         if user is None and self.api.anonymous_role == "viewer":
             user = ("anonymous", "viewer")
+        # Open routes see the caller too (None: nobody): health shows more to a viewer.
+        request.ctx.user, request.ctx.role = user or (None, None)
+        if route.role is None:
+            return
         if user is None:
+            given = "authorization" in request.headers
+            self._refused(request, route, 401, "invalid bearer token" if given else "no bearer token")
             raise ApiError(401, "unauthorized", "missing or invalid bearer token")
         if ROLE_RANK[user[1]] < ROLE_RANK[route.role]:
+            self._refused(request, route, 403, f'user "{user[0]}" ({user[1]}) needs role {route.role}')
             raise ApiError(403, "forbidden", f"{route.method} {route.openapi_path} needs role {route.role}")
-        request.ctx.user = user[0]
-        request.ctx.role = user[1]
 
     def _mount(self, route: Route) -> None:
         @functools.wraps(route.handler)

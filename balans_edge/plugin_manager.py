@@ -22,6 +22,7 @@ from typing import Any
 import pluggy
 
 from balans_edge import hookspecs
+from balans_edge.core.redact import redact_text
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +44,8 @@ def summarize(exc: BaseException) -> str:
     if frames:
         last = frames[-1]
         where = f" (at {last.filename.rsplit('/', 1)[-1]}:{last.lineno} in {last.name})"
-    return f"{type(exc).__name__}: {exc}{where}"
+    # A plugin's error may quote its configuration (a URL with a password): masked.
+    return redact_text(f"{type(exc).__name__}: {exc}{where}")
 
 
 @dataclass

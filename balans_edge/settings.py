@@ -19,6 +19,8 @@ import typing
 from collections.abc import Callable
 from typing import Any, Literal, get_args, get_origin
 
+from balans_edge.core.redact import redact_text
+
 MISSING = dataclasses.MISSING
 
 
@@ -57,7 +59,11 @@ class _Parser:
     def __init__(self) -> None:
         self.problems: list[str] = []
 
-    def fail(self, path: list[str], key: str, message: str) -> None:
+    def fail(self, path: list[str], key: str, message: str, secret: bool = False) -> None:
+        # check-config prints these: a secret's value is never repeated, nor a URL's password.
+        if secret and ", got " in message:
+            message = message.split(", got ")[0] + " (the value is a secret: not shown)"
+        message = redact_text(message)
         self.problems.append(f"{_label(path)} {key}: {message}")
 
     def dataclass(self, cls: type, table: Any, path: list[str]) -> Any:
@@ -67,6 +73,7 @@ class _Parser:
         hints = typing.get_type_hints(cls)
         fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
         values: dict[str, Any] = {}
+        reported = len(self.problems)
         known = set(fields) | {f"{n}_env" for n, f in fields.items() if f.metadata.get("secret")}
         for key in table:
             if key not in known:
@@ -94,6 +101,8 @@ class _Parser:
             ok, value = self.value(hints[name], raw, path, name, f.metadata)
             if ok:
                 values[name] = value
+        if len(self.problems) > reported:
+            return None  # the checks across keys (``__post_init__``) would only repeat a reported problem
         try:
             return cls(**values)
         except TypeError:
@@ -143,26 +152,27 @@ class _Parser:
 
     def scalar(self, hint: Any, raw: Any, path: list[str], key: str, meta: Any) -> tuple[bool, Any]:
         lo_hi = meta.get("range")
+        secret = bool(meta.get("secret"))
         if hint is bool:
             if not isinstance(raw, bool):
-                self.fail(path, key, f"expected true or false, got {_show(raw)}")
+                self.fail(path, key, f"expected true or false, got {_show(raw)}", secret)
                 return False, None
             value = raw
         elif hint is int:
             if isinstance(raw, bool) or not isinstance(raw, int) or (lo_hi and not lo_hi[0] <= raw <= lo_hi[1]):
                 span = f" {lo_hi[0]}..{lo_hi[1]}" if lo_hi else ""
-                self.fail(path, key, f"expected integer{span}, got {_show(raw)}")
+                self.fail(path, key, f"expected integer{span}, got {_show(raw)}", secret)
                 return False, None
             value = raw
         elif hint is float:
             if isinstance(raw, bool) or not isinstance(raw, int | float) or (lo_hi and not lo_hi[0] <= raw <= lo_hi[1]):
                 span = f" {lo_hi[0]}..{lo_hi[1]}" if lo_hi else ""
-                self.fail(path, key, f"expected number{span}, got {_show(raw)}")
+                self.fail(path, key, f"expected number{span}, got {_show(raw)}", secret)
                 return False, None
             value = float(raw)
         elif hint is str:
             if not isinstance(raw, str):
-                self.fail(path, key, f"expected a string, got {_show(raw)}")
+                self.fail(path, key, f"expected a string, got {_show(raw)}", secret)
                 return False, None
             value = raw
         else:
@@ -171,7 +181,7 @@ class _Parser:
         if check is not None:
             message = check(value)
             if message:
-                self.fail(path, key, message)
+                self.fail(path, key, message, secret)
                 return False, None
         return True, value
 

@@ -37,7 +37,6 @@ from balans_edge.core.registry_io import (
     identifier,
     int_range,
     iso_time,
-    number_above,
     number_between,
     plain_text,
     read_file,
@@ -79,6 +78,20 @@ TIME_COLUMNS = frozenset({"install_time", "removed_time", "last_seen"})
 STATUS_COLUMNS = ("parent_id", "hops", "rssi", "battery_mv", "firmware")
 """Module columns the radio network reports: an empty cell keeps the stored value."""
 
+# Physical ranges of the registry's numbers (docs/registry.md). Generous for any real
+# site, tight enough that no product of them overflows: a pulse weight of 1e300 made
+# register values infinite, and one infinite field makes InfluxDB refuse a whole batch.
+MAX_PULSE_WEIGHT = 1000.0
+"""Units per pulse (a bulk water meter: 1 m3 per pulse; 1000 leaves room for a district heat meter in GJ)."""
+MAX_BASE_READING = 1e9
+"""A dial has at most nine whole digits."""
+MAX_AREA_M2 = 1e6
+"""Floor area of one account (a square kilometre: a factory site)."""
+MAX_PRICE = 1e6
+"""Money per unit (heat is about 3000 per Gcal)."""
+MAX_ODN_NORM = 100.0
+"""Common-use consumption per m2 per month (water about 0.03 m3, heat 0.02 Gcal, electricity a few kWh)."""
+
 # -- columns and single objects ----------------------------------------------------
 
 
@@ -117,17 +130,17 @@ COLUMNS: dict[str, dict[str, Column]] = {
         ("contact", plain_text),
         ("tariff_plan", plain_text),
         ("address", plain_text),
-        ("area_m2", number_above(0, inclusive=False)),
+        ("area_m2", number_between(0, MAX_AREA_M2, low_inclusive=False)),
     ),
     "meters": _columns(
         ("meter_id", identifier, True),
         ("resource", resource_name, True),
         ("unit", unit_name, True),
-        ("pulse_weight", number_above(0, inclusive=False), True),
+        ("pulse_weight", number_between(0, MAX_PULSE_WEIGHT, low_inclusive=False), True),
         ("install_time", iso_time, True),
         ("module_id", int_range(1, U32_MAX)),
         ("channel", int_range(1, 3)),
-        ("base_reading", number_above(0, inclusive=True)),
+        ("base_reading", number_between(0, MAX_BASE_READING)),
         ("base_counter", int_range(0, U32_MAX)),
         ("account_id", identifier),
         ("group_id", identifier),
@@ -144,9 +157,9 @@ COLUMNS: dict[str, dict[str, Column]] = {
         ("level", identifier),
         ("parent_id", identifier),
         ("loss_norm_pct", number_between(0, 100)),
-        ("price", number_above(0, inclusive=True)),
+        ("price", number_between(0, MAX_PRICE)),
         ("allocation_rule", choice(ALLOCATION_RULES)),
-        ("odn_norm", number_above(0, inclusive=True)),
+        ("odn_norm", number_between(0, MAX_ODN_NORM)),
     ),
 }
 """Columns of each kind in file order (the dataclass field order) with their parsers."""

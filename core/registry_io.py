@@ -315,9 +315,17 @@ def int_range(lo: int, hi: int) -> Callable[[Any], int]:
     return parse
 
 
-def number_above(minimum: float, inclusive: bool) -> Callable[[Any], float]:
-    """Finite decimal numbers; a decimal comma gets a hint instead of a guess."""
-    bound = f"{'>=' if inclusive else '>'} {minimum:g}"
+def _plain(x: float) -> str:
+    """A bound as people write it: 1000000, 0.000001 (not 1e+06, 1e-06)."""
+    return format(x, "f").rstrip("0").rstrip(".")
+
+
+def number_between(lo: float, hi: float, *, low_inclusive: bool = True) -> Callable[[Any], float]:
+    """Finite decimal numbers in a physical range, ``lo..hi`` (``lo`` itself refused
+    unless ``low_inclusive``): every number of the registry ends up multiplied into
+    register values, balances and exports, where 1e300 becomes infinity. A decimal
+    comma gets a hint instead of a guess."""
+    bound = f"{_plain(lo)}..{_plain(hi)}" if low_inclusive else f"> {_plain(lo)} and <= {_plain(hi)}"
 
     def parse(value: Any) -> float:
         result = None
@@ -325,7 +333,8 @@ def number_above(minimum: float, inclusive: bool) -> Callable[[Any], float]:
             result = float(value)
         elif isinstance(value, str) and _NUMBER.fullmatch(value.strip()):
             result = float(value.strip())
-        if result is None or not math.isfinite(result) or not (result >= minimum if inclusive else result > minimum):
+        if result is None or not math.isfinite(result) or not (lo <= result if low_inclusive else lo < result) \
+                or result > hi:
             hint = " (use a dot as the decimal separator)" if isinstance(value, str) and "," in value else ""
             raise BadValue(f"expected a number {bound}, got {shown(value)}{hint}")
         return result
@@ -459,14 +468,3 @@ def choice(options: Sequence[str]) -> Callable[[Any], str]:
 
     return parse
 
-
-def number_between(lo: float, hi: float) -> Callable[[Any], float]:
-    above = number_above(lo, inclusive=True)
-
-    def parse(value: Any) -> float:
-        result = above(value)
-        if result > hi:
-            raise BadValue(f"expected a number {lo:g}..{hi:g}, got {shown(value)}")
-        return result
-
-    return parse

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
 from balans_edge.core.bus import TagSample, TagValues
 from balans_edge.core.model import COUNTER_MODULUS, UNITS, Meter, RadioModule, RawReading, Resource
+from balans_edge.core.registry import MAX_PULSE_WEIGHT
 from balans_edge.core.storage import StorageError
 from balans_edge.core.storage.base import TagRow
 
@@ -78,8 +79,8 @@ def meter_problems(tag: TagSpec) -> list[str]:
     out = []
     if tag.module_id <= 0:
         out.append("meter_id needs module_id, a virtual module number 1..4294967295")
-    if tag.resolution <= 0:
-        out.append("meter_id needs resolution > 0 (the meter's quantity per count)")
+    if not 0 < tag.resolution <= MAX_PULSE_WEIGHT:  # it becomes the meter's pulse weight
+        out.append(f"meter_id needs resolution > 0 and <= {MAX_PULSE_WEIGHT:g} (the meter's quantity per count)")
     allowed = UNITS[Resource(tag.resource)]
     if tag.unit not in allowed:
         out.append(f'unit "{tag.unit}" is not a unit of {tag.resource} (allowed: {", ".join(sorted(allowed))})')

@@ -27,7 +27,10 @@ def reading(module: int, channel: int, ts: int, counter: int, status: int = 0) -
 
 async def test_health_is_public_and_reports_state(make_server, client_for, tmp_path):
     server = await started(make_server, tmp_path)
-    r = await client_for(server).get("/api/v1/health")
+    anonymous = await client_for(server).get("/api/v1/health")
+    assert anonymous.status_code == 200
+    assert anonymous.json() == {"status": "ok"}  # the rest maps the box for whoever asks: a viewer's
+    r = await client_for(server).get("/api/v1/health", headers=auth("viewer"))
     assert r.status_code == 200
     body = r.json()
     assert body["status"] == "ok"

@@ -98,7 +98,7 @@ async def test_a_refused_point_is_dead_lettered_and_the_rest_flows(
     assert await eventually(lambda: len(api.accepted_lines()) == 13, timeout=10)
 
     async def health() -> dict[str, Any]:  # refreshed by the exporter about once a second
-        return (await client.get("/api/v1/health")).json()["exporters"]["export:t"]
+        return (await client.get("/api/v1/health", headers=auth("viewer"))).json()["exporters"]["export:t"]
 
     status = await eventually(lambda: _settled(health, 13), timeout=10)
     assert (status["dead_letters"], status["points_sent"], status["queue_depth"]) == (2, 13, 0)
@@ -237,7 +237,7 @@ async def test_points_wait_while_the_target_is_unreachable(
     client = client_for(server)
 
     async def retrying() -> bool:
-        s = (await client.get("/api/v1/health")).json()["exporters"]["export:t"]
+        s = (await client.get("/api/v1/health", headers=auth("viewer"))).json()["exporters"]["export:t"]
         return s["state"] == "retrying" and s["retries"] >= 2
 
     assert await eventually(retrying, timeout=10)

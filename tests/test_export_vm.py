@@ -217,7 +217,8 @@ class Edge:
             self.proc.wait()
 
     def health(self) -> dict[str, Any]:
-        return httpx.get(f"{self.url}/api/v1/health", timeout=10).json()["exporters"]["export:vm"]
+        health = httpx.get(f"{self.url}/api/v1/health", headers=auth("viewer"), timeout=10).json()
+        return health["exporters"]["export:vm"]
 
 
 async def push(edge: Edge, batch: int, acked: dict[int, list[tuple[int, int]]], size: int = 40) -> None:

@@ -118,7 +118,7 @@ def test_deleting_a_group_or_an_input_meter_in_use_is_refused() -> None:
         ({"inputs": "IN", "unit": "kWh"}, '"kWh" is not a unit of water'),
         ({"inputs": "IN", "allocation_rule": "by-mood"}, "expected one of consumption, area, equal"),
         ({"inputs": "IN", "loss_norm_pct": "120"}, "expected a number 0..100"),
-        ({"inputs": "IN", "price": "-1"}, "expected a number >= 0"),
+        ({"inputs": "IN", "price": "-1"}, "expected a number 0..1000000"),
     ],
 )
 def test_group_columns(data: dict[str, Any], expected: str | None) -> None:

@@ -392,7 +392,7 @@ async def test_hook_register_exporters(
     client = client_for(server)
     exporter = next(e for n, e in server.exporters if n == "example")
 
-    health = (await client.get("/api/v1/health")).json()
+    health = (await client.get("/api/v1/health", headers=auth("viewer"))).json()
     assert health["exporters"] == {"example-exporter": {"running": True, "readings_seen": 0}}
     assert health["plugins"]["example"] == "started"
 
@@ -406,7 +406,8 @@ async def test_hook_register_exporters(
     assert r.json()["accepted"] == 2, r.text
 
     async def seen() -> int:
-        return (await client.get("/api/v1/health")).json()["exporters"]["example-exporter"]["readings_seen"]
+        health = (await client.get("/api/v1/health", headers=auth("viewer"))).json()
+        return health["exporters"]["example-exporter"]["readings_seen"]
 
     deadline = time.monotonic() + 5
     while await seen() != 2:

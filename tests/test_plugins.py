@@ -151,7 +151,7 @@ async def test_failing_plugin_is_disabled_and_the_rest_runs(
     assert info.error == EXPECTED[kind].format(name=name)
     assert plugins.info["dmesh"].state == "started"
 
-    health = await client.get("/api/v1/health")
+    health = await client.get("/api/v1/health", headers=auth("viewer"))
     assert health.status_code == 200
     assert health.json()["plugins"] == {"analytics": "started", "dmesh": "started", "modbus": "started",
                                         "opcua": "started", "export": "started", name: "failed"}
@@ -224,7 +224,7 @@ async def test_enabled_false_disables_a_plugin(
     assert server.plugins.info["example"].error is None
     assert [n for n, _ in server.components + server.exporters] == ["analytics"]
     assert (await client.get("/api/v1/example/summary", headers=auth("viewer"))).status_code == 404
-    health = (await client.get("/api/v1/health")).json()
+    health = (await client.get("/api/v1/health", headers=auth("viewer"))).json()
     assert health["plugins"] == {"analytics": "started", "dmesh": "started", "example": "disabled",
                                  "modbus": "started", "opcua": "started", "export": "started"}
     assert health["exporters"] == {}
@@ -320,7 +320,8 @@ def test_cli_runs_with_failing_optional_plugins(tmp_path: Path, plugin_dir: Call
     for kind in ("import", "start"):
         install_entry_point(site, plugin_dir(f"opt_{kind}", kind))
     config = tmp_path / "optional.toml"
-    config.write_text(f'[storage]\nurl = "sqlite:{tmp_path / "cli.db"}"\n', encoding="utf-8")
+    config.write_text(f'[storage]\nurl = "sqlite:{tmp_path / "cli.db"}"\n[api]\nanonymous_role = "viewer"\n',
+                      encoding="utf-8")
     proc = subprocess.Popen(
         [str(BIN / "balans-edge"), "run", "-c", str(config), "--port", "0"],
         cwd=tmp_path,

@@ -236,7 +236,8 @@ async def test_bad_row_reports_file_line_column_and_writes_nothing(storage, tmp_
     problems = await refused(storage, paths)
     text = [str(p) for p in problems]
     assert 'meters.csv:5: column "unit": "kWh" is not a unit of heat (allowed: GJ, Gcal)' in text
-    assert any(t.startswith('accounts.csv:4: column "area_m2": expected a number > 0, got "abc"') for t in text)
+    area = 'accounts.csv:4: column "area_m2": expected a number > 0 and <= 1000000, got "abc"'
+    assert any(t.startswith(area) for t in text)
     # An unquoted decimal comma splits the cell: reported as a value without a column.
     assert any(t.startswith("accounts.csv:3: value") for t in text)
     assert (await storage.registry_get("concentrators", 7)).name == "Main"
@@ -433,7 +434,7 @@ async def test_json_problems_name_the_item(storage, tmp_path):
         'registry.json:meters#1: column "install_time": expected an ISO-8601 time with a timezone '
         'such as 2014-01-01T00:00:00Z, got "2014-01-01T00:00:00"',
         'registry.json:meters#2: column "colour": unknown column (expected: ' + ", ".join(COLUMNS["meters"]) + ")",
-        'registry.json:meters#2: column "pulse_weight": expected a number > 0, got -1',
+        'registry.json:meters#2: column "pulse_weight": expected a number > 0 and <= 1000, got -1',
     ]
 
 

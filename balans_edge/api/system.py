@@ -15,7 +15,12 @@ if TYPE_CHECKING:
 
 def routes(server: Server) -> list[Route]:
     async def health(request: Request) -> Any:
-        return json(await server.health())
+        report = await server.health()
+        if request.ctx.role is None:
+            # Open to anyone (load balancers, probes): the overall status only. The
+            # rest (versions, plugin states, export targets) helps an attacker map the box.
+            return json({"status": report["status"]})
+        return json(report)
 
     async def plugins(request: Request) -> Any:
         return json({"plugins": server.plugins.listing()})
@@ -35,8 +40,9 @@ def routes(server: Server) -> list[Route]:
         return json({**result.as_dict(), "remaining": remaining})
 
     return [
-        Route("GET", "/api/v1/health", health, "Server health: storage, ingest counters, plugins, exporters",
-              role=None, tags=("system",)),
+        Route("GET", "/api/v1/health", health,
+              "Server health: the overall status for anyone; storage, ingest counters, plugins and exporters "
+              "for a viewer (or with anonymous_role = viewer)", role=None, tags=("system",)),
         Route("GET", "/api/v1/plugins", plugins, "Loaded plugins, their hooks and state", tags=("system",)),
         Route("GET", "/api/v1/quarantine", quarantine, "Readings from unknown modules or channels, newest first",
               params=(Param("limit", type="integer", description="at most this many (default 1000)"),),

@@ -15,6 +15,8 @@ import contextlib
 import dataclasses
 import json
 import logging
+import os
+import stat
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -120,6 +122,23 @@ async def _pragma(db: aiosqlite.Connection, pragma: str) -> None:
         await cursor.fetchall()
 
 
+def _private_file(path: Path) -> None:
+    """Create the database file readable by its owner only (0600): it holds
+    consumers' names, addresses and phones. SQLite gives the -wal and -shm files
+    the database file's permissions, so creating it first covers them too (and
+    needs no umask change, which would be process-wide). An existing file open
+    to others is left as it is, with a warning."""
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        return
+    except FileExistsError:
+        pass
+    mode = stat.S_IMODE(path.stat().st_mode)
+    if mode & 0o077:
+        log.warning("database %s is readable by others (mode %04o); it holds consumers' personal data: "
+                    "chmod 600 it", path, mode)
+
+
 @dataclass
 class _Job:
     statements: list[Statement]
@@ -147,6 +166,7 @@ class SqliteStorage(RegistryHistory, BalanceTables, DeviceReports, BridgeSlots, 
     async def open(self) -> None:
         if str(self.path) != ":memory:":
             self.path.parent.mkdir(parents=True, exist_ok=True)
+            _private_file(self.path)
         self._writer = await aiosqlite.connect(self.path, isolation_level=None)
         try:
             for pragma in ("journal_mode=WAL", "synchronous=FULL", "foreign_keys=ON", "busy_timeout=10000"):

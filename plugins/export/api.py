@@ -32,6 +32,8 @@ METRICS = (
     ("retries_total", "counter", "Requests repeated after a transient failure.", "retries"),
     ("dead_letter_points_total", "counter", "Points the target refused, kept in the dead letters.", "dead_letters"),
     ("dropped_points_total", "counter", "Points dropped from a full queue (when_full = drop_oldest).", "dropped"),
+    ("non_finite_fields_total", "counter", "Fields left out of their points as NaN or infinite (since start).",
+     "since_start.non_finite_fields"),
 )
 PREFIX = "balans_export_"
 
@@ -44,13 +46,21 @@ def _label(value: str) -> str:
     return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
+def _figure(status: dict[str, Any], key: str) -> Any:
+    """A status figure by its dotted path (``since_start.non_finite_fields``)."""
+    value: Any = status
+    for part in key.split("."):
+        value = value.get(part) if isinstance(value, dict) else None
+    return value
+
+
 def prometheus(statuses: list[dict[str, Any]]) -> str:
     """The exporters' figures in Prometheus text format, one series per target."""
     lines = []
     for name, kind, text, key in METRICS:
         lines += [f"# HELP {PREFIX}{name} {text}", f"# TYPE {PREFIX}{name} {kind}"]
         for s in statuses:
-            lines.append(f'{PREFIX}{name}{{target="{_label(s["target"])}"}} {s.get(key) or 0}')
+            lines.append(f'{PREFIX}{name}{{target="{_label(s["target"])}"}} {_figure(s, key) or 0}')
     lines += [f"# HELP {PREFIX}up 1 unless the target's last request failed and is being retried.",
               f"# TYPE {PREFIX}up gauge"]
     for s in statuses:

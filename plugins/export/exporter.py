@@ -21,6 +21,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from balans_edge.core.bus import BalanceUpdated, IntervalsUpdated, ReadingsCommitted, Subscription
+from balans_edge.core.redact import redact_url
 from balans_edge.core.storage import Storage
 from balans_edge.core.tasks import cancel
 from balans_edge.plugins.export.config import ExportConfig, TargetConfig
@@ -157,7 +158,7 @@ class TargetExporter:
         oldest = row.get("oldest_t")
         self.snapshot = {
             "target": self.target,
-            "url": self.config.url,
+            "url": redact_url(self.config.url),
             "bucket": self.config.bucket,
             "kinds": list(self.config.kinds) if self.config.enabled else [],
             "queue_depth": row.get("depth", 0),
@@ -190,7 +191,8 @@ class TargetExporter:
         return {**self.snapshot, "state": state, "since_start": {
             "points_sent": self.counters.points_sent, "batches_sent": self.counters.batches_sent,
             "retries": self.counters.retries, "dead_letters": self.counters.dead_points,
-            "splits": self.counters.splits, "gone": self.counters.gone}}
+            "splits": self.counters.splits, "gone": self.counters.gone,
+            "non_finite_fields": self.builder.non_finite.count}}
 
     # the loop -------------------------------------------------------------------
 

@@ -82,18 +82,23 @@ def _value(key: str, value: object) -> str | None:
     raise TypeError(f"field {key}: unsupported type {type(value).__name__}")
 
 
-def fields(values: Mapping[str, FieldValue]) -> str:
+def fields(values: Mapping[str, FieldValue], omitted: list[str] | None = None) -> str:
     """The field set, sorted by key: floats as they are, integers with ``i``, strings
-    quoted; None and non-finite floats are left out (line protocol has no null)."""
+    quoted; None and non-finite floats are left out (line protocol has no null, and
+    InfluxDB refuses a whole batch for one ``inf``). The keys of non-finite values
+    left out are added to ``omitted``, so the caller can count and report them."""
     parts = []
     for key in sorted(values):
-        text = _value(key, values[key])
+        value = values[key]
+        text = _value(key, value)
         if text is not None:
             parts.append(f"{_field_key(key)}={text}")
+        elif omitted is not None and value is not None:
+            omitted.append(key)
     return ",".join(parts)
 
 
-def line(series_key: str, values: Mapping[str, Any], t: int) -> str | None:
+def line(series_key: str, values: Mapping[str, Any], t: int, omitted: list[str] | None = None) -> str | None:
     """One point at unix second ``t``; None when no field has a value."""
-    field_set = fields(values)
+    field_set = fields(values, omitted)
     return f"{series_key} {field_set} {int(t)}" if field_set else None

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import inspect
 import json
+import logging
+import math
 from collections import defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -38,6 +40,8 @@ from balans_edge.core.storage import Storage
 from balans_edge.core.storage.base import ExportBatch
 from balans_edge.core.storage.sqlite_balance import BALANCE_COLUMNS
 from balans_edge.plugins.export.lineproto import line, number, series
+
+log = logging.getLogger(__name__)
 
 Made = list[tuple[tuple[Any, ...], int, str | None]]
 """What a kind's builder makes of its rows: (point key, queue entry id, line) each."""
@@ -79,16 +83,23 @@ class Built:
         return len(self.units)
 
 
-def reading_line(series_key: str, meter: Meter, r: Mapping[str, Any], value: float | None = None) -> str:
+def reading_line(series_key: str, meter: Meter, r: Mapping[str, Any], value: float | None = None,
+                 omitted: list[str] | None = None) -> str:
     """A reading's line: what ``line(series_key, {"value", "pulses", "counter",
-    "status", "flags"}, ts)`` writes (a test holds them equal), in one format
-    string, since readings are most of what is exported. ``value``: the register
-    value (``RegisterTable``); without it, from the meter's current parameters."""
+    "status", "flags"}, ts, omitted)`` writes (a test holds them equal), in one
+    format string, since readings are most of what is exported. ``value``: the
+    register value (``RegisterTable``); without it, from the meter's current parameters."""
     if value is None:
         value = RegisterTable.of_meters([(0, meter)]).value(0, r["ts"], r["pulses"])
     value = round(value, 9)
+    if math.isfinite(value):
+        field = f",value={number(float(value))}"
+    else:
+        field = ""
+        if omitted is not None:
+            omitted.append("value")
     return (f"{series_key} counter={int(r['counter'])}i,flags={int(r['flags'])}i,pulses={int(r['pulses'])}i,"
-            f"status={int(r['status'])}i,value={number(float(value))} {int(r['ts'])}")
+            f"status={int(r['status'])}i{field} {int(r['ts'])}")
 
 
 def group_path(groups: Mapping[str, Group], group_id: str | None) -> dict[str, str]:
@@ -102,6 +113,30 @@ def group_path(groups: Mapping[str, Group], group_id: str | None) -> dict[str, s
             tags[group.level] = group.group_id
         group = groups.get(group.parent_id) if group.parent_id else None
     return tags
+
+
+@dataclass(slots=True)
+class NonFinite:
+    """Fields left out of their points because the value is NaN or infinite.
+
+    InfluxDB refuses a whole batch for one ``inf``, so such a field never leaves;
+    the rest of its point does (a reading's counter and pulses are still true).
+    Each series and field is logged once per run, naming the series, so an
+    operator knows which meter's or group's registry numbers to look at; the
+    count goes to the target's status and metrics (docs/export.md)."""
+
+    count: int = 0
+    logged: set[tuple[str, str]] = field(default_factory=set)
+
+    def note(self, series_key: str, names: list[str], t: int) -> None:
+        self.count += len(names)
+        for name in names:
+            if (series_key, name) in self.logged or len(self.logged) >= 10_000:
+                continue
+            self.logged.add((series_key, name))
+            log.warning("export: field %r of %s at %d is not a finite number: left out of the point, the rest is "
+                        "sent; check the registry numbers of this meter or group (later ones are only counted)",
+                        name, series_key, t)
 
 
 @dataclass(slots=True)
@@ -127,6 +162,7 @@ class PointBuilder:
         self.threshold = threshold
         self.static_tags = dict(static_tags)
         self.prefix = prefix
+        self.non_finite = NonFinite()
         self._registry: Registry | None = None
 
     def measurement(self, kind: str) -> str:
@@ -143,6 +179,14 @@ class PointBuilder:
 
     def _tags(self, specific: Mapping[str, str | None]) -> dict[str, str | None]:
         return {**self.static_tags, **specific}
+
+    def _line(self, series_key: str, values: Mapping[str, Any], t: int) -> str | None:
+        """``line``, noting the non-finite fields it left out."""
+        omitted: list[str] = []
+        text = line(series_key, values, t, omitted)
+        if omitted:
+            self.non_finite.note(series_key, omitted, t)
+        return text
 
     def meter_key(self, reg: Registry, kind: str, key: int) -> str | None:
         """Series key of a meter's points of ``kind``; None if the meter is gone."""
@@ -198,7 +242,10 @@ class PointBuilder:
             if key is None:
                 continue
             meter = reg.meters[r["meter"]]
-            out.append(((r["meter"], r["ts"]), r["qid"], reading_line(key, meter, r, value)))
+            omitted: list[str] = []
+            out.append(((r["meter"], r["ts"]), r["qid"], reading_line(key, meter, r, value, omitted)))
+            if omitted:
+                self.non_finite.note(key, omitted, r["ts"])
         return out
 
     def _consumption(self, reg: Registry, rows: list[dict[str, Any]]) -> Made:
@@ -209,7 +256,7 @@ class PointBuilder:
                 continue
             quality = QUALITY_CODES[r["quality"]]
             value = None if r["value"] is None else round(r["value"], 9)
-            text = line(key, {"value": value, "quality": str(quality), "quality_code": r["quality"]}, r["t"])
+            text = self._line(key, {"value": value, "quality": str(quality), "quality_code": r["quality"]}, r["t"])
             out.append(((r["meter"], r["t"]), r["qid"], text))
         return out
 
@@ -245,7 +292,7 @@ class PointBuilder:
             hours = np.array([r["t"] for r in grows], dtype=np.int64)
             s = BalanceSeries([group_id], hours, **columns)
             for r, values in zip(grows, self._balance_fields(reg, reg.groups[group_id], s, 0), strict=True):
-                out.append(((group_id, r["t"]), r["qid"], line(key, values, r["t"])))
+                out.append(((group_id, r["t"]), r["qid"], self._line(key, values, r["t"])))
         return out
 
     def day_of(self, t: int) -> tuple[int, int]:
@@ -271,7 +318,7 @@ class PointBuilder:
             lines = {}
             for row, group_id in enumerate(group_ids):
                 values = self._balance_fields(reg, reg.groups[group_id], s, row)[period]
-                lines[group_id] = line(self.group_key(reg, "balance_daily", group_id), values, d0)
+                lines[group_id] = self._line(self.group_key(reg, "balance_daily", group_id), values, d0)
             out += [((r["group_id"], d0), r["qid"], lines[r["group_id"]]) for r in drows]
         return out
 
@@ -285,7 +332,8 @@ class PointBuilder:
                       "seen": r["seen"], "first_seen": r["first_seen"], "last_seen": r["last_seen"],
                       "volume": finding_volume({"data": data})}
             t = r["first_seen"] or r["t"]
-            out.append(((r["id"],), r["qid"], line(series(self.measurement("findings"), self._tags(tags)), values, t)))
+            key = series(self.measurement("findings"), self._tags(tags))
+            out.append(((r["id"],), r["qid"], self._line(key, values, t)))
         return out
 
     def _alarms(self, reg: Registry, rows: list[dict[str, Any]]) -> Made:
@@ -298,8 +346,8 @@ class PointBuilder:
             finding = data.get("finding_id")
             values = {"id": r["id"], "severity": r["severity"], "message": r["message"],
                       "finding_id": finding if isinstance(finding, int) and not isinstance(finding, bool) else None}
-            out.append(((r["id"],), r["qid"], line(series(self.measurement("alarms"), self._tags(tags)), values,
-                                                   r["t"])))
+            key = series(self.measurement("alarms"), self._tags(tags))
+            out.append(((r["id"],), r["qid"], self._line(key, values, r["t"])))
         return out
 
     def _network(self, reg: Registry, rows: list[dict[str, Any]]) -> Made:
@@ -309,7 +357,7 @@ class PointBuilder:
             tags = {"module": str(r["module_id"]), "concentrator": str(r["concentrator_id"])}
             values = {"battery_mv": r["battery_mv"], "rssi": r["rssi"], "hops": r["hops"], "parent": r["parent_id"],
                       "state": r["state"], "fw_version": r["fw_version"], "channels": r["channels"]}
-            text = line(series(measurement, self._tags(tags)), values, r["t"])
+            text = self._line(series(measurement, self._tags(tags)), values, r["t"])
             out.append(((r["module_id"], r["t"], r["concentrator_id"]), r["qid"], text))
         return out
 

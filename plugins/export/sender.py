@@ -32,9 +32,11 @@ import json
 import random
 import time
 from dataclasses import dataclass
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 import httpx
 
+from balans_edge.core.redact import redact_text
 from balans_edge.plugins.export.config import TargetConfig
 
 MISCONFIGURED = frozenset({401, 403, 404})
@@ -109,14 +111,24 @@ class WriteClient:
 
     def __init__(self, config: TargetConfig) -> None:
         self.config = config
-        self.url = config.url.rstrip("/") + "/api/v2/write"
+        # A user and password in the URL go as Basic auth, not in the URL: httpx
+        # logs every request's URL, and connection errors may repeat it.
+        parts = urlsplit(config.url)
+        auth = None
+        password = unquote(parts.password or "")
+        if parts.username is not None:
+            auth = httpx.BasicAuth(unquote(parts.username), password)
+            parts = parts._replace(netloc=parts.netloc.rpartition("@")[2])
+        self.secrets = tuple(s for s in (config.token, password) if s)
+        """Masked wherever the target's answer or an error could repeat them."""
+        self.url = urlunsplit(parts).rstrip("/") + "/api/v2/write"
         self.params = {"org": config.org, "bucket": config.bucket, "precision": "s"}
         self.headers = {"Content-Type": "text/plain; charset=utf-8", "Accept": "application/json"}
         if config.token:
             self.headers["Authorization"] = f"Token {config.token}"
         if config.gzip:
             self.headers["Content-Encoding"] = "gzip"
-        self._client = httpx.AsyncClient(timeout=config.timeout_s)
+        self._client = httpx.AsyncClient(timeout=config.timeout_s, auth=auth)
 
     async def body(self, lines: list[str]) -> bytes:
         raw = "\n".join(lines).encode("utf-8")
@@ -130,9 +142,10 @@ class WriteClient:
         try:
             response = await self._client.post(self.url, params=self.params, headers=self.headers, content=body)
         except httpx.HTTPError as exc:
-            return Answer(0, f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
-        return Answer(response.status_code, "" if response.is_success else _message(response),
-                      retry_after(response.headers.get("Retry-After")))
+            text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+            return Answer(0, redact_text(text, self.secrets))
+        message = "" if response.is_success else redact_text(_message(response), self.secrets)
+        return Answer(response.status_code, message, retry_after(response.headers.get("Retry-After")))
 
     async def close(self) -> None:
         await self._client.aclose()
