@@ -401,7 +401,7 @@ class OpcuaServer:
 
     def _method(self, spec: m.NodeSpec) -> Any:
         """The callback of one meter's valve or relay method."""
-        meter = str(spec.parent).removeprefix("Meters/")
+        meter = m.registry_id(str(spec.parent).removeprefix("Meters/"))
         code = CommandCode(spec.method)
         object_node = ua.NodeId(str(spec.parent), self.ns)
 
