@@ -24,9 +24,9 @@ from balans_edge.core.components import Alarm, Command, Component, Exporter, Fin
 from balans_edge.core.ingest import Ingest
 from balans_edge.core.intervals import IntervalWorker
 from balans_edge.core.storage import Storage, open_storage
-from balans_edge.core.tasks import cancel
+from balans_edge.core.tasks import cancel, on_failure
 from balans_edge.http import Http
-from balans_edge.plugin_manager import PluginCallError, PluginError, Plugins
+from balans_edge.plugin_manager import PluginCallError, PluginError, Plugins, summarize
 from balans_edge.routes import Route
 
 log = logging.getLogger(__name__)
@@ -58,6 +58,9 @@ class Server:
         self.started_at: float | None = None
         self._observer_task: asyncio.Task[None] | None = None
         self._started: list[tuple[str, Component]] = []
+        self.faults: dict[str, dict[str, str]] = {}
+        """Plugin -> its running components at fault now -> the error (see component_fault)."""
+        self._stopping = False
 
     def plugin_config(self, name: str) -> Any:
         return self.config.plugins.get(name)
@@ -101,7 +104,8 @@ class Server:
     def _put_in_service(self) -> None:
         """Enable what the plugins contributed, except the contributions of a plugin
         that failed after contributing (a later hook raised, or a component's start)."""
-        failed = {name for name, info in self.plugins.info.items() if info.state == "failed"}
+        failed = {name for name, info in self.plugins.info.items()
+                  if info.state == "failed" and not self.faults.get(name)}  # a running one's fault disables nothing
 
         def alive(items: list[tuple[str, Any]]) -> list[tuple[str, Any]]:
             return [(n, x) for n, x in items if n not in failed]
@@ -120,6 +124,7 @@ class Server:
     # lifecycle --------------------------------------------------------------
 
     async def start(self, *, http: bool = True) -> None:
+        self._stopping = False
         await self.storage.open()
         try:
             await self.actuation.settle_interrupted()
@@ -184,6 +189,7 @@ class Server:
                 await component.start()
             except Exception as exc:
                 await self._stop_plugin(name)
+                self.faults.pop(name, None)
                 self.plugins.fail(name, exc, self.required(name))
                 continue
             self._started.append((name, component))
@@ -202,6 +208,7 @@ class Server:
 
     async def stop(self) -> None:
         """Stop in reverse order; storage closes last, after every write is committed."""
+        self._stopping = True  # a component's task ending now is no fault
         if self.http is not None:
             await self.http.stop(self.config.server.shutdown_timeout_s)
             self.http = None
@@ -213,6 +220,44 @@ class Server:
         await self.balance.stop()
         await self.intervals.stop()
         await self.storage.close()
+
+    # faults of running components --------------------------------------------
+
+    def supervise(self, component: Component, task: asyncio.Task) -> asyncio.Task:
+        """Watch a background task of a component: one that ends with an exception
+        (not cancelled) is a lasting fault of the component (``component_fault``).
+        Components start their long-running loops through this."""
+
+        def died(exc: BaseException) -> None:
+            if not self._stopping:
+                log.error("%s: task %s ended", getattr(component, "name", component), task.get_name(),
+                          exc_info=exc)
+                self.component_fault(component, exc)
+
+        return on_failure(task, died)
+
+    def component_fault(self, component: Component, error: BaseException | None) -> None:
+        """A running component reports that its work fails (``error``; e.g. every
+        refresh of a SCADA bridge) or works again (None). While one of its
+        components is at fault, a plugin's state is ``failed`` with the error and
+        /health says ``degraded``; the component keeps running (a device that
+        only reconnects is not at fault)."""
+        name = next((n for n, c in (*self.components, *self.exporters) if c is component), None)
+        info = self.plugins.info.get(name or "")
+        if name is None or info is None or self._stopping or info.state not in ("loaded", "started", "failed"):
+            return
+        faults = self.faults.setdefault(name, {})
+        label = str(getattr(component, "name", type(component).__name__))
+        if error is not None:
+            faults[label] = summarize(error)
+        elif faults.pop(label, None) is not None:
+            log.info("%s (%s) works again", label, name)
+        else:
+            return
+        if faults:
+            info.state, info.error = "failed", "; ".join(f"{c}: {e}" for c, e in faults.items())
+        elif info.state == "failed":
+            info.state, info.error = "started" if self.started_at else "loaded", None
 
     # observers --------------------------------------------------------------
 
@@ -281,7 +326,7 @@ class Server:
         pending = await self.storage.take_dirty(1)
         balance_pending = await self.storage.take_balance_dirty(1)
         return {
-            "status": "ok",
+            "status": "degraded" if any(i.state == "failed" for i in self.plugins.info.values()) else "ok",
             "version": __version__,
             "site": self.config.site.name,
             "uptime_s": round(time.time() - self.started_at, 1) if self.started_at else 0,

@@ -187,7 +187,8 @@ async def drain(path: Path, data: Readings, vm: Victoria, batch: int) -> tuple[f
     for i in range(0, len(data), 20_000):
         await ingest.ingest(data.batch(slice(i, i + 20_000)))
     config = SimpleNamespace(site=SimpleNamespace(name=SITE), balance=SimpleNamespace(completeness_threshold=0.95))
-    server = SimpleNamespace(storage=storage, config=config, tz=ZoneInfo("UTC"), bus=EventBus())
+    server = SimpleNamespace(storage=storage, config=config, tz=ZoneInfo("UTC"), bus=EventBus(),
+                             supervise=lambda component, task: task)
     exporter = TargetExporter(server, target, Configurator(storage, SimpleNamespace(targets=[target])))  # type: ignore[arg-type]
     t = time.perf_counter()
     await exporter.start()

@@ -16,6 +16,11 @@ from typing import Any, Protocol, runtime_checkable
 
 @runtime_checkable
 class Component(Protocol):
+    """A long-running part of a plugin. The server starts and stops it; its
+    loops run as tasks the server supervises (``Server.supervise``), and work
+    that fails while it runs is reported (``Server.component_fault``), so a
+    component that dies shows as failed in /health instead of going quiet."""
+
     name: str
 
     async def start(self) -> None: ...

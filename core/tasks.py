@@ -35,6 +35,19 @@ async def cancel_surely(task: asyncio.Task[None]) -> None:
         log.error("%s ended with %r", task.get_name(), task.exception())
 
 
+def on_failure(task: asyncio.Task, report: Callable[[BaseException], object]) -> asyncio.Task:
+    """Call ``report`` with the exception ``task`` ends with; a task cancelled or
+    returning normally is not reported. For supervising a component's
+    background loops, which should only end when the component stops."""
+
+    def ended(done: asyncio.Task) -> None:
+        if not done.cancelled() and done.exception() is not None:
+            report(done.exception())  # type: ignore[arg-type]
+
+    task.add_done_callback(ended)
+    return task
+
+
 async def rerun(work: Callable[[], Awaitable[object]], what: str, bus: EventBus | None, event: type,
                 debounce_s: float, every_s: float = 60.0) -> None:
     """Run ``work`` now, then again after each ``event`` on the bus (waiting

@@ -541,6 +541,46 @@ async def test_trusted_certificate_is_accepted_and_untrusted_refused(make_site: 
     assert OPERATOR[1] not in caplog.text and "not-the-password" not in caplog.text and VIEWER[1] not in caplog.text
 
 
+async def test_a_meter_id_holding_the_separator_is_its_own_node(make_site: MakeSite) -> None:
+    """Meter ``W-V/Status`` next to meter ``W-V``: two nodes, both served, read by node-opcua."""
+    site = await make_site(ingest=False)
+    install = site.hour - 12 * HOUR
+    await site.server.storage.registry_apply({
+        "modules": [RadioModule(1003, 7, channels=0b001)],
+        "meters": [Meter("W-V/Status", Resource.WATER, "m3", 0.001, install, module_id=1003, channel=1,
+                         flags=frozenset({"valve"}))]})
+    assert await eventually(lambda: site.opcua.values is not None and "W-V/Status" in site.opcua.values.row_of_meter)
+    rows = np.array([(1001, 2, site.hour, 50_000, int(Status.VALVE_CLOSED)), (1003, 1, site.hour, 4321, 0)],
+                    dtype=np.int64)
+    await site.server.ingest.ingest(ReadingBatch(*(rows[:, i] for i in range(5))))
+    assert await eventually(lambda: np.isfinite(site.opcua.values.value).sum() == 2)
+    steps = [
+        {"op": "connect", "session": "op", "id": "connect"},
+        {"op": "namespace", "session": "op", "uri": NS},
+        {"op": "browse", "session": "op", "node": node_id("Balans/Meters"), "id": "meters"},
+        {"op": "read", "session": "op", "id": "read", "nodes": [
+            {"node": node_id("Meters/W-V/Status")}, {"node": node_id("Meters/W-V%2FStatus/Value")},
+            {"node": node_id("Meters/W-V%2FStatus/Status")}, {"node": node_id("Meters/W-V/Value")}]},
+        {"op": "call", "session": "op", "object": node_id("Meters/W-V%2FStatus"),
+         "method": node_id("Meters/W-V%2FStatus/CloseValve"), "args": ["test"], "id": "close"},
+    ]
+    r = await site.run({"op": site.session()}, steps)
+    assert r["connect"]["ok"] and r["read"]["ok"], r
+    meters = by_name(r["meters"]["references"])
+    assert meters["W-V/Status"]["nodeId"] == "ns=2;s=Meters/W-V%2FStatus" and meters["W-V"]["nodeId"] == \
+        "ns=2;s=Meters/W-V"
+    status, other_value, other_status, value = r["read"]["values"]
+    assert (status["dataType"], status["value"]) == ("UInt16", int(Status.VALVE_CLOSED))
+    assert (other_value["status"], other_value["value"]) == ("Good", pytest.approx(4.321))
+    assert (other_status["dataType"], other_status["value"]) == ("UInt16", 0)
+    assert value["value"] == pytest.approx(BASE_W_V + 50.0)
+    # The method names the meter by its registry id in the audit (no actuator takes it: refused).
+    assert r["close"]["status"] == "BadInvalidState"
+    (command,) = await site.server.storage.journal_list("commands")
+    assert command["target"] == "W-V/Status"
+    assert not site.opcua.refresh_failed
+
+
 # the registry changes while clients are connected ------------------------------------------------------
 
 

@@ -153,6 +153,7 @@ async def test_failing_plugin_is_disabled_and_the_rest_runs(
 
     health = await client.get("/api/v1/health", headers=auth("viewer"))
     assert health.status_code == 200
+    assert health.json()["status"] == "degraded"
     assert health.json()["plugins"] == {"analytics": "started", "dmesh": "started", "modbus": "started",
                                         "opcua": "started", "export": "started", name: "failed"}
     listing = (await client.get("/api/v1/plugins", headers=auth("viewer"))).json()["plugins"]

@@ -118,7 +118,7 @@ class Scheduler:
 
     async def start(self) -> None:
         if self.config.interval_s:
-            self._task = asyncio.create_task(self._loop(), name=self.name)
+            self._task = self.server.supervise(self, asyncio.create_task(self._loop(), name=self.name))
 
     async def stop(self) -> None:
         await cancel(self._task)

@@ -60,7 +60,8 @@ class DmeshDriver:
             self.port = self._tcp.sockets[0].getsockname()[1]
             log.info("dmesh: listening on %s:%d", self.config.host, self.port)
         for port in self.config.serial:
-            self._serial_tasks.append(asyncio.create_task(self._serial_loop(port), name=f"dmesh-serial-{port.path}"))
+            self._serial_tasks.append(self.server.supervise(
+                self, asyncio.create_task(self._serial_loop(port), name=f"dmesh-serial-{port.path}")))
 
     async def stop(self) -> None:
         self._stopping = True

@@ -127,8 +127,8 @@ class TargetExporter:
         self._wake = self.server.bus.subscribe(ReadingsCommitted, IntervalsUpdated, BalanceUpdated, maxsize=1,
                                                policy="drop_oldest")
         self._stopping.clear()
-        self._task = asyncio.create_task(self._run(), name=self.name)
-        self._watcher = asyncio.create_task(self._watch(), name=f"{self.name}-status")
+        self._task = self.server.supervise(self, asyncio.create_task(self._run(), name=self.name))
+        self._watcher = self.server.supervise(self, asyncio.create_task(self._watch(), name=f"{self.name}-status"))
 
     async def stop(self) -> None:
         self._stopping.set()

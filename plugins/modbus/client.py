@@ -384,9 +384,11 @@ class ModbusClient:
         self.devices = {c.name: Device(c, self.links[c.link_key]) for c in self.configs}
         self.pollers = [Poller(d, self._record) for d in self.devices.values() if d.config.tags]
         for p in self.pollers:
-            self._tasks.append(asyncio.create_task(self._supervise(p), name=f"modbus-poll-{p.device.name}"))
+            self._tasks.append(self.server.supervise(
+                self, asyncio.create_task(self._supervise(p), name=f"modbus-poll-{p.device.name}")))
         if self.pollers:
-            self._tasks.append(asyncio.create_task(self._sweep(), name="modbus-stale-sweep"))
+            self._tasks.append(self.server.supervise(
+                self, asyncio.create_task(self._sweep(), name="modbus-stale-sweep")))
 
     async def stop(self) -> None:
         for task in self._tasks:

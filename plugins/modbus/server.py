@@ -285,8 +285,8 @@ class ModbusServer:
         self._listener = await loop.create_server(lambda: Connection(self), self.config.host, self.config.port,
                                                   reuse_address=True)
         self.port = self._listener.sockets[0].getsockname()[1]
-        self._tasks = [asyncio.create_task(self._follow(), name="modbus-refresh"),
-                       asyncio.create_task(self._tick_loop(), name="modbus-tick")]
+        self._tasks = [self.server.supervise(self, asyncio.create_task(self._follow(), name="modbus-refresh")),
+                       self.server.supervise(self, asyncio.create_task(self._tick_loop(), name="modbus-tick"))]
         log.info("modbus: serving %d meters and %d groups on %s:%s (unit %d)", len(self.map.meters),
                  len(self.map.groups), self.config.host, self.port, self.config.unit_id)
 
@@ -461,10 +461,16 @@ class ModbusServer:
                     await self._refresh_all()
                 else:
                     await self._refresh_events(events)
-                self.refresh_failed = False
-            except Exception:
+                self._refreshed(None)
+            except Exception as exc:
                 log.exception("modbus: refreshing the register map failed")
-                self.refresh_failed = True
+                self._refreshed(exc)
+
+    def _refreshed(self, error: Exception | None) -> None:
+        """A refresh's outcome: while they fail, the plugin shows failed in /health."""
+        if error is not None or self.refresh_failed:
+            self.server.component_fault(self, error)
+        self.refresh_failed = error is not None
 
     async def _refresh_events(self, events: list[Any]) -> None:
         snapshot = self.snapshot
@@ -492,10 +498,12 @@ class ModbusServer:
             await asyncio.sleep(1.0 - time.time() % 1.0)
             try:
                 await self.tick()
-                self.refresh_failed = False
-            except Exception:
+                self._refreshed(None)
+            except Exception as exc:
                 log.exception("modbus: periodic refresh failed")
-                self.refresh_failed = True
+                self._refreshed(exc)
+                if self.snapshot is not None:
+                    self._stamp(self.snapshot)  # from memory: the health word tells SCADA
 
     async def tick(self) -> None:
         """Every second: a changed registry rebuilds the map; a new hour re-reads the

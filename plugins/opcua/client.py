@@ -600,8 +600,10 @@ class OpcuaClient:
             log.info("opcua: created meters %s for totaliser tags", ", ".join(self.created_meters))
         self.devices = {c.name: OpcuaDevice(c, self.recorder) for c in self.configs}
         for d in self.devices.values():
-            self._tasks.append(asyncio.create_task(d.run(), name=f"opcua-device-{d.name}"))
-            self._tasks.append(asyncio.create_task(d.flush_forever(), name=f"opcua-record-{d.name}"))
+            self._tasks.append(self.server.supervise(
+                self, asyncio.create_task(d.run(), name=f"opcua-device-{d.name}")))
+            self._tasks.append(self.server.supervise(
+                self, asyncio.create_task(d.flush_forever(), name=f"opcua-record-{d.name}")))
 
     async def stop(self) -> None:
         for d in self.devices.values():

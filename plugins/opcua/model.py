@@ -11,7 +11,9 @@ ten thousand meters is compared in milliseconds.
 
 NodeIds are strings in our namespace derived from registry ids and fixed
 names (``Meters/W-17/Value``), never counters: a SCADA tag list written
-against them stays valid across restarts and registry changes. The layout,
+against them stays valid across restarts and registry changes. A registry
+id is one part of the path, with ``/`` and ``%`` escaped (``id_part``), so
+no registry can give two nodes one id. The layout,
 names, types and units are a contract with integrators (docs/opcua.md):
 change them deliberately.
 """
@@ -22,6 +24,7 @@ import functools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import unquote
 
 from asyncua import ua
 
@@ -207,12 +210,28 @@ def _rule(declaration: bool, optional: bool = False) -> int:
 # objects -------------------------------------------------------------------------------------
 
 
+def id_part(ident: str) -> str:
+    """A registry id as one part of a NodeId: ``%`` becomes ``%25``, then ``/``
+    becomes ``%2F``, so no part holds the separator and every NodeId names one
+    node (meter ``W-1/Status`` is ``Meters/W-1%2FStatus``, not meter ``W-1``'s
+    Status variable). An id with neither character is used as it is (Cyrillic
+    too): those NodeIds never change. Written out rather than with
+    ``urllib.parse.quote``, which would also encode every non-ASCII letter."""
+    return ident.replace("%", "%25").replace("/", "%2F")
+
+
+def registry_id(part: str) -> str:
+    """The registry id of a NodeId part made by ``id_part``: an escaped part
+    holds ``%`` only in ``%25`` and ``%2F``, which is what ``unquote`` reverses."""
+    return unquote(part)
+
+
 def meter_id(meter: str) -> str:
-    return f"Meters/{meter}"
+    return f"Meters/{id_part(meter)}"
 
 
 def group_id(group: str) -> str:
-    return f"Groups/{group}"
+    return f"Groups/{id_part(group)}"
 
 
 def module_id(module: int) -> str:

@@ -142,8 +142,8 @@ class OpcuaServer:
         except BaseException:
             await self.stop()
             raise
-        self._tasks = [asyncio.create_task(self._follow(), name="opcua-refresh"),
-                       asyncio.create_task(self._tick_loop(), name="opcua-tick")]
+        self._tasks = [self.server.supervise(self, asyncio.create_task(self._follow(), name="opcua-refresh")),
+                       self.server.supervise(self, asyncio.create_task(self._tick_loop(), name="opcua-tick"))]
 
     async def _start(self) -> None:
         config = self.config
@@ -306,10 +306,16 @@ class OpcuaServer:
                     else:
                         await self._refresh(events)
                     await self._publish()
-                self.refresh_failed = False
-            except Exception:
+                self._refreshed(None)
+            except Exception as exc:
                 log.exception("opcua: refreshing values failed")
-                self.refresh_failed = True
+                self._refreshed(exc)
+
+    def _refreshed(self, error: Exception | None) -> None:
+        """A refresh's outcome: while they fail, the plugin shows failed in /health."""
+        if error is not None or self.refresh_failed:
+            self.server.component_fault(self, error)
+        self.refresh_failed = error is not None
 
     async def _refresh(self, events: list[Any]) -> None:
         values = self.values
@@ -336,10 +342,10 @@ class OpcuaServer:
             try:
                 async with self._lock:
                     await self.tick()
-                self.refresh_failed = False
-            except Exception:
+                self._refreshed(None)
+            except Exception as exc:
                 log.exception("opcua: periodic refresh failed")
-                self.refresh_failed = True
+                self._refreshed(exc)
 
     async def tick(self) -> None:
         """A changed registry is applied; a new hour re-reads the last hour and
@@ -401,7 +407,7 @@ class OpcuaServer:
 
     def _method(self, spec: m.NodeSpec) -> Any:
         """The callback of one meter's valve or relay method."""
-        meter = str(spec.parent).removeprefix("Meters/")
+        meter = m.registry_id(str(spec.parent).removeprefix("Meters/"))
         code = CommandCode(spec.method)
         object_node = ua.NodeId(str(spec.parent), self.ns)
 

@@ -483,8 +483,10 @@ class Publisher:
         row = {object_id: i for i, object_id in enumerate(ids)}
         at = np.array([row.get(object_id, -1) for object_id in col.ids], dtype=np.int64)
         known = at >= 0
-        return (np.where(known, value[np.maximum(at, 0)], np.nan),
-                np.where(known, status[np.maximum(at, 0)], WAITING).astype(np.int8))
+        # Only the known rows are looked up: the previous columns may be empty (a registry that had no meters).
+        old_value, old_status = np.full(n, np.nan), np.full(n, WAITING, dtype=np.int8)
+        old_value[known], old_status[known] = value[at[known]], status[at[known]]
+        return old_value, old_status
 
     async def publish(self, columns: Iterable[Column]) -> int:
         now = datetime.now(UTC)
