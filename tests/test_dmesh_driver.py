@@ -447,6 +447,22 @@ async def test_event_topology_and_results_are_stored_before_ack(site) -> None:
     assert (firmware["image_id"], firmware["result"]) == (9, 2)
 
 
+async def test_topology_of_more_than_240_modules_is_rejected(site) -> None:
+    """The protocol allows a concentrator 240 modules: a TOPOLOGY listing more
+    is ACKed REJECTED (the concentrator drops it) and nothing of it is stored."""
+    server, driver = await site()
+    c = await site.connect(driver)
+    await c.login()
+    entries = tuple(ModuleEntry(1001 + i, 0, 1, -60, 3550, 0x0102, 1, 0) for i in range(241))
+    seq = await c.send(Topology(entries))
+    assert await c.expect(Ack) == Ack(seq, AckStatus.REJECTED)
+    assert await server.storage.topology_history() == []
+    assert (await server.storage.registry_get("modules", 1001)).hops is None
+    seq = await c.send(Topology(entries[:240]))
+    assert await c.expect(Ack) == Ack(seq, AckStatus.OK)
+    assert len(await server.storage.topology_history()) == 240
+
+
 # receiving rules ------------------------------------------------------------------
 
 

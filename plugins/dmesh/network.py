@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from balans_edge.core.components import Finding, Severity
+from balans_edge.core.model import MAX_HOPS
 from balans_edge.routes import iso
 from balans_edge.settings import setting
 
@@ -50,7 +51,7 @@ class NetworkConfig:
     low_battery_mv: int = setting(3000, range=(0, 65535), doc="battery below this is low")
     battery_empty_mv: int = setting(2700, range=(0, 65535), doc="battery at which a module stops (days left)")
     weak_rssi_dbm: int = setting(-95, range=(-128, 0), doc="a link to the parent below this is weak")
-    max_hops: int = setting(20, range=(1, 30), doc="a route longer than this is too long")
+    max_hops: int = setting(20, range=(1, MAX_HOPS), doc="a route longer than this is too long")
     offline_after_s: int = setting(900, range=(0, 30 * DAY), doc="a configured concentrator away this long")
 
 
