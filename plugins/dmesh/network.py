@@ -2,9 +2,9 @@
 
 The tree is built from what is stored already: the registry's module rows
 (parent, hops, RSSI, battery, firmware and last seen, kept current by TOPOLOGY
-reports and readings), the newest topology entry of every module (its state as
-the concentrator reported it) and the newest reading of every meter. A module
-is
+reports and by the battery, RSSI and hops every READINGS record carries), the
+newest topology entry of every module (its state as the concentrator reported
+it) and the newest reading of every meter. A module is
 
 - ``lost`` when its newest topology entry says so and no reading of it is
   newer than that entry,
@@ -143,6 +143,15 @@ async def module_views(storage: Storage, config: NetworkConfig, now: float) -> d
     return views
 
 
+async def battery_points(storage: Storage, module_id: int) -> list[tuple[int, int]]:
+    """(t, mV) of a module's battery in time order: its TOPOLOGY entries and the
+    hourly reports that come with its readings (a concentrator may send
+    TOPOLOGY rarely), the newest BATTERY_POINTS of each."""
+    topology = await storage.topology_history(module_id, limit=BATTERY_POINTS)
+    reports = await storage.module_reports(module_id, limit=BATTERY_POINTS)
+    return sorted({(r["t"], r["battery_mv"]) for r in [*topology, *reports]})
+
+
 def battery_days_left(points: list[tuple[int, int]], empty_mv: int) -> tuple[float | None, float | None]:
     """(days left until ``empty_mv``, slope in mV per day) from (t, mV) points in
     time order, fitted with a straight line since the last battery change.
@@ -263,8 +272,7 @@ class NetworkMonitor:
                 periods=config.silent_periods,
             )
         if v.battery_mv is not None and v.battery_mv < config.low_battery_mv:
-            history = await self.server.storage.topology_history(v.module_id, limit=BATTERY_POINTS)
-            points = sorted({(r["t"], r["battery_mv"]) for r in history})
+            points = await battery_points(self.server.storage, v.module_id)
             if not points:
                 points = [(v.last_seen or now, v.battery_mv)]
             days_left, slope = battery_days_left(points, config.battery_empty_mv)

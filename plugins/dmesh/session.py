@@ -24,8 +24,8 @@ import secrets
 import time
 from typing import TYPE_CHECKING, Any, Protocol
 
-from balans_edge.core.model import RawReading
-from balans_edge.core.storage import ModuleEvent, StorageError
+from balans_edge.core.model import MAX_HOPS, RawReading
+from balans_edge.core.storage import ModuleEvent, ModuleHealth, StorageError
 from balans_edge.plugins.dmesh.codec import (
     DATA_TYPES,
     Ack,
@@ -381,8 +381,15 @@ class Session:
                 for r in payload.records
                 for channel, counter in zip(r.channels, r.counters, strict=True)
             ]
-            if batch:
-                await server.ingest.ingest(batch)
+            # Battery, link and route ride along with every record: stored with
+            # the readings (one transaction), so the network view and its
+            # detectors do not wait for the next TOPOLOGY.
+            health = [
+                ModuleHealth(r.module_id, r.ts, r.battery_mv, r.rssi, r.hops if 1 <= r.hops <= MAX_HOPS else None)
+                for r in payload.records
+            ]
+            if batch or health:
+                await server.ingest.ingest(batch, health=health)
         elif isinstance(payload, Profile):
             batch = [
                 RawReading(payload.module_id, payload.channel, payload.start + i * HOUR, value, 0)
