@@ -38,7 +38,7 @@ import numpy as np
 from balans_edge.core.bus import EventBus, ReadingsCommitted
 from balans_edge.core.model import COUNTER_MODULUS, Meter, RawReading, ReadingFlag, Status
 from balans_edge.core.periods import MeterPeriod, first_period
-from balans_edge.core.storage import IngestWrite, ReadingRows, Storage
+from balans_edge.core.storage import IngestWrite, ModuleHealth, ReadingRows, Storage
 
 log = logging.getLogger(__name__)
 
@@ -325,18 +325,27 @@ class Ingest:
 
     # the path ------------------------------------------------------------
 
-    async def ingest(self, batch: ReadingBatch | Iterable[RawReading], *, release: bool = False) -> IngestResult:
+    async def ingest(
+        self,
+        batch: ReadingBatch | Iterable[RawReading],
+        *,
+        release: bool = False,
+        health: Sequence[ModuleHealth] = (),
+    ) -> IngestResult:
         """Store a batch durably; return once it is committed.
 
         Raises StorageError when the batch could not be committed: the driver
         must then ask the device to send it again (nothing was acknowledged).
         With ``release`` the batch comes from the quarantine: readings a meter
-        now claims leave it in the same transaction."""
+        now claims leave it in the same transaction. ``health`` (what the
+        modules reported about themselves with these readings) is committed
+        in the same transaction, the newest report of each module."""
         if not isinstance(batch, ReadingBatch):
             batch = ReadingBatch.of(batch)
         result = IngestResult()
         async with self._lock:
             write, event = await self._prepare(batch, result, release)
+            write.module_health = self._newest_health(health, write.received_at)
             pending = asyncio.ensure_future(self.storage.commit_ingest(write))
         try:
             await pending
@@ -442,6 +451,16 @@ class Ingest:
             t_max=int(ins.ts.max()),
         )
         return write, event
+
+    def _newest_health(self, health: Sequence[ModuleHealth], now: int) -> list[ModuleHealth]:
+        """The newest report of each module, among those whose time a reading
+        could have (not from the future beyond the clock tolerance)."""
+        latest = now + self.settings.clock_tolerance_s
+        newest: dict[int, ModuleHealth] = {}
+        for h in health:
+            if 0 < h.ts <= latest and h.ts >= getattr(newest.get(h.module_id), "ts", 0):
+                newest[h.module_id] = h
+        return list(newest.values())
 
     def _seen(self, batch: ReadingBatch, write: IngestWrite) -> None:
         if not len(batch):

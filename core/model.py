@@ -15,6 +15,14 @@ from datetime import UTC, datetime
 COUNTER_MODULUS = 1 << 32
 """DMesh pulse counters are u32 and wrap modulo 2^32."""
 
+CONCENTRATOR_MODULES = 240
+"""Radio modules one concentrator serves at most: the DMesh J100UC's capacity
+(the vendor's protocol document, one subnet). The registry refuses more."""
+CONCENTRATOR_METERS = 720
+"""Meters one concentrator serves at most (J100UC: 240 modules x 3 inputs)."""
+MAX_HOPS = 30
+"""Radio relay hops between a module and its concentrator at most (J100UC)."""
+
 
 class Resource(enum.StrEnum):
     WATER = "water"

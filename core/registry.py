@@ -23,7 +23,16 @@ from pathlib import Path
 from typing import Any, Literal
 
 from balans_edge.core.groups import group_problems
-from balans_edge.core.model import ALLOCATION_RULES, UNITS, Group, Meter, RadioModule, Resource
+from balans_edge.core.model import (
+    ALLOCATION_RULES,
+    CONCENTRATOR_METERS,
+    CONCENTRATOR_MODULES,
+    UNITS,
+    Group,
+    Meter,
+    RadioModule,
+    Resource,
+)
 from balans_edge.core.registry_io import (
     BadValue,
     Problem,
@@ -383,6 +392,40 @@ def _overlaps(reg: Registry, fresh: Mapping[tuple[str, Any], Where]) -> list[Pro
     return problems
 
 
+def _served(reg: Registry) -> dict[str, dict[int, set[Any]]]:
+    """kind -> concentrator -> keys of the modules and of the meters (not
+    removed) it serves, through their modules."""
+    modules: dict[int, set[Any]] = defaultdict(set)
+    meters: dict[int, set[Any]] = defaultdict(set)
+    for module in reg["modules"].values():
+        if module is not None and module.concentrator_id is not None:
+            modules[module.concentrator_id].add(module.module_id)
+    for meter in reg["meters"].values():
+        module = reg["modules"].get(meter.module_id) if meter is not None else None
+        if module is not None and module.concentrator_id is not None and meter.removed_time is None:
+            meters[module.concentrator_id].add(meter.meter_id)
+    return {"modules": modules, "meters": meters}
+
+
+def _capacity_problems(before: Registry, after: Registry, fresh: Mapping[tuple[str, Any], Where]) -> list[Problem]:
+    """A concentrator may serve at most CONCENTRATOR_MODULES modules and
+    CONCENTRATOR_METERS meters. Only a write that adds to one beyond that is
+    refused (one problem per concentrator and kind, at the last row that adds),
+    so a registry stored over the limit can still be edited."""
+    limits = {"modules": (CONCENTRATOR_MODULES, "radio modules", "concentrator_id"),
+              "meters": (CONCENTRATOR_METERS, "meters", "module_id")}
+    old, new = _served(before), _served(after)
+    problems = []
+    for kind, (limit, what, column) in limits.items():
+        for cid, keys in new[kind].items():
+            added = [fresh[(kind, k)] for k in keys - old[kind].get(cid, set()) if (kind, k) in fresh]
+            if len(keys) > limit and added:
+                message = (f"concentrator {cid} would serve {len(keys)} {what}: "
+                           f"a DMesh concentrator serves at most {limit}")
+                problems.append(max(added, key=_place).problem(column, message))
+    return problems
+
+
 def _index(stored: Mapping[str, Iterable[Any]]) -> Registry:
     reg: Registry = {kind: {} for kind in REGISTRY_KINDS}
     for kind, objs in stored.items():
@@ -394,14 +437,16 @@ def check_references(stored: Mapping[str, Iterable[Any]], incoming: Sequence[tup
     """Problems the ``incoming`` objects (each with where it came from) would
     cause among the ``stored`` ones (``kind -> objects``, e.g. from
     ``registry_list``): unknown concentrator, module or account, a channel the
-    module does not wire, overlapping meters on one input."""
-    reg = _index(stored)
+    module does not wire, overlapping meters on one input, a concentrator
+    given more modules or meters than it can serve."""
+    before = _index(stored)
+    reg = {kind: dict(objs) for kind, objs in before.items()}
     fresh: dict[tuple[str, Any], Where] = {}
     for obj, where in incoming:
         kind = kind_of(obj)
         reg[kind][key_of(obj)] = obj
         fresh[(kind, key_of(obj))] = where if isinstance(where, Where) else Where(where)
-    return _reference_problems(reg, fresh, set())
+    return _reference_problems(reg, fresh, set()) + _capacity_problems(before, reg, fresh)
 
 
 async def _stored(storage: Storage) -> dict[str, list[Any]]:
@@ -616,7 +661,8 @@ async def import_registry(storage: Storage, paths: Sequence[Path], who: str = "s
     now = int(time.time()) if now is None else now
     loaded = await asyncio.to_thread(read_registry, [Path(p) for p in paths])
     stored = await _stored(storage)
-    reg = _index(stored)
+    before = _index(stored)
+    reg = {kind: dict(objs) for kind, objs in before.items()}
     fresh: dict[tuple[str, Any], Where] = {}
     for kind in REGISTRY_KINDS:
         for key in loaded.invalid[kind]:
@@ -624,16 +670,17 @@ async def import_registry(storage: Storage, paths: Sequence[Path], who: str = "s
         for key, (obj, where) in loaded.objects[kind].items():
             reg[kind][key] = obj
             fresh[(kind, key)] = where
-    problems = loaded.problems + _reference_problems(reg, fresh, loaded.incomplete)
+    problems = (loaded.problems + _reference_problems(reg, fresh, loaded.incomplete)
+                + _capacity_problems(before, reg, fresh))
     effective: dict[str, int] = {}
     for meter_id, (cell, where) in loaded.effective.items():
         try:
             effective[meter_id] = parse_effective(cell, where, now)
         except RegistryError as exc:
             problems += exc.problems
-    before = {m.meter_id: m for m in stored["meters"]}
-    changed = {mid: before[mid] for mid, (obj, _) in loaded.objects["meters"].items()
-               if params_changed(before.get(mid), obj)}
+    stored_meters = {m.meter_id: m for m in stored["meters"]}
+    changed = {mid: stored_meters[mid] for mid, (obj, _) in loaded.objects["meters"].items()
+               if params_changed(stored_meters.get(mid), obj)}
     problems += await effective_problems(storage, changed, effective,
                                          {mid: w for mid, (_, w) in loaded.effective.items()})
     if problems:

@@ -166,6 +166,15 @@ def test_payload_that_does_not_match_its_layout(frame_type, payload, message):
         decode_payload(Frame(frame_type, 1, payload))
 
 
+def test_topology_lists_at_most_240_modules():
+    """The vendor's limit per concentrator: 240 entries decode, 241 are a payload error."""
+    entries = tuple(ModuleEntry(1000 + i, 0, 1, -60, 3600, 0x0104, 1, 0) for i in range(241))
+    full = Topology(entries[:240])
+    assert decode_payload(Frame(FrameType.TOPOLOGY, 1, full.encode())) == full
+    with pytest.raises(PayloadError, match="241 modules, a concentrator has at most 240"):
+        decode_payload(Frame(FrameType.TOPOLOGY, 1, Topology(entries).encode()))
+
+
 def test_unknown_type_is_its_own_error():
     with pytest.raises(UnknownType, match="0x66"):
         decode_payload(Frame(0x66, 1, b""))

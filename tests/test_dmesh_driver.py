@@ -35,6 +35,8 @@ from balans_edge.plugins.dmesh.codec import (
     Ping,
     Pong,
     Profile,
+    ReadingRecord,
+    Readings,
     StreamDecoder,
     Topology,
     Welcome,
@@ -109,13 +111,14 @@ class Client:
 
     async def closed(self, timeout: float = WAIT) -> bool:
         """True once the host closed the link (frames before that are kept)."""
+        seen, self.frames = self.frames, []
         try:
             while True:
-                self.frames.append(await self.frame(timeout))
-        except EOFError:
+                seen.append(await self.frame(timeout))
+        except (EOFError, ConnectionError):
             return True
-        except ConnectionError:
-            return True
+        finally:
+            self.frames = seen + self.frames
 
     async def login(self, cid: int = CID, key: str = KEY, clock: int | None = None) -> Welcome:
         now = int(time.time()) if clock is None else clock
@@ -226,6 +229,115 @@ async def test_data_before_welcome_is_not_stored(site) -> None:
     assert all(rows == [] for rows in (await stored(server)).values())
 
 
+# before authentication -------------------------------------------------------------
+
+
+async def test_unauthenticated_links_are_closed_after_auth_timeout(site) -> None:
+    """Nothing an unauthenticated peer sends keeps its link open: not silence,
+    not PINGs (which go unanswered), not data frames (NACKed, not stored)."""
+    server, driver = await site(auth_timeout_s=0.5, keepalive_s=0.05)
+    idle, pinger, sender = [await site.connect(driver) for _ in range(3)]
+    start = time.monotonic()
+
+    async def keep_sending(c: Client, frame: Callable[[], bytes]) -> None:
+        with contextlib.suppress(ConnectionError, OSError):
+            while True:
+                await c.send_raw(frame())
+                await asyncio.sleep(0.05)
+
+    tasks = [asyncio.create_task(keep_sending(pinger, lambda: Ping().frame(pinger.next_seq()))),
+             asyncio.create_task(keep_sending(sender, lambda: READINGS_SEQ3))]
+    try:
+        for c in (idle, pinger, sender):
+            assert await c.closed()
+            assert 0.4 < time.monotonic() - start < 2.5
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    assert idle.frames == [] and pinger.frames == []
+    assert sender.frames and {decode_payload(f).code for f in sender.frames} == {NackCode.NOT_AUTHENTICATED}
+    assert all(rows == [] for rows in (await stored(server)).values())
+    assert driver.sessions() == {}
+
+
+async def test_handshake_frames_only_are_answered_before_welcome(site) -> None:
+    _, driver = await site(auth_timeout_s=5.0)
+    c = await site.connect(driver)
+    await c.send(Ping())
+    await c.send_raw(encode_frame(0x66, 50, b"\x01"))  # unknown type: answered only after WELCOME
+    await c.send(Ack(1, AckStatus.OK))
+    await c.send(Hello(CID, 1, 4, 2, 3, 7, int(time.time())))
+    # The first frame back is the CHALLENGE: the PING, the unknown frame and the ACK went unanswered.
+    challenge = await c.expect(Challenge)
+    await c.send(Auth(expected_mac(KEY.encode(), challenge.nonce, CID)))
+    await c.expect(Welcome)
+    seq = await c.send(Ping())
+    assert await c.expect(Pong) == Pong(seq)
+
+
+async def test_handshakes_are_capped_and_refusals_logged(site, caplog: pytest.LogCaptureFixture) -> None:
+    _, driver = await site(max_unauthenticated=3, auth_timeout_s=30.0)
+    waiting = [await site.connect(driver) for _ in range(3)]
+    for c in waiting:  # each is being served (its HELLO is answered) before the next one comes
+        await c.send(Hello(CID, 1, 4, 2, 3, 7, int(time.time())))
+        await c.expect(Challenge)
+    caplog.set_level("WARNING", logger="balans_edge.plugins.dmesh.driver")
+    extra = await site.connect(driver)
+    assert await extra.closed(timeout=2.0)
+    assert extra.frames == []
+    port = extra.writer.get_extra_info("sockname")[1]
+    (refusal,) = [r for r in caplog.records if "refused before authentication" in r.getMessage()]
+    assert f"127.0.0.1:{port}" in refusal.getMessage() and "max_unauthenticated" in refusal.getMessage()
+
+    await waiting[0].close()  # a slot frees: a concentrator that authenticates gets in again
+
+    async def logged_in() -> bool:
+        c = await site.connect(driver)
+        try:
+            await c.login()
+        except (EOFError, ConnectionError, TimeoutError):
+            return False
+        return True
+
+    assert await eventually(logged_in)
+    assert CID in driver.sessions()
+
+
+async def test_data_flows_while_unauthenticated_links_come_and_go(site) -> None:
+    """An authenticated concentrator is served while 200 peers that never
+    authenticate connect, send a little and go (more at once than the cap)."""
+    server, driver = await site(max_unauthenticated=8, auth_timeout_s=0.2)
+    concentrator = await site.connect(driver)
+    await concentrator.login()
+
+    async def intruder(i: int) -> None:
+        with contextlib.suppress(ConnectionError, OSError, EOFError, TimeoutError):
+            c = await Client.connect(driver.port)
+            try:
+                await c.send_raw([Ping().frame(i), READINGS_SEQ3, b"garbage"][i % 3])
+                await asyncio.sleep(0.01 * (i % 5))
+            finally:
+                await c.close()
+
+    async def intruders() -> None:
+        for wave in range(10):
+            await asyncio.gather(*(intruder(wave * 20 + i) for i in range(20)))
+
+    flood = asyncio.create_task(intruders())
+    try:
+        for hour in range(30):
+            record = ReadingRecord(1001, T0 + hour * 3600, 0, 3600, -70, 2, 0b001, (1000 + hour,))
+            seq = await concentrator.send(Readings((record,)))
+            assert await concentrator.expect(Ack) == Ack(seq, AckStatus.OK)
+        await flood
+    finally:
+        flood.cancel()
+    rows = (await stored(server))["W-1"]
+    assert [(ts, counter) for ts, counter, _ in rows] == [(T0 + h * 3600, 1000 + h) for h in range(30)]
+    assert set(driver.sessions()) == {CID}
+
+
 # data -------------------------------------------------------------------------------
 
 
@@ -333,6 +445,22 @@ async def test_event_topology_and_results_are_stored_before_ack(site) -> None:
     assert (result["concentrator_id"], result["command_id"], result["result"], result["status"]) == (CID, 42, 0, 32)
     (firmware,) = await server.storage.firmware_results()
     assert (firmware["image_id"], firmware["result"]) == (9, 2)
+
+
+async def test_topology_of_more_than_240_modules_is_rejected(site) -> None:
+    """The protocol allows a concentrator 240 modules: a TOPOLOGY listing more
+    is ACKed REJECTED (the concentrator drops it) and nothing of it is stored."""
+    server, driver = await site()
+    c = await site.connect(driver)
+    await c.login()
+    entries = tuple(ModuleEntry(1001 + i, 0, 1, -60, 3550, 0x0102, 1, 0) for i in range(241))
+    seq = await c.send(Topology(entries))
+    assert await c.expect(Ack) == Ack(seq, AckStatus.REJECTED)
+    assert await server.storage.topology_history() == []
+    assert (await server.storage.registry_get("modules", 1001)).hops is None
+    seq = await c.send(Topology(entries[:240]))
+    assert await c.expect(Ack) == Ack(seq, AckStatus.OK)
+    assert len(await server.storage.topology_history()) == 240
 
 
 # receiving rules ------------------------------------------------------------------

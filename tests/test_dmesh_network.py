@@ -5,6 +5,7 @@ TOPOLOGY, READINGS and EVENT frames to the driver; the network API, the
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import subprocess
 import sys
 import time
@@ -114,7 +115,10 @@ async def network(tmp_path: Path, make_server, client_for):
         ),
     )
     fresh = now - 600
-    records = [ReadingRecord(m, fresh, 0, 3600, -70, 1, 0b001, (1000 + m,)) for m in (1001, 1002, 1003, 1004, 1008)]
+    # Each module reports with its reading what the TOPOLOGY says of it (battery, RSSI, hops).
+    health = {1001: (3600, -70, 1), 1002: (3500, -80, 2), 1003: (3600, -100, 3), 1004: (3600, -80, 22),
+              1008: (2900, -85, 3)}
+    records = [ReadingRecord(m, fresh, 0, *health[m], 0b001, (1000 + m,)) for m in health]
     records.append(ReadingRecord(1006, now - 4 * HOUR, 0, 3300, -80, 2, 0b001, (500,)))
     await send_acked(client, Readings(tuple(records)))
     await send_acked(client, Event(1005, now - 100, EventCode.MODULE_LOST, 0))
@@ -166,7 +170,9 @@ async def test_concentrators_and_tree(network) -> None:
     assert (m["parent_id"], m["hops"], m["rssi"], m["battery_mv"], m["firmware"]) == (1002, 3, -100, 3600, "1.4")
     assert _unix(m["last_seen"]) >= now - 5  # the topology report
     assert _unix(modules[1006]["last_seen"]) == now - 4 * HOUR  # its reading
-    assert (modules[1006]["parent_id"], modules[1006]["hops"]) == (None, None)
+    # No TOPOLOGY placed 1006, but its reading told its battery, link and hops.
+    m = modules[1006]
+    assert (m["parent_id"], m["hops"], m["rssi"], m["battery_mv"]) == (None, 2, -80, 3300)
     assert _unix(modules[1005]["last_seen"]) == now - 2 * HOUR  # its last report as online
     assert modules[1007]["battery_mv"] == 2950
 
@@ -229,7 +235,8 @@ async def test_findings(network) -> None:
     assert "days left: 5.0" in falling.message
     single = by[("module:1008", "low_battery")]
     assert single.severity == "warning"
-    assert single.data == {"battery_mv": 2900, "days_left": None, "slope_mv_per_day": None, "points": 1}
+    # Its TOPOLOGY entry and the hourly report of its reading: two points, no fall.
+    assert single.data == {"battery_mv": 2900, "days_left": None, "slope_mv_per_day": 0.0, "points": 2}
     assert "days left: unknown" in single.message
     assert by[("module:1003", "weak_link")].data == {"rssi_dbm": -100, "limit_dbm": -95}
     assert by[("module:1004", "too_many_hops")].data == {"hops": 22, "limit": 20}
@@ -238,6 +245,95 @@ async def test_findings(network) -> None:
     assert 2000 <= offline.data["offline_s"] <= 2010
     stored = await server.storage.journal_list("findings")
     assert {(r["subject"], r["kind"]) for r in stored if r["detector"] == "dmesh-network"} == set(by)
+
+
+@pytest.fixture
+async def readings_only(tmp_path: Path, make_server, client_for):
+    """A server whose concentrator 7 sends READINGS and never TOPOLOGY."""
+    dmesh = {"port": 0, "backfill": False, "concentrators": [{"id": CID, "key": KEY}]}
+    server = await make_server(base_config(tmp_path, plugins={"dmesh": dmesh}))
+    await server.storage.registry_apply(site())
+    driver = next(c for _, c in server.components if c.name == "dmesh-driver")
+    client = await Client.connect(driver.port)
+    await client.login(cid=CID, key=KEY)
+    yield server, client_for(server), client, tmp_path / "balans.db"
+    await client.close()
+
+
+async def test_readings_keep_battery_link_and_hops_current(readings_only) -> None:
+    """READINGS carry each module's battery, RSSI and hops: they reach the
+    registry row (committed before the ACK), the network API and the detector
+    with no TOPOLOGY at all; an older report does not overwrite a newer one."""
+    server, http, client, db = readings_only
+    now = int(time.time())
+    # Module 1003: 22 hops on a weak link with a battery falling 50 mV a day.
+    for days, mv in ((3, 3100), (2, 3050), (1, 3000)):
+        await send_acked(client, Readings((ReadingRecord(1003, now - days * DAY, 0, mv, -70, 4, 1, (days,)),)))
+    await send_acked(client, Readings((
+        ReadingRecord(1003, now - 60, 0, 2950, -101, 22, 1, (10,)),
+        ReadingRecord(1004, now - 60, 0, 3600, -60, 0, 1, (10,)),  # hops 0 is out of range: not stored
+        ReadingRecord(9999, now - 60, 0, 3600, -60, 1, 1, (10,)),  # not registered: quarantined, no module row
+    )))
+    # Acknowledged means committed: another connection to the file sees it.
+    with sqlite3.connect(db) as conn:
+        row = conn.execute("SELECT battery_mv, rssi, hops, last_seen FROM modules WHERE module_id = 1003").fetchone()
+        assert row == (2950, -101, 22, now - 60)
+        assert conn.execute("SELECT battery_mv, rssi, hops FROM modules WHERE module_id = 1004").fetchone() == (
+            3600, -60, None)
+        reports = conn.execute("SELECT module_id, t, battery_mv FROM module_reports ORDER BY module_id, t").fetchall()
+    hour = (now - 60) // HOUR * HOUR
+    assert [r for r in reports if r[0] == 1003] == [
+        (1003, (now - d * DAY) // HOUR * HOUR, mv) for d, mv in ((3, 3100), (2, 3050), (1, 3000))
+    ] + [(1003, hour, 2950)]
+    assert {r[0] for r in reports} == {1003, 1004}
+
+    # A retransmission of an older report changes nothing that is newer.
+    await send_acked(client, Readings((ReadingRecord(1003, now - 2 * DAY, 0, 3050, -70, 4, 1, (2,)),)))
+    module = await server.storage.registry_get("modules", 1003)
+    assert (module.battery_mv, module.rssi, module.hops) == (2950, -101, 22)
+
+    r = await http.get("/api/v1/network/modules/1003", headers=auth("viewer"))
+    body = r.json()
+    assert {k: body["module"][k] for k in ("battery_mv", "rssi", "hops", "state")} == {
+        "battery_mv": 2950, "rssi": -101, "hops": 22, "state": "online"}
+    assert [(_unix(h["t"]), h["battery_mv"], h["rssi"], h["hops"]) for h in body["reports"]][:2] == [
+        (hour, 2950, -101, 22), ((now - DAY) // HOUR * HOUR, 3000, -70, 4)]
+    assert body["topology_history"] == []
+
+    found = {(f.subject, f.kind): f for f in await server.run_detectors() if f.detector == "dmesh-network"}
+    assert found[("module:1003", "weak_link")].data == {"rssi_dbm": -101, "limit_dbm": -95}
+    assert found[("module:1003", "too_many_hops")].data == {"hops": 22, "limit": 20}
+    falling = found[("module:1003", "low_battery")]
+    assert (falling.data["battery_mv"], falling.data["points"], falling.data["days_left"]) == (2950, 4, 5.0)
+
+
+async def test_battery_link_and_hops_share_the_readings_transaction(readings_only, monkeypatch) -> None:
+    """When the readings cannot be committed, neither is the module's health
+    (the frame is asked for again and stored whole the second time)."""
+    from balans_edge.core.storage import StorageError
+
+    server, _, client, _ = readings_only
+    real = server.storage.commit_ingest
+    failures = [StorageError("disk unavailable")]
+
+    async def failing_once(write):
+        # Fault injection: the first commit fails as if storage were momentarily unavailable.
+        assert [h.module_id for h in write.module_health] == [1001]
+        if failures:
+            raise failures.pop()
+        return await real(write)
+
+    monkeypatch.setattr(server.storage, "commit_ingest", failing_once)
+    now = int(time.time())
+    frame = Readings((ReadingRecord(1001, now - 60, 0, 2800, -99, 7, 1, (5,)),))
+    seq = await client.send(frame)
+    assert decode_payload(await client.frame()) == Ack(seq, AckStatus.RETRY)
+    module = await server.storage.registry_get("modules", 1001)
+    assert (module.battery_mv, module.rssi, module.hops, module.last_seen) == (None, None, None, None)
+    assert await server.storage.module_reports(1001) == []
+    await send_acked(client, frame)
+    module = await server.storage.registry_get("modules", 1001)
+    assert (module.battery_mv, module.rssi, module.hops, module.last_seen) == (2800, -99, 7, now - 60)
 
 
 def test_battery_trend() -> None:

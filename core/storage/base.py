@@ -75,6 +75,19 @@ class ReadingRows:
         return ReadingRows(*(getattr(self, f)[mask] for f in self.__slots__))
 
 
+@dataclass(frozen=True, slots=True)
+class ModuleHealth:
+    """What a radio module reports about itself with its readings (DMesh
+    READINGS): at ``ts``, its battery, the RSSI of the link to its parent and
+    its hops to the concentrator (None when out of range: the stored value stays)."""
+
+    module_id: int
+    ts: int
+    battery_mv: int
+    rssi: int
+    hops: int | None
+
+
 @dataclass(slots=True)
 class IngestWrite:
     """Everything one ingest batch changes, committed in one transaction."""
@@ -90,6 +103,8 @@ class IngestWrite:
     """(module_id, channel, ts) of quarantined readings a meter now claims."""
     module_seen: list[tuple[int, int]] = field(default_factory=list)
     """(module_id, ts) of modules that reported."""
+    module_health: list[ModuleHealth] = field(default_factory=list)
+    """The newest health report of each module that sent one with its readings."""
     received_at: int = 0
 
 
@@ -314,7 +329,12 @@ class Storage(ABC):
     async def commit_ingest(self, write: IngestWrite) -> None:
         """Commit one ingest batch durably (synchronous to disk). Batches
         submitted together may share one transaction and one fsync. Raises
-        StorageError when nothing could be committed."""
+        StorageError when nothing could be committed.
+
+        In the same transaction ``module_health`` updates the battery, RSSI
+        and hops of registered modules (unless the module has newer news: its
+        ``last_seen`` is later) and appends to their health history
+        (``module_reports``)."""
 
     @abstractmethod
     async def quarantine(self, limit: int = 1000) -> list[dict[str, Any]]:
@@ -467,6 +487,12 @@ class Storage(ABC):
     @abstractmethod
     async def topology_history(self, module_id: int | None = None, limit: int = 1000) -> list[dict[str, Any]]:
         """Stored topology entries (of one module or all), newest first."""
+
+    @abstractmethod
+    async def module_reports(self, module_id: int, limit: int = 1000) -> list[dict[str, Any]]:
+        """The health history of a module from its readings, newest first: one
+        entry per hour (the first report in it) with ``t`` (the hour),
+        ``battery_mv``, ``rssi`` and ``hops``."""
 
     async def latest_topology(self) -> list[dict[str, Any]]:
         """The newest topology entry of every module (columns of ``topology_history``)

@@ -39,7 +39,7 @@ from balans_edge.core.storage.base import (
 from balans_edge.core.storage.migrations import migrate
 from balans_edge.core.storage.sqlite_balance import BalanceTables
 from balans_edge.core.storage.sqlite_bridges import BridgeSlots
-from balans_edge.core.storage.sqlite_devices import DeviceReports
+from balans_edge.core.storage.sqlite_devices import DeviceReports, module_health_statements
 from balans_edge.core.storage.sqlite_export import ExportQueues
 from balans_edge.core.storage.sqlite_registry_history import RegistryHistory
 from balans_edge.core.storage.sqlite_tags import TagTable
@@ -374,6 +374,8 @@ class SqliteStorage(RegistryHistory, BalanceTables, DeviceReports, BridgeSlots, 
             )
         if write.dirty:
             statements.append(("INSERT INTO interval_dirty (meter, lo, hi) VALUES (?, ?, ?)", write.dirty))
+        if write.module_health:
+            statements += module_health_statements(write.module_health)
         if write.module_seen:
             statements.append(
                 (

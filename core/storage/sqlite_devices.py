@@ -6,12 +6,33 @@ and its group-committing writer (``_submit``)."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-from balans_edge.core.storage.base import CONNECTION_EVENTS, ConnectionEvent, ModuleEvent, ModuleRoute
+from balans_edge.core.storage.base import CONNECTION_EVENTS, ConnectionEvent, ModuleEvent, ModuleHealth, ModuleRoute
 
 SNAPSHOT_COLUMNS = "module_id, t, concentrator_id, parent_id, hops, rssi, battery_mv, fw_version, channels, state"
+
+
+HOUR = 3600
+
+
+def module_health_statements(health: Sequence[ModuleHealth]) -> list[tuple[str, list[tuple[Any, ...]]]]:
+    """The statements that store modules' health reports with their readings
+    (part of the ingest transaction; run before ``last_seen`` moves on, so that
+    a retransmitted older report does not overwrite newer values)."""
+    return [
+        (
+            "UPDATE modules SET battery_mv = ?, rssi = ?, hops = coalesce(?, hops) "
+            "WHERE module_id = ? AND coalesce(last_seen, 0) <= ?",
+            [(h.battery_mv, h.rssi, h.hops, h.module_id, h.ts) for h in health],
+        ),
+        (
+            "INSERT OR IGNORE INTO module_reports (module_id, t, battery_mv, rssi, hops) "
+            "SELECT ?, ?, ?, ?, ? WHERE EXISTS (SELECT 1 FROM modules WHERE module_id = ?)",
+            [(h.module_id, h.ts - h.ts % HOUR, h.battery_mv, h.rssi, h.hops, h.module_id) for h in health],
+        ),
+    ]
 
 
 def _snapshot_row(concentrator_id: int, t: int, r: ModuleRoute) -> tuple[int, ...]:
@@ -100,6 +121,9 @@ class DeviceReports:
     async def topology_history(self, module_id: int | None = None, limit: int = 1000) -> list[dict[str, Any]]:
         where, args = ("WHERE module_id = ?", (module_id,)) if module_id is not None else ("", ())
         return await self._device_rows("topology_snapshots", "t DESC, module_id", where, args, limit)
+
+    async def module_reports(self, module_id: int, limit: int = 1000) -> list[dict[str, Any]]:
+        return await self._device_rows("module_reports", "t DESC", "WHERE module_id = ?", (module_id,), limit)
 
     async def latest_topology(self) -> list[dict[str, Any]]:
         rows = await self._all(

@@ -19,6 +19,7 @@ import struct
 from dataclasses import dataclass, field
 from typing import ClassVar, Self
 
+from balans_edge.core.model import CONCENTRATOR_MODULES, MAX_HOPS
 from balans_edge.core.storage import ModuleRoute
 
 MAGIC = b"DM"
@@ -451,10 +452,14 @@ class Topology(Payload):
             raise PayloadError("TOPOLOGY: missing count")
         (count,) = struct.unpack_from(">H", data)
         _exact(data, 2 + count * _MODULE.size, "TOPOLOGY")
+        # A concentrator has at most 240 modules: a longer list is not a report
+        # of its subnet (the frame is rejected rather than half-believed).
+        if count > CONCENTRATOR_MODULES:
+            raise PayloadError(f"TOPOLOGY: {count} modules, a concentrator has at most {CONCENTRATOR_MODULES}")
         entries = tuple(ModuleEntry(*e) for e in _MODULE.iter_unpack(data[2:]))
         for e in entries:
-            if not 1 <= e.hops <= 30 or e.state not in (0, 1) or e.channels > 7:
-                raise PayloadError(f"TOPOLOGY: module {e.module_id}: hops 1..30, state 0..1, channels 0..7")
+            if not 1 <= e.hops <= MAX_HOPS or e.state not in (0, 1) or e.channels > 7:
+                raise PayloadError(f"TOPOLOGY: module {e.module_id}: hops 1..{MAX_HOPS}, state 0..1, channels 0..7")
         return cls(entries)
 
 

@@ -4,6 +4,13 @@ and serial lines the host opens, each link served by a ``Session``.
 One concentrator id has at most one live session: a concentrator that
 authenticates again on a new link replaces its old one, which is closed.
 Connections are recorded in the storage's connection log.
+
+At most ``max_unauthenticated`` TCP links may be in the handshake at once: one
+more is closed as soon as it is accepted, so that peers who never authenticate
+cannot use up the host's sockets (each of those links is closed anyway after
+``auth_timeout_s``). Refusals and handshake timeouts are logged with the
+peer's address, at most once per ``REFUSAL_LOG_S`` with a count of the rest:
+a flood must not flood the log as well.
 """
 
 from __future__ import annotations
@@ -12,6 +19,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from balans_edge.core.storage import ConnectionEvent, StorageError
@@ -27,9 +35,31 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+REFUSAL_LOG_S = 10.0
+"""Shortest time between two log lines about refused or timed-out handshakes."""
 SERIAL_BACKOFF_S = (0.5, 30.0)
 """First and longest wait before a serial port is opened again."""
 STOP_GRACE_S = 5.0
+
+
+class RefusalLog:
+    """Warnings about links refused before authentication, at most one per
+    ``every_s``; the next line counts those left out in between."""
+
+    def __init__(self, every_s: float = REFUSAL_LOG_S, clock: Callable[[], float] = time.monotonic) -> None:
+        self.every_s = every_s
+        self.clock = clock
+        self._next = 0.0
+        self._skipped = 0
+
+    def __call__(self, peer: str, why: str) -> None:
+        now = self.clock()
+        if now < self._next:
+            self._skipped += 1
+            return
+        more = f" ({self._skipped} more since the last report)" if self._skipped else ""
+        log.warning("dmesh: link from %s refused before authentication: %s%s", peer, why, more)
+        self._next, self._skipped = now + self.every_s, 0
 
 
 class DmeshDriver:
@@ -43,6 +73,9 @@ class DmeshDriver:
         """The bound TCP port once started (useful with ``port = 0``)."""
         self._tcp: asyncio.Server | None = None
         self._sessions: dict[Session, asyncio.Task | None] = {}
+        self._handshaking: set[Session] = set()
+        """TCP sessions not yet authenticated (at most ``max_unauthenticated``)."""
+        self.refusals = RefusalLog()
         self._by_id: dict[int, Session] = {}
         self._serial_tasks: list[asyncio.Task[None]] = []
         self._stopping = False
@@ -99,6 +132,7 @@ class DmeshDriver:
         cid = session.concentrator_id
         if cid is None:  # pragma: no cover - a session is welcomed only after HELLO
             return
+        self._handshaking.discard(session)
         old = self._by_id.get(cid)
         self._by_id[cid] = session
         if old is not None and old is not session:
@@ -127,6 +161,9 @@ class DmeshDriver:
             await session.run()
         finally:
             self._sessions.pop(session, None)
+            self._handshaking.discard(session)
+            if session.handshake_timed_out:
+                self.refusals(session.peer, session.reason)
             cid = session.concentrator_id
             if session.authenticated and cid is not None:
                 if self._by_id.get(cid) is session:
@@ -149,7 +186,13 @@ class DmeshDriver:
         if self._stopping:
             writer.close()
             return
-        await self._serve(Session(self, reader, writer, peer))
+        if len(self._handshaking) >= self.config.max_unauthenticated:
+            writer.close()
+            self.refusals(peer, f"{len(self._handshaking)} links are authenticating already (max_unauthenticated)")
+            return
+        session = Session(self, reader, writer, peer)
+        self._handshaking.add(session)
+        await self._serve(session)
 
     async def _serial_loop(self, port: SerialConfig) -> None:
         """Open the port and serve it; open it again after an error, waiting

@@ -2,9 +2,9 @@
 
 The tree is built from what is stored already: the registry's module rows
 (parent, hops, RSSI, battery, firmware and last seen, kept current by TOPOLOGY
-reports and readings), the newest topology entry of every module (its state as
-the concentrator reported it) and the newest reading of every meter. A module
-is
+reports and by the battery, RSSI and hops every READINGS record carries), the
+newest topology entry of every module (its state as the concentrator reported
+it) and the newest reading of every meter. A module is
 
 - ``lost`` when its newest topology entry says so and no reading of it is
   newer than that entry,
@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from balans_edge.core.components import Finding, Severity
+from balans_edge.core.model import MAX_HOPS
 from balans_edge.routes import iso
 from balans_edge.settings import setting
 
@@ -50,7 +51,7 @@ class NetworkConfig:
     low_battery_mv: int = setting(3000, range=(0, 65535), doc="battery below this is low")
     battery_empty_mv: int = setting(2700, range=(0, 65535), doc="battery at which a module stops (days left)")
     weak_rssi_dbm: int = setting(-95, range=(-128, 0), doc="a link to the parent below this is weak")
-    max_hops: int = setting(20, range=(1, 30), doc="a route longer than this is too long")
+    max_hops: int = setting(20, range=(1, MAX_HOPS), doc="a route longer than this is too long")
     offline_after_s: int = setting(900, range=(0, 30 * DAY), doc="a configured concentrator away this long")
 
 
@@ -140,6 +141,15 @@ async def module_views(storage: Storage, config: NetworkConfig, now: float) -> d
         view.reported_t = snap["t"] if snap else None
         views[module_id] = view
     return views
+
+
+async def battery_points(storage: Storage, module_id: int) -> list[tuple[int, int]]:
+    """(t, mV) of a module's battery in time order: its TOPOLOGY entries and the
+    hourly reports that come with its readings (a concentrator may send
+    TOPOLOGY rarely), the newest BATTERY_POINTS of each."""
+    topology = await storage.topology_history(module_id, limit=BATTERY_POINTS)
+    reports = await storage.module_reports(module_id, limit=BATTERY_POINTS)
+    return sorted({(r["t"], r["battery_mv"]) for r in [*topology, *reports]})
 
 
 def battery_days_left(points: list[tuple[int, int]], empty_mv: int) -> tuple[float | None, float | None]:
@@ -262,8 +272,7 @@ class NetworkMonitor:
                 periods=config.silent_periods,
             )
         if v.battery_mv is not None and v.battery_mv < config.low_battery_mv:
-            history = await self.server.storage.topology_history(v.module_id, limit=BATTERY_POINTS)
-            points = sorted({(r["t"], r["battery_mv"]) for r in history})
+            points = await battery_points(self.server.storage, v.module_id)
             if not points:
                 points = [(v.last_seen or now, v.battery_mv)]
             days_left, slope = battery_days_left(points, config.battery_empty_mv)

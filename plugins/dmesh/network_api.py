@@ -102,6 +102,7 @@ def routes(server: Server, monitor: NetworkMonitor) -> list[Route]:
         meters = [m for _, m in await server.storage.meters_by_key() if m.module_id == mid]
         events = await server.storage.module_events(mid, limit)
         history = await server.storage.topology_history(mid, limit)
+        reports = await server.storage.module_reports(mid, limit)
         return json(
             {
                 "module": _module_json(view),
@@ -140,6 +141,10 @@ def routes(server: Server, monitor: NetworkMonitor) -> list[Route]:
                     }
                     for r in history
                 ],
+                "reports": [
+                    {"t": iso(r["t"]), "battery_mv": r["battery_mv"], "rssi": r["rssi"], "hops": r["hops"]}
+                    for r in reports
+                ],
             }
         )
 
@@ -165,10 +170,10 @@ def routes(server: Server, monitor: NetworkMonitor) -> list[Route]:
             "GET",
             "/api/v1/network/modules/<module_id>",
             module,
-            "A radio module: its state, meters, newest events and topology history",
+            "A radio module: its state, meters, newest events, topology history and hourly health reports",
             params=(
                 Param("module_id", "path", type="integer"),
-                Param("limit", type="integer", description="events and history entries, default 100"),
+                Param("limit", type="integer", description="events, history entries and reports, default 100"),
             ),
             tags=TAGS,
             responses=not_found,

@@ -55,6 +55,10 @@ class DmeshConfig:
     clock_drift_limit_s: int = setting(30, range=(0, 86400))
     keepalive_s: float = setting(60.0, range=(0.01, 86400.0))
     dead_after_s: float = setting(180.0, range=(0.01, 86400.0))
+    auth_timeout_s: float = setting(10.0, range=(0.01, 3600.0),
+                                    doc="close a link that has not authenticated this long after it opened")
+    max_unauthenticated: int = setting(64, range=(1, 100000),
+                                       doc="TCP links authenticating at once; one more is closed at once")
     serial: list[SerialConfig] = field(default_factory=list)
     command_timeout_s: float = setting(600.0, range=(0.01, 86400.0), doc="host-side timeout of a module command")
     backfill: bool = setting(True, doc="request profiles of missing hours when a concentrator logs in")

@@ -5,6 +5,12 @@ AUTH, WELCOME, then data frames, each acknowledged with ACK OK only after its
 content is durably stored (ACK RETRY when storage refused it, ACK REJECTED
 when its payload does not match its type). Frames of one link are handled in
 arrival order, one at a time.
+
+Before WELCOME the host answers only the handshake (and a data frame with
+NACK NOT_AUTHENTICATED, as the protocol says): an unauthenticated peer gets no
+PONG, and nothing it sends moves its deadline, so a link that has not
+authenticated within ``auth_timeout_s`` of being opened is closed. Otherwise
+anyone who can reach the port could hold connections open for ever.
 """
 
 from __future__ import annotations
@@ -18,8 +24,8 @@ import secrets
 import time
 from typing import TYPE_CHECKING, Any, Protocol
 
-from balans_edge.core.model import RawReading
-from balans_edge.core.storage import ModuleEvent, StorageError
+from balans_edge.core.model import MAX_HOPS, RawReading
+from balans_edge.core.storage import ModuleEvent, ModuleHealth, StorageError
 from balans_edge.plugins.dmesh.codec import (
     DATA_TYPES,
     Ack,
@@ -31,6 +37,7 @@ from balans_edge.plugins.dmesh.codec import (
     Event,
     FirmwareResult,
     Frame,
+    FrameType,
     Hello,
     Nack,
     NackCode,
@@ -97,6 +104,7 @@ class Session:
         self.concentrator_id: int | None = None
         self.authenticated = False
         self.replaced = False
+        self.handshake_timed_out = False
         self.reason = ""
         self._nonce: bytes | None = None
         self._seq = 0
@@ -106,7 +114,7 @@ class Session:
         self._acks: dict[int, asyncio.Future[None]] = {}
         """Host frames waiting for their transport ACK, by the host's seq."""
         now = asyncio.get_running_loop().time()
-        self.last_rx = self.last_tx = now
+        self.opened = self.last_rx = self.last_tx = now
 
     # link -------------------------------------------------------------------
 
@@ -142,21 +150,16 @@ class Session:
             self.writer.close()
 
     async def _loop(self) -> None:
-        loop = asyncio.get_running_loop()
-        keepalive, dead_after = self.config.keepalive_s, self.config.dead_after_s
         while not self._closing:
-            now = loop.time()
-            dead_in = self.last_rx + dead_after - now
-            if dead_in <= 0:
-                self.close(f"silent for {dead_after:g} s")
+            wait = self._authenticated_wait() if self.authenticated else self._handshake_wait()
+            if wait is None:
                 return
-            ping_in = max(self.last_rx, self.last_tx) + keepalive - now if self.authenticated else dead_in
-            if ping_in <= 0:
+            if wait <= 0:
                 await self.send(Ping())
                 continue
             try:
                 # asyncio.timeout, not wait_for, which can swallow a racing cancellation on 3.11.
-                async with asyncio.timeout(min(dead_in, ping_in)):
+                async with asyncio.timeout(wait):
                     data = await self.reader.read(READ_SIZE)
             except TimeoutError:
                 continue
@@ -164,6 +167,27 @@ class Session:
                 self.reason = self.reason or "closed by the peer"
                 return
             await self._received(data)
+
+    def _handshake_wait(self) -> float | None:
+        """Seconds left to authenticate, counted from the link's opening (None: closed now)."""
+        limit = min(self.config.auth_timeout_s, self.config.dead_after_s)
+        left = self.opened + limit - asyncio.get_running_loop().time()
+        if left <= 0:
+            self.handshake_timed_out = True
+            self.close(f"not authenticated within {limit:g} s")
+            return None
+        return left
+
+    def _authenticated_wait(self) -> float | None:
+        """Seconds to wait for the next read (<= 0: time to PING; None: the link is dead and closed)."""
+        now = asyncio.get_running_loop().time()
+        keepalive, dead_after = self.config.keepalive_s, self.config.dead_after_s
+        dead_in = self.last_rx + dead_after - now
+        if dead_in <= 0:
+            self.close(f"silent for {dead_after:g} s")
+            return None
+        ping_in = max(self.last_rx, self.last_tx) + keepalive - now
+        return ping_in if ping_in <= 0 else min(dead_in, ping_in)
 
     async def _received(self, data: bytes) -> None:
         loop = asyncio.get_running_loop()
@@ -183,7 +207,8 @@ class Session:
                     return
                 continue
             self._bad, self._in_bad = 0, False
-            self.last_rx = loop.time()
+            if self.authenticated:
+                self.last_rx = loop.time()
             await self._handle(item)
 
     # sending ----------------------------------------------------------------
@@ -236,8 +261,8 @@ class Session:
     # frames -----------------------------------------------------------------
 
     async def _handle(self, frame: Frame) -> None:
-        if frame.type in DATA_TYPES and not self.authenticated:
-            await self.nack(frame, NackCode.NOT_AUTHENTICATED, "authenticate first")
+        if not self.authenticated:
+            await self._handle_handshake(frame)
             return
         try:
             payload = decode_payload(frame)
@@ -271,10 +296,27 @@ class Session:
             log.info("%s: NACK %d of host frame %d: %s", self.name, payload.code, payload.ref_seq, payload.text)
         elif frame.type in DATA_TYPES:
             await self._on_data(frame, payload)
-        elif not self.authenticated:
-            await self.nack(frame, NackCode.NOT_AUTHENTICATED, "authenticate first")
         else:
             await self.nack(frame, NackCode.BAD_FRAME, f"{type(payload).__name__.upper()} is a host frame")
+
+    async def _handle_handshake(self, frame: Frame) -> None:
+        """A frame before WELCOME: HELLO and AUTH are answered, a data frame gets
+        NACK NOT_AUTHENTICATED (and is not stored); anything else (PING, ACK,
+        unknown types) goes unanswered."""
+        if frame.type in DATA_TYPES:
+            await self.nack(frame, NackCode.NOT_AUTHENTICATED, "authenticate first")
+            return
+        if frame.type not in (FrameType.HELLO, FrameType.AUTH):
+            return
+        try:
+            payload = decode_payload(frame)
+        except PayloadError as exc:
+            await self.nack(frame, NackCode.BAD_PAYLOAD, str(exc))
+            return
+        if isinstance(payload, Hello):
+            await self._on_hello(frame, payload)
+        elif isinstance(payload, Auth):
+            await self._on_auth(frame, payload)
 
     @property
     def name(self) -> str:
@@ -305,6 +347,7 @@ class Session:
         now = time.time()
         flags = 1 if abs(hello.clock - now) > self.config.clock_drift_limit_s else 0
         self.authenticated = True
+        self.last_rx = asyncio.get_running_loop().time()
         # Registered (an older link of the same concentrator closed) and logged
         # before the concentrator learns it is welcome.
         await self.host.welcomed(self)
@@ -338,8 +381,15 @@ class Session:
                 for r in payload.records
                 for channel, counter in zip(r.channels, r.counters, strict=True)
             ]
-            if batch:
-                await server.ingest.ingest(batch)
+            # Battery, link and route ride along with every record: stored with
+            # the readings (one transaction), so the network view and its
+            # detectors do not wait for the next TOPOLOGY.
+            health = [
+                ModuleHealth(r.module_id, r.ts, r.battery_mv, r.rssi, r.hops if 1 <= r.hops <= MAX_HOPS else None)
+                for r in payload.records
+            ]
+            if batch or health:
+                await server.ingest.ingest(batch, health=health)
         elif isinstance(payload, Profile):
             batch = [
                 RawReading(payload.module_id, payload.channel, payload.start + i * HOUR, value, 0)

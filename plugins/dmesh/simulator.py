@@ -30,7 +30,7 @@ from typing import Literal
 import numpy as np
 
 from balans_edge.core.ingest import Ingest, ReadingBatch
-from balans_edge.core.model import COUNTER_MODULUS, Status
+from balans_edge.core.model import CONCENTRATOR_MODULES, COUNTER_MODULUS, Status
 from balans_edge.core.storage import Storage, StorageError
 from balans_edge.core.tasks import cancel
 from balans_edge.plugins.dmesh.codec import (
@@ -76,8 +76,8 @@ PER_READINGS = 200
 """One-channel records per READINGS frame: (4,096 - 2) // 19 = 215 fit in a payload."""
 INGEST_BATCH = 20_000
 """Readings per ingest call when the history goes straight into ingest."""
-PER_TOPOLOGY = 250
-"""Entries per TOPOLOGY frame: (4,096 - 2) // 16 = 255 fit in a payload."""
+PER_TOPOLOGY = CONCENTRATOR_MODULES
+"""Entries per TOPOLOGY frame: the 240 modules a concentrator may list (255 would fit a payload)."""
 RING = 12
 """Apartments per radio ring: a module relays through the one ``RING`` apartments
 below it (the floors nearer the concentrator in the basement)."""
