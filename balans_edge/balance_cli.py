@@ -85,13 +85,13 @@ def report_command(config_path: Path | None, group_id: str, month: str, as_json:
         group = tree.groups.get(group_id)
         if group is None:
             raise click.ClickException(f"group {group_id!r} is not in the registry")
-        days = await q.group_series(storage, [group_id], t0, t1, "day", tz)
         now = int(time.time())
+        days = await q.group_series(storage, tree, [group_id], t0, t1, "day", tz, now)
         allocation = await q.allocation(storage, tree, group, month, tz, threshold, now)
         ranked = await q.losses(storage, tree, None, t0, t1, tz, threshold, now)
         entry = next(e for e in ranked if e.group_id == group_id)
         return {"allocation": allocation.to_json(),
-                "days": points(days, 0, group, threshold, tree.resolution(group_id)),
+                "days": points(days.series, 0, group, threshold, tree.resolution(group_id), days.coverage),
                 "losses": entry.to_json()}
 
     result = _cli.run_async(lambda: _cli.with_storage(config, run))

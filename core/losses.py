@@ -231,14 +231,14 @@ def _trend(days: _Days, row: int) -> Trend:
     input has no imbalance.
     """
     d = days.daily
-    ok = (d.input_missing[row] == 0) & (days.hours >= MIN_DAY_HOURS)
+    ok = d.input_known()[row] & (days.hours >= MIN_DAY_HOURS)
     y = (d.input[row] - d.consumed[row])[ok] * 24.0 / days.hours[ok]
     return _fit(days.x[ok], y)
 
 
 def _night_rates(hourly: BalanceSeries, row: int, night: np.ndarray, days: _Days) -> np.ndarray:
     """Mean imbalance per hour of each night with enough known night hours."""
-    use = night & (hourly.input_missing[row] == 0)
+    use = night & hourly.input_known()[row]
     day = days.day_of_hour[use]
     n_days = len(days.hours)
     count = np.bincount(day, minlength=n_days)
@@ -346,7 +346,7 @@ class _Totals:
 
 
 def _totals(hourly: BalanceSeries) -> _Totals:
-    known = hourly.input_missing == 0
+    known = hourly.input_known()
     known_members = hourly.measured + hourly.estimated
     return _Totals(
         known_hours=known.sum(axis=1),
