@@ -155,6 +155,7 @@ async def test_forecasts_and_the_verification_plan(site) -> None:
     plan = (await client.get("/api/v1/analytics/verification-plan", headers=auth("viewer"))).json()["meters"]
     by_id = {m["meter_id"]: m for m in plan}
     assert by_id["B1-A05"]["open_findings"] == ["consumer_leak"] and by_id["B1-A05"]["score"] < 100
+    assert by_id["B1-A05"]["action"] == "inspect"  # the flat leaks: its meter registers it all
     assert by_id["B1-A01"]["open_findings"] == []
     only = (await client.get("/api/v1/analytics/verification-plan", params={"action": "due"},
                              headers=auth("viewer"))).json()["meters"]
