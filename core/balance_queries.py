@@ -21,7 +21,7 @@ import numpy as np
 
 from balans_edge.core.allocation import AccountUse, AllocationReport, allocate
 from balans_edge.core.balance import BalanceSeries, Coverage, aggregate
-from balans_edge.core.losses import LossEntry, finding_volume, rank
+from balans_edge.core.losses import LossEntry, finding_active, rank, volume_between
 from balans_edge.core.model import Group, Meter
 from balans_edge.core.storage import Storage
 
@@ -210,8 +210,16 @@ async def group_series(storage: Storage, tree: Tree, group_ids: Sequence[str], t
 
 
 async def findings_between(storage: Storage, t0: int, t1: int) -> list[dict[str, Any]]:
+    """Findings whose problem was there during [t0, t1): first reported before its end and
+    last reported after its start (one still open from an earlier month is about this one too)."""
     rows = await storage.journal_list("findings", FINDINGS_SCANNED)
-    return [f for f in rows if t0 <= int(f.get("t") or 0) < t1]
+    out = []
+    for f in rows:
+        active = finding_active(f)
+        first, last = active if active is not None else (f.get("t") or 0, f.get("t") or 0)
+        if first < t1 and last >= t0:
+            out.append(f)
+    return out
 
 
 async def allocation(storage: Storage, tree: Tree, group: Group, month: str, tz: ZoneInfo,
@@ -236,8 +244,8 @@ async def allocation(storage: Storage, tree: Tree, group: Group, month: str, tz:
     shares = [AccountUse(a, getattr(accounts.get(a), "consumer", ""), getattr(accounts.get(a), "area_m2", None), v)
               for a, v in sorted(use.items())]
     suspects = tree.suspects_of(group.group_id)
-    found = await findings_between(storage, t0, t1)
-    fixable = sum(finding_volume(f) or 0.0 for f in found if f.get("subject") in suspects)
+    found = await findings_between(storage, h0, h1)
+    fixable = sum(volume_between(f, h0, h1) or 0.0 for f in found if f.get("subject") in suspects)
     return allocate(group, month, float(series.input.sum()) if known else None, float(series.consumed.sum()),
                     shares, fixable=fixable, completeness=completeness, threshold=threshold)
 

@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from balans_edge.core.losses import finding_volume
+from balans_edge.core.losses import finding_rate
 from balans_edge.core.model import Meter
 
 YEAR_S = 365 * 86400
@@ -77,22 +77,15 @@ class MeterHealth:
         }
 
 
-def _yearly(finding: Mapping[str, Any], now: float) -> float | None:
-    """A finding's volume per year: its volume over the time since its start (at least
-    a day); None when it states no volume."""
-    data = finding.get("data") or {}
-    volume = finding_volume(finding)
-    if volume is None:
-        return None
-    start = data.get("start") if isinstance(data.get("start"), int | float) else finding.get("first_seen")
-    seen = finding.get("last_seen") or now
-    span = max(float(seen) - float(start or seen), 86400.0)
-    return max(float(volume), 0.0) * YEAR_S / span
+def _yearly(finding: Mapping[str, Any]) -> float | None:
+    """A finding's volume per year (its rate over its span); None when it states no volume."""
+    rate = finding_rate(finding)
+    return None if rate is None else rate * YEAR_S
 
 
-def _loss(faults: Sequence[Mapping[str, Any]], now: float) -> float | None:
+def _loss(faults: Sequence[Mapping[str, Any]]) -> float | None:
     """Yearly volume the meter-fault findings state; None when there are some and none states one."""
-    stated = [v for v in (_yearly(f, now) for f in faults) if v is not None]
+    stated = [v for v in (_yearly(f) for f in faults) if v is not None]
     return sum(stated) if stated or not faults else None
 
 
@@ -138,7 +131,7 @@ def meter_health(meters: Sequence[Meter], findings: Sequence[Mapping[str, Any]],
         ok_group = balanced(state, threshold, balanced_pct)
         score = 100 - sum(PENALTY.get(str(f.get("severity")), 10) for f in own)
         score -= 0 if ok_group else 15
-        loss = _loss(faults, now)
+        loss = _loss(faults)
         price = state.price if state is not None else None
         money = None if price is None or loss is None else loss * price
         age = (now - m.install_time) / YEAR_S
