@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -35,11 +36,21 @@ def _table(report: dict[str, Any], days: list[dict[str, Any]]) -> str:
     lines = [f"{'day':<10} {'input':>12} {'consumed':>12} {'imbalance':>12} {'loss %':>7} {'complete':>8}  flags"]
     for p in days:
         complete = p["completeness"]["measured"] + p["completeness"]["estimated"]
-        lines.append(f"{p['t'][:10]:<10} {_cell(p['input']):>12} {_cell(p['consumed']):>12} "
+        lines.append(f"{p['day']:<10} {_cell(p['input']):>12} {_cell(p['consumed']):>12} "
                      f"{_cell(p['imbalance']):>12} {_cell(p['loss_pct'], 1):>7} {complete:>8.1%}  "
                      f"{', '.join(p['flags'])}")
     lines.append(f"{'month':<10} {_cell(report['input']):>12} {_cell(report['consumed']):>12} "
                  f"{_cell(report['imbalance']):>12}   ({unit})")
+    return "\n".join(lines)
+
+
+def _inflow_table(report: dict[str, Any], days: list[dict[str, Any]]) -> str:
+    """An inflow-only group has no balance to show: only what flowed in."""
+    lines = [f"{'day':<10} {'input':>12}  flags"]
+    for p in days:
+        flags = [f for f in p["flags"] if f != "no_members"]
+        lines.append(f"{p['day']:<10} {_cell(p['input']):>12}  {', '.join(flags)}")
+    lines.append(f"{'month':<10} {_cell(report['input']):>12}  ({report['unit']})")
     return "\n".join(lines)
 
 
@@ -85,25 +96,29 @@ def report_command(config_path: Path | None, group_id: str, month: str, as_json:
         group = tree.groups.get(group_id)
         if group is None:
             raise click.ClickException(f"group {group_id!r} is not in the registry")
-        days = await q.group_series(storage, [group_id], t0, t1, "day", tz)
         now = int(time.time())
+        days = await q.group_series(storage, tree, [group_id], t0, t1, "day", tz, now)
         allocation = await q.allocation(storage, tree, group, month, tz, threshold, now)
         ranked = await q.losses(storage, tree, None, t0, t1, tz, threshold, now)
         entry = next(e for e in ranked if e.group_id == group_id)
-        return {"allocation": allocation.to_json(),
-                "days": points(days, 0, group, threshold, tree.resolution(group_id)),
-                "losses": entry.to_json()}
+        rows = points(days.series, 0, group, threshold, tree.resolution(group_id), days.coverage)
+        for row, t in zip(rows, days.series.t.tolist(), strict=True):
+            row["day"] = datetime.fromtimestamp(t, tz).date().isoformat()  # the site's day, not UTC's
+        return {"allocation": allocation.to_json(), "days": rows, "losses": entry.to_json()}
 
     result = _cli.run_async(lambda: _cli.with_storage(config, run))
     if as_json:
         click.echo(json.dumps({"group_id": group_id, "month": month, **result}, indent=2, ensure_ascii=False))
         return
     a = result["allocation"]
-    click.echo(f"{group_id} — {month} ({config.site.timezone})")
-    click.echo(_table(a, result["days"]))
-    click.echo()
-    click.echo(_allocation_text(a))
     recommendations = result["losses"].get("recommendations") or []
+    click.echo(f"{group_id} — {month} ({config.site.timezone})")
+    if any(r["kind"] == "inflow_only" for r in recommendations):
+        click.echo(_inflow_table(a, result["days"]))
+    else:
+        click.echo(_table(a, result["days"]))
+        click.echo()
+        click.echo(_allocation_text(a))
     if recommendations:
         click.echo()
         click.echo("where to look first:")

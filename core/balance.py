@@ -304,6 +304,11 @@ class BalanceSeries:
     )
     """The (G, P) arrays, all summed when periods are merged."""
 
+    def input_known(self) -> np.ndarray:
+        """(G, P): no input meter missing and at least one counted. A period in which
+        no input meter was installed has no input: its sum of 0 is not a measurement."""
+        return (self.input_missing == 0) & (self.input_measured + self.input_estimated > 0)
+
 
 def _unpack(packed: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Counts of measured, estimated and missing from sums of packed words."""
@@ -464,22 +469,40 @@ def iso(t: int) -> str:
     return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+@dataclass(frozen=True, slots=True)
+class Coverage:
+    """How much of each period a series holds: its hours that are over and inside
+    the span asked for, against the period's whole length (hours)."""
+
+    hours: np.ndarray
+    length: np.ndarray
+
+    @property
+    def partial(self) -> np.ndarray:
+        """Periods cut short by the span asked for, still running, or not begun."""
+        return self.hours < self.length
+
+
 def _flags(
     share_known: float | None,
-    inp: float | None,
     imbalance: float | None,
     loss: float | None,
-    estimated_inputs: int,
+    input_counts: tuple[int, int],
     group: Group,
     threshold: float,
     resolution: float,
+    partial: tuple[bool, bool],
 ) -> list[str]:
-    flags = []
+    """``input_counts``: missing and estimated input-meter hours; ``partial``: whether
+    the period is partial and whether any of its hours is counted at all."""
+    (missing_inputs, estimated_inputs), (cut, counted) = input_counts, partial
+    flags = ["partial"] if cut else []
     if share_known is None:
-        flags.append("no_members")
+        if counted:
+            flags.append("no_members")
     elif share_known < threshold:
         flags.append("incomplete")
-    if inp is None:
+    if missing_inputs:
         flags.append("input_missing")
     if estimated_inputs:
         flags.append("input_estimated")
@@ -491,7 +514,7 @@ def _flags(
 
 
 def points(series: BalanceSeries, row: int, group: Group, threshold: float,
-           resolution: float = 0.0) -> list[dict[str, Any]]:
+           resolution: float = 0.0, coverage: Coverage | None = None) -> list[dict[str, Any]]:
     """JSON-ready periods of one group (row ``row`` of ``series``).
 
     ``resolution`` is how far below zero an imbalance may be from the meters'
@@ -501,16 +524,23 @@ def points(series: BalanceSeries, row: int, group: Group, threshold: float,
 
     A period in which an input meter is missing has no input, imbalance or
     loss: the known part of the input would make the loss look smaller than
-    it is. Flags are decided on the values as reported (rounded to 6
-    decimals), so float noise of exactly balanced groups raises none.
+    it is. With a ``coverage`` a period is flagged ``partial`` when the series
+    holds only part of it, and one with no hour counted at all (not begun)
+    has no input and no other flag. Flags are decided on the values as
+    reported (rounded to 6 decimals), so float noise of exactly balanced
+    groups raises none.
     """
     cols = {name: getattr(series, name)[row].tolist() for name in BalanceSeries.COLUMNS}
+    n = len(series.t)
+    partial = coverage.partial.tolist() if coverage is not None else [False] * n
+    counted = (coverage.hours > 0).tolist() if coverage is not None else [True] * n
+    input_known = series.input_known()[row].tolist()
     out = []
     for i, t in enumerate(series.t.tolist()):
         m, e, x = cols["measured"][i], cols["estimated"][i], cols["missing"][i]
         members = m + e + x
         consumed = round(cols["consumed"][i], 6)
-        inp = None if cols["input_missing"][i] else round(cols["input"][i], 6)
+        inp = round(cols["input"][i], 6) if counted[i] and input_known[i] else None
         imbalance = None if inp is None else round(inp - consumed, 6)
         loss = round(100.0 * imbalance / inp, 4) if inp is not None and imbalance is not None and inp > 0 else None
         share = (m + e) / members if members else None
@@ -519,7 +549,8 @@ def points(series: BalanceSeries, row: int, group: Group, threshold: float,
             "estimated": round(e / members, 4) if members else 0.0,
             "missing": round(x / members, 4) if members else 0.0,
         }
-        flags = _flags(share, inp, imbalance, loss, cols["input_estimated"][i], group, threshold, resolution)
+        flags = _flags(share, imbalance, loss, (cols["input_missing"][i], cols["input_estimated"][i]), group,
+                       threshold, resolution, (partial[i], counted[i]))
         out.append(
             {
                 "t": iso(t),

@@ -13,15 +13,15 @@ import weakref
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import date, datetime, timedelta
 from typing import Any, Literal
 from zoneinfo import ZoneInfo
 
 import numpy as np
 
 from balans_edge.core.allocation import AccountUse, AllocationReport, allocate
-from balans_edge.core.balance import BalanceSeries, aggregate
-from balans_edge.core.losses import LossEntry, finding_volume, rank
+from balans_edge.core.balance import BalanceSeries, Coverage, aggregate
+from balans_edge.core.losses import LossEntry, finding_active, rank, volume_between
 from balans_edge.core.model import Group, Meter
 from balans_edge.core.storage import Storage
 
@@ -53,12 +53,6 @@ def closed_span(t0: int, t1: int, now: int) -> tuple[int, int]:
     h0, h1 = hour_span(t0, t1)
     return h0, max(h0, min(h1, now - now % HOUR))
 
-
-async def group_series(storage: Storage, group_ids: Sequence[str], t0: int, t1: int, step: Step,
-                       tz: ZoneInfo) -> BalanceSeries:
-    """Balance of the groups per hour, local day or local month over [t0, t1)."""
-    h0, h1 = hour_span(t0, t1)
-    return aggregate(await storage.balance(list(group_ids), h0, h1), step, tz)
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,13 +107,119 @@ class Tree:
         return {group_id, *self.member_meters.get(group_id, [])}
 
 
+    def installed(self, group_ids: Sequence[str], t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Members and input meters of each group installed in each hour (two (G, H)
+        int64 arrays), counted as the balance worker counts them: a meter is in an
+        hour that ends after its installation and starts before its removal."""
+        t = np.asarray(t, np.int64)
+        members = np.zeros((len(group_ids), len(t)), np.int64)
+        inputs = np.zeros_like(members)
+        for row, group_id in enumerate(group_ids):
+            own = [i.meter_id for i in self.groups[group_id].inputs]
+            fed = self.member_meters.get(group_id, []) + [
+                i.meter_id for child in self.children.get(group_id, []) for i in self.groups[child].inputs]
+            inputs[row] = self._active([self.meters[m] for m in own if m in self.meters], t)
+            members[row] = self._active([self.meters[m] for m in fed if m in self.meters], t)
+        return members, inputs
+
+    @staticmethod
+    def _active(meters: Sequence[Meter], t: np.ndarray) -> np.ndarray:
+        installed = np.sort(np.array([m.install_time for m in meters], np.int64))
+        removed = np.sort(np.array([m.removed_time for m in meters if m.removed_time is not None], np.int64))
+        return np.searchsorted(installed, t + HOUR, side="left") - np.searchsorted(removed, t, side="right")
+
+
 _TREES: weakref.WeakKeyDictionary[Storage, tuple[int, Tree]] = weakref.WeakKeyDictionary()
 """The last tree built per storage, with the registry version it was built at."""
 
 
+def count_unknown(series: BalanceSeries, members: np.ndarray, inputs: np.ndarray, now: int) -> BalanceSeries:
+    """The stored hourly balance with what nobody knows counted as missing.
+
+    Storage holds an hour only once some meter of the site reported it, and
+    sums an input none of whose meters was counted to 0: both would read as a
+    known input of 0. In an hour that is over, a group-hour never computed (no
+    count at all) has every member and input meter installed then (``members``,
+    ``inputs``: (G, H)) missing, and a group whose members are counted but no
+    input meter is has its input missing. An hour in which none of the group's
+    meters was installed stays empty (the group was not there), and hours not
+    over yet are emptied: they are not missing, they have not happened.
+    """
+    over = (series.t + HOUR <= now)[None, :]
+    no_input = (series.input_measured + series.input_estimated + series.input_missing == 0) & over
+    if not no_input.any() and over.all():
+        return series
+    columns = {name: np.where(over, getattr(series, name), 0) for name in BalanceSeries.COLUMNS}
+    never = no_input & (series.measured + series.estimated + series.missing == 0)
+    columns["missing"][never] = members[never]
+    columns["input_missing"][no_input] = inputs[no_input]
+    has_members = columns["measured"] + columns["estimated"] + columns["missing"] > 0
+    columns["input_missing"][no_input & has_members] = np.maximum(columns["input_missing"][no_input & has_members], 1)
+    return BalanceSeries(list(series.group_ids), series.t, **columns)
+
+
+async def hourly_balance(storage: Storage, tree: Tree, group_ids: Sequence[str], h0: int, h1: int,
+                         now: int) -> BalanceSeries:
+    """Hourly balance of the groups over the hours [h0, h1), unknown hours missing (``count_unknown``)."""
+    series = await storage.balance(list(group_ids), h0, h1)
+    members, inputs = tree.installed(group_ids, series.t)
+    return count_unknown(series, members, inputs, now)
+
+
+def _hour_starts(a: np.ndarray | int, b: np.ndarray | int) -> np.ndarray:
+    """How many hour starts (multiples of an hour) lie in [a, b)."""
+    return np.maximum(0, -(-np.asarray(b) // HOUR) - -(-np.asarray(a) // HOUR))
+
+
+def period_ends(starts: np.ndarray, step: Step, tz: ZoneInfo) -> np.ndarray:
+    """End of each period (the next local midnight or first of the month)."""
+    if step == "hour":
+        return np.asarray(starts, np.int64) + HOUR
+    ends = []
+    for start in np.asarray(starts, np.int64).tolist():
+        d = datetime.fromtimestamp(start, tz).date()
+        d = d + timedelta(days=1) if step == "day" else date(d.year + d.month // 12, d.month % 12 + 1, 1)
+        ends.append(int(datetime(d.year, d.month, d.day, tzinfo=tz).timestamp()))
+    return np.array(ends, np.int64)
+
+
+def coverage(starts: np.ndarray, step: Step, tz: ZoneInfo, h0: int, h1: int, now: int) -> Coverage:
+    """Which periods the hours [h0, h1) that are over by ``now`` fill only in part."""
+    ends = period_ends(starts, step, tz)
+    over = now - now % HOUR
+    return Coverage(_hour_starts(np.maximum(starts, h0), np.minimum(np.minimum(ends, h1), over)),
+                    _hour_starts(starts, ends))
+
+
+@dataclass(frozen=True, slots=True)
+class Periods:
+    """A balance per hour, day or month and how much of each period it covers."""
+
+    series: BalanceSeries
+    coverage: Coverage
+
+
+async def group_series(storage: Storage, tree: Tree, group_ids: Sequence[str], t0: int, t1: int, step: Step,
+                       tz: ZoneInfo, now: int) -> Periods:
+    """Balance of the groups per hour, local day or local month over [t0, t1):
+    hours nobody knows are missing, hours not over yet are not counted, and
+    periods cut short by the span or by ``now`` are marked partial."""
+    h0, h1 = hour_span(t0, t1)
+    series = aggregate(await hourly_balance(storage, tree, group_ids, h0, h1, now), step, tz)
+    return Periods(series, coverage(series.t, step, tz, h0, h1, now))
+
+
 async def findings_between(storage: Storage, t0: int, t1: int) -> list[dict[str, Any]]:
+    """Findings whose problem was there during [t0, t1): first reported before its end and
+    last reported after its start (one still open from an earlier month is about this one too)."""
     rows = await storage.journal_list("findings", FINDINGS_SCANNED)
-    return [f for f in rows if t0 <= int(f.get("t") or 0) < t1]
+    out = []
+    for f in rows:
+        active = finding_active(f)
+        first, last = active if active is not None else (f.get("t") or 0, f.get("t") or 0)
+        if first < t1 and last >= t0:
+            out.append(f)
+    return out
 
 
 async def allocation(storage: Storage, tree: Tree, group: Group, month: str, tz: ZoneInfo,
@@ -127,8 +227,8 @@ async def allocation(storage: Storage, tree: Tree, group: Group, month: str, tz:
     """The month's ОДН allocation of a house's imbalance to its accounts (to date, for the running month)."""
     t0, t1 = month_bounds(month, tz)
     h0, h1 = closed_span(t0, t1, now)
-    series = await storage.balance([group.group_id], h0, h1)
-    known = int(series.input_missing.sum()) == 0
+    series = await hourly_balance(storage, tree, [group.group_id], h0, h1, now)
+    known = bool(series.input_known().any()) and int(series.input_missing.sum()) == 0
     members = int((series.measured + series.estimated + series.missing).sum())
     completeness = float((series.measured + series.estimated).sum()) / members if members else 0.0
     meter_ids = tree.member_meters.get(group.group_id, [])
@@ -144,8 +244,8 @@ async def allocation(storage: Storage, tree: Tree, group: Group, month: str, tz:
     shares = [AccountUse(a, getattr(accounts.get(a), "consumer", ""), getattr(accounts.get(a), "area_m2", None), v)
               for a, v in sorted(use.items())]
     suspects = tree.suspects_of(group.group_id)
-    found = await findings_between(storage, t0, t1)
-    fixable = sum(finding_volume(f) or 0.0 for f in found if f.get("subject") in suspects)
+    found = await findings_between(storage, h0, h1)
+    fixable = sum(volume_between(f, h0, h1) or 0.0 for f in found if f.get("subject") in suspects)
     return allocate(group, month, float(series.input.sum()) if known else None, float(series.consumed.sum()),
                     shares, fixable=fixable, completeness=completeness, threshold=threshold)
 
@@ -156,6 +256,6 @@ async def losses(storage: Storage, tree: Tree, level: str | None, t0: int, t1: i
     """Groups of a level (or all) ranked by their loss over the hours of [t0, t1) that are over."""
     groups = [g for g in tree.groups.values() if level is None or g.level == level]
     h0, h1 = closed_span(t0, t1, now)
-    hourly = await storage.balance([g.group_id for g in groups], h0, h1)
+    hourly = await hourly_balance(storage, tree, [g.group_id for g in groups], h0, h1, now)
     found = await findings_between(storage, t0, t1)
     return rank(groups, hourly, tz, found, members=tree.member_meters, threshold=threshold, order=order)

@@ -26,6 +26,7 @@ from balans_edge.core.model import Group
 
 MONTH_DAYS = 30.0
 """Days in the month that money and trends are expressed per."""
+DAY_S = 86400
 NIGHT_HOURS = (2, 5)
 """First and last local hour (inclusive) of the night window: consumption is lowest then."""
 MIN_NIGHT_HOURS = 2
@@ -49,7 +50,7 @@ Order = Literal["absolute", "relative", "trend"]
 @dataclass(frozen=True, slots=True)
 class Recommendation:
     kind: str
-    """metering_gaps | suspect_meter | worn_network"""
+    """metering_gaps | suspect_meter | worn_network | inflow_only"""
     message: str
     subject: str
     """The group, or the meter to check."""
@@ -231,14 +232,14 @@ def _trend(days: _Days, row: int) -> Trend:
     input has no imbalance.
     """
     d = days.daily
-    ok = (d.input_missing[row] == 0) & (days.hours >= MIN_DAY_HOURS)
+    ok = d.input_known()[row] & (days.hours >= MIN_DAY_HOURS)
     y = (d.input[row] - d.consumed[row])[ok] * 24.0 / days.hours[ok]
     return _fit(days.x[ok], y)
 
 
 def _night_rates(hourly: BalanceSeries, row: int, night: np.ndarray, days: _Days) -> np.ndarray:
     """Mean imbalance per hour of each night with enough known night hours."""
-    use = night & (hourly.input_missing[row] == 0)
+    use = night & hourly.input_known()[row]
     day = days.day_of_hour[use]
     n_days = len(days.hours)
     count = np.bincount(day, minlength=n_days)
@@ -265,6 +266,19 @@ def _worn_network(group: Group, rates: np.ndarray, mean_hourly: float | None) ->
     return Recommendation("worn_network", message, group.group_id)
 
 
+def _inflow_only(group: Group, rates: np.ndarray) -> Recommendation:
+    """A group with input meters and no member active (a district metered only at its inlet):
+    its imbalance would be its whole input, a 100 % "loss" that says nothing. What it can
+    tell is its night flow, when legitimate use is lowest."""
+    night = (f"; its median night inflow is {float(np.median(rates)):.6g} {group.unit}/h "
+             f"(local {NIGHT_HOURS[0]:02d}:00-{NIGHT_HOURS[1] + 1:02d}:00, {len(rates)} nights)"
+             if len(rates) >= MIN_NIGHTS else "")
+    message = (f"inflow-only group: input meters and no member meter or group to balance them against, "
+               f"so there is no loss % to compute{night}. Watch its night flow: the group-leak detector "
+               "reports bursts and background leakage from it (minimum night flow analysis)")
+    return Recommendation("inflow_only", message, group.group_id)
+
+
 def _metering_gaps(
     group: Group, completeness: float | None, coverage: float, threshold: float
 ) -> Recommendation | None:
@@ -284,7 +298,7 @@ def _metering_gaps(
 
 
 def finding_volume(finding: Mapping[str, Any]) -> float | None:
-    """The volume a finding puts on the month, if it states one as a number."""
+    """The volume a finding states, if it states one as a number."""
     data = finding.get("data") or {}
     value = data.get("volume_m3", data.get("volume"))
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
@@ -292,26 +306,85 @@ def finding_volume(finding: Mapping[str, Any]) -> float | None:
     return float(value)
 
 
-def _suspects(group: Group, findings: Sequence[Mapping[str, Any]]) -> list[Recommendation]:
-    """One recommendation per suspect subject, the biggest volumes first, then by severity.
+def _time(value: Any) -> float | None:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
 
-    Findings stating no volume come after those that do: a stated volume is what
-    makes one more urgent than another.
+
+def finding_span(finding: Mapping[str, Any]) -> tuple[float, float] | None:
+    """The time its stated volume covers: from the ``start`` its data give (else when it was
+    first seen) to when it was last seen, at least a day; None when the finding has no times.
+    A finding seen again keeps the newest estimate, so this is the newest report's span."""
+    start = _time((finding.get("data") or {}).get("start"))
+    if start is None:
+        start = _time(finding.get("first_seen")) or _time(finding.get("t"))
+    end = _time(finding.get("last_seen")) or _time(finding.get("t"))
+    if start is None or end is None:
+        return None
+    return start, max(end, start + DAY_S)
+
+
+def finding_rate(finding: Mapping[str, Any]) -> float | None:
+    """Volume per second the finding states over its span (a negative volume counts as 0)."""
+    volume, span = finding_volume(finding), finding_span(finding)
+    if volume is None or span is None:
+        return None
+    return max(volume, 0.0) / (span[1] - span[0])
+
+
+def finding_active(finding: Mapping[str, Any]) -> tuple[float, float] | None:
+    """From when to when the problem was there: the earlier of its first report and of the
+    newest report's start, to its last report (at least a day)."""
+    span = finding_span(finding)
+    if span is None:
+        return None
+    first = _time(finding.get("first_seen")) or _time(finding.get("t")) or span[0]
+    return min(first, span[0]), span[1]
+
+
+def volume_between(finding: Mapping[str, Any], t0: float, t1: float) -> float | None:
+    """The volume a finding puts on [t0, t1): its rate over the part of the time it was
+    active that falls inside, not an estimate made over another window or month."""
+    rate, active = finding_rate(finding), finding_active(finding)
+    if rate is None or active is None:
+        return None
+    return rate * max(0.0, min(active[1], t1) - max(active[0], t0))
+
+
+def _monthly(finding: Mapping[str, Any]) -> float | None:
+    rate = finding_rate(finding)
+    return None if rate is None else rate * MONTH_DAYS * DAY_S
+
+
+def _suspects(group: Group, findings: Sequence[Mapping[str, Any]]) -> list[Recommendation]:
+    """One recommendation per subject and kind: the most severe first, then the biggest volume
+    per month (findings stating none after those that do, within a severity).
+
+    Severity leads: a critical burst stating no volume must not hide behind a warning that
+    states one, about the same group or not.
     """
-    best: dict[str, tuple[tuple[bool, float, int], Mapping[str, Any]]] = {}
+    best: dict[tuple[str, str], tuple[tuple[int, bool, float], Mapping[str, Any]]] = {}
     for f in findings:
-        volume = finding_volume(f)
-        key = (volume is None, -(volume or 0.0), _SEVERITY_RANK.get(str(f.get("severity", "")), 3))
-        subject = str(f.get("subject"))
-        if subject not in best or key < best[subject][0]:
-            best[subject] = (key, f)
+        volume = _monthly(f)
+        if volume is None:
+            volume = finding_volume(f)
+        key = (_SEVERITY_RANK.get(str(f.get("severity", "")), 3), volume is None, -(volume or 0.0))
+        about = (str(f.get("subject")), str(f.get("kind")))
+        if about not in best or key < best[about][0]:
+            best[about] = (key, f)
     ranked = sorted(best.items(), key=lambda item: item[1][0])[:MAX_SUSPECTS]
-    return [Recommendation("suspect_meter", _suspect_message(group, f), s) for s, (_, f) in ranked]
+    return [Recommendation("suspect_meter", _suspect_message(group, f), s) for (s, _), (_, f) in ranked]
 
 
 def _suspect_message(group: Group, finding: Mapping[str, Any]) -> str:
-    volume = finding_volume(finding)
-    about = f"; about {volume:.6g} {group.unit} per month" if volume is not None else ""
+    volume, monthly, span = finding_volume(finding), _monthly(finding), finding_span(finding)
+    if monthly is not None and span is not None and volume is not None:
+        days = (span[1] - span[0]) / DAY_S
+        about = (f"; about {monthly:.6g} {group.unit} per month ({volume:.6g} {group.unit} "
+                 f"in {days:.3g} day{'s' if days != 1 else ''})")
+    elif volume is not None:
+        about = f"; about {volume:.6g} {group.unit}"
+    else:
+        about = ""
     detector, kind = finding.get("detector", ""), finding.get("kind", "")
     return f"{kind} ({detector}, {finding.get('severity', '')}): {finding.get('message', '')}{about}"
 
@@ -346,7 +419,7 @@ class _Totals:
 
 
 def _totals(hourly: BalanceSeries) -> _Totals:
-    known = hourly.input_missing == 0
+    known = hourly.input_known()
     known_members = hourly.measured + hourly.estimated
     return _Totals(
         known_hours=known.sum(axis=1),
@@ -372,9 +445,12 @@ def _entry(
     days = known_hours / 24.0
     inp = float(totals.input[row]) if known_hours else None
     consumed = float(totals.consumed_known[row] if known_hours else totals.consumed_all[row])
-    imbalance = None if inp is None else inp - consumed
-    loss_pct = 100.0 * imbalance / inp if inp is not None and imbalance is not None and inp > 0 else None
     members_all = int(totals.members_all[row])
+    inflow_only = not members_all and totals.hours > 0
+    if inflow_only:  # nothing to balance against: its input is not a loss
+        trend = Trend(None, None, 0, None)
+    imbalance = None if inp is None or inflow_only else inp - consumed
+    loss_pct = 100.0 * imbalance / inp if inp is not None and imbalance is not None and inp > 0 else None
     completeness = int(totals.members_known[row]) / members_all if members_all else None
     coverage = known_hours / totals.hours if totals.hours else 0.0
     money = imbalance * group.price * MONTH_DAYS / days if imbalance is not None and group.price is not None else None
@@ -385,6 +461,7 @@ def _entry(
         r
         for r in (
             _metering_gaps(group, completeness, coverage, threshold),
+            _inflow_only(group, rates) if inflow_only else None,
             *suspects,
             _worn_network(group, rates, mean_hourly),
         )

@@ -155,6 +155,7 @@ async def test_forecasts_and_the_verification_plan(site) -> None:
     plan = (await client.get("/api/v1/analytics/verification-plan", headers=auth("viewer"))).json()["meters"]
     by_id = {m["meter_id"]: m for m in plan}
     assert by_id["B1-A05"]["open_findings"] == ["consumer_leak"] and by_id["B1-A05"]["score"] < 100
+    assert by_id["B1-A05"]["action"] == "inspect"  # the flat leaks: its meter registers it all
     assert by_id["B1-A01"]["open_findings"] == []
     only = (await client.get("/api/v1/analytics/verification-plan", params={"action": "due"},
                              headers=auth("viewer"))).json()["meters"]
@@ -183,3 +184,22 @@ def test_a_member_lost_for_the_whole_window_does_not_blind_the_group() -> None:
     # Its use sits in the imbalance as an offset: the imbalance exceeds the truth by exactly its consumption.
     truth = data.truth.metered_m3[0] - np.delete(data.truth.metered_m3[1:], row, axis=0).sum(axis=0) - lost
     assert np.abs(window.imbalance[known] - (truth[known] + lost[known])).max() < 0.02
+
+
+async def test_group_forecast_agrees_with_its_members(site) -> None:
+    """No history before the site, and the month's last ten days never reported: the group's input
+    is forecast like its meters (unknown hours filled), not taken as 0 (forecast = month to date)."""
+    server, client = site
+    g = (await client.get("/api/v1/groups/B1/forecast", params={"month": "2024-01"}, headers=auth("viewer"))).json()
+    members = [m for m in await server.storage.registry_list("meters") if m.group_id == "B1"]
+    forecasts = []
+    for m in members:
+        r = await client.get(f"/api/v1/meters/{m.meter_id}/forecast", params={"month": "2024-01"},
+                             headers=auth("viewer"))
+        forecasts.append(r.json())
+    to_date = sum(f["to_date"] for f in forecasts)
+    total = sum(f["forecast"] for f in forecasts)
+    assert g["filled_hours"] >= 10 * 24
+    assert g["forecast"] > 1.3 * g["to_date"]  # ten days of 31 are still to fill
+    # The input exceeds the members by the imbalance (network loss, a stuck meter): the same share both ways.
+    assert g["forecast"] / total == pytest.approx(g["to_date"] / to_date, rel=0.05)

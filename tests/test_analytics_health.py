@@ -62,3 +62,32 @@ def test_balanced_uses_the_norm_or_a_default_share() -> None:
     no_norm = GroupState(loss_pct=4.0, norm_pct=None, completeness=1.0, price=None)
     assert balanced(no_norm, 0.95, 5.0) and not balanced(no_norm, 0.95, 3.0)
     assert not balanced(None, 0.95, 5.0)
+
+
+def test_a_critical_magnet_is_verified_and_its_loss_is_unknown_not_zero() -> None:
+    magnet = {**finding("M", 0, 3, severity="critical"), "kind": "magnet", "data": {"hours": 30}}
+    plan = meter_health([meter("M", 1), meter("B", 1)], [magnet], {"H": GOOD}, NOW)
+    assert [(h.meter_id, h.action) for h in plan] == [("M", "verify"), ("B", "ok")]
+    assert plan[0].loss_per_year is None and plan[0].money_per_year is None
+    assert plan[0].to_json()["loss_per_year"] is None
+    warning = {**magnet, "severity": "warning"}  # a single glitch: scored, not verified for itself
+    (h,) = meter_health([meter("M", 1)], [warning], {"H": GOOD}, NOW)
+    assert (h.action, h.score) == ("ok", 80)
+
+
+def test_a_leak_in_the_flat_sends_someone_to_the_flat_not_to_the_meter() -> None:
+    leak = {**finding("F", volume=30.0, days=7, severity="critical"), "kind": "consumer_leak"}
+    (h,) = meter_health([meter("F", 1)], [leak], {"H": LOSSY}, NOW, verification_cost=1500)
+    assert h.action == "inspect"
+    assert h.loss_per_year == 0 and h.money_per_year == 0  # the water went through the meter: it was registered
+    slowed = finding("F", volume=10.0, days=14)
+    (h,) = meter_health([meter("F", 1)], [leak, slowed], {"H": LOSSY}, NOW, verification_cost=1500)
+    assert h.action == "verify" and h.loss_per_year == pytest.approx(10.0 * 365 / 14)
+
+
+def test_without_a_price_meters_losing_water_are_verified_biggest_volume_first() -> None:
+    unpriced = GroupState(loss_pct=12.0, norm_pct=3.0, completeness=0.99, price=None)
+    found = [finding("SMALL", volume=1.0, days=14), finding("BIG", volume=5.0, days=14)]
+    plan = meter_health([meter("SMALL", 1), meter("BIG", 1), meter("FINE", 1)], found, {"H": unpriced}, NOW)
+    assert [(h.meter_id, h.action) for h in plan] == [("BIG", "verify"), ("SMALL", "verify"), ("FINE", "ok")]
+    assert plan[0].money_per_year is None and plan[0].loss_per_year == pytest.approx(5.0 * 365 / 14)

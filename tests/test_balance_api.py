@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from balans_edge.core.balance import BalanceSeries
 from balans_edge.core.ingest import ReadingBatch
 from balans_edge.core.model import Group, GroupInput, Meter, Resource
 from balans_edge.plugins.dmesh.scenario import LostModule, Magnet, Scenario, ScenarioData, Unmetered, generate
@@ -186,7 +187,18 @@ async def test_allocation_by_area_with_a_cap_and_a_finding(served) -> None:
     await priced(server, price=50.0, allocation_rule="area", odn_norm=0.004, loss_norm_pct=2.0)
     await server.report_finding(Finding("test", "B1-A02", "slowed_meter", "magnet", t=START + 50 * 3600,
                                         data={"volume_m3": 0.2}))
-    report = await get(client, "/api/v1/groups/B1/allocation", month="2024-01")
+    # The site reported four days of January only: the month's input is not known, nothing is allocated.
+    whole = await get(client, "/api/v1/groups/B1/allocation", month="2024-01")
+    assert whole["input"] is None and whole["imbalance"] is None and "input_missing" in whole["flags"]
+    assert whole["allocated"] == 0
+    # The month to date at the end of the data (the route asks the same function with the wall clock).
+    from zoneinfo import ZoneInfo
+
+    from balans_edge.core import balance_queries as q
+
+    tree = await q.Tree.load(server.storage)
+    report = (await q.allocation(server.storage, tree, tree.groups["B1"], "2024-01", ZoneInfo("Europe/Moscow"),
+                                 0.95, START + DAYS * 86400)).to_json()
     rows = np.flatnonzero(data.building == 0)
     registered = data.truth.metered_m3[rows].sum(axis=1)
     imbalance = registered[0] - registered[1:].sum()
@@ -272,3 +284,96 @@ async def test_the_running_month_counts_the_hours_that_are_over(served) -> None:
     metered = data.truth.metered_m3[rows, :50]
     assert report.input == pytest.approx(metered[0].sum(), abs=2 * PULSE)
     assert report.consumed == pytest.approx(metered[1:].sum(), abs=7 * PULSE)
+
+
+@pytest.fixture
+async def short_site(make_server, client_for, tmp_path) -> tuple[Any, Any]:
+    """One house that reported its first ten hours (UTC site timezone) and nothing since."""
+    data = generate(Scenario(buildings=1, apartments=2, start=START, hours=10, seed=4))
+    server = await make_server(base_config(tmp_path))
+    await load(server, data)
+    return server, client_for(server)
+
+
+async def test_hours_nobody_reported_are_missing_not_zero(short_site) -> None:
+    """After the last reading the input is not 0: it is unknown, and so are the members."""
+    _, client = short_site
+    hours = (await get(client, "/api/v1/groups/B1/balance",
+                       **{"from": iso(START + 8 * 3600), "to": iso(START + 14 * 3600)}))["points"]
+    assert [p["input"] is None for p in hours] == [False, False, True, True, True, True]
+    for p in hours[2:]:
+        assert p["imbalance"] is None and p["loss_pct"] is None
+        assert p["flags"] == ["incomplete", "input_missing"]
+        assert p["completeness"] == {"measured": 0.0, "estimated": 0.0, "missing": 1.0}
+    meter = await get(client, "/api/v1/meters/B1-IN/consumption",
+                      **{"from": iso(START + 10 * 3600), "to": iso(START + 11 * 3600)})
+    group = await get(client, "/api/v1/groups/B1/consumption",
+                      **{"from": iso(START + 10 * 3600), "to": iso(START + 11 * 3600)})
+    assert meter["points"][0]["quality"] == group["points"][0]["quality"] == "missing"
+    assert group["points"][0]["value"] is None
+
+
+async def test_a_day_with_missing_hours_or_cut_short_says_so(short_site) -> None:
+    _, client = short_site
+    day = {"from": iso(START), "to": iso(START + 86400), "step": "day"}
+    (whole,) = (await get(client, "/api/v1/groups/B1/balance", **day))["points"]
+    assert whole["input"] is None and whole["imbalance"] is None
+    assert "input_missing" in whole["flags"] and "partial" not in whole["flags"]
+    # Cut by `to` after the data: the ten reported hours are all the day holds, and they are known.
+    (cut,) = (await get(client, "/api/v1/groups/B1/balance",
+                        **{**day, "to": iso(START + 10 * 3600)}))["points"]
+    assert cut["flags"] == ["partial"] and cut["input"] is not None
+    hours = (await get(client, "/api/v1/groups/B1/balance", **{**day, "step": "hour",
+                                                                "to": iso(START + 10 * 3600)}))["points"]
+    assert cut["input"] == pytest.approx(sum(p["input"] for p in hours), abs=1e-6)
+
+
+async def test_a_day_that_has_not_begun_is_partial_and_empty(short_site) -> None:
+    import time
+
+    _, client = short_site
+    today = int(time.time()) // 86400 * 86400
+    body = await get(client, "/api/v1/groups/B1/balance",
+                     **{"from": iso(today + 2 * 86400), "to": iso(today + 3 * 86400), "step": "day"})
+    (future,) = body["points"]
+    assert future["flags"] == ["partial"]
+    assert future["input"] is None and future["imbalance"] is None
+
+
+async def test_a_running_day_counts_its_hours_that_are_over(short_site) -> None:
+    """The core function with its clock in the data: the day is partial, its closed hours known."""
+    from zoneinfo import ZoneInfo
+
+    from balans_edge.core import balance_queries as q
+    from balans_edge.core.balance import points
+
+    server, _ = short_site
+    await server.intervals.process()
+    await server.balance.process()
+    tree = await q.Tree.load(server.storage)
+    now = START + 7 * 3600 + 1800  # 07:30: hours 0..6 are over
+    tz = ZoneInfo("UTC")
+    days = await q.group_series(server.storage, tree, ["B1"], START, START + 86400, "day", tz, now)
+    hours = await q.group_series(server.storage, tree, ["B1"], START, START + 7 * 3600, "hour", tz, now)
+    (day,) = points(days.series, 0, tree.groups["B1"], 0.95, coverage=days.coverage)
+    assert days.coverage.hours.tolist() == [7] and days.coverage.length.tolist() == [24]
+    assert day["flags"] == ["partial"]
+    assert day["input"] == pytest.approx(float(hours.series.input.sum()), abs=1e-9)
+    assert day["completeness"]["measured"] == 1.0
+
+
+def test_count_unknown_fills_what_storage_never_computed() -> None:
+    """Hours never computed count every installed meter missing; an hour with members but no
+    input meter counted has its input missing; an hour with nothing installed stays empty."""
+    from balans_edge.core.balance_queries import count_unknown
+
+    t = START + 3600 * np.arange(4, dtype=np.int64)
+    zero = np.zeros((1, 4), np.int64)
+    stored = BalanceSeries(["G"], t, np.zeros((1, 4)), np.array([[0.0, 1.0, 0.0, 0.0]]), zero.copy(),
+                           np.array([[0, 2, 0, 0]]), zero.copy(), zero.copy(), zero.copy(), zero.copy())
+    members = np.array([[3, 3, 0, 3]])
+    inputs = np.array([[1, 0, 0, 1]])
+    s = count_unknown(stored, members, inputs, now=int(t[-1]))  # the last hour is still running
+    assert s.missing.tolist() == [[3, 0, 0, 0]]
+    assert s.input_missing.tolist() == [[1, 1, 0, 0]]
+    assert s.input_known().tolist() == [[False, False, False, False]]

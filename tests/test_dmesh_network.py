@@ -420,9 +420,9 @@ def test_commissioning_report(tmp_path: Path) -> None:
     lines = result.stdout.splitlines()
     assert lines[0] == "group G-1: 2014-01-20T00:00:00Z .. 2014-01-22T00:00:00Z (48 h)"
     rows = {line.split()[0]: line.split() for line in lines[2:5]}
-    assert rows["W-A"] == ["W-A", "1001", "1", "48/48", "0", "-", "complete"]
-    assert rows["W-B"] == ["W-B", "1001", "2", "45/48", "3", "2014-01-20T10:00:00Z", "INCOMPLETE"]
-    assert rows["W-C"] == ["W-C", "1001", "3", "47/48", "1", "2014-01-21T23:00:00Z", "INCOMPLETE"]
+    assert rows["W-A"] == ["W-A", "member", "1001", "1", "48/48", "0", "-", "complete"]
+    assert rows["W-B"] == ["W-B", "member", "1001", "2", "45/48", "3", "2014-01-20T10:00:00Z", "INCOMPLETE"]
+    assert rows["W-C"] == ["W-C", "member", "1001", "3", "47/48", "1", "2014-01-21T23:00:00Z", "INCOMPLETE"]
     assert lines[-1] == "1 of 3 meters complete, 2 incomplete"
 
     result = run_commissioning(config, "--group", "G-2", "--hours", "48", "--end", "2014-01-22T00:00:00Z")
@@ -432,7 +432,7 @@ def test_commissioning_report(tmp_path: Path) -> None:
     result = run_commissioning(config, "--group", "G-1", "--hours", "12", "--end", "2014-01-21T23:00:00Z")
     assert result.returncode == 0, result.stdout
     result = run_commissioning(config, "--group", "nope")
-    assert result.returncode == 1 and "no meters with group_id 'nope'" in result.stdout
+    assert result.returncode == 1 and "no meters in group 'nope'" in result.stdout
 
 
 def _unix(text: str) -> int:

@@ -178,12 +178,39 @@ def test_a_short_rise_is_not_called_growing() -> None:
     assert grow.growing is False
 
 
-def test_gaps_and_suspect_meters_come_first_biggest_volume_first() -> None:
+def test_gaps_and_suspect_meters_come_first_most_severe_then_biggest_volume() -> None:
     gaps = ranked()["gaps"]
     assert kinds(gaps) == ["metering_gaps", "suspect_meter", "suspect_meter", "suspect_meter"]
     assert "75.0%" in gaps.recommendations[0].message
-    assert [r.subject for r in gaps.recommendations[1:]] == ["m-g2", "m-g4", "m-g1"]
-    assert gaps.recommendations[1].message == "magnet (tamper, critical): m2; about 40 m3 per month"
+    # Critical ones first (the one stating a volume before the one that does not), then the warning.
+    assert [r.subject for r in gaps.recommendations[1:]] == ["m-g2", "m-g3", "m-g1"]
+    # These findings carry no times: the volume they state is not turned into a rate.
+    assert gaps.recommendations[1].message == "magnet (tamper, critical): m2; about 40 m3"
+
+
+def test_a_critical_burst_is_not_hidden_behind_a_warning_about_the_same_group() -> None:
+    day = 86400
+    findings = [
+        {"subject": "leak", "detector": "unmetered-connection", "kind": "unmetered_connection",
+         "severity": "warning", "message": "draw", "first_seen": T0, "last_seen": T0 + 14 * day,
+         "data": {"volume_m3": 50.0, "start": T0}},
+        {"subject": "leak", "detector": "group-leak", "kind": "burst", "severity": "critical", "message": "burst",
+         "first_seen": T0 + 13 * day, "last_seen": T0 + 14 * day, "data": {}},
+    ]
+    (leak,) = [e for e in rank(GROUPS, series(), TZ, findings, MEMBERS) if e.group_id == "leak"]
+    suspects = [r for r in leak.recommendations if r.kind == "suspect_meter"]
+    assert [r.message.split(" ")[0] for r in suspects] == ["burst", "unmetered_connection"]
+
+
+def test_a_windows_volume_is_turned_into_a_monthly_one() -> None:
+    """50 m3 found over a 14-day window is about 107 m3 a month, not "50 m3 per month"."""
+    day = 86400
+    finding = {"subject": "m-g1", "detector": "slowed-meter", "kind": "slowed_meter", "severity": "warning",
+               "message": "slow", "first_seen": T0 + 20 * day, "last_seen": T0 + 34 * day,
+               "data": {"volume_m3": 50.0, "start": T0 + 20 * day}}
+    (gaps,) = [e for e in rank(GROUPS, series(), TZ, [finding], MEMBERS) if e.group_id == "gaps"]
+    (suspect,) = [r for r in gaps.recommendations if r.kind == "suspect_meter"]
+    assert suspect.message.endswith("; about 107.143 m3 per month (50 m3 in 14 days)")
 
 
 def test_findings_about_the_group_itself_and_without_volume() -> None:

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 from sanic.request import Request
 
 from balans_edge.core import balance_queries as q
-from balans_edge.core.balance import BalanceSeries, iso, points
+from balans_edge.core.balance import iso, points
 from balans_edge.core.model import Group
 from balans_edge.routes import ApiError, Param, Route, json, parse_month, parse_period, parse_step
 
@@ -33,17 +33,19 @@ def routes(server: Server) -> list[Route]:
         await server.intervals.process()
         await server.balance.process()
 
-    async def series_of(request: Request, group_id: str) -> tuple[Group, str, BalanceSeries]:
+    async def series_of(request: Request, group_id: str) -> tuple[Group, str, q.Periods]:
         """The group and its balance over the request's period and step."""
         group = await group_or_404(group_id)
         step = parse_step(request)
         t0, t1 = parse_period(request, step)
         await fresh()
-        return group, step, await q.group_series(storage, [group_id], t0, t1, step, server.tz)
+        tree = await q.Tree.current(storage)
+        return group, step, await q.group_series(storage, tree, [group_id], t0, t1, step, server.tz, int(time.time()))
 
     async def balance(request: Request, group_id: str) -> Any:
-        group, step, series = await series_of(request, group_id)
+        group, step, periods = await series_of(request, group_id)
         threshold = server.config.balance.completeness_threshold
+        resolution = (await q.Tree.current(storage)).resolution(group_id)
         return json({
             "group_id": group_id,
             "name": group.name,
@@ -52,17 +54,18 @@ def routes(server: Server) -> list[Route]:
             "step": step,
             "loss_norm_pct": group.loss_norm_pct,
             "completeness_threshold": threshold,
-            "points": points(series, 0, group, threshold, (await q.Tree.current(storage)).resolution(group_id)),
+            "points": points(periods.series, 0, group, threshold, resolution, periods.coverage),
         })
 
     async def consumption(request: Request, group_id: str) -> Any:
         """What flowed into the group, in the shape of a meter's consumption."""
-        group, step, s = await series_of(request, group_id)
+        group, step, periods = await series_of(request, group_id)
+        s, counted = periods.series, periods.coverage.hours > 0
         out = []
         for i, t in enumerate(s.t.tolist()):
-            quality = ("missing" if s.input_missing[0, i] else "estimated" if s.input_estimated[0, i]
-                       else "measured")
-            value = None if s.input_missing[0, i] else round(float(s.input[0, i]), 9)
+            missing = s.input_missing[0, i] or not counted[i]
+            quality = "missing" if missing else "estimated" if s.input_estimated[0, i] else "measured"
+            value = None if missing else round(float(s.input[0, i]), 9)
             out.append({"t": iso(t), "value": value, "quality": quality})
         return json({"group_id": group_id, "unit": group.unit, "step": step, "points": out})
 

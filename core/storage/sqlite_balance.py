@@ -77,6 +77,7 @@ class BalanceTables:
         from balans_edge.core.balance import BalanceSeries
 
         hours = np.arange(t0, t1, 3600, dtype=np.int64)
+        # Hours never computed come back as zeros; balance_queries.count_unknown says what they mean.
         data = {c: np.zeros((len(group_ids), len(hours)), dtype=np.float64 if i < 2 else np.int64)
                 for i, c in enumerate(BALANCE_COLUMNS)}
         index = {g: i for i, g in enumerate(group_ids)}

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 from sanic.request import Request
 
 from balans_edge.core.analytics.base import Scope
+from balans_edge.core.analytics.health import ACTIONS
 from balans_edge.plugins.analytics import forecasts
 from balans_edge.routes import ApiError, Param, Route, body_json, iso, json, parse_month, parse_time_value
 
@@ -21,7 +22,6 @@ if TYPE_CHECKING:
 
 PATH = "/api/v1/analytics/run"
 MAX_DAYS = 366
-ACTIONS = ("verify", "due", "may_stay", "ok")
 
 
 def scope_of(body: Any, now: float, window_days: int) -> Scope:
@@ -103,8 +103,9 @@ def routes(server: Server) -> list[Route]:
               params=(Param("group_id", "path"), month_param), tags=("analytics",),
               responses={200: "OK", 400: "bad month", 404: "no such group"}),
         Route("GET", "/api/v1/analytics/verification-plan", plan,
-              "Every meter's health and what to do: verify (its expected loss costs more than a check), "
-              "due by calendar, may stay in service (its group balances), or ok",
+              "Every meter's health and what to do: verify (a critical meter fault, or its expected loss costs "
+              "more than a check), inspect the premises (the meter is right, the flat leaks), due by calendar, "
+              "may stay in service (its group balances), or ok",
               params=(Param("action", enum=ACTIONS, description="only meters with this action"),),
               tags=("analytics",), responses={200: "OK", 400: "bad action"}),
         Route("POST", PATH, run, "Run every detector now over a group (or all) and a period (default: the "
@@ -147,10 +148,12 @@ def add_commands(group: click.Group) -> None:
         click.echo(f"{'meter':<16} {'action':<9} {'score':>5} {'loss/yr':>9} {'money/yr':>10} {'age':>5}  findings")
         for h in found:
             money = "—" if h.money_per_year is None else f"{h.money_per_year:,.0f}"
-            click.echo(f"{h.meter_id:<16} {h.action:<9} {h.score:>5} {h.loss_per_year:>9.2f} {money:>10} "
+            loss = "?" if h.loss_per_year is None else f"{h.loss_per_year:.2f}"
+            click.echo(f"{h.meter_id:<16} {h.action:<9} {h.score:>5} {loss:>9} {money:>10} "
                        f"{h.age_years:>5.1f}  {', '.join(h.open_findings)}")
         count = {a: sum(h.action == a for h in found) for a in ACTIONS}
-        click.echo(f"{count['verify']} to verify, {count['due']} due, {count['may_stay']} may stay in service")
+        click.echo(f"{count['verify']} to verify, {count['inspect']} premises to inspect, {count['due']} due, "
+                   f"{count['may_stay']} may stay in service")
 
     @group.command("run")
     @click.option("--group", "group_id", default=None, help="Only this balance group (default: all).")

@@ -10,7 +10,7 @@ import numpy as np
 
 from balans_edge.core.analytics.data import local_calendar
 from balans_edge.core.analytics.forecast import HOUR, WEEK_H, MonthForecast, month_forecast
-from balans_edge.core.balance_queries import month_bounds
+from balans_edge.core.balance_queries import Tree, hourly_balance, month_bounds
 from balans_edge.core.model import Group, Meter
 from balans_edge.core.storage import Storage
 
@@ -54,10 +54,14 @@ async def meter(storage: Storage, m: Meter, month: str, tz: ZoneInfo, now: float
 
 
 async def group(storage: Storage, g: Group, month: str, tz: ZoneInfo, now: float) -> MonthForecast:
-    """The group's input: what flows into it (hours with a missing input meter count as missing)."""
+    """The group's input: what flows into it. An hour whose input is not known (a
+    missing input meter, an hour nobody reported, one before the input meter was
+    installed) is missing, as a meter's missing hour is: a 0 there would drag the
+    baseline down to nothing and the forecast to the month to date."""
     h0, t0, t1, over = _span(month, tz, now)
-    series = await storage.balance([g.group_id], h0, t1)
-    values = np.where(series.input_missing[0] > 0, np.nan, series.input[0])
+    tree = await Tree.current(storage)
+    series = await hourly_balance(storage, tree, [g.group_id], h0, t1, int(now))
+    values = np.where(series.input_known()[0], series.input[0], np.nan)
     return _forecast(values, h0, t0, t1, over, tz)
 
 

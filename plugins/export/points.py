@@ -20,6 +20,7 @@ import inspect
 import json
 import logging
 import math
+import time
 from collections import defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -311,7 +312,8 @@ class PointBuilder:
         out = []
         for (d0, d1), drows in sorted(days.items()):
             group_ids = sorted({r["group_id"] for r in drows})
-            s = await group_series(self.storage, group_ids, d0, d1, "day", self.tz)
+            s = (await group_series(self.storage, reg.tree, group_ids, d0, d1, "day", self.tz,
+                                    int(time.time()))).series
             period = int(np.searchsorted(s.t, d0))
             if period >= len(s.t) or s.t[period] != d0:
                 continue
