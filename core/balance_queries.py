@@ -115,6 +115,8 @@ class Tree:
         members = np.zeros((len(group_ids), len(t)), np.int64)
         inputs = np.zeros_like(members)
         for row, group_id in enumerate(group_ids):
+            if group_id not in self.groups:  # deleted since the caller listed it: nothing installed
+                continue
             own = [i.meter_id for i in self.groups[group_id].inputs]
             fed = self.member_meters.get(group_id, []) + [
                 i.meter_id for child in self.children.get(group_id, []) for i in self.groups[child].inputs]

@@ -74,7 +74,7 @@ def with_plugins(**extra: Contributes) -> Plugins:
 
 
 async def health(client: Any) -> dict[str, Any]:
-    r = await client.get("/api/v1/health")
+    r = await client.get("/api/v1/health", headers=auth("viewer"))
     assert r.status_code == 200
     return r.json()
 

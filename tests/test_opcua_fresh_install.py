@@ -112,5 +112,5 @@ async def test_meters_added_after_an_empty_start_are_served_over_opcua_and_modbu
     assert not opcua.refresh_failed and not modbus.refresh_failed
     failures = [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert failures == [], [r.getMessage() for r in failures]
-    health = (await http.get("/api/v1/health")).json()
+    health = (await http.get("/api/v1/health", headers=auth("viewer"))).json()
     assert health["status"] == "ok" and health["plugins"]["opcua"] == "started"

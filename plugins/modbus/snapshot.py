@@ -19,6 +19,7 @@ from zoneinfo import ZoneInfo
 
 import numpy as np
 
+from balans_edge.core.balance_queries import Tree, hourly_balance
 from balans_edge.core.components import Command, CommandCode
 from balans_edge.core.model import Status
 from balans_edge.core.periods import RegisterTable
@@ -79,10 +80,12 @@ class Derived:
     flags: np.ndarray
 
 
-def derive(cols: dict[str, np.ndarray], norms: np.ndarray, resolution: np.ndarray, threshold: float) -> Derived:
+def derive(cols: dict[str, np.ndarray], norms: np.ndarray, resolution: np.ndarray, threshold: float,
+           partial: bool = False) -> Derived:
     """The API's definitions (``core.balance.points``), for all groups at once:
     no input, imbalance or loss while an input meter is missing; flags decided
-    on values rounded as the API reports them."""
+    on values rounded as the API reports them. ``partial``: the period is not
+    over (today so far), as the API flags a day cut short."""
     members = cols["measured"] + cols["estimated"] + cols["missing"]
     consumed = np.round(cols["consumed"], 6)
     known = cols["input_missing"] == 0
@@ -94,9 +97,9 @@ def derive(cols: dict[str, np.ndarray], norms: np.ndarray, resolution: np.ndarra
     flags = _bits(
         (members > 0) & (share < threshold), ~known, cols["input_estimated"] > 0,
         np.isfinite(loss) & np.isfinite(norms) & (loss > norms), np.isfinite(imbalance) & (imbalance < -resolution),
-        members == 0,
+        members == 0, partial,
         names=("incomplete", "input_missing", "input_estimated", "norm_exceeded", "negative_imbalance",
-               "no_members"),
+               "no_members", "partial"),
         table=GROUP_FLAGS,
     )
     return Derived(inp, consumed, imbalance, loss, np.round(share * 10000), flags)
@@ -265,7 +268,7 @@ class Snapshot:
             "today": {c: a[:, in_today].sum(axis=1) for c, a in cols.items()},
         }
         for prefix, period in periods.items():
-            d = derive(period, self.norms, self.resolution, self.threshold)
+            d = derive(period, self.norms, self.resolution, self.threshold, partial=prefix == "today")
             for name in ("input", "consumed", "imbalance", "loss_pct", "completeness", "flags"):
                 self._group(f"{prefix}_{name}", getattr(d, name))
         self._group("last_hour_t", np.full(len(self.group_ids), hour))
@@ -335,6 +338,8 @@ async def refresh_groups(snapshot: Snapshot, storage: Storage, hour: int, today:
     if not snapshot.group_ids:
         return
     # Hour-aligned: a day may start between two UTC hours (a timezone half an hour off).
+    # Hours nobody reported count as missing, as in the API (``hourly_balance``).
     first = min(hour, today)
-    series = await storage.balance(snapshot.group_ids, first - first % HOUR, hour + HOUR)
+    series = await hourly_balance(storage, await Tree.current(storage), snapshot.group_ids, first - first % HOUR,
+                                  hour + HOUR, hour + HOUR)
     snapshot.groups(series, hour, today)

@@ -135,7 +135,7 @@ class Values:
                               hour, int(len(last) > 0)),
                  "Today": ({c: a[:, in_today].sum(axis=1) for c, a in cols.items()}, today, int(in_today.sum()))}
         for name, (period, start, hours) in spans.items():
-            d = snap.derive(period, self.norms, self.resolution, self.threshold)
+            d = snap.derive(period, self.norms, self.resolution, self.threshold, partial=name == "Today")
             self.periods[name] = {"Input": d.input, "Consumed": d.consumed, "Imbalance": d.imbalance,
                                   "LossPercent": d.loss_pct, "Completeness": d.completeness / 100.0,
                                   "Flags": d.flags.astype(np.float64), "Start": np.full(n, float(start)),
