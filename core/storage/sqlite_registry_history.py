@@ -181,9 +181,11 @@ class RegistryHistory:
                                                        tuple(meters))
         rows = await self._all(f"SELECT meter, {', '.join(PERIOD_COLUMNS)} FROM meter_periods {where} "
                                "ORDER BY meter, valid_from", args)
+        from balans_edge.core.storage.sqlite import _objects  # off the event loop for many rows
+
         out: dict[int, list[MeterPeriod]] = {}
-        for r in rows:
-            out.setdefault(r[0], []).append(MeterPeriod(*tuple(r)[1:]))
+        for key, period in await _objects(rows, lambda r: (r[0], MeterPeriod(*tuple(r)[1:]))):
+            out.setdefault(key, []).append(period)
         return out
 
     async def register_table(self, meters: Sequence[int] | None = None) -> RegisterTable:
