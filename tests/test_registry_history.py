@@ -294,6 +294,17 @@ def test_import_and_audit_from_the_command_line(tmp_path):
     assert rows and all(r["who"].startswith("cli:") and r["action"] == "create" for r in rows)
     assert {r["kind"] for r in rows} >= {"concentrators", "modules", "meters"}
 
+    fixed = run("registry", "correct", "-c", str(cfg), "HW-001", "--from", "2024-01-15T09:00:00Z",
+                "--set", "pulse_weight=0.001", "--reason", "1 pulse per litre, not 10")
+    assert fixed.returncode == 0, fixed.stderr
+    periods = run("registry", "periods", "-c", str(cfg), "HW-001")
+    assert [json.loads(line)["pulse_weight"] for line in periods.stdout.splitlines()] == [0.001]
+    refused = run("registry", "correct", "-c", str(cfg), "HW-001", "--from", "2024-01-15T09:00:00Z",
+                  "--set", "channel=3", "--reason", "x")
+    assert refused.returncode == 1 and "cannot be corrected" in refused.stderr
+    audit = run("registry", "audit", "-c", str(cfg), "--action", "correct", "--id", "HW-001")
+    assert audit.returncode == 0 and "1 pulse per litre, not 10" in audit.stdout and " cli:" in audit.stdout
+
 
 async def test_import_is_all_or_nothing_with_its_audit(storage: SqliteStorage, tmp_path):
     await storage.registry_apply(small_site())
