@@ -60,14 +60,14 @@ def _kind_routes(server: Server, kind: str, key: str, key_type: str) -> list[Rou
         where = f"{request.method} {request.path}"
         effective: dict[str, int] = {}
         try:
-            if kind == "meters" and reg.EFFECTIVE_FROM in data:
-                raw = data.get(reg.EFFECTIVE_FROM)
+            raw = data.get(reg.EFFECTIVE_FROM) if kind == "meters" else None
+            if kind == "meters":
                 data = {k: v for k, v in data.items() if k != reg.EFFECTIVE_FROM}
-                if raw is not None:
-                    effective[str(data.get(key))] = history.parse_effective(raw, reg.Where(where), int(time.time()))
             obj = reg.parse_object(kind, data, where=where)
             await reg.validate_upsert(storage, obj, where=where)
             if kind == "meters":
+                if raw is not None:
+                    effective[obj.meter_id] = history.parse_effective(raw, reg.Where(where), int(time.time()))
                 old = await storage.registry_get(kind, obj.meter_id)
                 changed = {obj.meter_id: old} if history.params_changed(old, obj) else {}
                 problems = await history.effective_problems(storage, changed, effective,
