@@ -95,13 +95,20 @@ class RegisterTable:
         self.valid_from = np.array([p.valid_from for _, p in rows], dtype=np.int64)
         self.weight = np.array([p.pulse_weight for _, p in rows], dtype=np.float64)
         self.anchor = np.array([p.anchor_pulses for _, p in rows], dtype=np.int64)
-        self.start = np.zeros(len(rows))
-        for i, (k, p) in enumerate(rows):
-            prev = rows[i - 1][1] if i and rows[i - 1][0] == k else None
-            if prev is None or p.base_reading != prev.base_reading:
-                self.start[i] = p.base_reading
-            else:
-                self.start[i] = self.start[i - 1] + (p.anchor_pulses - prev.anchor_pulses) * prev.pulse_weight
+        base = np.array([p.base_reading for _, p in rows], dtype=np.float64)
+        # start[k]: the base reading where the register (re)starts (a meter's first
+        # period, a new base reading), else start[k-1] plus the pulses between the
+        # anchors at the previous weight: a running sum within each restarted run.
+        n = len(rows)
+        restart = np.ones(n, dtype=bool)
+        restart[1:] = (self.meter[1:] != self.meter[:-1]) | (base[1:] != base[:-1])
+        step = np.zeros(n)
+        step[1:] = (self.anchor[1:] - self.anchor[:-1]) * self.weight[:-1]
+        step[restart] = 0.0
+        run = np.cumsum(restart) - 1
+        total = np.cumsum(step)
+        first = np.flatnonzero(restart)
+        self.start = base[first][run] + total - total[first][run] if n else np.zeros(0)
         self._keys = _key(self.meter, self.valid_from)
         self.changed = frozenset(k for k in periods if len(periods[k]) > 1)
         """Meters with more than one period."""

@@ -9,11 +9,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from balans_edge.core.ingest import Ingest, IngestSettings
 from balans_edge.core.intervals import IntervalWorker
 from balans_edge.core.model import Meter, RadioModule, RawReading, Resource
+from balans_edge.core.periods import MeterPeriod, RegisterTable, corrected
 from balans_edge.core.registry import RegistryError, import_registry
 from balans_edge.core.storage.base import AuditQuery
 from balans_edge.core.storage.migrations import migrate
@@ -290,6 +294,17 @@ def test_import_and_audit_from_the_command_line(tmp_path):
     assert rows and all(r["who"].startswith("cli:") and r["action"] == "create" for r in rows)
     assert {r["kind"] for r in rows} >= {"concentrators", "modules", "meters"}
 
+    fixed = run("registry", "correct", "-c", str(cfg), "HW-001", "--from", "2024-01-15T09:00:00Z",
+                "--set", "pulse_weight=0.001", "--reason", "1 pulse per litre, not 10")
+    assert fixed.returncode == 0, fixed.stderr
+    periods = run("registry", "periods", "-c", str(cfg), "HW-001")
+    assert [json.loads(line)["pulse_weight"] for line in periods.stdout.splitlines()] == [0.001]
+    refused = run("registry", "correct", "-c", str(cfg), "HW-001", "--from", "2024-01-15T09:00:00Z",
+                  "--set", "channel=3", "--reason", "x")
+    assert refused.returncode == 1 and "cannot be corrected" in refused.stderr
+    audit = run("registry", "audit", "-c", str(cfg), "--action", "correct", "--id", "HW-001")
+    assert audit.returncode == 0 and "1 pulse per litre, not 10" in audit.stdout and " cli:" in audit.stdout
+
 
 async def test_import_is_all_or_nothing_with_its_audit(storage: SqliteStorage, tmp_path):
     await storage.registry_apply(small_site())
@@ -354,3 +369,41 @@ async def test_migration_from_version_10_keeps_history(tmp_path):
             ("update", 0.001, 0.01)]
     finally:
         await storage.close()
+
+
+# -- the register formula ------------------------------------------------------------------
+
+@settings(max_examples=200, deadline=None)
+@given(steps=st.lists(st.tuples(st.integers(1, 5000), st.integers(0, 1000)), min_size=2, max_size=40),
+       changes=st.lists(st.tuples(st.integers(0, 200_000), st.sampled_from([0.001, 0.01, 0.1, 1.0])), max_size=5),
+       base=st.floats(0, 1e6))
+def test_the_register_is_continuous_and_its_steps_are_consumption(steps, changes, base):
+    """With anchors at the last reading before each change (as storage keeps them),
+    consecutive register values differ by the pulses times the weight that hourly
+    consumption uses (``increment_weights``): no jump at a weight change."""
+    ts = np.cumsum([s[0] for s in steps]).astype(np.int64)
+    pulses = np.cumsum([s[1] for s in steps]).astype(np.int64)
+    periods = [MeterPeriod(0, 0.5, base)]
+    for t, w in sorted(set(changes)):
+        if t > periods[-1].valid_from:
+            before = pulses[ts <= t]
+            periods.append(MeterPeriod(t, w, base, anchor_pulses=int(before[-1]) if len(before) else 0))
+    table = RegisterTable({7: periods})
+    values = table.values(np.full(len(ts), 7), ts, pulses)
+    weights = table.increment_weights(7, ts)
+    if len(periods) == 1 or ts[0] < periods[1].valid_from:
+        assert values[0] == pytest.approx(base + pulses[0] * 0.5)
+    assert np.diff(values) == pytest.approx(np.diff(pulses) * weights[1:], rel=1e-9, abs=1e-6)
+
+
+def test_a_correction_splits_and_merges_periods():
+    periods = [MeterPeriod(0, 0.001), MeterPeriod(100, 0.01)]
+    assert corrected(periods, {"pulse_weight": 0.01}, 0) == [MeterPeriod(0, 0.01)]
+    assert corrected(periods, {"pulse_weight": 0.1}, 50, 150) == [
+        MeterPeriod(0, 0.001), MeterPeriod(50, 0.1), MeterPeriod(150, 0.01)]
+    assert corrected(periods, {"group_id": "G"}, 100) == [MeterPeriod(0, 0.001), MeterPeriod(100, 0.01, group_id="G")]
+    for bad, message in (({"module_id": 5}, "cannot be corrected"), ({}, "nothing to correct")):
+        with pytest.raises(ValueError, match=message):
+            corrected(periods, bad, 0)
+    with pytest.raises(ValueError, match="installation"):
+        corrected(periods, {"pulse_weight": 1.0}, -1)

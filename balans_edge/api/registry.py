@@ -63,12 +63,13 @@ def _kind_routes(server: Server, kind: str, key: str, key_type: str) -> list[Rou
             data = {**data, key: ident}
         effective: dict[str, int] = {}
         try:
-            if kind == "meters" and reg.EFFECTIVE_FROM in data:
-                raw = data.get(reg.EFFECTIVE_FROM)
+            raw = data.get(reg.EFFECTIVE_FROM) if kind == "meters" else None
+            if kind == "meters":
                 data = {k: v for k, v in data.items() if k != reg.EFFECTIVE_FROM}
-                if raw is not None:
-                    effective[str(data.get(key))] = history.parse_effective(raw, reg.Where(where), int(time.time()))
-            return reg.parse_object(kind, data, where=where), effective
+            obj = reg.parse_object(kind, data, where=where)
+            if raw is not None:
+                effective[obj.meter_id] = history.parse_effective(raw, reg.Where(where), int(time.time()))
+            return obj, effective
         except reg.RegistryError as exc:
             raise ApiError(422, "invalid", str(exc)) from None
 

@@ -18,8 +18,8 @@ import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
-from balans_edge.core.model import utc
 from balans_edge.core.periods import PARAMETERS, MeterPeriod, RegisterTable, corrected, period_json
+from balans_edge.core.registry_io import format_time
 from balans_edge.core.storage.base import REGISTRY_KINDS, AuditQuery
 
 KEYS = {"concentrators": "concentrator_id", "modules": "module_id", "accounts": "account_id", "meters": "meter_id",
@@ -37,6 +37,8 @@ DEFAULT_FROM = (
 )
 ANCHOR = ("coalesce((SELECT r.pulses FROM readings r WHERE r.meter = meter_periods.meter "
           "AND r.ts <= meter_periods.valid_from ORDER BY r.ts DESC LIMIT 1), 0)")
+IN_CHUNK = 500
+"""Meters per ``IN (...)`` list (well under SQLite's limit on bound parameters)."""
 NOT_FIRST = "valid_from > (SELECT min(q.valid_from) FROM meter_periods q WHERE q.meter = meter_periods.meter)"
 
 
@@ -79,10 +81,6 @@ def _audit_deleted(kind: str) -> str:
             f"WHERE b.kind = '{kind}' AND b.object_id = CAST(? AS TEXT)")
 
 
-def _iso(t: int) -> str:
-    return utc(t).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 def _audit_out(row: dict[str, Any]) -> dict[str, Any]:
     """An audit row with before and after decoded: objects in the registry's column
     format (as the API and files show them), a correction's periods as stored."""
@@ -115,7 +113,9 @@ class RegistryHistory:
     registry_get: Callable[..., Awaitable[Any]]
 
     def _registry_lock(self) -> asyncio.Lock:
-        """Serialises corrections (read the periods, write the corrected ones)."""
+        """Serialises corrections (read the periods, write the corrected ones). An edit
+        racing a correction only appends a later period, which the correction's
+        rewrite of the periods could drop: corrections are rare admin work."""
         lock = self.__dict__.get("_registry_mutex")
         if lock is None:
             lock = self.__dict__["_registry_mutex"] = asyncio.Lock()
@@ -177,29 +177,34 @@ class RegistryHistory:
     # periods ------------------------------------------------------------------------
 
     async def meter_periods(self, meters: Sequence[int] | None = None) -> dict[int, list[MeterPeriod]]:
-        where, args = ("", ()) if meters is None else (f"WHERE meter IN ({', '.join('?' * len(meters))})",
-                                                       tuple(meters))
+        few = meters is not None and len(meters) <= IN_CHUNK
+        where, args = (f"WHERE meter IN ({', '.join('?' * len(meters))})", tuple(meters)) if few else ("", ())
         rows = await self._all(f"SELECT meter, {', '.join(PERIOD_COLUMNS)} FROM meter_periods {where} "
                                "ORDER BY meter, valid_from", args)
+        from balans_edge.core.storage.sqlite import _objects  # off the event loop for many rows
+
         out: dict[int, list[MeterPeriod]] = {}
-        for r in rows:
-            out.setdefault(r[0], []).append(MeterPeriod(*tuple(r)[1:]))
+        for key, period in await _objects(rows, lambda r: (r[0], MeterPeriod(*tuple(r)[1:]))):
+            out.setdefault(key, []).append(period)
+        if meters is not None and not few:
+            wanted = set(meters)
+            out = {k: v for k, v in out.items() if k in wanted}
         return out
 
     async def register_table(self, meters: Sequence[int] | None = None) -> RegisterTable:
         return RegisterTable(await self.meter_periods(meters))
 
     async def refresh_anchors(self, meters: Sequence[int]) -> None:
-        if not meters:
-            return
-        marks = ", ".join("?" * len(meters))
         # Only changed anchors are written, and only then the registry version moves
         # (caches of register values follow it): a back-fill landing just before a change.
-        await self._submit([
-            (f"UPDATE meter_periods SET anchor_pulses = {ANCHOR} WHERE meter IN ({marks}) AND {NOT_FIRST} "
-             f"AND anchor_pulses IS NOT {ANCHOR}", [tuple(meters)]),
-            ("UPDATE registry_state SET version = version + 1 WHERE id = 1 AND changes() > 0", [()]),
-        ])
+        for i in range(0, len(meters), IN_CHUNK):
+            chunk = tuple(meters[i : i + IN_CHUNK])
+            marks = ", ".join("?" * len(chunk))
+            await self._submit([
+                (f"UPDATE meter_periods SET anchor_pulses = {ANCHOR} WHERE meter IN ({marks}) AND {NOT_FIRST} "
+                 f"AND anchor_pulses IS NOT {ANCHOR}", [chunk]),
+                ("UPDATE registry_state SET version = version + 1 WHERE id = 1 AND changes() > 0", [()]),
+            ])
 
     async def correct_meter(self, meter_id: str, changes: Mapping[str, Any], t0: int, t1: int | None, *,
                             who: str, reason: str, now: int | None = None) -> dict[str, Any]:
@@ -216,8 +221,8 @@ class RegistryHistory:
             end = t1 if t1 is not None else 2**62
             sets = ", ".join(f"{p} = ?" for p in PARAMETERS)
             record = {
-                "before": [period_json(p, _iso) for p in before],
-                "after": [period_json(p, _iso) for p in after],
+                "before": [period_json(p, format_time) for p in before],
+                "after": [period_json(p, format_time) for p in after],
                 "changes": dict(changes),
             }
             cols = ", ".join(PERIOD_COLUMNS)
