@@ -39,6 +39,8 @@ class VictoriaMetrics:
     binary: str
     data: Path
     port: int = field(default_factory=free_port)
+    flags: tuple[str, ...] = ()
+    """More command-line flags (``-dedup.minScrapeInterval=1ms``)."""
     proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -51,7 +53,7 @@ class VictoriaMetrics:
         log = (self.data.parent / f"vm-{self.port}.log").open("ab")
         self.proc = subprocess.Popen(
             [self.binary, f"-storageDataPath={self.data}", f"-httpListenAddr=127.0.0.1:{self.port}",
-             "-retentionPeriod=100y", "-search.latencyOffset=0s", "-loggerLevel=ERROR"],
+             "-retentionPeriod=100y", "-search.latencyOffset=0s", "-loggerLevel=ERROR", *self.flags],
             stdout=log, stderr=log)
         log.close()
         deadline = time.monotonic() + 15
@@ -160,3 +162,54 @@ class ScriptedWriteApi:
 def influx_error(message: str) -> str:
     """An error body as InfluxDB 2 writes it."""
     return json.dumps({"code": "invalid", "message": message})
+
+
+class HoldingProxy:
+    """Passes write requests on to ``upstream`` (a real VictoriaMetrics); while
+    ``hold`` is set it passes them on but answers nothing until ``release``, then
+    drops the connection: the points are stored and the sender never hears so,
+    as when the sender is killed between the target's answer and its
+    acknowledgement."""
+
+    def __init__(self, upstream: str, hold: bool = False) -> None:
+        self.upstream = upstream
+        self.hold = hold
+        self.passed = 0
+        self._released = threading.Event()
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                headers = {k: v for k, v in self.headers.items() if k.lower() in ("content-type", "content-encoding")}
+                answer = httpx.post(outer.upstream + self.path, content=body, headers=headers, timeout=30)
+                outer.passed += 1
+                if outer.hold:
+                    outer._released.wait(60)
+                    self.close_connection = True
+                    return
+                self.send_response(answer.status_code)
+                self.send_header("Content-Length", str(len(answer.content)))
+                self.end_headers()
+                self.wfile.write(answer.content)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def release(self) -> None:
+        """Answer from now on; requests held so far are dropped without an answer."""
+        self.hold = False
+        self._released.set()
+
+    def close(self) -> None:
+        self.release()
+        self.server.shutdown()
+        self.server.server_close()

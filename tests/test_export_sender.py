@@ -8,6 +8,7 @@ process, the write API in a thread); nothing is mocked."""
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import subprocess
 import sys
@@ -21,6 +22,7 @@ from export_support import ScriptedWriteApi, free_port, influx_error
 
 from balans_edge.core.model import RawReading
 from balans_edge.plugin_manager import load_plugins
+from balans_edge.plugins.export.status import STATES
 
 from conftest import T0, auth, base_config, eventually, small_site
 
@@ -319,3 +321,43 @@ async def test_without_an_exporter_nothing_is_queued_and_a_full_queue_no_longer_
     assert state["kinds"] == ["readings"]
     assert (await push(8, 1)).status_code == 200
     assert (await push(9, 1)).status_code == 503
+
+
+async def test_the_command_line_and_the_api_name_a_targets_figures_alike(
+    tmp_path: Path, make_server: MakeServer, client_for: Any, write_api: Any
+) -> None:
+    api = write_api()
+    url = api.url.replace("http://", "http://writer:pw-Q7x-secret@")
+    server = await started(make_server, tmp_path, url)
+    await server.ingest.ingest(readings(1, 5))
+    assert await eventually(lambda: drained(server), timeout=10)
+    fields = "\n".join(f"{k} = {json.dumps(v)}" for k, v in target(url)["targets"][0].items())
+    config = tmp_path / "cli.toml"
+    config.write_text(f'[storage]\nurl = "sqlite:{tmp_path / "balans.db"}"\n[[plugins.export.targets]]\n{fields}\n',
+                      encoding="utf-8")
+
+    def status(path: Path) -> dict[str, Any]:
+        out = subprocess.run([BIN / "balans-edge", "export", "status", "--json", "-c", str(path)],
+                             capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+        (only,) = json.loads(out.stdout)["targets"]
+        return only
+
+    client = client_for(server)
+    (over_http,) = (await client.get("/api/v1/export/targets", headers=auth("viewer"))).json()["targets"]
+    assert over_http.pop("since_start")["points_sent"] == 5  # what only the running server knows
+    from_cli = status(config)
+    assert set(from_cli) == set(over_http)
+    assert {k: v for k, v in from_cli.items() if k != "oldest_age_s"} == \
+        {k: v for k, v in over_http.items() if k != "oldest_age_s"}
+    assert (from_cli["state"], from_cli["queue_depth"], from_cli["points_sent"], from_cli["dead_letters"]) == \
+        ("idle", 0, 5, 0)
+    assert from_cli["url"] == api.url.replace("http://", "http://writer:***@")
+
+    config.write_text(f'[storage]\nurl = "sqlite:{tmp_path / "balans.db"}"\n', encoding="utf-8")
+    assert status(config)["state"] == "unconfigured"
+
+
+def test_every_state_word_is_documented() -> None:
+    states = Path("docs/export.md").read_text(encoding="utf-8").split("`state`:")[1].split("##")[0]
+    assert [s for s in STATES if f"| `{s}`" not in states and f", `{s}`" not in states] == []

@@ -226,3 +226,22 @@ async def test_an_existing_database_open_to_others_is_reported(tmp_path, caplog)
     await storage.close()
     assert "readable by others (mode 0644)" in caplog.text
     assert stat.S_IMODE(path.stat().st_mode) == 0o644  # reported, not changed behind the owner's back
+
+
+def test_an_api_user_with_a_hashed_token_logs_in_to_opc_ua_with_the_token_only(schemas):
+    """api_users = true lets HTTP API users open OPC UA sessions with their token as
+    password; a user given as token_sha256 has no token in the config, and must not
+    get an empty password instead."""
+    from balans_edge.plugins.opcua.security import Users
+    from balans_edge.plugins.opcua.server import credentials
+
+    digest = hashlib.sha256(STRONG.encode()).hexdigest()
+    config = parse_config({"api": {"users": [{"name": "scada", "role": "operator", "token_sha256": digest}]},
+                           "plugins": {"opcua": {"server": {"api_users": True, "users": [
+                               {"name": "op", "role": "viewer", "password": "operator-password-1"}]}}}}, schemas)
+    users = Users(credentials(config.plugins["opcua"].server, config.api.users))
+    assert users.get_user(None, "scada", "") is None
+    assert users.get_user(None, "scada", digest) is None
+    assert users.get_user(None, "scada", STRONG).name == "scada"
+    assert users.get_user(None, "op", "operator-password-1").access == "viewer"
+    assert users.get_user(None, "op", "wrong-password-11") is None

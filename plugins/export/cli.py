@@ -22,6 +22,7 @@ import click
 from balans_edge.core.storage import Storage
 from balans_edge.core.storage.base import EXPORT_KINDS
 from balans_edge.plugins.export.config import ExportConfig, TargetConfig
+from balans_edge.plugins.export.status import target_status
 
 PAGE = 10_000
 """Points queued per back-fill step."""
@@ -101,15 +102,14 @@ async def backfill(storage: Storage, config: ExportConfig, tz: ZoneInfo, targets
     return done
 
 
-def _status_lines(rows: list[dict[str, Any]], configured: set[str], now: float) -> list[str]:
-    lines = [f"{'target':<16} {'state':<14} {'queued':>10} {'oldest':>8} {'sent':>12} {'retries':>8} "
+def _status_lines(statuses: list[dict[str, Any]]) -> list[str]:
+    lines = [f"{'target':<16} {'state':<12} {'queued':>10} {'oldest':>8} {'sent':>12} {'retries':>8} "
              f"{'dead':>8} {'dropped':>8}  last error"]
-    for r in rows:
-        state = ("collecting" if r["kinds"] else "paused") if r["name"] in configured else "not configured"
-        age = "-" if r["oldest_t"] is None else f"{max(0, now - r['oldest_t']):.0f}s"
-        error = f"{r['last_error']} ({_when(r['last_error_at'])})" if r["last_error"] else ""
-        lines.append(f"{r['name']:<16} {state:<14} {r['depth']:>10,} {age:>8} {r['sent']:>12,} {r['retries']:>8,} "
-                     f"{r['dead']:>8,} {r['dropped']:>8,}  {error}")
+    for s in statuses:
+        age = "-" if s["oldest_age_s"] is None else f"{s['oldest_age_s']}s"
+        error = f"{s['last_error']} ({s['last_error_at']})" if s["last_error"] else ""
+        lines.append(f"{s['target']:<16} {s['state']:<12} {s['queue_depth']:>10,} {age:>8} {s['points_sent']:>12,} "
+                     f"{s['retries']:>8,} {s['dead_letters']:>8,} {s['dropped']:>8,}  {error}")
     return lines
 
 
@@ -127,15 +127,17 @@ def add_commands(group: click.Group) -> None:
         """Every export target's queue depth, oldest point, sent, retries, dead letters, dropped, last error."""
         config, export = setup(config_path)
         rows = _cli.run_async(lambda: _cli.with_storage(config, lambda s: s.export_state()))
-        configured = {t.name for t in export.targets}
-        if as_json:
-            click.echo(json.dumps({"targets": rows, "configured": sorted(configured)}, indent=2, default=str))
+        configured = {t.name: t for t in export.targets}
+        now = time.time()
+        statuses = [target_status(r, configured.get(r["name"]), now) for r in rows]
+        if as_json:  # the names and states of GET /api/v1/export/targets (status.py)
+            click.echo(json.dumps({"targets": statuses}, indent=2, ensure_ascii=False))
             return
         if not rows:
             click.echo("no export targets (configure [[plugins.export.targets]] and start the server)")
             return
-        click.echo("\n".join(_status_lines(rows, configured, time.time())))
-        stale = [r["name"] for r in rows if r["name"] not in configured and r["kinds"]]
+        click.echo("\n".join(_status_lines(statuses)))
+        stale = [s["target"] for s in statuses if s["state"] == "unconfigured" and s["kinds"]]
         if stale:
             click.echo(f"\n{', '.join(stale)}: in the database and still collecting, but not in this configuration; "
                        "`balans-edge export drop NAME` removes a target for good.")

@@ -6,7 +6,8 @@ is never given up on for a transient failure, so an outage of the target, a
 restart of this server, or both, delay points but lose none. When the server
 stops, a request in flight may finish (up to the target's timeout) so that an
 accepted batch is not sent twice; a batch cut short is sent again after the
-restart (the write API is idempotent: a point written twice is one point).
+restart: at least once. InfluxDB stores a point written twice once;
+VictoriaMetrics needs ``-dedup.minScrapeInterval=1ms`` for that (docs/export.md).
 """
 
 from __future__ import annotations
@@ -17,16 +18,15 @@ import logging
 import time
 from collections.abc import Awaitable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from balans_edge.core.bus import BalanceUpdated, IntervalsUpdated, ReadingsCommitted, Subscription
-from balans_edge.core.redact import redact_url
 from balans_edge.core.storage import Storage
 from balans_edge.core.tasks import cancel
 from balans_edge.plugins.export.config import ExportConfig, TargetConfig
 from balans_edge.plugins.export.points import Built, PointBuilder, Unit
 from balans_edge.plugins.export.sender import Answer, WriteClient, backoff
+from balans_edge.plugins.export.status import target_status
 
 if TYPE_CHECKING:
     from balans_edge.server import Server
@@ -70,10 +70,6 @@ class Prepared:
     built: Built
 
 
-def _iso(t: int | float | None) -> str | None:
-    return None if t is None else datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 @dataclass(slots=True)
 class Counters:
     """What happened since this server started (the lifetime totals are in storage)."""
@@ -104,7 +100,8 @@ class TargetExporter:
                                     config.measurement_prefix)
         self.counters = Counters()
         self.state = "starting"
-        self.snapshot: dict[str, Any] = {}
+        self.row: dict[str, Any] = {}
+        """The target's stored row (``Storage.export_state``), re-read by ``refresh``."""
         self._client: WriteClient | None = None
         self._task: asyncio.Task[None] | None = None
         self._watcher: asyncio.Task[None] | None = None
@@ -151,29 +148,9 @@ class TargetExporter:
     # status ---------------------------------------------------------------------
 
     async def refresh(self) -> dict[str, Any]:
-        """Re-read the queue's depth and the lifetime counters from storage."""
-        rows = await self.storage.export_state(self.target)
-        row = rows[0] if rows else {}
-        now = time.time()
-        oldest = row.get("oldest_t")
-        self.snapshot = {
-            "target": self.target,
-            "url": redact_url(self.config.url),
-            "bucket": self.config.bucket,
-            "kinds": list(self.config.kinds) if self.config.enabled else [],
-            "queue_depth": row.get("depth", 0),
-            "max_queue": self.config.max_queue,
-            "when_full": self.config.when_full,
-            "oldest_age_s": None if oldest is None else max(0, round(now - oldest)),
-            "points_sent": row.get("sent", 0),
-            "retries": row.get("retries", 0),
-            "dead_letters": row.get("dead", 0),
-            "dropped": row.get("dropped", 0),
-            "last_error": row.get("last_error") or None,
-            "last_error_at": _iso(row.get("last_error_at")),
-            "last_sent_at": _iso(row.get("last_sent_at")),
-        }
-        return self.snapshot
+        """Re-read the queue's depth and the lifetime counters from storage; the status."""
+        (self.row,) = await self.storage.export_state(self.target)
+        return self.status()
 
     async def _watch(self) -> None:
         """Keep the status current while the sender waits out an outage."""
@@ -185,10 +162,9 @@ class TargetExporter:
                 log.debug("%s: status refresh failed: %s", self.name, exc)
 
     def status(self) -> dict[str, Any]:
-        """Shown under ``exporters`` in GET /api/v1/health (kept current by the sender)."""
-        depth = self.snapshot.get("queue_depth", 0)
-        state = "full" if self.state in ("idle", "sending") and depth >= self.config.max_queue else self.state
-        return {**self.snapshot, "state": state, "since_start": {
+        """Shown under ``exporters`` in GET /api/v1/health (kept current by the sender),
+        with the names of ``export status --json`` (status.py) and the figures since this start."""
+        return {**target_status(self.row, self.config, time.time(), self.state), "since_start": {
             "points_sent": self.counters.points_sent, "batches_sent": self.counters.batches_sent,
             "retries": self.counters.retries, "dead_letters": self.counters.dead_points,
             "splits": self.counters.splits, "gone": self.counters.gone,

@@ -39,6 +39,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from balans_edge.plugins.opcua import pki
+from balans_edge.security import token_digest
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +70,8 @@ def current_login() -> Login | None:
 class Credential:
     name: str
     role: str
-    secret: bytes
+    digest: bytes
+    """SHA-256 of the password: an HTTP API user given as ``token_sha256`` has no other form."""
 
 
 class Users:
@@ -85,11 +87,11 @@ class Users:
             if self.anonymous_role == "viewer":
                 return Login(role=UserRole.User, name="anonymous", access="viewer")
             return None
-        given = (password or "").encode()
+        given = token_digest(password or "")
         found = None
         for c in self.credentials:
             # Every credential is compared, so timing does not tell which name exists.
-            match = hmac.compare_digest(c.secret, given)
+            match = hmac.compare_digest(c.digest, given)
             if match and c.name == username and found is None:
                 found = c
         if found is None:

@@ -51,6 +51,7 @@ from balans_edge.plugins.opcua.security import (
 )
 from balans_edge.plugins.opcua.space import Publisher, Space, SyncStats
 from balans_edge.plugins.opcua.values import Values
+from balans_edge.security import token_digest
 
 if TYPE_CHECKING:
     from balans_edge.server import Server
@@ -88,10 +89,11 @@ def endpoint_url(config: ServerConfig, port: int) -> str:
 
 
 def credentials(config: ServerConfig, api_users: list[Any]) -> list[Credential]:
-    out = [Credential(u.name, u.role, u.password.encode()) for u in config.users]
+    out = [Credential(u.name, u.role, token_digest(u.password)) for u in config.users]
     if config.api_users:
         named = {c.name for c in out}
-        out += [Credential(u.name, u.role, u.token.encode()) for u in api_users if u.name not in named]
+        # By digest: a user given as token_sha256 has no token to compare (its token field is empty).
+        out += [Credential(u.name, u.role, u.digest()) for u in api_users if u.name not in named]
     return out
 
 
