@@ -55,6 +55,7 @@ from balans_edge.plugins.dmesh.codec import (
 )
 
 if TYPE_CHECKING:
+    from balans_edge.plugins.dmesh.firmware import FirmwareImage
     from balans_edge.plugins.dmesh.plugin import DmeshConfig
 
 log = logging.getLogger(__name__)
@@ -79,6 +80,8 @@ class SessionHost(Protocol):
     def command_result(self, concentrator_id: int, result: CommandResult) -> None: ...
 
     def firmware_result(self, concentrator_id: int, result: FirmwareResult) -> None: ...
+
+    def firmware_image(self, concentrator_id: int, image_id: int) -> FirmwareImage | None: ...
 
 
 class CommandRefused(Exception):
@@ -408,7 +411,11 @@ class Session:
             if cid is not None:
                 self.host.command_result(cid, payload)
         elif isinstance(payload, FirmwareResult):
-            await server.storage.store_firmware_result(cid, payload.image_id, payload.result, now)
+            # The pushed image's target and version go with the result: an
+            # accepted image counts as installed when the next one is checked.
+            image = self.host.firmware_image(cid, payload.image_id) if cid is not None else None
+            target, version = (image.target, image.version_text) if image is not None else (None, None)
+            await server.storage.store_firmware_result(cid, payload.image_id, payload.result, now, target, version)
             if cid is not None:
                 self.host.firmware_result(cid, payload)
         else:  # pragma: no cover - DATA_TYPES and the branches above list the same types
