@@ -61,6 +61,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MAX_BAD_IN_A_ROW = 16
+HANDSHAKE = frozenset({FrameType.HELLO, FrameType.AUTH})
+"""The only frames answered before WELCOME (besides data frames, NACKed)."""
 READ_SIZE = 65536
 HOUR = 3600
 
@@ -264,8 +266,11 @@ class Session:
     # frames -----------------------------------------------------------------
 
     async def _handle(self, frame: Frame) -> None:
-        if not self.authenticated:
-            await self._handle_handshake(frame)
+        if not self.authenticated and frame.type not in HANDSHAKE:
+            # Before WELCOME a data frame gets NACK NOT_AUTHENTICATED (and is
+            # not stored); anything else (PING, ACK, unknown types) goes unanswered.
+            if frame.type in DATA_TYPES:
+                await self.nack(frame, NackCode.NOT_AUTHENTICATED, "authenticate first")
             return
         try:
             payload = decode_payload(frame)
@@ -301,25 +306,6 @@ class Session:
             await self._on_data(frame, payload)
         else:
             await self.nack(frame, NackCode.BAD_FRAME, f"{type(payload).__name__.upper()} is a host frame")
-
-    async def _handle_handshake(self, frame: Frame) -> None:
-        """A frame before WELCOME: HELLO and AUTH are answered, a data frame gets
-        NACK NOT_AUTHENTICATED (and is not stored); anything else (PING, ACK,
-        unknown types) goes unanswered."""
-        if frame.type in DATA_TYPES:
-            await self.nack(frame, NackCode.NOT_AUTHENTICATED, "authenticate first")
-            return
-        if frame.type not in (FrameType.HELLO, FrameType.AUTH):
-            return
-        try:
-            payload = decode_payload(frame)
-        except PayloadError as exc:
-            await self.nack(frame, NackCode.BAD_PAYLOAD, str(exc))
-            return
-        if isinstance(payload, Hello):
-            await self._on_hello(frame, payload)
-        elif isinstance(payload, Auth):
-            await self._on_auth(frame, payload)
 
     @property
     def name(self) -> str:
