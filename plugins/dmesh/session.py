@@ -377,7 +377,7 @@ class Session:
                 ModuleHealth(r.module_id, r.ts, r.battery_mv, r.rssi, r.hops if 1 <= r.hops <= MAX_HOPS else None)
                 for r in payload.records
             ]
-            if batch or health:
+            if health:  # one per record: none only when the frame has no records
                 await server.ingest.ingest(batch, health=health)
         elif isinstance(payload, Profile):
             batch = [
