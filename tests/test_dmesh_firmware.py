@@ -11,16 +11,19 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
+from balans_edge.core.model import Concentrator, RadioModule
 from balans_edge.plugins.dmesh.codec import FirmwareBegin, FirmwareBlock, FirmwareEnd, FirmwareResultCode
 from balans_edge.plugins.dmesh.concentrator import ConcentratorSettings, SimulatedConcentrator
 from balans_edge.plugins.dmesh.firmware import (
     BLOCK_SIZE,
     FirmwareError,
+    FirmwareRefused,
     load_image,
     manifest,
     sign_image,
@@ -82,7 +85,7 @@ def test_manifest_is_45_bytes_in_the_documented_order() -> None:
 
 
 def test_load_image_verifies_and_refuses(tmp_path) -> None:
-    good = write_image(tmp_path, sidecar=sign_image(VENDOR, 7, "concentrator", IMAGE))
+    good = write_image(tmp_path, sidecar=sign_image(VENDOR, 7, "concentrator", IMAGE, "1.5.0"))
     image = load_image(good, PUBLIC_HEX)
     assert (image.image_id, image.target, image.size) == (7, 1, len(IMAGE))
     with pytest.raises(FirmwareError, match="no vendor public key"):
@@ -90,9 +93,9 @@ def test_load_image_verifies_and_refuses(tmp_path) -> None:
     with pytest.raises(FirmwareError, match=r"unsigned image: unsigned\.bin\.sig\.json not found"):
         load_image(write_image(tmp_path, name="unsigned.bin"), PUBLIC_HEX)
     with pytest.raises(FirmwareError, match="bad signature"):
-        load_image(write_image(tmp_path, sidecar=sign_image(OTHER, 7, "concentrator", IMAGE), name="o.bin"),
+        load_image(write_image(tmp_path, sidecar=sign_image(OTHER, 7, "concentrator", IMAGE, "1.5.0"), name="o.bin"),
                    PUBLIC_HEX)
-    sidecar = sign_image(VENDOR, 7, "module", IMAGE)
+    sidecar = sign_image(VENDOR, 7, "module", IMAGE, "1.5.0")
     with pytest.raises(FirmwareError, match="bad signature"):  # signed for the radio module, not the concentrator
         verify_image(IMAGE, {**sidecar, "target": "concentrator"}, PUBLIC_HEX)
     with pytest.raises(FirmwareError, match="hash mismatch"):
@@ -119,7 +122,8 @@ async def test_signed_image_is_accepted_end_to_end(make_server, tmp_path):
     server, driver = await start(make_server, tmp_path)
     c = await connected(driver.port)
     try:
-        image = load_image(write_image(tmp_path, sidecar=sign_image(VENDOR, 7, "concentrator", IMAGE)), PUBLIC_HEX)
+        sidecar = sign_image(VENDOR, 7, "concentrator", IMAGE, "1.5.0")
+        image = load_image(write_image(tmp_path, sidecar=sidecar), PUBLIC_HEX)
         record = await driver.firmware.push(CID, image, requested_by="test", reason="security fix")
         assert record["outcome"] == "accepted", record
         assert c.firmware_images == {7: IMAGE}
@@ -141,7 +145,7 @@ async def test_the_concentrator_checks_too(make_server, tmp_path):
     _, driver = await start(make_server, tmp_path, firmware_public_key=raw_public(OTHER).hex())
     c = await connected(driver.port)
     try:
-        image = verify_image(IMAGE, sign_image(OTHER, 9, "module", IMAGE), raw_public(OTHER))
+        image = verify_image(IMAGE, sign_image(OTHER, 9, "module", IMAGE, "1.5.0"), raw_public(OTHER))
         record = await driver.firmware.push(CID, image, requested_by="test", reason="x")
         assert record["outcome"] == "bad_signature" and "BAD_SIGNATURE" in record["detail"]
         assert c.firmware_images == {}
@@ -156,13 +160,13 @@ async def test_refused_images_send_nothing(make_server, client_for, tmp_path):
     try:
         http = client_for(server)
         url = f"/api/v1/dmesh/concentrators/{CID}/firmware"
-        sidecar = sign_image(VENDOR, 7, "concentrator", IMAGE)
+        sidecar = sign_image(VENDOR, 7, "concentrator", IMAGE, "1.5.0")
         tampered = IMAGE[:100] + b"\xff" + IMAGE[101:]
         cases = {
             "unsigned": (IMAGE, None),
             "bad signature": (tampered, sidecar),
             "hash mismatch": (tampered, {**sidecar, "sha256": hashlib.sha256(IMAGE).hexdigest()}),
-            "bad signature: not signed by the vendor": (IMAGE, sign_image(OTHER, 7, "concentrator", IMAGE)),
+            "bad signature: not signed by the vendor": (IMAGE, sign_image(OTHER, 7, "concentrator", IMAGE, "1.5.0")),
         }
         for expected, (data, side) in cases.items():
             body = {"image": base64.b64encode(data).decode(), "reason": "update"}
@@ -181,7 +185,7 @@ async def test_resume_after_the_link_drops(make_server, tmp_path):
     _, driver = await start(make_server, tmp_path)
     c = await connected(driver.port, drop_after_blocks=5)
     try:
-        image = verify_image(IMAGE, sign_image(VENDOR, 7, "concentrator", IMAGE), PUBLIC_HEX)
+        image = verify_image(IMAGE, sign_image(VENDOR, 7, "concentrator", IMAGE, "1.5.0"), PUBLIC_HEX)
         async with asyncio.timeout(10):
             record = await driver.firmware.push(CID, image, requested_by="test", reason="resume")
         assert record["outcome"] == "accepted", record
@@ -204,7 +208,7 @@ async def test_resume_after_the_link_drops(make_server, tmp_path):
 
 async def test_not_connected_fails_and_no_answer_times_out(make_server, tmp_path):
     server, driver = await start(make_server, tmp_path, firmware_timeout_s=1.0)
-    image = verify_image(IMAGE, sign_image(VENDOR, 7, "concentrator", IMAGE), PUBLIC_HEX)
+    image = verify_image(IMAGE, sign_image(VENDOR, 7, "concentrator", IMAGE, "1.5.0"), PUBLIC_HEX)
     record = await driver.firmware.push(CID, image, requested_by="test", reason="x")
     assert record["outcome"] == "failed" and "not connected" in record["detail"]
     c = await connected(driver.port, drop_after_blocks=2, reconnect_s=30.0)
@@ -226,7 +230,7 @@ async def test_api_needs_admin_and_answers_the_outcome(make_server, client_for, 
     try:
         http = client_for(server)
         url = f"/api/v1/dmesh/concentrators/{CID}/firmware"
-        body = {"image": base64.b64encode(IMAGE).decode(), "signature": sign_image(VENDOR, 3, "module", IMAGE),
+        body = {"image": base64.b64encode(IMAGE).decode(), "signature": sign_image(VENDOR, 3, "module", IMAGE, "1.5.0"),
                 "reason": "radio module update"}
         assert (await http.post(url, json=body, headers=auth("operator"))).status_code == 403
         assert (await http.post(url, json={**body, "reason": ""}, headers=auth("admin"))).status_code == 400
@@ -261,9 +265,9 @@ async def test_cli_pushes_through_the_running_server(make_server, tmp_path):
         url = f"http://127.0.0.1:{server.http.port}"
         config = tmp_path / "site.toml"
         config.write_text(f'[plugins.dmesh]\nfirmware_public_key = "{PUBLIC_HEX}"\n', "utf-8")
-        good = write_image(tmp_path, sidecar=sign_image(VENDOR, 11, "concentrator", IMAGE))
+        good = write_image(tmp_path, sidecar=sign_image(VENDOR, 11, "concentrator", IMAGE, "1.5.0"))
         unsigned = write_image(tmp_path, name="unsigned.bin")
-        other = write_image(tmp_path, sidecar=sign_image(OTHER, 12, "concentrator", IMAGE), name="other.bin")
+        other = write_image(tmp_path, sidecar=sign_image(OTHER, 12, "concentrator", IMAGE, "1.5.0"), name="other.bin")
         common = ["--concentrator", str(CID), "--url", url]
 
         code, _, err = await cli(str(unsigned), *common, "--token", TOKENS["admin"])
@@ -283,5 +287,120 @@ async def test_cli_pushes_through_the_running_server(make_server, tmp_path):
         assert c.firmware_images == {11: IMAGE}
         (journal,) = await server.storage.journal_list("commands")
         assert (journal["requested_by"], journal["reason"]) == ("api:test-admin", "field update")
+    finally:
+        await c.stop()
+
+
+# downgrades -----------------------------------------------------------------------------
+
+OLDER = bytes(reversed(IMAGE))  # another image, signed as an older version
+
+
+async def test_an_older_image_is_refused_after_a_newer_one_unless_forced(make_server, client_for, tmp_path):
+    server, driver = await start(make_server, tmp_path)
+    c = await connected(driver.port)  # reports firmware 1.4.2 in HELLO
+    try:
+        http = client_for(server)
+        url = f"/api/v1/dmesh/concentrators/{CID}/firmware"
+        newer = {"image": base64.b64encode(IMAGE).decode(), "reason": "security fix",
+                 "signature": sign_image(VENDOR, 7, "concentrator", IMAGE, "1.6.0")}
+        older = {"image": base64.b64encode(OLDER).decode(), "reason": "roll back",
+                 "signature": sign_image(VENDOR, 8, "concentrator", OLDER, "1.5.0")}
+        r = await http.post(url, json=newer, headers=auth("admin"))
+        assert r.json()["outcome"] == "accepted", r.text
+        (stored,) = await server.storage.firmware_results()
+        assert (stored["image_id"], stored["target"], stored["version"]) == (7, 1, "1.6.0")
+
+        r = await http.post(url, json=older, headers=auth("admin"))
+        assert r.status_code == 422, r.text
+        assert r.json()["error"] == {"code": "refused", "message": (
+            "image refused: version 1.5.0 is older than the installed 1.6.0 (image 7 accepted); "
+            "force the push to send it anyway")}
+        assert [f.image_id for f in firmware_frames(c) if isinstance(f, FirmwareBegin)] == [7]
+        assert len(await server.storage.journal_list("commands")) == 1
+        r = await http.post(url, json={**older, "force": "yes"}, headers=auth("admin"))
+        assert r.status_code == 400 and "force" in r.text
+
+        r = await http.post(url, json={**older, "force": True}, headers=auth("admin"))
+        assert r.status_code == 200, r.text
+        forced = r.json()
+        assert (forced["outcome"], forced["requested_by"], forced["reason"]) == ("accepted", "api:test-admin",
+                                                                                "roll back")
+        assert "(forced: version 1.5.0 is older than the installed 1.6.0 (image 7 accepted))" in forced["detail"]
+        assert c.firmware_images == {7: IMAGE, 8: OLDER}
+        journal = await server.storage.journal_get("commands", forced["id"])
+        assert journal["detail"] == forced["detail"]
+    finally:
+        await c.stop()
+
+
+async def test_the_installed_version_survives_a_restart(make_server, tmp_path):
+    """The accepted version is stored with the FIRMWARE_RESULT, so a restarted
+    host still refuses an older image (the concentrator reports 1.4.2 until it
+    restarts into the new firmware)."""
+    server, driver = await start(make_server, tmp_path)
+    c = await connected(driver.port)
+    try:
+        newer = verify_image(IMAGE, sign_image(VENDOR, 7, "concentrator", IMAGE, "2.0.0"), PUBLIC_HEX)
+        assert (await driver.firmware.push(CID, newer, requested_by="test", reason="x"))["outcome"] == "accepted"
+    finally:
+        await c.stop()
+    await server.stop()
+    _, driver = await start(make_server, tmp_path)
+    older = verify_image(OLDER, sign_image(VENDOR, 8, "concentrator", OLDER, "1.9.9"), PUBLIC_HEX)
+    with pytest.raises(FirmwareRefused, match=r"1\.9\.9 is older than the installed 2\.0\.0 \(image 7 accepted\)"):
+        await driver.firmware.push(CID, older, requested_by="test", reason="x")
+
+
+async def test_reported_versions_and_images_without_a_version(make_server, tmp_path):
+    server, driver = await start(make_server, tmp_path)
+    await server.storage.registry_apply({
+        "concentrators": [Concentrator(CID)],
+        "modules": [RadioModule(1001, CID, firmware="1.6"), RadioModule(1002, CID, firmware="1.2"),
+                    RadioModule(2001, None, firmware="9.9")],
+    })
+    c = await connected(driver.port, firmware=(2, 1, 0))
+    try:
+        def image(version: str | None, target: str = "concentrator", image_id: int = 9) -> Any:
+            return verify_image(IMAGE, sign_image(VENDOR, image_id, target, IMAGE, version), PUBLIC_HEX)
+
+        with pytest.raises(FirmwareRefused, match=r"2\.0\.9 is older than the installed 2\.1\.0 \(reported by the "
+                                                  r"concentrator\)"):
+            await driver.firmware.push(CID, image("2.0.9"), requested_by="test", reason="x")
+        with pytest.raises(FirmwareRefused, match=r"1\.5\.3 is older than the installed 1\.6\.0 \(reported by "
+                                                  r"module 1001\)"):
+            await driver.firmware.push(CID, image("1.5.3", "module"), requested_by="test", reason="x")
+        with pytest.raises(FirmwareRefused, match="its signature file states no version"):
+            await driver.firmware.push(CID, image(None), requested_by="test", reason="x")
+        assert firmware_frames(c) == []
+        # The same version again (a repair) and a newer one go out; so does a forced unknown version.
+        for version, target, image_id, force in (("2.1.0", "concentrator", 9, False), ("1.6.1", "module", 10, False),
+                                                 (None, "concentrator", 11, True)):
+            record = await driver.firmware.push(CID, image(version, target, image_id), requested_by="test",
+                                                reason="x", force=force)
+            assert record["outcome"] == "accepted", record
+        assert record["detail"].endswith('(forced: its signature file states no version '
+                                         '("version": "MAJOR.MINOR.PATCH")): ACCEPTED')
+    finally:
+        await c.stop()
+    with pytest.raises(FirmwareError, match="version must be"):
+        verify_image(IMAGE, {**sign_image(VENDOR, 9, "module", IMAGE), "version": "1.256"}, PUBLIC_HEX)
+
+
+async def test_cli_force(make_server, tmp_path):
+    server, driver = await start(make_server, tmp_path)
+    c = await connected(driver.port)  # 1.4.2
+    try:
+        url = f"http://127.0.0.1:{server.http.port}"
+        old = write_image(tmp_path, sidecar=sign_image(VENDOR, 5, "concentrator", IMAGE, "1.3.0"), name="old.bin")
+        common = [str(old), "--concentrator", str(CID), "--url", url, "--token", TOKENS["admin"]]
+        code, _, err = await cli(*common)
+        assert code == 1 and "HTTP 422" in err and "1.3.0 is older than the installed 1.4.2" in err
+        assert firmware_frames(c) == []
+        code, _, err = await cli(*common, "--force", "--reason", "field test of the old release")
+        assert code == 0, err
+        (journal,) = await server.storage.journal_list("commands")
+        assert (journal["outcome"], journal["reason"]) == ("accepted", "field test of the old release")
+        assert "forced: version 1.3.0 is older than the installed 1.4.2" in journal["detail"]
     finally:
         await c.stop()

@@ -83,7 +83,9 @@ README_EXAMPLES = [
     README_EXAMPLES,
     ids=[f"{r.parent.name}-{i}" for r, i, _ in README_EXAMPLES],
 )
-def test_readme_config_example_is_valid(readme: Path, index: int, block: str) -> None:
+def test_readme_config_example_is_valid(readme: Path, index: int, block: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    for variable in re.findall(r'\w+_env = "(\w+)"', block):  # secrets the example reads from the environment
+        monkeypatch.setenv(variable, f"{variable.lower()}-example-value")
     data = tomllib.loads(block)
     config = parse_config(data, config_schemas(load_plugins()), source=str(readme))
     for name in data["plugins"]:

@@ -473,8 +473,11 @@ class Storage(ABC):
         """Store the outcome of a device command durably (a repeated report replaces it)."""
 
     @abstractmethod
-    async def store_firmware_result(self, concentrator_id: int, image_id: int, result: int, received_at: int) -> None:
-        """Store the outcome of a firmware transfer durably (a repeated report replaces it)."""
+    async def store_firmware_result(self, concentrator_id: int, image_id: int, result: int, received_at: int,
+                                    target: int | None = None, version: str | None = None) -> None:
+        """Store the outcome of a firmware transfer durably (a repeated report
+        replaces it), with the pushed image's target and version when known (a
+        repeated report without them keeps those stored)."""
 
     @abstractmethod
     async def log_connection(self, event: ConnectionEvent) -> None:
@@ -509,8 +512,8 @@ class Storage(ABC):
         """Stored command outcomes, newest first."""
 
     @abstractmethod
-    async def firmware_results(self, limit: int = 100) -> list[dict[str, Any]]:
-        """Stored firmware outcomes, newest first."""
+    async def firmware_results(self, limit: int = 100, concentrator_id: int | None = None) -> list[dict[str, Any]]:
+        """Stored firmware outcomes (of one concentrator or all), newest first."""
 
     @abstractmethod
     async def connection_log(self, concentrator_id: int | None = None, limit: int = 100) -> list[dict[str, Any]]:

@@ -87,13 +87,16 @@ class DeviceReports:
             ]
         )
 
-    async def store_firmware_result(self, concentrator_id: int, image_id: int, result: int, received_at: int) -> None:
+    async def store_firmware_result(self, concentrator_id: int, image_id: int, result: int, received_at: int,
+                                    target: int | None = None, version: str | None = None) -> None:
         await self._submit(
             [
                 (
-                    "INSERT OR REPLACE INTO firmware_results (concentrator_id, image_id, result, received_at) "
-                    "VALUES (?, ?, ?, ?)",
-                    [(concentrator_id, image_id, result, received_at)],
+                    "INSERT INTO firmware_results (concentrator_id, image_id, result, received_at, target, version) "
+                    "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (concentrator_id, image_id) DO UPDATE SET "
+                    "result = excluded.result, received_at = excluded.received_at, "
+                    "target = coalesce(excluded.target, target), version = coalesce(excluded.version, version)",
+                    [(concentrator_id, image_id, result, received_at, target, version)],
                 )
             ]
         )
@@ -137,8 +140,9 @@ class DeviceReports:
     async def command_results(self, limit: int = 100) -> list[dict[str, Any]]:
         return await self._device_rows("command_results", "received_at DESC, command_id DESC", "", (), limit)
 
-    async def firmware_results(self, limit: int = 100) -> list[dict[str, Any]]:
-        return await self._device_rows("firmware_results", "received_at DESC, image_id DESC", "", (), limit)
+    async def firmware_results(self, limit: int = 100, concentrator_id: int | None = None) -> list[dict[str, Any]]:
+        where, args = ("WHERE concentrator_id = ?", (concentrator_id,)) if concentrator_id is not None else ("", ())
+        return await self._device_rows("firmware_results", "received_at DESC, image_id DESC", where, args, limit)
 
     async def connection_log(self, concentrator_id: int | None = None, limit: int = 100) -> list[dict[str, Any]]:
         where, args = ("WHERE concentrator_id = ?", (concentrator_id,)) if concentrator_id is not None else ("", ())

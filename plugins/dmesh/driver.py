@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 from balans_edge.core.storage import ConnectionEvent, StorageError
 from balans_edge.core.tasks import cancel
 from balans_edge.plugins.dmesh.commands import DmeshCommands
-from balans_edge.plugins.dmesh.firmware import FirmwarePusher
+from balans_edge.plugins.dmesh.firmware import FirmwareImage, FirmwarePusher
 from balans_edge.plugins.dmesh.session import Session
 
 if TYPE_CHECKING:
@@ -151,6 +151,9 @@ class DmeshDriver:
 
     def firmware_result(self, concentrator_id: int, result: FirmwareResult) -> None:
         self.firmware.result_arrived(concentrator_id, result)
+
+    def firmware_image(self, concentrator_id: int, image_id: int) -> FirmwareImage | None:
+        return self.firmware.image(concentrator_id, image_id)
 
     async def auth_failed(self, session: Session, reason: str) -> None:
         await self._log(ConnectionEvent(session.concentrator_id, "auth_failed", int(time.time()), session.peer, reason))

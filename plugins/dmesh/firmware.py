@@ -9,6 +9,13 @@ The signature is Ed25519 over the 45-byte manifest
 host verifies it with the vendor's public key (``firmware_public_key``) before
 anything is sent and refuses unsigned or badly signed images.
 
+The sidecar also states the image's ``version`` ("MAJOR.MINOR.PATCH"). The
+vendor's manifest carries no version, so this is the only place the host
+learns it; the host refuses an image older than the version installed (what
+the concentrator reported in HELLO, what its modules reported in TOPOLOGY, or
+an image it accepted since, whichever is newest) or without a version, unless
+the operator forces it, which the audit records.
+
 ``FirmwarePusher`` (one per driver) sends FIRMWARE_BEGIN, the image in blocks
 of 1024 bytes (a few in flight at once, each acknowledged on receipt) and
 FIRMWARE_END, then waits for the concentrator's FIRMWARE_RESULT. It remembers
@@ -25,6 +32,7 @@ import asyncio
 import hashlib
 import json
 import logging
+import re
 import struct
 import time
 from collections import deque
@@ -61,6 +69,8 @@ MAX_SIZE = 2**32 - 1
 TARGETS = {"concentrator": 1, "module": 2}
 TARGET_NAMES = {v: k for k, v in TARGETS.items()}
 SIDECAR_SUFFIX = ".sig.json"
+MAX_RESULTS = 100_000
+"""Firmware results of one concentrator read to find the newest accepted version."""
 OUTCOMES = {code: code.name.lower() for code in FirmwareResultCode}
 """FIRMWARE_RESULT code -> journal outcome (accepted, bad_signature, bad_hash, bad_layout)."""
 
@@ -69,8 +79,32 @@ class FirmwareError(ValueError):
     """An image the host refuses to send (unsigned, badly signed, not matching its sidecar)."""
 
 
+class FirmwareRefused(FirmwareError):
+    """A verified image the host will not send without ``force``: older than
+    the installed version, or of unknown version."""
+
+
 class FirmwareBusy(RuntimeError):
     """The same image is already being pushed to that concentrator."""
+
+
+Version = tuple[int, int, int]
+"""(major, minor, patch): HELLO carries all three, TOPOLOGY major and minor (patch 0)."""
+_VERSION = re.compile(r"([0-9]{1,3})\.([0-9]{1,3})(?:\.([0-9]{1,3}))?")
+
+
+def version_of(text: object) -> Version | None:
+    """A version from "MAJOR.MINOR" or "MAJOR.MINOR.PATCH" (each 0..255, as the
+    protocol carries them); None when ``text`` is not one."""
+    match = _VERSION.fullmatch(text.strip()) if isinstance(text, str) else None
+    if match is None:
+        return None
+    parts = tuple(int(p or 0) for p in match.groups())
+    return parts if max(parts) <= 255 else None  # type: ignore[return-value]
+
+
+def show_version(version: Version) -> str:
+    return ".".join(map(str, version))
 
 
 def manifest(image_id: int, target: int, size: int, sha256: bytes) -> bytes:
@@ -86,6 +120,8 @@ class FirmwareImage:
     target: int
     data: bytes
     signature: bytes
+    version: Version | None = None
+    """As the sidecar states it (not covered by the signature: the manifest has no version)."""
 
     @property
     def size(self) -> int:
@@ -102,8 +138,14 @@ class FirmwareImage:
     def begin(self) -> FirmwareBegin:
         return FirmwareBegin(self.image_id, self.target, self.size, self.sha256, self.signature)
 
+    @property
+    def version_text(self) -> str | None:
+        return show_version(self.version) if self.version is not None else None
+
     def describe(self) -> str:
-        return f"image {self.image_id} for the {self.target_name}, {self.size} bytes, sha256 {self.sha256.hex()[:16]}…"
+        return (f"image {self.image_id} for the {self.target_name}, version {self.version_text or 'unknown'}, "
+                f"{self.size} bytes, "
+                f"sha256 {self.sha256.hex()[:16]}…")
 
 
 def public_key(raw: str | bytes | None) -> Ed25519PublicKey:
@@ -131,10 +173,10 @@ def check_public_key(value: str) -> str | None:
     return None
 
 
-def parse_sidecar(sidecar: Any) -> tuple[int, int, bytes]:
-    """(image_id, target code, signature) of a sidecar document; FirmwareError if malformed."""
+def parse_sidecar(sidecar: Any) -> tuple[int, int, bytes, Version | None]:
+    """(image_id, target code, signature, version or None) of a sidecar document; FirmwareError if malformed."""
     if not isinstance(sidecar, dict):
-        raise FirmwareError('signature: expected {"image_id": ..., "target": ..., "signature": ...}')
+        raise FirmwareError('signature: expected {"image_id": ..., "target": ..., "version": ..., "signature": ...}')
     image_id = sidecar.get("image_id")
     if isinstance(image_id, bool) or not isinstance(image_id, int) or not 0 <= image_id <= MAX_IMAGE_ID:
         raise FirmwareError(f"signature: image_id must be an integer 0..{MAX_IMAGE_ID}, got {image_id!r}")
@@ -148,14 +190,20 @@ def parse_sidecar(sidecar: Any) -> tuple[int, int, bytes]:
         signature = b""
     if len(signature) != 64:
         raise FirmwareError("signature: expected 128 hex characters (an Ed25519 signature)")
-    return image_id, TARGETS[target], signature
+    version = None
+    if "version" in sidecar:
+        version = version_of(sidecar["version"])
+        if version is None:
+            raise FirmwareError(f'signature: version must be "MAJOR.MINOR.PATCH" (each 0..255), '
+                                f'got {sidecar["version"]!r}')
+    return image_id, TARGETS[target], signature, version
 
 
 def verify_image(data: bytes, sidecar: Any, key: str | bytes | Ed25519PublicKey | None) -> FirmwareImage:
     """Check an image against its sidecar and the vendor key; FirmwareError says why it is refused."""
     if sidecar is None:
         raise FirmwareError("unsigned image: no signature")
-    image_id, target, signature = parse_sidecar(sidecar)
+    image_id, target, signature, version = parse_sidecar(sidecar)
     if not data:
         raise FirmwareError("empty image")
     if len(data) > MAX_SIZE:
@@ -173,7 +221,7 @@ def verify_image(data: bytes, sidecar: Any, key: str | bytes | Ed25519PublicKey 
         raise FirmwareError(
             "bad signature: not signed by the vendor key for this image (image modified, or signed by another key)"
         ) from None
-    return FirmwareImage(image_id, target, bytes(data), signature)
+    return FirmwareImage(image_id, target, bytes(data), signature, version)
 
 
 def sidecar_path(path: str | Path) -> Path:
@@ -202,11 +250,13 @@ def load_image(path: str | Path, key: str | bytes | Ed25519PublicKey | None) -> 
     return verify_image(data, sidecar, key)
 
 
-def sign_image(private_key: Ed25519PrivateKey, image_id: int, target: str, data: bytes) -> dict[str, Any]:
+def sign_image(private_key: Ed25519PrivateKey, image_id: int, target: str, data: bytes,
+               version: str | None = None) -> dict[str, Any]:
     """The sidecar document of an image (what the vendor's signing tool writes)."""
     digest = hashlib.sha256(data).digest()
     signature = private_key.sign(manifest(image_id, TARGETS[target], len(data), digest))
-    return {"image_id": image_id, "target": target, "signature": signature.hex()}
+    sidecar = {"image_id": image_id, "target": target, "signature": signature.hex()}
+    return sidecar if version is None else {**sidecar, "version": version}
 
 
 # pushing ------------------------------------------------------------------------------
@@ -214,7 +264,7 @@ def sign_image(private_key: Ed25519PrivateKey, image_id: int, target: str, data:
 
 @dataclass
 class _Progress:
-    sha256: bytes
+    image: FirmwareImage
     acked: int = 0
     """Highest offset up to which every block was acknowledged."""
 
@@ -248,6 +298,44 @@ class FirmwarePusher:
         self._login.set()
         self._login = asyncio.Event()
 
+    def image(self, concentrator_id: int, image_id: int) -> FirmwareImage | None:
+        """The image being pushed (or whose result is still awaited) under that id."""
+        progress = self._progress.get((concentrator_id, image_id))
+        return progress.image if progress is not None else None
+
+    async def installed(self, concentrator_id: int, target: int) -> tuple[Version, str] | None:
+        """The newest version known to run on the target (the concentrator, or
+        any of its radio modules) with where it was learnt, or None."""
+        known: list[tuple[Version | None, str]] = []
+        if target == TARGETS["concentrator"]:
+            session = self.driver.sessions().get(concentrator_id)
+            if session is not None and session.hello is not None:
+                hello = session.hello
+                known.append(((hello.fw_major, hello.fw_minor, hello.fw_patch), "reported by the concentrator"))
+        else:
+            known += [(version_of(m.firmware), f"reported by module {m.module_id}")
+                      for m in await self.server.storage.registry_list("modules")
+                      if m.concentrator_id == concentrator_id]
+        known += [(version_of(r["version"]), f"image {r['image_id']} accepted")
+                  for r in await self.server.storage.firmware_results(MAX_RESULTS, concentrator_id)
+                  if r["result"] == FirmwareResultCode.ACCEPTED and r["target"] == target]
+        return max(((v, where) for v, where in known if v is not None), default=None)
+
+    async def check_version(self, concentrator_id: int, image: FirmwareImage, force: bool) -> str:
+        """Raise FirmwareRefused for an older image or one of unknown version
+        unless ``force``; return what a forced push is to record ('' if nothing)."""
+        installed = await self.installed(concentrator_id, image.target)
+        if image.version is None:
+            problem = 'its signature file states no version ("version": "MAJOR.MINOR.PATCH")'
+        elif installed is not None and image.version < installed[0]:
+            problem = (f"version {show_version(image.version)} is older than the installed "
+                       f"{show_version(installed[0])} ({installed[1]})")
+        else:
+            return ""
+        if not force:
+            raise FirmwareRefused(f"{problem}; force the push to send it anyway")
+        return f"forced: {problem}"
+
     def result_arrived(self, concentrator_id: int, result: FirmwareResult) -> None:
         """Called by a session once a FIRMWARE_RESULT is stored."""
         key = (concentrator_id, result.image_id)
@@ -261,24 +349,28 @@ class FirmwarePusher:
 
     # pushing ------------------------------------------------------------------
 
-    async def push(self, concentrator_id: int, image: FirmwareImage, *, requested_by: str, reason: str
-                   ) -> dict[str, Any]:
+    async def push(self, concentrator_id: int, image: FirmwareImage, *, requested_by: str, reason: str,
+                   force: bool = False) -> dict[str, Any]:
         """Audit, send and track one verified image; return its journal record.
 
-        The transfer runs in its own task: a caller that stops waiting (an HTTP
-        response timeout) does not abort it, and the journal gets its outcome."""
+        An image older than the installed version, or of unknown version, is
+        refused (FirmwareRefused) unless ``force``; a forced one says so in the
+        journal. The transfer runs in its own task: a caller that stops waiting
+        (an HTTP response timeout) does not abort it, and the journal gets its
+        outcome."""
         if not requested_by or not reason:
             raise ValueError("a firmware push needs requested_by and reason for the audit")
+        forced = await self.check_version(concentrator_id, image, force)
         key = (concentrator_id, image.image_id)
         if key in self._tasks:
             raise FirmwareBusy(f"image {image.image_id} is already being sent to concentrator {concentrator_id}")
-        task = asyncio.create_task(self._push(concentrator_id, image, requested_by, reason),
+        task = asyncio.create_task(self._push(concentrator_id, image, requested_by, reason, forced),
                                    name=f"dmesh-firmware-{concentrator_id}-{image.image_id}")
         self._tasks[key] = task
         task.add_done_callback(lambda t: self._tasks.pop(key, None) if self._tasks.get(key) is t else None)
         return await asyncio.shield(task)
 
-    async def _push(self, concentrator_id: int, image: FirmwareImage, requested_by: str, reason: str
+    async def _push(self, concentrator_id: int, image: FirmwareImage, requested_by: str, reason: str, forced: str
                     ) -> dict[str, Any]:
         storage = self.server.storage
         record: dict[str, Any] = {
@@ -288,7 +380,7 @@ class FirmwarePusher:
             "requested_by": requested_by,
             "reason": reason,
             "outcome": "pending",
-            "detail": image.describe(),
+            "detail": f"{image.describe()} ({forced})" if forced else image.describe(),
         }
         record["id"] = await storage.journal_append("commands", record)
         outcome, detail = await self._transfer(concentrator_id, image)
@@ -304,8 +396,9 @@ class FirmwarePusher:
         if session is None or session.closing:
             return "failed", f"concentrator {concentrator_id} is not connected"
         progress = self._progress.get(key)
-        if progress is None or progress.sha256 != image.sha256:
-            progress = self._progress[key] = _Progress(image.sha256)
+        if progress is None or progress.image.sha256 != image.sha256:
+            progress = self._progress[key] = _Progress(image)
+        progress.image = image
         timeout = self.config.firmware_timeout_s
         fut: asyncio.Future[FirmwareResult] = asyncio.get_running_loop().create_future()
         self._results[key] = fut

@@ -21,6 +21,7 @@ from sanic.request import Request
 from balans_edge.plugins.dmesh.firmware import (
     FirmwareBusy,
     FirmwareError,
+    FirmwareRefused,
     load_image,
     parse_sidecar,
     sidecar_path,
@@ -44,6 +45,9 @@ def firmware_routes(server: Server, driver: Callable[[], DmeshDriver | None]) ->
         raw = body.get("image")
         if not isinstance(raw, str) or not raw:
             raise ApiError(400, "bad_body", "image: expected the image in base64")
+        force = body.get("force", False)
+        if not isinstance(force, bool):
+            raise ApiError(400, "bad_body", f"force: expected true or false, got {force!r}")
         try:
             data = base64.b64decode(raw, validate=True)
         except (binascii.Error, ValueError):
@@ -61,7 +65,9 @@ def firmware_routes(server: Server, driver: Callable[[], DmeshDriver | None]) ->
             raise ApiError(422, "refused", f"image refused: {exc}") from None
         try:
             record = await running.firmware.push(cid, image, requested_by=f"api:{request.ctx.user}",
-                                                 reason=reason.strip())
+                                                 reason=reason.strip(), force=force)
+        except FirmwareRefused as exc:
+            raise ApiError(422, "refused", f"image refused: {exc}") from None
         except FirmwareBusy as exc:
             raise ApiError(409, "busy", str(exc)) from None
         return json({**record, "t": iso(record["t"])})
@@ -72,12 +78,13 @@ def firmware_routes(server: Server, driver: Callable[[], DmeshDriver | None]) ->
               "verified before anything is sent; answered with the audited outcome",
               role="admin", params=(Param("concentrator_id", "path", "integer"),), tags=("dmesh",),
               body='{"image": "<base64>", "signature": {"image_id": 7, "target": "concentrator"|"module", '
-                   '"signature": "<128 hex>"}, "reason": "..."}',
+                   '"version": "1.5.0", "signature": "<128 hex>"}, "reason": "...", "force": false}',
               responses={200: "the audited push: id, outcome (accepted, bad_signature, bad_hash, bad_layout, "
                               "timeout or failed), detail",
                          400: "bad body or no reason", 404: "concentrator not configured",
                          409: "the same image is already being sent to it",
-                         422: "image refused (unsigned, bad signature, size or hash mismatch)",
+                         422: "error code refused: image unsigned, badly signed, size or hash mismatch; or, "
+                              "unless force is true, older than the installed version or stating no version",
                          503: "driver not running or no vendor key configured"}),
     ]
 
@@ -103,10 +110,14 @@ def add_commands(group: click.Group) -> None:
     @click.option("--url", default="http://127.0.0.1:8080", show_default=True, help="The running server.")
     @click.option("--token", default=None, help=f"Bearer token of an admin (default: ${_cli.BEARER_ENV}).")
     @click.option("--reason", default=None, help="Why, for the audit (default: names the image file).")
+    @click.option("--force", is_flag=True,
+                  help="Send it even if it is older than the installed version or states no version (audited).")
     def push_command(config_path: Path | None, image: Path, concentrator_id: int, url: str, token: str | None,
-                     reason: str | None) -> None:
+                     reason: str | None, force: bool) -> None:
         """Verify IMAGE and its IMAGE.sig.json and send it to a concentrator
-        through the running server (exit 0 when the concentrator accepted it)."""
+        through the running server (exit 0 when the concentrator accepted it).
+        The server refuses an image older than the installed version unless
+        --force is given; give --reason to say why for the audit."""
         import httpx
 
         def fail(message: str) -> None:
@@ -136,6 +147,7 @@ def add_commands(group: click.Group) -> None:
             "image": base64.b64encode(image.read_bytes()).decode("ascii"),
             "signature": _json.loads(side.read_text("utf-8")),
             "reason": reason or f"firmware update from {image.name}",
+            "force": force,
         }
         endpoint = url.rstrip("/") + PATH.format(id=concentrator_id)
         try:

@@ -55,11 +55,14 @@ from balans_edge.plugins.dmesh.codec import (
 )
 
 if TYPE_CHECKING:
+    from balans_edge.plugins.dmesh.firmware import FirmwareImage
     from balans_edge.plugins.dmesh.plugin import DmeshConfig
 
 log = logging.getLogger(__name__)
 
 MAX_BAD_IN_A_ROW = 16
+HANDSHAKE = frozenset({FrameType.HELLO, FrameType.AUTH})
+"""The only frames answered before WELCOME (besides data frames, NACKed)."""
 READ_SIZE = 65536
 HOUR = 3600
 
@@ -79,6 +82,8 @@ class SessionHost(Protocol):
     def command_result(self, concentrator_id: int, result: CommandResult) -> None: ...
 
     def firmware_result(self, concentrator_id: int, result: FirmwareResult) -> None: ...
+
+    def firmware_image(self, concentrator_id: int, image_id: int) -> FirmwareImage | None: ...
 
 
 class CommandRefused(Exception):
@@ -261,8 +266,11 @@ class Session:
     # frames -----------------------------------------------------------------
 
     async def _handle(self, frame: Frame) -> None:
-        if not self.authenticated:
-            await self._handle_handshake(frame)
+        if not self.authenticated and frame.type not in HANDSHAKE:
+            # Before WELCOME a data frame gets NACK NOT_AUTHENTICATED (and is
+            # not stored); anything else (PING, ACK, unknown types) goes unanswered.
+            if frame.type in DATA_TYPES:
+                await self.nack(frame, NackCode.NOT_AUTHENTICATED, "authenticate first")
             return
         try:
             payload = decode_payload(frame)
@@ -298,25 +306,6 @@ class Session:
             await self._on_data(frame, payload)
         else:
             await self.nack(frame, NackCode.BAD_FRAME, f"{type(payload).__name__.upper()} is a host frame")
-
-    async def _handle_handshake(self, frame: Frame) -> None:
-        """A frame before WELCOME: HELLO and AUTH are answered, a data frame gets
-        NACK NOT_AUTHENTICATED (and is not stored); anything else (PING, ACK,
-        unknown types) goes unanswered."""
-        if frame.type in DATA_TYPES:
-            await self.nack(frame, NackCode.NOT_AUTHENTICATED, "authenticate first")
-            return
-        if frame.type not in (FrameType.HELLO, FrameType.AUTH):
-            return
-        try:
-            payload = decode_payload(frame)
-        except PayloadError as exc:
-            await self.nack(frame, NackCode.BAD_PAYLOAD, str(exc))
-            return
-        if isinstance(payload, Hello):
-            await self._on_hello(frame, payload)
-        elif isinstance(payload, Auth):
-            await self._on_auth(frame, payload)
 
     @property
     def name(self) -> str:
@@ -388,7 +377,7 @@ class Session:
                 ModuleHealth(r.module_id, r.ts, r.battery_mv, r.rssi, r.hops if 1 <= r.hops <= MAX_HOPS else None)
                 for r in payload.records
             ]
-            if batch or health:
+            if health:  # one per record: none only when the frame has no records
                 await server.ingest.ingest(batch, health=health)
         elif isinstance(payload, Profile):
             batch = [
@@ -408,7 +397,11 @@ class Session:
             if cid is not None:
                 self.host.command_result(cid, payload)
         elif isinstance(payload, FirmwareResult):
-            await server.storage.store_firmware_result(cid, payload.image_id, payload.result, now)
+            # The pushed image's target and version go with the result: an
+            # accepted image counts as installed when the next one is checked.
+            image = self.host.firmware_image(cid, payload.image_id) if cid is not None else None
+            target, version = (image.target, image.version_text) if image is not None else (None, None)
+            await server.storage.store_firmware_result(cid, payload.image_id, payload.result, now, target, version)
             if cid is not None:
                 self.host.firmware_result(cid, payload)
         else:  # pragma: no cover - DATA_TYPES and the branches above list the same types
