@@ -21,6 +21,9 @@ from zoneinfo import ZoneInfo
 from sanic import response
 from sanic.request import Request
 
+from balans_edge.core.times import RANGE_TEXT, check_time
+from balans_edge.core.times import parse_time as parse_time_text
+
 Role = Literal["viewer", "operator", "admin"]
 ROLE_RANK = {"viewer": 1, "operator": 2, "admin": 3}
 
@@ -88,21 +91,13 @@ def parse_time(request: Request, name: str, default: int | None = None) -> int:
     return parse_time_value(raw, f"query parameter {name}")
 
 
-def parse_time_value(raw: Any, name: str) -> int:
-    """A time given as ISO-8601 (with timezone, or UTC if none) or unix seconds; 400 naming ``name`` otherwise."""
-    if isinstance(raw, int) and not isinstance(raw, bool):
-        return raw
-    if not isinstance(raw, str):
-        raise ApiError(400, "bad_parameter", f"{name}: expected ISO-8601 time, got {raw!r}")
-    if re.fullmatch(r"-?\d{1,12}", raw):
-        return int(raw)
+def parse_time_value(raw: Any, name: str, code: str = "bad_parameter") -> int:
+    """A time given as ISO-8601 (with timezone, or UTC if none) or unix seconds,
+    within the valid range (``core.times``); 400 naming ``name`` otherwise."""
     try:
-        dt = datetime.fromisoformat(raw.replace("Z", "+00:00"))
-    except ValueError:
-        raise ApiError(400, "bad_parameter", f"{name}: expected ISO-8601 time, got {raw!r}") from None
-    if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=UTC)
-    return int(dt.timestamp())
+        return parse_time_text(raw)
+    except ValueError as exc:
+        raise ApiError(400, code, f"{name}: {exc}") from None
 
 
 MAX_SPAN_S = {"hour": 366 * 24 * 3600, "day": 10 * 366 * 24 * 3600, "month": 50 * 366 * 24 * 3600}
@@ -138,9 +133,10 @@ def parse_month(request: Request, tz: ZoneInfo, required: bool) -> str:
             raise ApiError(400, "missing_parameter", "query parameter month is required (YYYY-MM)")
         month = datetime.now(tz).strftime("%Y-%m")
     try:
-        month_bounds(month, tz)
-    except ValueError as exc:
-        raise ApiError(400, "bad_parameter", str(exc)) from None
+        for t in month_bounds(month, tz):
+            check_time(t)
+    except ValueError:
+        raise ApiError(400, "bad_parameter", f"month: expected YYYY-MM within {RANGE_TEXT}, got {month!r}") from None
     return month
 
 
@@ -162,11 +158,26 @@ def path_value(raw: str, name: str) -> str:
     return unicodedata.normalize("NFC", text)
 
 
+_DECIMAL = re.compile(r"[0-9]{1,20}")
+
+
+def int_value(raw: str, name: str, lo: int, hi: int) -> int:
+    """A whole number lo..hi in ASCII digits (``str.isdigit`` takes "²", which
+    ``int`` refuses; an unbounded one overflows SQLite); 400 naming it otherwise."""
+    if not _DECIMAL.fullmatch(raw) or not lo <= int(raw) <= hi:
+        raise ApiError(400, "bad_parameter", f"{name}: expected an integer {lo}..{hi}, got {raw!r}")
+    return int(raw)
+
+
+def query_int(request: Request, name: str, default: int, lo: int, hi: int) -> int:
+    """An integer query parameter within lo..hi, ``default`` when it is not given."""
+    raw = request.args.get(name)
+    return default if raw is None or raw == "" else int_value(raw, name, lo, hi)
+
+
 def path_u32(raw: str, name: str) -> int:
     """A path parameter that is a device id (u32, 1..4294967295), or a 400 naming it."""
-    if not raw.isdigit() or not 0 < int(raw) < 2**32:
-        raise ApiError(400, "bad_parameter", f"{name}: expected an integer 1..4294967295, got {raw!r}")
-    return int(raw)
+    return int_value(raw, name, 1, 2**32 - 1)
 
 
 def audited_body(request: Request, shape: str) -> tuple[dict[str, Any], str]:
@@ -186,3 +197,6 @@ def body_json(request: Request) -> Any:
         return _json.loads(request.body or b"null")
     except (ValueError, UnicodeDecodeError) as exc:
         raise ApiError(400, "bad_json", f"request body is not valid JSON: {exc}") from None
+    except RecursionError:
+        # No route takes more than a few levels; the parser's own limit is the cheapest check.
+        raise ApiError(400, "bad_json", "request body is nested too deeply") from None

@@ -25,6 +25,7 @@ from typing import Any
 
 from balans_edge.core.model import METER_FLAGS, UNITS, GroupInput, Resource, unix, utc
 from balans_edge.core.storage.base import REGISTRY_KINDS
+from balans_edge.core.times import RANGE_TEXT, check_time
 
 JSON_FILE = "registry.json"
 CSV_FILES = {f"{kind}.csv": kind for kind in REGISTRY_KINDS}
@@ -398,10 +399,10 @@ def iso_time(value: Any) -> int:
         if moment is not None and moment.tzinfo is not None:
             if moment.microsecond:
                 raise BadValue(f"times are whole seconds, got {shown(value)}")
-            seconds = unix(moment)
-            if seconds < 0:
-                raise BadValue(f"expected a time after 1970-01-01T00:00:00Z, got {shown(value)}")
-            return seconds
+            try:
+                return check_time(unix(moment))
+            except (ValueError, OverflowError):
+                raise BadValue(f"expected a time in {RANGE_TEXT}, got {shown(value)}") from None
     raise BadValue(f"expected an ISO-8601 time with a timezone such as 2014-01-01T00:00:00Z, got {shown(value)}")
 
 

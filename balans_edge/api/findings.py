@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 from sanic.request import Request
 
 from balans_edge.core import findings as rules
-from balans_edge.routes import ApiError, Param, Route, body_json, iso, json
+from balans_edge.routes import ApiError, Param, Route, body_json, int_value, iso, json, query_int
 
 if TYPE_CHECKING:
     from balans_edge.server import Server
@@ -30,13 +30,6 @@ def present(finding: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _limit(request: Request) -> int:
-    raw = request.args.get("limit", "100")
-    if not raw.isdigit() or not 0 < int(raw) <= MAX_LIMIT:
-        raise ApiError(400, "bad_parameter", f"limit: expected an integer 1..{MAX_LIMIT}, got {raw!r}")
-    return int(raw)
-
-
 def _status_filter(request: Request) -> str | None:
     status = request.args.get("status") or None
     if status is not None and status not in rules.STATUSES:
@@ -45,9 +38,7 @@ def _status_filter(request: Request) -> str | None:
 
 
 def _finding_id(raw: str) -> int:
-    if not raw.isdigit() or int(raw) < 1:
-        raise ApiError(400, "bad_parameter", f"finding_id: expected a positive integer, got {raw!r}")
-    return int(raw)
+    return int_value(raw, "finding_id", 1, 2**63 - 1)
 
 
 def _change(request: Request) -> tuple[str, str]:
@@ -70,15 +61,13 @@ def routes(server: Server) -> list[Route]:
     async def list_findings(request: Request) -> Any:
         found = await storage.findings(
             group=request.args.get("group") or None, kind=request.args.get("kind") or None,
-            status=_status_filter(request), subject=request.args.get("subject") or None, limit=_limit(request),
+            status=_status_filter(request), subject=request.args.get("subject") or None,
+            limit=query_int(request, "limit", 100, 1, MAX_LIMIT),
         )
         return json({"findings": [present(f) for f in found]})
 
     async def quality(request: Request) -> Any:
-        raw = request.args.get("days", "365")
-        if not raw.isdigit() or not 1 <= int(raw) <= MAX_DAYS:
-            raise ApiError(400, "bad_parameter", f"days: expected an integer 1..{MAX_DAYS}, got {raw!r}")
-        since = int(time.time()) - int(raw) * 86400
+        since = int(time.time()) - query_int(request, "days", 365, 1, MAX_DAYS) * 86400
         found = await storage.findings(since=since, limit=MAX_QUALITY_FINDINGS)
         return json({"since": iso(since), "detectors": rules.quality(found)})
 

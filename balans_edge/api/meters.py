@@ -11,6 +11,7 @@ from balans_edge.core.ingest import ReadingBatch
 from balans_edge.core.intervals import aggregate, ceil_hour, floor_hour, to_points
 from balans_edge.core.model import Meter, ReadingFlag
 from balans_edge.core.storage import StorageError
+from balans_edge.core.times import read_time
 from balans_edge.routes import ApiError, Param, Route, body_json, iso, json, parse_period, parse_step
 
 if TYPE_CHECKING:
@@ -105,13 +106,10 @@ def _push_row(item: Any, i: int) -> list[int]:
     for name in (*PUSH_FIELDS, "status"):
         value = item.get(name, 0 if name == "status" else None)
         if name == "ts" and isinstance(value, str):
-            from datetime import UTC, datetime
-
-            try:
-                dt = datetime.fromisoformat(value.replace("Z", "+00:00"))
-            except ValueError:
-                raise ApiError(400, "bad_body", f"readings[{i}].ts: expected ISO-8601 or unix time") from None
-            value = int((dt if dt.tzinfo else dt.replace(tzinfo=UTC)).timestamp())
+            try:  # the range is ingest's: a reading out of it is counted as rejected, not refused here
+                value = read_time(value)
+            except ValueError as exc:
+                raise ApiError(400, "bad_body", f"readings[{i}].ts: {exc}") from None
         if isinstance(value, bool) or not isinstance(value, int) or not -(2**62) < value < 2**62:
             raise ApiError(400, "bad_body", f"readings[{i}].{name}: expected an integer, got {value!r}")
         out.append(value)

@@ -7,10 +7,13 @@ from typing import TYPE_CHECKING, Any
 from sanic.request import Request
 
 from balans_edge.core.storage import StorageError
-from balans_edge.routes import ApiError, Param, Route, json
+from balans_edge.routes import ApiError, Param, Route, json, query_int
 
 if TYPE_CHECKING:
     from balans_edge.server import Server
+
+MAX_QUARANTINE_LIMIT = 10_000
+"""Quarantined readings one request lists at most (newest first)."""
 
 
 def routes(server: Server) -> list[Route]:
@@ -26,10 +29,8 @@ def routes(server: Server) -> list[Route]:
         return json({"plugins": server.plugins.listing()})
 
     async def quarantine(request: Request) -> Any:
-        limit = request.args.get("limit", "1000")
-        if not limit.isdigit() or not 1 <= int(limit) <= 100000:
-            raise ApiError(400, "bad_parameter", f"limit: expected integer 1..100000, got {limit!r}")
-        return json({"readings": await server.storage.quarantine(int(limit))})
+        limit = query_int(request, "limit", 1000, 1, MAX_QUARANTINE_LIMIT)
+        return json({"readings": await server.storage.quarantine(limit)})
 
     async def replay(request: Request) -> Any:
         try:
@@ -45,7 +46,8 @@ def routes(server: Server) -> list[Route]:
               "for a viewer (or with anonymous_role = viewer)", role=None, tags=("system",)),
         Route("GET", "/api/v1/plugins", plugins, "Loaded plugins, their hooks and state", tags=("system",)),
         Route("GET", "/api/v1/quarantine", quarantine, "Readings from unknown modules or channels, newest first",
-              params=(Param("limit", type="integer", description="at most this many (default 1000)"),),
+              params=(Param("limit", type="integer",
+                            description=f"at most this many, 1..{MAX_QUARANTINE_LIMIT} (default 1000)"),),
               tags=("ingest",)),
         Route("POST", "/api/v1/quarantine/replay", replay,
               "Ingest quarantined readings again after the registry learned their modules; "

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from sanic.request import Request
 
 from balans_edge.core.tags import TagSource
-from balans_edge.routes import ApiError, Param, Route, iso, json, parse_time
+from balans_edge.routes import ApiError, Param, Route, iso, json, parse_time, query_int
 
 if TYPE_CHECKING:
     from balans_edge.server import Server
@@ -40,10 +40,7 @@ def routes(server: Server) -> list[Route]:
         t0, t1 = parse_time(request, "from"), parse_time(request, "to")
         if t1 <= t0:
             raise ApiError(400, "bad_parameter", "to must be later than from")
-        limit = request.args.get("limit", "10000")
-        if not limit.isdigit() or not 1 <= int(limit) <= 100000:
-            raise ApiError(400, "bad_parameter", f"limit: expected integer 1..100000, got {limit!r}")
-        rows = await server.storage.tag_values(tag, t0, t1, int(limit))
+        rows = await server.storage.tag_values(tag, t0, t1, query_int(request, "limit", 10000, 1, 100000))
         return json({"tag": tag, "samples": [{**r, "ts": iso(r["ts"])} for r in rows]})
 
     return [

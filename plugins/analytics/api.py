@@ -29,8 +29,8 @@ def scope_of(body: Any, now: float, window_days: int) -> Scope:
     if not isinstance(body, dict):
         raise ApiError(400, "bad_body", 'expected {"group": "...", "from": "...", "to": "..."} (all optional)')
     recent = Scope.recent(now, window_days)
-    t0 = recent.t0 if body.get("from") is None else parse_time_value(body["from"], "from")
-    t1 = recent.t1 if body.get("to") is None else parse_time_value(body["to"], "to")
+    t0 = recent.t0 if body.get("from") is None else parse_time_value(body["from"], "from", "bad_body")
+    t1 = recent.t1 if body.get("to") is None else parse_time_value(body["to"], "to", "bad_body")
     t0, t1 = t0 - t0 % 3600, -(-t1 // 3600) * 3600
     if t1 <= t0:
         raise ApiError(400, "bad_body", "to must be later than from")

@@ -5,14 +5,13 @@ answered with its tracked outcome."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from sanic.request import Request
 
 from balans_edge.plugins.dmesh import codec
 from balans_edge.plugins.dmesh.commands import HOUR, MAX_PROFILE_HOURS
-from balans_edge.routes import ApiError, Param, Route, audited_body, iso, json, path_u32
+from balans_edge.routes import ApiError, Param, Route, audited_body, iso, json, parse_time_value, path_u32
 
 if TYPE_CHECKING:
     from balans_edge.plugins.dmesh.driver import DmeshDriver
@@ -23,19 +22,6 @@ CODES = {
     "set_interval": codec.CommandCode.SET_INTERVAL,
     "profile_request": codec.CommandCode.PROFILE_REQUEST,
 }
-
-
-def _time(body: dict[str, Any], name: str) -> int:
-    raw = body.get(name)
-    if isinstance(raw, int) and not isinstance(raw, bool):
-        return raw
-    if not isinstance(raw, str):
-        raise ApiError(400, "bad_body", f"{name}: expected an ISO-8601 time")
-    try:
-        dt = datetime.fromisoformat(raw.replace("Z", "+00:00"))
-    except ValueError:
-        raise ApiError(400, "bad_body", f"{name}: expected an ISO-8601 time, got {raw!r}") from None
-    return int((dt if dt.tzinfo else dt.replace(tzinfo=UTC)).timestamp())
 
 
 def _int(body: dict[str, Any], name: str, lo: int, hi: int) -> int:
@@ -49,7 +35,7 @@ def parse_command(request: Request) -> tuple[int, tuple[int, ...], str]:
     """(DMesh command code, args, reason) of a request."""
     body, reason = audited_body(request, '{"command": ..., "reason": ...}')
     name = body.get("command")
-    if name not in CODES:
+    if not isinstance(name, str) or name not in CODES:
         raise ApiError(400, "bad_body", f"command: expected one of {', '.join(CODES)}, got {name!r}")
     code = CODES[name]
     args: tuple[int, ...] = ()
@@ -57,7 +43,7 @@ def parse_command(request: Request) -> tuple[int, tuple[int, ...], str]:
         args = (_int(body, "seconds", 300, 65535),)
     elif code == codec.CommandCode.PROFILE_REQUEST:
         channel = _int(body, "channel", 1, 3)
-        t0, t1 = _time(body, "from"), _time(body, "to")
+        t0, t1 = (parse_time_value(body.get(n), n, "bad_body") for n in ("from", "to"))
         if t0 % HOUR or t1 % HOUR:
             raise ApiError(400, "bad_body", "from and to must be hour-aligned")
         if not 0 < t1 - t0 <= MAX_PROFILE_HOURS * HOUR:

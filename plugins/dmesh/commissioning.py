@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -23,6 +22,7 @@ import click
 
 from balans_edge.core.intervals import CODE, HOUR, floor_hour
 from balans_edge.core.model import Quality
+from balans_edge.core.times import parse_time
 from balans_edge.routes import iso
 
 if TYPE_CHECKING:
@@ -84,12 +84,9 @@ def _parse_end(raw: str | None) -> int:
     if raw is None:
         return floor_hour(int(time.time()))
     try:
-        dt = datetime.fromisoformat(raw.replace("Z", "+00:00"))
-    except ValueError:
-        raise click.BadParameter(f"expected an ISO-8601 time, got {raw!r}", param_hint="--end") from None
-    if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=UTC)
-    return floor_hour(int(dt.timestamp()))
+        return floor_hour(parse_time(raw))
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--end") from None
 
 
 def add_commands(group: click.Group) -> None:

@@ -16,7 +16,7 @@ from sanic import response
 from sanic.request import Request
 
 from balans_edge.plugins.export.exporter import TargetExporter
-from balans_edge.routes import ApiError, Param, Route, body_json, json
+from balans_edge.routes import ApiError, Param, Route, body_json, json, query_int
 
 if TYPE_CHECKING:
     from balans_edge.server import Server
@@ -36,6 +36,8 @@ METRICS = (
      "since_start.non_finite_fields"),
 )
 PREFIX = "balans_export_"
+MAX_RESEND_IDS = 10_000
+"""Dead letter ids one resend request may list."""
 
 
 def exporters(server: Server) -> list[TargetExporter]:
@@ -83,14 +85,12 @@ def routes(server: Server) -> list[Route]:
         return response.text(prometheus(await fresh()), content_type="text/plain; version=0.0.4; charset=utf-8")
 
     async def export_dead_letters(request: Request) -> Any:
-        limit = request.args.get("limit", "100")
-        if not limit.isdigit() or not 1 <= int(limit) <= 10_000:
-            raise ApiError(400, "bad_parameter", f"limit: expected integer 1..10000, got {limit!r}")
+        limit = query_int(request, "limit", 100, 1, 10_000)
         target = request.args.get("target") or None
         known = {e.target for e in exporters(server)}
         if target is not None and target not in known:
             raise ApiError(404, "not_found", f"no export target {target!r}")
-        return json({"dead_letters": await server.storage.export_dead_letters(target, int(limit))})
+        return json({"dead_letters": await server.storage.export_dead_letters(target, limit)})
 
     async def export_resend(request: Request) -> Any:
         body = body_json(request)
@@ -98,11 +98,15 @@ def routes(server: Server) -> list[Route]:
         if not isinstance(body, dict) or set(body) - {"target", "ids"}:
             raise ApiError(400, "bad_body", 'expected {"target": "...", "ids": [...]} (both optional)')
         target, ids = body.get("target"), body.get("ids")
+        if target is not None and not isinstance(target, str):
+            raise ApiError(400, "bad_body", f"target: expected a target's name, got {target!r}")
         if target is not None and target not in {e.target for e in exporters(server)}:
             raise ApiError(404, "not_found", f"no export target {target!r}")
-        if ids is not None and (not isinstance(ids, list) or
-                                not all(isinstance(i, int) and not isinstance(i, bool) for i in ids)):
-            raise ApiError(400, "bad_body", f"ids: expected a list of dead letter ids, got {ids!r}")
+        if ids is not None and (not isinstance(ids, list) or len(ids) > MAX_RESEND_IDS or
+                                not all(isinstance(i, int) and not isinstance(i, bool) and 0 < i < 2**63
+                                        for i in ids)):
+            raise ApiError(400, "bad_body", f"ids: expected a list of at most {MAX_RESEND_IDS} dead letter ids, "
+                                            f"got {ids!r:.200}")
         marked = await server.storage.export_resend(target, ids)
         log.info("export: %s marked %d dead letter(s) to be sent again", request.ctx.user, marked)
         return json({"marked": marked})

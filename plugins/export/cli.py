@@ -21,6 +21,7 @@ import click
 
 from balans_edge.core.storage import Storage
 from balans_edge.core.storage.base import EXPORT_KINDS
+from balans_edge.core.times import parse_time as core_parse_time
 from balans_edge.plugins.export.config import ExportConfig, TargetConfig
 from balans_edge.plugins.export.status import target_status
 
@@ -33,15 +34,11 @@ def _when(t: int | None) -> str:
 
 
 def parse_time(value: str, option: str) -> int:
-    """ISO-8601 (UTC when no offset is given) or unix seconds."""
-    if value.lstrip("-").isdigit():
-        return int(value)
+    """ISO-8601 (UTC when no offset is given) or unix seconds, in the valid range (``core.times``)."""
     try:
-        dt = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        raise click.BadParameter(f"expected ISO-8601 time or unix seconds, got {value!r}",
-                                 param_hint=option) from None
-    return int((dt if dt.tzinfo else dt.replace(tzinfo=UTC)).timestamp())
+        return core_parse_time(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint=option) from None
 
 
 def day_hours(t0: int, t1: int, tz: ZoneInfo) -> list[int]:
