@@ -148,7 +148,7 @@ def test_image_put_writes_columns_and_unknowns() -> None:
     regs = [int(x) for x in image.registers]
     assert decode(regs[12:14], "int32", "CDAB")[0] == 5
     assert decode(regs[36:38], "int32", "CDAB")[0] == -1  # unknown
-    assert decode(regs[60:62], "int32", "CDAB")[0] == 2**31 - 1  # clipped, not wrapped
+    assert decode(regs[60:62], "int32", "CDAB")[0] == -1  # out of range: unknown, neither clipped nor wrapped
     assert struct.unpack(">f", bytes(image.registers[6:8].tobytes()))[0] == 1.5
     assert math.isnan(struct.unpack(">f", image.registers[30:32].tobytes())[0])
     assert image.read_registers(99, 1) == b"\x00\x00"
