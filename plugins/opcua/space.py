@@ -28,6 +28,7 @@ import contextlib
 import gc
 import inspect
 import logging
+import math
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -452,7 +453,7 @@ RANGES = {"uint16": (0, 0xFFFF), "uint32": (0, 0xFFFFFFFF), "datetime": (-11_644
 def fits(kind: str, value: float) -> bool:
     """A finite number its variable's DataType can hold (an integer after truncation)."""
     low, high = RANGES[kind]
-    return bool(np.isfinite(value)) and low <= (int(value) if kind.startswith("uint") else value) <= high
+    return math.isfinite(value) and low <= (int(value) if kind.startswith("uint") else value) <= high
 
 
 def _variant(kind: str, value: float) -> ua.Variant:
