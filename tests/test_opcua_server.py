@@ -10,6 +10,7 @@ import itertools
 import json
 import logging
 import os
+import re
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -325,7 +326,7 @@ async def test_browse_by_type_and_read_values_and_units_matching_the_api(make_si
                                                                           "to": site.hour + HOUR}))["readings"][-1]
         assert got["Value"]["status"] == "Good" and got["Value"]["dataType"] == "Double"
         assert got["Value"]["value"] == pytest.approx(api["value"], abs=1e-9)
-        assert unix(got["Value"]["sourceTimestamp"]) == unix(api["t"])  # the reading's time
+        assert unix(got["Value"]["sourceTimestamp"]) == unix(api["t"])  # the reading that changed it
         assert unix(got["LastReadingTime"]["value"]) == unix(api["t"])
         assert got["Status"]["value"] == api["status"]
         # DataAge as of its source timestamp (rewritten every age_interval_s, here 1 s).
@@ -436,6 +437,36 @@ async def test_subscription_gets_new_readings_and_an_alarm_event_for_a_new_findi
     assert site.opcua.events_sent == 1
 
 
+async def test_a_value_keeps_the_time_of_its_last_change_and_freshness_has_its_own_variables(
+        make_site: MakeSite) -> None:
+    """No flow: a new reading repeats W-R's counter. Its Value does not change, so
+    neither does its SourceTimestamp (the last change, OPC 10000-4 7.11.3);
+    LastReadingTime and DataAge tell how fresh the data is."""
+    from asyncua import ua
+
+    site = await make_site()
+    client = await ua_client(site)
+    async with client:
+        def read(name: str) -> Any:
+            return client.get_node(ua.NodeId(f"Meters/W-R/{name}", 2)).read_data_value()
+
+        before = await read("Value")
+        assert before.SourceTimestamp == datetime.fromtimestamp(site.hour, UTC)
+        t = max(int(time.time()) - 5, site.hour + 1)
+        rows = np.array([(1001, 3, t, 50_000 + PER_HOUR[3] * 5, 0)], dtype=np.int64)
+        await site.server.ingest.ingest(ReadingBatch(*(rows[:, i] for i in range(5))))
+
+        async def fresh() -> bool:
+            return (await read("LastReadingTime")).Value.Value == datetime.fromtimestamp(t, UTC)
+
+        assert await eventually(fresh, 5.0)
+        after = await read("Value")
+        assert after.Value.Value == before.Value.Value and after.SourceTimestamp == before.SourceTimestamp
+        async def young() -> bool:  # DataAge is rewritten every age_interval_s (1 s here)
+            return (await read("DataAge")).Value.Value <= time.time() - t
+        assert await eventually(young, 5.0)
+
+
 # methods ---------------------------------------------------------------------------------------------
 
 
@@ -516,6 +547,8 @@ async def test_trusted_certificate_is_accepted_and_untrusted_refused(make_site: 
         {"op": "namespace", "session": "trusted", "uri": NS},
         {"op": "read", "session": "trusted", "nodes": [{"node": node_id("Meters/W-V/PulseWeight")}], "id": "read"},
         {"op": "connect", "session": "aes", "id": "aes"},
+        {"op": "write", "session": "aes", "node": node_id("Meters/W-V/Value"), "dataType": "Double", "value": 1.5,
+         "id": "viewer-write"},
         {"op": "connect", "session": "untrusted", "id": "untrusted"},
         {"op": "connect", "session": "wrong-password", "id": "wrong-password"},
         {"op": "connect", "session": "anonymous", "id": "anonymous"},
@@ -536,9 +569,25 @@ async def test_trusted_certificate_is_accepted_and_untrusted_refused(make_site: 
     # The refused certificate is kept for review; moving it to trusted/ would admit the client.
     stranger_der = x509.load_pem_x509_certificate(stranger.cert.read_bytes()).public_bytes(serialization.Encoding.DER)
     assert [p.read_bytes() for p in site.opcua.pki.rejected.iterdir()] == [stranger_der]
+    assert (r["viewer-write"]["ok"], r["viewer-write"]["error"]) == (False, "BadUserAccessDenied")
     # Refusals are logged, passwords never.
     assert "refused a session for user 'scada-op'" in caplog.text and "certificate not trusted" in caplog.text
     assert OPERATOR[1] not in caplog.text and "not-the-password" not in caplog.text and VIEWER[1] not in caplog.text
+    # Each refusal once at WARNING with the client's address and the reason; asyncua's fault line at INFO,
+    # so nothing a log monitor pages on (ERROR) for a refusal that is the server doing its job.
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert errors == []
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and "refused" in r.getMessage()]
+    peer_of = r"from 127\.0\.0\.1:\d+"
+    for reason in (r"refused a session for user 'scada-op' " + peer_of + r" \(unknown user or wrong password\)",
+                   r"refused client urn:balans-edge-tests:node-opcua \(.*CN=stranger\) " + peer_of
+                   + ": certificate not trusted",
+                   r"refused a write of user 'test-viewer' \(viewer\) " + peer_of):
+        assert len([w for w in warnings if re.search(reason, w)]) == 1, (reason, warnings)
+    answered = [r.getMessage() for r in caplog.records if r.name == "asyncua.server.uaprocessor"]
+    assert sorted(re.sub(r":\d+$", "", a) for a in answered) == [
+        "opcua: answered BadCertificateUntrusted to 127.0.0.1", "opcua: answered BadUserAccessDenied to 127.0.0.1",
+        "opcua: answered BadUserAccessDenied to 127.0.0.1"]
 
 
 async def test_a_meter_id_holding_the_separator_is_its_own_node(make_site: MakeSite) -> None:
@@ -579,6 +628,24 @@ async def test_a_meter_id_holding_the_separator_is_its_own_node(make_site: MakeS
     (command,) = await site.server.storage.journal_list("commands")
     assert command["target"] == "W-V/Status"
     assert not site.opcua.refresh_failed
+
+
+def test_only_refusals_are_taken_off_the_error_level() -> None:
+    from balans_edge.plugins.opcua.security import FAULT_LINE, RefusalLog
+
+    def record(status: str) -> logging.LogRecord:
+        out = logging.LogRecord("asyncua.server.uaprocessor", logging.ERROR, "uaprocessor.py", 181, FAULT_LINE,
+                                ("some text", status), None)
+        assert RefusalLog().filter(out)
+        return out
+
+    refused = record("BadCertificateUntrusted")
+    assert (refused.levelno, refused.levelname, refused.getMessage()) == (
+        logging.INFO, "INFO", "opcua: answered BadCertificateUntrusted to ?")  # no request served here
+    for status in ("BadInternalError", "BadTooManySessions", "NotAStatus"):
+        kept = record(status)
+        assert (kept.levelno, kept.getMessage()) == (logging.ERROR, f"sending service fault response: some text "
+                                                                     f"({status})")
 
 
 # the registry changes while clients are connected ------------------------------------------------------

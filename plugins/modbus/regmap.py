@@ -381,6 +381,19 @@ async def load_map(storage: Storage, config: ServerConfig, now: int) -> Register
 # the served image -------------------------------------------------------------
 
 
+def representable(values: np.ndarray, dtype: str) -> np.ndarray:
+    """Which values a register of ``dtype`` can show: finite, and within the
+    type's range (an integer after rounding; a float32 up to about 3.4e38).
+    The others show the field's unknown marker: a SCADA must never read
+    infinity, nor a clipped or wrapped number that looks like a measurement."""
+    with np.errstate(invalid="ignore"):
+        if dtype.startswith("float"):
+            return np.isfinite(values) & (np.abs(values) <= np.finfo(dtype).max)
+        info = np.iinfo(dtype)
+        rounded = np.round(values)
+        return np.isfinite(values) & (rounded >= info.min) & (rounded <= info.max)
+
+
 class RegisterImage:
     """The registers and coils as served: a read is a slice of these arrays.
 
@@ -400,10 +413,7 @@ class RegisterImage:
         if not len(addresses):
             return
         v = np.asarray(values, dtype=np.float64).reshape(len(addresses))
-        if not f.is_float:
-            bits = 16 * f.count
-            lo, hi = (-(1 << (bits - 1)), (1 << (bits - 1)) - 1) if f.dtype.startswith("int") else (0, (1 << bits) - 1)
-            v = np.where(np.isfinite(v), np.clip(np.round(v), lo, hi), f.unknown)
+        v = np.where(representable(v, f.dtype), v if f.is_float else np.round(v), f.unknown)
         regs = np.asarray(encode(v, f.dtype, order), dtype=np.int64).reshape(len(v), f.count)
         self.registers[addresses[:, None] + f.offset + np.arange(f.count)] = regs
 
@@ -448,7 +458,9 @@ def to_markdown(m: RegisterMap, rows: Sequence[MapRow], config: ServerConfig) ->
         "ABCD big-endian, CDAB word-swapped, BADC byte-swapped, DCBA little-endian; "
         "a 64-bit value follows the same rule over its four words.",
         "- Unknown values: floats NaN; unsigned integers all bits set (65535, 4294967295); "
-        "signed integers -1; bit fields 0.",
+        "signed integers -1; bit fields 0. A value that is not a finite number or does not fit its type "
+        "(beyond float32's range, an integer out of range) shows the same marker, never infinity or a clipped "
+        "number.",
         "- Reserved registers inside a block read 0. A removed meter keeps its addresses; they are never "
         "given to another meter.",
         "",

@@ -248,7 +248,7 @@ def meter_members(base: str, unit: str, flags: Iterable[str], declaration: bool 
     r, opt = _rule(declaration), _rule(declaration, optional=True)
     out: list[NodeSpec] = [
         *analog(base, "Value", unit, "register (dial) reading of the newest stored reading; its source timestamp "
-                                     "is the reading's time", r),
+                                     "is the time it last changed (freshness: LastReadingTime, DataAge)", r),
         *analog(base, "LastHour", unit, "consumption in the last complete hour (UTC): Good measured, "
                                         "Uncertain_SubstituteValue estimated, Bad_NoData missing", r),
         live(base, "LastHourStart", Ids.DateTime, V.DateTime, "start of the hour of LastHour", r),

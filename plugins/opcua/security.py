@@ -21,6 +21,10 @@
   ``trusted/`` (or the client is refused with Bad_CertificateUntrusted and
   its certificate is kept in ``rejected/``), be within its validity, and
   name the client's application URI.
+- **Logging.** Every refusal is logged once at WARNING with the peer's
+  address and the reason; asyncua's own ERROR line for the service fault it
+  answers (``RefusalLog``) becomes an INFO line, so log monitoring does not
+  page on a wrong password or a stranger's certificate.
 """
 
 from __future__ import annotations
@@ -29,12 +33,14 @@ import contextvars
 import datetime
 import hmac
 import logging
+import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
 
 from asyncua import ua
 from asyncua.common.utils import ServiceError
 from asyncua.crypto.permission_rules import USER_TYPES, PermissionRuleset, User, UserRole
+from asyncua.server.uaprocessor import UaProcessor
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
@@ -58,6 +64,55 @@ class Login(User):
 
 
 _login: contextvars.ContextVar[Login | None] = contextvars.ContextVar("opcua_login", default=None)
+
+
+def request_peer() -> str:
+    """The address of the client whose request is being served ("?" outside one).
+
+    asyncua hands neither the user manager, nor the certificate validator, nor
+    the permission rules (nor its own log line) the connection they serve; the
+    connection's ``UaProcessor``, which knows the peer, is the caller up the
+    stack while a request is processed (one at a time per connection). So the
+    stack is searched for it, on the refusal path only."""
+    frame = sys._getframe(1)
+    while frame is not None:
+        owner = frame.f_locals.get("self")
+        if isinstance(owner, UaProcessor):
+            peer = owner.name
+            return f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) and len(peer) >= 2 else str(peer)
+        frame = frame.f_back
+    return "?"
+
+
+REFUSALS = frozenset(ua.StatusCodes.__dict__[name] for name in (
+    "BadUserAccessDenied", "BadIdentityTokenInvalid", "BadIdentityTokenRejected", "BadCertificateUntrusted",
+    "BadCertificateTimeInvalid", "BadCertificateUriInvalid", "BadCertificateInvalid", "BadCertificateRevoked",
+    "BadCertificateUseNotAllowed", "BadSecurityChecksFailed", "BadSecurityPolicyRejected"))
+"""Service faults that answer a client refused on purpose, not a failure of the server."""
+FAULT_LINE = "sending service fault response: %s (%s)"
+"""asyncua's log line (uaprocessor) for every service fault, at ERROR."""
+
+
+class RefusalLog(logging.Filter):
+    """On asyncua's request processor logger: its ERROR line for a service
+    fault that refuses a client on purpose (``REFUSALS``) becomes an INFO line
+    naming the peer. The refusal itself is logged at WARNING with its reason
+    where it is decided (``Users``, ``RoleRules``, ``TrustList``). Other faults
+    stay errors."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.msg == FAULT_LINE and record.levelno >= logging.ERROR and isinstance(record.args, tuple) \
+                and len(record.args) == 2 and getattr(ua.StatusCodes, str(record.args[1]), None) in REFUSALS:
+            record.levelno, record.levelname = logging.INFO, logging.getLevelName(logging.INFO)
+            record.msg, record.args = "opcua: answered %s to %s", (record.args[1], request_peer())
+        return True
+
+
+def install_refusal_log() -> None:
+    """Put ``RefusalLog`` on asyncua's request processor logger (once per process)."""
+    logger = logging.getLogger("asyncua.server.uaprocessor")
+    if not any(isinstance(f, RefusalLog) for f in logger.filters):
+        logger.addFilter(RefusalLog())
 
 
 def current_login() -> Login | None:
@@ -95,7 +150,8 @@ class Users:
             if match and c.name == username and found is None:
                 found = c
         if found is None:
-            log.warning("opcua: refused a session for user %r (unknown user or wrong password)", username)
+            log.warning("opcua: refused a session for user %r from %s (unknown user or wrong password)", username,
+                        request_peer())
             return None
         return Login(role=UserRole.User, name=found.name, access=found.role)
 
@@ -112,8 +168,14 @@ class RoleRules(PermissionRuleset):
         login = user if isinstance(user, Login) else None
         _login.set(login)
         if login is None or action_type_id not in ALLOWED:
+            log.warning("opcua: refused request %s of %s from %s", action_type_id.to_string(),
+                        f"user {login.name!r}" if login else "a session without a user", request_peer())
             return False
-        return not (action_type_id in WRITES and not login.may("operator"))
+        if action_type_id in WRITES and not login.may("operator"):
+            log.warning("opcua: refused a write of user %r (%s) from %s: nothing is writable for a viewer",
+                        login.name, login.access, request_peer())
+            return False
+        return True
 
 
 class DiscoveryOnly(PermissionRuleset):
@@ -126,6 +188,8 @@ class DiscoveryOnly(PermissionRuleset):
 
     def check_validity(self, user: User, action_type_id: ua.NodeId, body: object) -> bool:
         _login.set(None)
+        log.warning("opcua: refused request %s from %s: a channel without security serves discovery only",
+                    action_type_id.to_string(), request_peer())
         return False
 
 
@@ -139,15 +203,17 @@ class TrustList:
     async def __call__(self, cert: x509.Certificate, app: ua.ApplicationDescription) -> None:
         now = datetime.datetime.now(datetime.UTC)
         name = cert.subject.rfc4514_string()
+        peer = request_peer()
         if cert.public_bytes(serialization.Encoding.DER) not in pki.trusted_certificates(self.pki):
             kept = pki.keep_rejected(self.pki, cert)
-            log.warning("opcua: refused client %s (%s): certificate not trusted; kept as %s (move it to %s to "
-                        "trust it)", app.ApplicationUri, name, kept, self.pki.trusted)
+            log.warning("opcua: refused client %s (%s) from %s: certificate not trusted; kept as %s (move it to %s "
+                        "to trust it)", app.ApplicationUri, name, peer, kept, self.pki.trusted)
             raise ServiceError(ua.StatusCodes.BadCertificateUntrusted)
         if not cert.not_valid_before_utc <= now <= cert.not_valid_after_utc:
-            log.warning("opcua: refused client %s (%s): certificate outside its validity", app.ApplicationUri, name)
+            log.warning("opcua: refused client %s (%s) from %s: certificate outside its validity",
+                        app.ApplicationUri, name, peer)
             raise ServiceError(ua.StatusCodes.BadCertificateTimeInvalid)
         if app.ApplicationUri not in pki.application_uris(cert):
-            log.warning("opcua: refused client %s (%s): its certificate names %s", app.ApplicationUri, name,
-                        ", ".join(pki.application_uris(cert)) or "no application URI")
+            log.warning("opcua: refused client %s (%s) from %s: its certificate names %s", app.ApplicationUri,
+                        name, peer, ", ".join(pki.application_uris(cert)) or "no application URI")
             raise ServiceError(ua.StatusCodes.BadCertificateUriInvalid)

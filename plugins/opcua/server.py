@@ -48,6 +48,8 @@ from balans_edge.plugins.opcua.security import (
     TrustList,
     Users,
     current_login,
+    install_refusal_log,
+    request_peer,
 )
 from balans_edge.plugins.opcua.space import Publisher, Space, SyncStats
 from balans_edge.plugins.opcua.values import Values
@@ -137,6 +139,7 @@ class OpcuaServer:
         logger = logging.getLogger("asyncua")
         if logger.level == logging.NOTSET:
             logger.setLevel(logging.WARNING)  # its INFO lines report every request
+        install_refusal_log()
         self._sub = self.server.bus.subscribe(ReadingsCommitted, IntervalsUpdated, BalanceUpdated, maxsize=256,
                                               policy="drop_oldest")
         try:
@@ -429,8 +432,8 @@ class OpcuaServer:
         if parent != object_node:
             return result(ua.StatusCodes.BadMethodInvalid)
         if login is None or not login.may("operator"):
-            log.warning("opcua: %s of %s refused: user %s is not an operator", name, meter,
-                        login.name if login else "?")
+            log.warning("opcua: %s of %s refused: user %s from %s is not an operator", name, meter,
+                        login.name if login else "?", request_peer())
             return result(ua.StatusCodes.BadUserAccessDenied)
         if not args:
             return result(ua.StatusCodes.BadArgumentsMissing)

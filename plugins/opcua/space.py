@@ -28,6 +28,7 @@ import contextlib
 import gc
 import inspect
 import logging
+import math
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -162,6 +163,9 @@ def static_value(spec: NodeSpec) -> ua.DataValue:
     now = datetime.now(UTC)
     if spec.value is None:
         return Published(ua.Variant(None, V.Null), SourceTimestamp=now, ServerTimestamp=now)
+    if isinstance(spec.value, float) and not np.isfinite(spec.value):
+        return Published(ua.Variant(None, V.Null), StatusCode=ua.StatusCode(ua.StatusCodes.BadOutOfRange),
+                         SourceTimestamp=now, ServerTimestamp=now)
     variant = ua.Variant(spec.value, ua.VariantType(spec.variant), is_array=spec.value_rank == 1)
     return Published(variant, SourceTimestamp=now, ServerTimestamp=now)
 
@@ -440,24 +444,42 @@ STATUS = {GOOD: ua.StatusCode(ua.StatusCodes.Good),
           WAITING: NO_VALUE}
 
 
+OUT_OF_RANGE = ua.StatusCode(ua.StatusCodes.BadOutOfRange)
+RANGES = {"uint16": (0, 0xFFFF), "uint32": (0, 0xFFFFFFFF), "datetime": (-11_644_473_600, 253_402_300_799),
+          "double": (-np.inf, np.inf), "bool": (-np.inf, np.inf)}
+"""What a variable of each kind can hold (DateTime: 1601-01-01 .. 9999-12-31, OPC 10000-6 5.2.2.5)."""
+
+
+def fits(kind: str, value: float) -> bool:
+    """A finite number its variable's DataType can hold (an integer after truncation)."""
+    low, high = RANGES[kind]
+    return math.isfinite(value) and low <= (int(value) if kind.startswith("uint") else value) <= high
+
+
 def _variant(kind: str, value: float) -> ua.Variant:
     if kind == "double":
         return ua.Variant(float(value), V.Double)
     if kind == "uint16":
-        return ua.Variant(min(max(int(value), 0), 0xFFFF), V.UInt16)
+        return ua.Variant(int(value), V.UInt16)
     if kind == "uint32":
-        return ua.Variant(min(max(int(value), 0), 0xFFFFFFFF), V.UInt32)
+        return ua.Variant(int(value), V.UInt32)
     if kind == "datetime":
         return ua.Variant(datetime.fromtimestamp(value, UTC), V.DateTime)
     return ua.Variant(bool(value == 1.0), V.Boolean)
 
 
 def data_value(kind: str, value: float, status: int, source: float, now: datetime) -> ua.DataValue:
-    """A live variable's DataValue. A Bad value carries no value (OPC 10000-4 7.7.1)."""
-    when = datetime.fromtimestamp(source, UTC) if np.isfinite(source) else now
-    if status >= NO_DATA or not np.isfinite(value):
-        return Published(ua.Variant(None, V.Null), StatusCode=STATUS[max(status, NO_DATA)],
-                         SourceTimestamp=when, ServerTimestamp=now)
+    """A live variable's DataValue. A Bad value carries no value (OPC 10000-4 7.7.1):
+    Bad_NoData and Bad_WaitingForInitialData as ``status`` says, Bad_OutOfRange
+    for a number the variable cannot hold (infinite, not a number, beyond an
+    integer's range): a client never reads infinity or a clipped value."""
+    when = datetime.fromtimestamp(source, UTC) if fits("datetime", source) else now
+    if status >= NO_DATA:
+        return Published(ua.Variant(None, V.Null), StatusCode=STATUS[status], SourceTimestamp=when,
+                         ServerTimestamp=now)
+    if not fits(kind, value):
+        return Published(ua.Variant(None, V.Null), StatusCode=OUT_OF_RANGE, SourceTimestamp=when,
+                         ServerTimestamp=now)
     return Published(_variant(kind, value), StatusCode=STATUS[status], SourceTimestamp=when, ServerTimestamp=now)
 
 
