@@ -42,7 +42,7 @@ def _storage_url(url: str) -> str | None:
 @dataclass(frozen=True)
 class ServerSection:
     host: str = setting("127.0.0.1", doc="Address the HTTP API binds to; loopback unless you mean otherwise.")
-    port: int = setting(8080, range=(1, 65535))
+    port: int = setting(8080, range=(0, 65535), doc="TCP port of the HTTP API (0: any free port, as printed at start)")
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     shutdown_timeout_s: float = setting(15.0, range=(0.1, 600))
     allow_insecure: bool = setting(False, doc="run on a non-loopback address despite weak tokens or an anonymous "

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 import weakref
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from typing import Any, Literal
@@ -135,14 +135,16 @@ _TREES: weakref.WeakKeyDictionary[Storage, tuple[int, Tree]] = weakref.WeakKeyDi
 """The last tree built per storage, with the registry version it was built at."""
 
 
-def count_unknown(series: BalanceSeries, members: np.ndarray, inputs: np.ndarray, now: int) -> BalanceSeries:
+def count_unknown(series: BalanceSeries, installed: Callable[[], tuple[np.ndarray, np.ndarray]],
+                  now: int) -> BalanceSeries:
     """The stored hourly balance with what nobody knows counted as missing.
 
     Storage holds an hour only once some meter of the site reported it, and
     sums an input none of whose meters was counted to 0: both would read as a
     known input of 0. In an hour that is over, a group-hour never computed (no
-    count at all) has every member and input meter installed then (``members``,
-    ``inputs``: (G, H)) missing, and a group whose members are counted but no
+    count at all) has every member and input meter installed then missing
+    (``installed()``: members and inputs, (G, H) each, asked only when some
+    hour needs them), and a group whose members are counted but no
     input meter is has its input missing. An hour in which none of the group's
     meters was installed stays empty (the group was not there), and hours not
     over yet are emptied: they are not missing, they have not happened.
@@ -152,11 +154,13 @@ def count_unknown(series: BalanceSeries, members: np.ndarray, inputs: np.ndarray
     if not no_input.any() and over.all():
         return series
     columns = {name: np.where(over, getattr(series, name), 0) for name in BalanceSeries.COLUMNS}
-    never = no_input & (series.measured + series.estimated + series.missing == 0)
-    columns["missing"][never] = members[never]
-    columns["input_missing"][no_input] = inputs[no_input]
-    has_members = columns["measured"] + columns["estimated"] + columns["missing"] > 0
-    columns["input_missing"][no_input & has_members] = np.maximum(columns["input_missing"][no_input & has_members], 1)
+    if no_input.any():
+        members, inputs = installed()
+        never = no_input & (series.measured + series.estimated + series.missing == 0)
+        columns["missing"][never] = members[never]
+        columns["input_missing"][no_input] = inputs[no_input]
+        blind = no_input & (columns["measured"] + columns["estimated"] + columns["missing"] > 0)
+        columns["input_missing"][blind] = np.maximum(columns["input_missing"][blind], 1)
     return BalanceSeries(list(series.group_ids), series.t, **columns)
 
 
@@ -164,8 +168,7 @@ async def hourly_balance(storage: Storage, tree: Tree, group_ids: Sequence[str],
                          now: int) -> BalanceSeries:
     """Hourly balance of the groups over the hours [h0, h1), unknown hours missing (``count_unknown``)."""
     series = await storage.balance(list(group_ids), h0, h1)
-    members, inputs = tree.installed(group_ids, series.t)
-    return count_unknown(series, members, inputs, now)
+    return count_unknown(series, lambda: tree.installed(group_ids, series.t), now)
 
 
 def _hour_starts(a: np.ndarray | int, b: np.ndarray | int) -> np.ndarray:

@@ -373,7 +373,7 @@ def test_count_unknown_fills_what_storage_never_computed() -> None:
                            np.array([[0, 2, 0, 0]]), zero.copy(), zero.copy(), zero.copy(), zero.copy())
     members = np.array([[3, 3, 0, 3]])
     inputs = np.array([[1, 0, 0, 1]])
-    s = count_unknown(stored, members, inputs, now=int(t[-1]))  # the last hour is still running
+    s = count_unknown(stored, lambda: (members, inputs), now=int(t[-1]))  # the last hour is still running
     assert s.missing.tolist() == [[3, 0, 0, 0]]
     assert s.input_missing.tolist() == [[1, 1, 0, 0]]
     assert s.input_known().tolist() == [[False, False, False, False]]

@@ -49,7 +49,7 @@ def test_errors_name_the_key_path_and_what_was_expected(schemas):
         },
         schemas,
     )
-    assert '[server] port: expected integer 1..65535, got "abc"' in found
+    assert '[server] port: expected integer 0..65535, got "abc"' in found
     assert '[server] hots: unknown key (did you mean "host"?)' in found
     assert any(p.startswith('[site] timezone: expected an IANA timezone') for p in found)
     assert "[plugins.dmesh.simulator] concentrators: expected integer 1..50, got 0" in found
@@ -102,7 +102,7 @@ def test_check_config_command(tmp_path):
     run = subprocess.run([BIN / "balans-edge", "check-config", str(bad)], capture_output=True, text=True)
     assert run.returncode == 2
     assert '[plugins.dmesh.simulator] concentrators: expected integer 1..50, got "abc"' in run.stderr
-    assert "[server] port: expected integer 1..65535, got 70000" in run.stderr
+    assert "[server] port: expected integer 0..65535, got 70000" in run.stderr
 
 
 scalars = st.one_of(st.none(), st.booleans(), st.integers(-(2**40), 2**40), st.floats(allow_nan=True),
@@ -122,3 +122,22 @@ def test_fuzzed_documents_give_config_errors_only(schemas, data):
     except ConfigError as exc:
         assert exc.problems
         assert all(p.startswith("[") for p in exc.problems)
+
+
+def test_port_zero_in_the_file_takes_a_free_port(tmp_path):
+    """`[server] port = 0` is what `run --port 0` does: the server starts on a free port and says which."""
+    import httpx
+
+    config = tmp_path / "site.toml"
+    config.write_text(f'[server]\nport = 0\nlog_level = "warning"\n[storage]\nurl = "sqlite:{tmp_path / "b.db"}"\n')
+    proc = subprocess.Popen([BIN / "balans-edge", "run", "-c", str(config)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline()
+        assert line.startswith("listening on http://127.0.0.1:"), line + proc.stderr.read()
+        port = int(line.rsplit(":", 1)[1])
+        assert port > 0
+        assert httpx.get(f"http://127.0.0.1:{port}/api/v1/health", timeout=10).status_code == 200
+    finally:
+        proc.terminate()
+        assert proc.wait(timeout=30) == 0

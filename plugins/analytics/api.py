@@ -50,8 +50,6 @@ def routes(server: Server) -> list[Route]:
         scope = scope_of(body_json(request), time.time(), config.window_days)
         if scope.group_ids and await server.storage.registry_get("groups", scope.group_ids[0]) is None:
             raise ApiError(404, "not_found", f"group {scope.group_ids[0]!r} is not in the registry")
-        await server.intervals.process()
-        await server.balance.process()
         found = await run_analytics(server, scope)
         return json({
             "from": iso(scope.t0), "to": iso(scope.t1), "group": scope.group_ids[0] if scope.group_ids else None,

@@ -25,7 +25,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 NAME = "analytics"
-FIRST_RUN_S = 60
 
 
 DETECTOR_NAMES = ("slowed-meter", "unmetered-connection", "consumer-leak", "group-leak", "stuck-meter",
@@ -43,6 +42,8 @@ class AnalyticsConfig:
     """``[plugins.analytics]``."""
 
     interval_s: int = setting(3600, range=(0, 7 * 86400), doc="run every detector this often (0: only on demand)")
+    first_run_s: int = setting(60, range=(0, 86400),
+                               doc="the first scheduled run this long after start (at most interval_s)")
     window_days: int = setting(DEFAULT_WINDOW_DAYS, range=(2, 120), doc="hours of history each run looks at")
     detectors: list[str] = field(default_factory=list)
     """Built-in group detectors to run (empty: all)."""
@@ -82,7 +83,11 @@ def detector_classes() -> dict[str, type[GroupDetector]]:
 
 
 async def run_analytics(server: Server, scope: Scope) -> list[Finding]:
-    """Run every detector over ``scope``; one run at a time (they share the scope's loaded windows)."""
+    """Run every detector over ``scope``; one run at a time (they share the scope's loaded windows).
+    Readings already stored are folded into consumption and balances first: a scheduled run
+    soon after a fast-forward must not look at hours still waiting to be computed."""
+    await server.intervals.process()
+    await server.balance.process()
     lock = server.__dict__.setdefault("_analytics_lock", asyncio.Lock())
     async with lock:
         server.analytics_scope = scope
@@ -105,8 +110,8 @@ class Scheduler:
 
     async def _loop(self) -> None:
         # The first run soon after start (data delivered at start-up is looked at
-        # within a minute), then every interval.
-        wait = min(self.config.interval_s, FIRST_RUN_S)
+        # within first_run_s), then every interval.
+        wait = min(self.config.interval_s, self.config.first_run_s)
         while True:
             await asyncio.sleep(wait)
             wait = self.config.interval_s
