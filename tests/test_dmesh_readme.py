@@ -35,7 +35,7 @@ def blocks(kind: str) -> list[str]:
 
 
 def registry_files() -> dict[str, str]:
-    return dict(re.findall(r"`registry/(\w+\.csv)`:\n\n```csv\n(.*?)```", section(), re.DOTALL))
+    return dict(re.findall(r"`registry/(\w+\.csv)`:\n\n```csv[^\n]*\n(.*?)```", section(), re.DOTALL))
 
 
 def commands() -> list[list[str]]:
@@ -132,6 +132,6 @@ async def test_the_example_runs(tmp_path: Path, make_server: Any, client_for: An
     # No data has arrived here: commissioning says so (exit 1), the quarantine is empty.
     report = run(tmp_path, by_command[("dmesh", "commissioning")])
     assert report.returncode == 1, report.stderr
-    assert [line.split()[0] for line in report.stdout.splitlines()[2:5]] == ["CW-001", "CW-002", "CW-003"]
+    assert [line.split()[0] for line in report.stdout.splitlines()[2:6]] == ["CW-IN", "CW-001", "CW-002", "CW-003"]
     unknown = run(tmp_path, by_command[("registry", "unknown")])
     assert unknown.returncode == 0, unknown.stderr

@@ -105,7 +105,7 @@ async def test_an_edit_cannot_reach_into_stored_readings(make_server, client_for
     r = await put_meter(c, "W-1", pulse_weight=0.01, effective_from=iso(T0 + 5 * H))
     assert r.status_code == 422
     assert "effective_from" in r.text and "correction" in r.text
-    future = await put_meter(c, "W-1", pulse_weight=0.01, effective_from="2999-01-01T00:00:00Z")
+    future = await put_meter(c, "W-1", pulse_weight=0.01, effective_from="2100-01-01T00:00:00Z")
     assert future.status_code == 422 and "future" in future.text
     assert (await server.storage.registry_get("meters", "W-1")).pulse_weight == 0.001
     audit = await c.get("/api/v1/registry/audit", params={"id": "W-1", "action": "update"}, headers=auth("viewer"))

@@ -142,7 +142,8 @@ GROUP = Block("group", 32, (
                                                             "unknown (no members): 65535"),
     Field("today_completeness", 17, "uint16", "0.01 %", "members measured or estimated over today's hours"),
     Field("last_hour_flags", 18, "uint16", "", "bits: 0 incomplete, 1 input_missing, 2 input_estimated, "
-                                               "3 norm_exceeded, 4 negative_imbalance, 5 no_members", bits=True),
+                                               "3 norm_exceeded, 4 negative_imbalance, 5 no_members, "
+                                               "6 partial (the period is not over: always set for today)", bits=True),
     Field("today_flags", 19, "uint16", "", "the same bits for today's total", bits=True),
     Field("last_hour_t", 20, "uint32", "s", "unix time (UTC) of the start of the last complete hour"),
     Field("today_t", 22, "uint32", "s", "unix time (UTC) of the start of today (site timezone)"),
