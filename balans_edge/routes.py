@@ -21,6 +21,7 @@ from zoneinfo import ZoneInfo
 from sanic import response
 from sanic.request import Request
 
+from balans_edge.core.text import check_text
 from balans_edge.core.times import RANGE_TEXT, check_time
 from balans_edge.core.times import parse_time as parse_time_text
 
@@ -189,7 +190,15 @@ def audited_body(request: Request, shape: str) -> tuple[dict[str, Any], str]:
     reason = body.get("reason")
     if not isinstance(reason, str) or not reason.strip():
         raise ApiError(400, "bad_body", "reason: a non-empty reason is required for the audit")
-    return body, reason
+    return body, bounded_text(reason, "reason")
+
+
+def bounded_text(value: str, name: str) -> str:
+    """Free text of a request body within the bound of ``core.text``; 400 naming the field otherwise."""
+    try:
+        return check_text(value)
+    except ValueError as exc:
+        raise ApiError(400, "bad_body", f"{name}: {exc}") from None
 
 
 def body_json(request: Request) -> Any:

@@ -406,6 +406,30 @@ class SqliteStorage(BalanceTables, DeviceReports, BridgeSlots, TagTable, ExportQ
         )
         return [dict(r) for r in rows]
 
+    async def quarantine_page(self, after: tuple[int, int, int] | None, limit: int) -> list[dict[str, Any]]:
+        rows = await self._all(
+            "SELECT module_id, channel, ts, counter, status, reason, received_at FROM quarantine "
+            "WHERE (module_id, channel, ts) > (?, ?, ?) ORDER BY module_id, channel, ts LIMIT ?",
+            (*(after or (-1, -1, -1)), limit),
+        )
+        return [dict(r) for r in rows]
+
+    async def quarantine_stats(self) -> dict[str, Any]:
+        rows, oldest = (await self._all("SELECT count(*), min(received_at) FROM quarantine"))[0]
+        dropped = {r[0]: r[1] for r in await self._all("SELECT reason, count FROM quarantine_dropped")}
+        return {"rows": rows, "oldest_received_at": oldest, "dropped": dropped}
+
+    async def prune_quarantine(self, max_rows: int, received_before: int) -> None:
+        beyond = "max(0, (SELECT count(*) FROM quarantine) - ?)"
+        await self._submit([
+            ("UPDATE quarantine_dropped SET count = count + "
+             "(SELECT count(*) FROM quarantine WHERE received_at < ?) WHERE reason = 'age'", [(received_before,)]),
+            ("DELETE FROM quarantine WHERE received_at < ?", [(received_before,)]),
+            (f"UPDATE quarantine_dropped SET count = count + {beyond} WHERE reason = 'size'", [(max_rows,)]),
+            ("DELETE FROM quarantine WHERE (module_id, channel, ts) IN (SELECT module_id, channel, ts FROM quarantine "
+             f"ORDER BY received_at, module_id, channel, ts LIMIT {beyond})", [(max_rows,)]),
+        ])
+
     # readings and intervals ---------------------------------------------
 
     async def readings(self, meter: int, t0: int, t1: int) -> ReadingRows:
