@@ -112,14 +112,16 @@ def parse_step(request: Request) -> str:
     return step
 
 
-def parse_period(request: Request, step: str) -> tuple[int, int]:
-    """``from`` and ``to`` of a query, checked: ordered, and not too long for the step."""
+def parse_period(request: Request, step: str, what: str = "") -> tuple[int, int]:
+    """``from`` and ``to`` of a query, checked: ordered, and not too long for the
+    step; ``what`` names a route that has no step in the message (``readings``)."""
     t0 = parse_time(request, "from")
     t1 = parse_time(request, "to")
     if t1 <= t0:
         raise ApiError(400, "bad_parameter", "to must be later than from")
     if t1 - t0 > MAX_SPAN_S[step]:
-        raise ApiError(400, "bad_parameter", f"period too long for step={step}")
+        raise ApiError(400, "bad_parameter", f"period too long for {what or f'step={step}'}: at most "
+                                             f"{MAX_SPAN_S[step] // 86400} days from from to to")
     return t0, t1
 
 

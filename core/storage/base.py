@@ -348,6 +348,20 @@ class Storage(ABC):
         """One journal record, or None."""
 
     @abstractmethod
+    async def commands(
+        self,
+        target: str | None = None,
+        outcome: str | None = None,
+        code: str | None = None,
+        requested_by: str | None = None,
+        t0: int | None = None,
+        t1: int | None = None,
+        limit: int = 100,
+    ) -> list[dict[str, Any]]:
+        """The command audit, newest first: the ``commands`` journal records that
+        match every filter given (``t0 <= t < t1``)."""
+
+    @abstractmethod
     async def settle_pending_commands(self, note: str) -> list[dict[str, Any]]:
         """Commands still ``pending`` (their outcome was never recorded: the process
         stopped while they ran) become ``failed`` with ``note`` added to their

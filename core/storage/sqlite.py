@@ -529,6 +529,26 @@ class SqliteStorage(BalanceTables, DeviceReports, BridgeSlots, TagTable, ExportQ
             row["data"] = json.loads(row["data"])
         return row
 
+    async def commands(
+        self,
+        target: str | None = None,
+        outcome: str | None = None,
+        code: str | None = None,
+        requested_by: str | None = None,
+        t0: int | None = None,
+        t1: int | None = None,
+        limit: int = 100,
+    ) -> list[dict[str, Any]]:
+        where, args = ["1"], []
+        for condition, value in (("target = ?", target), ("outcome = ?", outcome), ("code = ?", code),
+                                 ("requested_by = ?", requested_by), ("t >= ?", t0), ("t < ?", t1)):
+            if value is not None:
+                where.append(condition)
+                args.append(value)
+        rows = await self._all(f"SELECT * FROM commands WHERE {' AND '.join(where)} ORDER BY id DESC LIMIT ?",
+                               (*args, limit))
+        return [dict(r) for r in rows]
+
     async def settle_pending_commands(self, note: str) -> list[dict[str, Any]]:
         pending = [r[0] for r in await self._all("SELECT id FROM commands WHERE outcome = 'pending'")]
         if not pending:
