@@ -121,7 +121,7 @@ def parse_period(request: Request, step: str, what: str = "") -> tuple[int, int]
         raise ApiError(400, "bad_parameter", "to must be later than from")
     if t1 - t0 > MAX_SPAN_S[step]:
         raise ApiError(400, "bad_parameter", f"period too long for {what or f'step={step}'}: at most "
-                                             f"{MAX_SPAN_S[step] // 86400} days from from to to")
+                                             f"{MAX_SPAN_S[step] // 86400} days between from and to")
     return t0, t1
 
 

@@ -371,7 +371,7 @@ def identifier(value: Any) -> str:
     zero-width or bidi characters, no space but U+0020), has no white space at
     either end, no "/" (it is one URL path segment), is not "." or "..", and
     is at most ``MAX_ID_LENGTH`` characters. CSV cells lose their surrounding
-    blanks when read (``_read_csv``); a value given as JSON is refused with them.
+    blanks when read (``_csv_record``); a value given as JSON is refused with them.
     """
     if isinstance(value, bool) or not isinstance(value, str | int):
         raise BadValue(f"expected an id (text), got {shown(value)}")

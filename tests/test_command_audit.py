@@ -111,4 +111,4 @@ async def test_readings_say_their_own_limit(make_server, client_for, tmp_path):
     r = await client_for(server).get("/api/v1/meters/W-1/readings", params={"from": "2000-01-01", "to": "2014-01-01"},
                                      headers=auth("viewer"))
     assert r.status_code == 400
-    assert r.json()["error"]["message"] == "period too long for readings: at most 3660 days from from to to"
+    assert r.json()["error"]["message"] == "period too long for readings: at most 3660 days between from and to"
