@@ -187,6 +187,7 @@ def plugins_command(config_path: Path | None, as_json: bool) -> None:
 
 from balans_edge.analytics_cli import analytics  # noqa: E402 - needs the helpers above
 from balans_edge.balance_cli import balance  # noqa: E402 - needs the helpers above
+from balans_edge.commands_cli import commands  # noqa: E402 - needs the helpers above
 from balans_edge.registry_cli import registry  # noqa: E402 - needs the helpers above
 from balans_edge.token_cli import token  # noqa: E402 - needs the helpers above
 
@@ -194,6 +195,7 @@ cli.add_command(registry)
 cli.add_command(token)
 cli.add_command(balance)
 cli.add_command(analytics)
+cli.add_command(commands)
 
 
 def main() -> None:

@@ -21,6 +21,7 @@ from zoneinfo import ZoneInfo
 from sanic import response
 from sanic.request import Request
 
+from balans_edge.core.text import check_text
 from balans_edge.core.times import RANGE_TEXT, check_time
 from balans_edge.core.times import parse_time as parse_time_text
 
@@ -111,14 +112,16 @@ def parse_step(request: Request) -> str:
     return step
 
 
-def parse_period(request: Request, step: str) -> tuple[int, int]:
-    """``from`` and ``to`` of a query, checked: ordered, and not too long for the step."""
+def parse_period(request: Request, step: str, what: str = "") -> tuple[int, int]:
+    """``from`` and ``to`` of a query, checked: ordered, and not too long for the
+    step; ``what`` names a route that has no step in the message (``readings``)."""
     t0 = parse_time(request, "from")
     t1 = parse_time(request, "to")
     if t1 <= t0:
         raise ApiError(400, "bad_parameter", "to must be later than from")
     if t1 - t0 > MAX_SPAN_S[step]:
-        raise ApiError(400, "bad_parameter", f"period too long for step={step}")
+        raise ApiError(400, "bad_parameter", f"period too long for {what or f'step={step}'}: at most "
+                                             f"{MAX_SPAN_S[step] // 86400} days between from and to")
     return t0, t1
 
 
@@ -189,7 +192,15 @@ def audited_body(request: Request, shape: str) -> tuple[dict[str, Any], str]:
     reason = body.get("reason")
     if not isinstance(reason, str) or not reason.strip():
         raise ApiError(400, "bad_body", "reason: a non-empty reason is required for the audit")
-    return body, reason
+    return body, bounded_text(reason, "reason")
+
+
+def bounded_text(value: str, name: str) -> str:
+    """Free text of a request body within the bound of ``core.text``; 400 naming the field otherwise."""
+    try:
+        return check_text(value)
+    except ValueError as exc:
+        raise ApiError(400, "bad_body", f"{name}: {exc}") from None
 
 
 def body_json(request: Request) -> Any:

@@ -23,6 +23,7 @@ from balans_edge.core.bus import EventBus, ReadingsCommitted, Subscription
 from balans_edge.core.components import Alarm, Command, Component, Exporter, Finding
 from balans_edge.core.ingest import Ingest
 from balans_edge.core.intervals import IntervalWorker
+from balans_edge.core.quarantine import QuarantineRetention
 from balans_edge.core.storage import Storage, open_storage
 from balans_edge.core.tasks import cancel, on_failure
 from balans_edge.http import Http
@@ -46,6 +47,7 @@ class Server:
         self.ingest = Ingest(self.storage, config.ingest, self.bus)
         self.intervals = IntervalWorker(self.storage, config.intervals, self.bus)
         self.balance = BalanceWorker(self.storage, config.balance, self.bus)
+        self.quarantine = QuarantineRetention(self.storage, config.ingest)
         self.actuation = ActuationService(self.storage, observer=self._observe_command)
         self.components: list[tuple[str, Component]] = []
         self.detectors: list[tuple[str, Any]] = []
@@ -131,6 +133,7 @@ class Server:
             self.collect_contributions()
             await self.intervals.start()
             await self.balance.start()
+            await self.quarantine.start()
             # Subscribe before components start so observers see their first readings.
             sub = self.bus.subscribe(ReadingsCommitted, maxsize=1000, policy="drop_oldest")
             self._observer_task = asyncio.create_task(self._observe_readings(sub), name="observe-readings")
@@ -217,6 +220,7 @@ class Server:
             await self._stop_component(name, component)
         await cancel(self._observer_task)
         self._observer_task = None
+        await self.quarantine.stop()
         await self.balance.stop()
         await self.intervals.stop()
         await self.storage.close()

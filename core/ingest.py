@@ -45,6 +45,8 @@ log = logging.getLogger(__name__)
 MASK = COUNTER_MODULUS - 1
 BACKWARDS = COUNTER_MODULUS >> 1
 CHANNELS = 4  # channel numbers 1..3 packed next to the module id
+REPLAY_CHUNK = 10_000
+"""Quarantined readings one replay step ingests (one transaction)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +55,12 @@ class IngestSettings:
     """Readings stamped later than now + this are rejected."""
     registry_check_s: float = field(default=1.0, metadata={"range": (0.0, 3600.0)})
     """How often the meter map is checked against the registry version."""
+    quarantine_max_rows: int = field(default=1_000_000, metadata={"range": (1000, 100_000_000)})
+    """Readings the quarantine holds at most; beyond it the oldest received are dropped (counted)."""
+    quarantine_max_age_days: int = field(default=90, metadata={"range": (1, 3650)})
+    """Quarantined readings received longer ago than this are dropped (counted)."""
+    quarantine_check_s: float = field(default=60.0, metadata={"range": (0.01, 86400.0)})
+    """How often the quarantine is held to those two bounds."""
 
 
 @dataclass(slots=True)
@@ -360,16 +368,20 @@ class Ingest:
             await self.bus.publish(event)
         return result
 
-    async def replay_quarantine(self, limit: int = 100_000) -> IngestResult:
+    async def replay_quarantine(self, chunk: int = REPLAY_CHUNK) -> IngestResult:
         """Ingest quarantined readings again, after the registry learned their
-        modules or meters; those still unclaimed stay where they are."""
-        rows = await self.storage.quarantine(limit)
-        if not rows:
-            return IngestResult()
-        columns = np.array([(r["module_id"], r["channel"], r["ts"], r["counter"], r["status"]) for r in rows],
-                           dtype=np.int64)
+        modules or meters; those still unclaimed stay where they are. The
+        quarantine is read in pages of ``chunk`` readings, each ingested in its
+        own transaction, so the loop is free between pages however full it is."""
+        total = IngestResult()
         self._registry_checked = 0.0  # the registry has most likely just changed
-        return await self.ingest(ReadingBatch(*columns.T), release=True)
+        after = None
+        while rows := await self.storage.quarantine_page(after, chunk):
+            after = (rows[-1]["module_id"], rows[-1]["channel"], rows[-1]["ts"])
+            columns = np.array([(r["module_id"], r["channel"], r["ts"], r["counter"], r["status"]) for r in rows],
+                               dtype=np.int64)
+            total.add(await self.ingest(ReadingBatch(*columns.T), release=True))
+        return total
 
     async def _prepare(
         self, batch: ReadingBatch, result: IngestResult, release: bool = False

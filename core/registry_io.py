@@ -24,7 +24,9 @@ from pathlib import Path
 from typing import Any
 
 from balans_edge.core.model import METER_FLAGS, UNITS, GroupInput, Resource, unix, utc
+from balans_edge.core.spreadsheet import read_cell, safe_cell
 from balans_edge.core.storage.base import REGISTRY_KINDS
+from balans_edge.core.text import check_text
 from balans_edge.core.times import RANGE_TEXT, check_time
 
 JSON_FILE = "registry.json"
@@ -191,7 +193,8 @@ def _read_csv(name: str, kind: str, text: str) -> Source:
 
 def _csv_record(kind: str, where: Where, header: list[str], row: list[str], problems: list[Problem]) -> Record | None:
     """Cells keyed by column name, without surrounding blanks (spreadsheets pad
-    cells; no value means them). Missing trailing cells are empty (spreadsheets
+    cells; no value means them) and with the formula escape of an export taken
+    off (``core.spreadsheet``). Missing trailing cells are empty (spreadsheets
     drop them); a value beyond the named columns is an error, never dropped."""
     for i, cell in enumerate(row):
         if cell.strip() and (i >= len(header) or not header[i]):
@@ -199,7 +202,7 @@ def _csv_record(kind: str, where: Where, header: list[str], row: list[str], prob
                 where.problem(None, f"value {cell.strip()[:40]!r} in cell {i + 1}, which has no column name")
             )
             return None
-    return Record(kind, where, {h: cell.strip() for h, cell in zip(header, row, strict=False) if h})
+    return Record(kind, where, {h: read_cell(cell.strip()) for h, cell in zip(header, row, strict=False) if h})
 
 
 def _read_json(name: str, text: str) -> Source:
@@ -264,13 +267,16 @@ def write_tables(folder: Path, fmt: str, tables: dict[str, tuple[Sequence[str], 
 
 
 def _cell(value: Any) -> str:
-    """A JSON-ready value as CSV text: None is an empty cell, lists are ``;``-separated."""
+    """A JSON-ready value as CSV text: None is an empty cell, lists are ``;``-separated;
+    text a spreadsheet would run as a formula is escaped (numbers stay numbers)."""
     if value is None:
         return ""
     if isinstance(value, list):
-        return ";".join(value)
+        return safe_cell(";".join(value))
     if isinstance(value, float):
         return repr(value)
+    if isinstance(value, str):
+        return safe_cell(value)
     return str(value)
 
 
@@ -344,13 +350,17 @@ def number_between(lo: float, hi: float, *, low_inclusive: bool = True) -> Calla
 
 
 def plain_text(value: Any) -> str:
-    """Text without surrounding blanks, so that a re-import of an export compares equal."""
+    """Text without surrounding blanks, so that a re-import of an export compares
+    equal, and within the bound of free text (``core.text``)."""
     if isinstance(value, bool) or not isinstance(value, str | int):
         raise BadValue(f"expected text, got {shown(value)}")
     result = str(value).strip()
     if _CONTROL.search(result):
         raise BadValue(f"contains control characters: {shown(result)}")
-    return result
+    try:
+        return check_text(result)
+    except ValueError as exc:
+        raise BadValue(str(exc)) from None
 
 
 MAX_ID_LENGTH = 128
@@ -370,7 +380,7 @@ def identifier(value: Any) -> str:
     zero-width or bidi characters, no space but U+0020), has no white space at
     either end, no "/" (it is one URL path segment), is not "." or "..", and
     is at most ``MAX_ID_LENGTH`` characters. CSV cells lose their surrounding
-    blanks when read (``_read_csv``); a value given as JSON is refused with them.
+    blanks when read (``_csv_record``); a value given as JSON is refused with them.
     """
     if isinstance(value, bool) or not isinstance(value, str | int):
         raise BadValue(f"expected an id (text), got {shown(value)}")

@@ -178,8 +178,8 @@ async def test_cyrillic_meter_from_create_to_delete(make_server, client_for, tmp
         assert (sent.module_id, sent.code) == (1001, CommandCode.VALVE_CLOSE)
     finally:
         await concentrator.stop()
-    (audit,) = await server.storage.journal_list("commands")
-    assert (audit["target"], audit["reason"]) == ("Кв-1", "утечка в квартире")
+    (audit,) = (await http.get("/api/v1/commands", params={"target": "Кв-1"}, headers=viewer)).json()["commands"]
+    assert (audit["target"], audit["reason"], audit["outcome"]) == ("Кв-1", "утечка в квартире", "done")
 
     # A meter with readings is kept (history); one without is deleted, by its Cyrillic id.
     kept = await http.delete(url, headers=admin)

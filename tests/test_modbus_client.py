@@ -293,7 +293,7 @@ async def test_tags_over_http_and_in_storage(make_server, client_for, tmp_path):
         assert (await http.get("/api/v1/tags?device=PS2", headers=auth("viewer"))).json() == {"tags": []}
         await asyncio.sleep(0.3)  # several polls of an unchanged value: stored once
         await server.storage.flush()
-        history = (await http.get("/api/v1/tags/history?tag=PS1/pressure&from=0&to=4102444800",
+        history = (await http.get("/api/v1/tags/history?tag=PS1/pressure&from=0&to=4294967295",
                                   headers=auth("viewer"))).json()
         assert [(s["value"], s["quality"]) for s in history["samples"]] == [(71.25, "good")]
         assert client.pollers[0].polls >= 4
@@ -302,7 +302,7 @@ async def test_tags_over_http_and_in_storage(make_server, client_for, tmp_path):
 
         async def stored_change() -> bool:  # the state changes first, its recording follows
             await server.storage.flush()
-            history = (await http.get("/api/v1/tags/history?tag=PS1/pressure&from=0&to=4102444800",
+            history = (await http.get("/api/v1/tags/history?tag=PS1/pressure&from=0&to=4294967295",
                                       headers=auth("viewer"))).json()
             return [s["value"] for s in history["samples"]][-1] == 72.0
 

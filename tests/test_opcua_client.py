@@ -168,7 +168,7 @@ async def test_values_quality_and_source_times_through_http_and_storage(make_ser
 
         async def stored_level() -> Any:  # the state changes at once; its recording follows in a batch
             await server.storage.flush()
-            found = await get(http, "/api/v1/tags/history?tag=PS2/level&from=0&to=4102444800")
+            found = await get(http, "/api/v1/tags/history?tag=PS2/level&from=0&to=4294967295")
             return found if found["samples"] and found["samples"][-1]["value"] == 3.75 else None
 
         history = await eventually(stored_level)

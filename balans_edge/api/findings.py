@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 from sanic.request import Request
 
 from balans_edge.core import findings as rules
-from balans_edge.routes import ApiError, Param, Route, body_json, int_value, iso, json, query_int
+from balans_edge.routes import ApiError, Param, Route, body_json, bounded_text, int_value, iso, json, query_int
 
 if TYPE_CHECKING:
     from balans_edge.server import Server
@@ -49,8 +49,9 @@ def _change(request: Request) -> tuple[str, str]:
     note = body.get("note", "")
     if not isinstance(note, str):
         raise ApiError(400, "bad_body", "note: expected a string")
+    note = bounded_text(note.strip(), "note")
     try:
-        return rules.check_status(body["status"]), note.strip()
+        return rules.check_status(body["status"]), note
     except ValueError as exc:
         raise ApiError(400, "bad_body", str(exc)) from None
 

@@ -79,7 +79,7 @@ def routes(server: Server) -> list[Route]:
         return json(report.to_json())
 
     async def losses(request: Request) -> Any:
-        t0, t1 = parse_period(request, "day")
+        t0, t1 = parse_period(request, "day", "losses")
         level = request.args.get("level") or None
         order = request.args.get("order", "absolute")
         if order not in ORDERS:

@@ -31,7 +31,7 @@ def routes(server: Server) -> list[Route]:
 
     async def readings(request: Request, meter_id: str) -> Any:
         key, meter = await meter_or_404(meter_id)
-        t0, t1 = parse_period(request, "day")
+        t0, t1 = parse_period(request, "day", "readings")
         rows = await server.storage.readings(key, t0, t1)
         values = (await server.storage.register_table([key])).values(rows.meter, rows.ts, rows.pulses)
         points = [

@@ -340,6 +340,21 @@ class Storage(ABC):
     async def quarantine(self, limit: int = 1000) -> list[dict[str, Any]]:
         """Readings from unknown modules or channels, newest first."""
 
+    @abstractmethod
+    async def quarantine_page(self, after: tuple[int, int, int] | None, limit: int) -> list[dict[str, Any]]:
+        """Up to ``limit`` quarantined readings in (module_id, channel, ts) order,
+        after ``after``: a scan in pages that rows leaving meanwhile do not disturb."""
+
+    @abstractmethod
+    async def quarantine_stats(self) -> dict[str, Any]:
+        """``{"rows", "oldest_received_at", "dropped": {"age", "size"}}``: what the
+        quarantine holds and how many readings retention dropped, ever."""
+
+    @abstractmethod
+    async def prune_quarantine(self, max_rows: int, received_before: int) -> None:
+        """Drop quarantined readings received before ``received_before``, then the
+        oldest received beyond ``max_rows``, counting each by reason, in one transaction."""
+
     # readings and intervals --------------------------------------------
 
     @abstractmethod
@@ -408,6 +423,20 @@ class Storage(ABC):
     @abstractmethod
     async def journal_get(self, kind: str, record_id: int) -> dict[str, Any] | None:
         """One journal record, or None."""
+
+    @abstractmethod
+    async def commands(
+        self,
+        target: str | None = None,
+        outcome: str | None = None,
+        code: str | None = None,
+        requested_by: str | None = None,
+        t0: int | None = None,
+        t1: int | None = None,
+        limit: int = 100,
+    ) -> list[dict[str, Any]]:
+        """The command audit, newest first: the ``commands`` journal records that
+        match every filter given (``t0 <= t < t1``)."""
 
     @abstractmethod
     async def settle_pending_commands(self, note: str) -> list[dict[str, Any]]:

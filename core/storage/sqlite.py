@@ -393,6 +393,30 @@ class SqliteStorage(RegistryHistory, BalanceTables, DeviceReports, BridgeSlots, 
         )
         return [dict(r) for r in rows]
 
+    async def quarantine_page(self, after: tuple[int, int, int] | None, limit: int) -> list[dict[str, Any]]:
+        rows = await self._all(
+            "SELECT module_id, channel, ts, counter, status, reason, received_at FROM quarantine "
+            "WHERE (module_id, channel, ts) > (?, ?, ?) ORDER BY module_id, channel, ts LIMIT ?",
+            (*(after or (-1, -1, -1)), limit),
+        )
+        return [dict(r) for r in rows]
+
+    async def quarantine_stats(self) -> dict[str, Any]:
+        rows, oldest = (await self._all("SELECT count(*), min(received_at) FROM quarantine"))[0]
+        dropped = {r[0]: r[1] for r in await self._all("SELECT reason, count FROM quarantine_dropped")}
+        return {"rows": rows, "oldest_received_at": oldest, "dropped": dropped}
+
+    async def prune_quarantine(self, max_rows: int, received_before: int) -> None:
+        beyond = "max(0, (SELECT count(*) FROM quarantine) - ?)"
+        await self._submit([
+            ("UPDATE quarantine_dropped SET count = count + "
+             "(SELECT count(*) FROM quarantine WHERE received_at < ?) WHERE reason = 'age'", [(received_before,)]),
+            ("DELETE FROM quarantine WHERE received_at < ?", [(received_before,)]),
+            (f"UPDATE quarantine_dropped SET count = count + {beyond} WHERE reason = 'size'", [(max_rows,)]),
+            ("DELETE FROM quarantine WHERE (module_id, channel, ts) IN (SELECT module_id, channel, ts FROM quarantine "
+             f"ORDER BY received_at, module_id, channel, ts LIMIT {beyond})", [(max_rows,)]),
+        ])
+
     # readings and intervals ---------------------------------------------
 
     async def readings(self, meter: int, t0: int, t1: int) -> ReadingRows:
@@ -491,6 +515,26 @@ class SqliteStorage(RegistryHistory, BalanceTables, DeviceReports, BridgeSlots, 
         if "data" in row:
             row["data"] = json.loads(row["data"])
         return row
+
+    async def commands(
+        self,
+        target: str | None = None,
+        outcome: str | None = None,
+        code: str | None = None,
+        requested_by: str | None = None,
+        t0: int | None = None,
+        t1: int | None = None,
+        limit: int = 100,
+    ) -> list[dict[str, Any]]:
+        where, args = ["1"], []
+        for condition, value in (("target = ?", target), ("outcome = ?", outcome), ("code = ?", code),
+                                 ("requested_by = ?", requested_by), ("t >= ?", t0), ("t < ?", t1)):
+            if value is not None:
+                where.append(condition)
+                args.append(value)
+        rows = await self._all(f"SELECT * FROM commands WHERE {' AND '.join(where)} ORDER BY id DESC LIMIT ?",
+                               (*args, limit))
+        return [dict(r) for r in rows]
 
     async def settle_pending_commands(self, note: str) -> list[dict[str, Any]]:
         pending = [r[0] for r in await self._all("SELECT id FROM commands WHERE outcome = 'pending'")]

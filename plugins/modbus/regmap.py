@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from balans_edge.core.model import Group, Meter
+from balans_edge.core.spreadsheet import safe_cell
 from balans_edge.plugins.modbus.values import encode, register_count
 
 if TYPE_CHECKING:
@@ -437,8 +438,13 @@ def to_csv(rows: Sequence[MapRow]) -> str:
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(MapRow.COLUMNS)
     for r in rows:
-        writer.writerow([getattr(r, c) for c in MapRow.COLUMNS])
+        writer.writerow([_csv_cell(getattr(r, c)) for c in MapRow.COLUMNS])
     return buf.getvalue()
+
+
+def _csv_cell(value: object) -> object:
+    """Text a spreadsheet would run as a formula (a meter id "=..." in a tag name) is escaped."""
+    return safe_cell(value) if isinstance(value, str) else value
 
 
 def to_markdown(m: RegisterMap, rows: Sequence[MapRow], config: ServerConfig) -> str:
