@@ -54,7 +54,6 @@ def closed_span(t0: int, t1: int, now: int) -> tuple[int, int]:
     return h0, max(h0, min(h1, now - now % HOUR))
 
 
-
 @dataclass(frozen=True, slots=True)
 class Tree:
     """The registry's groups with their members, for lookups by id."""
@@ -105,7 +104,6 @@ class Tree:
     def suspects_of(self, group_id: str) -> set[str]:
         """The group and its member meters: what a finding may be about to concern it."""
         return {group_id, *self.member_meters.get(group_id, [])}
-
 
     def installed(self, group_ids: Sequence[str], t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Members and input meters of each group installed in each hour (two (G, H)
