@@ -8,6 +8,8 @@ and the findings journal.
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import re
 import weakref
 from collections import defaultdict
@@ -20,16 +22,15 @@ from zoneinfo import ZoneInfo
 import numpy as np
 
 from balans_edge.core.allocation import AccountUse, AllocationReport, allocate
-from balans_edge.core.balance import BalanceSeries, aggregate
+from balans_edge.core.balance import BalanceSeries
 from balans_edge.core.losses import LossEntry, finding_volume, rank
 from balans_edge.core.model import Group, Meter
+from balans_edge.core.periods import Step, periods
 from balans_edge.core.storage import Storage
 
 HOUR = 3600
 FINDINGS_SCANNED = 10_000
 """Newest findings looked at for suspects and fixable volume."""
-
-Step = Literal["hour", "day", "month"]
 
 
 def month_bounds(month: str, tz: ZoneInfo) -> tuple[int, int]:
@@ -56,9 +57,11 @@ def closed_span(t0: int, t1: int, now: int) -> tuple[int, int]:
 
 async def group_series(storage: Storage, group_ids: Sequence[str], t0: int, t1: int, step: Step,
                        tz: ZoneInfo) -> BalanceSeries:
-    """Balance of the groups per hour, local day or local month over [t0, t1)."""
-    h0, h1 = hour_span(t0, t1)
-    return aggregate(await storage.balance(list(group_ids), h0, h1), step, tz)
+    """Balance of the groups per hour, local day or local month over [t0, t1).
+    Storage sums the hours of each period where they are (fifty years of months
+    are 440,000 hours per group: never on the event loop)."""
+    p = periods(t0, t1, step, tz)
+    return dataclasses.replace(await storage.balance_periods(list(group_ids), p.edges), t=p.starts)
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,4 +161,6 @@ async def losses(storage: Storage, tree: Tree, level: str | None, t0: int, t1: i
     h0, h1 = closed_span(t0, t1, now)
     hourly = await storage.balance([g.group_id for g in groups], h0, h1)
     found = await findings_between(storage, t0, t1)
-    return rank(groups, hourly, tz, found, members=tree.member_meters, threshold=threshold, order=order)
+    # Every group's hours of the period: numpy work for a worker thread, not the event loop.
+    return await asyncio.to_thread(rank, groups, hourly, tz, found, members=tree.member_meters,
+                                   threshold=threshold, order=order)

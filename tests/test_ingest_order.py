@@ -6,12 +6,13 @@ import asyncio
 import math
 import tempfile
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from balans_edge.core.intervals import IntervalWorker, to_points
+from balans_edge.core.intervals import IntervalWorker, consumption
 from balans_edge.core.model import (
     COUNTER_MODULUS,
     Quality,
@@ -280,7 +281,7 @@ async def _run(path: Path, base_counter: int, batches: list[list[RawReading]], p
         rows = await stored(s)
         k = await key(s)
         t0, t1 = rows[0][0] - rows[0][0] % H - H, rows[-1][0] + 3 * H
-        points = to_points(t0, t1, await s.hourly(k, t0, t1))
+        points = await consumption(s, k, t0, t1, "hour", ZoneInfo("UTC"))
         return rows, points, ingest.totals
     finally:
         await s.close()

@@ -74,6 +74,22 @@ class ReadingRows:
         return ReadingRows(*(getattr(self, f)[mask] for f in self.__slots__))
 
 
+@dataclass(frozen=True, slots=True)
+class PeriodSums:
+    """One meter's stored hourly consumption summed per period (``consumption_periods``):
+    storage sums where the rows are, the rules of what a sum means are in
+    ``core.intervals``."""
+
+    total: np.ndarray
+    """(P,) float64: sum of the values stored in the period (0 where none)."""
+    known: np.ndarray
+    """(P,) int64: hours of the period with a value."""
+    stored: np.ndarray
+    """(P,) int64: hours of the period computed at all (with a value or missing)."""
+    worst: np.ndarray
+    """(P,) int64: the worst quality code among the stored hours (0 where none)."""
+
+
 @dataclass(slots=True)
 class IngestWrite:
     """Everything one ingest batch changes, committed in one transaction."""
@@ -292,6 +308,12 @@ class Storage(ABC):
     async def hourly(self, meter: int, t0: int, t1: int) -> list[tuple[int, float | None, int]]:
         """Stored hourly rows (t, value, quality code) with t0 <= t < t1."""
 
+    @abstractmethod
+    async def consumption_periods(self, meter: int, edges: np.ndarray) -> PeriodSums:
+        """The meter's stored hours summed per period: period i holds the hours
+        edges[i] <= t < edges[i + 1] (hour-aligned, increasing). Summed where the
+        rows are, off the event loop: a request may span 440,000 hours."""
+
     # balance ------------------------------------------------------------
 
     @abstractmethod
@@ -312,6 +334,13 @@ class Storage(ABC):
     async def balance(self, group_ids: Sequence[str], t0: int, t1: int) -> BalanceSeries:
         """Stored hourly balance of the groups for t0 <= t < t1, every hour
         present (hours never computed are zeros: no members, no input)."""
+
+    @abstractmethod
+    async def balance_periods(self, group_ids: Sequence[str], edges: np.ndarray) -> BalanceSeries:
+        """The groups' stored hourly balance summed per period (as ``balance``
+        would give it summed over edges[i] <= t < edges[i + 1]; ``t`` of the
+        result is each period's first hour). Summed where the rows are, off
+        the event loop."""
 
     # journals -----------------------------------------------------------
 

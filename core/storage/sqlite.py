@@ -5,7 +5,10 @@ submitted while a transaction is being committed wait for the next one and are
 committed together: one transaction, one fsync for all of them. So an
 acknowledgement still means "on disk" (WAL with synchronous=FULL survives power
 loss) while fsyncs do not cap throughput. Reads use a second connection and
-see the last committed state, never a half-written batch.
+see the last committed state, never a half-written batch; reads of many rows
+(consumption and balance matrices, sums over long periods) use a third one in
+a thread of its own, where their rows also become numpy arrays
+(``sqlite_bulk``), so they hold neither the event loop nor the short reads.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ from balans_edge.core.storage.base import (
 from balans_edge.core.storage.migrations import migrate
 from balans_edge.core.storage.sqlite_balance import BalanceTables
 from balans_edge.core.storage.sqlite_bridges import BridgeSlots
+from balans_edge.core.storage.sqlite_bulk import BulkReader
 from balans_edge.core.storage.sqlite_devices import DeviceReports
 from balans_edge.core.storage.sqlite_export import ExportQueues
 from balans_edge.core.storage.sqlite_tags import TagTable
@@ -142,6 +146,8 @@ class SqliteStorage(BalanceTables, DeviceReports, BridgeSlots, TagTable, ExportQ
         self.max_group = max_group
         self._writer: aiosqlite.Connection | None = None
         self._reader: aiosqlite.Connection | None = None
+        self._bulk = BulkReader(self.path)
+        """Reads of many rows, off the event loop and off ``_reader``'s queue."""
         self._pending: list[_Job] = []
         self._wakeup = asyncio.Event()
         self._committer: asyncio.Task[None] | None = None
@@ -172,6 +178,7 @@ class SqliteStorage(BalanceTables, DeviceReports, BridgeSlots, TagTable, ExportQ
         self._reader.row_factory = aiosqlite.Row
         for pragma in ("busy_timeout=10000", "query_only=ON"):
             await _pragma(self._reader, pragma)
+        await self._bulk.open()
         self._closing = False
         self._committer = asyncio.create_task(self._commit_loop(), name="sqlite-committer")
 
@@ -188,6 +195,7 @@ class SqliteStorage(BalanceTables, DeviceReports, BridgeSlots, TagTable, ExportQ
         # Close our reader first: a read transaction it still holds would make the
         # checkpoint wait out the busy timeout.
         await self._reader.close()
+        await self._bulk.close()
         await self._writer.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         await self._writer.close()
         self._writer = self._reader = None
