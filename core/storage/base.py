@@ -270,6 +270,18 @@ class Storage(ABC):
         """The last reading before ``ts`` (if any) and every reading at or after it."""
 
     @abstractmethod
+    async def readings_at(self, meters: np.ndarray, ts: np.ndarray) -> ReadingRows:
+        """The stored readings at exactly these (meter, ts) pairs (those that exist),
+        sorted by (meter, ts): what a re-sent batch duplicates, in one query."""
+
+    @abstractmethod
+    async def readings_spanning(self, spans: Sequence[tuple[int, int, int]]) -> ReadingRows:
+        """For each (meter, lo, hi): the meter's readings with lo <= ts <= hi, the
+        last one before lo and the first one after hi (those that exist), sorted
+        by (meter, ts); the spans name different meters. One query for a whole
+        batch of late readings, however much is stored after them."""
+
+    @abstractmethod
     async def commit_ingest(self, write: IngestWrite) -> None:
         """Commit one ingest batch durably (synchronous to disk). Batches
         submitted together may share one transaction and one fsync. Raises

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import aiosqlite
+import numpy as np
 
 from balans_edge.core import findings as findings_rules
 from balans_edge.core.model import GroupInput, Meter, Resource
@@ -60,6 +61,7 @@ KEYS = {
     "groups": "group_id",
 }
 READING_COLUMNS = "meter, ts, counter, pulses, status, flags"
+_READING_COLUMNS_R = ", ".join(f"r.{c.strip()}" for c in READING_COLUMNS.split(","))
 JOURNALS = {
     "commands": ("t", "target", "code", "requested_by", "reason", "outcome", "detail"),
     "findings": ("t", "detector", "subject", "kind", "severity", "message", "data"),
@@ -357,6 +359,30 @@ class SqliteStorage(BalanceTables, DeviceReports, BridgeSlots, TagTable, ExportQ
             (meter, meter, ts, ts),
         )
 
+    async def readings_at(self, meters: np.ndarray, ts: np.ndarray) -> ReadingRows:
+        if not len(ts):
+            return ReadingRows.empty()
+        return await self._reading_rows(
+            "WITH s(meter, ts) AS (SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]') "
+            f"FROM json_each(?)) SELECT {_READING_COLUMNS_R} FROM s JOIN readings r "
+            "ON r.meter = s.meter AND r.ts = s.ts ORDER BY r.meter, r.ts",
+            (json.dumps(np.stack([meters, ts], axis=1).tolist()),),
+        )
+
+    async def readings_spanning(self, spans: Sequence[tuple[int, int, int]]) -> ReadingRows:
+        if not spans:
+            return ReadingRows.empty()
+        cols = _READING_COLUMNS_R
+        return await self._reading_rows(
+            "WITH s(meter, lo, hi) AS (SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'), "
+            "json_extract(value, '$[2]') FROM json_each(?)) "
+            f"SELECT {cols} FROM s JOIN readings r ON r.meter = s.meter "
+            "AND r.ts >= coalesce((SELECT max(p.ts) FROM readings p WHERE p.meter = s.meter AND p.ts < s.lo), s.lo) "
+            "AND r.ts <= coalesce((SELECT min(n.ts) FROM readings n WHERE n.meter = s.meter AND n.ts > s.hi), s.hi) "
+            "ORDER BY r.meter, r.ts",
+            (json.dumps([[int(m), int(lo), int(hi)] for m, lo, hi in spans]),),
+        )
+
     async def commit_ingest(self, write: IngestWrite) -> None:
         statements: list[Statement] = []
         if len(write.inserts):
@@ -400,8 +426,9 @@ class SqliteStorage(BalanceTables, DeviceReports, BridgeSlots, TagTable, ExportQ
         if write.module_seen:
             statements.append(
                 (
-                    "UPDATE modules SET last_seen = max(coalesce(last_seen, 0), ?) WHERE module_id = ?",
-                    [(ts, m) for m, ts in write.module_seen],
+                    # Only rows that change: a re-sent batch then writes no page and needs no fsync.
+                    "UPDATE modules SET last_seen = ? WHERE module_id = ? AND coalesce(last_seen, 0) < ?",
+                    [(ts, m, ts) for m, ts in write.module_seen],
                 )
             )
         await self._submit(statements)
