@@ -67,12 +67,15 @@ JOURNALS = {
     "findings": ("t", "detector", "subject", "kind", "severity", "message", "data"),
     "alarms": ("t", "source", "severity", "message", "data"),
 }
-FINDING_COLUMNS = (*JOURNALS["findings"], "status", "group_id", "first_seen", "last_seen", "seen", "feedback")
-"""What a finding row holds since its lifecycle was added (migration 0007)."""
+FINDING_COLUMNS = (*JOURNALS["findings"], "status", "group_id", "first_seen", "last_seen", "seen", "feedback",
+                   "started", "ended", "rate", "volume")
+"""What a finding row holds since its lifecycle (migration 0007) and its event (0011) were added."""
 
 
 def _finding_lifecycle(record: dict[str, Any]) -> dict[str, Any]:
-    """The lifecycle columns of a finding appended as a new one: open, seen once, now."""
+    """The lifecycle columns of a finding appended as a new one: open, seen once,
+    now; its event as the report describes it."""
+    event = findings_rules.event_of({**record, "t": record.get("t") or int(time.time())})
     return {
         "status": record.get("status") or findings_rules.OPEN,
         "group_id": record.get("group_id") or findings_rules.group_of(record.get("data")),
@@ -80,6 +83,10 @@ def _finding_lifecycle(record: dict[str, Any]) -> dict[str, Any]:
         "last_seen": record.get("last_seen") or record.get("t"),
         "seen": record.get("seen") or 1,
         "feedback": json.dumps(record.get("feedback") or [], ensure_ascii=False),
+        "started": event.start,
+        "ended": event.end,
+        "rate": event.rate,
+        "volume": event.volume,
     }
 
 
@@ -561,44 +568,47 @@ class SqliteStorage(BalanceTables, DeviceReports, BridgeSlots, TagTable, ExportQ
         return lock
 
     async def record_finding(
-        self, record: dict[str, Any], suppress_s: int = findings_rules.SUPPRESS_S
+        self, record: dict[str, Any], suppress_s: int = findings_rules.SUPPRESS_S,
+        gap_s: int = findings_rules.EVENT_GAP_S,
     ) -> tuple[int, bool]:
         t = int(record.get("t") or time.time())
+        record = {**record, "t": t}
+        event = findings_rules.event_of(record)
         key = (record["detector"], record["subject"], record["kind"])
         async with self._findings_lock():
-            active = await self._active_finding(key)
-            if active is not None:
-                await self._seen_again(active, record, t)
-                return active, False
-            suppressing = await self._suppressing_false_alarm(key, t - suppress_s)
-            if suppressing is not None:
-                return suppressing, False
-            return await self.journal_append("findings", {**record, "t": t, "first_seen": t, "last_seen": t}), True
+            rows = await self._all(
+                "SELECT id, status, started, ended, volume FROM findings "
+                "WHERE detector = ? AND subject = ? AND kind = ? ORDER BY id DESC LIMIT 1", key)
+            what = "new" if not rows else findings_rules.match(rows[0]["status"], rows[0]["started"],
+                                                                rows[0]["ended"], event, suppress_s, gap_s)
+            if what == "update":
+                await self._seen_again(rows[0]["id"], record, t, event,
+                                       findings_rules.fuller(rows[0]["volume"], event))
+            if what != "new":
+                return rows[0]["id"], False
+            return await self.journal_append("findings", {**record, "first_seen": t, "last_seen": t}), True
 
     async def _active_finding(self, key: tuple[str, str, str]) -> int | None:
         return await self._scalar(
             "SELECT id FROM findings WHERE detector = ? AND subject = ? AND kind = ? "
             "AND status IN ('open', 'acknowledged') ORDER BY id DESC LIMIT 1", key)
 
-    async def _seen_again(self, finding_id: int, record: dict[str, Any], t: int) -> None:
-        """Another run reported an active finding: keep its newest estimate."""
-        data = record.get("data") or {}
-        sql = ("UPDATE findings SET last_seen = max(coalesce(last_seen, t), ?), seen = seen + 1, message = ?, "
-               "severity = ?, data = ?, group_id = coalesce(?, group_id) WHERE id = ?")
-        args = (t, record["message"], str(record["severity"]), json.dumps(data, sort_keys=True, default=str),
-                record.get("group_id") or findings_rules.group_of(data), finding_id)
-        await self._submit([(sql, [args])])
-
-    async def _suppressing_false_alarm(self, key: tuple[str, str, str], since: int) -> int | None:
-        """The newest false alarm of this detector, subject and kind if it was marked at or after ``since``."""
-        rows = await self._all(
-            "SELECT id, last_seen, feedback FROM findings WHERE detector = ? AND subject = ? AND kind = ? "
-            "AND status = 'false_alarm' ORDER BY id DESC LIMIT 1", key)
-        if not rows:
-            return None
-        marks = [e["t"] for e in json.loads(rows[0]["feedback"]) if e.get("status") == findings_rules.FALSE_ALARM]
-        marked = max(marks) if marks else rows[0]["last_seen"] or 0
-        return rows[0]["id"] if marked >= since else None
+    async def _seen_again(self, finding_id: int, record: dict[str, Any], t: int, event: findings_rules.Event,
+                          fuller: bool) -> None:
+        """Another run reported the event of an active finding: its start is the
+        earliest and its end the latest seen; a report that saw at least as much of
+        it (``findings.fuller``) brings the estimate (message, severity, data, rate,
+        volume)."""
+        sets = ("last_seen = max(coalesce(last_seen, t), ?), seen = seen + 1, started = min(coalesce(started, ?), ?), "
+                "ended = max(coalesce(ended, ?), ?)")
+        args: tuple[Any, ...] = (t, event.start, event.start, event.end, event.end)
+        if fuller:
+            data = record.get("data") or {}
+            sets += (", message = ?, severity = ?, data = ?, group_id = coalesce(?, group_id), "
+                     "rate = coalesce(?, rate), volume = coalesce(?, volume)")
+            args += (record["message"], str(record["severity"]), json.dumps(data, sort_keys=True, default=str),
+                     record.get("group_id") or findings_rules.group_of(data), event.rate, event.volume)
+        await self._submit([(f"UPDATE findings SET {sets} WHERE id = ?", [(*args, finding_id)])])
 
     async def findings(
         self,
