@@ -266,6 +266,11 @@ class Storage(ABC):
         """The newest committed reading of every meter that has one."""
 
     @abstractmethod
+    async def reading_times(self, before: int) -> dict[int, int]:
+        """Meter key -> time of its newest reading at or before ``before`` (meters
+        without one are left out): what was known of the meters at that time."""
+
+    @abstractmethod
     async def readings_around(self, meter: int, ts: int) -> ReadingRows:
         """The last reading before ``ts`` (if any) and every reading at or after it."""
 
@@ -449,15 +454,18 @@ class Storage(ABC):
         """Stored module events (of one module or all), newest first."""
 
     @abstractmethod
-    async def topology_history(self, module_id: int | None = None, limit: int = 1000) -> list[dict[str, Any]]:
-        """Stored topology entries (of one module or all), newest first."""
+    async def topology_history(self, module_id: int | None = None, limit: int = 1000,
+                               before: int | None = None) -> list[dict[str, Any]]:
+        """Stored topology entries (of one module or all; only those with t <= ``before``
+        when given), newest first."""
 
-    async def latest_topology(self) -> list[dict[str, Any]]:
-        """The newest topology entry of every module (columns of ``topology_history``)
-        with ``online_t``: the time of its newest entry in state online (None if none).
-        Backends should override this scan of the whole history with one query."""
+    async def latest_topology(self, before: int | None = None) -> list[dict[str, Any]]:
+        """The newest topology entry of every module (columns of ``topology_history``;
+        of the entries with t <= ``before`` when given) with ``online_t``: the time of
+        its newest entry in state online (None if none). Backends should override
+        this scan of the whole history with one query."""
         latest: dict[int, dict[str, Any]] = {}
-        for row in reversed(await self.topology_history(None, limit=2**31)):
+        for row in reversed(await self.topology_history(None, limit=2**31, before=before)):
             online_t = row["t"] if row["state"] == 0 else latest.get(row["module_id"], {}).get("online_t")
             latest[row["module_id"]] = {**row, "online_t": online_t}
         return [latest[m] for m in sorted(latest)]
@@ -471,8 +479,10 @@ class Storage(ABC):
         """Stored firmware outcomes, newest first."""
 
     @abstractmethod
-    async def connection_log(self, concentrator_id: int | None = None, limit: int = 100) -> list[dict[str, Any]]:
-        """The device connection log (of one concentrator or all), newest first."""
+    async def connection_log(self, concentrator_id: int | None = None, limit: int = 100,
+                             before: int | None = None) -> list[dict[str, Any]]:
+        """The device connection log (of one concentrator or all; only events with
+        t <= ``before`` when given), newest first."""
 
     # polled tags ------------------------------------------------------------
 

@@ -359,6 +359,12 @@ class SqliteStorage(BalanceTables, DeviceReports, BridgeSlots, TagTable, ExportQ
         )
         return [MeterHead(*r) for r in rows]
 
+    async def reading_times(self, before: int) -> dict[int, int]:
+        rows = await self._all(
+            "SELECT m.id, (SELECT max(r.ts) FROM readings r WHERE r.meter = m.id AND r.ts <= ?) FROM meters m",
+            (before,))
+        return {r[0]: r[1] for r in rows if r[1] is not None}
+
     async def readings_around(self, meter: int, ts: int) -> ReadingRows:
         return await self._reading_rows(
             f"SELECT {READING_COLUMNS} FROM readings WHERE meter = ? AND ts >= "
