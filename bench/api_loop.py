@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import sqlite3
 import tempfile
 import time
@@ -34,6 +35,7 @@ from zoneinfo import ZoneInfo
 
 import httpx
 import numpy as np
+from procs import ticker
 
 from balans_edge.config import parse_config
 from balans_edge.core.model import Concentrator, Group, GroupInput, Meter, RadioModule, Resource
@@ -58,13 +60,6 @@ def seed(path: Path, t0: int, t1: int) -> int:
     return len(hours)
 
 
-async def ticker(stalls: list[float], stop: asyncio.Event) -> None:
-    while not stop.is_set():
-        t = time.perf_counter()
-        await asyncio.sleep(0.005)
-        stalls.append(time.perf_counter() - t - 0.005)
-
-
 async def stalled(work: asyncio.Future | asyncio.Task) -> tuple[float, float]:
     """(wall time of ``work``, the loop's longest stall meanwhile)."""
     stalls: list[float] = []
@@ -79,7 +74,7 @@ async def stalled(work: asyncio.Future | asyncio.Task) -> tuple[float, float]:
     return wall, max(stalls, default=0.0)
 
 
-async def old_path(server: Server, key: int, t0: int, t1: int) -> None:
+async def old_path(server: Server, key: int, t0: int, t1: int) -> list[float]:
     """What the meter route did before: every stored hour into Python, filled hour by
     hour and summed into local months on the event loop."""
     from balans_edge.core.intervals import CODE, QUALITY_CODES
@@ -92,7 +87,7 @@ async def old_path(server: Server, key: int, t0: int, t1: int) -> None:
         v, q = by_t.get(t, (None, CODE[Quality.MISSING]))
         local = datetime.fromtimestamp(t, TZ).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
         buckets.setdefault(int(local.timestamp()), []).append(IntervalValue(t, v, QUALITY_CODES[q]))
-    [sum(h.value for h in hours if h.value is not None) for hours in buckets.values()]
+    return [sum(h.value for h in hours if h.value is not None) for hours in buckets.values()]
 
 
 async def main(parallel: int, years: int) -> None:
@@ -105,8 +100,6 @@ async def main(parallel: int, years: int) -> None:
                 "api": {"users": [{"name": "bench", "role": "viewer", "token": TOKEN}]},
                 "plugins": {"analytics": {"interval_s": 0}}}
         config = parse_config(data, config_schemas(plugins))
-        import dataclasses
-
         config = dataclasses.replace(config, server=dataclasses.replace(config.server, port=0))
         server = Server(config, plugins)
         await server.storage.open()
