@@ -385,11 +385,10 @@ class SqliteStorage(BalanceTables, DeviceReports, BridgeSlots, TagTable, ExportQ
     async def readings_spanning(self, spans: Sequence[tuple[int, int, int]]) -> ReadingRows:
         if not spans:
             return ReadingRows.empty()
-        cols = _READING_COLUMNS_R
         return await self._reading_rows(
             "WITH s(meter, lo, hi) AS (SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'), "
             "json_extract(value, '$[2]') FROM json_each(?)) "
-            f"SELECT {cols} FROM s JOIN readings r ON r.meter = s.meter "
+            f"SELECT {_READING_COLUMNS_R} FROM s JOIN readings r ON r.meter = s.meter "
             "AND r.ts >= coalesce((SELECT max(p.ts) FROM readings p WHERE p.meter = s.meter AND p.ts < s.lo), s.lo) "
             "AND r.ts <= coalesce((SELECT min(n.ts) FROM readings n WHERE n.meter = s.meter AND n.ts > s.hi), s.hi) "
             "ORDER BY r.meter, r.ts",
