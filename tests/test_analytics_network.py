@@ -113,3 +113,30 @@ async def test_the_command_answers_the_scope_only(history: Any) -> None:
     text = out.decode()
     assert "module:1004" in text and "silent for 169.0 h" in text and "weak_link" in text
     assert "module:1001" not in text and "module:1002" not in text
+
+
+async def test_a_past_period_sees_the_health_reported_with_readings(history: Any) -> None:
+    """A concentrator that sends no TOPOLOGY: module 1002's battery, link and hops come
+    only with its READINGS (module_reports). A run over a past period judges them as the
+    module reported them by the period's end, not as today's registry row has them."""
+    from balans_edge.core.storage import IngestWrite, ModuleHealth
+
+    server, client = history
+    falling = [(day, 3200 - 60 * day) for day in range(1, 6)]  # 3140 .. 2900 mV, weak link, long route
+    replaced = [(21, 3600), (22, 3590)]  # long after the period: a new battery, a good link
+    for day, mv in falling + replaced:
+        weak = day < 15
+        await server.storage.commit_ingest(IngestWrite(
+            module_health=[ModuleHealth(1002, START + day * DAY, mv, -101 if weak else -60, 22 if weak else 3)]))
+    module = await server.storage.registry_get("modules", 1002)
+    assert (module.battery_mv, module.rssi, module.hops) == (3590, -60, 3)  # today's
+    r = await client.post("/api/v1/analytics/run", headers=auth("operator"),
+                          json={"group": "G1", "from": iso(PERIOD[0]), "to": iso(PERIOD[1])})
+    assert r.status_code == 200, r.text
+    network = {f["kind"]: f for f in r.json()["findings"] if f["subject"] == "module:1002"}
+    assert set(network) == {"silent", "low_battery", "weak_link", "too_many_hops"}
+    stored = {f["id"]: f for f in await server.storage.findings(subject="module:1002", limit=100)}
+    battery = stored[network["low_battery"]["id"]]["data"]
+    assert (battery["battery_mv"], battery["points"], battery["slope_mv_per_day"]) == (2900, 5, -60.0)
+    assert stored[network["weak_link"]["id"]]["data"]["rssi_dbm"] == -101
+    assert stored[network["too_many_hops"]["id"]]["data"]["hops"] == 22

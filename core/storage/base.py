@@ -561,6 +561,12 @@ class Storage(ABC):
         t <= ``before`` when given), newest first: one entry per hour (the first
         report in it) with ``t`` (the hour), ``battery_mv``, ``rssi`` and ``hops``."""
 
+    @abstractmethod
+    async def latest_module_reports(self, before: int) -> list[dict[str, Any]]:
+        """The newest health report (columns of ``module_reports``) of every module
+        that has one at or before ``before``: how the modules reported themselves
+        at a past time."""
+
     async def latest_topology(self, before: int | None = None) -> list[dict[str, Any]]:
         """The newest topology entry of every module (columns of ``topology_history``;
         of the entries with t <= ``before`` when given) with ``online_t``: the time of

@@ -137,6 +137,14 @@ class DeviceReports:
         where, args = _where({"module_id = ?": module_id, "t <= ?": before})
         return await self._device_rows("module_reports", "t DESC", where, args, limit)
 
+    async def latest_module_reports(self, before: int) -> list[dict[str, Any]]:
+        rows = await self._all(
+            "SELECT r.* FROM module_reports r JOIN (SELECT module_id, max(t) AS t FROM module_reports "
+            "WHERE t <= ? GROUP BY module_id) m ON r.module_id = m.module_id AND r.t = m.t ORDER BY r.module_id",
+            (before,),
+        )
+        return [dict(r) for r in rows]
+
     async def latest_topology(self, before: int | None = None) -> list[dict[str, Any]]:
         until = 2**62 if before is None else before
         rows = await self._all(

@@ -103,7 +103,9 @@ async def module_views(storage: Storage, config: NetworkConfig, now: float, *, p
 
     ``past``: as things were at ``now`` (a run over a past period): only readings
     and topology reports up to then count, and a module's route, link and battery
-    are those of its newest report by then (the registry holds today's). ``keep``:
+    are those of its newest report by then (the registry holds today's): a
+    topology entry, or the health the module reported with its readings when
+    that is newer (a concentrator may send TOPOLOGY rarely). ``keep``:
     only these registered modules (None: all); ``unregistered``: also modules only
     a topology report knows."""
     registry = {m.module_id: m for m in await storage.registry_list("modules")
@@ -111,6 +113,7 @@ async def module_views(storage: Storage, config: NetworkConfig, now: float, *, p
     latest = {r["module_id"]: r for r in await storage.latest_topology(int(now) if past else None)
               if r["module_id"] in registry or unregistered}
     readings = await newest_readings(storage, int(now) if past else None)
+    reports = {r["module_id"]: r for r in await storage.latest_module_reports(int(now))} if past else {}
     silent_after = config.silent_periods * config.report_interval_s
     views: dict[int, ModuleView] = {}
     for module_id in sorted(set(registry) | set(latest)):
@@ -157,6 +160,10 @@ async def module_views(storage: Storage, config: NetworkConfig, now: float, *, p
                 state,
             )
         view.reported_t = snap["t"] if snap else None
+        own = reports.get(module_id)
+        if own is not None and (snap is None or own["t"] >= snap["t"]):
+            view.battery_mv, view.rssi = own["battery_mv"], own["rssi"]
+            view.hops = own["hops"] if own["hops"] is not None else view.hops  # None: out of range, not reported
         views[module_id] = view
     return views
 
