@@ -55,7 +55,6 @@ def closed_span(t0: int, t1: int, now: int) -> tuple[int, int]:
     return h0, max(h0, min(h1, now - now % HOUR))
 
 
-
 @dataclass(frozen=True, slots=True)
 class Tree:
     """The registry's groups with their members, for lookups by id."""
