@@ -13,7 +13,7 @@ import click
 from balans_edge import cli as _cli
 from balans_edge.core import findings as rules
 
-COLUMNS = ("id", "status", "kind", "subject", "group", "first seen", "last seen", "seen", "message")
+COLUMNS = ("id", "status", "kind", "subject", "group", "started", "ended", "seen", "message")
 
 
 @click.group()
@@ -27,7 +27,7 @@ def _time(t: int | None) -> str:
 
 def _cells(f: dict[str, Any]) -> tuple[str, ...]:
     return (str(f["id"]), f["status"], f["kind"], f["subject"], f.get("group_id") or "—",
-            _time(f.get("first_seen")), _time(f.get("last_seen")), str(f["seen"]), f["message"])
+            _time(f.get("started")), _time(f.get("ended")), str(f["seen"]), f["message"])
 
 
 def _table(found: list[dict[str, Any]]) -> str:

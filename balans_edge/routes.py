@@ -21,12 +21,15 @@ from zoneinfo import ZoneInfo
 from sanic import response
 from sanic.request import Request
 
+from balans_edge.core.calendar import MAX_POINTS, STEPS, Step
+from balans_edge.core.calendar import count as count_periods
 from balans_edge.core.text import check_text
 from balans_edge.core.times import RANGE_TEXT, check_time
 from balans_edge.core.times import parse_time as parse_time_text
 
 Role = Literal["viewer", "operator", "admin"]
 ROLE_RANK = {"viewer": 1, "operator": 2, "admin": 3}
+UTC_ZONE = ZoneInfo("UTC")
 
 
 class ApiError(Exception):
@@ -101,27 +104,29 @@ def parse_time_value(raw: Any, name: str, code: str = "bad_parameter") -> int:
         raise ApiError(400, code, f"{name}: {exc}") from None
 
 
-MAX_SPAN_S = {"hour": 366 * 24 * 3600, "day": 10 * 366 * 24 * 3600, "month": 50 * 366 * 24 * 3600}
-"""Longest period a query may ask for at each step (bounds the work of one request)."""
-
-
-def parse_step(request: Request) -> str:
+def parse_step(request: Request) -> Step:
     step = request.args.get("step", "hour")
-    if step not in MAX_SPAN_S:
+    if step not in STEPS:
         raise ApiError(400, "bad_parameter", f"step: expected hour, day or month, got {step!r}")
     return step
 
 
-def parse_period(request: Request, step: str, what: str = "") -> tuple[int, int]:
-    """``from`` and ``to`` of a query, checked: ordered, and not too long for the
-    step; ``what`` names a route that has no step in the message (``readings``)."""
+def parse_period(request: Request, step: Step, tz: ZoneInfo = UTC_ZONE, what: str = "") -> tuple[int, int]:
+    """``from`` and ``to`` of a query, checked: ordered, and asking for at most
+    ``MAX_POINTS[step]`` periods (days and months of ``tz``): the limit bounds the
+    work of one request. ``what`` names a route that has no step (``readings``):
+    its limit is the day's, stated in days."""
     t0 = parse_time(request, "from")
     t1 = parse_time(request, "to")
     if t1 <= t0:
         raise ApiError(400, "bad_parameter", "to must be later than from")
-    if t1 - t0 > MAX_SPAN_S[step]:
-        raise ApiError(400, "bad_parameter", f"period too long for {what or f'step={step}'}: at most "
-                                             f"{MAX_SPAN_S[step] // 86400} days between from and to")
+    limit = MAX_POINTS[step]
+    asked = count_periods(t0, t1, step, tz)  # parse_time keeps both in the valid range: no calendar overflow
+    if asked > limit and what:
+        raise ApiError(400, "bad_parameter", f"period too long for {what}: at most {limit} days between from and to")
+    if asked > limit:
+        raise ApiError(400, "bad_parameter", f"period too long: at most {limit} points per request at step={step}, "
+                                             f"from..to holds {asked}; ask for a shorter period or a longer step")
     return t0, t1
 
 

@@ -276,14 +276,18 @@ class Server:
         await self.plugins.notify("observe_commands", server=self, command=command)
 
     async def report_finding(self, finding: Finding) -> Finding:
-        """Store a finding once per problem; raise an alarm and tell the observers
+        """Store a finding once per event; raise an alarm and tell the observers
         only when it is new.
 
-        Detectors report what they see on every run; a finding still open or
-        acknowledged is updated in place (seen again, newest estimate), and one
-        marked a false alarm recently is suppressed. So notifiers, SCADA bridges
-        and ``observe_findings`` hear about a problem once, not once per run.
-        The returned finding carries the id of the stored one either way.
+        Detectors report what they see on every run; a report that continues
+        the event of an open or acknowledged finding updates it (seen again,
+        newest estimate, its end moves on), one of a resolved event or within a
+        false alarm's mute is dropped, and an event that starts after the last
+        one ended is a new finding, all in the data's time
+        (``core.findings.match``). So notifiers, SCADA bridges and
+        ``observe_findings`` hear about each event once, not once per run, and
+        a leak that comes back months later raises its own alarm. The returned
+        finding carries the id of the stored one either way.
         """
         record = dataclasses.asdict(finding)
         record["t"] = finding.t or int(time.time())

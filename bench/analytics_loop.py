@@ -24,6 +24,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from procs import ticker
+
 from balans_edge.config import parse_config
 from balans_edge.core.analytics.base import Scope
 from balans_edge.plugin_manager import config_schemas, load_plugins
@@ -38,13 +40,6 @@ async def settle(server: Server) -> None:
     """Wait until hourly consumption and balances are computed."""
     while await server.storage.take_dirty(1) or await server.storage.take_balance_dirty(1):
         await asyncio.sleep(0.2)
-
-
-async def ticker(stalls: list[float], stop: asyncio.Event) -> None:
-    while not stop.is_set():
-        t = time.perf_counter()
-        await asyncio.sleep(0.005)
-        stalls.append(time.perf_counter() - t - 0.005)
 
 
 async def main(buildings: int, apartments: int, days: int) -> None:

@@ -42,6 +42,8 @@ BATCH_SIZES = (1_000, 20_000)
 FEEDERS = 4
 TARGET_RATE = 100_000
 TARGET_RATIO = 0.30
+TARGET_RESEND = 1.5
+RESEND_BACKLOG_DAYS = 7
 
 
 @dataclass
@@ -242,6 +244,46 @@ async def bench_concurrent(path: Path, data: Readings, batch: int) -> Run:
     return run
 
 
+@dataclass
+class Resend:
+    first: float
+    """Seconds of the day's first delivery."""
+    again: float
+    """Seconds of the same day sent again, with the backlog stored after it."""
+    backlog_hours: int
+    frames: int
+    duplicates: int
+
+    @property
+    def ratio(self) -> float:
+        return self.again / self.first
+
+
+async def bench_resend(path: Path, data: Readings, backlog_days: int) -> Resend:
+    """A concentrator sends a day again (its buffer replayed after a reconnection)
+    once the days after it are stored: each frame holds one hour of every meter,
+    as the day's first delivery did. Both deliveries are timed in the same run."""
+    storage, ingest = await open_storage(path, data)
+    hour = (data.ts - T_START) // H - 1
+    frames = [data.batch(np.flatnonzero(hour == h)) for h in range(24)]
+    backlog = [data.batch(np.flatnonzero(hour == h)) for h in range(24, 24 * (1 + backlog_days))]
+    t = time.perf_counter()
+    for b in frames:
+        await ingest.ingest(b)
+    first = time.perf_counter() - t
+    for b in backlog:
+        await ingest.ingest(b)
+    before = ingest.totals.duplicates
+    t = time.perf_counter()
+    for b in frames:
+        await ingest.ingest(b)
+    again = time.perf_counter() - t
+    duplicates = ingest.totals.duplicates - before
+    assert duplicates == sum(len(b) for b in frames), ingest.totals.as_dict()
+    await storage.close()
+    return Resend(first, again, len(backlog), len(frames), duplicates)
+
+
 async def make_schema(path: Path) -> None:
     storage = SqliteStorage(path)
     await storage.open()
@@ -303,6 +345,12 @@ def main() -> int:
             if args.arrival_baseline:
                 arrival_runs[size] = bench_raw(d / f"arrival-{size}.db", data, size, key_order=False)
         concurrent = asyncio.run(bench_concurrent(d / "concurrent.db", data, BATCH_SIZES[0]))
+        days = synthesize(METERS * 24 * (1 + RESEND_BACKLOG_DAYS))
+        rounds = [asyncio.run(bench_resend(d / f"resend-{i}.db", days, RESEND_BACKLOG_DAYS)) for i in range(3)]
+        # Best of three fresh databases for each delivery: an fsync stalled by other
+        # work on the machine must not decide the ratio.
+        resend = Resend(min(r.first for r in rounds), min(r.again for r in rounds), rounds[0].backlog_hours,
+                        rounds[0].frames, rounds[0].duplicates)
 
     # (label, ingest run, raw run at the same batch size, raw in arrival order, counts for the target)
     rows = [(f"{size:,}", ingest_runs[size], raw_runs[size], arrival_runs.get(size), True) for size in BATCH_SIZES]
@@ -335,12 +383,19 @@ def main() -> int:
         f"{FEEDERS} feeders (one per concentrator of {MODULES // FEEDERS} modules): {c.calls:,} ingest calls "
         f"shared {c.commits:,} commits; ingest calls in flight: max {c.max_in_flight}, mean {c.mean_in_flight:.1f}."
     )
+    resend_ok = resend.ratio <= TARGET_RESEND
+    print(
+        f"re-send of a day ({resend.frames} frames of {METERS} readings, {resend.backlog_hours} hours stored after "
+        f"it): {resend.again:.2f} s against {resend.first:.2f} s for its first delivery = {resend.ratio:.2f}x "
+        f"({resend.duplicates:,} duplicates counted; best of 3 each): " + ("met" if resend_ok else "below")
+    )
     print()
     print(
-        f"targets (single feeder): >= {TARGET_RATE:,} readings/s at batches of {rate_batch:,} and "
-        f">= {TARGET_RATIO:.0%} of raw executemany at every batch size: "
-        + ("met" if ok else "NOT met")
+        f"targets (single feeder): >= {TARGET_RATE:,} readings/s at batches of {rate_batch:,}, "
+        f">= {TARGET_RATIO:.0%} of raw executemany at every batch size, a re-sent day <= {TARGET_RESEND}x "
+        "its first delivery: " + ("met" if ok and resend_ok else "NOT met")
     )
+    ok &= resend_ok
 
     if profile:
         out = io.StringIO()

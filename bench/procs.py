@@ -1,10 +1,13 @@
 """Process helpers the benchmarks share: free ports, CPU time of a server process,
-and pinning processes to cores so a server and its load do not share one."""
+pinning processes to cores so a server and its load do not share one, and a
+ticker that measures how long the event loop stalls."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
+import time
 from pathlib import Path
 
 TICKS = os.sysconf("SC_CLK_TCK")
@@ -25,3 +28,12 @@ def cpu_seconds(pid: int) -> float:
 def pin(pid: int, core: int) -> None:
     if hasattr(os, "sched_setaffinity") and (os.cpu_count() or 1) > 1:
         os.sched_setaffinity(pid, {core})
+
+
+async def ticker(stalls: list[float], stop: asyncio.Event) -> None:
+    """Sleep 5 ms at a time until ``stop`` and record how late each wake-up was:
+    the longest is the event loop's longest stall meanwhile."""
+    while not stop.is_set():
+        t = time.perf_counter()
+        await asyncio.sleep(0.005)
+        stalls.append(time.perf_counter() - t - 0.005)

@@ -17,12 +17,13 @@ from __future__ import annotations
 import itertools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, date, datetime
+from datetime import UTC, datetime
 from typing import Any, Literal
 from zoneinfo import ZoneInfo
 
 import numpy as np
 
+from balans_edge.core.calendar import HOUR, local_starts
 from balans_edge.core.model import Group, Meter
 from balans_edge.core.periods import MeterPeriod
 
@@ -427,23 +428,6 @@ def compute(tree: BalanceTree, t: np.ndarray, values: np.ndarray, quality: np.nd
     return BalanceSeries(list(tree.group_ids), t, inp, consumed, measured, estimated, missing, *input_counts)
 
 
-def _period_starts(t: np.ndarray, step: Literal["day", "month"], tz: ZoneInfo) -> np.ndarray:
-    """Sorted unix starts of the local days or months that the hours ``t`` fall in.
-
-    Only the unique UTC days of ``t`` go through zoneinfo (an hour's local date
-    is that of its UTC day's first or last second), so DST changes are handled
-    by the library and the Python loop is over days, not hours.
-    """
-    dates: set[date] = set()
-    for day in np.unique(np.asarray(t, np.int64) // 86400).tolist():
-        for edge in (day * 86400, day * 86400 + 86399):
-            local = datetime.fromtimestamp(edge, tz).date()
-            dates.add(local.replace(day=1) if step == "month" else local)
-    # Midnight built with fold=0: a midnight skipped by a DST jump maps to the
-    # instant the clock jumped, which is when that local day really began.
-    return np.array(sorted(int(datetime(d.year, d.month, d.day, tzinfo=tz).timestamp()) for d in dates), np.int64)
-
-
 def aggregate(series: BalanceSeries, step: Literal["hour", "day", "month"], tz: ZoneInfo) -> BalanceSeries:
     """Sum hours into local days or months of the site's timezone (every column,
     counts included, so completeness shares of a day are exact)."""
@@ -456,7 +440,7 @@ def aggregate(series: BalanceSeries, step: Literal["hour", "day", "month"], tz: 
     columns = {name: getattr(series, name)[:, order] for name in BalanceSeries.COLUMNS}
     if not len(t):
         return BalanceSeries(list(series.group_ids), t, **columns)
-    bounds = _period_starts(t, step, tz)
+    bounds = local_starts(int(t[0]), int(t[-1]) + HOUR, step, tz)
     period = np.searchsorted(bounds, t, side="right") - 1
     first = np.flatnonzero(np.r_[True, period[1:] != period[:-1]])
     summed = {name: np.add.reduceat(col, first, axis=1) for name, col in columns.items()}

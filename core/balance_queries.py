@@ -8,19 +8,22 @@ and the findings journal.
 
 from __future__ import annotations
 
+import asyncio
+import itertools
 import re
 import weakref
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta
+from datetime import datetime
 from typing import Any, Literal
 from zoneinfo import ZoneInfo
 
 import numpy as np
 
 from balans_edge.core.allocation import AccountUse, AllocationReport, allocate
-from balans_edge.core.balance import BalanceSeries, Coverage, aggregate
+from balans_edge.core.balance import BalanceSeries, Coverage
+from balans_edge.core.calendar import Step, period_ends, periods
 from balans_edge.core.losses import LossEntry, finding_active, rank, volume_between
 from balans_edge.core.model import Group, Meter
 from balans_edge.core.storage import Storage
@@ -28,8 +31,6 @@ from balans_edge.core.storage import Storage
 HOUR = 3600
 FINDINGS_SCANNED = 10_000
 """Newest findings looked at for suspects and fixable volume."""
-
-Step = Literal["hour", "day", "month"]
 
 
 def month_bounds(month: str, tz: ZoneInfo) -> tuple[int, int]:
@@ -105,6 +106,14 @@ class Tree:
         """The group and its member meters: what a finding may be about to concern it."""
         return {group_id, *self.member_meters.get(group_id, [])}
 
+    def _counted(self, group_id: str) -> tuple[list[Meter], list[Meter]]:
+        """The meters a group's balance counts: its input meters, and its members
+        (its member meters and its member groups' input meters)."""
+        own = [i.meter_id for i in self.groups[group_id].inputs]
+        fed = self.member_meters.get(group_id, []) + [
+            i.meter_id for child in self.children.get(group_id, []) for i in self.groups[child].inputs]
+        return [self.meters[m] for m in own if m in self.meters], [self.meters[m] for m in fed if m in self.meters]
+
     def installed(self, group_ids: Sequence[str], t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Members and input meters of each group installed in each hour (two (G, H)
         int64 arrays), counted as the balance worker counts them: a meter is in an
@@ -115,12 +124,24 @@ class Tree:
         for row, group_id in enumerate(group_ids):
             if group_id not in self.groups:  # deleted since the caller listed it: nothing installed
                 continue
-            own = [i.meter_id for i in self.groups[group_id].inputs]
-            fed = self.member_meters.get(group_id, []) + [
-                i.meter_id for child in self.children.get(group_id, []) for i in self.groups[child].inputs]
-            inputs[row] = self._active([self.meters[m] for m in own if m in self.meters], t)
-            members[row] = self._active([self.meters[m] for m in fed if m in self.meters], t)
+            own, fed = self._counted(group_id)
+            inputs[row] = self._active(own, t)
+            members[row] = self._active(fed, t)
         return members, inputs
+
+    def install_changes(self, group_ids: Sequence[str]) -> np.ndarray:
+        """The hours (sorted) from which ``installed`` may count differently for these
+        groups: a meter's first hour (that of its installation) and the first hour
+        after its removal. Between two of them the counts are the same every hour."""
+        times: list[int] = []
+        for group_id in group_ids:
+            if group_id not in self.groups:
+                continue
+            for m in itertools.chain(*self._counted(group_id)):
+                times.append(m.install_time - m.install_time % HOUR)
+                if m.removed_time is not None:
+                    times.append(-(-m.removed_time // HOUR) * HOUR)
+        return np.unique(np.array(times, np.int64))
 
     @staticmethod
     def _active(meters: Sequence[Meter], t: np.ndarray) -> np.ndarray:
@@ -133,6 +154,26 @@ _TREES: weakref.WeakKeyDictionary[Storage, tuple[int, Tree]] = weakref.WeakKeyDi
 """The last tree built per storage, with the registry version it was built at."""
 
 
+def count_missing(columns: dict[str, np.ndarray], never: np.ndarray, blind: np.ndarray, members: np.ndarray,
+                  inputs: np.ndarray) -> None:
+    """Count the meters nobody reported as missing, in ``columns`` (a balance's
+    (G, N) columns, changed in place), over N stretches of hours that are over and
+    in each of which ``members`` and ``inputs`` meters of each group are installed:
+
+    - ``never``: hours of the stretch never computed (no meter counted at all):
+      every installed member is missing, and so is every installed input meter,
+      at least one when members were installed (their group had an input);
+    - ``blind``: hours whose members are counted but no input meter is: the input
+      is missing (at least one meter).
+
+    A stretch is one hour (``count_unknown``) or the hours of a period between two
+    changes of the installed meters (``group_series``): the rule is the same.
+    """
+    fed = np.maximum(inputs, 1)
+    columns["missing"] += never * members
+    columns["input_missing"] += never * np.where(members > 0, fed, inputs) + blind * fed
+
+
 def count_unknown(series: BalanceSeries, installed: Callable[[], tuple[np.ndarray, np.ndarray]],
                   now: int) -> BalanceSeries:
     """The stored hourly balance with what nobody knows counted as missing.
@@ -143,9 +184,10 @@ def count_unknown(series: BalanceSeries, installed: Callable[[], tuple[np.ndarra
     count at all) has every member and input meter installed then missing
     (``installed()``: members and inputs, (G, H) each, asked only when some
     hour needs them), and a group whose members are counted but no
-    input meter is has its input missing. An hour in which none of the group's
-    meters was installed stays empty (the group was not there), and hours not
-    over yet are emptied: they are not missing, they have not happened.
+    input meter is has its input missing (``count_missing``). An hour in which
+    none of the group's meters was installed stays empty (the group was not
+    there), and hours not over yet are emptied: they are not missing, they have
+    not happened.
     """
     over = (series.t + HOUR <= now)[None, :]
     no_input = (series.input_measured + series.input_estimated + series.input_missing == 0) & over
@@ -153,37 +195,22 @@ def count_unknown(series: BalanceSeries, installed: Callable[[], tuple[np.ndarra
         return series
     columns = {name: np.where(over, getattr(series, name), 0) for name in BalanceSeries.COLUMNS}
     if no_input.any():
-        members, inputs = installed()
-        never = no_input & (series.measured + series.estimated + series.missing == 0)
-        columns["missing"][never] = members[never]
-        columns["input_missing"][no_input] = inputs[no_input]
-        blind = no_input & (columns["measured"] + columns["estimated"] + columns["missing"] > 0)
-        columns["input_missing"][blind] = np.maximum(columns["input_missing"][blind], 1)
+        counted = series.measured + series.estimated + series.missing > 0
+        count_missing(columns, no_input & ~counted, no_input & counted, *installed())
     return BalanceSeries(list(series.group_ids), series.t, **columns)
 
 
 async def hourly_balance(storage: Storage, tree: Tree, group_ids: Sequence[str], h0: int, h1: int,
                          now: int) -> BalanceSeries:
-    """Hourly balance of the groups over the hours [h0, h1), unknown hours missing (``count_unknown``)."""
+    """Hourly balance of the groups over the hours [h0, h1), unknown hours missing
+    (``count_unknown``: numpy work over every group's hours, done in a worker thread)."""
     series = await storage.balance(list(group_ids), h0, h1)
-    return count_unknown(series, lambda: tree.installed(group_ids, series.t), now)
+    return await asyncio.to_thread(count_unknown, series, lambda: tree.installed(group_ids, series.t), now)
 
 
 def _hour_starts(a: np.ndarray | int, b: np.ndarray | int) -> np.ndarray:
     """How many hour starts (multiples of an hour) lie in [a, b)."""
     return np.maximum(0, -(-np.asarray(b) // HOUR) - -(-np.asarray(a) // HOUR))
-
-
-def period_ends(starts: np.ndarray, step: Step, tz: ZoneInfo) -> np.ndarray:
-    """End of each period (the next local midnight or first of the month)."""
-    if step == "hour":
-        return np.asarray(starts, np.int64) + HOUR
-    ends = []
-    for start in np.asarray(starts, np.int64).tolist():
-        d = datetime.fromtimestamp(start, tz).date()
-        d = d + timedelta(days=1) if step == "day" else date(d.year + d.month // 12, d.month % 12 + 1, 1)
-        ends.append(int(datetime(d.year, d.month, d.day, tzinfo=tz).timestamp()))
-    return np.array(ends, np.int64)
 
 
 def coverage(starts: np.ndarray, step: Step, tz: ZoneInfo, h0: int, h1: int, now: int) -> Coverage:
@@ -206,10 +233,32 @@ async def group_series(storage: Storage, tree: Tree, group_ids: Sequence[str], t
                        tz: ZoneInfo, now: int) -> Periods:
     """Balance of the groups per hour, local day or local month over [t0, t1):
     hours nobody knows are missing, hours not over yet are not counted, and
-    periods cut short by the span or by ``now`` are marked partial."""
-    h0, h1 = hour_span(t0, t1)
-    series = aggregate(await hourly_balance(storage, tree, group_ids, h0, h1, now), step, tz)
-    return Periods(series, coverage(series.t, step, tz, h0, h1, now))
+    periods cut short by the span or by ``now`` are marked partial.
+
+    Storage sums the stored hours where they are (fifty years of months are
+    440,000 hours per group: never on the event loop). It sums them per piece:
+    the hours of a period that are over, cut wherever a group's installed meters
+    change, so the hours nobody reported are counted missing per piece
+    (``count_missing``), not hour by hour."""
+    p = periods(t0, t1, step, tz)
+    h0, h1 = int(p.edges[0]), int(p.edges[-1])
+    over = max(h0, min(h1, now - now % HOUR))
+    cuts = tree.install_changes(group_ids)
+    edges = np.unique(np.concatenate([p.edges[p.edges < over], cuts[(cuts > h0) & (cuts < over)], [over]]))
+    shape = (len(group_ids), len(p.starts))
+    columns = {name: np.zeros(shape, np.float64 if i < 2 else np.int64)
+               for i, name in enumerate(BalanceSeries.COLUMNS)}
+    if len(edges) > 1:
+        sums = await storage.balance_periods(list(group_ids), edges)
+        pieces = {name: getattr(sums.series, name) for name in BalanceSeries.COLUMNS}
+        members, inputs = tree.installed(group_ids, edges[:-1])
+        count_missing(pieces, np.diff(edges) // HOUR - sums.counted, sums.blind, members, inputs)
+        period = np.searchsorted(p.edges, edges[:-1], side="right") - 1
+        first = np.flatnonzero(np.r_[True, period[1:] != period[:-1]])
+        for name, piece in pieces.items():
+            columns[name][:, period[first]] = np.add.reduceat(piece, first, axis=1)
+    series = BalanceSeries(list(group_ids), p.starts, **columns)
+    return Periods(series, coverage(p.starts, step, tz, h0, h1, now))
 
 
 async def findings_between(storage: Storage, t0: int, t1: int) -> list[dict[str, Any]]:
@@ -261,4 +310,6 @@ async def losses(storage: Storage, tree: Tree, level: str | None, t0: int, t1: i
     h0, h1 = closed_span(t0, t1, now)
     hourly = await hourly_balance(storage, tree, [g.group_id for g in groups], h0, h1, now)
     found = await findings_between(storage, t0, t1)
-    return rank(groups, hourly, tz, found, members=tree.member_meters, threshold=threshold, order=order)
+    # Every group's hours of the period: numpy work for a worker thread, not the event loop.
+    return await asyncio.to_thread(rank, groups, hourly, tz, found, members=tree.member_meters,
+                                   threshold=threshold, order=order)

@@ -1,4 +1,11 @@
-"""The lifecycle of a stored finding: which status may follow which.
+"""A stored finding: the event it is, and its lifecycle (which status may follow which).
+
+A finding is one event a detector saw: a leak, a stopped meter, a silent
+module, with when it started and ended in the data's time (not the wall
+clock: history is replayed and back-filled), its rate and its volume.
+Detectors report what their window shows on every run; ``match`` decides
+whether a report continues the newest stored finding of its detector,
+subject and kind or is a new event (a new finding and a new alarm).
 
 A finding is ``open`` when a detector first reports it. An operator
 acknowledges it (someone is looking), resolves it (fixed on site) or marks it
@@ -9,10 +16,13 @@ detector and kind can be measured on real sites, not only on simulations.
 
 from __future__ import annotations
 
+import math
 import statistics
 import time
 from collections import defaultdict
-from typing import Any
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
 
 OPEN = "open"
 ACKNOWLEDGED = "acknowledged"
@@ -31,7 +41,79 @@ TRANSITIONS: dict[str, tuple[str, ...]] = {
 }
 
 SUPPRESS_S = 30 * 86400
-"""How long a false alarm keeps the same detector, subject and kind from being reported again."""
+"""How long (of data time after the event's end) a false alarm keeps the same
+detector, subject and kind from being reported again."""
+EVENT_GAP_S = 2 * 86400
+"""An event its detector has not seen for this long (of data time) has ended: a
+report of the same detector, subject and kind that starts later is a new event.
+Longer than the detectors' run interval, so a report that states no start of its
+own (it starts when it is made) still continues the event seen one run before."""
+
+Match = Literal["new", "update", "ignore"]
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """What one report says happened, in the data's time."""
+
+    start: int
+    end: int
+    rate: float | None
+    """Volume per hour in the subject's unit, when the detector states one."""
+    volume: float | None
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        return None
+    return float(value)
+
+
+def finding_volume(finding: Mapping[str, Any]) -> float | None:
+    """The volume a finding states, if it states one as a number."""
+    data = finding.get("data") or {}
+    return _number(data.get("volume_m3", data.get("volume")))
+
+
+def event_of(record: Mapping[str, Any]) -> Event:
+    """The event a report describes: ``data["start"]`` and ``data["end"]`` when the
+    detector states them (else the report's own time ``t``), ``data["rate"]``, the volume."""
+    data = record.get("data") or {}
+    t = int(record["t"])
+    start, end = _number(data.get("start")), _number(data.get("end"))
+    end_t = t if end is None else int(end)
+    start_t = min(end_t, t if start is None else int(start))
+    return Event(start_t, end_t, _number(data.get("rate")), finding_volume(record))
+
+
+def fuller(stored_volume: float | None, event: Event) -> bool:
+    """Whether a report of a stored event saw at least as much of it as the stored
+    estimate did (its volume is not smaller): then its message, rate and data
+    become the finding's. A window that has slid past most of the event sees
+    less of it and estimates it worse; without volumes the newest report wins."""
+    return stored_volume is None or event.volume is None or event.volume >= stored_volume
+
+
+def match(status: str, started: int, ended: int, event: Event, suppress_s: int = SUPPRESS_S,
+          gap_s: int = EVENT_GAP_S) -> Match:
+    """What a report of ``event`` does to the newest finding of its detector, subject
+    and kind (its status and its event's start and end), all in the data's time:
+
+    - ``open`` or ``acknowledged``: the report continues it (``update``) unless the
+      event starts a gap after the finding's end: then that one ended, this is ``new``;
+    - ``resolved``: closed; a report of the event as it was when resolved (starting
+      no later than its end: a detector's window still shows it) is ``ignore``d, a
+      later start is a ``new`` event;
+    - ``false_alarm``: muted: reports of events seen until ``suppress_s`` after its
+      end are ``ignore``d, later ones are ``new``.
+    """
+    if status in ACTIVE:
+        return "update" if event.start < ended + gap_s else "new"
+    if status == RESOLVED:
+        return "ignore" if event.start <= ended else "new"
+    if status == FALSE_ALARM:
+        return "ignore" if event.end < ended + suppress_s else "new"
+    raise ValueError(f"unknown status {status!r}")
 
 
 class TransitionError(ValueError):

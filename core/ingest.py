@@ -446,9 +446,9 @@ class Ingest:
         fast_rows = np.repeat(in_order, lengths)
 
         inserts = [self._fast(m[fast_rows], b.take(np.flatnonzero(fast_rows)), write)]
-        for meter in seg_meter[~in_order].tolist():
-            rows = np.flatnonzero(m == meter)
-            inserts.append(await self._slow(meter, b.take(rows), write, result))
+        if not fast_rows.all():
+            late = np.flatnonzero(~fast_rows)
+            inserts += await self._late(m[late], b.take(late), write, result)
 
         write.inserts = _concat(inserts)
         result.accepted = len(write.inserts)
@@ -504,21 +504,61 @@ class Ingest:
         self.has_head[seg] = True
         return ReadingRows(m, b.ts, b.counter, pulses, b.status, flags)
 
-    async def _slow(self, meter: int, b: ReadingBatch, write: IngestWrite, result: IngestResult) -> ReadingRows:
-        """Readings of one meter that land among stored ones: re-chain from the
-        stored reading before the earliest new one to the end."""
-        await self.storage.flush()
-        stored = await self.storage.readings_around(meter, int(b.ts[0]))
-        pos = np.minimum(np.searchsorted(stored.ts, b.ts), max(len(stored) - 1, 0))
-        hit = stored.ts[pos] == b.ts if len(stored) else np.zeros(len(b), dtype=bool)
-        if hit.any():
-            same = stored.counter[pos[hit]] == b.counter[hit]
-            result.duplicates += int(same.sum())
-            result.conflicts += int((~same).sum())
-        new = b.take(np.flatnonzero(~hit))
-        if not len(new):
-            return ReadingRows.empty()
+    async def _late(self, m: np.ndarray, b: ReadingBatch, write: IngestWrite,
+                    result: IngestResult) -> list[ReadingRows]:
+        """Readings (sorted by meter, ts) of meters that have stored ones at or after
+        them: a re-sent buffer, a back-filled gap.
 
+        Whatever is stored after them, a batch costs one query for its exact
+        matches of (meter, ts), the duplicates and conflicts (counted and dropped
+        at once), and, only when some readings are new, one more for what is
+        stored around those; only meters with new readings are re-chained. So a
+        re-sent day costs about what its first delivery did, however long the
+        backlog after it."""
+        await self.storage.flush()
+        stored = await self.storage.readings_at(m, b.ts)
+        # (meter, ts) as one sortable key: ts is positive and below 2^34 (checked at
+        # validation: nothing from beyond the clock), meter keys below 2^29.
+        stored_key, key = stored.meter << 34 | stored.ts, m << 34 | b.ts
+        pos = np.minimum(np.searchsorted(stored_key, key), max(len(stored) - 1, 0))
+        hit = stored_key[pos] == key if len(stored) else np.zeros(len(m), dtype=bool)
+        same = stored.counter[pos[hit]] == b.counter[hit]
+        result.duplicates += int(same.sum())
+        result.conflicts += int((~same).sum())
+        new = np.flatnonzero(~hit)
+        if not len(new):
+            return []
+        m, b = m[new], b.take(new)
+        starts = np.flatnonzero(np.r_[True, m[1:] != m[:-1]])
+        ends = np.append(starts[1:], len(m)) - 1
+        around = await self.storage.readings_spanning(
+            list(zip(m[starts].tolist(), b.ts[starts].tolist(), b.ts[ends].tolist(), strict=True)))
+        out = []
+        for meter, a, z in zip(m[starts].tolist(), starts.tolist(), (ends + 1).tolist(), strict=True):
+            lo, hi = np.searchsorted(around.meter, [meter, meter + 1])
+            out.append(await self._rechain(meter, around.select(slice(lo, hi)), b.take(np.arange(a, z)), write))
+        return out
+
+    async def _rechain(self, meter: int, stored: ReadingRows, new: ReadingBatch, write: IngestWrite) -> ReadingRows:
+        """New readings of one meter among its stored ones: re-chain from the stored
+        reading before the earliest new one.
+
+        ``stored`` runs from that reading to the first one after the latest new
+        one. Pulses are a chain through (counter, pulses) of each previous reading,
+        so once that last stored reading comes out unchanged, every later one does
+        too; only when it changes (a back-filled reset) is the rest of the history
+        read and re-chained."""
+        chained = self._chain(meter, stored, new, write, whole=False)
+        if chained is None:
+            rest = await self.storage.readings_around(meter, int(new.ts[0]))
+            chained = self._chain(meter, rest, new, write, whole=True)
+        return chained
+
+    def _chain(self, meter: int, stored: ReadingRows, new: ReadingBatch, write: IngestWrite,
+               whole: bool) -> ReadingRows | None:
+        """The new readings chained into ``stored`` and what changed with them; None
+        when the last stored reading after them changed and more is stored after
+        it (unless ``stored`` is the ``whole`` rest of the history)."""
         ts = np.concatenate([stored.ts, new.ts])
         order = np.argsort(ts, kind="stable")
         is_new = np.concatenate([np.zeros(len(stored), bool), np.ones(len(new), bool)])[order]
@@ -543,6 +583,9 @@ class Ingest:
         flags = np.concatenate([old_flags[:first], flags])
 
         changed = ~is_new & ((pulses != old_pulses) | (flags != old_flags))
+        tail_stored = not is_new[-1]
+        if tail_stored and changed[-1] and ts[-1] < self.head_ts[meter] and not whole:
+            return None
         touched = np.flatnonzero(is_new | changed)
         last_touched = int(touched[-1])
         hi = int(ts[min(last_touched + 1, len(ts) - 1)])
@@ -551,8 +594,9 @@ class Ingest:
         if changed.any():
             upd = ReadingRows(mm, ts, counter, pulses, status, flags).select(changed)
             write.updates = _concat([write.updates, upd])
-        self.head_ts[meter], self.head_counter[meter], self.head_pulses[meter] = ts[-1], counter[-1], pulses[-1]
-        self.has_head[meter] = True
+        if not tail_stored or ts[-1] >= self.head_ts[meter]:
+            self.head_ts[meter], self.head_counter[meter], self.head_pulses[meter] = ts[-1], counter[-1], pulses[-1]
+            self.has_head[meter] = True
         return ReadingRows(mm[is_new], ts[is_new], counter[is_new], pulses[is_new], status[is_new], flags[is_new])
 
 

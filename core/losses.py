@@ -22,6 +22,7 @@ from zoneinfo import ZoneInfo
 import numpy as np
 
 from balans_edge.core.balance import BalanceSeries, aggregate
+from balans_edge.core.findings import finding_volume
 from balans_edge.core.model import Group
 
 MONTH_DAYS = 30.0
@@ -295,15 +296,6 @@ def _metering_gaps(
         return None
     message = "; ".join(parts) + f" (below {threshold:.0%}): fill the metering gaps first"
     return Recommendation("metering_gaps", message, group.group_id)
-
-
-def finding_volume(finding: Mapping[str, Any]) -> float | None:
-    """The volume a finding states, if it states one as a number."""
-    data = finding.get("data") or {}
-    value = data.get("volume_m3", data.get("volume"))
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        return None
-    return float(value)
 
 
 def _time(value: Any) -> float | None:

@@ -188,8 +188,10 @@ def test_module_status_flags():
     assert magnet.severity == Severity.CRITICAL and magnet.data["hours"] > 10
     assert magnet.data["first"] >= int(sd.ts[24 * 3])
     assert kinds["B1-A06", "tamper"].severity == Severity.WARNING
+    # The event: from the first flagged hour to the end of the last one.
     assert kinds["B1-A06", "tamper"].data == {"group_id": "B1", "hours": 2, "first": int(sd.ts[30]),
-                                              "last": int(sd.ts[31])}
+                                              "last": int(sd.ts[31]), "start": int(sd.ts[30]),
+                                              "end": int(sd.ts[31]) + 3600}
 
 
 # Consumption drop ------------------------------------------------------------

@@ -6,17 +6,19 @@ import asyncio
 import math
 import tempfile
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from balans_edge.core.intervals import IntervalWorker, to_points
+from balans_edge.core.intervals import IntervalWorker, consumption
 from balans_edge.core.model import (
     COUNTER_MODULUS,
     Quality,
     RawReading,
 )
+from balans_edge.core.storage.sqlite import SqliteStorage
 
 from ingest_support import (
     EPOCH,
@@ -37,6 +39,7 @@ from ingest_support import (
     open_storage,
     r,
     stored,
+    table,
     two_meters,
 )
 
@@ -267,6 +270,62 @@ def scenarios(draw):
     return base_counter, readings, batches
 
 
+# a re-sent day with a backlog stored after it ----------------------------------
+
+
+class CountingStorage(RecordingStorage):
+    """Counts the stored readings ingest reads back (every read of readings goes
+    through ``_reading_rows``)."""
+
+    rows_read = 0
+
+    async def _reading_rows(self, sql, args):
+        rows = await super()._reading_rows(sql, args)
+        self.rows_read += len(rows)
+        return rows
+
+
+def frames(first_hour: int, hours_: int, skip: frozenset[int] = frozenset()) -> list[list]:
+    """One frame per hour with every meter of the module (channels 1..3), as a concentrator sends them."""
+    return [[r(T0 + h * H, 100 * h + 7 * c, channel=c) for c in (1, 2, 3)]
+            for h in range(first_hour, first_hour + hours_) if h not in skip]
+
+
+async def test_a_resent_day_reads_what_it_duplicates_not_the_week_after_it(tmp_path: Path) -> None:
+    s = await open_storage(tmp_path / "r.db", CountingStorage, [meter(f"W{c}", channel=c) for c in (1, 2, 3)])
+    try:
+        ingest = new_ingest(s)
+        for frame in frames(0, 24, skip=frozenset({5})) + frames(24, 7 * 24):
+            await ingest.ingest(frame)
+        before = table(s.path, "readings")
+        s.rows_read = 0
+        day = frames(0, 24, skip=frozenset({5}))
+        for frame in day:
+            res = await ingest.ingest(frame)
+            assert (res.accepted, res.duplicates, res.conflicts) == (0, 3, 0)
+        # Each re-sent reading reads back itself, not the week stored after it.
+        assert s.rows_read == sum(len(f) for f in day)
+        assert table(s.path, "readings") == before
+
+        # The hour missing from the first delivery comes with a re-sent one: the
+        # duplicates and the readings around the new ones are read, nothing more.
+        s.rows_read = 0
+        res = await ingest.ingest(frames(4, 2)[0] + frames(5, 1)[0])
+        assert (res.accepted, res.duplicates, res.conflicts) == (3, 3, 0)
+        assert s.rows_read == 3 + 3 * 2
+        res = await ingest.ingest([r(T0 + 6 * H, 1, channel=1)])
+        assert (res.accepted, res.duplicates, res.conflicts) == (0, 0, 1)
+        in_order = await open_storage(tmp_path / "o.db", SqliteStorage, [meter(f"W{c}", channel=c) for c in (1, 2, 3)])
+        try:
+            await new_ingest(in_order).ingest([x for f in frames(0, 8 * 24) for x in f])
+            for c in (1, 2, 3):
+                assert await stored(s, f"W{c}") == await stored(in_order, f"W{c}")
+        finally:
+            await in_order.close()
+    finally:
+        await s.close()
+
+
 async def _run(path: Path, base_counter: int, batches: list[list[RawReading]], process_each: bool):
     s = await open_storage(path, meters=[meter("W1", base_counter=base_counter)])
     try:
@@ -280,7 +339,7 @@ async def _run(path: Path, base_counter: int, batches: list[list[RawReading]], p
         rows = await stored(s)
         k = await key(s)
         t0, t1 = rows[0][0] - rows[0][0] % H - H, rows[-1][0] + 3 * H
-        points = to_points(t0, t1, await s.hourly(k, t0, t1))
+        points = await consumption(s, k, t0, t1, "hour", ZoneInfo("UTC"))
         return rows, points, ingest.totals
     finally:
         await s.close()

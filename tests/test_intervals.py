@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from balans_edge.core.bus import EventBus, IntervalsUpdated
 from balans_edge.core.ingest import Ingest, IngestSettings
@@ -17,11 +20,10 @@ from balans_edge.core.intervals import (
     CODE,
     IntervalSettings,
     IntervalWorker,
-    aggregate,
     ceil_hour,
+    consumption,
     floor_hour,
     hourly,
-    to_points,
 )
 from balans_edge.core.model import IntervalValue, Meter, Quality, RadioModule, RawReading, ReadingFlag, Resource, Status
 from balans_edge.core.storage import ReadingRows
@@ -34,6 +36,7 @@ MEASURED, ESTIMATED, MISSING = CODE[Quality.MEASURED], CODE[Quality.ESTIMATED], 
 SETTINGS = IntervalSettings(tolerance_s=300, max_gap_s=6 * H)
 EPOCH = int(ReadingFlag.EPOCH_START)
 MOSCOW = ZoneInfo("Europe/Moscow")
+UTC_ZONE = ZoneInfo("UTC")
 
 
 def rows(*readings: tuple) -> ReadingRows:
@@ -167,12 +170,24 @@ def test_no_readings_at_all() -> None:
     assert len(t) == len(v) == len(q) == 0
 
 
-# to_points() and aggregate() --------------------------------------------------
+# consumption(): hours summed into local days and months by storage ------------
 
 
-def test_to_points_fills_hours_never_computed() -> None:
+async def stored_consumption(storage: SqliteStorage, hours: list[tuple[int, float | None, int]], t0: int, t1: int,
+                             step: str, tz: ZoneInfo = UTC_ZONE) -> list[IntervalValue]:
+    """W1's consumption per ``step`` after storing its hourly rows ``hours`` (t, value, quality code)."""
+    key = (await storage.meter_keys())["W1"]
+    await storage.save_intervals([(key, t, v, q) for t, v, q in hours], [])
+    return await consumption(storage, key, t0, t1, step, tz)
+
+
+def as_rows(points: list[IntervalValue]) -> list[tuple[int, float | None, int]]:
+    return [(p.t, p.value, CODE[p.quality]) for p in points]
+
+
+async def test_hours_never_computed_are_missing(storage: SqliteStorage) -> None:
     stored = [(T0 + H, 0.5, MEASURED), (T0 + 3 * H, None, MISSING)]
-    assert to_points(T0 + 10 * M, T0 + 4 * H, stored) == [
+    assert await stored_consumption(storage, stored, T0 + 10 * M, T0 + 4 * H, "hour") == [
         IntervalValue(T0, None, Quality.MISSING),
         IntervalValue(T0 + H, 0.5, Quality.MEASURED),
         IntervalValue(T0 + 2 * H, None, Quality.MISSING),
@@ -180,60 +195,120 @@ def test_to_points_fills_hours_never_computed() -> None:
     ]
 
 
-def test_days_in_moscow() -> None:
+async def test_days_in_moscow(storage: SqliteStorage) -> None:
     # 2024-01-15 00:00 in Moscow (UTC+3) is 2024-01-14 21:00 UTC.
     day1 = int(datetime(2024, 1, 15, tzinfo=MOSCOW).timestamp())
     assert day1 == T0 - 3 * H
     points = [IntervalValue(day1 + h * H, 1.0, Quality.MEASURED) for h in range(48)]
     points[5] = IntervalValue(day1 + 5 * H, 0.5, Quality.ESTIMATED)
     points[30] = IntervalValue(day1 + 30 * H, None, Quality.MISSING)
-    assert aggregate(points, "day", MOSCOW) == [
+    assert await stored_consumption(storage, as_rows(points), day1, day1 + 48 * H, "day", MOSCOW) == [
         IntervalValue(day1, 23.5, Quality.ESTIMATED),
         IntervalValue(day1 + 24 * H, 23.0, Quality.MISSING),  # known volume, flagged incomplete
     ]
 
 
-def test_utc_day_splits_into_two_moscow_days() -> None:
+async def test_utc_day_splits_into_two_moscow_days(storage: SqliteStorage) -> None:
     points = [IntervalValue(T0 + h * H, float(h), Quality.MEASURED) for h in range(24)]
-    assert aggregate(points, "day", MOSCOW) == [
+    assert await stored_consumption(storage, as_rows(points), T0, T0 + 24 * H, "day", MOSCOW) == [
         IntervalValue(T0 - 3 * H, float(sum(range(21))), Quality.MEASURED),
         IntervalValue(T0 + 21 * H, 21.0 + 22.0 + 23.0, Quality.MEASURED),
     ]
 
 
-def test_months_in_moscow() -> None:
+async def test_months_in_moscow(storage: SqliteStorage) -> None:
     feb = int(datetime(2024, 2, 1, tzinfo=MOSCOW).timestamp())
     jan = int(datetime(2024, 1, 1, tzinfo=MOSCOW).timestamp())
     assert feb == int(datetime(2024, 1, 31, 21, tzinfo=UTC).timestamp())
     points = [IntervalValue(feb - 3 * H + h * H, 2.0, Quality.MEASURED) for h in range(6)]
     points[4] = IntervalValue(feb + H, 2.0, Quality.ESTIMATED)
-    assert aggregate(points, "month", MOSCOW) == [
+    assert await stored_consumption(storage, as_rows(points), feb - 3 * H, feb + 3 * H, "month", MOSCOW) == [
         IntervalValue(jan, 6.0, Quality.MEASURED),
         IntervalValue(feb, 6.0, Quality.ESTIMATED),
     ]
 
 
-def test_day_with_nothing_known() -> None:
-    points = to_points(T0 - 3 * H, T0 + 21 * H, [])
-    assert aggregate(points, "day", MOSCOW) == [IntervalValue(T0 - 3 * H, None, Quality.MISSING)]
+async def test_day_with_nothing_known(storage: SqliteStorage) -> None:
+    assert await stored_consumption(storage, [], T0 - 3 * H, T0 + 21 * H, "day", MOSCOW) == [
+        IntervalValue(T0 - 3 * H, None, Quality.MISSING)]
 
 
-def test_hour_step_returns_the_points() -> None:
-    points = [IntervalValue(T0, 1.0, Quality.MEASURED)]
-    assert aggregate(points, "hour", MOSCOW) is points
+async def test_a_day_with_hours_never_computed_is_missing_with_what_is_known(storage: SqliteStorage) -> None:
+    stored = [(T0 + h * H, 1.0, MEASURED) for h in range(20)]
+    assert await stored_consumption(storage, stored, T0, T0 + 48 * H, "day") == [
+        IntervalValue(T0, 20.0, Quality.MISSING), IntervalValue(T0 + 24 * H, None, Quality.MISSING)]
 
 
-def test_day_of_a_dst_change_has_23_hours() -> None:
+async def test_day_of_a_dst_change_has_23_hours(storage: SqliteStorage) -> None:
     berlin = ZoneInfo("Europe/Berlin")
     start = int(datetime(2024, 3, 31, tzinfo=berlin).timestamp())  # 2024-03-30 23:00 UTC
     end = int(datetime(2024, 4, 1, tzinfo=berlin).timestamp())
     assert end - start == 23 * H
     points = [IntervalValue(start - H + h * H, 1.0, Quality.MEASURED) for h in range(25)]
-    assert aggregate(points, "day", berlin) == [
+    assert await stored_consumption(storage, as_rows(points), start - H, start + 24 * H, "day", berlin) == [
         IntervalValue(start - 24 * H, 1.0, Quality.MEASURED),
         IntervalValue(start, 23.0, Quality.MEASURED),
         IntervalValue(end, 1.0, Quality.MEASURED),
     ]
+
+
+def reference(t0: int, t1: int, stored: list[tuple[int, float | None, int]], step: str,
+              tz: ZoneInfo) -> list[tuple[int, float | None, int]]:
+    """Hour by hour in plain Python, the way the API once computed it on the event
+    loop: every hour of [t0, t1), missing where never computed, summed into the
+    local period its start lies in."""
+    by_t = {t: (v, q) for t, v, q in stored}
+    buckets: dict[int, list[tuple[float | None, int]]] = {}
+    for t in range(floor_hour(t0), ceil_hour(t1), H):
+        local = datetime.fromtimestamp(t, tz)
+        if step == "hour":
+            start = t
+        else:
+            day = local.date() if step == "day" else local.date().replace(day=1)
+            start = int(datetime(day.year, day.month, day.day, tzinfo=tz).timestamp())
+        buckets.setdefault(start, []).append(by_t.get(t, (None, MISSING)))
+    out = []
+    for start, hours in sorted(buckets.items()):
+        known = [v for v, _ in hours if v is not None]
+        out.append((start, sum(known) if known else None, max(q for _, q in hours)))
+    return out
+
+
+ZONES = [ZoneInfo(z) for z in ("UTC", "Europe/Moscow", "Europe/Berlin", "Asia/Kolkata", "America/St_Johns")]
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    start=st.integers(-40 * 24, 400 * 24),
+    hours=st.lists(st.tuples(st.integers(0, 24 * 70), st.one_of(st.none(), st.integers(0, 1000)),
+                             st.sampled_from([MEASURED, ESTIMATED])), max_size=200),
+    span=st.integers(1, 24 * 80),
+    offset=st.integers(0, H - 1),
+    step=st.sampled_from(["hour", "day", "month"]),
+    zone=st.sampled_from(ZONES),
+)
+def test_storage_sums_periods_as_the_hours_add_up(tmp_path: Path, start: int, hours: list, span: int, offset: int,
+                                                  step: str, zone: ZoneInfo) -> None:
+    """The sums storage makes per local period are what adding up the hours one by
+    one gives, across DST changes, half-hour offsets and month ends."""
+    base = int(datetime(2024, 1, 1, tzinfo=UTC).timestamp()) + start * H
+    stored = {base + h * H: (None if v is None else v / 8, MISSING if v is None else q) for h, v, q in hours}
+    rows = [(t, v, q) for t, (v, q) in sorted(stored.items())]
+    t0, t1 = base + offset, base + offset + span * H // 2
+
+    async def check() -> None:
+        s = SqliteStorage(tmp_path / f"{uuid.uuid4().hex}.db")
+        await s.open()
+        try:
+            await s.save_intervals([(1, t, v, q) for t, v, q in rows], [])
+            got = await consumption(s, 1, t0, t1, step, zone)
+        finally:
+            await s.close()
+        want = reference(t0, t1, rows, step, zone)
+        assert [(p.t, CODE[p.quality]) for p in got] == [(t, q) for t, _, q in want]
+        assert [p.value for p in got] == [None if v is None else pytest.approx(v, abs=1e-9) for _, v, _ in want]
+
+    asyncio.run(check())
 
 
 # IntervalWorker -------------------------------------------------------------

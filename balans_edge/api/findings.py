@@ -18,7 +18,7 @@ MAX_LIMIT = 1000
 MAX_DAYS = 3660
 MAX_QUALITY_FINDINGS = 1_000_000
 """Findings the quality figures look at (far more than a site collects in years)."""
-TIME_FIELDS = ("t", "first_seen", "last_seen")
+TIME_FIELDS = ("t", "first_seen", "last_seen", "started", "ended")
 
 
 def present(finding: dict[str, Any]) -> dict[str, Any]:
@@ -93,7 +93,8 @@ def routes(server: Server) -> list[Route]:
     path_id = Param("finding_id", "path", "integer")
     return [
         Route("GET", "/api/v1/findings", list_findings,
-              "Findings of the detectors with their lifecycle status, most recently seen first",
+              "Findings of the detectors, one per event (started, ended, rate, volume in the data's time), with "
+              "their lifecycle status, most recently seen first",
               params=(Param("group", description="only findings about this balance group"),
                       Param("kind", description="only this kind (slowed_meter, low_battery, ...)"),
                       Param("status", enum=rules.STATUSES), Param("subject", description="meter or group id"),

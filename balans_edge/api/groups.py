@@ -37,7 +37,7 @@ def routes(server: Server) -> list[Route]:
         """The group and its balance over the request's period and step."""
         group = await group_or_404(group_id)
         step = parse_step(request)
-        t0, t1 = parse_period(request, step)
+        t0, t1 = parse_period(request, step, server.tz)
         await fresh()
         tree = await q.Tree.current(storage)
         return group, step, await q.group_series(storage, tree, [group_id], t0, t1, step, server.tz, int(time.time()))
@@ -79,7 +79,7 @@ def routes(server: Server) -> list[Route]:
         return json(report.to_json())
 
     async def losses(request: Request) -> Any:
-        t0, t1 = parse_period(request, "day", "losses")
+        t0, t1 = parse_period(request, "day", what="losses")
         level = request.args.get("level") or None
         order = request.args.get("order", "absolute")
         if order not in ORDERS:

@@ -8,7 +8,7 @@ import numpy as np
 from sanic.request import Request
 
 from balans_edge.core.ingest import ReadingBatch
-from balans_edge.core.intervals import aggregate, ceil_hour, floor_hour, to_points
+from balans_edge.core.intervals import consumption as consumption_of
 from balans_edge.core.model import Meter, ReadingFlag
 from balans_edge.core.storage import StorageError
 from balans_edge.core.times import read_time
@@ -31,7 +31,7 @@ def routes(server: Server) -> list[Route]:
 
     async def readings(request: Request, meter_id: str) -> Any:
         key, meter = await meter_or_404(meter_id)
-        t0, t1 = parse_period(request, "day", "readings")
+        t0, t1 = parse_period(request, "day", what="readings")
         rows = await server.storage.readings(key, t0, t1)
         values = (await server.storage.register_table([key])).values(rows.meter, rows.ts, rows.pulses)
         points = [
@@ -47,10 +47,9 @@ def routes(server: Server) -> list[Route]:
     async def consumption(request: Request, meter_id: str) -> Any:
         step = parse_step(request)
         key, meter = await meter_or_404(meter_id)
-        t0, t1 = parse_period(request, step)
+        t0, t1 = parse_period(request, step, server.tz)
         await server.intervals.process()  # read-your-writes: late data is folded in first
-        h0, h1 = floor_hour(t0), ceil_hour(t1)
-        points = aggregate(to_points(h0, h1, await server.storage.hourly(key, h0, h1)), step, server.tz)
+        points = await consumption_of(server.storage, key, t0, t1, step, server.tz)
         return json({
             "meter_id": meter_id,
             "unit": meter.unit,

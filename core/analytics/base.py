@@ -26,19 +26,48 @@ DEFAULT_WINDOW_DAYS = 14
 
 @dataclass(slots=True)
 class Scope:
-    """What one run of the detectors looks at: groups and hours [t0, t1)."""
+    """What one run of the detectors looks at: groups and hours [t0, t1).
+
+    Detectors judge as of the scope's end, not the wall clock: a run over a
+    past period finds what was wrong then (a module silent at t1, not silent
+    since t1 until today), and only about the scope's groups."""
 
     t0: int
     t1: int
     group_ids: list[str] | None = None
     """None: every group."""
+    live: bool = False
+    """The scope ends now (a scheduled run, or a run without ``to``): what is
+    known of the devices now counts, including news of the running hour."""
     _cache: dict[str, GroupData] = field(default_factory=dict)
 
     @classmethod
     def recent(cls, now: float, window_days: int = DEFAULT_WINDOW_DAYS, group_ids: list[str] | None = None) -> Scope:
         """The last ``window_days`` of hours that are over by ``now``."""
         t1 = int(now) - int(now) % HOUR
-        return cls(t1 - window_days * 86400, t1, group_ids)
+        return cls(t1 - window_days * 86400, t1, group_ids, live=True)
+
+    async def meters(self, storage: Any) -> list[Meter] | None:
+        """The meters of the scope's groups (members and inputs); None: every meter."""
+        if self.group_ids is None:
+            return None
+        groups = [g for g in await storage.registry_list("groups") if g.group_id in self.group_ids]
+        inputs = {i.meter_id for g in groups for i in g.inputs}
+        return [m for m in await storage.registry_list("meters") if m.group_id in self.group_ids
+                or m.meter_id in inputs]
+
+    async def subjects(self, storage: Any) -> set[str] | None:
+        """What a finding of this scope may be about: its groups, their meters, the
+        radio modules of those meters and the concentrators of those modules
+        (``module:ID``, ``concentrator:ID``); None: anything."""
+        meters = await self.meters(storage)
+        if meters is None:
+            return None
+        modules = {m.module_id for m in meters if m.module_id is not None}
+        concentrators = {m.concentrator_id for m in await storage.registry_list("modules")
+                         if m.module_id in modules and m.concentrator_id is not None}
+        return ({*(self.group_ids or ()), *(m.meter_id for m in meters), *(f"module:{m}" for m in modules),
+                 *(f"concentrator:{c}" for c in concentrators)})
 
     async def windows(self, server: Any) -> list[GroupData]:
         """The window of every group in scope, loaded once per run."""

@@ -302,6 +302,7 @@ class SlowedMeterDetector(GroupDetector):
             Severity.CRITICAL if k >= self.critical_at else Severity.WARNING, int(data.t[-1]),
             {"group_id": data.group.group_id, "under_registration_pct": round(k * 100, 1),
              "volume_m3": round(volume, 4), "money": round(volume * price, 2) if price is not None else None,
+             "rate": round(volume / max(int(after.sum()), 1), 6),
              "confidence": _confidence(s.t_stat, self.settings.min_t), "start": start_t,
              "evidence": {"t": [int(v) for v in data.t[last]], "imbalance": _series(p.y[last], p.valid[last]),
                           "scaled_profile": _series(scaled[last], p.valid[last])}})
@@ -463,6 +464,7 @@ class UnmeteredDetector(GroupDetector):
         return Finding(
             self.name, gid, self.kind, message, Severity.WARNING, int(data.t[-1]),
             {"group_id": gid, "volume_m3": round(d.volume, 4), "rate_lph": round(rate, 1),
+             "rate": round(d.volume / max(int(after.sum()), 1), 6),
              "share_of_input_pct": round(share, 2), "start": start_t,
              "confidence": _confidence(d.t_stat, self.min_t) * float(np.clip(d.correlation, 0.0, 1.0)),
              "evidence": {"hour_of_day": list(range(24)), "residual_profile": [round(float(v), 6) for v in

@@ -183,8 +183,9 @@ class ConsumerLeakDetector(GroupDetector):
         rate = self._rate(data.values[r, :first], data.values[r, first:stop])
         volume = rate * (stop - first)
         score = rate / (self.min_lph / LITRES) * (stop - first) / self.min_hours
-        info = {"leak_lph": round(rate * LITRES, 2), "start": int(data.t[first]), "volume_m3": round(volume, 4),
-                "money": _money(data, volume), "confidence": max(_confidence(score, 1.0), 0.9 * bool(len(flagged)))}
+        info = {"leak_lph": round(rate * LITRES, 2), "start": int(data.t[first]), "end": int(data.t[stop - 1]) + HOUR,
+                "rate": round(rate, 6), "volume_m3": round(volume, 4), "money": _money(data, volume),
+                "confidence": max(_confidence(score, 1.0), 0.9 * bool(len(flagged)))}
         if len(flagged):
             info["sensor"] = True
         meter = data.meter_ids[r]
@@ -324,8 +325,9 @@ class GroupLeakDetector(GroupDetector):
             if not self._floor_rose(data, first, rate):
                 continue
             volume = rate * (data.hours - first)
-            info = {"rate_lph": round(rate * LITRES, 2), "start": int(data.t[first]), "volume_m3": round(volume, 4),
-                    "money": _money(data, volume), "confidence": _confidence(rate / max(spread, 1e-9), 2 * self.z)}
+            info = {"rate_lph": round(rate * LITRES, 2), "rate": round(rate, 6), "start": int(data.t[first]),
+                    "volume_m3": round(volume, 4), "money": _money(data, volume),
+                    "confidence": _confidence(rate / max(spread, 1e-9), 2 * self.z)}
             gid = data.group.group_id
             message = (f"Group {gid}: the night flow stepped up by about {rate * LITRES:.1f} l/h, a burst in its "
                        f"network; about {volume:.2f} {data.group.unit} lost since.")
@@ -369,8 +371,9 @@ class GroupLeakDetector(GroupDetector):
             return None
         volume = float(slope * np.arange(data.hours).sum() / 24)  # grows linearly from the first night
         first = int(starts[0])
-        info = {"rate_lph": round(rise * LITRES, 2), "start": int(data.t[first]), "volume_m3": round(volume, 4),
-                "money": _money(data, volume), "confidence": _confidence(t_stat, 2 * self.trend_t)}
+        info = {"rate_lph": round(rise * LITRES, 2), "rate": round(rise, 6), "start": int(data.t[first]),
+                "volume_m3": round(volume, 4), "money": _money(data, volume),
+                "confidence": _confidence(t_stat, 2 * self.trend_t)}
         gid = data.group.group_id
         message = (f"Group {gid}: the night flow grew by about {rise * LITRES:.1f} l/h over {n} nights, a growing "
                    f"background leak; about {volume:.2f} {data.group.unit} lost over the window.")
@@ -431,8 +434,9 @@ class StuckMeterDetector(GroupDetector):
     def _finding(self, data: GroupData, r: int, first: int, stop: int, usual: float, z: float) -> Finding:
         volume = usual * (stop - first)
         meter = data.meter_ids[r]
-        info = {"start": int(data.t[first]), "usual_lph": round(usual * LITRES, 2), "volume_m3": round(volume, 4),
-                "money": _money(data, volume), "confidence": _confidence(z, 2 * self.z)}
+        info = {"start": int(data.t[first]), "end": int(data.t[stop - 1]) + HOUR, "usual_lph": round(usual * LITRES, 2),
+                "rate": round(usual, 6), "volume_m3": round(volume, 4), "money": _money(data, volume),
+                "confidence": _confidence(z, 2 * self.z)}
         message = (f"Meter {meter}: registers nothing for {stop - first} h although it used to register about "
                    f"{usual * LITRES:.1f} l/h and the group's imbalance rose by as much; about {volume:.2f} "
                    f"{data.group.unit} unmetered.")
@@ -463,10 +467,12 @@ class ReverseMeterDetector(GroupDetector):
             meter = data.meter_ids[r]
             if meter in data.reverse_allowed:
                 continue
-            first = int(np.argmax(negative[r] | flagged[r]))
+            seen = np.flatnonzero(negative[r] | flagged[r])
+            first = int(seen[0])
             volume = float(-np.nansum(np.where(negative[r], data.values[r], 0.0)))
             both = negative[r].any() and flagged[r].any()
-            info = {"start": int(data.t[first]), "volume_m3": round(volume, 4), "money": _money(data, volume),
+            info = {"start": int(data.t[first]), "end": int(data.t[seen[-1]]) + HOUR, "volume_m3": round(volume, 4),
+                    "money": _money(data, volume),
                     "confidence": 0.99 if both else 0.9 if negative[r].any() else 0.7}
             message = (f"Meter {meter}: runs backwards ({int(negative[r].sum())} h with a falling counter); "
                        f"about {volume:.2f} {data.group.unit} counted down.")
@@ -506,7 +512,8 @@ class ModuleStatusDetector(GroupDetector):
                 days = len(np.unique(day[hours]))
                 severe = kind in ESCALATING and days >= self.critical_days
                 meter = data.meter_ids[r]
-                info = {"hours": len(hours), "first": int(data.t[hours[0]]), "last": int(data.t[hours[-1]])}
+                info = {"hours": len(hours), "first": int(data.t[hours[0]]), "last": int(data.t[hours[-1]]),
+                        "start": int(data.t[hours[0]]), "end": int(data.t[hours[-1]]) + HOUR}
                 message = (f"Meter {meter}: module reports {kind.replace('_', ' ')} in {len(hours)} h "
                            f"on {days} day(s).")
                 out.append(_finding(self.name, data, meter, kind, message, info,
@@ -679,7 +686,8 @@ class ConsumptionDropDetector(GroupDetector):
         volume = drop * (data.hours - first)
         meter = data.meter_ids[r]
         pct = drop / usual * 100
-        info = {"start": int(data.t[first]), "drop_pct": round(pct, 1), "volume_m3": round(volume, 4),
+        info = {"start": int(data.t[first]), "drop_pct": round(pct, 1), "rate": round(drop, 6),
+                "volume_m3": round(volume, 4),
                 "money": _money(data, volume), "confidence": _confidence(rise / se, 2 * self.z)}
         message = (f"Meter {meter}: registers {pct:.0f} % less (about {drop * LITRES:.1f} l/h) while the group's "
                    f"imbalance rose by about {rise * LITRES:.1f} l/h; about {volume:.2f} {data.group.unit} "

@@ -99,6 +99,7 @@ class ProfileTamperDetector(GroupDetector):
                    f"correlation {corr:.2f}): tampering that keeps the daily total")
         return Finding(self.name, meter, "profile_tamper", message, Severity.WARNING, int(data.t[-1]),
                        {"group_id": gid, "start": int(data.t[split]), "moved_lph": round(spread * LITRES, 2),
+                        "rate": round(spread, 6),
                         "volume_m3": round(volume, 4), "confidence": round(min(1.0, max(0.0, (corr - 0.5) * 2)), 3),
                         "evidence": {"hour_of_day": list(range(24)),
                                      "meter_change": [round(float(v), 6) for v in moved]}})

@@ -123,6 +123,7 @@ class StartingFlowDetector(GroupDetector):
         volume = b * float(idle[known].sum()) * (data.hours - first) / int(known.sum())
         gid = data.group.group_id
         info = {"per_meter_lph": round(b * LITRES, 2), "night_lph": round(night_loss * LITRES, 1),
+                "rate": round(night_loss, 6),
                 "meters": int(fine.sum()), "volume_m3": round(volume, 4), "money": _money(data, volume),
                 "confidence": _confidence(b / se, 2 * self.z), "start": int(data.t[first])}
         message = (f"Group {gid}: about {night_loss * LITRES:.0f} l/h is lost at night under the meters' starting "

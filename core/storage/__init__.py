@@ -2,6 +2,7 @@
 
 from balans_edge.core.storage.base import (
     REGISTRY_KINDS,
+    BalanceSums,
     ConnectionEvent,
     DirtyRange,
     IngestWrite,
@@ -9,6 +10,7 @@ from balans_edge.core.storage.base import (
     ModuleEvent,
     ModuleHealth,
     ModuleRoute,
+    PeriodSums,
     ReadingRows,
     Storage,
     StorageError,
@@ -16,6 +18,7 @@ from balans_edge.core.storage.base import (
 
 __all__ = [
     "REGISTRY_KINDS",
+    "BalanceSums",
     "ConnectionEvent",
     "DirtyRange",
     "IngestWrite",
@@ -23,6 +26,7 @@ __all__ = [
     "ModuleEvent",
     "ModuleHealth",
     "ModuleRoute",
+    "PeriodSums",
     "ReadingRows",
     "Storage",
     "StorageError",

@@ -88,6 +88,37 @@ class ModuleHealth:
     hops: int | None
 
 
+@dataclass(frozen=True, slots=True)
+class PeriodSums:
+    """One meter's stored hourly consumption summed per period (``consumption_periods``):
+    storage sums where the rows are, the rules of what a sum means are in
+    ``core.intervals``."""
+
+    total: np.ndarray
+    """(P,) float64: sum of the values stored in the period (0 where none)."""
+    known: np.ndarray
+    """(P,) int64: hours of the period with a value."""
+    stored: np.ndarray
+    """(P,) int64: hours of the period computed at all (with a value or missing)."""
+    worst: np.ndarray
+    """(P,) int64: the worst quality code among the stored hours (0 where none)."""
+
+
+@dataclass(frozen=True, slots=True)
+class BalanceSums:
+    """Groups' stored hourly balance summed per period (``balance_periods``) and how
+    many of its stored hours say anything: storage sums where the rows are; what
+    the hours that say nothing mean (missing meters) is decided in
+    ``core.balance_queries``."""
+
+    series: BalanceSeries
+    """(G, P) sums of every column of the stored hours; ``t``: each period's first hour."""
+    counted: np.ndarray
+    """(G, P) int64: stored hours in which any member or input meter was counted."""
+    blind: np.ndarray
+    """(G, P) int64: stored hours with members counted but no input meter counted."""
+
+
 @dataclass(slots=True)
 class IngestWrite:
     """Everything one ingest batch changes, committed in one transaction."""
@@ -322,8 +353,25 @@ class Storage(ABC):
         """The newest committed reading of every meter that has one."""
 
     @abstractmethod
+    async def reading_times(self, before: int) -> dict[int, int]:
+        """Meter key -> time of its newest reading at or before ``before`` (meters
+        without one are left out): what was known of the meters at that time."""
+
+    @abstractmethod
     async def readings_around(self, meter: int, ts: int) -> ReadingRows:
         """The last reading before ``ts`` (if any) and every reading at or after it."""
+
+    @abstractmethod
+    async def readings_at(self, meters: np.ndarray, ts: np.ndarray) -> ReadingRows:
+        """The stored readings at exactly these (meter, ts) pairs (those that exist),
+        sorted by (meter, ts): what a re-sent batch duplicates, in one query."""
+
+    @abstractmethod
+    async def readings_spanning(self, spans: Sequence[tuple[int, int, int]]) -> ReadingRows:
+        """For each (meter, lo, hi): the meter's readings with lo <= ts <= hi, the
+        last one before lo and the first one after hi (those that exist), sorted
+        by (meter, ts); the spans name different meters. One query for a whole
+        batch of late readings, however much is stored after them."""
 
     @abstractmethod
     async def commit_ingest(self, write: IngestWrite) -> None:
@@ -384,6 +432,12 @@ class Storage(ABC):
     async def hourly(self, meter: int, t0: int, t1: int) -> list[tuple[int, float | None, int]]:
         """Stored hourly rows (t, value, quality code) with t0 <= t < t1."""
 
+    @abstractmethod
+    async def consumption_periods(self, meter: int, edges: np.ndarray) -> PeriodSums:
+        """The meter's stored hours summed per period: period i holds the hours
+        edges[i] <= t < edges[i + 1] (hour-aligned, increasing). Summed where the
+        rows are, off the event loop: a request may span 440,000 hours."""
+
     # balance ------------------------------------------------------------
 
     @abstractmethod
@@ -404,6 +458,13 @@ class Storage(ABC):
     async def balance(self, group_ids: Sequence[str], t0: int, t1: int) -> BalanceSeries:
         """Stored hourly balance of the groups for t0 <= t < t1, every hour
         present (hours never computed are zeros: no members, no input)."""
+
+    @abstractmethod
+    async def balance_periods(self, group_ids: Sequence[str], edges: np.ndarray) -> BalanceSums:
+        """The groups' stored hourly balance summed per period (as ``balance``
+        would give it summed over edges[i] <= t < edges[i + 1]; ``t`` of the
+        series is each period's first hour), with the hours that count anything.
+        Summed where the rows are, off the event loop."""
 
     # journals -----------------------------------------------------------
 
@@ -517,21 +578,31 @@ class Storage(ABC):
         """Stored module events (of one module or all), newest first."""
 
     @abstractmethod
-    async def topology_history(self, module_id: int | None = None, limit: int = 1000) -> list[dict[str, Any]]:
-        """Stored topology entries (of one module or all), newest first."""
+    async def topology_history(self, module_id: int | None = None, limit: int = 1000,
+                               before: int | None = None) -> list[dict[str, Any]]:
+        """Stored topology entries (of one module or all; only those with t <= ``before``
+        when given), newest first."""
 
     @abstractmethod
-    async def module_reports(self, module_id: int, limit: int = 1000) -> list[dict[str, Any]]:
-        """The health history of a module from its readings, newest first: one
-        entry per hour (the first report in it) with ``t`` (the hour),
-        ``battery_mv``, ``rssi`` and ``hops``."""
+    async def module_reports(self, module_id: int, limit: int = 1000,
+                             before: int | None = None) -> list[dict[str, Any]]:
+        """The health history of a module from its readings (only the hours with
+        t <= ``before`` when given), newest first: one entry per hour (the first
+        report in it) with ``t`` (the hour), ``battery_mv``, ``rssi`` and ``hops``."""
 
-    async def latest_topology(self) -> list[dict[str, Any]]:
-        """The newest topology entry of every module (columns of ``topology_history``)
-        with ``online_t``: the time of its newest entry in state online (None if none).
-        Backends should override this scan of the whole history with one query."""
+    @abstractmethod
+    async def latest_module_reports(self, before: int) -> list[dict[str, Any]]:
+        """The newest health report (columns of ``module_reports``) of every module
+        that has one at or before ``before``: how the modules reported themselves
+        at a past time."""
+
+    async def latest_topology(self, before: int | None = None) -> list[dict[str, Any]]:
+        """The newest topology entry of every module (columns of ``topology_history``;
+        of the entries with t <= ``before`` when given) with ``online_t``: the time of
+        its newest entry in state online (None if none). Backends should override
+        this scan of the whole history with one query."""
         latest: dict[int, dict[str, Any]] = {}
-        for row in reversed(await self.topology_history(None, limit=2**31)):
+        for row in reversed(await self.topology_history(None, limit=2**31, before=before)):
             online_t = row["t"] if row["state"] == 0 else latest.get(row["module_id"], {}).get("online_t")
             latest[row["module_id"]] = {**row, "online_t": online_t}
         return [latest[m] for m in sorted(latest)]
@@ -545,8 +616,10 @@ class Storage(ABC):
         """Stored firmware outcomes (of one concentrator or all), newest first."""
 
     @abstractmethod
-    async def connection_log(self, concentrator_id: int | None = None, limit: int = 100) -> list[dict[str, Any]]:
-        """The device connection log (of one concentrator or all), newest first."""
+    async def connection_log(self, concentrator_id: int | None = None, limit: int = 100,
+                             before: int | None = None) -> list[dict[str, Any]]:
+        """The device connection log (of one concentrator or all; only events with
+        t <= ``before`` when given), newest first."""
 
     # polled tags ------------------------------------------------------------
 

@@ -5,7 +5,10 @@ submitted while a transaction is being committed wait for the next one and are
 committed together: one transaction, one fsync for all of them. So an
 acknowledgement still means "on disk" (WAL with synchronous=FULL survives power
 loss) while fsyncs do not cap throughput. Reads use a second connection and
-see the last committed state, never a half-written batch.
+see the last committed state, never a half-written batch; reads of many rows
+(consumption and balance matrices, sums over long periods) use a third one in
+a thread of its own, where their rows also become numpy arrays
+(``sqlite_bulk``), so they hold neither the event loop nor the short reads.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import aiosqlite
+import numpy as np
 
 from balans_edge.core import findings as findings_rules
 from balans_edge.core.model import GroupInput, Meter, Resource
@@ -39,6 +43,7 @@ from balans_edge.core.storage.base import (
 from balans_edge.core.storage.migrations import migrate
 from balans_edge.core.storage.sqlite_balance import BalanceTables
 from balans_edge.core.storage.sqlite_bridges import BridgeSlots
+from balans_edge.core.storage.sqlite_bulk import BulkReader
 from balans_edge.core.storage.sqlite_devices import DeviceReports, module_health_statements
 from balans_edge.core.storage.sqlite_export import ExportQueues
 from balans_edge.core.storage.sqlite_registry_history import RegistryHistory
@@ -59,17 +64,21 @@ KEYS = {
     "groups": "group_id",
 }
 READING_COLUMNS = "meter, ts, counter, pulses, status, flags"
+_READING_COLUMNS_R = ", ".join(f"r.{c.strip()}" for c in READING_COLUMNS.split(","))
 JOURNALS = {
     "commands": ("t", "target", "code", "requested_by", "reason", "outcome", "detail"),
     "findings": ("t", "detector", "subject", "kind", "severity", "message", "data"),
     "alarms": ("t", "source", "severity", "message", "data"),
 }
-FINDING_COLUMNS = (*JOURNALS["findings"], "status", "group_id", "first_seen", "last_seen", "seen", "feedback")
-"""What a finding row holds since its lifecycle was added (migration 0007)."""
+FINDING_COLUMNS = (*JOURNALS["findings"], "status", "group_id", "first_seen", "last_seen", "seen", "feedback",
+                   "started", "ended", "rate", "volume")
+"""What a finding row holds since its lifecycle (migration 0007) and its event (0015) were added."""
 
 
 def _finding_lifecycle(record: dict[str, Any]) -> dict[str, Any]:
-    """The lifecycle columns of a finding appended as a new one: open, seen once, now."""
+    """The lifecycle columns of a finding appended as a new one: open, seen once,
+    now; its event as the report describes it."""
+    event = findings_rules.event_of({**record, "t": record.get("t") or int(time.time())})
     return {
         "status": record.get("status") or findings_rules.OPEN,
         "group_id": record.get("group_id") or findings_rules.group_of(record.get("data")),
@@ -77,6 +86,10 @@ def _finding_lifecycle(record: dict[str, Any]) -> dict[str, Any]:
         "last_seen": record.get("last_seen") or record.get("t"),
         "seen": record.get("seen") or 1,
         "feedback": json.dumps(record.get("feedback") or [], ensure_ascii=False),
+        "started": event.start,
+        "ended": event.end,
+        "rate": event.rate,
+        "volume": event.volume,
     }
 
 
@@ -151,6 +164,8 @@ class SqliteStorage(RegistryHistory, BalanceTables, DeviceReports, BridgeSlots, 
         self.max_group = max_group
         self._writer: aiosqlite.Connection | None = None
         self._reader: aiosqlite.Connection | None = None
+        self._bulk = BulkReader(self.path)
+        """Reads of many rows, off the event loop and off ``_reader``'s queue."""
         self._pending: list[_Job] = []
         self._wakeup = asyncio.Event()
         self._committer: asyncio.Task[None] | None = None
@@ -182,6 +197,7 @@ class SqliteStorage(RegistryHistory, BalanceTables, DeviceReports, BridgeSlots, 
         self._reader.row_factory = aiosqlite.Row
         for pragma in ("busy_timeout=10000", "query_only=ON"):
             await _pragma(self._reader, pragma)
+        await self._bulk.open()
         self._closing = False
         self._committer = asyncio.create_task(self._commit_loop(), name="sqlite-committer")
 
@@ -198,6 +214,7 @@ class SqliteStorage(RegistryHistory, BalanceTables, DeviceReports, BridgeSlots, 
         # Close our reader first: a read transaction it still holds would make the
         # checkpoint wait out the busy timeout.
         await self._reader.close()
+        await self._bulk.close()
         await self._writer.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         await self._writer.close()
         self._writer = self._reader = None
@@ -327,11 +344,40 @@ class SqliteStorage(RegistryHistory, BalanceTables, DeviceReports, BridgeSlots, 
         )
         return [MeterHead(*r) for r in rows]
 
+    async def reading_times(self, before: int) -> dict[int, int]:
+        rows = await self._all(
+            "SELECT m.id, (SELECT max(r.ts) FROM readings r WHERE r.meter = m.id AND r.ts <= ?) FROM meters m",
+            (before,))
+        return {r[0]: r[1] for r in rows if r[1] is not None}
+
     async def readings_around(self, meter: int, ts: int) -> ReadingRows:
         return await self._reading_rows(
             f"SELECT {READING_COLUMNS} FROM readings WHERE meter = ? AND ts >= "
             "coalesce((SELECT max(ts) FROM readings WHERE meter = ? AND ts < ?), ?) ORDER BY ts",
             (meter, meter, ts, ts),
+        )
+
+    async def readings_at(self, meters: np.ndarray, ts: np.ndarray) -> ReadingRows:
+        if not len(ts):
+            return ReadingRows.empty()
+        return await self._reading_rows(
+            "WITH s(meter, ts) AS (SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]') "
+            f"FROM json_each(?)) SELECT {_READING_COLUMNS_R} FROM s JOIN readings r "
+            "ON r.meter = s.meter AND r.ts = s.ts ORDER BY r.meter, r.ts",
+            (json.dumps(np.stack([meters, ts], axis=1).tolist()),),
+        )
+
+    async def readings_spanning(self, spans: Sequence[tuple[int, int, int]]) -> ReadingRows:
+        if not spans:
+            return ReadingRows.empty()
+        return await self._reading_rows(
+            "WITH s(meter, lo, hi) AS (SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'), "
+            "json_extract(value, '$[2]') FROM json_each(?)) "
+            f"SELECT {_READING_COLUMNS_R} FROM s JOIN readings r ON r.meter = s.meter "
+            "AND r.ts >= coalesce((SELECT max(p.ts) FROM readings p WHERE p.meter = s.meter AND p.ts < s.lo), s.lo) "
+            "AND r.ts <= coalesce((SELECT min(n.ts) FROM readings n WHERE n.meter = s.meter AND n.ts > s.hi), s.hi) "
+            "ORDER BY r.meter, r.ts",
+            (json.dumps([[int(m), int(lo), int(hi)] for m, lo, hi in spans]),),
         )
 
     async def commit_ingest(self, write: IngestWrite) -> None:
@@ -379,8 +425,9 @@ class SqliteStorage(RegistryHistory, BalanceTables, DeviceReports, BridgeSlots, 
         if write.module_seen:
             statements.append(
                 (
-                    "UPDATE modules SET last_seen = max(coalesce(last_seen, 0), ?) WHERE module_id = ?",
-                    [(ts, m) for m, ts in write.module_seen],
+                    # Only rows that change: a re-sent batch then writes no page and needs no fsync.
+                    "UPDATE modules SET last_seen = ? WHERE module_id = ? AND coalesce(last_seen, 0) < ?",
+                    [(ts, m, ts) for m, ts in write.module_seen],
                 )
             )
         await self._submit(statements)
@@ -557,44 +604,47 @@ class SqliteStorage(RegistryHistory, BalanceTables, DeviceReports, BridgeSlots, 
         return lock
 
     async def record_finding(
-        self, record: dict[str, Any], suppress_s: int = findings_rules.SUPPRESS_S
+        self, record: dict[str, Any], suppress_s: int = findings_rules.SUPPRESS_S,
+        gap_s: int = findings_rules.EVENT_GAP_S,
     ) -> tuple[int, bool]:
         t = int(record.get("t") or time.time())
+        record = {**record, "t": t}
+        event = findings_rules.event_of(record)
         key = (record["detector"], record["subject"], record["kind"])
         async with self._findings_lock():
-            active = await self._active_finding(key)
-            if active is not None:
-                await self._seen_again(active, record, t)
-                return active, False
-            suppressing = await self._suppressing_false_alarm(key, t - suppress_s)
-            if suppressing is not None:
-                return suppressing, False
-            return await self.journal_append("findings", {**record, "t": t, "first_seen": t, "last_seen": t}), True
+            rows = await self._all(
+                "SELECT id, status, started, ended, volume FROM findings "
+                "WHERE detector = ? AND subject = ? AND kind = ? ORDER BY id DESC LIMIT 1", key)
+            what = "new" if not rows else findings_rules.match(rows[0]["status"], rows[0]["started"],
+                                                                rows[0]["ended"], event, suppress_s, gap_s)
+            if what == "update":
+                await self._seen_again(rows[0]["id"], record, t, event,
+                                       findings_rules.fuller(rows[0]["volume"], event))
+            if what != "new":
+                return rows[0]["id"], False
+            return await self.journal_append("findings", {**record, "first_seen": t, "last_seen": t}), True
 
     async def _active_finding(self, key: tuple[str, str, str]) -> int | None:
         return await self._scalar(
             "SELECT id FROM findings WHERE detector = ? AND subject = ? AND kind = ? "
             "AND status IN ('open', 'acknowledged') ORDER BY id DESC LIMIT 1", key)
 
-    async def _seen_again(self, finding_id: int, record: dict[str, Any], t: int) -> None:
-        """Another run reported an active finding: keep its newest estimate."""
-        data = record.get("data") or {}
-        sql = ("UPDATE findings SET last_seen = max(coalesce(last_seen, t), ?), seen = seen + 1, message = ?, "
-               "severity = ?, data = ?, group_id = coalesce(?, group_id) WHERE id = ?")
-        args = (t, record["message"], str(record["severity"]), json.dumps(data, sort_keys=True, default=str),
-                record.get("group_id") or findings_rules.group_of(data), finding_id)
-        await self._submit([(sql, [args])])
-
-    async def _suppressing_false_alarm(self, key: tuple[str, str, str], since: int) -> int | None:
-        """The newest false alarm of this detector, subject and kind if it was marked at or after ``since``."""
-        rows = await self._all(
-            "SELECT id, last_seen, feedback FROM findings WHERE detector = ? AND subject = ? AND kind = ? "
-            "AND status = 'false_alarm' ORDER BY id DESC LIMIT 1", key)
-        if not rows:
-            return None
-        marks = [e["t"] for e in json.loads(rows[0]["feedback"]) if e.get("status") == findings_rules.FALSE_ALARM]
-        marked = max(marks) if marks else rows[0]["last_seen"] or 0
-        return rows[0]["id"] if marked >= since else None
+    async def _seen_again(self, finding_id: int, record: dict[str, Any], t: int, event: findings_rules.Event,
+                          fuller: bool) -> None:
+        """Another run reported the event of an active finding: its start is the
+        earliest and its end the latest seen; a report that saw at least as much of
+        it (``findings.fuller``) brings the estimate (message, severity, data, rate,
+        volume)."""
+        sets = ("last_seen = max(coalesce(last_seen, t), ?), seen = seen + 1, started = min(coalesce(started, ?), ?), "
+                "ended = max(coalesce(ended, ?), ?)")
+        args: tuple[Any, ...] = (t, event.start, event.start, event.end, event.end)
+        if fuller:
+            data = record.get("data") or {}
+            sets += (", message = ?, severity = ?, data = ?, group_id = coalesce(?, group_id), "
+                     "rate = coalesce(?, rate), volume = coalesce(?, volume)")
+            args += (record["message"], str(record["severity"]), json.dumps(data, sort_keys=True, default=str),
+                     record.get("group_id") or findings_rules.group_of(data), event.rate, event.volume)
+        await self._submit([(f"UPDATE findings SET {sets} WHERE id = ?", [(*args, finding_id)])])
 
     async def findings(
         self,

@@ -40,6 +40,12 @@ def _snapshot_row(concentrator_id: int, t: int, r: ModuleRoute) -> tuple[int, ..
             r.state)  # fmt: skip
 
 
+def _where(filters: dict[str, Any]) -> tuple[str, tuple[Any, ...]]:
+    """A WHERE clause of the filters whose value is given, and its arguments."""
+    used = {c: v for c, v in filters.items() if v is not None}
+    return ("WHERE " + " AND ".join(used) if used else ""), tuple(used.values())
+
+
 class DeviceReports:
     _all: Callable[..., Awaitable[list[Any]]]
     _submit: Callable[..., Awaitable[None]]
@@ -121,19 +127,32 @@ class DeviceReports:
         where, args = ("WHERE module_id = ?", (module_id,)) if module_id is not None else ("", ())
         return await self._device_rows("module_events", "received_at DESC, ts DESC, module_id", where, args, limit)
 
-    async def topology_history(self, module_id: int | None = None, limit: int = 1000) -> list[dict[str, Any]]:
-        where, args = ("WHERE module_id = ?", (module_id,)) if module_id is not None else ("", ())
+    async def topology_history(self, module_id: int | None = None, limit: int = 1000,
+                               before: int | None = None) -> list[dict[str, Any]]:
+        where, args = _where({"module_id = ?": module_id, "t <= ?": before})
         return await self._device_rows("topology_snapshots", "t DESC, module_id", where, args, limit)
 
-    async def module_reports(self, module_id: int, limit: int = 1000) -> list[dict[str, Any]]:
-        return await self._device_rows("module_reports", "t DESC", "WHERE module_id = ?", (module_id,), limit)
+    async def module_reports(self, module_id: int, limit: int = 1000,
+                             before: int | None = None) -> list[dict[str, Any]]:
+        where, args = _where({"module_id = ?": module_id, "t <= ?": before})
+        return await self._device_rows("module_reports", "t DESC", where, args, limit)
 
-    async def latest_topology(self) -> list[dict[str, Any]]:
+    async def latest_module_reports(self, before: int) -> list[dict[str, Any]]:
+        rows = await self._all(
+            "SELECT r.* FROM module_reports r JOIN (SELECT module_id, max(t) AS t FROM module_reports "
+            "WHERE t <= ? GROUP BY module_id) m ON r.module_id = m.module_id AND r.t = m.t ORDER BY r.module_id",
+            (before,),
+        )
+        return [dict(r) for r in rows]
+
+    async def latest_topology(self, before: int | None = None) -> list[dict[str, Any]]:
+        until = 2**62 if before is None else before
         rows = await self._all(
             "SELECT s.*, (SELECT max(o.t) FROM topology_snapshots o WHERE o.module_id = s.module_id "
-            "AND o.state = 0) AS online_t FROM topology_snapshots s "
-            "JOIN (SELECT module_id, max(t) AS t FROM topology_snapshots GROUP BY module_id) m "
-            "ON s.module_id = m.module_id AND s.t = m.t ORDER BY s.module_id, s.concentrator_id"
+            "AND o.state = 0 AND o.t <= ?) AS online_t FROM topology_snapshots s "
+            "JOIN (SELECT module_id, max(t) AS t FROM topology_snapshots WHERE t <= ? GROUP BY module_id) m "
+            "ON s.module_id = m.module_id AND s.t = m.t ORDER BY s.module_id, s.concentrator_id",
+            (until, until),
         )
         return list({r["module_id"]: dict(r) for r in rows}.values())
 
@@ -144,6 +163,7 @@ class DeviceReports:
         where, args = ("WHERE concentrator_id = ?", (concentrator_id,)) if concentrator_id is not None else ("", ())
         return await self._device_rows("firmware_results", "received_at DESC, image_id DESC", where, args, limit)
 
-    async def connection_log(self, concentrator_id: int | None = None, limit: int = 100) -> list[dict[str, Any]]:
-        where, args = ("WHERE concentrator_id = ?", (concentrator_id,)) if concentrator_id is not None else ("", ())
+    async def connection_log(self, concentrator_id: int | None = None, limit: int = 100,
+                             before: int | None = None) -> list[dict[str, Any]]:
+        where, args = _where({"concentrator_id = ?": concentrator_id, "t <= ?": before})
         return await self._device_rows("connection_log", "id DESC", where, args, limit)

@@ -39,7 +39,7 @@ def scope_of(body: Any, now: float, window_days: int) -> Scope:
     group = body.get("group")
     if group is not None and not isinstance(group, str):
         raise ApiError(400, "bad_body", "group: expected a group id")
-    return Scope(t0, t1, None if group is None else [group])
+    return Scope(t0, t1, None if group is None else [group], live=body.get("to") is None)
 
 
 def routes(server: Server) -> list[Route]:

@@ -3,6 +3,7 @@ and the average of a group's member meters to compare a meter with."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -46,7 +47,8 @@ async def meters(storage: Storage, meter_list: list[Meter], month: str, tz: Zone
     h0, t0, t1, over = _span(month, tz, now)
     keys = await storage.meter_keys()
     values, _ = await storage.consumption_matrix([keys[m.meter_id] for m in meter_list], h0, t1)
-    return [_forecast(row, h0, t0, t1, over, tz) for row in values]
+    # A forecast per member of a large group: numpy work for a worker thread, not the event loop.
+    return await asyncio.to_thread(lambda: [_forecast(row, h0, t0, t1, over, tz) for row in values])
 
 
 async def meter(storage: Storage, m: Meter, month: str, tz: ZoneInfo, now: float) -> MonthForecast:

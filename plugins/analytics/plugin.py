@@ -83,18 +83,23 @@ def detector_classes() -> dict[str, type[GroupDetector]]:
 
 
 async def run_analytics(server: Server, scope: Scope) -> list[Finding]:
-    """Run every detector over ``scope``; one run at a time (they share the scope's loaded windows).
-    Readings already stored are folded into consumption and balances first: a scheduled run
-    soon after a fast-forward must not look at hours still waiting to be computed."""
+    """Run every detector over ``scope``; one run at a time (they share the scope's
+    loaded windows). Readings already stored are folded into consumption and
+    balances first: a scheduled run soon after a fast-forward must not look at
+    hours still waiting to be computed. The findings returned are the scope's:
+    about its groups, their meters and the modules and concentrators of those (a
+    detector that looks wider still has its findings stored)."""
     await server.intervals.process()
     await server.balance.process()
     lock = server.__dict__.setdefault("_analytics_lock", asyncio.Lock())
     async with lock:
         server.analytics_scope = scope
         try:
-            return await server.run_detectors()
+            found = await server.run_detectors()
         finally:
             server.analytics_scope = None
+    subjects = await scope.subjects(server.storage)
+    return found if subjects is None else [f for f in found if f.subject in subjects]
 
 
 class Scheduler:

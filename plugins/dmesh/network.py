@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from balans_edge.core.analytics.base import current_scope
 from balans_edge.core.components import Finding, Severity
 from balans_edge.core.model import MAX_HOPS
 from balans_edge.routes import iso
@@ -80,28 +81,45 @@ def _firmware(fw_version: int) -> str:
     return f"{fw_version >> 8}.{fw_version & 0xFF}"
 
 
-async def newest_readings(storage: Storage) -> dict[int, int]:
-    """module_id -> time of the newest stored reading of any of its meters."""
+async def newest_readings(storage: Storage, before: int | None = None) -> dict[int, int]:
+    """module_id -> time of the newest stored reading of any of its meters (of those
+    at or before ``before`` when given)."""
     modules = {key: m.module_id for key, m in await storage.meters_by_key() if m.module_id is not None}
+    if before is None:
+        times = {head.meter: head.ts for head in await storage.load_heads()}
+    else:
+        times = await storage.reading_times(before)
     newest: dict[int, int] = {}
-    for head in await storage.load_heads():
-        module_id = modules.get(head.meter)
-        if module_id is not None and head.ts > newest.get(module_id, -1):
-            newest[module_id] = head.ts
+    for meter, ts in times.items():
+        module_id = modules.get(meter)
+        if module_id is not None and ts > newest.get(module_id, -1):
+            newest[module_id] = ts
     return newest
 
 
-async def module_views(storage: Storage, config: NetworkConfig, now: float) -> dict[int, ModuleView]:
-    """Every module known to the registry or to a topology report, by id."""
-    registry = {m.module_id: m for m in await storage.registry_list("modules")}
-    latest = {r["module_id"]: r for r in await storage.latest_topology()}
-    readings = await newest_readings(storage)
+async def module_views(storage: Storage, config: NetworkConfig, now: float, *, past: bool = False,
+                       keep: set[int] | None = None, unregistered: bool = True) -> dict[int, ModuleView]:
+    """Every module known to the registry or to a topology report, by id.
+
+    ``past``: as things were at ``now`` (a run over a past period): only readings
+    and topology reports up to then count, and a module's route, link and battery
+    are those of its newest report by then (the registry holds today's): a
+    topology entry, or the health the module reported with its readings when
+    that is newer (a concentrator may send TOPOLOGY rarely). ``keep``:
+    only these registered modules (None: all); ``unregistered``: also modules only
+    a topology report knows."""
+    registry = {m.module_id: m for m in await storage.registry_list("modules")
+                if keep is None or m.module_id in keep}
+    latest = {r["module_id"]: r for r in await storage.latest_topology(int(now) if past else None)
+              if r["module_id"] in registry or unregistered}
+    readings = await newest_readings(storage, int(now) if past else None)
+    reports = {r["module_id"]: r for r in await storage.latest_module_reports(int(now))} if past else {}
     silent_after = config.silent_periods * config.report_interval_s
     views: dict[int, ModuleView] = {}
     for module_id in sorted(set(registry) | set(latest)):
         reg, snap, read_t = registry.get(module_id), latest.get(module_id), readings.get(module_id)
         lost = snap is not None and snap["state"] != 0 and (read_t is None or read_t <= snap["t"])
-        if lost or reg is None:
+        if lost or reg is None or past:
             heard = [t for t in (read_t, snap and snap["online_t"]) if t is not None]
             last_seen = max(heard) if heard else None
         else:
@@ -112,15 +130,18 @@ async def module_views(storage: Storage, config: NetworkConfig, now: float) -> d
             state = "silent"
         else:
             state = "online"
-        if reg is not None:
+        if reg is not None and (not past or snap is None):
+            # Today's values from the registry; for a past time without a report
+            # by then the route, link and battery are unknown.
+            known = not past
             view = ModuleView(
                 module_id,
                 snap["concentrator_id"] if snap else reg.concentrator_id,
                 True,
-                reg.parent_id,
-                reg.hops,
-                reg.rssi,
-                reg.battery_mv,
+                reg.parent_id if known else None,
+                reg.hops if known else None,
+                reg.rssi if known else None,
+                reg.battery_mv if known else None,
                 reg.firmware,
                 last_seen,
                 state,
@@ -129,7 +150,7 @@ async def module_views(storage: Storage, config: NetworkConfig, now: float) -> d
             view = ModuleView(
                 module_id,
                 snap["concentrator_id"],
-                False,
+                reg is not None,
                 snap["parent_id"],
                 snap["hops"],
                 snap["rssi"],
@@ -139,16 +160,21 @@ async def module_views(storage: Storage, config: NetworkConfig, now: float) -> d
                 state,
             )
         view.reported_t = snap["t"] if snap else None
+        own = reports.get(module_id)
+        if own is not None and (snap is None or own["t"] >= snap["t"]):
+            view.battery_mv, view.rssi = own["battery_mv"], own["rssi"]
+            view.hops = own["hops"] if own["hops"] is not None else view.hops  # None: out of range, not reported
         views[module_id] = view
     return views
 
 
-async def battery_points(storage: Storage, module_id: int) -> list[tuple[int, int]]:
+async def battery_points(storage: Storage, module_id: int, before: int | None = None) -> list[tuple[int, int]]:
     """(t, mV) of a module's battery in time order: its TOPOLOGY entries and the
     hourly reports that come with its readings (a concentrator may send
-    TOPOLOGY rarely), the newest BATTERY_POINTS of each."""
-    topology = await storage.topology_history(module_id, limit=BATTERY_POINTS)
-    reports = await storage.module_reports(module_id, limit=BATTERY_POINTS)
+    TOPOLOGY rarely), the newest BATTERY_POINTS of each (of those at or before
+    ``before`` when given)."""
+    topology = await storage.topology_history(module_id, limit=BATTERY_POINTS, before=before)
+    reports = await storage.module_reports(module_id, limit=BATTERY_POINTS, before=before)
     return sorted({(r["t"], r["battery_mv"]) for r in [*topology, *reports]})
 
 
@@ -234,17 +260,31 @@ class NetworkMonitor:
     # detector -----------------------------------------------------------------
 
     async def detect(self, server: Any = None) -> list[Finding]:
-        config, now = self.config, int(self.clock())
-        views = await self.modules()
+        """The network's health as of the run's end (``Scope``): now for a run that
+        ends now, the end of the period for a run over a past one (a module is
+        silent for the hours before that end, not until today); only the modules of
+        the scope's groups and their concentrators when the run names groups."""
+        config, scope = self.config, current_scope(self.server)
+        now = int(self.clock()) if scope.live else scope.t1
+        past = not scope.live
+        keep: set[int] | None = None
+        if past or scope.group_ids is not None:
+            meters = await scope.meters(self.server.storage)
+            if meters is None:
+                meters = await self.server.storage.registry_list("meters")
+            keep = {m.module_id for m in meters if m.module_id is not None and (not past or m.install_time <= now)}
+        views = await module_views(self.server.storage, config, now, past=past, keep=keep,
+                                   unregistered=scope.group_ids is None)
         findings: list[Finding] = []
         silent_after = config.silent_periods * config.report_interval_s
         for view in views.values():
-            findings += await self._module_findings(view, config, now, silent_after)
-        findings += await self._offline_concentrators(config, now)
+            findings += await self._module_findings(view, config, now, silent_after, past)
+        concentrators = None if scope.group_ids is None else {v.concentrator_id for v in views.values()}
+        findings += await self._offline_concentrators(config, now, past, concentrators)
         return findings
 
     async def _module_findings(
-        self, v: ModuleView, config: NetworkConfig, now: int, silent_after: int
+        self, v: ModuleView, config: NetworkConfig, now: int, silent_after: int, past: bool
     ) -> list[Finding]:
         subject = f"module:{v.module_id}"
         out = []
@@ -272,7 +312,7 @@ class NetworkMonitor:
                 periods=config.silent_periods,
             )
         if v.battery_mv is not None and v.battery_mv < config.low_battery_mv:
-            points = await battery_points(self.server.storage, v.module_id)
+            points = await battery_points(self.server.storage, v.module_id, before=now if past else None)
             if not points:
                 points = [(v.last_seen or now, v.battery_mv)]
             days_left, slope = battery_days_left(points, config.battery_empty_mv)
@@ -308,14 +348,19 @@ class NetworkMonitor:
             )
         return out
 
-    async def _offline_concentrators(self, config: NetworkConfig, now: int) -> list[Finding]:
-        sessions = self.connected()
+    async def _offline_concentrators(self, config: NetworkConfig, now: int, past: bool,
+                                     only: set[int | None] | None) -> list[Finding]:
+        """Configured concentrators away longer than ``offline_after_s`` at ``now``: by
+        their sessions now, or, for a past time, by the connection log up to it."""
+        sessions = {} if past else self.connected()
         out = []
         for c in self.dmesh.concentrators:
-            if c.id in sessions:
+            if c.id in sessions or (only is not None and c.id not in only):
                 continue
-            log = await self.server.storage.connection_log(c.id, limit=1000)
+            log = await self.server.storage.connection_log(c.id, limit=1000, before=now if past else None)
             last = next((r for r in log if r["event"] in ("connect", "disconnect", "replaced")), None)
+            if past and (last is None or last["event"] == "connect"):
+                continue  # connected then, or nothing known of it by then
             since = last["t"] if last else (self.server.started_at or now)
             offline_s = int(now - since)
             if offline_s <= config.offline_after_s:

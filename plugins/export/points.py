@@ -33,8 +33,8 @@ import numpy as np
 
 from balans_edge.core.balance import BalanceSeries, points
 from balans_edge.core.balance_queries import Tree, group_series
+from balans_edge.core.findings import finding_volume
 from balans_edge.core.intervals import QUALITY_CODES
-from balans_edge.core.losses import finding_volume
 from balans_edge.core.model import LEVELS, Group, Meter
 from balans_edge.core.periods import RegisterTable
 from balans_edge.core.storage import Storage
