@@ -136,7 +136,10 @@ class RegisterTable:
         if not len(idx):
             return np.zeros(0)
         p = np.asarray(pulses, np.int64)
-        value = self.start[idx] + (p - self.anchor[idx]) * self.weight[idx]
+        # A weight stored before the registry's bounds may overflow to inf: every
+        # path out (export, Modbus, OPC UA) checks finiteness, so no warning here.
+        with np.errstate(over="ignore", invalid="ignore"):
+            value = self.start[idx] + (p - self.anchor[idx]) * self.weight[idx]
         return np.where(known, value, np.nan)
 
     def value(self, meter: int, ts: int, pulses: int) -> float:
