@@ -378,9 +378,10 @@ def identifier(value: Any) -> str:
     be the same id. So an id is NFC-normalised (a composed "й" and "и" plus a
     combining breve are one id), holds only printable characters (no control,
     zero-width or bidi characters, no space but U+0020), has no white space at
-    either end, no "/" (it is one URL path segment), is not "." or "..", and
-    is at most ``MAX_ID_LENGTH`` characters. CSV cells lose their surrounding
-    blanks when read (``_csv_record``); a value given as JSON is refused with them.
+    either end, no "/" (it is one URL path segment), is not "." or "..", does not
+    start with "-" or "+" (a group input's sign), and is at most
+    ``MAX_ID_LENGTH`` characters. CSV cells lose their surrounding blanks when
+    read (``_csv_record``); a value given as JSON is refused with them.
     """
     if isinstance(value, bool) or not isinstance(value, str | int):
         raise BadValue(f"expected an id (text), got {shown(value)}")
@@ -394,6 +395,8 @@ def identifier(value: Any) -> str:
         raise BadValue(f"an id may not start or end with white space, got {shown(result)}")
     if "/" in result or result in (".", ".."):
         raise BadValue(f'an id may not contain "/" nor be "." or "..", got {shown(result)}')
+    if result[:1] in ("-", "+"):  # a group's inputs read a leading sign as the direction of flow
+        raise BadValue(f'an id may not start with "-" or "+" (the sign of a group input), got {shown(result)}')
     if len(result) > MAX_ID_LENGTH:
         raise BadValue(f"an id is at most {MAX_ID_LENGTH} characters, got {len(result)}")
     return result

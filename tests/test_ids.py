@@ -25,7 +25,8 @@ NFD = unicodedata.normalize("NFD", "Кв-й")
 METER = {"resource": "water", "unit": "m3", "pulse_weight": 0.001, "install_time": "2014-01-01T00:00:00Z"}
 
 
-@pytest.mark.parametrize("good", ["Кв-1", "Кв 1", "W-1", "Ωμέγα 12", "a.b", "...", "x" * MAX_ID_LENGTH, "+7", 42])
+@pytest.mark.parametrize("good", ["Кв-1", "Кв 1", "W-1", "Ωμέγα 12", "a.b", "...", "x" * MAX_ID_LENGTH, "7-", "Кв-+",
+                                  42])
 def test_ids_that_are_normal(good):
     assert identifier(good) == str(good)
 
@@ -40,6 +41,7 @@ def test_ids_are_nfc_normalised():
     ("Кв\u200b1", "U+200B"), ("\u202eКв-1", "U+202E"), ("Кв\u00a01", "U+00A0"), ("Кв\x001", "U+0000"),  # noqa: RUF001
     ("Кв\n1", "U+000A"), ("Кв\t1", "U+0009"), ("Кв\u20281", "U+2028"), ("\ue000", "U+E000"),
     (" Кв-1", "white space"), ("Кв-1 ", "white space"), ("x" * (MAX_ID_LENGTH + 1), "at most 128"),
+    ("-IN", 'start with "-"'), ("+7", 'start with "-" or "+"'),
     (True, "expected an id"), (1.5, "expected an id"), (["a"], "expected an id"),
 ])
 def test_ids_that_are_refused(bad, words):
