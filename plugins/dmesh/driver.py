@@ -19,9 +19,9 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from balans_edge.core.log_limit import LimitedLog
 from balans_edge.core.storage import ConnectionEvent, StorageError
 from balans_edge.core.tasks import cancel
 from balans_edge.plugins.dmesh.commands import DmeshCommands
@@ -42,26 +42,6 @@ SERIAL_BACKOFF_S = (0.5, 30.0)
 STOP_GRACE_S = 5.0
 
 
-class RefusalLog:
-    """Warnings about links refused before authentication, at most one per
-    ``every_s``; the next line counts those left out in between."""
-
-    def __init__(self, every_s: float = REFUSAL_LOG_S, clock: Callable[[], float] = time.monotonic) -> None:
-        self.every_s = every_s
-        self.clock = clock
-        self._next = 0.0
-        self._skipped = 0
-
-    def __call__(self, peer: str, why: str) -> None:
-        now = self.clock()
-        if now < self._next:
-            self._skipped += 1
-            return
-        more = f" ({self._skipped} more since the last report)" if self._skipped else ""
-        log.warning("dmesh: link from %s refused before authentication: %s%s", peer, why, more)
-        self._next, self._skipped = now + self.every_s, 0
-
-
 class DmeshDriver:
     name = "dmesh-driver"
 
@@ -75,7 +55,7 @@ class DmeshDriver:
         self._sessions: dict[Session, asyncio.Task | None] = {}
         self._handshaking: set[Session] = set()
         """TCP sessions not yet authenticated (at most ``max_unauthenticated``)."""
-        self.refusals = RefusalLog()
+        self._refusals = LimitedLog(log, burst=1, window_s=REFUSAL_LOG_S)
         self._by_id: dict[int, Session] = {}
         self._serial_tasks: list[asyncio.Task[None]] = []
         self._stopping = False
@@ -155,6 +135,9 @@ class DmeshDriver:
     def firmware_image(self, concentrator_id: int, image_id: int) -> FirmwareImage | None:
         return self.firmware.image(concentrator_id, image_id)
 
+    def _refused(self, peer: str, why: str) -> None:
+        self._refusals.log(logging.WARNING, "dmesh: link from %s refused before authentication: %s", peer, why)
+
     async def auth_failed(self, session: Session, reason: str) -> None:
         await self._log(ConnectionEvent(session.concentrator_id, "auth_failed", int(time.time()), session.peer, reason))
 
@@ -166,7 +149,7 @@ class DmeshDriver:
             self._sessions.pop(session, None)
             self._handshaking.discard(session)
             if session.handshake_timed_out:
-                self.refusals(session.peer, session.reason)
+                self._refused(session.peer, session.reason)
             cid = session.concentrator_id
             if session.authenticated and cid is not None:
                 if self._by_id.get(cid) is session:
@@ -191,7 +174,7 @@ class DmeshDriver:
             return
         if len(self._handshaking) >= self.config.max_unauthenticated:
             writer.close()
-            self.refusals(peer, f"{len(self._handshaking)} links are authenticating already (max_unauthenticated)")
+            self._refused(peer, f"{len(self._handshaking)} links are authenticating already (max_unauthenticated)")
             return
         session = Session(self, reader, writer, peer)
         self._handshaking.add(session)
