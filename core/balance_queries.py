@@ -222,7 +222,7 @@ def coverage(starts: np.ndarray, step: Step, tz: ZoneInfo, h0: int, h1: int, now
 
 
 @dataclass(frozen=True, slots=True)
-class Periods:
+class GroupPeriods:
     """A balance per hour, day or month and how much of each period it covers."""
 
     series: BalanceSeries
@@ -230,7 +230,7 @@ class Periods:
 
 
 async def group_series(storage: Storage, tree: Tree, group_ids: Sequence[str], t0: int, t1: int, step: Step,
-                       tz: ZoneInfo, now: int) -> Periods:
+                       tz: ZoneInfo, now: int) -> GroupPeriods:
     """Balance of the groups per hour, local day or local month over [t0, t1):
     hours nobody knows are missing, hours not over yet are not counted, and
     periods cut short by the span or by ``now`` are marked partial.
@@ -258,7 +258,7 @@ async def group_series(storage: Storage, tree: Tree, group_ids: Sequence[str], t
         for name, piece in pieces.items():
             columns[name][:, period[first]] = np.add.reduceat(piece, first, axis=1)
     series = BalanceSeries(list(group_ids), p.starts, **columns)
-    return Periods(series, coverage(p.starts, step, tz, h0, h1, now))
+    return GroupPeriods(series, coverage(p.starts, step, tz, h0, h1, now))
 
 
 async def findings_between(storage: Storage, t0: int, t1: int) -> list[dict[str, Any]]:

@@ -33,7 +33,7 @@ def routes(server: Server) -> list[Route]:
         await server.intervals.process()
         await server.balance.process()
 
-    async def series_of(request: Request, group_id: str) -> tuple[Group, str, q.Periods]:
+    async def series_of(request: Request, group_id: str) -> tuple[Group, str, q.GroupPeriods]:
         """The group and its balance over the request's period and step."""
         group = await group_or_404(group_id)
         step = parse_step(request)
