@@ -67,18 +67,17 @@ def local_starts(t0: int, t1: int, step: Literal["day", "month"], tz: ZoneInfo) 
     """Sorted unix starts of the local days or months holding an hour of [t0, t1)
     (hour-aligned): the first one is at or before t0. The Python loop is over
     periods, never over hours."""
-    if t1 <= t0:
-        return np.zeros(0, np.int64)
-    first, last = _local_date(t0, tz), _local_date(t1 - HOUR, tz)
-    if step == "month":
-        months = (last.year - first.year) * 12 + last.month - first.month + 1
-        k = first.year * 12 + first.month - 1
-        dates = [date((k + i) // 12, (k + i) % 12 + 1, 1) for i in range(months)]
-    elif step == "day":
-        start = first.toordinal()
-        dates = [date.fromordinal(start + i) for i in range(last.toordinal() - start + 1)]
-    else:
+    if step not in ("day", "month"):
         raise ValueError(f"unknown step {step!r}")
+    n = count(t0, t1, step, tz)
+    if n == 0:
+        return np.zeros(0, np.int64)
+    first = _local_date(t0, tz)
+    if step == "month":
+        k = first.year * 12 + first.month - 1
+        dates = [date((k + i) // 12, (k + i) % 12 + 1, 1) for i in range(n)]
+    else:
+        dates = [date.fromordinal(first.toordinal() + i) for i in range(n)]
     return np.array([_midnight(d, tz) for d in dates], np.int64)
 
 
