@@ -21,12 +21,11 @@ from balans_edge.core.periods import CORRECTABLE, PARAMETERS
 from balans_edge.core.registry import COLUMNS, RegistryError, check_references
 from balans_edge.core.registry_io import BadValue, Problem, Where, format_time, iso_time
 from balans_edge.core.storage.base import AUDIT_LIMIT, AuditQuery, Storage
+from balans_edge.core.text import check_text
 
 AUDIT_ACTIONS = ("create", "update", "delete", "correct")
 FUTURE_S = 300
 """How far ahead of the clock a change may be dated (the ingest clock tolerance)."""
-REASON_MAX = 4096
-"""Longest reason a correction may give (characters)."""
 
 
 def parse_effective(value: Any, where: Where, now: int) -> int:
@@ -99,8 +98,11 @@ def parse_correction(meter_id: str, data: Mapping[str, Any], where: str, now: in
     reason = data.get("reason")
     if not isinstance(reason, str) or not reason.strip():
         problems.append(loc.problem("reason", "a non-empty reason is required: a correction changes the past"))
-    elif len(reason) > REASON_MAX:
-        problems.append(loc.problem("reason", f"longer than {REASON_MAX} characters"))
+    else:
+        try:
+            check_text(reason)
+        except ValueError as exc:
+            problems.append(loc.problem("reason", str(exc)))
     times: dict[str, int | None] = {"from": None, "to": None}
     for name in times:
         if data.get(name) is None:

@@ -54,6 +54,13 @@ async def test_free_text_is_bounded_and_the_refusal_names_the_field(make_server,
         assert r.json()["error"]["message"].startswith(f"reason: at most {MAX_TEXT_BYTES} bytes")
     assert await server.storage.journal_list("commands") == []
 
+    # A correction of a meter's past holds its reason to the same bound, counted in bytes.
+    correction = {"from": "2014-01-20T00:00:00Z", "changes": {"pulse_weight": 0.01}, "reason": ONE_TOO_MANY}
+    r = await http.post("/api/v1/meters/W-1/corrections", json=correction, headers=auth("admin"))
+    assert r.status_code == 422, r.text[:300]
+    assert f'column "reason": at most {MAX_TEXT_BYTES} bytes' in r.json()["error"]["message"]
+    assert (await server.storage.registry_get("meters", "W-1")).pulse_weight != 0.01
+
     for column in ("consumer", "contact", "tariff_plan", "address"):
         r = await http.put("/api/v1/accounts/A-2", json={column: ONE_TOO_MANY}, headers=auth("admin"))
         assert r.status_code == 422, r.text[:300]
