@@ -152,14 +152,20 @@ class RegisterTable:
         idx, _ = self._period(np.full(len(ts), meter, np.int64), ts, "left")
         return self.weight[idx] if len(self.weight) else np.zeros(len(ts))
 
+    def _latest(self, meter: int) -> int | None:
+        """Index of the meter's latest period, None for an unknown meter."""
+        at = int(np.searchsorted(self.meter, meter, side="right")) - 1
+        return at if at >= 0 and self.meter[at] == meter else None
+
     def last_start(self, meter: int) -> int:
         """When the meter's latest period started (-1 for an unknown meter)."""
-        at = np.searchsorted(self.meter, meter, side="right") - 1
-        return int(self.valid_from[at]) if at >= 0 and self.meter[at] == meter else -1
+        at = self._latest(meter)
+        return -1 if at is None else int(self.valid_from[at])
 
     def current_weight(self, meter: int) -> float:
-        at = np.searchsorted(self.meter, meter, side="right") - 1
-        return float(self.weight[at]) if at >= 0 and self.meter[at] == meter else 0.0
+        """The weight of the meter's latest period (0 for an unknown meter)."""
+        at = self._latest(meter)
+        return 0.0 if at is None else float(self.weight[at])
 
 
 def corrected(periods: Sequence[MeterPeriod], changes: Mapping[str, Any], t0: int,
