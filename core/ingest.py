@@ -37,7 +37,7 @@ import numpy as np
 
 from balans_edge.core.bus import EventBus, ReadingsCommitted
 from balans_edge.core.model import COUNTER_MODULUS, Meter, RawReading, ReadingFlag, Status
-from balans_edge.core.periods import MeterPeriod, first_period
+from balans_edge.core.periods import MeterPeriod, first_period, meter_time_key
 from balans_edge.core.storage import IngestWrite, ModuleHealth, ReadingRows, Storage
 
 log = logging.getLogger(__name__)
@@ -164,13 +164,13 @@ class MeterMap:
         self.size = size
         ep = np.array(sorted(epochs), dtype=np.int64).reshape(-1, 3)
         self.epoch_meter, self.epoch_base = ep[:, 0].copy(), ep[:, 2].copy()
-        self._epoch_keys = _epoch_key(ep[:, 0], ep[:, 1])
+        self._epoch_keys = meter_time_key(ep[:, 0], ep[:, 1])
         self.rewired = len(ep) > len(np.unique(ep[:, 0]))
         """Some meter has more than one counter epoch (so chaining must look for restarts)."""
 
     def epoch(self, meter: np.ndarray, ts: np.ndarray) -> np.ndarray:
         """Index of the counter epoch of each (meter, time)."""
-        idx = np.searchsorted(self._epoch_keys, _epoch_key(meter, ts), side="right") - 1
+        idx = np.searchsorted(self._epoch_keys, meter_time_key(meter, ts), side="right") - 1
         return np.maximum(idx, np.searchsorted(self.epoch_meter, meter, side="left"))
 
     def restarts(self, meter: np.ndarray, ts: np.ndarray, prev_epoch: np.ndarray | None,
@@ -217,11 +217,6 @@ class MeterMap:
         keys[ok] = self.key[idx[ok]]
         reason[ok] = 0
         return keys, reason
-
-
-def _epoch_key(meter: np.ndarray, ts: np.ndarray) -> np.ndarray:
-    """(meter, time) as one sortable int64 (times clipped to 0 .. 2^34 s)."""
-    return np.asarray(meter, np.int64) * (1 << 34) + np.clip(np.asarray(ts, np.int64), 0, (1 << 34) - 1)
 
 
 QUARANTINE_REASONS = {1: "unknown_channel", 2: "before_install", 3: "meter_removed"}
@@ -517,9 +512,8 @@ class Ingest:
         backlog after it."""
         await self.storage.flush()
         stored = await self.storage.readings_at(m, b.ts)
-        # (meter, ts) as one sortable key: ts is positive and below 2^34 (checked at
-        # validation: nothing from beyond the clock), meter keys below 2^29.
-        stored_key, key = stored.meter << 34 | stored.ts, m << 34 | b.ts
+        # ts is positive and below 2^34 (checked at validation: nothing from beyond the clock).
+        stored_key, key = meter_time_key(stored.meter, stored.ts), meter_time_key(m, b.ts)
         pos = np.minimum(np.searchsorted(stored_key, key), max(len(stored) - 1, 0))
         hit = stored_key[pos] == key if len(stored) else np.zeros(len(m), dtype=bool)
         same = stored.counter[pos[hit]] == b.counter[hit]

@@ -82,7 +82,9 @@ def period_json(p: MeterPeriod, iso: Any) -> dict[str, Any]:
     return out
 
 
-def _key(meter: np.ndarray, t: np.ndarray) -> np.ndarray:
+def meter_time_key(meter: np.ndarray, t: np.ndarray) -> np.ndarray:
+    """(meter key, time) as one sortable int64, for binary searches over many
+    meters at once (times clipped to 0 .. 2^34 s; meter keys stay below 2^29)."""
     return np.asarray(meter, np.int64) * _SPAN + np.clip(np.asarray(t, np.int64), 0, _SPAN - 1)
 
 
@@ -109,7 +111,7 @@ class RegisterTable:
         total = np.cumsum(step)
         first = np.flatnonzero(restart)
         self.start = base[first][run] + total - total[first][run] if n else np.zeros(0)
-        self._keys = _key(self.meter, self.valid_from)
+        self._keys = meter_time_key(self.meter, self.valid_from)
         self.changed = frozenset(k for k in periods if len(periods[k]) > 1)
         """Meters with more than one period."""
 
@@ -123,7 +125,7 @@ class RegisterTable:
         meter = np.asarray(meter, np.int64)
         if not len(self._keys):
             return np.zeros(len(meter), np.int64), np.zeros(len(meter), bool)
-        idx = np.searchsorted(self._keys, _key(meter, ts), side=side) - 1
+        idx = np.searchsorted(self._keys, meter_time_key(meter, ts), side=side) - 1
         first = np.searchsorted(self.meter, meter, side="left")
         known = (first < len(self.meter)) & (self.meter[np.minimum(first, len(self.meter) - 1)] == meter)
         # Before the first period (a time before installation): the first period's parameters.
