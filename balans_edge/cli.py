@@ -66,6 +66,23 @@ def prepare(config_path: Path | None) -> tuple[Plugins, Config]:
     return plugins, config
 
 
+def parse_time_option(raw: str, option: str) -> int:
+    """A time given on the command line: ISO-8601 (UTC when it has no offset) or
+    unix seconds, in the valid range (``core.times``); a usage error naming the
+    option otherwise."""
+    from balans_edge.core.times import parse_time
+
+    try:
+        return parse_time(raw)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint=option) from None
+
+
+def time_option(ctx: click.Context, param: click.Parameter, value: str | None) -> int | None:
+    """A click callback for an optional time option (``parse_time_option``)."""
+    return None if value is None else parse_time_option(value, param.opts[0])
+
+
 def setup_logging(level: str) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))

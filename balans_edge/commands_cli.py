@@ -14,25 +14,14 @@ from balans_edge import cli as _cli
 MAX_LIMIT = 100_000
 
 
-def _time(ctx: click.Context, param: click.Parameter, value: str | None) -> int | None:
-    from balans_edge.core.times import parse_time
-
-    if value is None:
-        return None
-    try:
-        return parse_time(value)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc)) from None
-
-
 @click.command("commands")
 @_cli.CONFIG_OPTION
 @click.option("--target", default=None, help="Only commands to this target (meter id, module:ID, concentrator:ID).")
 @click.option("--outcome", default=None, help="Only this outcome (pending, done, failed, refused, ...).")
 @click.option("--code", default=None, help="Only this command (valve_close, relay_off, ping, firmware_push, ...).")
 @click.option("--requested-by", default=None, help="Only commands asked for by this user (api:NAME, ...).")
-@click.option("--from", "t_from", default=None, callback=_time, help="Asked for at or after (ISO-8601 or unix).")
-@click.option("--to", "t_to", default=None, callback=_time, help="Asked for before (ISO-8601 or unix).")
+@click.option("--from", "t_from", callback=_cli.time_option, help="Asked for at or after (ISO-8601 or unix).")
+@click.option("--to", "t_to", callback=_cli.time_option, help="Asked for before (ISO-8601 or unix).")
 @click.option("--limit", type=click.IntRange(1, MAX_LIMIT), default=100, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON (one object per command, newest first).")
 def commands(config_path: Path | None, target: str | None, outcome: str | None, code: str | None,

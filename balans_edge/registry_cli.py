@@ -84,17 +84,17 @@ def unknown_command(config_path: Path | None, limit: int) -> None:
 @click.option("--id", "object_id", help="The object's key.")
 @click.option("--who", help="e.g. api:alice, cli:root, config.")
 @click.option("--action", type=click.Choice(["create", "update", "delete", "correct"]))
-@click.option("--from", "t0", help="ISO-8601 time (UTC when no offset).")
-@click.option("--to", "t1", help="ISO-8601 time (UTC when no offset).")
+@click.option("--from", "t0", callback=_cli.time_option, help="ISO-8601 time (UTC when no offset) or unix seconds.")
+@click.option("--to", "t1", callback=_cli.time_option, help="ISO-8601 time (UTC when no offset) or unix seconds.")
 @click.option("--limit", type=click.IntRange(1, 1000), default=100, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line, with before and after.")
 def audit_command(config_path: Path | None, kind: str | None, object_id: str | None, who: str | None,
-                  action: str | None, t0: str | None, t1: str | None, limit: int, as_json: bool) -> None:
+                  action: str | None, t0: int | None, t1: int | None, limit: int, as_json: bool) -> None:
     """Registry changes, newest first: when, who, what, and why."""
     from balans_edge.core import registry_history as history
 
     _, config = _cli.prepare(config_path)
-    query = history.audit_query(kind, object_id, who, action, _time(t0, "--from"), _time(t1, "--to"), limit)
+    query = history.audit_query(kind, object_id, who, action, t0, t1, limit)
     rows = _cli.run_async(lambda: _cli.with_storage(config, lambda s: s.registry_audit(query)))
     for row in rows:
         shown = history.audit_json(row)
@@ -165,13 +165,3 @@ def correct_command(config_path: Path | None, meter_id: str, t0: str, t1: str | 
     click.echo(json.dumps({"meter_id": meter_id, **record}, ensure_ascii=False, indent=2))
     click.echo("hours and balances are recomputed by the running server (or at its next start)", err=True)
 
-
-def _time(raw: str | None, name: str) -> int | None:
-    from balans_edge.routes import ApiError, parse_time_value
-
-    if raw is None:
-        return None
-    try:
-        return parse_time_value(raw, name)
-    except ApiError as exc:
-        raise click.BadParameter(exc.message) from None

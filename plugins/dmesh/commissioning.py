@@ -22,7 +22,6 @@ import click
 
 from balans_edge.core.intervals import CODE, HOUR, floor_hour
 from balans_edge.core.model import Quality
-from balans_edge.core.times import parse_time
 from balans_edge.routes import iso
 
 if TYPE_CHECKING:
@@ -81,12 +80,9 @@ async def commissioning(storage: Storage, group_id: str, t0: int, t1: int) -> li
 
 
 def _parse_end(raw: str | None) -> int:
-    if raw is None:
-        return floor_hour(int(time.time()))
-    try:
-        return floor_hour(parse_time(raw))
-    except ValueError as exc:
-        raise click.BadParameter(str(exc), param_hint="--end") from None
+    from balans_edge import cli as _cli
+
+    return floor_hour(int(time.time()) if raw is None else _cli.parse_time_option(raw, "--end"))
 
 
 def add_commands(group: click.Group) -> None:

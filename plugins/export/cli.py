@@ -21,7 +21,6 @@ import click
 
 from balans_edge.core.storage import Storage
 from balans_edge.core.storage.base import EXPORT_KINDS
-from balans_edge.core.times import parse_time as core_parse_time
 from balans_edge.plugins.export.config import ExportConfig, TargetConfig
 from balans_edge.plugins.export.status import target_status
 
@@ -31,14 +30,6 @@ PAGE = 10_000
 
 def _when(t: int | None) -> str:
     return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:%M:%SZ") if t else "-"
-
-
-def parse_time(value: str, option: str) -> int:
-    """ISO-8601 (UTC when no offset is given) or unix seconds, in the valid range (``core.times``)."""
-    try:
-        return core_parse_time(value)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc), param_hint=option) from None
 
 
 def day_hours(t0: int, t1: int, tz: ZoneInfo) -> list[int]:
@@ -152,7 +143,7 @@ def add_commands(group: click.Group) -> None:
                          kinds: tuple[str, ...], wait_s: float) -> None:
         """Queue stored history for export (the running server sends it)."""
         config, export = setup(config_path)
-        t0, t1 = parse_time(from_, "--from"), parse_time(to, "--to")
+        t0, t1 = _cli.parse_time_option(from_, "--from"), _cli.parse_time_option(to, "--to")
         if t1 <= t0:
             raise click.BadParameter("must be later than --from", param_hint="--to")
         by_name = {t.name: t for t in export.targets}
