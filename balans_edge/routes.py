@@ -95,6 +95,11 @@ def parse_time(request: Request, name: str, default: int | None = None) -> int:
     return parse_time_value(raw, f"query parameter {name}")
 
 
+def optional_time(request: Request, name: str) -> int | None:
+    """A query parameter as ``parse_time`` reads it, or None when it is not given (an open end)."""
+    return parse_time(request, name) if request.args.get(name) else None
+
+
 def parse_time_value(raw: Any, name: str, code: str = "bad_parameter") -> int:
     """A time given as ISO-8601 (with timezone, or UTC if none) or unix seconds,
     within the valid range (``core.times``); 400 naming ``name`` otherwise."""

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from sanic.request import Request
 
 from balans_edge.core.components import Command, CommandCode
-from balans_edge.routes import ApiError, Param, Route, audited_body, iso, json, parse_time, query_int
+from balans_edge.routes import ApiError, Param, Route, audited_body, iso, json, optional_time, query_int
 
 if TYPE_CHECKING:
     from balans_edge.server import Server
@@ -88,7 +88,7 @@ def actuator_routes(server: Server, protocol: str, title: str,
 def routes(server: Server) -> list[Route]:
     async def audit(request: Request) -> Any:
         filters = {name: request.args.get(name) or None for name in AUDIT_FILTERS}
-        t0, t1 = (parse_time(request, name) if request.args.get(name) else None for name in ("from", "to"))
+        t0, t1 = optional_time(request, "from"), optional_time(request, "to")
         rows = await server.storage.commands(**filters, t0=t0, t1=t1,
                                              limit=query_int(request, "limit", 100, 1, MAX_AUDIT_LIMIT))
         return json({"commands": [{**r, "t": iso(r["t"])} for r in rows]})

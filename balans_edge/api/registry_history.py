@@ -12,7 +12,7 @@ from balans_edge.core.periods import period_json
 from balans_edge.core.registry import RegistryError
 from balans_edge.core.storage import StorageError
 from balans_edge.core.storage.base import AUDIT_LIMIT
-from balans_edge.routes import ApiError, Param, Route, body_json, iso, json, parse_time
+from balans_edge.routes import ApiError, Param, Route, body_json, iso, json, optional_time, query_int
 
 if TYPE_CHECKING:
     from balans_edge.server import Server
@@ -22,14 +22,10 @@ def routes(server: Server) -> list[Route]:
     storage = server.storage
 
     async def audit(request: Request) -> Any:
-        raw_limit = request.args.get("limit", "100")
-        if not raw_limit.isdigit():
-            raise ApiError(400, "bad_parameter", f"limit: expected an integer 1..{AUDIT_LIMIT}, got {raw_limit!r}")
-        t0 = parse_time(request, "from") if request.args.get("from") else None
-        t1 = parse_time(request, "to") if request.args.get("to") else None
         try:
             query = history.audit_query(request.args.get("kind"), request.args.get("id"), request.args.get("who"),
-                                        request.args.get("action"), t0, t1, int(raw_limit))
+                                        request.args.get("action"), optional_time(request, "from"),
+                                        optional_time(request, "to"), query_int(request, "limit", 100, 1, AUDIT_LIMIT))
         except ValueError as exc:
             raise ApiError(400, "bad_parameter", str(exc)) from None
         return json({"audit": [history.audit_json(r) for r in await storage.registry_audit(query)]})
