@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from balans_edge.security import new_token, token_digest, weakness
+from balans_edge.core.tokens import new_token, token_digest, weakness
 
 
 @click.group()

@@ -37,6 +37,7 @@ from balans_edge import __version__
 from balans_edge.core.bus import BalanceUpdated, IntervalsUpdated, ReadingsCommitted, Subscription
 from balans_edge.core.components import Alarm, Command, CommandCode
 from balans_edge.core.tasks import cancel
+from balans_edge.core.tokens import token_digest
 from balans_edge.plugins.modbus import snapshot as snap
 from balans_edge.plugins.opcua import model as m
 from balans_edge.plugins.opcua import pki
@@ -53,7 +54,6 @@ from balans_edge.plugins.opcua.security import (
 )
 from balans_edge.plugins.opcua.space import Publisher, Space, SyncStats
 from balans_edge.plugins.opcua.values import Values
-from balans_edge.security import token_digest
 
 if TYPE_CHECKING:
     from balans_edge.core.context import PluginContext
