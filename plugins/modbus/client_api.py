@@ -27,5 +27,5 @@ def routes(context: PluginContext, client: Callable[[], ModbusClient | None],
         Route("GET", "/api/v1/modbus/devices", devices,
               "Polled Modbus devices: link state, reconnects, requests, reads per poll, last error",
               tags=("tags",)),
-        *actuator_routes(context, "modbus", "Modbus", actuator),
+        *actuator_routes(context.commands, "modbus", "Modbus", actuator),
     ]

@@ -30,5 +30,5 @@ def routes(context: PluginContext, client: Callable[[], OpcuaClient | None],
         Route("GET", "/api/v1/opcua/devices", devices,
               "OPC UA servers read as a client: session up, security, connects, last error, reads, notifications",
               tags=("tags",)),
-        *actuator_routes(context, "opcua", "OPC UA", actuator),
+        *actuator_routes(context.commands, "opcua", "OPC UA", actuator),
     ]
