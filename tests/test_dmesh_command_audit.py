@@ -56,9 +56,9 @@ async def start(make_server, plugins, tmp_path, **dmesh) -> tuple[Any, Any, Obse
     return server, driver, observer
 
 
-async def connected(port: int, **kw: Any) -> SimulatedConcentrator:
-    settings = ConcentratorSettings(CID, KEY.encode(), port=port, reconnect_s=0.1, firmware_public_key=PUBLIC)
-    c = SimulatedConcentrator(settings, **kw)
+async def connected(port: int, settings: dict[str, Any] | None = None, **kw: Any) -> SimulatedConcentrator:
+    c = SimulatedConcentrator(ConcentratorSettings(CID, KEY.encode(), port=port, **{
+        "reconnect_s": 0.1, "firmware_public_key": PUBLIC, **(settings or {})}), **kw)
     c.start()
     async with asyncio.timeout(5):
         await c.connected.wait()
@@ -171,3 +171,25 @@ async def test_a_dmesh_device_takes_only_its_own_commands(make_server, plugins, 
     assert (not_registered.outcome, not_registered.detail) == (
         "failed", "dmesh: module 4242 is not registered on a concentrator")
     assert [c.outcome for c, _ in observer.seen] == ["refused", "refused", "failed"]
+
+
+async def test_a_push_straight_to_the_service_cannot_overlap_one_in_flight(make_server, plugins, tmp_path):
+    """``FirmwarePusher.push`` refuses a second push of an image on its way
+    (409); one given straight to the actuation service fails, audited, instead
+    of mixing its blocks with the first."""
+    from balans_edge.plugins.dmesh.firmware import verify_image
+
+    server, driver, observer = await start(make_server, plugins, tmp_path, firmware_timeout_s=1.5)
+    c = await connected(driver.port, {"drop_after_blocks": 2, "reconnect_s": 30.0})  # the first push stalls
+    try:
+        image = verify_image(IMAGE, sign_image(VENDOR, 7, "concentrator", IMAGE, "1.5.0"), PUBLIC)
+        first = asyncio.create_task(driver.firmware.push(CID, image, requested_by="test", reason="first"))
+        await eventually(lambda: driver.firmware.progress(CID, 7) > 0, timeout=5)
+        second = await server.actuation.execute(Command(f"concentrator:{CID}", CommandCode.FIRMWARE_PUSH, "policy:x",
+                                                        "second", args={"image": image}))
+        assert (second.outcome, second.detail) == ("failed", f"dmesh: image 7 is already being sent to concentrator "
+                                                             f"{CID}")
+        assert (await first)["outcome"] == "timeout"
+        assert [(c.requested_by, c.outcome) for c, _ in observer.seen] == [("policy:x", "failed"), ("test", "timeout")]
+    finally:
+        await c.stop()

@@ -396,6 +396,8 @@ class FirmwarePusher:
     async def _transfer(self, concentrator_id: int, image: FirmwareImage) -> tuple[str, str]:
         """(outcome, detail) of one transfer."""
         key = (concentrator_id, image.image_id)
+        if key in self._results:  # a push that did not come through ``push``, which refuses it (FirmwareBusy)
+            return "failed", f"image {image.image_id} is already being sent to concentrator {concentrator_id}"
         session = self.driver.sessions().get(concentrator_id)
         if session is None or session.closing:
             return "failed", f"concentrator {concentrator_id} is not connected"
