@@ -192,7 +192,10 @@ def register_detectors() -> list[Detector] | None:
 
 @hookspec
 def register_actuators() -> list[Actuator] | None:
-    """Contribute actuators that execute commands to devices.
+    """Contribute actuators that execute commands to devices: valves, relays and
+    pumps, and the commands that reconfigure or query a device (`ping`,
+    `set_interval`, `profile_request`, `firmware_push`; a `Command`'s `args` carry
+    what they need).
 
     - **Returns:** a list of `Actuator`s: objects with a `name`,
       `handles(command) -> bool` (plain or `async`, for an actuator that looks
@@ -206,7 +209,11 @@ def register_actuators() -> list[Actuator] | None:
       reason))` routes a command to its target's owner, else to the first
       actuator that handles it, writes the `commands` journal with who asked,
       when, why and the outcome (`done`, `failed`, or `refused` when no
-      actuator handles it), then calls `observe_commands`.
+      actuator handles it; an actuator may give its own word in
+      `CommandOutcome.outcome`, as firmware pushes do with `accepted`), then
+      calls `observe_commands`. An outcome a device sends later (an answer after
+      the command timed out) is recorded with `context.commands.settle(command_id,
+      outcome, detail)`. Only the service writes the `commands` journal.
 
     ```python
     class ExampleActuator:
@@ -332,7 +339,10 @@ def observe_commands(command: Command) -> Any:
       audit `id`, `outcome` (`done`, `refused`, `failed`) and `detail`.
     - **Returns:** nothing (a coroutine is awaited).
     - **When:** at the end of `context.commands.execute`, for every command
-      whatever its outcome.
+      whatever its outcome (valves, relays and pumps, DMesh module commands and
+      firmware pushes alike), and again each time `context.commands.settle`
+      records an outcome that arrived later: the last call for a command id
+      carries its final outcome, the one the audit shows.
 
     ```python
     @hookimpl

@@ -470,12 +470,22 @@ class Storage(ABC):
 
     @abstractmethod
     async def journal_append(self, kind: str, record: dict[str, Any]) -> int:
-        """Append a record to the ``commands``, ``findings`` or ``alarms``
-        journal durably; return its id."""
+        """Append a record to the ``findings`` or ``alarms`` journal durably;
+        return its id. ``commands`` is refused (ValueError): see ``command_append``."""
 
     @abstractmethod
     async def journal_update(self, kind: str, record_id: int, changes: dict[str, Any]) -> None:
-        """Change fields of a journal record (a command's outcome once known)."""
+        """Change fields of a journal record; ``commands`` is refused (ValueError)."""
+
+    @abstractmethod
+    async def command_append(self, record: dict[str, Any]) -> int:
+        """Append a record to the ``commands`` journal durably; return its id.
+        Only the actuation service calls this (and ``command_update``), so that
+        every command is routed, audited and observed the same way."""
+
+    @abstractmethod
+    async def command_update(self, record_id: int, changes: dict[str, Any]) -> None:
+        """Change fields of a ``commands`` record (its outcome once known)."""
 
     @abstractmethod
     async def journal_list(self, kind: str, limit: int = 100) -> list[dict[str, Any]]:

@@ -44,6 +44,7 @@ from balans_edge.core.storage.migrations import migrate
 from balans_edge.core.storage.sqlite_balance import BalanceTables
 from balans_edge.core.storage.sqlite_bridges import BridgeSlots
 from balans_edge.core.storage.sqlite_bulk import BulkReader
+from balans_edge.core.storage.sqlite_commands import CommandJournal, writable
 from balans_edge.core.storage.sqlite_devices import DeviceReports, module_health_statements
 from balans_edge.core.storage.sqlite_export import ExportQueues
 from balans_edge.core.storage.sqlite_registry_history import RegistryHistory
@@ -158,7 +159,8 @@ class _Job:
     future: asyncio.Future[None]
 
 
-class SqliteStorage(RegistryHistory, BalanceTables, DeviceReports, BridgeSlots, TagTable, ExportQueues, Storage):
+class SqliteStorage(RegistryHistory, BalanceTables, DeviceReports, BridgeSlots, TagTable, ExportQueues, CommandJournal,
+                    Storage):
     def __init__(self, path: str | Path, *, max_group: int = 256) -> None:
         self.path = Path(path)
         self.max_group = max_group
@@ -516,6 +518,12 @@ class SqliteStorage(RegistryHistory, BalanceTables, DeviceReports, BridgeSlots, 
     # journals -------------------------------------------------------------
 
     async def journal_append(self, kind: str, record: dict[str, Any]) -> int:
+        return await self._append(writable(kind), record)
+
+    async def journal_update(self, kind: str, record_id: int, changes: dict[str, Any]) -> None:
+        await self._update(writable(kind), record_id, changes)
+
+    async def _append(self, kind: str, record: dict[str, Any]) -> int:
         columns = FINDING_COLUMNS if kind == "findings" else JOURNALS[kind]
         row = {c: record.get(c) for c in columns}
         if "data" in row:
@@ -533,7 +541,7 @@ class SqliteStorage(RegistryHistory, BalanceTables, DeviceReports, BridgeSlots, 
         await self._submit([(sql, [(row_id, *row.values())])])
         return row_id
 
-    async def journal_update(self, kind: str, record_id: int, changes: dict[str, Any]) -> None:
+    async def _update(self, kind: str, record_id: int, changes: dict[str, Any]) -> None:
         columns = [c for c in changes if c in JOURNALS[kind]]
         if len(columns) != len(changes):
             raise ValueError(f"{kind}: unknown columns {sorted(set(changes) - set(columns))}")
@@ -562,36 +570,6 @@ class SqliteStorage(RegistryHistory, BalanceTables, DeviceReports, BridgeSlots, 
         if "data" in row:
             row["data"] = json.loads(row["data"])
         return row
-
-    async def commands(
-        self,
-        target: str | None = None,
-        outcome: str | None = None,
-        code: str | None = None,
-        requested_by: str | None = None,
-        t0: int | None = None,
-        t1: int | None = None,
-        limit: int = 100,
-    ) -> list[dict[str, Any]]:
-        where, args = ["1"], []
-        for condition, value in (("target = ?", target), ("outcome = ?", outcome), ("code = ?", code),
-                                 ("requested_by = ?", requested_by), ("t >= ?", t0), ("t < ?", t1)):
-            if value is not None:
-                where.append(condition)
-                args.append(value)
-        rows = await self._all(f"SELECT * FROM commands WHERE {' AND '.join(where)} ORDER BY id DESC LIMIT ?",
-                               (*args, limit))
-        return [dict(r) for r in rows]
-
-    async def settle_pending_commands(self, note: str) -> list[dict[str, Any]]:
-        pending = [r[0] for r in await self._all("SELECT id FROM commands WHERE outcome = 'pending'")]
-        if not pending:
-            return []
-        await self._submit([(
-            "UPDATE commands SET outcome = 'failed', detail = CASE WHEN detail = '' THEN ? ELSE detail || '; ' || ? "
-            "END WHERE id = ? AND outcome = 'pending'", [(note, note, i) for i in pending])])
-        marks = ", ".join("?" * len(pending))
-        return [dict(r) for r in await self._all(f"SELECT * FROM commands WHERE id IN ({marks}) ORDER BY id", pending)]
 
     # findings ---------------------------------------------------------------
 
