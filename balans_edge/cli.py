@@ -95,10 +95,13 @@ def run_async(fn: Callable[[], Awaitable[T]]) -> T:
 
 
 async def with_storage(config: Config, fn: Callable[[Any], Awaitable[T]]) -> T:
+    """Run ``fn`` with the configured storage open: core's and the plugins' tables
+    migrated first (the plugins ``prepare`` loaded), as the server would."""
     from balans_edge.core.storage import open_storage
+    from balans_edge.plugin_migrations import plugin_migrations
 
     storage = open_storage(config.storage.url)
-    await storage.open()
+    await storage.open(migrations=plugin_migrations(plugins_once(), config.plugin_flags))
     try:
         return await fn(storage)
     finally:

@@ -28,6 +28,7 @@ from balans_edge.core.storage import Storage, open_storage
 from balans_edge.core.tasks import cancel, on_failure
 from balans_edge.http import Http
 from balans_edge.plugin_manager import PluginCallError, PluginError, Plugins, summarize
+from balans_edge.plugin_migrations import plugin_migrations
 from balans_edge.routes import Route
 
 log = logging.getLogger(__name__)
@@ -127,7 +128,7 @@ class Server:
 
     async def start(self, *, http: bool = True) -> None:
         self._stopping = False
-        await self.storage.open()
+        await self.storage.open(migrations=plugin_migrations(self.plugins, self.config.plugin_flags))
         try:
             await self.actuation.settle_interrupted()
             self.collect_contributions()

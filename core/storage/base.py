@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from balans_edge.core.model import Account, Concentrator, Group, Meter, RadioModule
+from balans_edge.core.storage.migrations import MigrationSet
 
 if TYPE_CHECKING:
     from balans_edge.core.balance import BalanceSeries
@@ -263,8 +264,10 @@ class Storage(ABC):
     """A durable store for the registry, readings and derived intervals."""
 
     @abstractmethod
-    async def open(self) -> None:
-        """Connect, create or migrate the schema."""
+    async def open(self, migrations: Sequence[MigrationSet] = ()) -> None:
+        """Connect, then create or migrate core's tables and those of every owner
+        in ``migrations`` (after core's, in that order). MigrationError when the
+        database is newer than this software, for core or for any owner given."""
 
     @abstractmethod
     async def close(self) -> None:
@@ -275,7 +278,12 @@ class Storage(ABC):
         """Return once every write submitted before the call is committed."""
 
     @abstractmethod
-    async def schema_version(self) -> int: ...
+    async def schema_version(self) -> int:
+        """Core's schema version."""
+
+    @abstractmethod
+    async def schema_versions(self) -> dict[str, int]:
+        """The schema version of every owner of tables the database holds, core included."""
 
     # registry -----------------------------------------------------------
 

@@ -40,12 +40,14 @@ from balans_edge.core.storage.base import (
     Storage,
     StorageError,
 )
-from balans_edge.core.storage.migrations import migrate
+from balans_edge.core.storage.gateway import SqlGateway, Write
+from balans_edge.core.storage.migrations import MigrationSet
 from balans_edge.core.storage.sqlite_balance import BalanceTables
 from balans_edge.core.storage.sqlite_bridges import BridgeSlots
 from balans_edge.core.storage.sqlite_bulk import BulkReader
 from balans_edge.core.storage.sqlite_devices import DeviceReports, module_health_statements
 from balans_edge.core.storage.sqlite_export import ExportQueues
+from balans_edge.core.storage.sqlite_migrations import migrate_all, owner_versions
 from balans_edge.core.storage.sqlite_registry_history import RegistryHistory
 from balans_edge.core.storage.sqlite_tags import TagTable
 
@@ -158,7 +160,10 @@ class _Job:
     future: asyncio.Future[None]
 
 
-class SqliteStorage(RegistryHistory, BalanceTables, DeviceReports, BridgeSlots, TagTable, ExportQueues, Storage):
+class SqliteStorage(RegistryHistory, BalanceTables, DeviceReports, BridgeSlots, TagTable, ExportQueues, Storage,
+                    SqlGateway):
+    dialect = "sqlite"
+
     def __init__(self, path: str | Path, *, max_group: int = 256) -> None:
         self.path = Path(path)
         self.max_group = max_group
@@ -178,7 +183,7 @@ class SqliteStorage(RegistryHistory, BalanceTables, DeviceReports, BridgeSlots, 
 
     # lifecycle -----------------------------------------------------------
 
-    async def open(self) -> None:
+    async def open(self, migrations: Sequence[MigrationSet] = ()) -> None:
         if str(self.path) != ":memory:":
             self.path.parent.mkdir(parents=True, exist_ok=True)
             _private_file(self.path)
@@ -186,7 +191,7 @@ class SqliteStorage(RegistryHistory, BalanceTables, DeviceReports, BridgeSlots, 
         try:
             for pragma in ("journal_mode=WAL", "synchronous=FULL", "foreign_keys=ON", "busy_timeout=10000"):
                 await _pragma(self._writer, pragma)
-            await migrate(self._writer)
+            await migrate_all(self._writer, migrations)
         except BaseException:
             # A refused or failed migration must not leak the connection (its
             # worker thread would keep the process alive).
@@ -224,6 +229,9 @@ class SqliteStorage(RegistryHistory, BalanceTables, DeviceReports, BridgeSlots, 
 
     async def schema_version(self) -> int:
         return await self._scalar("PRAGMA user_version")
+
+    async def schema_versions(self) -> dict[str, int]:
+        return await owner_versions(self._read())
 
     # group commit --------------------------------------------------------
 
@@ -308,6 +316,14 @@ class SqliteStorage(RegistryHistory, BalanceTables, DeviceReports, BridgeSlots, 
     async def _all(self, sql: str, args: Sequence[Any] = ()) -> list[aiosqlite.Row]:
         async with self._read().execute(sql, args) as cur:
             return list(await cur.fetchall())
+
+    # plugins' own tables (SqlGateway) ----------------------------------------
+
+    async def sql_write(self, statements: Sequence[Write]) -> None:
+        await self._submit([(sql, [tuple(r) for r in rows]) for sql, rows in statements])
+
+    async def sql_read(self, sql: str, args: Sequence[Any] = ()) -> list[dict[str, Any]]:
+        return [dict(r) for r in await self._all(sql, args)]
 
     async def _reading_rows(self, sql: str, args: Sequence[Any]) -> ReadingRows:
         rows = await self._all(sql, args)

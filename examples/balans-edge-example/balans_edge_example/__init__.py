@@ -1,9 +1,11 @@
-"""An example balans-edge plugin that implements every hook."""
+"""An example balans-edge plugin that implements every hook, with a table of its own
+(``batches``: its migrations, its repository)."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -11,9 +13,11 @@ import click
 
 from balans_edge import hookimpl
 from balans_edge.core.components import Alarm, Command, CommandOutcome, Finding, Severity
-from balans_edge.routes import Route
+from balans_edge.core.storage.migrations import MigrationSet
+from balans_edge.routes import Param, Route, query_int
 from balans_edge.routes import json as json_response
 from balans_edge.settings import setting
+from balans_edge_example.batches import MIGRATIONS, BatchLog
 
 STATE: dict[str, Any] = {"readings": 0, "findings": [], "alarms": [], "commands": [], "notified": []}
 """What the observer hooks saw; tests read it."""
@@ -124,7 +128,15 @@ def register_routes(server: Any) -> list[Route]:
         greeting = server.plugin_config("example").greeting
         return json_response({"greeting": greeting, "meters": len(meters), "readings_seen": STATE["readings"]})
 
-    return [Route("GET", "/api/v1/example/summary", summary, "Example plugin summary", tags=("example",))]
+    async def batches(request: Any) -> Any:
+        log = BatchLog(server.storage)
+        recent = await log.recent(query_int(request, "limit", 100, 1, 1000))
+        return json_response({**await log.totals(), "recent": recent})
+
+    return [Route("GET", "/api/v1/example/summary", summary, "Example plugin summary", tags=("example",)),
+            Route("GET", "/api/v1/example/batches", batches, "Readings batches the example plugin stored in its "
+                  "own table", params=(Param("limit", type="integer", description="newest batches shown, "
+                                             "1..1000 (100)"),), tags=("example",))]
 
 
 @hookimpl
@@ -157,8 +169,14 @@ def register_exporters(server: Any) -> list:
 
 
 @hookimpl
-def observe_readings(server: Any, event: Any) -> None:
+def register_migrations() -> list[MigrationSet]:
+    return [MIGRATIONS]
+
+
+@hookimpl
+async def observe_readings(server: Any, event: Any) -> None:
     STATE["readings"] += event.count
+    await BatchLog(server.storage).record(int(time.time()), event.count, len(event.meters), event.t_min, event.t_max)
 
 
 @hookimpl
