@@ -148,10 +148,3 @@ def available(dialect: str = "sqlite") -> list[tuple[int, str, str]]:
 LATEST = len(available())
 """Core's schema version of this software (SQLite)."""
 
-
-async def migrate(db, target: int | None = None) -> int:
-    """Bring core's SQLite schema to ``target`` (default: the latest); return the
-    version. Kept for callers of the single sequence: ``sqlite_migrations`` runs it."""
-    from balans_edge.core.storage.sqlite_migrations import migrate_core
-
-    return await migrate_core(db, target)

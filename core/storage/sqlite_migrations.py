@@ -103,7 +103,7 @@ async def migrate_set(db: aiosqlite.Connection, migrations: MigrationSet, target
     return await owner_version(db, migrations.owner) if target is None else current
 
 
-async def migrate_core(db: aiosqlite.Connection, target: int | None = None) -> int:
+async def migrate(db: aiosqlite.Connection, target: int | None = None) -> int:
     """Bring core's tables to ``target`` (default: the latest); return the version."""
     return await migrate_set(db, CORE_SET, target)
 
@@ -120,7 +120,7 @@ async def migrate_all(db: aiosqlite.Connection, sets: Sequence[MigrationSet] = (
     pending(CORE_SET.scripts(DIALECT), await core_version(db), CORE)
     for owner, owned in scripts.items():
         pending(owned, await owner_version(db, owner), owner)
-    await migrate_core(db)
+    await migrate(db)
     for s in sets:
         await migrate_set(db, s)
     return await owner_versions(db)
