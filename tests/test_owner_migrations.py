@@ -266,3 +266,25 @@ def test_commands_apply_plugin_migrations(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert rows(db, "SELECT owner, max(version) FROM owner_migrations GROUP BY owner") == [("example", 2)]
     assert "example_batches" in tables(db)
+
+
+def test_commands_and_the_server_refuse_a_newer_database_naming_the_owner(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    config = tmp_path / "edge.toml"
+    db = tmp_path / "edge.db"
+    config.write_text(f'[storage]\nurl = "sqlite:{db}"\n[server]\nport = 1\n', encoding="utf-8")
+    binary = str(Path(sys.executable).parent / "balans-edge")
+    assert subprocess.run([binary, "registry", "unknown", "-c", str(config)], timeout=60).returncode == 0
+    with sqlite3.connect(db) as conn:  # as a later release of the example plugin would leave it
+        conn.execute("INSERT INTO owner_migrations VALUES ('example', 3, '0003_later.sql', 0)")
+    refused = "'example' is at version 3, newer than this software (2): upgrade the plugin that owns 'example'"
+    result = subprocess.run([binary, "registry", "unknown", "-c", str(config)], capture_output=True, text=True,
+                            timeout=60)
+    assert (result.returncode, result.stderr.strip()) == (1, f"Error: database schema of {refused}")
+    result = subprocess.run([binary, "run", "-c", str(config), "--port", "0"], capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 2
+    assert f"start-up failed: database schema of {refused}" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -119,3 +119,8 @@ def test_wheel_installs_into_a_clean_venv_and_runs(tmp_path: Path) -> None:
     assert plugins["example"]["hooks"] == Plugins().hook_names()
     result = run(bin_ / "balans-edge", "example-hello", "--name", "wheel", cwd=tmp_path)
     assert result.stdout == "hello, wheel, from the example plugin\n"
+    # Its own tables' migrations are installed with it, and core's with the wheel.
+    code = ("from balans_edge_example.batches import MIGRATIONS; from balans_edge.core.storage.migrations import "
+            "LATEST; print([m.name for m in MIGRATIONS.scripts('sqlite')], LATEST)")
+    result = run(bin_ / "python", "-c", code, cwd=tmp_path)
+    assert result.stdout.split("]")[0].count(".sql") == 2 and result.stdout.split()[-1] == str(len(migrations))
