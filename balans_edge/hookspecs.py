@@ -38,6 +38,7 @@ if TYPE_CHECKING:
 
     from balans_edge.core.bus import ReadingsCommitted
     from balans_edge.core.components import Actuator, Alarm, Command, Component, Detector, Exporter, Finding, Notifier
+    from balans_edge.core.storage.migrations import MigrationSet
     from balans_edge.routes import Route
 
 hookspec = pluggy.HookspecMarker("balans_edge")
@@ -350,4 +351,22 @@ def observe_commands(command: Command) -> Any:
         if command.outcome != "done":
             log.warning("command %s on %s: %s", command.code, command.target, command.detail)
     ```
+    """
+
+
+@hookspec
+def register_migrations() -> list[MigrationSet] | None:
+    """Contribute the plugin's own tables: the migrations that create and change them.
+
+    Return ``[MigrationSet(owner, package)]`` (``balans_edge.core.storage.migrations``):
+    ``<package>/migrations/<dialect>/`` holds ``NNNN_name.sql`` files numbered from
+    0001 without gaps, one sub-folder per SQL dialect (``sqlite``; ``postgresql``
+    with that backend). Whenever storage opens the database (the server at
+    start-up, every command that opens it) it applies core's migrations, then
+    every plugin's in plugin order, each file with its version bump in one
+    transaction. A database whose tables of this owner are newer than the plugin
+    is refused, the error naming the owner. Called before storage opens, with no
+    arguments; a plugin disabled in the configuration is not asked, and one whose
+    hook raises is disabled. Name tables after the owner (``example_notes``) and
+    never edit a released migration: add the next one.
     """

@@ -223,9 +223,13 @@ class Plugins:
     async def notify(self, hook: str, **kwargs: Any) -> None:
         """Call an observer hook; failures are logged and counted, never raised.
         Coroutine results are awaited in the order pluggy called them."""
-        for result in getattr(self.pm.hook, hook)(**kwargs):
-            if inspect.isawaitable(result):
-                await result
+        waiting = [r for r in getattr(self.pm.hook, hook)(**kwargs) if inspect.isawaitable(r)]
+        try:
+            while waiting:
+                await waiting.pop(0)
+        finally:
+            for rest in waiting:  # cancelled midway: the others are dropped, not left unawaited
+                rest.close()
 
     def listing(self) -> list[dict[str, Any]]:
         return [self.info[n].as_dict() for n in sorted(self.info)]
