@@ -14,7 +14,9 @@ you mean" for a misspelt key, and no secret ever repeated in a message.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
+import functools
 import os
 from collections.abc import Callable
 from typing import Any
@@ -36,12 +38,15 @@ class ConfigError(Exception):
         self.problems = problems
 
 
-def setting(*, range: tuple[float, float] | None = None, doc: str = "", secret: bool = False,
+def setting(*default: Any, range: tuple[float, float] | None = None, doc: str = "", secret: bool = False,
             check: Callable[[Any], str | None] | None = None, **meta: Any) -> msgspec.Meta:
     """The ``msgspec.Meta`` of a configuration field: ``range=(lo, hi)`` inclusive,
     ``doc`` its description (docs/config.md), ``secret`` (may come from ``<key>_env``
     and is never shown), ``check(value)`` a rule on the converted value returning a
     message when it is broken; other keywords go to ``Meta`` as they are."""
+    if default or "default_factory" in meta:  # the form before the rules moved into the type
+        raise TypeError("setting() goes into the field's type and the default after it: "
+                        "`port: Annotated[int, setting(range=(1, 65535))] = 502` (docs/plugins.md)")
     extra: dict[str, Any] = {}
     if secret:
         extra["secret"] = True
@@ -60,6 +65,18 @@ def _raising(check: Callable[[Any], str | None]) -> Callable[[Any], Any]:
         return value
 
     return run
+
+
+@functools.cache
+def _undeclared(cls: type) -> str | None:
+    """Field metadata the rules used to be given in: it would be ignored, and the range
+    or the secret with it, so the section is refused with a pointer to the new form."""
+    for f in dataclasses.fields(cls) if dataclasses.is_dataclass(cls) else ():
+        old = sorted(set(f.metadata) & {"range", "secret", "check", "doc"})
+        if old:
+            return (f"{cls.__qualname__}.{f.name}: {', '.join(old)} in the field's metadata is not read; give it in "
+                    f"the type: Annotated[..., setting({old[0]}=...)] (docs/plugins.md)")
+    return None
 
 
 def _show(value: Any) -> str:
@@ -86,6 +103,10 @@ class _Parser:
         self.problems.append(f"{_label(path)} {key}: {message}")
 
     def section(self, cls: type, table: Any, path: list[str]) -> Any:
+        undeclared = _undeclared(cls)
+        if undeclared:
+            self.problems.append(f"{_label(path)}: {undeclared}")
+            return None
         if not isinstance(table, dict):
             self.problems.append(f"{_label(path)}: expected a table, got {_show(table)}")
             return None

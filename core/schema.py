@@ -161,7 +161,7 @@ def convert_field(f: Field, raw: Any, *, strict: bool, show: Callable[[Any], str
     try:
         value = msgspec.convert(raw, f.type, strict=strict)
     except msgspec.ValidationError as exc:
-        raise explain(exc, f.type, raw, show) from None
+        raise explain(exc, f.type, raw, show, strict) from None
     for check in f.checks:
         if value is not None:
             try:
@@ -180,13 +180,24 @@ def reason(exc: msgspec.ValidationError) -> str:
 _STEP = re.compile(r"\[(\d+|\.\.\.)\]|\.([^.\[]+)")
 
 
-def explain(exc: msgspec.ValidationError, tp: Any, raw: Any, show: Callable[[Any], str] = shown) -> Refusal:
+def explain(exc: msgspec.ValidationError, tp: Any, raw: Any, show: Callable[[Any], str] = shown,
+            strict: bool = True) -> Refusal:
     """A Refusal for msgspec's error: the place inside the value, and what was
     expected there in words (from the type's own constraints) with what was given."""
     message, _, at = str(exc).partition(" - at `")
     at = at.rstrip("`").removeprefix("$")
+    place = ""
     for match in _STEP.finditer(at):
         index, name = match.groups()
+        if index == "..." and isinstance(raw, dict):  # a table's value: msgspec does not say which
+            item_type = _step(tp, True)
+            for key, value in raw.items():
+                try:
+                    msgspec.convert(value, item_type, strict=strict)
+                except msgspec.ValidationError as inner:
+                    deeper = explain(inner, item_type, value, show, strict)
+                    return Refusal(f"{place}.{key}{deeper.at}", deeper.message)
+        place += match.group(0)
         tp = _step(tp, index is not None)
         if index is not None and index != "..." and isinstance(raw, list | tuple) and int(index) < len(raw):
             raw = raw[int(index)]
@@ -195,7 +206,7 @@ def explain(exc: msgspec.ValidationError, tp: Any, raw: Any, show: Callable[[Any
                 tp = next((f.type for f in fields_of(_bare(tp)) if f.name == name), Any)
             raw = raw.get(name)
     if message.startswith(("Object contains unknown field", "Object missing required field")):
-        return Refusal(at, message[0].lower() + message[1:].replace("Object", "table").replace("`", '"'))
+        return Refusal(place, message[0].lower() + message[1:].replace("Object", "table").replace("`", '"'))
     hint = ""
     words = expected(tp)
     if isinstance(raw, str):
@@ -203,7 +214,7 @@ def explain(exc: msgspec.ValidationError, tp: Any, raw: Any, show: Callable[[Any
             hint = " (use a dot as the decimal separator)"
         elif re.fullmatch(r"\+\d+|[+-]?0\d+", raw) and "integer" in words:
             hint = " (write it without a leading zero or plus sign)"
-    return Refusal(at, f"expected {words}, got {show(raw)}{hint}")
+    return Refusal(place, f"expected {words}, got {show(raw)}{hint}")
 
 
 def _step(tp: Any, item: bool) -> Any:
