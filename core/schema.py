@@ -33,7 +33,8 @@ from typing import Annotated, Any, Literal, get_args, get_origin
 import msgspec
 from msgspec import inspect as mi
 
-__all__ = ["Field", "Meta", "Refusal", "convert_field", "expected", "fields_of", "nested", "reason", "shown"]
+__all__ = ["NO_DEFAULT", "Field", "Meta", "Refusal", "allowed_words", "convert_field", "expected", "explain",
+           "fields_of", "is_record", "kind_words", "nested", "reason", "shown"]
 
 Meta = msgspec.Meta
 NO_DEFAULT = dataclasses.MISSING
@@ -137,6 +138,7 @@ def _bare(tp: Any) -> Any:
 
 
 def is_record(tp: Any) -> bool:
+    """A dataclass or a msgspec Struct: a table of its own."""
     return isinstance(tp, type) and (dataclasses.is_dataclass(tp) or issubclass(tp, msgspec.Struct))
 
 
