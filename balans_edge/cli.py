@@ -188,6 +188,27 @@ def check_config(file: Path) -> None:
     click.echo(f"{file}: OK (site {config.site.name!r}, storage {redact_url(config.storage.url)})")
 
 
+@cli.group("config")
+def config_group() -> None:
+    """The configuration file's reference."""
+
+
+@config_group.command("docs")
+@click.option("--write", "write_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write the text to this file (docs/config.md) instead of printing it.")
+def config_docs(write_path: Path | None) -> None:
+    """Every key of the configuration (core sections and built-in plugins) with its
+    type, default, range and meaning, as Markdown: the text of docs/config.md."""
+    from balans_edge.config_docs import render
+
+    text = render(config_schemas(plugins_once()))
+    if write_path is None:
+        click.echo(text, nl=False)
+    else:
+        write_path.write_text(text, encoding="utf-8")
+        click.echo(f"wrote {write_path}")
+
+
 @cli.command("plugins")
 @CONFIG_OPTION
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")

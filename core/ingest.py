@@ -32,8 +32,10 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Annotated
 
 import numpy as np
+from msgspec import Meta
 
 from balans_edge.core.bus import EventBus, ReadingsCommitted
 from balans_edge.core.model import COUNTER_MODULUS, Meter, RawReading, ReadingFlag, Status
@@ -51,16 +53,19 @@ REPLAY_CHUNK = 10_000
 
 @dataclass(frozen=True, slots=True)
 class IngestSettings:
-    clock_tolerance_s: int = field(default=300, metadata={"range": (0, 86400)})
-    """Readings stamped later than now + this are rejected."""
-    registry_check_s: float = field(default=1.0, metadata={"range": (0.0, 3600.0)})
-    """How often the meter map is checked against the registry version."""
-    quarantine_max_rows: int = field(default=1_000_000, metadata={"range": (1000, 100_000_000)})
-    """Readings the quarantine holds at most; beyond it the oldest received are dropped (counted)."""
-    quarantine_max_age_days: int = field(default=90, metadata={"range": (1, 3650)})
-    """Quarantined readings received longer ago than this are dropped (counted)."""
-    quarantine_check_s: float = field(default=60.0, metadata={"range": (0.01, 86400.0)})
-    """How often the quarantine is held to those two bounds."""
+    """``[ingest]``: how readings are accepted."""
+
+    clock_tolerance_s: Annotated[int, Meta(ge=0, le=86400, description="readings stamped later than now + this are "
+                                                                        "rejected (counted as `future`)")] = 300
+    registry_check_s: Annotated[float, Meta(ge=0.0, le=3600.0, description="how often ingest checks the registry "
+                                                                           "for changes")] = 1.0
+    quarantine_max_rows: Annotated[int, Meta(ge=1000, le=100_000_000, description=(
+        "readings from unknown modules or channels kept at most; beyond it the oldest received are dropped and "
+        "counted"))] = 1_000_000
+    quarantine_max_age_days: Annotated[int, Meta(ge=1, le=3650, description="quarantined readings received longer "
+                                                                            "ago are dropped and counted")] = 90
+    quarantine_check_s: Annotated[float, Meta(ge=0.01, le=86400.0, description="how often the quarantine is held "
+                                                                               "to the two bounds above")] = 60.0
 
 
 @dataclass(slots=True)

@@ -169,8 +169,8 @@ def test_config_keys_and_secret_from_environment(monkeypatch: pytest.MonkeyPatch
     assert (config.listen, config.port, config.keepalive_s, config.dead_after_s) == (True, 0, 60.0, 180.0)
     with pytest.raises(ConfigError) as err:
         parse_config({"plugins": {"dmesh": dmesh(concentrators=[{"id": 0, "key": "k"}] * 2, port=70000)}}, schemas)
-    assert "[plugins.dmesh] port: expected integer 0..65535, got 70000" in err.value.problems
-    assert "[plugins.dmesh.concentrators[0]] id: expected integer 1..4294967295, got 0" in err.value.problems
+    assert "[plugins.dmesh] port: expected an integer 0..65535, got 70000" in err.value.problems
+    assert "[plugins.dmesh.concentrators[0]] id: expected an integer 1..4294967295, got 0" in err.value.problems
 
 
 # session ------------------------------------------------------------------------

@@ -11,7 +11,7 @@ import asyncio
 import json
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
 import click
 
@@ -31,9 +31,11 @@ STATE: dict[str, Any] = {"readings": 0, "findings": [], "alarms": [], "commands"
 
 @dataclass(frozen=True)
 class ExampleConfig:
-    greeting: str = "hello"
-    interval_s: float = setting(1.0, range=(0.01, 3600))
-    alarm_file: str = ""
+    """``[plugins.example]``: what the example plugin says and how often it ticks."""
+
+    greeting: Annotated[str, setting(doc="what GET /api/v1/example/summary says")] = "hello"
+    interval_s: Annotated[float, setting(range=(0.01, 3600), doc="seconds between heartbeat ticks")] = 1.0
+    alarm_file: Annotated[str, setting(doc="a file each alarm is appended to as a JSON line (empty: none)")] = ""
 
 
 class Heartbeat:
