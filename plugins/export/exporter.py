@@ -121,8 +121,8 @@ class TargetExporter:
             return
         self._client = WriteClient(self.config)
         # New data wakes the sender early so a batch that filled up goes at once.
-        self._wake = self.server.bus.subscribe(ReadingsCommitted, IntervalsUpdated, BalanceUpdated, maxsize=1,
-                                               policy="drop_oldest")
+        self._wake = self.server.bus.subscribe(ReadingsCommitted, IntervalsUpdated, BalanceUpdated,
+                                               policy="coalesce", name=self.name)
         self._stopping.clear()
         self._task = self.server.supervise(self, asyncio.create_task(self._run(), name=self.name))
         self._watcher = self.server.supervise(self, asyncio.create_task(self._watch(), name=f"{self.name}-status"))
