@@ -222,7 +222,7 @@ class EventBus:
         """Queue ``event`` for every matching subscription; never waits and never
         runs a subscriber's code, so it is safe on paths that acknowledge devices."""
         for sub in tuple(self._subs):
-            if isinstance(event, sub.types):
+            if sub.matches(event):
                 sub.offer(event)
 
     def stats(self) -> list[dict[str, Any]]:
