@@ -112,7 +112,7 @@ class BalanceWorker:
                 self.recomputed_hours += done
                 if self.bus is not None and chunks:
                     groups = tuple(compiled.tree.group_ids)
-                    await self.bus.publish(BalanceUpdated(groups, chunks[0][0], chunks[-1][1]))
+                    self.bus.publish(BalanceUpdated(groups, chunks[0][0], chunks[-1][1]))
 
     async def _compute(self, compiled: Compiled, t0: int, t1: int) -> BalanceSeries:
         tree = compiled.tree

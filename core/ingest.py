@@ -3,7 +3,9 @@
 A batch of raw readings (module, channel, time, counter, status) is mapped to
 meters, turned into cumulative pulses since the meter's installation and
 committed in one transaction; only then does ``ingest`` return, and only then
-may the driver acknowledge the device.
+may the driver acknowledge the device. ``ReadingsCommitted`` goes to the bus
+after the commit without waiting for any subscriber (``EventBus.publish``
+never waits), so a slow or stuck subscriber never delays an acknowledgement.
 
 Rules (see docs/ingest.md):
 - counters wrap modulo 2^32; a jump of 2^31 or more is a counter that went
@@ -340,7 +342,7 @@ class Ingest:
         release: bool = False,
         health: Sequence[ModuleHealth] = (),
     ) -> IngestResult:
-        """Store a batch durably; return once it is committed.
+        """Store a batch durably; return once it is committed (never waiting on the bus).
 
         Raises StorageError when the batch could not be committed: the driver
         must then ask the device to send it again (nothing was acknowledged).
@@ -365,7 +367,7 @@ class Ingest:
             raise
         self.totals.add(result)
         if self.bus is not None and event is not None:
-            await self.bus.publish(event)
+            self.bus.publish(event)
         return result
 
     async def replay_quarantine(self, chunk: int = REPLAY_CHUNK) -> IngestResult:

@@ -187,7 +187,7 @@ class IntervalWorker:
                 self.recomputed_hours += len(rows)
                 done_total += len(ranges)
                 if self.bus is not None:
-                    await self.bus.publish(
+                    self.bus.publish(
                         IntervalsUpdated(
                             meters=tuple(sorted(spans)),
                             t_min=floor_hour(min(s[0] for s in spans.values())),
