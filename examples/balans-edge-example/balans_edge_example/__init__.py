@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import click
+from msgspec import Struct
 
 from balans_edge import hookimpl
 from balans_edge.core.components import Alarm, Command, CommandOutcome, Finding, Severity
@@ -24,6 +25,14 @@ class ExampleConfig:
     greeting: str = "hello"
     interval_s: float = setting(1.0, range=(0.01, 3600))
     alarm_file: str = ""
+
+
+class Summary(Struct):
+    """What ``GET /api/v1/example/summary`` answers (its schema is in the OpenAPI document)."""
+
+    greeting: str
+    meters: int
+    readings_seen: int
 
 
 class Heartbeat:
@@ -124,7 +133,8 @@ def register_routes(server: Any) -> list[Route]:
         greeting = server.plugin_config("example").greeting
         return json_response({"greeting": greeting, "meters": len(meters), "readings_seen": STATE["readings"]})
 
-    return [Route("GET", "/api/v1/example/summary", summary, "Example plugin summary", tags=("example",))]
+    return [Route("GET", "/api/v1/example/summary", summary, "Example plugin summary", response=Summary,
+                  tags=("example",))]
 
 
 @hookimpl
