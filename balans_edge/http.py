@@ -114,7 +114,7 @@ class Http:
             query and the body as their declared types; 400 naming what is wrong."""
             out: dict[str, Any] = {name: path_value(raw, name) for name, raw in params.items()}
             for name, p in checked.items():
-                out[name] = int_value(out[name], name, p.minimum, p.maximum)  # type: ignore[arg-type]
+                out[name] = int_value(out[name], p.label or name, p.minimum, p.maximum)  # type: ignore[arg-type]
             try:
                 if route.query is not None:
                     out["query"] = codec.decode_query({k: v[0] for k, v in request.args.items() if v})

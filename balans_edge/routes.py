@@ -52,6 +52,8 @@ class Param:
     description: str = ""
     minimum: int | None = None
     maximum: int | None = None
+    label: str = ""
+    """The name a refusal uses, when not ``name`` (the registry's ``ident`` is a ``module_id``)."""
 
     @property
     def checked(self) -> bool:

@@ -54,8 +54,7 @@ def _kind_routes(server: Server, kind: str, key: str, key_type: str) -> list[Rou
     async def list_all(request: Request) -> Any:
         return json({kind: [reg.format_object(o) for o in await storage.registry_list(kind)]})
 
-    async def get_one(request: Request, **path: Any) -> Any:
-        ident = path[key]
+    async def get_one(request: Request, ident: str | int) -> Any:
         obj = await storage.registry_get(kind, ident)
         if obj is None:
             raise ApiError(404, "not_found", f"{kind[:-1]} {ident!r} is not in the registry")
@@ -112,14 +111,14 @@ def _kind_routes(server: Server, kind: str, key: str, key_type: str) -> list[Rou
         await save(request, obj, effective)
         return json(reg.format_object(obj), status=201)
 
-    async def put(request: Request, body: FreeForm, **path: Any) -> Any:
-        obj, effective = parse(request, body, path[key])
+    async def put(request: Request, ident: str | int, body: FreeForm) -> Any:
+        obj, effective = parse(request, body, ident)
         existed = await storage.registry_get(kind, reg.key_of(obj)) is not None
         await save(request, obj, effective)
         return json(reg.format_object(obj), status=200 if existed else 201)
 
-    async def delete(request: Request, **path: Any) -> Any:
-        parsed = ident = path[key]
+    async def delete(request: Request, ident: str | int) -> Any:
+        parsed = ident
         if await storage.registry_get(kind, parsed) is None:
             raise ApiError(404, "not_found", f"{kind[:-1]} {ident!r} is not in the registry")
         stored = {k: await storage.registry_list(k) for k in KINDS}
@@ -137,12 +136,12 @@ def _kind_routes(server: Server, kind: str, key: str, key_type: str) -> list[Rou
         return json({"deleted": parsed})
 
     base = f"/api/v1/{kind}"
-    item = f"{base}/<{key}>"
+    item = f"{base}/<ident>"
     row = row_type(kind)
     listing = msgspec.defstruct(f"{kind.title()}Listing", [(kind, list[row])])  # type: ignore[valid-type]
     deleted = msgspec.defstruct(f"{kind[:-1].title()}Deleted", [("deleted", int if key_type == "integer" else str)])
-    key_param = (Param(key, type=key_type, description=f"the {kind[:-1]}'s {key}",  # type: ignore[arg-type]
-                       **({"minimum": 1, "maximum": reg.U32_MAX} if key_type == "integer" else {})),)
+    key_param = (Param("ident", type=key_type, description=f"the {kind[:-1]}'s {key}",  # type: ignore[arg-type]
+                       label=key, **({"minimum": 1, "maximum": reg.U32_MAX} if key_type == "integer" else {})),)
     tags = ("registry",)
     list_all.__name__, get_one.__name__ = f"list_{kind}", f"get_{kind}"
     create.__name__, put.__name__, delete.__name__ = f"create_{kind}", f"put_{kind}", f"delete_{kind}"
