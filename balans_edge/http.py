@@ -15,7 +15,6 @@ import functools
 import hmac
 import itertools
 import logging
-import re
 import socket
 from typing import TYPE_CHECKING, Any
 
@@ -140,8 +139,7 @@ class Http:
                 if self.in_flight == 0:
                     self._idle.set()
 
-        name = re.sub(r"\W+", "_", f"{route.method.lower()}_{route.openapi_path.strip('/')}")
-        self.app.add_route(handler, route.path, methods=[route.method], name=name)
+        self.app.add_route(handler, route.path, methods=[route.method], name=route.name)
 
     # errors -----------------------------------------------------------------
 

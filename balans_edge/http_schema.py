@@ -361,12 +361,23 @@ def components(types_: Iterable[Any]) -> tuple[dict[Any, dict[str, Any]], dict[s
     return dict(zip(unique, refs, strict=True)), defs
 
 
+def _not_null(prop: dict[str, Any]) -> dict[str, Any]:
+    """A query parameter's schema without the ``null`` of ``X | None = None``: a
+    parameter is left out, never null."""
+    prop = {k: v for k, v in prop.items() if not (k == "default" and v is None)}
+    options = [o for o in prop.get("anyOf", ()) if o != {"type": "null"}]
+    if "anyOf" in prop and len(options) == 1:
+        del prop["anyOf"]
+        prop = {**options[0], **prop}  # the field's description over its type's
+    return prop
+
+
 def query_parameters(ref: dict[str, str], defs: dict[str, Any]) -> list[dict[str, Any]]:
     """OpenAPI parameters (``in: query``) of a query Struct, from its component schema (``ref``)."""
     schema = defs[ref["$ref"].rsplit("/", 1)[1]]
     out = []
     for name, prop in schema.get("properties", {}).items():
-        prop = dict(prop)
+        prop = _not_null(prop)
         description = prop.pop("description", "")
         param = {"name": name, "in": "query", "required": name in schema.get("required", ()), "schema": prop}
         if description:

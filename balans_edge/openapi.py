@@ -9,6 +9,7 @@ the one error shape, documented for each status a route names and as the
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
@@ -49,8 +50,10 @@ def openapi(routes: Sequence[Route]) -> dict[str, Any]:
         types += [t for t in (r.query, optional(r.body)[0]) if t is not None] + list(_declared(r).values())
     refs, defs = components(types)
     paths: dict[str, Any] = {}
+    names = Counter(r.handler.__name__ for r in routes)
     for r in routes:
-        op: dict[str, Any] = {"summary": r.summary, "operationId": r.handler.__name__, "tags": list(r.tags)}
+        name = r.handler.__name__ if names[r.handler.__name__] == 1 else r.name
+        op: dict[str, Any] = {"summary": r.summary, "operationId": name, "tags": list(r.tags)}
         params = [_parameter(r, p) for p in r.params]
         if r.query is not None:
             params += query_parameters(refs[r.query], defs)

@@ -95,6 +95,11 @@ class Route:
     def openapi_path(self) -> str:
         return re.sub(r"<(\w+)(?::[^>]+)?>", r"{\1}", self.path)
 
+    @property
+    def name(self) -> str:
+        """Unique among the routes: the method and the path (``get_api_v1_meters_meter_id_readings``)."""
+        return re.sub(r"\W+", "_", f"{self.method.lower()}_{self.openapi_path.strip('/')}").strip("_")
+
 
 def json(body: Any, status: int = 200) -> response.HTTPResponse:
     return response.json(body, status=status, dumps=_dumps)

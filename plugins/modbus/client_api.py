@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from balans_edge.server import Server
 
 
-class Devices(Struct):
+class ModbusDevices(Struct):
     devices: list[dict[str, Any]]
 
 
@@ -31,6 +31,6 @@ def routes(server: Server, client: Callable[[], ModbusClient | None],
     return [
         Route("GET", "/api/v1/modbus/devices", devices,
               "Polled Modbus devices: link state, reconnects, requests, reads per poll, last error",
-              response=Devices, tags=("tags",)),
+              response=ModbusDevices, tags=("tags",)),
         *actuator_routes(server, "modbus", "Modbus", actuator),
     ]

@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from balans_edge.server import Server
 
 
-class Devices(Struct):
+class OpcuaDevices(Struct):
     devices: list[dict[str, Any]]
 
 
@@ -34,6 +34,6 @@ def routes(server: Server, client: Callable[[], OpcuaClient | None],
     return [
         Route("GET", "/api/v1/opcua/devices", devices,
               "OPC UA servers read as a client: session up, security, connects, last error, reads, notifications",
-              response=Devices, tags=("tags",)),
+              response=OpcuaDevices, tags=("tags",)),
         *actuator_routes(server, "opcua", "OPC UA", actuator),
     ]
