@@ -51,6 +51,7 @@ class Http:
         self._idle = asyncio.Event()
         self._idle.set()
         self._server: Any = None
+        self._document: dict[str, Any] | None = None
         self._digests = [(u.digest(), u.name, u.role) for u in api.users]
         self._refusals = LimitedLog(log, burst=REFUSALS_PER_MINUTE)
         Sanic.test_mode = True  # several apps per process (tests); no Sanic signal handlers
@@ -157,7 +158,9 @@ class Http:
     # OpenAPI ----------------------------------------------------------------
 
     async def _openapi(self, request: Request) -> Any:
-        return json(openapi(self.routes))
+        if self._document is None:  # the routes are fixed once mounted
+            self._document = openapi(self.routes)
+        return json(self._document)
 
     # lifecycle --------------------------------------------------------------
 

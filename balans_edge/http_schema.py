@@ -149,6 +149,7 @@ class Refusal(Exception):
 _AT = re.compile(r"(?s)(.*) - at `\$(.*)`")
 _STEP = re.compile(r"\.([^.\[]+)|\[(\d+)\]")
 _MISSING = re.compile(r"Object missing required field `(.+)`")
+_INT_WORDS = re.compile(r"Expected `int`( |,|$)")
 _UNKNOWN = re.compile(r"Object contains unknown field `(.+)`")
 
 
@@ -280,7 +281,7 @@ def explain(error: msgspec.ValidationError, target: Any, data: Any) -> tuple[lis
     if tp is not None and steps:
         if (choices := _choices(tp)) is not None:
             return steps, f"expected one of {', '.join(map(str, choices))}, got {_shown(value)}"
-        if (bounds := _bounds(tp)) is not None and message.startswith("Expected `int"):
+        if (bounds := _bounds(tp)) is not None and _INT_WORDS.match(message):
             return steps, f"expected an integer {bounds[0]}..{bounds[1]}, got {_shown(value)}"
     return steps, _said(message)
 
