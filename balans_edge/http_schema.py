@@ -4,8 +4,10 @@ A route declares its query parameters, its body and its answer as types; the
 HTTP layer decodes the request into them (``Codec``) and the OpenAPI document
 is generated from them (``msgspec.json.schema_components``), so what is parsed
 and what is documented are one declaration. A refusal names the key path and
-what was expected (``readings[3].ts: expected an integer 0..4294967295, got
--1``), in the words the API used before the schema layer existed.
+what was expected (``readings[3].channel: expected an integer
+-4611686018427387903..4611686018427387903, got true``, ``command: expected one of
+ping, set_interval, profile_request, got 'pong'``), in the words the API used
+before the schema layer existed.
 
 The shared value types live here: ``Time`` (ISO-8601 or unix seconds within
 ``core.times``' range), ``Text`` (free text within ``core.text``'s bound),
