@@ -114,26 +114,48 @@ def register_routes() -> list[Route] | None:
     """Contribute HTTP API routes.
 
     - **Returns:** a list of `balans_edge.routes.Route(method, path, handler,
-      summary, role="viewer", ...)`. `path` uses Sanic syntax
-      (`/api/v1/things/<thing_id>`); `role` is the least role a caller needs
-      (`viewer`, `operator`, `admin`, or `None` for anyone).
+      summary, role="viewer", params=(), query=None, body=None, response=None,
+      tags=(), responses={})`. `path` uses Sanic syntax
+      (`/api/v1/things/<thing_id>`), each path parameter declared as a
+      `Param(name, type="string"|"integer", description, minimum, maximum)`;
+      `role` is the least role a caller needs (`viewer`, `operator`, `admin`, or
+      `None` for anyone). `query`, `body` and `response` are msgspec Structs
+      (`body` may be `Thing | None` when it can be left out; `response` may be
+      `{status: Struct}`); the shared value types are in `balans_edge.http_schema`
+      (`Time`, `Text`, `Reason`, `Id`, `Month`, `Period`, `StepPeriod`).
     - **When:** once at start-up; the routes are mounted behind the same
       authentication and JSON errors as the built-in API and appear in
-      `GET /api/v1/openapi.json`. A handler receives the Sanic request and the
-      path parameters (percent-decoded, NFC) and returns
+      `GET /api/v1/openapi.json` with the schemas of their query, body and
+      answer. The HTTP layer decodes the request before the handler runs (a
+      refusal is 400 naming the parameter or the key path, e.g.
+      `readings[3].ts: expected an integer ...`); path parameters arrive
+      percent-decoded and NFC, an integer one with both bounds as an int. A
+      handler receives the Sanic request, the path parameters and `query=` /
+      `body=` (the decoded Structs, each only when declared) and returns
       `balans_edge.routes.json(...)`; raising `balans_edge.routes.ApiError(status,
       code, message)` gives a JSON error.
 
     ```python
+    class Summary(Struct):
+        meters: int
+
+
+    class SummaryQuery(Struct):
+        resource: str | None = None
+
+
     class ExamplePlugin(Plugin):
         @hookimpl
         def register_routes(self):
             storage = self.context.storage
 
-            async def summary(request):
-                return json({"meters": len(await storage.registry_list("meters"))})
+            async def summary(request, query: SummaryQuery):
+                meters = await storage.registry_list("meters")
+                wanted = [m for m in meters if query.resource is None or m.resource == query.resource]
+                return json({"meters": len(wanted)})
 
-            return [Route("GET", "/api/v1/example/summary", summary, "Example plugin summary")]
+            return [Route("GET", "/api/v1/example/summary", summary, "Example plugin summary",
+                          query=SummaryQuery, response=Summary)]
     ```
     """
 

@@ -15,7 +15,6 @@ import functools
 import hmac
 import itertools
 import logging
-import re
 import socket
 from typing import TYPE_CHECKING, Any
 
@@ -23,10 +22,11 @@ from sanic import Sanic
 from sanic.exceptions import SanicException
 from sanic.request import Request
 
-from balans_edge import __version__
 from balans_edge.core.log_limit import LimitedLog
 from balans_edge.core.tokens import token_digest
-from balans_edge.routes import ROLE_RANK, ApiError, Route, json, path_value
+from balans_edge.http_schema import Codec, Refusal
+from balans_edge.openapi import openapi
+from balans_edge.routes import ROLE_RANK, ApiError, Route, int_value, json, path_value
 
 if TYPE_CHECKING:
     from balans_edge.config import ApiSection
@@ -51,6 +51,7 @@ class Http:
         self._idle = asyncio.Event()
         self._idle.set()
         self._server: Any = None
+        self._document: dict[str, Any] | None = None
         self._digests = [(u.digest(), u.name, u.role) for u in api.users]
         self._refusals = LimitedLog(log, burst=REFUSALS_PER_MINUTE)
         Sanic.test_mode = True  # several apps per process (tests); no Sanic signal handlers
@@ -105,6 +106,24 @@ class Http:
             raise ApiError(403, "forbidden", f"{route.method} {route.openapi_path} needs role {route.role}")
 
     def _mount(self, route: Route) -> None:
+        codec = Codec(route.body, route.query)
+        checked = {p.name: p for p in route.params if p.checked}
+
+        def decoded(request: Request, params: dict[str, str]) -> dict[str, Any]:
+            """The handler's arguments: path parameters as the client meant them, the
+            query and the body as their declared types; 400 naming what is wrong."""
+            out: dict[str, Any] = {name: path_value(raw, name) for name, raw in params.items()}
+            for name, p in checked.items():
+                out[name] = int_value(out[name], p.label or name, p.minimum, p.maximum)  # type: ignore[arg-type]
+            try:
+                if route.query is not None:
+                    out["query"] = codec.decode_query({k: v[0] for k, v in request.args.items() if v})
+                if route.body is not None:
+                    out["body"] = codec.decode_body(request.body)
+            except Refusal as exc:
+                raise ApiError(400, exc.code, exc.message) from None
+            return out
+
         @functools.wraps(route.handler)
         async def handler(request: Request, **params: Any) -> Any:
             if self.stopping:
@@ -115,15 +134,13 @@ class Http:
             self._idle.clear()
             try:
                 self._authorize(request, route)
-                decoded = {name: path_value(raw, name) for name, raw in params.items()}
-                return await route.handler(request, **decoded)
+                return await route.handler(request, **decoded(request, params))
             finally:
                 self.in_flight -= 1
                 if self.in_flight == 0:
                     self._idle.set()
 
-        name = re.sub(r"\W+", "_", f"{route.method.lower()}_{route.openapi_path.strip('/')}")
-        self.app.add_route(handler, route.path, methods=[route.method], name=name)
+        self.app.add_route(handler, route.path, methods=[route.method], name=route.name)
 
     # errors -----------------------------------------------------------------
 
@@ -141,7 +158,9 @@ class Http:
     # OpenAPI ----------------------------------------------------------------
 
     async def _openapi(self, request: Request) -> Any:
-        return json(openapi(self.routes))
+        if self._document is None:  # the routes are fixed once mounted
+            self._document = openapi(self.routes)
+        return json(self._document)
 
     # lifecycle --------------------------------------------------------------
 
@@ -176,39 +195,3 @@ class Http:
         await self._server.wait_closed()
         await self._server.after_stop()
         self._server = None
-
-
-def openapi(routes: list[Route]) -> dict[str, Any]:
-    paths: dict[str, Any] = {}
-    for r in routes:
-        op: dict[str, Any] = {"summary": r.summary, "operationId": r.handler.__name__, "tags": list(r.tags)}
-        params = []
-        for p in r.params:
-            schema: dict[str, Any] = {"type": p.type}
-            if p.enum:
-                schema["enum"] = list(p.enum)
-            if p.format:
-                schema["format"] = p.format
-            params.append({"name": p.name, "in": p.where, "required": p.required or p.where == "path",
-                           "description": p.description, "schema": schema})
-        if params:
-            op["parameters"] = params
-        if r.body:
-            op["requestBody"] = {"required": True, "description": r.body,
-                                 "content": {"application/json": {"schema": {"type": "object"}}}}
-        responses = {str(k): {"description": v} for k, v in (r.responses or {200: "OK"}).items()}
-        if r.role is not None:
-            op["security"] = [{"bearer": []}]
-            op["x-role"] = r.role
-            responses.setdefault("401", {"description": "missing or invalid token"})
-            responses.setdefault("403", {"description": f"needs role {r.role}"})
-        op["responses"] = responses
-        paths.setdefault(r.openapi_path, {})[r.method.lower()] = op
-    return {
-        "openapi": "3.0.3",
-        "info": {"title": "balans-edge API", "version": __version__,
-                 "description": 'Errors are JSON: {"error": {"code": "...", "message": "..."}}.'},
-        "servers": [{"url": "/"}],
-        "components": {"securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
-        "paths": paths,
-    }

@@ -19,13 +19,10 @@ from urllib.parse import unquote
 from zoneinfo import ZoneInfo
 
 from sanic import response
-from sanic.request import Request
 
-from balans_edge.core.calendar import MAX_POINTS, STEPS, Step
+from balans_edge.core.calendar import MAX_POINTS, Step
 from balans_edge.core.calendar import count as count_periods
-from balans_edge.core.text import check_text
 from balans_edge.core.times import RANGE_TEXT, check_time
-from balans_edge.core.times import parse_time as parse_time_text
 
 Role = Literal["viewer", "operator", "admin"]
 ROLE_RANK = {"viewer": 1, "operator": 2, "admin": 3}
@@ -44,17 +41,33 @@ class ApiError(Exception):
 
 @dataclass(frozen=True)
 class Param:
+    """A path parameter. Sanic hands it over still percent-encoded; the HTTP layer
+    decodes it (``path_value``) and, for an integer with both bounds, checks it
+    (``int_value``: 400 naming it) and passes an int. An integer without bounds is
+    documented as one and parsed by its handler (some answer 404 for a bad id)."""
+
     name: str
-    where: Literal["path", "query"] = "query"
-    type: Literal["string", "integer", "number", "boolean"] = "string"
-    required: bool = False
+    where: Literal["path"] = "path"
+    type: Literal["string", "integer"] = "string"
     description: str = ""
-    enum: tuple[str, ...] = ()
-    format: str = ""
+    minimum: int | None = None
+    maximum: int | None = None
+    label: str = ""
+    """The name a refusal uses, when not ``name`` (the registry's ``ident`` is a ``module_id``)."""
+
+    @property
+    def checked(self) -> bool:
+        return self.type == "integer" and self.minimum is not None and self.maximum is not None
 
 
 @dataclass(frozen=True)
 class Route:
+    """A path, who may call it and its contract. ``query`` and ``body`` are msgspec
+    Structs (``balans_edge.http_schema``): the HTTP layer decodes the request into
+    them and calls ``handler(request, **path, query=..., body=...)`` (each only when
+    declared); ``response`` (one type, or one per status) is what a success answers.
+    The OpenAPI document is generated from the same types."""
+
     method: str
     path: str
     """Sanic path syntax: ``/api/v1/meters/<meter_id>``."""
@@ -63,14 +76,29 @@ class Route:
     role: Role | None = "viewer"
     """The least role a caller needs; None: anyone (health, OpenAPI)."""
     params: tuple[Param, ...] = ()
-    body: str = ""
-    """Describes the JSON request body, if any."""
+    query: type | None = None
+    body: Any = None
+    """The JSON request body's type (a Struct; ``Struct | None`` when it may be left out)."""
+    response: Any = None
+    """The type of a success's JSON (or ``{status: type}``); None: not described."""
     tags: tuple[str, ...] = ()
     responses: dict[int, str] = field(default_factory=dict)
+    content_type: str = "application/json"
+    """Of a success's body (the Prometheus metrics are text)."""
+
+    def __post_init__(self) -> None:
+        named = set(re.findall(r"<(\w+)", self.path))
+        if {p.name for p in self.params} != named:
+            raise ValueError(f"{self.method} {self.path}: path parameters {sorted(named)} must be declared as Param")
 
     @property
     def openapi_path(self) -> str:
         return re.sub(r"<(\w+)(?::[^>]+)?>", r"{\1}", self.path)
+
+    @property
+    def name(self) -> str:
+        """Unique among the routes: the method and the path (``get_api_v1_meters_meter_id_readings``)."""
+        return re.sub(r"\W+", "_", f"{self.method.lower()}_{self.openapi_path.strip('/')}").strip("_")
 
 
 def json(body: Any, status: int = 200) -> response.HTTPResponse:
@@ -85,48 +113,15 @@ def iso(t: int) -> str:
     return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def parse_time(request: Request, name: str, default: int | None = None) -> int:
-    """A query parameter in ISO-8601 (with timezone, or UTC if none) or unix seconds."""
-    raw = request.args.get(name)
-    if raw is None or raw == "":
-        if default is None:
-            raise ApiError(400, "missing_parameter", f"query parameter {name} is required (ISO-8601 time)")
-        return default
-    return parse_time_value(raw, f"query parameter {name}")
-
-
-def optional_time(request: Request, name: str) -> int | None:
-    """A query parameter as ``parse_time`` reads it, or None when it is not given (an open end)."""
-    return parse_time(request, name) if request.args.get(name) else None
-
-
-def parse_time_value(raw: Any, name: str, code: str = "bad_parameter") -> int:
-    """A time given as ISO-8601 (with timezone, or UTC if none) or unix seconds,
-    within the valid range (``core.times``); 400 naming ``name`` otherwise."""
-    try:
-        return parse_time_text(raw)
-    except ValueError as exc:
-        raise ApiError(400, code, f"{name}: {exc}") from None
-
-
-def parse_step(request: Request) -> Step:
-    step = request.args.get("step", "hour")
-    if step not in STEPS:
-        raise ApiError(400, "bad_parameter", f"step: expected hour, day or month, got {step!r}")
-    return step
-
-
-def parse_period(request: Request, step: Step, tz: ZoneInfo = UTC_ZONE, what: str = "") -> tuple[int, int]:
-    """``from`` and ``to`` of a query, checked: ordered, and asking for at most
-    ``MAX_POINTS[step]`` periods (days and months of ``tz``): the limit bounds the
-    work of one request. ``what`` names a route that has no step (``readings``):
-    its limit is the day's, stated in days."""
-    t0 = parse_time(request, "from")
-    t1 = parse_time(request, "to")
+def checked_period(t0: int, t1: int, step: Step, tz: ZoneInfo = UTC_ZONE, what: str = "") -> tuple[int, int]:
+    """A query's ``from`` and ``to`` (each in the valid range), checked: ordered, and
+    asking for at most ``MAX_POINTS[step]`` periods (days and months of ``tz``): the
+    limit bounds the work of one request. ``what`` names a route that has no step
+    (``readings``): its limit is the day's, stated in days."""
     if t1 <= t0:
         raise ApiError(400, "bad_parameter", "to must be later than from")
     limit = MAX_POINTS[step]
-    asked = count_periods(t0, t1, step, tz)  # parse_time keeps both in the valid range: no calendar overflow
+    asked = count_periods(t0, t1, step, tz)  # both are in the valid range: no calendar overflow
     if asked > limit and what:
         raise ApiError(400, "bad_parameter", f"period too long for {what}: at most {limit} days between from and to")
     if asked > limit:
@@ -135,16 +130,13 @@ def parse_period(request: Request, step: Step, tz: ZoneInfo = UTC_ZONE, what: st
     return t0, t1
 
 
-def parse_month(request: Request, tz: ZoneInfo, required: bool) -> str:
-    """The ``month`` query parameter (YYYY-MM in the site's timezone), checked; the
-    current month when it is not required and not given."""
+def month_value(month: str | None, tz: ZoneInfo) -> str:
+    """A month (YYYY-MM in the site's timezone) whose days are valid times; the
+    current month when None."""
     from balans_edge.core.balance_queries import month_bounds
 
-    month = request.args.get("month")
-    if not month:
-        if required:
-            raise ApiError(400, "missing_parameter", "query parameter month is required (YYYY-MM)")
-        month = datetime.now(tz).strftime("%Y-%m")
+    if month is None:
+        return datetime.now(tz).strftime("%Y-%m")
     try:
         for t in month_bounds(month, tz):
             check_time(t)
@@ -180,44 +172,3 @@ def int_value(raw: str, name: str, lo: int, hi: int) -> int:
     if not _DECIMAL.fullmatch(raw) or not lo <= int(raw) <= hi:
         raise ApiError(400, "bad_parameter", f"{name}: expected an integer {lo}..{hi}, got {raw!r}")
     return int(raw)
-
-
-def query_int(request: Request, name: str, default: int, lo: int, hi: int) -> int:
-    """An integer query parameter within lo..hi, ``default`` when it is not given."""
-    raw = request.args.get(name)
-    return default if raw is None or raw == "" else int_value(raw, name, lo, hi)
-
-
-def path_u32(raw: str, name: str) -> int:
-    """A path parameter that is a device id (u32, 1..4294967295), or a 400 naming it."""
-    return int_value(raw, name, 1, 2**32 - 1)
-
-
-def audited_body(request: Request, shape: str) -> tuple[dict[str, Any], str]:
-    """The JSON object of a request that acts on devices, and its reason: every
-    such request must say why, for the audit."""
-    body = body_json(request)
-    if not isinstance(body, dict):
-        raise ApiError(400, "bad_body", f"expected {shape}")
-    reason = body.get("reason")
-    if not isinstance(reason, str) or not reason.strip():
-        raise ApiError(400, "bad_body", "reason: a non-empty reason is required for the audit")
-    return body, bounded_text(reason, "reason")
-
-
-def bounded_text(value: str, name: str) -> str:
-    """Free text of a request body within the bound of ``core.text``; 400 naming the field otherwise."""
-    try:
-        return check_text(value)
-    except ValueError as exc:
-        raise ApiError(400, "bad_body", f"{name}: {exc}") from None
-
-
-def body_json(request: Request) -> Any:
-    try:
-        return _json.loads(request.body or b"null")
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ApiError(400, "bad_json", f"request body is not valid JSON: {exc}") from None
-    except RecursionError:
-        # No route takes more than a few levels; the parser's own limit is the cheapest check.
-        raise ApiError(400, "bad_json", "request body is nested too deeply") from None

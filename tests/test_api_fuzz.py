@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -29,7 +28,7 @@ import httpx
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from conftest import TOKENS
@@ -38,6 +37,8 @@ ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "15"))
 """Examples per operation: every route is covered and the module runs in well under a minute;
 FUZZ_EXAMPLES=300 searches deeper (a few minutes)."""
+SCHEMA_EXAMPLES = int(os.environ.get("SCHEMA_EXAMPLES", "5"))
+"""schemathesis examples per operation and mode (valid requests, and requests that break the schema)."""
 KNOWN_IDS = ["CW-001", "HW-001", "HT-002", "CW-IN", "EL-100", "APT-001", "lesnaya-12-cw", "lesnaya-12-heat", "1",
              "3000101", "B1-A05", "W-1"]
 ODD_TIMES = ["0001-01-01", "0001-01-01T00:00:00+14:00", "9999-12-31T23:59:59", "9999-12-31T23:59:59-12:00",
@@ -97,11 +98,31 @@ TEMPLATES = {
 """A valid object of each registry kind: the fuzzer changes some of its fields, so some requests get through."""
 
 
-def described(op: dict[str, Any]) -> tuple[list[str], list[str]]:
-    """The keys (``"name":``) and the quoted values the route's body description names."""
-    text = op.get("requestBody", {}).get("description", "")
-    keys = sorted(set(re.findall(r'"(\w+)":', text)))
-    return keys, sorted(set(re.findall(r'"(\w+)"', text)) - set(keys))
+def resolved(doc: dict[str, Any], schema: dict[str, Any]) -> dict[str, Any]:
+    while "$ref" in schema:
+        schema = doc["components"]["schemas"][schema["$ref"].rsplit("/", 1)[1]]
+    return schema
+
+
+def choices(doc: dict[str, Any], schema: Any, seen: frozenset[str] = frozenset()) -> set[str]:
+    """Every enum value a schema lists, however deep (the commands, statuses, targets a body takes)."""
+    if isinstance(schema, list):
+        return set().union(*(choices(doc, s, seen) for s in schema))
+    if not isinstance(schema, dict):
+        return set()
+    if "$ref" in schema:
+        name = schema["$ref"].rsplit("/", 1)[1]
+        return set() if name in seen else choices(doc, doc["components"]["schemas"][name], seen | {name})
+    found = {str(v) for v in schema.get("enum", ()) if isinstance(v, str)}
+    return found.union(*(choices(doc, v, seen) for v in schema.values() if isinstance(v, dict | list)))
+
+
+def described(doc: dict[str, Any], op: dict[str, Any]) -> tuple[list[str], list[str]]:
+    """The keys the route's body schema names and the choices it lists."""
+    body = op.get("requestBody", {}).get("content", {}).get("application/json", {}).get("schema", {})
+    schema = resolved(doc, body)
+    keys = sorted(schema.get("properties", {}))
+    return keys, sorted(choices(doc, schema) - set(keys))
 
 
 def body_value(key: str, words: list[str]) -> st.SearchStrategy[Any]:
@@ -115,10 +136,10 @@ def body_value(key: str, words: list[str]) -> st.SearchStrategy[Any]:
     return st.one_of(st.sampled_from(words), texts(), json_values()) if words else json_values()
 
 
-def bodies(path: str, op: dict[str, Any]) -> st.SearchStrategy[bytes | None]:
+def bodies(doc: dict[str, Any], path: str, op: dict[str, Any]) -> st.SearchStrategy[bytes | None]:
     if "requestBody" not in op:
         return st.none() | st.just(b"{}")
-    keys, words = described(op)
+    keys, words = described(doc, op)
     kind = path.split("/")[3]
     template = TEMPLATES.get(kind, {}) if path.count("/") <= 4 else {}
     if path.endswith("{ident}"):  # the key comes from the path
@@ -141,12 +162,13 @@ def path_values(param: dict[str, Any]) -> st.SearchStrategy[str]:
     return raw | st.sampled_from(["%ZZ", "%C0%AF", "..", "%2E%2E", "%00"])
 
 
-def requests(path: str, op: dict[str, Any]) -> st.SearchStrategy[tuple[str, dict[str, str], bytes | None]]:
+def requests(doc: dict[str, Any], path: str,
+             op: dict[str, Any]) -> st.SearchStrategy[tuple[str, dict[str, str], bytes | None]]:
     """(URL, query, body) for one operation; the strategies are built once (building them is the slow part)."""
     params = op.get("parameters", [])
     path_strategies = {p["name"]: path_values(p) for p in params if p["in"] == "path"}
     query_strategies = {p["name"]: (param_value(p), bool(p.get("required"))) for p in params if p["in"] == "query"}
-    body_strategy = bodies(path, op)
+    body_strategy = bodies(doc, path, op)
 
     @st.composite
     def build(draw: st.DrawFn) -> tuple[str, dict[str, str], bytes | None]:
@@ -251,11 +273,12 @@ def operations(doc: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]]]:
     return sorted(ops, key=lambda o: o[1] == "DELETE")
 
 
-def fuzz(client: httpx.Client, path: str, method: str, op: dict[str, Any], statuses: set[int]) -> None:
+def fuzz(client: httpx.Client, doc: dict[str, Any], path: str, method: str, op: dict[str, Any],
+         statuses: set[int]) -> None:
     """Send EXAMPLES generated requests to one operation; fail on a 5xx or an error that is not the JSON shape."""
 
     @settings(max_examples=EXAMPLES, deadline=None, database=None, suppress_health_check=list(HealthCheck))
-    @given(requests(path, op))
+    @given(requests(doc, path, op))
     def call(request: tuple[str, dict[str, str], bytes | None]) -> None:
         url, query, body = request
         headers = {"Content-Type": "application/json"} if body is not None else {}
@@ -278,7 +301,7 @@ def test_no_route_answers_5xx(served: httpx.Client):
     failures = []
     for path, method, op in ops:
         try:
-            fuzz(served, path, method, op, seen.setdefault((method, path), set()))
+            fuzz(served, doc, path, method, op, seen.setdefault((method, path), set()))
         except AssertionError as exc:  # every route is tried; all failures are reported together
             failures.append(str(exc).splitlines()[0])
     assert not failures, "\n".join(failures)
@@ -291,3 +314,75 @@ def test_no_route_answers_5xx(served: httpx.Client):
 def test_server_still_healthy_after_fuzzing(served: httpx.Client):
     r = served.get("/api/v1/health")
     assert r.status_code == 200 and r.json()["status"] == "ok"
+
+
+KNOWN_PATHS = {"meter_id": "CW-001", "group_id": "lesnaya-12-cw", "module_id": "3000101", "concentrator_id": "1",
+               "finding_id": "1", "target": "CW-001"}
+KNOWN_IDENTS = {"concentrators": "1", "modules": "3000101", "accounts": "APT-001", "meters": "CW-001",
+                "groups": "lesnaya-12-cw"}
+KNOWN_QUERY = {"from": "2024-01-16T00:00:00Z", "to": "2024-01-17T00:00:00Z", "month": "2024-01"}
+"""Objects and a period the served site has (readings of CW-001 and HW-001 on 2024-01-16), so that
+generated requests also reach the handlers' answers, whose schemas are then checked."""
+
+
+def known(operation: Any) -> dict[str, Any]:
+    """Fixed path and query values of the served site for an operation (the rest is generated)."""
+    params = operation.definition.raw.get("parameters", [])
+    path = {p["name"]: KNOWN_PATHS.get(p["name"], KNOWN_IDENTS.get(operation.path.split("/")[3]))
+            for p in params if p["in"] == "path"}
+    query = {p["name"]: KNOWN_QUERY[p["name"]] for p in params if p["in"] == "query" and p["name"] in KNOWN_QUERY}
+    return {"path_parameters": path, "query": query}
+
+
+def schema_checked(operation: Any, mode: Any, fixed: dict[str, Any], base: str, token: dict[str, str],
+                   statuses: set[int]) -> None:
+    """SCHEMA_EXAMPLES requests schemathesis builds for one operation in one mode (``fixed``: path
+    and query values that are kept); fails on a 5xx that is not a documented 503, or on an answer
+    that does not match its declared schema."""
+    from schemathesis.checks import response_schema_conformance
+
+    responses = operation.definition.raw.get("responses", {})
+
+    @settings(max_examples=SCHEMA_EXAMPLES, deadline=None, database=None, phases=[Phase.generate],
+              suppress_health_check=list(HealthCheck))
+    @given(case=operation.as_strategy(generation_mode=mode, **fixed))
+    def call(case: Any) -> None:
+        response = case.call(base_url=base, headers=token, timeout=60)
+        statuses.add(response.status_code)
+        documented_503 = response.status_code == 503 and "503" in responses
+        assert response.status_code < 500 or documented_503, (
+            f"{case.method} {case.formatted_path} {case.query} {case.body!r:.200}: "
+            f"{response.status_code} {response.text[:300]}")
+        case.validate_response(response, checks=[response_schema_conformance])
+
+    call()
+
+
+def test_schemathesis_gets_no_5xx_and_answers_match_their_schemas(served: httpx.Client):
+    """schemathesis builds requests from the served document alone, valid ones and ones that
+    break it (wrong types, values out of range, missing fields), for every operation: no
+    answer is a 5xx (a 503 only where documented), and every answer, success or error,
+    matches the schema the document declares for its status."""
+    import schemathesis
+
+    schema = schemathesis.openapi.from_dict(served.get("/api/v1/openapi.json").json())
+    base = str(served.base_url).rstrip("/")
+    token = {"Authorization": served.headers["Authorization"]}
+    failures: list[str] = []
+    answered: dict[str, set[int]] = {}
+    for result in schema.get_all_operations():
+        operation = result.ok()
+        positive, negative = schemathesis.GenerationMode.POSITIVE, schemathesis.GenerationMode.NEGATIVE
+        runs = [("generated", positive, {})]
+        if {"parameters", "requestBody"} & set(operation.definition.raw):  # something to fix, something to break
+            runs += [("on the site's objects", positive, known(operation)), ("breaking the schema", negative, {})]
+        for what, mode, fixed in runs:
+            try:
+                schema_checked(operation, mode, fixed, base, token, answered.setdefault(operation.label, set()))
+            except Exception as exc:  # every operation is tried; all failures are reported together
+                failures.append(f"{operation.label} ({what}): {str(exc).strip()[:1500]}")
+    assert not failures, "\n\n".join(failures)
+    assert len(answered) > 40
+    # Valid requests get through to the handlers: most operations answered something other than a refusal.
+    reached = [label for label, codes in answered.items() if codes & {200, 201, 404, 409, 422}]
+    assert len(reached) > len(answered) * 0.6, {k: v for k, v in answered.items() if k not in reached}

@@ -4,12 +4,14 @@ lifecycle (acknowledge, resolve, false alarm, reopen) with the operator's note."
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
+from msgspec import Meta, Struct
 from sanic.request import Request
 
 from balans_edge.core import findings as rules
-from balans_edge.routes import ApiError, Param, Route, body_json, bounded_text, int_value, iso, json, query_int
+from balans_edge.http_schema import Text
+from balans_edge.routes import ApiError, Param, Route, iso, json
 
 if TYPE_CHECKING:
     from balans_edge.server import Server
@@ -19,6 +21,68 @@ MAX_DAYS = 3660
 MAX_QUALITY_FINDINGS = 1_000_000
 """Findings the quality figures look at (far more than a site collects in years)."""
 TIME_FIELDS = ("t", "first_seen", "last_seen", "started", "ended")
+Status = Literal[rules.STATUSES]  # type: ignore[valid-type]
+
+
+class FindingsQuery(Struct):
+    group: Annotated[str | None, Meta(description="only findings about this balance group")] = None
+    kind: Annotated[str | None, Meta(description="only this kind (slowed_meter, low_battery, ...)")] = None
+    status: Status | None = None
+    subject: Annotated[str | None, Meta(description="meter or group id")] = None
+    limit: Annotated[int, Meta(ge=1, le=MAX_LIMIT)] = 100
+
+
+class QualityQuery(Struct):
+    days: Annotated[int, Meta(ge=1, le=MAX_DAYS, description="findings first seen in the last this many days")] = 365
+
+
+class Change(Struct):
+    """A step of a finding's lifecycle, with the operator's note."""
+
+    status: Status
+    note: Text = ""  # type: ignore[assignment]
+
+
+class Feedback(Struct):
+    t: str
+    status: str | None = None
+    by: str | None = None
+    note: str | None = None
+
+
+class Finding(Struct):
+    id: int
+    t: str
+    detector: str
+    subject: str
+    kind: str
+    severity: str
+    message: str
+    data: dict[str, Any]
+    feedback: list[Feedback]
+    status: Status | None = None
+    first_seen: str | None = None
+    last_seen: str | None = None
+    started: str | None = None
+    ended: str | None = None
+
+
+class Findings(Struct):
+    findings: list[Finding]
+
+
+class DetectorQuality(Struct):
+    detector: str
+    kind: str
+    findings: Annotated[int, Meta(ge=1)]
+    judged: Annotated[int, Meta(ge=0)]
+    precision: Annotated[float, Meta(ge=0, le=1)] | None
+    median_hours_to_answer: float | None
+
+
+class Quality(Struct):
+    since: str
+    detectors: list[DetectorQuality]
 
 
 def present(finding: dict[str, Any]) -> dict[str, Any]:
@@ -30,59 +94,29 @@ def present(finding: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _status_filter(request: Request) -> str | None:
-    status = request.args.get("status") or None
-    if status is not None and status not in rules.STATUSES:
-        raise ApiError(400, "bad_parameter", f"status: expected one of {', '.join(rules.STATUSES)}, got {status!r}")
-    return status
-
-
-def _finding_id(raw: str) -> int:
-    return int_value(raw, "finding_id", 1, 2**63 - 1)
-
-
-def _change(request: Request) -> tuple[str, str]:
-    """Status and note of a PATCH body; the status is checked against the known ones."""
-    body = body_json(request)
-    if not isinstance(body, dict) or "status" not in body:
-        raise ApiError(400, "bad_body", 'expected {"status": ..., "note": ...}')
-    note = body.get("note", "")
-    if not isinstance(note, str):
-        raise ApiError(400, "bad_body", "note: expected a string")
-    note = bounded_text(note.strip(), "note")
-    try:
-        return rules.check_status(body["status"]), note
-    except ValueError as exc:
-        raise ApiError(400, "bad_body", str(exc)) from None
-
-
 def routes(server: Server) -> list[Route]:
     storage = server.storage
 
-    async def list_findings(request: Request) -> Any:
-        found = await storage.findings(
-            group=request.args.get("group") or None, kind=request.args.get("kind") or None,
-            status=_status_filter(request), subject=request.args.get("subject") or None,
-            limit=query_int(request, "limit", 100, 1, MAX_LIMIT),
-        )
+    async def list_findings(request: Request, query: FindingsQuery) -> Any:
+        found = await storage.findings(group=query.group, kind=query.kind, status=query.status,
+                                       subject=query.subject, limit=query.limit)
         return json({"findings": [present(f) for f in found]})
 
-    async def quality(request: Request) -> Any:
-        since = int(time.time()) - query_int(request, "days", 365, 1, MAX_DAYS) * 86400
+    async def quality(request: Request, query: QualityQuery) -> Any:
+        since = int(time.time()) - query.days * 86400
         found = await storage.findings(since=since, limit=MAX_QUALITY_FINDINGS)
         return json({"since": iso(since), "detectors": rules.quality(found)})
 
-    async def get_finding(request: Request, finding_id: str) -> Any:
-        found = await storage.finding(_finding_id(finding_id))
+    async def get_finding(request: Request, finding_id: int) -> Any:
+        found = await storage.finding(finding_id)
         if found is None:
             raise ApiError(404, "not_found", f"finding {finding_id} does not exist")
         return json(present(found))
 
-    async def patch_finding(request: Request, finding_id: str) -> Any:
-        number = _finding_id(finding_id)
-        status, note = _change(request)
+    async def patch_finding(request: Request, finding_id: int, body: Change) -> Any:
         try:
-            changed = await storage.set_finding_status(number, status, by=request.ctx.user, note=note)
+            changed = await storage.set_finding_status(finding_id, body.status, by=request.ctx.user,
+                                                       note=body.note.strip())
         except ValueError as exc:
             raise ApiError(409, "conflict", str(exc)) from None
         if changed is None:
@@ -90,28 +124,21 @@ def routes(server: Server) -> list[Route]:
         return json(present(changed))
 
     tags = ("findings",)
-    path_id = Param("finding_id", "path", "integer")
+    path_id = Param("finding_id", type="integer", minimum=1, maximum=2**63 - 1)
     return [
         Route("GET", "/api/v1/findings", list_findings,
               "Findings of the detectors, one per event (started, ended, rate, volume in the data's time), with "
               "their lifecycle status, most recently seen first",
-              params=(Param("group", description="only findings about this balance group"),
-                      Param("kind", description="only this kind (slowed_meter, low_battery, ...)"),
-                      Param("status", enum=rules.STATUSES), Param("subject", description="meter or group id"),
-                      Param("limit", type="integer", description=f"1..{MAX_LIMIT}, default 100")),
-              tags=tags, responses={200: "OK", 400: "bad filter"}),
+              query=FindingsQuery, response=Findings, tags=tags, responses={200: "OK", 400: "bad filter"}),
         Route("GET", "/api/v1/findings/quality", quality,
               "Detection quality from the operators' answers: per detector and kind the findings by status, "
               "the precision among the judged ones and the median hours to the first answer",
-              params=(Param("days", type="integer", description=f"findings first seen in the last 1..{MAX_DAYS} "
-                                                                "days, default 365"),),
-              tags=tags, responses={200: "OK", 400: "bad days"}),
+              query=QualityQuery, response=Quality, tags=tags, responses={200: "OK", 400: "bad days"}),
         Route("GET", "/api/v1/findings/<finding_id>", get_finding, "One finding with the operators' feedback",
-              params=(path_id,), tags=tags, responses={200: "OK", 404: "no such finding"}),
+              params=(path_id,), response=Finding, tags=tags, responses={200: "OK", 404: "no such finding"}),
         Route("PATCH", "/api/v1/findings/<finding_id>", patch_finding,
               "Acknowledge, resolve, mark a false alarm or reopen a finding; the note and the user are kept",
-              role="operator", params=(path_id,), tags=tags,
-              body='{"status": "acknowledged"|"resolved"|"false_alarm"|"open", "note": "..."}',
+              role="operator", params=(path_id,), tags=tags, body=Change, response=Finding,
               responses={200: "the finding after the change", 400: "no or unknown status",
                          404: "no such finding", 409: "the lifecycle does not allow this change"}),
     ]

@@ -4,19 +4,127 @@ monthly allocation (ОДН), and the ranking of losses."""
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
+import msgspec
+from msgspec import Meta, Struct
 from sanic.request import Request
 
+from balans_edge.api.meters import ConsumptionPoint
 from balans_edge.core import balance_queries as q
 from balans_edge.core.balance import iso, points
+from balans_edge.core.calendar import Step
 from balans_edge.core.model import Group
-from balans_edge.routes import ApiError, Param, Route, json, parse_month, parse_period, parse_step
+from balans_edge.http_schema import Month, Period, StepPeriod
+from balans_edge.routes import ApiError, Param, Route, checked_period, json, month_value
 
 if TYPE_CHECKING:
     from balans_edge.server import Server
 
 ORDERS = ("absolute", "relative", "trend")
+Order = Literal[ORDERS]  # type: ignore[valid-type]
+
+
+class MonthQuery(Struct):
+    month: Month
+
+
+class LossesQuery(Period):
+    level: Annotated[str | None, Meta(description="only groups of this level (house, street, ...)")] = None
+    order: Annotated[Order, Meta(description="default absolute")] = "absolute"
+
+
+class Completeness(Struct):
+    measured: Annotated[float, Meta(ge=0, le=1)]
+    estimated: Annotated[float, Meta(ge=0, le=1)]
+    missing: Annotated[float, Meta(ge=0, le=1)]
+
+
+class BalancePoint(Struct):
+    t: str
+    input: float | None
+    consumed: float
+    imbalance: float | None
+    loss_pct: float | None
+    completeness: Completeness
+    flags: list[str]
+
+
+class Balance(Struct):
+    group_id: str
+    name: str
+    level: str
+    unit: str
+    step: Step
+    loss_norm_pct: float | None
+    completeness_threshold: float
+    points: list[BalancePoint]
+
+
+class GroupConsumption(Struct):
+    group_id: str
+    unit: str
+    step: Step
+    points: list[ConsumptionPoint]
+
+
+class AllocationLine(Struct):
+    account_id: str
+    consumer: str | None
+    consumed: float | None
+    area_m2: float | None
+    share: float | None
+    cap: float | None
+    allocated: float | None
+    amount: float | None
+
+
+class Allocation(Struct):
+    """A group's month: its imbalance, who takes how much of it (ОДН) and what the utility keeps."""
+
+    group_id: str
+    month: str
+    unit: str
+    rule: str
+    applied_rule: str | None
+    input: float | None
+    consumed: float | None
+    imbalance: float | None
+    allocated: float | None
+    utility_loss: float | None
+    price: float | None
+    lines: list[AllocationLine]
+    completeness: float
+    flags: list[str]
+    missing_area: list[str]
+
+
+class Recommendation(Struct):
+    kind: str
+    message: str
+    subject: str
+
+
+class GroupLoss(Struct):
+    group_id: str
+    name: str
+    unit: str
+    days: float
+    input: float | None
+    consumed: float | None
+    imbalance: float | None
+    loss_pct: float | None
+    money_per_month: float | None
+    growing: bool
+    recommendations: list[Recommendation]
+
+
+class Losses(Struct):
+    from_: str = msgspec.field(name="from")
+    to: str
+    level: str | None
+    order: Order
+    groups: list[GroupLoss]
 
 
 def routes(server: Server) -> list[Route]:
@@ -33,17 +141,17 @@ def routes(server: Server) -> list[Route]:
         await server.intervals.process()
         await server.balance.process()
 
-    async def series_of(request: Request, group_id: str) -> tuple[Group, str, q.GroupPeriods]:
+    async def series_of(group_id: str, query: StepPeriod) -> tuple[Group, str, q.GroupPeriods]:
         """The group and its balance over the request's period and step."""
         group = await group_or_404(group_id)
-        step = parse_step(request)
-        t0, t1 = parse_period(request, step, server.tz)
+        step = query.step
+        t0, t1 = checked_period(query.from_, query.to, step, server.tz)
         await fresh()
         tree = await q.Tree.current(storage)
         return group, step, await q.group_series(storage, tree, [group_id], t0, t1, step, server.tz, int(time.time()))
 
-    async def balance(request: Request, group_id: str) -> Any:
-        group, step, periods = await series_of(request, group_id)
+    async def balance(request: Request, group_id: str, query: StepPeriod) -> Any:
+        group, step, periods = await series_of(group_id, query)
         threshold = server.config.balance.completeness_threshold
         resolution = (await q.Tree.current(storage)).resolution(group_id)
         return json({
@@ -57,9 +165,9 @@ def routes(server: Server) -> list[Route]:
             "points": points(periods.series, 0, group, threshold, resolution, periods.coverage),
         })
 
-    async def consumption(request: Request, group_id: str) -> Any:
+    async def consumption(request: Request, group_id: str, query: StepPeriod) -> Any:
         """What flowed into the group, in the shape of a meter's consumption."""
-        group, step, periods = await series_of(request, group_id)
+        group, step, periods = await series_of(group_id, query)
         s, counted = periods.series, periods.coverage.hours > 0
         out = []
         for i, t in enumerate(s.t.tolist()):
@@ -69,21 +177,18 @@ def routes(server: Server) -> list[Route]:
             out.append({"t": iso(t), "value": value, "quality": quality})
         return json({"group_id": group_id, "unit": group.unit, "step": step, "points": out})
 
-    async def allocation(request: Request, group_id: str) -> Any:
+    async def allocation(request: Request, group_id: str, query: MonthQuery) -> Any:
         group = await group_or_404(group_id)
-        month = parse_month(request, server.tz, required=True)
+        month = month_value(query.month, server.tz)
         await fresh()
         tree = await q.Tree.current(storage)
         threshold = server.config.balance.completeness_threshold
         report = await q.allocation(storage, tree, group, month, server.tz, threshold, int(time.time()))
         return json(report.to_json())
 
-    async def losses(request: Request) -> Any:
-        t0, t1 = parse_period(request, "day", what="losses")
-        level = request.args.get("level") or None
-        order = request.args.get("order", "absolute")
-        if order not in ORDERS:
-            raise ApiError(400, "bad_parameter", f"order: expected one of {', '.join(ORDERS)}, got {order!r}")
+    async def losses(request: Request, query: LossesQuery) -> Any:
+        t0, t1 = checked_period(query.from_, query.to, "day", what="losses")
+        level, order = query.level, query.order
         await fresh()
         tree = await q.Tree.current(storage)
         entries = await q.losses(storage, tree, level, t0, t1, server.tz, server.config.balance.completeness_threshold,
@@ -91,25 +196,21 @@ def routes(server: Server) -> list[Route]:
         return json({"from": iso(t0), "to": iso(t1), "level": level, "order": order,
                      "groups": [e.to_json() for e in entries]})
 
-    group_param = Param("group_id", "path")
-    period = (Param("from", required=True, format="date-time"), Param("to", required=True, format="date-time"))
-    step = Param("step", enum=("hour", "day", "month"), description="default hour")
+    group_param = Param("group_id", description="a balance group's id")
     tags = ("groups",)
     return [
         Route("GET", "/api/v1/groups/<group_id>/balance", balance,
               "Balance per hour (UTC), day or month (site timezone): input, consumed, imbalance, loss %, "
-              "completeness and flags", params=(group_param, *period, step), tags=tags,
+              "completeness and flags", params=(group_param,), query=StepPeriod, response=Balance, tags=tags,
               responses={200: "OK", 404: "no such group"}),
         Route("GET", "/api/v1/groups/<group_id>/consumption", consumption,
-              "What flowed into the group, like a meter's consumption", params=(group_param, *period, step),
-              tags=tags, responses={200: "OK", 404: "no such group"}),
+              "What flowed into the group, like a meter's consumption", params=(group_param,), query=StepPeriod,
+              response=GroupConsumption, tags=tags, responses={200: "OK", 404: "no such group"}),
         Route("GET", "/api/v1/groups/<group_id>/allocation", allocation,
               "Monthly allocation of the imbalance to the group's accounts (ОДН), capped by the norm",
-              params=(group_param, Param("month", required=True, description="YYYY-MM (site timezone)")),
+              params=(group_param,), query=MonthQuery, response=Allocation,
               tags=tags, responses={200: "OK", 400: "bad month", 404: "no such group"}),
         Route("GET", "/api/v1/losses", losses,
               "Groups ranked by loss over a period, with trend, money lost per month and where to look first",
-              params=(*period, Param("level", description="only groups of this level (house, street, ...)"),
-                      Param("order", enum=ORDERS, description="default absolute")),
-              tags=tags),
+              query=LossesQuery, response=Losses, tags=tags),
     ]

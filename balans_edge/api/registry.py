@@ -6,13 +6,15 @@ import time
 import unicodedata
 from typing import TYPE_CHECKING, Any
 
+import msgspec
 from sanic.request import Request
 
 from balans_edge.core import registry as reg
 from balans_edge.core import registry_history as history
 from balans_edge.core.balance_queries import Tree
 from balans_edge.core.storage import StorageError
-from balans_edge.routes import ApiError, Param, Route, body_json, json, path_u32
+from balans_edge.http_schema import FreeForm, free_form
+from balans_edge.routes import ApiError, Param, Route, json
 
 if TYPE_CHECKING:
     from balans_edge.server import Server
@@ -33,17 +35,27 @@ def routes(server: Server) -> list[Route]:
     return out
 
 
+def row_type(kind: str) -> type[FreeForm]:
+    """The body of a create or replace: one object of ``kind``, its columns as in
+    docs/registry.md. The registry checks the values and reports every problem at once
+    (422 naming each column), as it does for files."""
+    columns = reg.COLUMNS[kind]
+    properties: dict[str, Any] = {name: {} for name in columns}
+    if kind == "meters":
+        properties[reg.EFFECTIVE_FROM] = {"type": "string", "description": "ISO-8601 with a timezone: when changed "
+                                                                           "parameters take effect, default now"}
+    return free_form(f"{kind[:-1].title()}Row", f"One of the {kind}: its columns as in docs/registry.md",
+                     {"properties": properties, "required": [n for n, c in columns.items() if c.required]})
+
+
 def _kind_routes(server: Server, kind: str, key: str, key_type: str) -> list[Route]:
     storage = server.storage
-
-    def parse_key(raw: str) -> str | int:
-        return path_u32(raw, key) if key_type == "integer" else raw
 
     async def list_all(request: Request) -> Any:
         return json({kind: [reg.format_object(o) for o in await storage.registry_list(kind)]})
 
-    async def get_one(request: Request, ident: str) -> Any:
-        obj = await storage.registry_get(kind, parse_key(ident))
+    async def get_one(request: Request, ident: str | int) -> Any:
+        obj = await storage.registry_get(kind, ident)
         if obj is None:
             raise ApiError(404, "not_found", f"{kind[:-1]} {ident!r} is not in the registry")
         out = reg.format_object(obj)
@@ -92,21 +104,21 @@ def _kind_routes(server: Server, kind: str, key: str, key_type: str) -> list[Rou
         except StorageError as exc:
             raise ApiError(409, "conflict", f"{kind[:-1]} not saved: {exc}") from None
 
-    async def create(request: Request) -> Any:
-        obj, effective = parse(request, body_json(request), None)
+    async def create(request: Request, body: FreeForm) -> Any:
+        obj, effective = parse(request, body, None)
         if await storage.registry_get(kind, reg.key_of(obj)) is not None:
             raise ApiError(409, "conflict", f"{kind[:-1]} {reg.key_of(obj)!r} already exists; use PUT to change it")
         await save(request, obj, effective)
         return json(reg.format_object(obj), status=201)
 
-    async def put(request: Request, ident: str) -> Any:
-        obj, effective = parse(request, body_json(request), parse_key(ident))
+    async def put(request: Request, ident: str | int, body: FreeForm) -> Any:
+        obj, effective = parse(request, body, ident)
         existed = await storage.registry_get(kind, reg.key_of(obj)) is not None
         await save(request, obj, effective)
         return json(reg.format_object(obj), status=200 if existed else 201)
 
-    async def delete(request: Request, ident: str) -> Any:
-        parsed = parse_key(ident)
+    async def delete(request: Request, ident: str | int) -> Any:
+        parsed = ident
         if await storage.registry_get(kind, parsed) is None:
             raise ApiError(404, "not_found", f"{kind[:-1]} {ident!r} is not in the registry")
         stored = {k: await storage.registry_list(k) for k in KINDS}
@@ -125,22 +137,24 @@ def _kind_routes(server: Server, kind: str, key: str, key_type: str) -> list[Rou
 
     base = f"/api/v1/{kind}"
     item = f"{base}/<ident>"
-    ident_param = (Param("ident", "path", type=key_type, description=key),)
+    row = row_type(kind)
+    listing = msgspec.defstruct(f"{kind.title()}Listing", [(kind, list[row])])  # type: ignore[valid-type]
+    deleted = msgspec.defstruct(f"{kind[:-1].title()}Deleted", [("deleted", int if key_type == "integer" else str)])
+    key_param = (Param("ident", type=key_type, description=f"the {kind[:-1]}'s {key}",  # type: ignore[arg-type]
+                       label=key, **({"minimum": 1, "maximum": reg.U32_MAX} if key_type == "integer" else {})),)
     tags = ("registry",)
     list_all.__name__, get_one.__name__ = f"list_{kind}", f"get_{kind}"
     create.__name__, put.__name__, delete.__name__ = f"create_{kind}", f"put_{kind}", f"delete_{kind}"
     return [
-        Route("GET", base, list_all, f"List {kind}", tags=tags),
+        Route("GET", base, list_all, f"List {kind}", response=listing, tags=tags),
         Route("POST", base, create, f"Create one of the {kind} (409 if it exists)", role="admin", tags=tags,
-              body=f"one of the {kind}, columns as in docs/registry.md",
-              responses={201: "created", 409: "exists", 422: "invalid, names the field"}),
-        Route("GET", item, get_one, f"One of the {kind}", params=ident_param, tags=tags,
+              body=row, response=row, responses={201: "created", 409: "exists", 422: "invalid, names the field"}),
+        Route("GET", item, get_one, f"One of the {kind}", params=key_param, response=row, tags=tags,
               responses={200: "OK", 404: "not in the registry"}),
-        Route("PUT", item, put, f"Create or replace one of the {kind}", role="admin", params=ident_param, tags=tags,
-              body=f"one of the {kind}, columns as in docs/registry.md"
-                   + ("; effective_from (ISO-8601): when changed parameters take effect, default now"
-                      if kind == "meters" else ""),
+        Route("PUT", item, put, f"Create or replace one of the {kind}", role="admin", params=key_param, tags=tags,
+              body=row, response={200: row, 201: row},
               responses={200: "replaced", 201: "created", 422: "invalid, names the field"}),
         Route("DELETE", item, delete, f"Delete one of the {kind} (409 while referenced or with readings)",
-              role="admin", params=ident_param, tags=tags, responses={200: "deleted", 404: "not found", 409: "in use"}),
+              role="admin", params=key_param, response=deleted, tags=tags,
+              responses={200: "deleted", 404: "not found", 409: "in use"}),
     ]

@@ -2,18 +2,65 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
+from msgspec import Meta, Struct
 from sanic.request import Request
 
+from balans_edge.api.meters import IngestCounts
 from balans_edge.core.storage import StorageError
-from balans_edge.routes import ApiError, Param, Route, iso, json, query_int
+from balans_edge.routes import ApiError, Route, iso, json
 
 if TYPE_CHECKING:
     from balans_edge.server import Server
 
 MAX_QUARANTINE_LIMIT = 10_000
 """Quarantined readings one request lists at most (newest first)."""
+
+
+class Health(Struct):
+    """The overall status for anyone; the rest for a viewer (or with anonymous_role = viewer)."""
+
+    status: Literal["ok", "degraded"]
+    version: str | None = None
+    site: str | None = None
+    uptime_s: float | None = None
+    storage: dict[str, Any] | None = None
+    ingest: dict[str, Any] | None = None
+    plugins: dict[str, str] | None = None
+    exporters: dict[str, Any] | None = None
+    bus: list[dict[str, Any]] | None = None
+
+
+class Plugins(Struct):
+    plugins: list[dict[str, Any]]
+
+
+class QuarantineQuery(Struct):
+    limit: Annotated[int, Meta(ge=1, le=MAX_QUARANTINE_LIMIT, description="at most this many")] = 1000
+
+
+class Quarantined(Struct):
+    module_id: int
+    channel: int
+    ts: int
+    counter: int
+    status: int
+    reason: str
+    received_at: int
+
+
+class Quarantine(Struct):
+    readings: list[Quarantined]
+    total: Annotated[int, Meta(ge=0)]
+    oldest_received_at: str | None
+    dropped: dict[str, int]
+    max_rows: int
+    max_age_days: float
+
+
+class Replayed(IngestCounts):
+    remaining: Annotated[int, Meta(ge=0, description="readings still unclaimed")]
 
 
 def routes(server: Server) -> list[Route]:
@@ -28,8 +75,8 @@ def routes(server: Server) -> list[Route]:
     async def plugins(request: Request) -> Any:
         return json({"plugins": server.plugins.listing()})
 
-    async def quarantine(request: Request) -> Any:
-        limit = query_int(request, "limit", 1000, 1, MAX_QUARANTINE_LIMIT)
+    async def quarantine(request: Request, query: QuarantineQuery) -> Any:
+        limit = query.limit
         stats = await server.storage.quarantine_stats()
         settings = server.config.ingest
         return json({
@@ -52,17 +99,16 @@ def routes(server: Server) -> list[Route]:
     return [
         Route("GET", "/api/v1/health", health,
               "Server health: the overall status for anyone; storage, ingest counters, plugins and exporters "
-              "for a viewer (or with anonymous_role = viewer)", role=None, tags=("system",)),
-        Route("GET", "/api/v1/plugins", plugins, "Loaded plugins, their hooks and state", tags=("system",)),
+              "for a viewer (or with anonymous_role = viewer)", role=None, response=Health, tags=("system",)),
+        Route("GET", "/api/v1/plugins", plugins, "Loaded plugins, their hooks and state", response=Plugins,
+              tags=("system",)),
         Route("GET", "/api/v1/quarantine", quarantine,
               "Readings from unknown modules or channels, newest first, with the total held and how many "
               "retention dropped (by age and by size)",
-              params=(Param("limit", type="integer",
-                            description=f"at most this many, 1..{MAX_QUARANTINE_LIMIT} (default 1000)"),),
-              tags=("ingest",)),
+              query=QuarantineQuery, response=Quarantine, tags=("ingest",)),
         Route("POST", "/api/v1/quarantine/replay", replay,
               "Ingest quarantined readings again after the registry learned their modules; "
-              "claimed ones leave the quarantine", role="admin", tags=("ingest",),
+              "claimed ones leave the quarantine", role="admin", tags=("ingest",), response=Replayed,
               responses={200: "ingest counts and how many readings remain unclaimed",
                          503: "storage unavailable: pages replayed before it stay replayed; replay again"}),
     ]

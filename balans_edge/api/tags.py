@@ -8,15 +8,53 @@ running component that reads tags (``core.tags.TagSource``) is listed.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
+import msgspec
+from msgspec import Meta, Struct
 from sanic.request import Request
 
 from balans_edge.core.tags import TagSource
-from balans_edge.routes import ApiError, Param, Route, iso, json, parse_time, query_int
+from balans_edge.http_schema import Time
+from balans_edge.routes import ApiError, Route, iso, json
 
 if TYPE_CHECKING:
     from balans_edge.server import Server
+
+MAX_SAMPLES = 100_000
+
+
+class TagsQuery(Struct):
+    device: Annotated[str | None, Meta(description="only the tags of this device")] = None
+    protocol: Annotated[str | None, Meta(description="only the tags read over this protocol (modbus, opcua)")] = None
+
+
+class HistoryQuery(Struct):
+    tag: Annotated[str, Meta(min_length=1, description="'<device>/<tag>'")]
+    from_: Time = msgspec.field(name="from")
+    to: Time
+    limit: Annotated[int, Meta(ge=1, le=MAX_SAMPLES, description="at most this many")] = 10_000
+
+
+class Tag(Struct):
+    device: str
+    protocol: str
+    quality: Literal["good", "stale", "comm_fail"] | str
+    t: str | None
+    last_good_t: str | None
+
+
+class Tags(Struct):
+    tags: list[Tag]
+
+
+class Sample(Struct):
+    ts: str
+
+
+class TagHistory(Struct):
+    tag: str
+    samples: list[Sample]
 
 
 def _time(t: float | None) -> str | None:
@@ -24,35 +62,25 @@ def _time(t: float | None) -> str | None:
 
 
 def routes(server: Server) -> list[Route]:
-    async def tags(request: Request) -> Any:
+    async def tags(request: Request, query: TagsQuery) -> Any:
         rows = [row for _, c in server.components if isinstance(c, TagSource) for row in c.tag_snapshot()]
-        device, protocol = request.args.get("device"), request.args.get("protocol")
+        device, protocol = query.device, query.protocol
         rows = [r for r in rows if (not device or r["device"] == device)
                 and (not protocol or r["protocol"] == protocol)]
         for r in rows:
             r["t"], r["last_good_t"] = _time(r["t"]), _time(r["last_good_t"])
         return json({"tags": rows})
 
-    async def history(request: Request) -> Any:
-        tag = request.args.get("tag")
-        if not tag:
-            raise ApiError(400, "missing_parameter", "query parameter tag is required ('<device>/<tag>')")
-        t0, t1 = parse_time(request, "from"), parse_time(request, "to")
-        if t1 <= t0:
+    async def history(request: Request, query: HistoryQuery) -> Any:
+        if query.to <= query.from_:
             raise ApiError(400, "bad_parameter", "to must be later than from")
-        rows = await server.storage.tag_values(tag, t0, t1, query_int(request, "limit", 10000, 1, 100000))
-        return json({"tag": tag, "samples": [{**r, "ts": iso(r["ts"])} for r in rows]})
+        rows = await server.storage.tag_values(query.tag, query.from_, query.to, query.limit)
+        return json({"tag": query.tag, "samples": [{**r, "ts": iso(r["ts"])} for r in rows]})
 
     return [
         Route("GET", "/api/v1/tags", tags,
               "Tags read from PLCs and OPC UA servers: newest value, unit, quality (good, stale, comm_fail), "
-              "time, last good value, protocol",
-              params=(Param("device", description="only the tags of this device"),
-                      Param("protocol", description="only the tags read over this protocol", enum=("modbus", "opcua"))),
-              tags=("tags",)),
+              "time, last good value, protocol", query=TagsQuery, response=Tags, tags=("tags",)),
         Route("GET", "/api/v1/tags/history", history, "Stored samples of one tag, oldest first",
-              params=(Param("tag", required=True, description="'<device>/<tag>'"),
-                      Param("from", required=True, format="date-time"), Param("to", required=True, format="date-time"),
-                      Param("limit", type="integer", description="at most this many (default 10000)")),
-              tags=("tags",)),
+              query=HistoryQuery, response=TagHistory, tags=("tags",)),
     ]

@@ -6,14 +6,17 @@ from __future__ import annotations
 
 import os
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
+import msgspec
+from msgspec import Meta, Struct
 from sanic.request import Request
 
 from balans_edge.core.analytics.base import Scope
 from balans_edge.core.analytics.health import ACTIONS
+from balans_edge.http_schema import Id, Month, Time
 from balans_edge.plugins.analytics import forecasts
-from balans_edge.routes import ApiError, Param, Route, body_json, iso, json, parse_month, parse_time_value
+from balans_edge.routes import ApiError, Param, Route, iso, json, month_value
 
 if TYPE_CHECKING:
     import click
@@ -22,32 +25,97 @@ if TYPE_CHECKING:
 
 PATH = "/api/v1/analytics/run"
 MAX_DAYS = 366
+Action = Literal[ACTIONS]  # type: ignore[valid-type]
 
 
-def scope_of(body: Any, now: float, window_days: int) -> Scope:
-    """The run's scope from a request body: {"group": id?, "from": time?, "to": time?}."""
-    if not isinstance(body, dict):
-        raise ApiError(400, "bad_body", 'expected {"group": "...", "from": "...", "to": "..."} (all optional)')
+class RunBody(Struct):
+    """What to run the detectors over (all optional): a group (default: all) and a
+    period (default: the last window_days), at most 366 days."""
+
+    group: Annotated[Id | None, Meta(description="a balance group's id (default: all)")] = None
+    from_: Time | None = msgspec.field(default=None, name="from")
+    to: Time | None = None
+
+
+class ForecastQuery(Struct):
+    month: Annotated[Month | None, Meta(description="YYYY-MM in the site's timezone (default: the current "
+                                                    "month)")] = None
+
+
+class PlanQuery(Struct):
+    action: Annotated[Action | None, Meta(description="only meters with this action")] = None
+
+
+class Forecast(Struct):
+    """Month to date and end-of-month forecast, next to the group's average and the norm."""
+
+    unit: str
+    month: str
+    to_date: float
+    forecast: float
+    filled_hours: int
+    baseline_weeks: int
+    group_average: float | None
+    group_members: int | None
+    vs_group_pct: float | None
+    norm: float | None
+    vs_norm_pct: float | None
+    meter_id: str | None = None
+    group_id: str | None = None
+
+
+class MeterHealth(Struct):
+    meter_id: str
+    group_id: str | None
+    score: int
+    open_findings: list[str]
+    loss_per_year: float | None
+    money_per_year: float | None
+    age_years: float
+    calendar_due: bool
+    action: Action
+
+
+class Plan(Struct):
+    meters: list[MeterHealth]
+
+
+class RunFinding(Struct):
+    id: int | None
+    detector: str
+    kind: str
+    subject: str
+    severity: str
+    message: str
+
+
+class Run(Struct):
+    from_: str = msgspec.field(name="from")
+    to: str
+    group: str | None
+    findings: list[RunFinding]
+
+
+def scope_of(body: RunBody, now: float, window_days: int) -> Scope:
+    """The run's scope from a request body (times already checked against the valid range)."""
     recent = Scope.recent(now, window_days)
-    t0 = recent.t0 if body.get("from") is None else parse_time_value(body["from"], "from", "bad_body")
-    t1 = recent.t1 if body.get("to") is None else parse_time_value(body["to"], "to", "bad_body")
+    t0 = recent.t0 if body.from_ is None else body.from_
+    t1 = recent.t1 if body.to is None else body.to
     t0, t1 = t0 - t0 % 3600, -(-t1 // 3600) * 3600
     if t1 <= t0:
         raise ApiError(400, "bad_body", "to must be later than from")
     if t1 - t0 > MAX_DAYS * 86400:
         raise ApiError(400, "bad_body", f"at most {MAX_DAYS} days at once")
-    group = body.get("group")
-    if group is not None and not isinstance(group, str):
-        raise ApiError(400, "bad_body", "group: expected a group id")
-    return Scope(t0, t1, None if group is None else [group], live=body.get("to") is None)
+    group = body.group
+    return Scope(t0, t1, None if group is None else [group], live=body.to is None)
 
 
 def routes(context: PluginContext) -> list[Route]:
     from balans_edge.plugins.analytics.plugin import run_analytics
 
-    async def run(request: Request) -> Any:
+    async def run(request: Request, body: RunBody) -> Any:
         config = context.config
-        scope = scope_of(body_json(request), time.time(), config.window_days)
+        scope = scope_of(body, time.time(), config.window_days)
         if scope.group_ids and await context.storage.registry_get("groups", scope.group_ids[0]) is None:
             raise ApiError(404, "not_found", f"group {scope.group_ids[0]!r} is not in the registry")
         found = await run_analytics(context, scope)
@@ -57,57 +125,52 @@ def routes(context: PluginContext) -> list[Route]:
                           "severity": str(f.severity), "message": f.message} for f in found],
         })
 
-    async def meter_forecast(request: Request, meter_id: str) -> Any:
+    async def meter_forecast(request: Request, meter_id: str, query: ForecastQuery) -> Any:
         meter = await context.storage.registry_get("meters", meter_id)
         if meter is None:
             raise ApiError(404, "not_found", f"meter {meter_id!r} is not in the registry")
-        month = parse_month(request, context.tz, required=False)
+        month = month_value(query.month, context.tz)
         await context.detection.settle()
         f = await forecasts.meter(context.storage, meter, month, context.tz, time.time())
         norm = context.config.monthly_norms.get(str(meter.resource))
         peers = await forecasts.group_average(context.storage, meter.group_id, month, context.tz, time.time())
         return json(forecasts.report({"meter_id": meter_id, "unit": meter.unit, "month": month}, f, norm, peers))
 
-    async def group_forecast(request: Request, group_id: str) -> Any:
+    async def group_forecast(request: Request, group_id: str, query: ForecastQuery) -> Any:
         group = await context.storage.registry_get("groups", group_id)
         if group is None:
             raise ApiError(404, "not_found", f"group {group_id!r} is not in the registry")
-        month = parse_month(request, context.tz, required=False)
+        month = month_value(query.month, context.tz)
         await context.detection.settle()
         f = await forecasts.group(context.storage, group, month, context.tz, time.time())
         return json(forecasts.report({"group_id": group_id, "unit": group.unit, "month": month}, f, None, None))
 
-    async def plan(request: Request) -> Any:
+    async def plan(request: Request, query: PlanQuery) -> Any:
         from balans_edge.plugins.analytics.plan import verification_plan
 
-        action = request.args.get("action") or None
-        if action not in (None, *ACTIONS):
-            raise ApiError(400, "bad_parameter", f"action: expected one of {', '.join(ACTIONS)}, got {action!r}")
+        action = query.action
         await context.detection.settle()
         found = await verification_plan(context.storage, context.config, context.tz, time.time(),
                                         context.site.completeness_threshold)
         return json({"meters": [h.to_json() for h in found if action is None or h.action == action]})
 
-    month_param = Param("month", description="YYYY-MM in the site's timezone (default: the current month)")
     return [
         Route("GET", "/api/v1/meters/<meter_id>/forecast", meter_forecast,
               "Month to date and end-of-month forecast of a meter, next to its group's average and the norm",
-              params=(Param("meter_id", "path"), month_param), tags=("analytics",),
-              responses={200: "OK", 400: "bad month", 404: "no such meter"}),
+              params=(Param("meter_id", description="a meter's id"),), query=ForecastQuery, response=Forecast,
+              tags=("analytics",), responses={200: "OK", 400: "bad month", 404: "no such meter"}),
         Route("GET", "/api/v1/groups/<group_id>/forecast", group_forecast,
               "Month to date and end-of-month forecast of what flows into a group",
-              params=(Param("group_id", "path"), month_param), tags=("analytics",),
-              responses={200: "OK", 400: "bad month", 404: "no such group"}),
+              params=(Param("group_id", description="a balance group's id"),), query=ForecastQuery, response=Forecast,
+              tags=("analytics",), responses={200: "OK", 400: "bad month", 404: "no such group"}),
         Route("GET", "/api/v1/analytics/verification-plan", plan,
               "Every meter's health and what to do: verify (a critical meter fault, or its expected loss costs "
               "more than a check), inspect the premises (the meter is right, the flat leaks), due by calendar, "
               "may stay in service (its group balances), or ok",
-              params=(Param("action", enum=ACTIONS, description="only meters with this action"),),
-              tags=("analytics",), responses={200: "OK", 400: "bad action"}),
+              query=PlanQuery, response=Plan, tags=("analytics",), responses={200: "OK", 400: "bad action"}),
         Route("POST", PATH, run, "Run every detector now over a group (or all) and a period (default: the "
               "last window_days); findings are stored and deduplicated as in a scheduled run",
-              role="operator", tags=("analytics",),
-              body='{"group": "id (optional)", "from": "ISO-8601 (optional)", "to": "ISO-8601 (optional)"}',
+              role="operator", tags=("analytics",), body=RunBody, response=Run,
               responses={200: "the findings of the run", 400: "bad body", 404: "no such group"}),
     ]
 

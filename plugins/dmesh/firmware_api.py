@@ -14,11 +14,16 @@ import json as _json
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
+from msgspec import Meta, Struct
 from sanic.request import Request
 
+from balans_edge.api.commands import CommandRecord
+from balans_edge.http_schema import Reason, expected, free_form
 from balans_edge.plugins.dmesh.firmware import (
+    MAX_IMAGE_ID,
+    TARGETS,
     FirmwareBusy,
     FirmwareError,
     FirmwareRefused,
@@ -27,7 +32,7 @@ from balans_edge.plugins.dmesh.firmware import (
     sidecar_path,
     verify_image,
 )
-from balans_edge.routes import ApiError, Param, Route, audited_body, iso, json, path_u32
+from balans_edge.routes import ApiError, Param, Route, iso, json
 
 if TYPE_CHECKING:
     import click
@@ -37,19 +42,33 @@ if TYPE_CHECKING:
 
 PATH = "/api/v1/dmesh/concentrators/{id}/firmware"
 
+Sidecar = free_form(
+    "FirmwareSignature",
+    "The vendor's signature file (IMAGE.sig.json) as it came: checked against the image and the vendor key "
+    "(422 refused, with the reason); vendors may add fields such as size and sha256",
+    {"properties": {"image_id": {"type": "integer", "minimum": 0, "maximum": MAX_IMAGE_ID},
+                    "target": {"enum": sorted(TARGETS)},
+                    "version": {"type": "string", "description": "MAJOR.MINOR.PATCH, each 0..255"},
+                    "signature": {"type": "string", "description": "Ed25519 signature: 128 hex characters"},
+                    "size": {"type": "integer"}, "sha256": {"type": "string"}},
+     "required": ["image_id", "target", "signature"]})
+
+
+class FirmwarePush(Struct):
+    """A vendor-signed firmware image for a concentrator (or its radio modules), and why."""
+
+    image: Annotated[str, Meta(min_length=1, description="the image in base64"), expected("the image in base64")]
+    reason: Reason
+    signature: Sidecar | None = None  # type: ignore[valid-type]
+    force: Annotated[bool, Meta(description="send it even if older than the installed version or stating no "
+                                            "version (audited)")] = False
+
 
 def firmware_routes(context: PluginContext, driver: Callable[[], DmeshDriver | None]) -> list[Route]:
-    async def push(request: Request, concentrator_id: str) -> Any:
-        cid = path_u32(concentrator_id, "id")
-        body, reason = audited_body(request, '{"image": "<base64>", "signature": {...}, "reason": "..."}')
-        raw = body.get("image")
-        if not isinstance(raw, str) or not raw:
-            raise ApiError(400, "bad_body", "image: expected the image in base64")
-        force = body.get("force", False)
-        if not isinstance(force, bool):
-            raise ApiError(400, "bad_body", f"force: expected true or false, got {force!r}")
+    async def push(request: Request, concentrator_id: int, body: FirmwarePush) -> Any:
+        cid, reason, force = concentrator_id, body.reason, body.force
         try:
-            data = base64.b64decode(raw, validate=True)
+            data = base64.b64decode(body.image, validate=True)
         except (binascii.Error, ValueError):
             raise ApiError(400, "bad_body", "image: not valid base64") from None
         running = driver()
@@ -60,12 +79,12 @@ def firmware_routes(context: PluginContext, driver: Callable[[], DmeshDriver | N
         if not running.config.firmware_public_key:
             raise ApiError(503, "unavailable", "no vendor public key configured ([plugins.dmesh] firmware_public_key)")
         try:
-            image = verify_image(data, body.get("signature"), running.config.firmware_public_key)
+            image = verify_image(data, body.signature, running.config.firmware_public_key)
         except FirmwareError as exc:
             raise ApiError(422, "refused", f"image refused: {exc}") from None
         try:
             record = await running.firmware.push(cid, image, requested_by=f"api:{request.ctx.user}",
-                                                 reason=reason.strip(), force=force)
+                                                 reason=reason, force=force)
         except FirmwareRefused as exc:
             raise ApiError(422, "refused", f"image refused: {exc}") from None
         except FirmwareBusy as exc:
@@ -76,9 +95,8 @@ def firmware_routes(context: PluginContext, driver: Callable[[], DmeshDriver | N
         Route("POST", "/api/v1/dmesh/concentrators/<concentrator_id>/firmware", push,
               "Send a vendor-signed firmware image to a concentrator (or its radio modules), "
               "verified before anything is sent; answered with the audited outcome",
-              role="admin", params=(Param("concentrator_id", "path", "integer"),), tags=("dmesh",),
-              body='{"image": "<base64>", "signature": {"image_id": 7, "target": "concentrator"|"module", '
-                   '"version": "1.5.0", "signature": "<128 hex>"}, "reason": "...", "force": false}',
+              role="admin", params=(Param("concentrator_id", type="integer", minimum=1, maximum=2**32 - 1),),
+              tags=("dmesh",), body=FirmwarePush, response=CommandRecord,
               responses={200: "the audited push: id, outcome (accepted, bad_signature, bad_hash, bad_layout, "
                               "timeout or failed), detail",
                          400: "bad body or no reason", 404: "concentrator not configured",

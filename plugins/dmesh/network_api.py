@@ -3,8 +3,9 @@ one module with its meters, events and route history."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
+from msgspec import Meta, Struct
 from sanic.request import Request
 
 from balans_edge.plugins.dmesh.codec import EventCode
@@ -28,15 +29,78 @@ def _int_id(raw: str, what: str) -> int:
     return value
 
 
-def _limit(request: Request) -> int:
-    raw = request.args.get("limit", "100")
-    try:
-        value = int(raw)
-    except ValueError:
-        value = 0
-    if not 1 <= value <= MAX_LIMIT:
-        raise ApiError(400, "bad_parameter", f"limit: expected an integer 1..{MAX_LIMIT}, got {raw!r}")
-    return value
+class ModuleQuery(Struct):
+    limit: Annotated[int, Meta(ge=1, le=MAX_LIMIT, description="events, history entries and reports")] = 100
+
+
+class ModuleState(Struct):
+    module_id: int
+    concentrator_id: int | None
+    registered: bool
+    parent_id: int | None
+    hops: int | None
+    rssi: int | None
+    battery_mv: int | None
+    firmware: str | None
+    last_seen: str | None
+    reported: str | None
+    state: str
+    children: list[int] | None = None
+
+
+class Concentrators(Struct):
+    concentrators: list[dict[str, Any]]
+
+
+class Topology(Struct):
+    concentrator_id: int
+    roots: list[int]
+    unplaced: list[int]
+    modules: list[ModuleState]
+
+
+class ModuleMeter(Struct):
+    meter_id: str
+    channel: int | None
+    resource: str
+    unit: str
+    group_id: str | None
+    removed: bool
+
+
+class ModuleEvent(Struct):
+    t: str
+    code: int
+    name: str
+    value: int | None
+    concentrator_id: int | None
+    received_at: str
+
+
+class RouteEntry(Struct):
+    t: str
+    concentrator_id: int | None
+    parent_id: int | None
+    hops: int | None
+    rssi: int | None
+    battery_mv: int | None
+    firmware: str
+    state: str
+
+
+class Report(Struct):
+    t: str
+    battery_mv: int | None
+    rssi: int | None
+    hops: int | None
+
+
+class Module(Struct):
+    module: ModuleState
+    meters: list[ModuleMeter]
+    events: list[ModuleEvent]
+    topology_history: list[RouteEntry]
+    reports: list[Report]
 
 
 def _module_json(v: ModuleView, children: list[int] | None = None) -> dict[str, Any]:
@@ -93,9 +157,9 @@ def routes(context: PluginContext, monitor: NetworkMonitor) -> list[Route]:
             }
         )
 
-    async def module(request: Request, module_id: str) -> Any:
+    async def module(request: Request, module_id: str, query: ModuleQuery) -> Any:
         mid = _int_id(module_id, "module")
-        limit = _limit(request)
+        limit = query.limit
         view = (await monitor.modules()).get(mid)
         if view is None:
             raise ApiError(404, "not_found", f"module {mid} is not known")
@@ -155,6 +219,7 @@ def routes(context: PluginContext, monitor: NetworkMonitor) -> list[Route]:
             "/api/v1/network/concentrators",
             concentrators,
             "DMesh concentrators: link state and module counts (online, lost, silent)",
+            response=Concentrators,
             tags=TAGS,
         ),
         Route(
@@ -162,7 +227,8 @@ def routes(context: PluginContext, monitor: NetworkMonitor) -> list[Route]:
             "/api/v1/network/concentrators/<concentrator_id>/topology",
             topology,
             "The radio tree of a concentrator: modules with parent, children, route and health",
-            params=(Param("concentrator_id", "path", type="integer"),),
+            params=(Param("concentrator_id", type="integer", description="404 unless a known concentrator"),),
+            response=Topology,
             tags=TAGS,
             responses=not_found,
         ),
@@ -171,10 +237,9 @@ def routes(context: PluginContext, monitor: NetworkMonitor) -> list[Route]:
             "/api/v1/network/modules/<module_id>",
             module,
             "A radio module: its state, meters, newest events, topology history and hourly health reports",
-            params=(
-                Param("module_id", "path", type="integer"),
-                Param("limit", type="integer", description="events, history entries and reports, default 100"),
-            ),
+            params=(Param("module_id", type="integer", description="404 unless a known module"),),
+            query=ModuleQuery,
+            response=Module,
             tags=TAGS,
             responses=not_found,
         ),

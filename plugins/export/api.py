@@ -10,13 +10,15 @@ when it matters most.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
+from msgspec import Meta, Struct
 from sanic import response
 from sanic.request import Request
 
+from balans_edge.http_schema import expected
 from balans_edge.plugins.export.exporter import TargetExporter
-from balans_edge.routes import ApiError, Param, Route, body_json, json, query_int
+from balans_edge.routes import ApiError, Route, json
 
 if TYPE_CHECKING:
     from balans_edge.core.context import PluginContext
@@ -38,6 +40,31 @@ METRICS = (
 PREFIX = "balans_export_"
 MAX_RESEND_IDS = 10_000
 """Dead letter ids one resend request may list."""
+
+
+class DeadLettersQuery(Struct):
+    target: Annotated[str | None, Meta(description="only this target")] = None
+    limit: Annotated[int, Meta(ge=1, le=10_000, description="at most this many")] = 100
+
+
+class Resend(Struct, forbid_unknown_fields=True):
+    """Which dead letters to send again (both optional: all of every target)."""
+
+    target: Annotated[str | None, Meta(description="only this target's"), expected("a target's name")] = None
+    ids: Annotated[list[Annotated[int, Meta(gt=0, le=2**63 - 1)]], Meta(max_length=MAX_RESEND_IDS),
+                   expected(f"a list of at most {MAX_RESEND_IDS} dead letter ids")] | None = None
+
+
+class Marked(Struct):
+    marked: Annotated[int, Meta(ge=0)]
+
+
+class Targets(Struct):
+    targets: list[dict[str, Any]]
+
+
+class DeadLetters(Struct):
+    dead_letters: list[dict[str, Any]]
 
 
 
@@ -82,29 +109,17 @@ def routes(context: PluginContext, exporters: list[TargetExporter]) -> list[Rout
     async def export_metrics(request: Request) -> Any:
         return response.text(prometheus(await fresh()), content_type="text/plain; version=0.0.4; charset=utf-8")
 
-    async def export_dead_letters(request: Request) -> Any:
-        limit = query_int(request, "limit", 100, 1, 10_000)
-        target = request.args.get("target") or None
+    async def export_dead_letters(request: Request, query: DeadLettersQuery) -> Any:
+        limit, target = query.limit, query.target
         known = {e.target for e in exporters}
         if target is not None and target not in known:
             raise ApiError(404, "not_found", f"no export target {target!r}")
         return json({"dead_letters": await context.storage.export_dead_letters(target, limit)})
 
-    async def export_resend(request: Request) -> Any:
-        body = body_json(request)
-        body = {} if body is None else body
-        if not isinstance(body, dict) or set(body) - {"target", "ids"}:
-            raise ApiError(400, "bad_body", 'expected {"target": "...", "ids": [...]} (both optional)')
-        target, ids = body.get("target"), body.get("ids")
-        if target is not None and not isinstance(target, str):
-            raise ApiError(400, "bad_body", f"target: expected a target's name, got {target!r}")
+    async def export_resend(request: Request, body: Resend | None) -> Any:
+        target, ids = (body.target, body.ids) if body is not None else (None, None)
         if target is not None and target not in {e.target for e in exporters}:
             raise ApiError(404, "not_found", f"no export target {target!r}")
-        if ids is not None and (not isinstance(ids, list) or len(ids) > MAX_RESEND_IDS or
-                                not all(isinstance(i, int) and not isinstance(i, bool) and 0 < i < 2**63
-                                        for i in ids)):
-            raise ApiError(400, "bad_body", f"ids: expected a list of at most {MAX_RESEND_IDS} dead letter ids, "
-                                            f"got {ids!r:.200}")
         marked = await context.storage.export_resend(target, ids)
         log.info("export: %s marked %d dead letter(s) to be sent again", request.ctx.user, marked)
         return json({"marked": marked})
@@ -113,17 +128,16 @@ def routes(context: PluginContext, exporters: list[TargetExporter]) -> list[Rout
     return [
         Route("GET", "/api/v1/export/targets", export_targets,
               "Export targets: queue depth, oldest point age, points sent, retries, dead letters, dropped, "
-              "last error", tags=tags),
+              "last error", response=Targets, tags=tags),
         Route("GET", "/api/v1/export/dead-letters", export_dead_letters,
               "Batches an export target refused for good, with its answer and the refused lines, newest first",
-              params=(Param("target", description="only this target"),
-                      Param("limit", type="integer", description="at most this many (default 100)")),
-              tags=tags, responses={200: "OK", 404: "no such target"}),
+              query=DeadLettersQuery, response=DeadLetters, tags=tags, responses={200: "OK", 404: "no such target"}),
         Route("POST", "/api/v1/export/dead-letters/resend", export_resend,
               "Send dead letters again once the target is fixed (all, one target's, or the listed ids); "
               "refused again, they stay with the new answer", role="admin", tags=tags,
-              body='{"target": "...", "ids": [1, 2]} (both optional)',
+              body=Resend | None, response=Marked,
               responses={200: "how many were marked: {\"marked\": n}", 400: "bad body", 404: "no such target"}),
         Route("GET", "/api/v1/export/metrics", export_metrics,
-              "The export targets' figures in Prometheus text format (for scraping)", tags=tags),
+              "The export targets' figures in Prometheus text format (for scraping)", tags=tags,
+              content_type="text/plain; version=0.0.4; charset=utf-8"),
     ]

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from msgspec import Struct
 from sanic.request import Request
 
 from balans_edge.api.commands import actuator_routes
@@ -17,6 +18,10 @@ if TYPE_CHECKING:
     from balans_edge.plugins.modbus.client import ModbusClient
 
 
+class ModbusDevices(Struct):
+    devices: list[dict[str, Any]]
+
+
 def routes(context: PluginContext, client: Callable[[], ModbusClient | None],
            actuator: Callable[[], ModbusActuator | None]) -> list[Route]:
     async def devices(request: Request) -> Any:
@@ -26,6 +31,6 @@ def routes(context: PluginContext, client: Callable[[], ModbusClient | None],
     return [
         Route("GET", "/api/v1/modbus/devices", devices,
               "Polled Modbus devices: link state, reconnects, requests, reads per poll, last error",
-              tags=("tags",)),
+              response=ModbusDevices, tags=("tags",)),
         *actuator_routes(context.commands, "modbus", "Modbus", actuator),
     ]

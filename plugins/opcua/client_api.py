@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from msgspec import Struct
 from sanic.request import Request
 
 from balans_edge.api.commands import actuator_routes
@@ -15,6 +16,10 @@ if TYPE_CHECKING:
     from balans_edge.core.context import PluginContext
     from balans_edge.plugins.opcua.actuators import OpcuaActuator
     from balans_edge.plugins.opcua.client import OpcuaClient
+
+
+class OpcuaDevices(Struct):
+    devices: list[dict[str, Any]]
 
 
 def routes(context: PluginContext, client: Callable[[], OpcuaClient | None],
@@ -29,6 +34,6 @@ def routes(context: PluginContext, client: Callable[[], OpcuaClient | None],
     return [
         Route("GET", "/api/v1/opcua/devices", devices,
               "OPC UA servers read as a client: session up, security, connects, last error, reads, notifications",
-              tags=("tags",)),
+              response=OpcuaDevices, tags=("tags",)),
         *actuator_routes(context.commands, "opcua", "OPC UA", actuator),
     ]

@@ -14,13 +14,14 @@ from dataclasses import dataclass
 from typing import Annotated, Any
 
 import click
+from msgspec import Meta, Struct
 
 from balans_edge import hookimpl
 from balans_edge.core.components import Alarm, Command, CommandOutcome, Finding, Severity
 from balans_edge.core.context import Plugin
 from balans_edge.core.detection import DetectionRun
 from balans_edge.core.storage.migrations import MigrationSet
-from balans_edge.routes import Param, Route, query_int
+from balans_edge.routes import Route
 from balans_edge.routes import json as json_response
 from balans_edge.settings import setting
 from balans_edge_example.batches import MIGRATIONS, BatchLog
@@ -36,6 +37,26 @@ class ExampleConfig:
     greeting: Annotated[str, setting(doc="what GET /api/v1/example/summary says")] = "hello"
     interval_s: Annotated[float, setting(range=(0.01, 3600), doc="seconds between heartbeat ticks")] = 1.0
     alarm_file: Annotated[str, setting(doc="a file each alarm is appended to as a JSON line (empty: none)")] = ""
+
+
+class Summary(Struct):
+    """What ``GET /api/v1/example/summary`` answers (its schema is in the OpenAPI document)."""
+
+    greeting: str
+    meters: int
+    readings_seen: int
+
+
+class BatchesQuery(Struct):
+    limit: Annotated[int, Meta(ge=1, le=1000, description="newest batches shown")] = 100
+
+
+class Batches(Struct):
+    """What ``GET /api/v1/example/batches`` answers: totals and the newest batches."""
+
+    batches: int
+    readings: int
+    recent: list[dict[str, Any]]
 
 
 class Heartbeat:
@@ -140,15 +161,14 @@ class ExamplePlugin(Plugin):
             return json_response({"greeting": context.config.greeting, "meters": len(meters),
                                   "readings_seen": STATE["readings"]})
 
-        async def batches(request: Any) -> Any:
+        async def batches(request: Any, query: BatchesQuery) -> Any:
             log = BatchLog(context.database)
-            recent = await log.recent(query_int(request, "limit", 100, 1, 1000))
-            return json_response({**await log.totals(), "recent": recent})
+            return json_response({**await log.totals(), "recent": await log.recent(query.limit)})
 
-        return [Route("GET", "/api/v1/example/summary", summary, "Example plugin summary", tags=("example",)),
+        return [Route("GET", "/api/v1/example/summary", summary, "Example plugin summary", response=Summary,
+                      tags=("example",)),
                 Route("GET", "/api/v1/example/batches", batches, "Readings batches the example plugin stored in its "
-                      "own table", params=(Param("limit", type="integer", description="newest batches shown, "
-                                                 "1..1000 (100)"),), tags=("example",))]
+                      "own table", query=BatchesQuery, response=Batches, tags=("example",))]
 
     @hookimpl
     def register_commands(self, cli: click.Group) -> None:
