@@ -418,3 +418,16 @@ class StepPeriod(Period):
     """A period and its step: hours (UTC), days or months (of the site's timezone)."""
 
     step: Annotated[Step, Meta(description="default hour")] = "hour"
+
+
+class CommandRecord(Struct):
+    """An audited command."""
+
+    id: int
+    t: str
+    target: str
+    code: str
+    requested_by: str
+    reason: str
+    outcome: str
+    detail: str

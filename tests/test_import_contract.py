@@ -15,10 +15,11 @@ ROOT = Path(__file__).resolve().parent.parent
 WEB_AND_PROTOCOLS = {"sanic", "asyncua", "pymodbus", "influxdb_client", "httpx", "aiohttp", "serial_asyncio",
                      "serial_asyncio_fast", "serial", "click", "jinja2", "cryptography"}
 """Libraries of the outside world: core computes, the shell and the plugins talk."""
-PLUGIN_FACING = {"balans_edge", "balans_edge.hookspecs", "balans_edge.routes", "balans_edge.settings",
-                 "balans_edge.cli", "balans_edge.core", "balans_edge.plugins", "balans_edge.plugins.common"}
-"""Shell modules a plugin may import (besides all of core): the hook marker, routes,
-configuration schemas and the command-line helpers for its commands."""
+PLUGIN_FACING = {"balans_edge", "balans_edge.hookspecs", "balans_edge.routes", "balans_edge.http_schema",
+                 "balans_edge.settings", "balans_edge.cli", "balans_edge.core", "balans_edge.plugins",
+                 "balans_edge.plugins.common"}
+"""Shell modules a plugin may import (besides all of core): the hook marker, routes and
+their value types, configuration schemas and the command-line helpers for its commands."""
 PLUGIN_DIRS = sorted(p for p in (ROOT / "plugins").iterdir() if (p / "__init__.py").exists() and p.name != "common")
 
 

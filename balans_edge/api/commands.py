@@ -10,7 +10,7 @@ from msgspec import Meta, Struct
 from sanic.request import Request
 
 from balans_edge.core.components import SWITCH_CODES, Command, CommandCode
-from balans_edge.http_schema import Reason, Time
+from balans_edge.http_schema import CommandRecord, Reason, Time
 from balans_edge.routes import ApiError, Param, Route, iso, json
 
 if TYPE_CHECKING:
@@ -52,19 +52,6 @@ class CommandBody(Struct):
 
     command: SwitchCommandCode
     reason: Reason
-
-
-class CommandRecord(Struct):
-    """An audited command."""
-
-    id: int
-    t: str
-    target: str
-    code: str
-    requested_by: str
-    reason: str
-    outcome: str
-    detail: str
 
 
 class CommandAudit(Struct):

@@ -11,9 +11,8 @@ import msgspec
 from msgspec import Meta, Struct
 from sanic.request import Request
 
-from balans_edge.api.commands import CommandRecord
 from balans_edge.core.components import CommandCode
-from balans_edge.http_schema import Reason, Time
+from balans_edge.http_schema import CommandRecord, Reason, Time
 from balans_edge.plugins.dmesh import commands
 from balans_edge.plugins.dmesh.commands import HOUR, MAX_PROFILE_HOURS
 from balans_edge.routes import ApiError, Param, Route, iso, json

@@ -19,8 +19,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 from msgspec import Meta, Struct
 from sanic.request import Request
 
-from balans_edge.api.commands import CommandRecord
-from balans_edge.http_schema import Reason, expected, free_form
+from balans_edge.http_schema import CommandRecord, Reason, expected, free_form
 from balans_edge.plugins.dmesh.firmware import (
     MAX_IMAGE_ID,
     TARGETS,
