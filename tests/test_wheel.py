@@ -78,6 +78,13 @@ def test_wheel_installs_into_a_clean_venv_and_runs(tmp_path: Path) -> None:
         "balans_edge/core/ingest.py",
     ):
         assert expected in names
+    # Each plugin folder's documents ship with its code: its README and the sample configuration it shows.
+    with zipfile.ZipFile(wheel) as zf:
+        for folder in sorted(p for p in (ROOT / "plugins").iterdir() if (p / "__init__.py").exists()):
+            for document in ("README.md", "sample.toml"):
+                name = f"balans_edge/plugins/{folder.name}/{document}"
+                assert name in names, f"{name} is not in the wheel (pyproject.toml package-data)"
+                assert zf.read(name) == (folder / document).read_bytes()
 
     # A clean virtual environment: no system site-packages, nothing of the development tree.
     venv = tmp_path / "venv"
