@@ -46,7 +46,7 @@ class AnalyticsConfig:
         "run every detector this often (0: only on demand)"))] = 3600
     first_run_s: Annotated[int, setting(range=(0, 86400), doc=(
         "the first scheduled run this long after start (at most interval_s)"))] = 60
-    window_days: Annotated[int, setting(range=(2, 120), doc="hours of history each run looks at")] = DEFAULT_WINDOW_DAYS
+    window_days: Annotated[int, setting(range=(2, 120), doc="days of history each run looks at")] = DEFAULT_WINDOW_DAYS
     detectors: Annotated[list[str], setting(doc="built-in group detectors to run (empty: all)")] = \
         field(default_factory=list)
     verification_cost: Annotated[float, setting(range=(0.0, 1e9), doc="money a meter's verification costs")] = 1500.0
