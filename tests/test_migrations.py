@@ -141,7 +141,8 @@ def test_every_table_has_a_sample_row(tmp_path: Path) -> None:
 @pytest.mark.parametrize("start", range(LATEST + 1))
 async def test_upgrade_from_each_version_keeps_every_row(tmp_path: Path, start: int) -> None:
     """Migrate to ``start``, put a row in every table there is, migrate to the latest
-    (with a plugin's own migrations on top): every row is still there, column by column."""
+    (with plugins' own migrations on top: a built-in's and a partner's): every row is
+    still there, column by column."""
     path = tmp_path / "old.db"
     async with aiosqlite.connect(path, isolation_level=None) as db:
         assert await migrate(db, target=start) == start
@@ -156,10 +157,10 @@ async def test_upgrade_from_each_version_keeps_every_row(tmp_path: Path, start: 
     assert all(rows for table, (_, rows) in before.items() if table not in SEEDED)
 
     s = SqliteStorage(path)
-    await s.open(migrations=[EXAMPLE])
+    await s.open(migrations=[DMESH, EXAMPLE])
     try:
         versions = await s.schema_versions()
-        assert (versions["core"], versions["example"]) == (LATEST, 2)
+        assert (versions["core"], versions["dmesh"], versions["example"]) == (LATEST, 1, 2)
         if start >= 1:
             meter = await s.registry_get("meters", "W-1")
             assert (meter.pulse_weight, meter.base_reading, meter.flags) == (0.001, 12.5, frozenset({"valve"}))
@@ -173,8 +174,8 @@ async def test_upgrade_from_each_version_keeps_every_row(tmp_path: Path, start: 
         now_columns, now_rows = after[table]
         assert now_columns[: len(columns)] == columns, f"{table}: columns moved"
         kept = sorted((r[: len(columns)] for r in now_rows), key=repr)
-        if table == "owner_migrations":  # the plugin's own migrations were recorded besides
-            kept = [r for r in kept if r[0] != EXAMPLE.owner]
+        if table == "owner_migrations":  # the plugins' own migrations were recorded besides
+            kept = [r for r in kept if r[0] not in (DMESH.owner, EXAMPLE.owner)]
         assert kept == rows, f"{table}: rows changed by the upgrade from version {start}"
 
 
