@@ -20,6 +20,7 @@ from balans_edge.config import Config, parse_config
 from balans_edge.core.model import Account, Concentrator, Meter, RadioModule, Resource
 from balans_edge.core.storage.sqlite import SqliteStorage
 from balans_edge.plugin_manager import Plugins, config_schemas, load_plugins
+from balans_edge.plugins.dmesh.repository import DmeshRepository
 from balans_edge.server import Server
 
 TOKENS = {
@@ -51,6 +52,11 @@ async def stored_readings(server: Server) -> dict[str, list[tuple[int, int, int]
         r = await server.storage.readings(key, 0, 2**40)
         out[meter_id] = list(zip(r.ts.tolist(), r.counter.tolist(), r.status.tolist(), strict=True))
     return out
+
+
+def dmesh_repository(server: Server) -> DmeshRepository:
+    """The DMesh plugin's tables, through the repository the running plugin uses."""
+    return server.plugins.pm.get_plugin("dmesh").repository
 
 
 def auth(role: str) -> dict[str, str]:

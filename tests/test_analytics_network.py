@@ -14,9 +14,9 @@ import pytest
 
 from balans_edge.core.ingest import ReadingBatch
 from balans_edge.core.model import Concentrator, Group, GroupInput, Meter, RadioModule, Resource
-from balans_edge.core.storage import ConnectionEvent, ModuleRoute
+from balans_edge.plugins.dmesh.repository import ConnectionEvent, ModuleRoute
 
-from conftest import TOKENS, auth, base_config
+from conftest import TOKENS, auth, base_config, dmesh_repository
 
 BIN = Path(sys.executable).parent
 DAY, HOUR = 86400, 3600
@@ -49,7 +49,7 @@ async def history(tmp_path: Path, make_server: Any, client_for: Any) -> tuple[An
     dmesh = {"port": 0, "concentrators": [{"id": CID, "key": "key-of-concentrator-7"}],
              "network": {"report_interval_s": 3600, "silent_periods": 3, "low_battery_mv": 3000}}
     server = await make_server(base_config(tmp_path, plugins={"dmesh": dmesh, "analytics": {"interval_s": 0}}))
-    storage = server.storage
+    storage, dmesh = server.storage, dmesh_repository(server)
     await storage.registry_apply(registry())
     rows = []
     for h in range(1, 20 * 24 + 1):
@@ -62,10 +62,10 @@ async def history(tmp_path: Path, make_server: Any, client_for: Any) -> tuple[An
     await server.ingest.ingest(ReadingBatch(*(a[:, i] for i in range(5))))
     # Module 1001's battery ran low before the period's end and was replaced after it.
     for day, mv in ((1, 3400), (5, 3150), (9, 2950), (18, 3600)):
-        await storage.store_topology(CID, START + day * DAY, [route(1001, mv), route(1003, 3600, rssi=-110)])
+        await dmesh.store_topology(CID, START + day * DAY, [route(1001, mv), route(1003, 3600, rssi=-110)])
     # The concentrator went away on day 8 and came back on day 12.
     for day, event in ((0, "connect"), (8, "disconnect"), (12, "connect")):
-        await storage.log_connection(ConnectionEvent(CID, event, START + day * DAY, "10.0.0.7:4000"))
+        await dmesh.log_connection(ConnectionEvent(CID, event, START + day * DAY, "10.0.0.7:4000"))
     await server.intervals.process()
     await server.balance.process()
     return server, client_for(server)

@@ -15,7 +15,7 @@ from balans_edge.plugins.dmesh.codec import Command, CommandCode, CommandResult,
 from balans_edge.plugins.dmesh.commands import hour_ranges, missing_hours
 from balans_edge.plugins.dmesh.concentrator import ConcentratorSettings, SimulatedConcentrator
 
-from conftest import T0, auth, base_config, eventually, small_site
+from conftest import T0, auth, base_config, dmesh_repository, eventually, small_site
 
 CID = 7
 KEY = "key-of-concentrator-7"
@@ -65,7 +65,7 @@ async def test_valve_close_over_http_is_done_and_audited(make_server, client_for
         assert record["id"] == answer["id"]
         assert record["requested_by"] == "api:test-operator"
         assert (record["reason"], record["outcome"], record["code"]) == ("leak in flat 1", "done", "valve_close")
-        (result,) = await server.storage.command_results()
+        (result,) = await dmesh_repository(server).command_results()
         assert (result["concentrator_id"], result["command_id"], result["status"]) == (CID, answer["id"], 1 << 5)
     finally:
         await c.stop()

@@ -49,7 +49,7 @@ from balans_edge.plugins.dmesh.driver import DmeshDriver
 from balans_edge.plugins.dmesh.session import expected_mac
 from balans_edge.settings import ConfigError
 
-from conftest import T0, base_config, eventually, peer, small_site
+from conftest import T0, base_config, dmesh_repository, eventually, peer, small_site
 from conftest import stored_readings as stored
 
 CID = 0x0A0B0C0D
@@ -188,7 +188,7 @@ async def test_auth_success_and_set_clock_flag(site) -> None:
     late = await site.connect(driver)
     welcome = await late.login(cid=7, key="key-of-7", clock=int(time.time()) - 100)
     assert welcome.set_clock
-    log = await server.storage.connection_log(CID)
+    log = await dmesh_repository(server).connection_log(CID)
     assert [e["event"] for e in log] == ["connect"]
     assert log[0]["detail"] == "firmware 1.4.2, 3 modules, 7 meters"
 
@@ -202,7 +202,7 @@ async def test_bad_key_is_refused_and_closed(site) -> None:
     nack = await c.expect(Nack)
     assert (nack.ref_seq, nack.code) == (seq, NackCode.AUTH_FAILED)
     assert await c.closed()
-    log = await eventually(lambda: server.storage.connection_log(CID))
+    log = await eventually(lambda: dmesh_repository(server).connection_log(CID))
     assert [e["event"] for e in log] == ["auth_failed"]
     assert driver.sessions() == {}
 
@@ -474,9 +474,9 @@ async def test_event_topology_and_results_are_stored_before_ack(site) -> None:
         seq = await c.send(payload)
         assert await c.expect(Ack) == Ack(seq, AckStatus.OK)
         # No flush, no wait: what was acknowledged is already committed.
-    events = await server.storage.module_events(1002)
+    events = await dmesh_repository(server).module_events(1002)
     assert [(e["concentrator_id"], e["ts"], e["code"], e["value"]) for e in events] == [(CID, T0, 1, 0)]
-    history = await server.storage.topology_history()
+    history = await dmesh_repository(server).topology_history()
     assert sorted((h["module_id"], h["parent_id"], h["hops"], h["rssi"], h["state"]) for h in history) == [
         (1001, 0, 1, -60, 0),
         (5555, 1001, 2, -80, 1),
@@ -485,9 +485,9 @@ async def test_event_topology_and_results_are_stored_before_ack(site) -> None:
     assert (module.parent_id, module.hops, module.rssi, module.battery_mv, module.firmware) == (0, 1, -60, 3550, "1.2")
     assert module.last_seen and abs(module.last_seen - time.time()) < 5
     assert await server.storage.registry_get("modules", 5555) is None
-    (result,) = await server.storage.command_results()
+    (result,) = await dmesh_repository(server).command_results()
     assert (result["concentrator_id"], result["command_id"], result["result"], result["status"]) == (CID, 42, 0, 32)
-    (firmware,) = await server.storage.firmware_results()
+    (firmware,) = await dmesh_repository(server).firmware_results()
     assert (firmware["image_id"], firmware["result"]) == (9, 2)
 
 
@@ -500,11 +500,11 @@ async def test_topology_of_more_than_240_modules_is_rejected(site) -> None:
     entries = tuple(ModuleEntry(1001 + i, 0, 1, -60, 3550, 0x0102, 1, 0) for i in range(241))
     seq = await c.send(Topology(entries))
     assert await c.expect(Ack) == Ack(seq, AckStatus.REJECTED)
-    assert await server.storage.topology_history() == []
+    assert await dmesh_repository(server).topology_history() == []
     assert (await server.storage.registry_get("modules", 1001)).hops is None
     seq = await c.send(Topology(entries[:240]))
     assert await c.expect(Ack) == Ack(seq, AckStatus.OK)
-    assert len(await server.storage.topology_history()) == 240
+    assert len(await dmesh_repository(server).topology_history()) == 240
 
 
 # receiving rules ------------------------------------------------------------------
@@ -540,7 +540,7 @@ async def test_second_connection_replaces_the_first(site) -> None:
     await second.expect(Pong)
 
     async def events():
-        log = await server.storage.connection_log(CID)
+        log = await dmesh_repository(server).connection_log(CID)
         return [e["event"] for e in log] if len(log) == 3 else None
 
     assert await eventually(events) == ["replaced", "connect", "connect"]

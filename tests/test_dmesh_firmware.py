@@ -30,7 +30,7 @@ from balans_edge.plugins.dmesh.firmware import (
     verify_image,
 )
 
-from conftest import TOKENS, auth, base_config
+from conftest import TOKENS, auth, base_config, dmesh_repository
 
 CID = 7
 KEY = "key-of-concentrator-7"
@@ -130,7 +130,7 @@ async def test_signed_image_is_accepted_end_to_end(make_server, tmp_path):
         frames = firmware_frames(c)
         assert isinstance(frames[0], FirmwareBegin) and isinstance(frames[-1], FirmwareEnd)
         assert [f.offset for f in frames[1:-1]] == list(range(0, len(IMAGE), BLOCK_SIZE))
-        (stored,) = await server.storage.firmware_results()
+        (stored,) = await dmesh_repository(server).firmware_results()
         assert (stored["concentrator_id"], stored["image_id"], stored["result"]) == (CID, 7, 0)
         (journal,) = await server.storage.journal_list("commands")
         assert (journal["code"], journal["target"], journal["outcome"]) == ("firmware_push", "concentrator:7",
@@ -308,7 +308,7 @@ async def test_an_older_image_is_refused_after_a_newer_one_unless_forced(make_se
                  "signature": sign_image(VENDOR, 8, "concentrator", OLDER, "1.5.0")}
         r = await http.post(url, json=newer, headers=auth("admin"))
         assert r.json()["outcome"] == "accepted", r.text
-        (stored,) = await server.storage.firmware_results()
+        (stored,) = await dmesh_repository(server).firmware_results()
         assert (stored["image_id"], stored["target"], stored["version"]) == (7, 1, "1.6.0")
 
         r = await http.post(url, json=older, headers=auth("admin"))

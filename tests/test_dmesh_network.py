@@ -17,7 +17,6 @@ from test_dmesh_driver import Client
 
 from balans_edge.config import parse_config
 from balans_edge.core.model import Concentrator, Meter, RadioModule, Resource
-from balans_edge.core.storage import ConnectionEvent, ModuleRoute
 from balans_edge.core.storage.sqlite import SqliteStorage
 from balans_edge.plugin_manager import config_schemas, load_plugins
 from balans_edge.plugins.dmesh.codec import (
@@ -32,9 +31,10 @@ from balans_edge.plugins.dmesh.codec import (
     decode_payload,
 )
 from balans_edge.plugins.dmesh.network import battery_days_left
+from balans_edge.plugins.dmesh.repository import ConnectionEvent, ModuleRoute
 from balans_edge.settings import ConfigError
 
-from conftest import T0, auth, base_config
+from conftest import T0, auth, base_config, dmesh_repository
 
 CID, OTHER = 7, 8
 KEY = "key-of-concentrator-7"
@@ -91,8 +91,8 @@ async def network(tmp_path: Path, make_server, client_for):
     await server.storage.registry_apply(site())
     driver = next(c for _, c in server.components if c.name == "dmesh-driver")
     now = int(time.time())
-    storage = server.storage
-    # History that a live link cannot backdate goes straight to storage.
+    storage = dmesh_repository(server)
+    # History that a live link cannot backdate goes straight to the plugin's tables.
     await storage.store_topology(CID, now - 2 * HOUR, [route(1005, 1001, 2, -75, 3400)])
     for i, mv in enumerate((3100, 3050, 3000, 2950)):
         await storage.store_topology(CID, now - 60 - (3 - i) * DAY, [route(1007, 1001, 2, -72, mv)])

@@ -35,7 +35,7 @@ from balans_edge.plugins.dmesh.scenario import BATTERY_DEAD_MV, BATTERY_LOW_MV, 
 from balans_edge.plugins.dmesh.simulator import PER_READINGS, FaultConfig, SimulatorConfig, SiteModel
 from balans_edge.settings import ConfigError
 
-from conftest import auth, base_config, eventually
+from conftest import auth, base_config, dmesh_repository, eventually
 from conftest import stored_readings as stored
 
 BIN = Path(sys.executable).parent
@@ -446,7 +446,7 @@ async def test_commands_reach_simulated_modules_over_tcp(make_server: Any, clien
                         json={"command": "ping", "reason": "not on this site"}, headers=auth("operator"))
     assert r.status_code == 200, r.text
     assert r.json()["outcome"] == "failed" and "UNKNOWN_MODULE" in r.json()["detail"]
-    results = {x["command_id"]: x["result"] for x in await server.storage.command_results()}
+    results = {x["command_id"]: x["result"] for x in await dmesh_repository(server).command_results()}
     assert results == {journal["id"]: CommandResultCode.DONE, r.json()["id"]: CommandResultCode.UNKNOWN_MODULE}
 
 

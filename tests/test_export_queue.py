@@ -14,8 +14,9 @@ from balans_edge.core.balance_worker import BalanceWorker
 from balans_edge.core.ingest import Ingest
 from balans_edge.core.intervals import IntervalSettings, IntervalWorker
 from balans_edge.core.model import Group, GroupInput, RawReading, Resource
-from balans_edge.core.storage.base import ExportTarget, ModuleRoute, StorageError
+from balans_edge.core.storage.base import ExportTarget, StorageError
 from balans_edge.core.storage.sqlite import SqliteStorage
+from balans_edge.plugins.dmesh.repository import DmeshRepository, ModuleRoute
 
 from conftest import T0, small_site
 
@@ -153,7 +154,7 @@ async def test_findings_alarms_and_network_reports_are_queued(site: SqliteStorag
                                "message": "m2", "t": T0 + 60, "data": {}})  # seen again: sent again
     alarm_id = await site.journal_append("alarms", {"t": T0, "source": "d", "severity": "warning", "message": "a",
                                                     "data": {}})
-    await site.store_topology(7, T0, [ModuleRoute(1001, 0, 1, -70, 3600, 0x0102, 3, 0)])
+    await DmeshRepository(site, site).store_topology(7, T0, [ModuleRoute(1001, 0, 1, -70, 3600, 0x0102, 3, 0)])
     got = await queued(site, "t")
     assert got == [("findings", finding_id, T0), ("findings", finding_id, T0), ("alarms", alarm_id, T0),
                    ("network", 1001, T0)]

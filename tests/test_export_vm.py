@@ -22,9 +22,9 @@ from export_support import HoldingProxy, VictoriaMetrics
 
 from balans_edge.core.components import Finding, Severity
 from balans_edge.core.model import Concentrator, Group, GroupInput, Meter, RadioModule, Resource
-from balans_edge.core.storage.base import ModuleRoute
+from balans_edge.plugins.dmesh.repository import ModuleRoute
 
-from conftest import T0, TOKENS, auth, base_config, eventually, peer
+from conftest import T0, TOKENS, auth, base_config, dmesh_repository, eventually, peer
 
 BIN = Path(sys.executable).parent
 H = 3600
@@ -96,7 +96,7 @@ async def test_every_kind_is_read_back_with_its_names_tags_and_values(
     finding = await server.report_finding(Finding("leaks", "F-1", "consumer_leak", 'leak, "night" flow',
                                                   Severity.CRITICAL, t=T0 + 5 * H,
                                                   data={"group_id": "E-1", "volume_m3": 0.75}))
-    await server.storage.store_topology(7, T0 + H, [ModuleRoute(1001, 0, 2, -71, 3550, 0x0103, 7, 0)])
+    await dmesh_repository(server).store_topology(7, T0 + H, [ModuleRoute(1001, 0, 2, -71, 3550, 0x0103, 7, 0)])
 
     async def settled() -> bool:
         await server.intervals.process()

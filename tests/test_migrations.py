@@ -1,6 +1,7 @@
 """Upgrades: core's migrations from empty and from every earlier version with rows in
 every table, released migrations never edited, and the hand-over of plugin tables
-(core 0016) checked against skeletons of the owners' first migrations."""
+(core 0016) checked against the owners' first migrations: the plugins' own where
+they have moved into the plugin, skeletons of them until then."""
 
 from __future__ import annotations
 
@@ -17,11 +18,12 @@ from balans_edge_example.batches import MIGRATIONS as EXAMPLE
 from balans_edge.core.storage.migrations import LATEST, MigrationSet, available
 from balans_edge.core.storage.sqlite import SqliteStorage
 from balans_edge.core.storage.sqlite_migrations import migrate, migrate_set
+from balans_edge.plugins.dmesh.repository import MIGRATIONS as DMESH
 
 T0 = 1_705_276_800  # 2024-01-15 00:00:00 UTC
 HERE = Path(__file__).parent
 HANDOVER = HERE / "fixtures" / "handover"
-OWNERS = {"dmesh": 12, "modbus": 8, "tags": 8, "export": 10}
+OWNERS = {"dmesh": 13, "modbus": 8, "tags": 8, "export": 10}
 """Owner -> the core version by which all of its handed-over tables had their final shape."""
 
 RELEASED = {
@@ -139,7 +141,8 @@ def test_every_table_has_a_sample_row(tmp_path: Path) -> None:
 @pytest.mark.parametrize("start", range(LATEST + 1))
 async def test_upgrade_from_each_version_keeps_every_row(tmp_path: Path, start: int) -> None:
     """Migrate to ``start``, put a row in every table there is, migrate to the latest
-    (with a plugin's own migrations on top): every row is still there, column by column."""
+    (with plugins' own migrations on top: a built-in's and a partner's): every row is
+    still there, column by column."""
     path = tmp_path / "old.db"
     async with aiosqlite.connect(path, isolation_level=None) as db:
         assert await migrate(db, target=start) == start
@@ -154,10 +157,10 @@ async def test_upgrade_from_each_version_keeps_every_row(tmp_path: Path, start: 
     assert all(rows for table, (_, rows) in before.items() if table not in SEEDED)
 
     s = SqliteStorage(path)
-    await s.open(migrations=[EXAMPLE])
+    await s.open(migrations=[DMESH, EXAMPLE])
     try:
         versions = await s.schema_versions()
-        assert (versions["core"], versions["example"]) == (LATEST, 2)
+        assert (versions["core"], versions["dmesh"], versions["example"]) == (LATEST, 1, 2)
         if start >= 1:
             meter = await s.registry_get("meters", "W-1")
             assert (meter.pulse_weight, meter.base_reading, meter.flags) == (0.001, 12.5, frozenset({"valve"}))
@@ -171,16 +174,20 @@ async def test_upgrade_from_each_version_keeps_every_row(tmp_path: Path, start: 
         now_columns, now_rows = after[table]
         assert now_columns[: len(columns)] == columns, f"{table}: columns moved"
         kept = sorted((r[: len(columns)] for r in now_rows), key=repr)
-        if table == "owner_migrations":  # the plugin's own migrations were recorded besides
-            kept = [r for r in kept if r[0] != EXAMPLE.owner]
+        if table == "owner_migrations":  # the plugins' own migrations were recorded besides
+            kept = [r for r in kept if r[0] not in (DMESH.owner, EXAMPLE.owner)]
         assert kept == rows, f"{table}: rows changed by the upgrade from version {start}"
 
 
 # the hand-over (core 0016) --------------------------------------------------------------------------
 
 
+SHIPPED = {"dmesh": DMESH}
+"""Owners whose first migration is in the plugin's folder: checked as the plugin ships it."""
+
+
 def handover(owner: str) -> MigrationSet:
-    return MigrationSet(owner, f"handover_{owner}")
+    return SHIPPED.get(owner) or MigrationSet(owner, f"handover_{owner}")
 
 
 @pytest.fixture(autouse=True)
@@ -255,3 +262,13 @@ async def test_an_owners_first_migration_changes_nothing_on_sqlite(tmp_path: Pat
         await s.close()
     with sqlite3.connect(path) as db:
         assert sorted(db.execute("SELECT type, name, sql FROM sqlite_master").fetchall()) == schema
+
+
+def test_the_dmesh_plugin_takes_over_its_tables_and_module_reports_stays_cores() -> None:
+    assert handover("dmesh").package == "balans_edge.plugins.dmesh"
+    assert not (HANDOVER / "handover_dmesh").exists(), "the skeleton moved into the plugin"
+    assert sorted(created_by("dmesh")) == ["command_results", "connection_log", "firmware_results", "module_events",
+                                           "topology_snapshots"]
+    core = " ".join(sql for _, _, sql in available())
+    assert "CREATE TABLE module_reports" in core
+    assert not any("module_reports" in created_by(owner) for owner in OWNERS)

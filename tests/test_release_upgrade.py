@@ -18,6 +18,8 @@ from balans_edge.core.storage import IngestWrite, ReadingRows
 from balans_edge.core.storage.base import AuditQuery
 from balans_edge.core.storage.migrations import LATEST
 from balans_edge.core.storage.sqlite import SqliteStorage
+from balans_edge.plugins.dmesh.repository import MIGRATIONS as DMESH
+from balans_edge.plugins.dmesh.repository import DmeshRepository, ModuleEvent, ModuleRoute
 
 FIXTURE = Path(__file__).parent / "fixtures" / "release-schema15.db"
 T0 = 1_705_276_800
@@ -37,7 +39,7 @@ async def upgraded(tmp_path: Path):
     path.chmod(0o600)
     before = contents(path)
     s = SqliteStorage(path)
-    await s.open(migrations=[EXAMPLE])
+    await s.open(migrations=[DMESH, EXAMPLE])
     yield s, path, before
     await s.close()
 
@@ -52,7 +54,7 @@ def test_the_fixture_is_what_the_release_wrote() -> None:
 
 async def test_release_database_upgrades_without_loss(upgraded) -> None:
     s, path, before = upgraded
-    assert await s.schema_versions() == {"core": LATEST, "example": 2}
+    assert await s.schema_versions() == {"core": LATEST, "dmesh": 1, "example": 2}
     await s.flush()
     after = contents(path)
     counts = {t: len(rows) for t, rows in before.items()}
@@ -93,9 +95,21 @@ async def test_release_values_read_back_through_the_repositories(upgraded) -> No
     assert await s.bridge_slots("modbus:meters") == {"W-1": 0, "W-2": 1, "W-IN": 2}
     (tag,) = await s.latest_tag_values()
     assert (tag["quality"], tag["last_good_value"]) == ("comm_fail", 2.5)
-    assert [e["code"] for e in await s.module_events()] == [3]
-    (fw,) = await s.firmware_results()
-    assert (fw["target"], fw["version"]) == (2, "1.3")
+    # The DMesh plugin's tables, through its repository (on the storage's SQL gateway).
+    dmesh = DmeshRepository(s, s)
+    assert [(e["module_id"], e["code"], e["value"], e["received_at"]) for e in await dmesh.module_events()] == [
+        (1001, 3, 1, T0 + HOUR + 5)]
+    assert [(r["module_id"], r["parent_id"], r["fw_version"], r["channels"]) for r in await dmesh.topology_history()
+            ] == [(1001, 0, 0x0102, 0b011), (1002, 1001, 0x0102, 0b001)]
+    assert [(r["module_id"], r["online_t"]) for r in await dmesh.latest_topology()] == [(1001, T0 + 2 * HOUR),
+                                                                                      (1002, T0 + 2 * HOUR)]
+    (result,) = await dmesh.command_results()
+    assert (result["concentrator_id"], result["command_id"], result["received_at"]) == (7, 41, T0 + 3 * HOUR)
+    (fw,) = await dmesh.firmware_results(concentrator_id=7)
+    assert (fw["image_id"], fw["target"], fw["version"]) == (5, 2, "1.3")
+    (link,) = await dmesh.connection_log(7)
+    assert (link["event"], link["t"], link["peer"]) == ("connect", T0, "10.0.0.7:40000")
+    # The modules' health history stays core's (written with the readings).
     assert [h["battery_mv"] for h in await s.module_reports(1001)] == [3600]
     (target,) = await s.export_state()
     assert (target["name"], target["depth"], target["dead_letters"], target["dead"]) == ("influx", 40, 1, 2)
@@ -117,3 +131,21 @@ async def test_release_database_keeps_working_after_the_upgrade(upgraded) -> Non
     version = await s.registry_version()
     await s.registry_apply({"accounts": [Account("A-2", "Flat 2")]}, who="test")
     assert await s.registry_version() > version
+
+
+async def test_release_dmesh_tables_keep_working_through_the_plugins_repository(upgraded) -> None:
+    """A TOPOLOGY stored through the DMesh plugin's repository after the upgrade: the
+    module's registry row (core's) takes it, the route history (the plugin's) keeps it,
+    and the export trigger on that table still queues it."""
+    s, _, _ = upgraded
+    dmesh = DmeshRepository(s, s)
+    t = T0 + 8 * HOUR
+    await dmesh.store_topology(7, t, [ModuleRoute(1002, 0, 1, -65, 3450, 0x0103, 0b001, 0)])
+    module = await s.registry_get("modules", 1002)
+    assert (module.parent_id, module.hops, module.rssi, module.battery_mv, module.firmware, module.last_seen) == (
+        0, 1, -65, 3450, "1.3", t)
+    assert [(r["t"], r["parent_id"]) for r in await dmesh.topology_history(1002)] == [(t, 0), (T0 + 2 * HOUR, 1001)]
+    (target,) = await s.export_state()
+    assert target["depth"] == 41
+    await dmesh.store_module_events([ModuleEvent(7, 1002, t, 3, 0, t + 1)])
+    assert [e["ts"] for e in await dmesh.module_events(1002)] == [t]

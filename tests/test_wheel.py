@@ -65,10 +65,18 @@ def test_wheel_installs_into_a_clean_venv_and_runs(tmp_path: Path) -> None:
     packed = sorted(n.removeprefix("balans_edge/core/storage/migrations/") for n in names
                     if n.startswith("balans_edge/core/storage/migrations/"))
     assert packed == migrations
+    # The built-in plugins' own migrations ship in their packages.
+    plugin_migrations = sorted(p.relative_to(ROOT / "plugins").as_posix()
+                               for p in (ROOT / "plugins").glob("*/migrations/*/*.sql"))
+    assert "dmesh/migrations/sqlite/0001_tables.sql" in plugin_migrations
+    assert sorted(n.removeprefix("balans_edge/plugins/") for n in names
+                  if n.startswith("balans_edge/plugins/") and n.endswith(".sql")) == plugin_migrations
     with zipfile.ZipFile(wheel) as zf:
         for name in migrations:
             data = zf.read(f"balans_edge/core/storage/migrations/{name}")
             assert data == (ROOT / "core" / "storage" / "migrations" / name).read_bytes()
+        for name in plugin_migrations:
+            assert zf.read(f"balans_edge/plugins/{name}") == (ROOT / "plugins" / name).read_bytes()
         entry_points = zf.read(f"balans_edge-{version}.dist-info/entry_points.txt").decode()
     assert "balans-edge = balans_edge.cli:main" in entry_points
     for expected in (
@@ -102,6 +110,10 @@ def test_wheel_installs_into_a_clean_venv_and_runs(tmp_path: Path) -> None:
     code = f"import balans_edge, {IMPORTS}; print(balans_edge.__file__)"
     result = run(bin_ / "python", "-c", code, cwd=tmp_path)
     assert Path(result.stdout.strip()).is_relative_to(venv), result.stdout
+    code = ("from balans_edge.plugins.dmesh.repository import MIGRATIONS; "
+            "print(*[m.name for m in MIGRATIONS.scripts('sqlite')])")
+    result = run(bin_ / "python", "-c", code, cwd=tmp_path)
+    assert result.stdout.split() == [Path(n).name for n in plugin_migrations if n.startswith("dmesh/")]
 
     result = run(bin_ / "balans-edge", "check-config", ROOT / "config" / "demo.toml", cwd=tmp_path)
     assert result.stdout.startswith(f"{ROOT / 'config' / 'demo.toml'}: OK (site 'Demo site'")

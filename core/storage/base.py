@@ -19,10 +19,11 @@ Core's repositories, one module each:
 
 ``Storage`` is their composition with the lifecycle (open with migrations,
 flush, close): what core needs from a backend. Tables of plugins are not
-core's: their interfaces (``DeviceRepository``, ``TagRepository``,
+core's: the interfaces of those still served here (``TagRepository``,
 ``BridgeSlotRepository``, ``ExportRepository``) are declared apart, each
 marked with its owner, and plugins' own tables are reached through the
-``SqlGateway`` (gateway) by the plugin's own repository.
+``SqlGateway`` (gateway) by the plugin's own repository (the DMesh plugin's
+in ``plugins/dmesh/repository.py``).
 
 The records of every interface are re-exported here, so imports from
 ``core.storage.base`` keep working; the plugin-owned ones move with their
@@ -37,13 +38,6 @@ from collections.abc import Sequence
 from balans_edge.core.storage.balances_repository import BalanceRepository, BalanceSums
 from balans_edge.core.storage.bridge_slots_repository import BridgeSlotRepository
 from balans_edge.core.storage.commands_repository import CommandRepository
-from balans_edge.core.storage.devices_repository import (
-    CONNECTION_EVENTS,
-    ConnectionEvent,
-    DeviceRepository,
-    ModuleEvent,
-    ModuleRoute,
-)
 from balans_edge.core.storage.errors import StorageError
 from balans_edge.core.storage.export_repository import (
     EXPORT_KINDS,
@@ -61,6 +55,7 @@ from balans_edge.core.storage.readings_repository import (
     IngestWrite,
     MeterHead,
     ModuleHealth,
+    ModuleLink,
     ReadingRepository,
     ReadingRows,
 )
@@ -74,7 +69,6 @@ from balans_edge.core.storage.tags_repository import TAG_QUALITIES, TagRepositor
 
 __all__ = [
     "AUDIT_LIMIT",
-    "CONNECTION_EVENTS",
     "CORE_REPOSITORIES",
     "EXPORT_KINDS",
     "EXPORT_POLICIES",
@@ -86,8 +80,6 @@ __all__ = [
     "BalanceSums",
     "BridgeSlotRepository",
     "CommandRepository",
-    "ConnectionEvent",
-    "DeviceRepository",
     "DirtyRange",
     "ExportBatch",
     "ExportRepository",
@@ -97,9 +89,8 @@ __all__ = [
     "IntervalRepository",
     "JournalRepository",
     "MeterHead",
-    "ModuleEvent",
     "ModuleHealth",
-    "ModuleRoute",
+    "ModuleLink",
     "PeriodSums",
     "QuarantineRepository",
     "ReadingRepository",
@@ -157,5 +148,5 @@ class Storage(
 CORE_REPOSITORIES = (RegistryRepository, ReadingRepository, QuarantineRepository, IntervalRepository,
                      BalanceRepository, FindingRepository, CommandRepository, JournalRepository)
 """The repositories ``Storage`` composes (with ``StorageLifecycle``)."""
-PLUGIN_REPOSITORIES = (DeviceRepository, TagRepository, BridgeSlotRepository, ExportRepository)
+PLUGIN_REPOSITORIES = (TagRepository, BridgeSlotRepository, ExportRepository)
 """Interfaces of tables core handed over to plugins (each names its ``OWNER``); not part of ``Storage``."""

@@ -22,10 +22,10 @@ older program must not write tables it does not know.
 Core's version is kept where it always was (``PRAGMA user_version`` on SQLite,
 so databases of every earlier release upgrade as before); the owners' are
 rows of the ``owner_migrations`` table that core migration 0016 creates. That
-migration also hands over the tables that core migrations 0005, 0008, 0009
-and 0012 created for plugins before owners existed (see the migration and
-docs/storage.md): their owners' first migrations create them with
-``CREATE TABLE IF NOT EXISTS`` in their shape as of core version 15.
+migration also hands over the tables that core migrations 0005, 0008 and 0009
+(with 0010 and 0013) created for plugins before owners existed (see the
+migration and docs/storage.md): their owners' first migrations create them
+with ``CREATE TABLE IF NOT EXISTS`` in their shape as of core version 15.
 
 This module knows files and versions only; running them is the backend's
 (``sqlite_migrations`` for SQLite).

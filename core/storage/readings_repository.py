@@ -1,6 +1,8 @@
 """Readings as ingest stores them and everything reads them back: the newest
 reading of each meter (where in-order ingest continues), the readings around a
-late one, and ranges of readings, as numpy columns.
+late one, and ranges of readings, as numpy columns; and what radio modules
+(core registry objects) report about themselves: the health that comes with
+their readings, kept as an hourly history, and their place in the network.
 
 A core repository: every backend implements it (``Storage`` composes it).
 ``commit_ingest`` is the hot path: one call per batch, everything the batch
@@ -13,6 +15,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -68,6 +71,22 @@ class ModuleHealth:
     battery_mv: int
     rssi: int
     hops: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class ModuleLink:
+    """A radio module's place in its network as its concentrator reports it (a
+    DMesh TOPOLOGY entry): the registry row of the module takes these values."""
+
+    module_id: int
+    parent_id: int
+    """0 when the module talks to the concentrator directly."""
+    hops: int
+    rssi: int
+    """dBm of the link to its parent."""
+    battery_mv: int
+    firmware: str
+    """``major.minor``."""
 
 
 @dataclass(slots=True)
@@ -146,3 +165,27 @@ class ReadingRepository(ABC):
         """The newest stored reading of each of ``meters`` (internal keys; every
         meter when None) that has one, sorted by meter: what a bridge shows as
         the meter's present state."""
+
+    # what radio modules report about themselves ------------------------------
+
+    @abstractmethod
+    async def update_module_links(self, t: int, links: Sequence[ModuleLink]) -> None:
+        """Durably set the parent, hops, RSSI, battery and firmware of the registered
+        modules among ``links`` as reported at ``t``, and move their last seen to
+        ``t`` unless it is later. Modules that are not registered are not created;
+        the registry's audit and version do not change (this is the modules' state,
+        not their configuration). Repeating a call changes nothing more."""
+
+    @abstractmethod
+    async def module_reports(self, module_id: int, limit: int = 1000,
+                             before: int | None = None) -> list[dict[str, Any]]:
+        """The health history of a module from its readings (only the hours with
+        t <= ``before`` when given), newest first: one entry per hour (the first
+        report in it) with ``module_id``, ``t`` (the hour), ``battery_mv``, ``rssi``
+        and ``hops`` (None when the module sent a value out of range)."""
+
+    @abstractmethod
+    async def latest_module_reports(self, before: int) -> list[dict[str, Any]]:
+        """The newest health report (as in ``module_reports``) of every module
+        that has one at or before ``before``, by module: how the modules
+        reported themselves at a past time."""

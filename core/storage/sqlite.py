@@ -43,10 +43,10 @@ from balans_edge.core.storage.migrations import MigrationSet
 from balans_edge.core.storage.sqlite_balance import BalanceTables
 from balans_edge.core.storage.sqlite_bridges import BridgeSlots
 from balans_edge.core.storage.sqlite_bulk import BulkReader
-from balans_edge.core.storage.sqlite_devices import DeviceReports, module_health_statements
 from balans_edge.core.storage.sqlite_export import ExportQueues
 from balans_edge.core.storage.sqlite_journal import JournalTables
 from balans_edge.core.storage.sqlite_migrations import migrate_all, owner_versions
+from balans_edge.core.storage.sqlite_modules import ModuleReports, module_health_statements
 from balans_edge.core.storage.sqlite_registry_history import RegistryHistory
 from balans_edge.core.storage.sqlite_tags import TagTable
 
@@ -130,7 +130,7 @@ class _Job:
     future: asyncio.Future[None]
 
 
-class SqliteStorage(RegistryHistory, BalanceTables, JournalTables, DeviceReports, BridgeSlots, TagTable, ExportQueues,
+class SqliteStorage(RegistryHistory, BalanceTables, JournalTables, ModuleReports, BridgeSlots, TagTable, ExportQueues,
                     Storage, SqlGateway):
     """Every core repository (``Storage``), the SQL gateway for plugins' own tables,
     and, until their plugins take them over, the interfaces of the tables core

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import ClassVar, Self
 
 from balans_edge.core.model import CONCENTRATOR_MODULES, MAX_HOPS
-from balans_edge.core.storage import ModuleRoute
+from balans_edge.plugins.dmesh.repository import ModuleRoute
 
 MAGIC = b"DM"
 VERSION = 1
@@ -432,7 +432,7 @@ _MODULE = struct.Struct(">IIBbHHBB")
 
 
 ModuleEntry = ModuleRoute
-"""A TOPOLOGY entry decodes straight into the domain's route record (same fields, same order)."""
+"""A TOPOLOGY entry decodes straight into the route record the plugin stores (same fields, same order)."""
 
 
 @dataclass(frozen=True, slots=True)

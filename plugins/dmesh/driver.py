@@ -3,7 +3,7 @@ and serial lines the host opens, each link served by a ``Session``.
 
 One concentrator id has at most one live session: a concentrator that
 authenticates again on a new link replaces its old one, which is closed.
-Connections are recorded in the storage's connection log.
+Connections are recorded in the plugin's connection log (``repository``).
 
 At most ``max_unauthenticated`` TCP links may be in the handshake at once: one
 more is closed as soon as it is accepted, so that peers who never authenticate
@@ -22,10 +22,11 @@ import time
 from typing import TYPE_CHECKING
 
 from balans_edge.core.log_limit import LimitedLog
-from balans_edge.core.storage import ConnectionEvent, StorageError
+from balans_edge.core.storage import StorageError
 from balans_edge.core.tasks import cancel
 from balans_edge.plugins.dmesh.commands import DmeshCommands
 from balans_edge.plugins.dmesh.firmware import FirmwareImage, FirmwarePusher
+from balans_edge.plugins.dmesh.repository import ConnectionEvent, DmeshRepository
 from balans_edge.plugins.dmesh.session import Session
 
 if TYPE_CHECKING:
@@ -45,9 +46,11 @@ STOP_GRACE_S = 5.0
 class DmeshDriver:
     name = "dmesh-driver"
 
-    def __init__(self, context: PluginContext, config: DmeshConfig) -> None:
+    def __init__(self, context: PluginContext, config: DmeshConfig, repository: DmeshRepository) -> None:
         self.context = context
         self.config = config
+        self.repository = repository
+        """The plugin's tables: what the sessions store besides readings, and the connection log."""
         self._keys = {c.id: c.key.encode("utf-8") for c in config.concentrators}
         self.port: int | None = None
         """The bound TCP port once started (useful with ``port = 0``)."""
@@ -160,7 +163,7 @@ class DmeshDriver:
 
     async def _log(self, event: ConnectionEvent) -> None:
         try:
-            await self.context.storage.log_connection(event)
+            await self.repository.log_connection(event)
         except StorageError as exc:
             log.warning("dmesh: connection log not written: %s", exc)
 

@@ -321,7 +321,7 @@ class FirmwarePusher:
                       for m in await self.context.storage.registry_list("modules")
                       if m.concentrator_id == concentrator_id]
         known += [(version_of(r["version"]), f"image {r['image_id']} accepted")
-                  for r in await self.context.storage.firmware_results(MAX_RESULTS, concentrator_id)
+                  for r in await self.driver.repository.firmware_results(MAX_RESULTS, concentrator_id)
                   if r["result"] == FirmwareResultCode.ACCEPTED and r["target"] == target]
         return max(((v, where) for v, where in known if v is not None), default=None)
 

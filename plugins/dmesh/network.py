@@ -4,7 +4,8 @@ The tree is built from what is stored already: the registry's module rows
 (parent, hops, RSSI, battery, firmware and last seen, kept current by TOPOLOGY
 reports and by the battery, RSSI and hops every READINGS record carries), the
 newest topology entry of every module (its state as the concentrator reported
-it) and the newest reading of every meter. A module is
+it; the plugin's own table, through its ``repository``) and the newest reading
+of every meter. A module is
 
 - ``lost`` when its newest topology entry says so and no reading of it is
   newer than that entry,
@@ -37,6 +38,7 @@ if TYPE_CHECKING:
     from balans_edge.core.context import PluginContext
     from balans_edge.core.detection import DetectionRun
     from balans_edge.core.storage import Storage
+    from balans_edge.plugins.dmesh.repository import DmeshRepository
 
 DETECTOR = "dmesh-network"
 DAY = 86400
@@ -101,8 +103,9 @@ async def newest_readings(storage: Storage, before: int | None = None) -> dict[i
     return newest
 
 
-async def module_views(storage: Storage, config: NetworkConfig, now: float, *, past: bool = False,
-                       keep: set[int] | None = None, unregistered: bool = True) -> dict[int, ModuleView]:
+async def module_views(storage: Storage, repository: DmeshRepository, config: NetworkConfig, now: float, *,
+                       past: bool = False, keep: set[int] | None = None,
+                       unregistered: bool = True) -> dict[int, ModuleView]:
     """Every module known to the registry or to a topology report, by id.
 
     ``past``: as things were at ``now`` (a run over a past period): only readings
@@ -114,7 +117,7 @@ async def module_views(storage: Storage, config: NetworkConfig, now: float, *, p
     a topology report knows."""
     registry = {m.module_id: m for m in await storage.registry_list("modules")
                 if keep is None or m.module_id in keep}
-    latest = {r["module_id"]: r for r in await storage.latest_topology(int(now) if past else None)
+    latest = {r["module_id"]: r for r in await repository.latest_topology(int(now) if past else None)
               if r["module_id"] in registry or unregistered}
     readings = await newest_readings(storage, int(now) if past else None)
     reports = {r["module_id"]: r for r in await storage.latest_module_reports(int(now))} if past else {}
@@ -172,12 +175,13 @@ async def module_views(storage: Storage, config: NetworkConfig, now: float, *, p
     return views
 
 
-async def battery_points(storage: Storage, module_id: int, before: int | None = None) -> list[tuple[int, int]]:
+async def battery_points(storage: Storage, repository: DmeshRepository, module_id: int,
+                         before: int | None = None) -> list[tuple[int, int]]:
     """(t, mV) of a module's battery in time order: its TOPOLOGY entries and the
     hourly reports that come with its readings (a concentrator may send
     TOPOLOGY rarely), the newest BATTERY_POINTS of each (of those at or before
     ``before`` when given)."""
-    topology = await storage.topology_history(module_id, limit=BATTERY_POINTS, before=before)
+    topology = await repository.topology_history(module_id, limit=BATTERY_POINTS, before=before)
     reports = await storage.module_reports(module_id, limit=BATTERY_POINTS, before=before)
     return sorted({(r["t"], r["battery_mv"]) for r in [*topology, *reports]})
 
@@ -208,9 +212,10 @@ class NetworkMonitor:
 
     name = DETECTOR
 
-    def __init__(self, context: PluginContext, sessions: Callable[[], dict[int, Any]],
+    def __init__(self, context: PluginContext, repository: DmeshRepository, sessions: Callable[[], dict[int, Any]],
                  clock: Callable[[], float] = time.time) -> None:
         self.context = context
+        self.repository = repository
         self.sessions = sessions
         """The connected concentrators' sessions by id (the driver's, or none)."""
         self.clock = clock
@@ -228,7 +233,7 @@ class NetworkMonitor:
         return self.sessions()
 
     async def modules(self) -> dict[int, ModuleView]:
-        return await module_views(self.context.storage, self.config, self.clock())
+        return await module_views(self.context.storage, self.repository, self.config, self.clock())
 
     async def concentrators(self) -> list[dict[str, Any]]:
         """Registered, configured and connected concentrators with their link and module counts."""
@@ -239,7 +244,7 @@ class NetworkMonitor:
         views = await self.modules()
         out = []
         for cid in sorted(set(registry) | configured | set(sessions)):
-            log = await storage.connection_log(cid, limit=1000)
+            log = await self.repository.connection_log(cid, limit=1000)
             last = {event: next((r for r in log if r["event"] == event), None) for event in ("connect", "disconnect")}
             session = sessions.get(cid)
             mine = [v for v in views.values() if v.concentrator_id == cid]
@@ -276,7 +281,7 @@ class NetworkMonitor:
             if meters is None:
                 meters = await self.context.storage.registry_list("meters")
             keep = {m.module_id for m in meters if m.module_id is not None and (not past or m.install_time <= now)}
-        views = await module_views(self.context.storage, config, now, past=past, keep=keep,
+        views = await module_views(self.context.storage, self.repository, config, now, past=past, keep=keep,
                                    unregistered=scope.group_ids is None)
         findings: list[Finding] = []
         silent_after = config.silent_periods * config.report_interval_s
@@ -315,7 +320,8 @@ class NetworkMonitor:
                 periods=config.silent_periods,
             )
         if v.battery_mv is not None and v.battery_mv < config.low_battery_mv:
-            points = await battery_points(self.context.storage, v.module_id, before=now if past else None)
+            points = await battery_points(self.context.storage, self.repository, v.module_id,
+                                          before=now if past else None)
             if not points:
                 points = [(v.last_seen or now, v.battery_mv)]
             days_left, slope = battery_days_left(points, config.battery_empty_mv)
@@ -360,7 +366,7 @@ class NetworkMonitor:
         for c in self.dmesh.concentrators:
             if c.id in sessions or (only is not None and c.id not in only):
                 continue
-            log = await self.context.storage.connection_log(c.id, limit=1000, before=now if past else None)
+            log = await self.repository.connection_log(c.id, limit=1000, before=now if past else None)
             last = next((r for r in log if r["event"] in ("connect", "disconnect", "replaced")), None)
             if past and (last is None or last["event"] == "connect"):
                 continue  # connected then, or nothing known of it by then

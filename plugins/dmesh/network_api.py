@@ -14,6 +14,7 @@ from balans_edge.routes import ApiError, Param, Route, iso, json
 
 if TYPE_CHECKING:
     from balans_edge.core.context import PluginContext
+    from balans_edge.plugins.dmesh.repository import DmeshRepository
 
 TAGS = ("network",)
 MAX_LIMIT = 10000
@@ -129,7 +130,7 @@ def _event_name(code: int) -> str:
         return f"CODE_{code}"
 
 
-def routes(context: PluginContext, monitor: NetworkMonitor) -> list[Route]:
+def routes(context: PluginContext, monitor: NetworkMonitor, repository: DmeshRepository) -> list[Route]:
     async def concentrators(request: Request) -> Any:
         return json({"concentrators": await monitor.concentrators()})
 
@@ -164,8 +165,8 @@ def routes(context: PluginContext, monitor: NetworkMonitor) -> list[Route]:
         if view is None:
             raise ApiError(404, "not_found", f"module {mid} is not known")
         meters = [m for _, m in await context.storage.meters_by_key() if m.module_id == mid]
-        events = await context.storage.module_events(mid, limit)
-        history = await context.storage.topology_history(mid, limit)
+        events = await repository.module_events(mid, limit)
+        history = await repository.topology_history(mid, limit)
         reports = await context.storage.module_reports(mid, limit)
         return json(
             {

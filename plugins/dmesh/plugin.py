@@ -1,5 +1,6 @@
 """The DMesh plugin: the concentrator driver (TCP and serial, the vendor's link
-protocol) and a site simulator."""
+protocol) and a site simulator, with its own tables (``repository.py``: its
+migrations and its repository)."""
 
 from __future__ import annotations
 
@@ -11,11 +12,13 @@ from zoneinfo import ZoneInfo
 
 from balans_edge import hookimpl
 from balans_edge.core.context import Plugin, PluginContext
+from balans_edge.core.storage.migrations import MigrationSet
 from balans_edge.plugins.dmesh.command_api import command_routes
 from balans_edge.plugins.dmesh.commands import DmeshActuator
 from balans_edge.plugins.dmesh.driver import DmeshDriver
 from balans_edge.plugins.dmesh.firmware import check_public_key
 from balans_edge.plugins.dmesh.network import NetworkConfig, NetworkMonitor
+from balans_edge.plugins.dmesh.repository import MIGRATIONS, DmeshRepository
 from balans_edge.plugins.dmesh.simulator import Simulator, SimulatorConfig, SiteModel, TcpDelivery
 from balans_edge.settings import setting
 
@@ -103,20 +106,24 @@ def utc_offset_h(timezone: str) -> int:
 
 class DmeshPlugin(Plugin):
     """The driver (when concentrators are configured), the simulator (when
-    enabled), the network monitor, and what they offer over HTTP."""
+    enabled), the network monitor, and what they offer over HTTP; all of them
+    reach the plugin's tables through its one ``repository``."""
 
     driver: DmeshDriver | None = None
+    repository: DmeshRepository
 
     def bind(self, context: PluginContext) -> None:
         super().bind(context)
         config: DmeshConfig = context.config
+        self.repository = DmeshRepository(context.database, context.storage)
         self.driver = None
         if config.listen or config.serial:
             if config.concentrators:
-                self.driver = DmeshDriver(context, config)
+                self.driver = DmeshDriver(context, config, self.repository)
             else:
                 log.info("dmesh: no concentrators configured, the driver is not started")
-        self.monitor = NetworkMonitor(context, lambda: self.driver.sessions() if self.driver else {})
+        self.monitor = NetworkMonitor(context, self.repository,
+                                      lambda: self.driver.sessions() if self.driver else {})
 
     def _simulator(self) -> Simulator | None:
         config: DmeshConfig = self.config
@@ -140,6 +147,10 @@ class DmeshPlugin(Plugin):
         return {"dmesh": DmeshConfig}
 
     @hookimpl
+    def register_migrations(self) -> list[MigrationSet]:
+        return [MIGRATIONS]
+
+    @hookimpl
     def register_components(self) -> list:
         simulator = self._simulator()
         return [c for c in (self.driver, simulator) if c is not None]
@@ -155,7 +166,7 @@ class DmeshPlugin(Plugin):
 
         driver = lambda: self.driver  # noqa: E731 - the routes ask for the running driver each time
         return (command_routes(self.context, driver) + firmware_routes(self.context, driver)
-                + network_routes(self.context, self.monitor))
+                + network_routes(self.context, self.monitor, self.repository))
 
     @hookimpl
     def register_detectors(self) -> list:

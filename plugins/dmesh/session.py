@@ -25,7 +25,7 @@ import time
 from typing import TYPE_CHECKING, Protocol
 
 from balans_edge.core.model import MAX_HOPS, RawReading
-from balans_edge.core.storage import ModuleEvent, ModuleHealth, StorageError
+from balans_edge.core.storage import ModuleHealth, StorageError
 from balans_edge.plugins.dmesh.codec import (
     DATA_TYPES,
     Ack,
@@ -53,11 +53,13 @@ from balans_edge.plugins.dmesh.codec import (
     Welcome,
     decode_payload,
 )
+from balans_edge.plugins.dmesh.repository import ModuleEvent
 
 if TYPE_CHECKING:
     from balans_edge.core.context import PluginContext
     from balans_edge.plugins.dmesh.firmware import FirmwareImage
     from balans_edge.plugins.dmesh.plugin import DmeshConfig
+    from balans_edge.plugins.dmesh.repository import DmeshRepository
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +75,7 @@ class SessionHost(Protocol):
 
     config: DmeshConfig
     context: PluginContext
+    repository: DmeshRepository
 
     def key_of(self, concentrator_id: int) -> bytes | None: ...
 
@@ -364,7 +367,8 @@ class Session:
 
     async def _store(self, payload: Payload) -> None:
         """Store a data frame's content durably (returns after the commit)."""
-        context, cid, now = self.host.context, self.concentrator_id, int(time.time())
+        context, repository = self.host.context, self.host.repository
+        cid, now = self.concentrator_id, int(time.time())
         if isinstance(payload, Readings):
             batch = [
                 RawReading(r.module_id, channel, r.ts, counter, r.status)
@@ -389,12 +393,12 @@ class Session:
             if batch:
                 await context.ingest.ingest(batch)
         elif isinstance(payload, Topology):
-            await context.storage.store_topology(cid, now, list(payload.modules))
+            await repository.store_topology(cid, now, list(payload.modules))
         elif isinstance(payload, Event):
             event = ModuleEvent(cid, payload.module_id, payload.ts, payload.code, payload.value, now)
-            await context.storage.store_module_events([event])
+            await repository.store_module_events([event])
         elif isinstance(payload, CommandResult):
-            await context.storage.store_command_result(cid, payload.command_id, payload.result, payload.status, now)
+            await repository.store_command_result(cid, payload.command_id, payload.result, payload.status, now)
             if cid is not None:
                 self.host.command_result(cid, payload)
         elif isinstance(payload, FirmwareResult):
@@ -402,7 +406,7 @@ class Session:
             # accepted image counts as installed when the next one is checked.
             image = self.host.firmware_image(cid, payload.image_id) if cid is not None else None
             target, version = (image.target, image.version_text) if image is not None else (None, None)
-            await context.storage.store_firmware_result(cid, payload.image_id, payload.result, now, target, version)
+            await repository.store_firmware_result(cid, payload.image_id, payload.result, now, target, version)
             if cid is not None:
                 self.host.firmware_result(cid, payload)
         else:  # pragma: no cover - DATA_TYPES and the branches above list the same types

@@ -17,13 +17,15 @@ CREATE TABLE owner_migrations (
 -- creates, alters or drops them again:
 --
 --   dmesh    module_events, topology_snapshots, command_results, connection_log
---            (0005), firmware_results (0005; 0013 added target and version),
---            module_reports (0012)
+--            (0005), firmware_results (0005; 0013 added target and version)
 --   modbus   bridge_slots (0008)
 --   tags     tag_values (0008): the tag polling Modbus and OPC UA share
 --   export   export_targets (0009), export_dead (0009; 0010 added resend), and
 --            the export_queue_<id> tables and export_* triggers it generates
 --            from its configuration
+--
+-- module_reports (0012) stays core's: core ingest writes the modules' health
+-- with their readings, in the readings' transaction.
 --
 -- Each owner's first migration creates its tables with CREATE TABLE (and
 -- CREATE INDEX) IF NOT EXISTS, in their shape as of core version 15. On SQLite
