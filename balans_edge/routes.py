@@ -13,7 +13,7 @@ import re
 import unicodedata
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, Literal
 from urllib.parse import unquote
 from zoneinfo import ZoneInfo
@@ -79,10 +79,6 @@ def json(body: Any, status: int = 200) -> response.HTTPResponse:
 
 def _dumps(obj: Any) -> str:
     return _json.dumps(obj, ensure_ascii=False, separators=(",", ":"), default=str)
-
-
-def iso(t: int) -> str:
-    return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def parse_time(request: Request, name: str, default: int | None = None) -> int:

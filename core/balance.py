@@ -17,15 +17,15 @@ from __future__ import annotations
 import itertools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any, Literal
 from zoneinfo import ZoneInfo
 
 import numpy as np
 
-from balans_edge.core.calendar import HOUR, local_starts
+from balans_edge.core.calendar import local_starts
 from balans_edge.core.model import Group, Meter
 from balans_edge.core.periods import MeterPeriod
+from balans_edge.core.times import HOUR, hour_floor, iso
 
 QUALITY_MEASURED, QUALITY_ESTIMATED, QUALITY_MISSING, QUALITY_ABSENT = 0, 1, 2, 3
 """Codes of the ``quality`` matrix given to ``compute``: the first three are the
@@ -261,7 +261,7 @@ def _memberships(meter: Meter, periods: Sequence[MeterPeriod] | None) -> list[tu
     for p in sorted(periods, key=lambda p: p.valid_from):
         if out and out[-1][0] == p.group_id:
             continue
-        start = p.valid_from - p.valid_from % 3600
+        start = hour_floor(p.valid_from)
         if out:
             out[-1] = (out[-1][0], out[-1][1], start)
         out.append((p.group_id, start if out else _ALWAYS[0], _ALWAYS[1]))
@@ -445,12 +445,6 @@ def aggregate(series: BalanceSeries, step: Literal["hour", "day", "month"], tz: 
     first = np.flatnonzero(np.r_[True, period[1:] != period[:-1]])
     summed = {name: np.add.reduceat(col, first, axis=1) for name, col in columns.items()}
     return BalanceSeries(list(series.group_ids), bounds[period[first]], **summed)
-
-
-def iso(t: int) -> str:
-    """ISO-8601 UTC, as the API prints times (the web layer has its own copy;
-    the domain does not import it)."""
-    return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 @dataclass(frozen=True, slots=True)

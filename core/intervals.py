@@ -25,11 +25,12 @@ from zoneinfo import ZoneInfo
 import numpy as np
 
 from balans_edge.core.bus import EventBus, IntervalsUpdated, ReadingsCommitted
-from balans_edge.core.calendar import HOUR, Periods, Step, ceil_hour, floor_hour, periods
+from balans_edge.core.calendar import Periods, Step, periods
 from balans_edge.core.model import IntervalValue, Quality, ReadingFlag
 from balans_edge.core.periods import RegisterTable
 from balans_edge.core.storage import PeriodSums, ReadingRows, Storage
 from balans_edge.core.tasks import cancel, rerun
+from balans_edge.core.times import HOUR, hour_ceil, hour_floor
 
 log = logging.getLogger(__name__)
 
@@ -186,8 +187,8 @@ class IntervalWorker:
                     await self.bus.publish(
                         IntervalsUpdated(
                             meters=tuple(sorted(spans)),
-                            t_min=floor_hour(min(s[0] for s in spans.values())),
-                            t_max=ceil_hour(max(s[1] for s in spans.values())),
+                            t_min=hour_floor(min(s[0] for s in spans.values())),
+                            t_max=hour_ceil(max(s[1] for s in spans.values())),
                         )
                     )
 
@@ -205,7 +206,7 @@ class IntervalWorker:
         query per chunk instead of one per meter."""
         windows: dict[tuple[int, int], list[int]] = defaultdict(list)
         for meter, (lo, hi) in spans.items():
-            windows[(floor_hour(lo), max(ceil_hour(hi), floor_hour(lo) + HOUR))].append(meter)
+            windows[(hour_floor(lo), max(hour_ceil(hi), hour_floor(lo) + HOUR))].append(meter)
         margin = self.settings.max_gap_s + 1
         rows: list[tuple[int, int, float | None, int]] = []
         for (t0, t1), meters in windows.items():

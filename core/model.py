@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 
 COUNTER_MODULUS = 1 << 32
 """DMesh pulse counters are u32 and wrap modulo 2^32."""
@@ -77,16 +76,6 @@ class ReadingFlag(enum.IntFlag):
 
 METER_FLAGS = frozenset({"valve", "relay", "virtual", "reverse_allowed"})
 """Flags a meter may carry in the registry (documented in docs/registry.md)."""
-
-
-def utc(ts: int | float) -> datetime:
-    return datetime.fromtimestamp(ts, UTC)
-
-
-def unix(dt: datetime) -> int:
-    if dt.tzinfo is None:
-        raise ValueError("naive datetime: times must carry a timezone")
-    return int(dt.timestamp())
 
 
 @dataclass(frozen=True, slots=True)

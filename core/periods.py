@@ -40,6 +40,7 @@ from typing import Any
 import numpy as np
 
 from balans_edge.core.model import Meter
+from balans_edge.core.times import iso
 
 PARAMETERS = ("pulse_weight", "base_reading", "base_counter", "module_id", "channel", "group_id")
 """A meter's parameters that hold by period: changing one starts a new period."""
@@ -75,8 +76,8 @@ def first_period(meter: Meter) -> MeterPeriod:
     return MeterPeriod(meter.install_time, **{n: getattr(meter, n) for n in PARAMETERS})
 
 
-def period_json(p: MeterPeriod, iso: Any) -> dict[str, Any]:
-    """A period as the API and the audit show it (``iso`` formats times)."""
+def period_json(p: MeterPeriod) -> dict[str, Any]:
+    """A period as the API and the audit show it."""
     out = {f.name: getattr(p, f.name) for f in fields(p)}
     out["valid_from"] = iso(p.valid_from)
     return out

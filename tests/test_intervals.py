@@ -20,14 +20,13 @@ from balans_edge.core.intervals import (
     CODE,
     IntervalSettings,
     IntervalWorker,
-    ceil_hour,
     consumption,
-    floor_hour,
     hourly,
 )
 from balans_edge.core.model import IntervalValue, Meter, Quality, RadioModule, RawReading, ReadingFlag, Resource, Status
 from balans_edge.core.storage import ReadingRows
 from balans_edge.core.storage.sqlite import SqliteStorage
+from balans_edge.core.times import hour_ceil, hour_floor
 
 H = 3600
 M = 60
@@ -66,8 +65,8 @@ def approx(expected: list[tuple[int, float | None, int]]) -> list[tuple[int, obj
 
 
 def test_hour_helpers() -> None:
-    assert floor_hour(T0 + 1) == T0 and floor_hour(T0) == T0
-    assert ceil_hour(T0 + 1) == T0 + H and ceil_hour(T0) == T0
+    assert hour_floor(T0 + 1) == T0 and hour_floor(T0) == T0
+    assert hour_ceil(T0 + 1) == T0 + H and hour_ceil(T0) == T0
 
 
 def test_readings_every_15_minutes_are_measured() -> None:
@@ -259,7 +258,7 @@ def reference(t0: int, t1: int, stored: list[tuple[int, float | None, int]], ste
     local period its start lies in."""
     by_t = {t: (v, q) for t, v, q in stored}
     buckets: dict[int, list[tuple[float | None, int]]] = {}
-    for t in range(floor_hour(t0), ceil_hour(t1), H):
+    for t in range(hour_floor(t0), hour_ceil(t1), H):
         local = datetime.fromtimestamp(t, tz)
         if step == "hour":
             start = t

@@ -8,7 +8,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 from sanic.request import Request
 
 from balans_edge.core.components import Command, CommandCode
-from balans_edge.routes import ApiError, Param, Route, audited_body, iso, json, optional_time, query_int
+from balans_edge.core.times import iso
+from balans_edge.routes import ApiError, Param, Route, audited_body, json, optional_time, query_int
 
 if TYPE_CHECKING:
     from balans_edge.server import Server

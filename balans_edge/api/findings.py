@@ -9,7 +9,8 @@ from typing import TYPE_CHECKING, Any
 from sanic.request import Request
 
 from balans_edge.core import findings as rules
-from balans_edge.routes import ApiError, Param, Route, body_json, bounded_text, int_value, iso, json, query_int
+from balans_edge.core.times import DAY, iso
+from balans_edge.routes import ApiError, Param, Route, body_json, bounded_text, int_value, json, query_int
 
 if TYPE_CHECKING:
     from balans_edge.server import Server
@@ -68,7 +69,7 @@ def routes(server: Server) -> list[Route]:
         return json({"findings": [present(f) for f in found]})
 
     async def quality(request: Request) -> Any:
-        since = int(time.time()) - query_int(request, "days", 365, 1, MAX_DAYS) * 86400
+        since = int(time.time()) - query_int(request, "days", 365, 1, MAX_DAYS) * DAY
         found = await storage.findings(since=since, limit=MAX_QUALITY_FINDINGS)
         return json({"since": iso(since), "detectors": rules.quality(found)})
 

@@ -9,8 +9,9 @@ from typing import TYPE_CHECKING, Any
 from sanic.request import Request
 
 from balans_edge.core import balance_queries as q
-from balans_edge.core.balance import iso, points
+from balans_edge.core.balance import points
 from balans_edge.core.model import Group
+from balans_edge.core.times import iso
 from balans_edge.routes import ApiError, Param, Route, json, parse_month, parse_period, parse_step
 
 if TYPE_CHECKING:

@@ -11,8 +11,8 @@ from balans_edge.core.ingest import ReadingBatch
 from balans_edge.core.intervals import consumption as consumption_of
 from balans_edge.core.model import Meter, ReadingFlag
 from balans_edge.core.storage import StorageError
-from balans_edge.core.times import read_time
-from balans_edge.routes import ApiError, Param, Route, body_json, iso, json, parse_period, parse_step
+from balans_edge.core.times import iso, read_time
+from balans_edge.routes import ApiError, Param, Route, body_json, json, parse_period, parse_step
 
 if TYPE_CHECKING:
     from balans_edge.server import Server

@@ -12,7 +12,7 @@ from balans_edge.core.periods import period_json
 from balans_edge.core.registry import RegistryError
 from balans_edge.core.storage import StorageError
 from balans_edge.core.storage.base import AUDIT_LIMIT
-from balans_edge.routes import ApiError, Param, Route, body_json, iso, json, optional_time, query_int
+from balans_edge.routes import ApiError, Param, Route, body_json, json, optional_time, query_int
 
 if TYPE_CHECKING:
     from balans_edge.server import Server
@@ -39,7 +39,7 @@ def routes(server: Server) -> list[Route]:
     async def periods(request: Request, meter_id: str) -> Any:
         key = await meter_key(meter_id)
         found = (await storage.meter_periods([key])).get(key, [])
-        return json({"meter_id": meter_id, "periods": [period_json(p, iso) for p in found]})
+        return json({"meter_id": meter_id, "periods": [period_json(p) for p in found]})
 
     async def correct(request: Request, meter_id: str) -> Any:
         await meter_key(meter_id)

@@ -7,7 +7,8 @@ from typing import TYPE_CHECKING, Any
 from sanic.request import Request
 
 from balans_edge.core.storage import StorageError
-from balans_edge.routes import ApiError, Param, Route, iso, json, query_int
+from balans_edge.core.times import iso
+from balans_edge.routes import ApiError, Param, Route, json, query_int
 
 if TYPE_CHECKING:
     from balans_edge.server import Server

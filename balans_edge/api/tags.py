@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING, Any
 from sanic.request import Request
 
 from balans_edge.core.tags import TagSource
-from balans_edge.routes import ApiError, Param, Route, iso, json, parse_time, query_int
+from balans_edge.core.times import iso
+from balans_edge.routes import ApiError, Param, Route, json, parse_time, query_int
 
 if TYPE_CHECKING:
     from balans_edge.server import Server

@@ -20,8 +20,7 @@ import numpy as np
 from balans_edge.core.balance import QUALITY_ABSENT, QUALITY_MISSING
 from balans_edge.core.model import Group, Meter
 from balans_edge.core.storage import Storage
-
-HOUR = 3600
+from balans_edge.core.times import DAY, HOUR, hour_of_day, weekday
 
 
 @dataclass(slots=True)
@@ -95,11 +94,11 @@ def local_calendar(t: np.ndarray, tz: ZoneInfo) -> tuple[np.ndarray, np.ndarray]
     enough for profiles and night windows)."""
     if not len(t):
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
-    days, inverse = np.unique(t // 86400, return_inverse=True)
-    offsets = np.array([datetime.fromtimestamp(int(d) * 86400 + 43200, tz).utcoffset().total_seconds()
+    days, inverse = np.unique(t // DAY, return_inverse=True)
+    offsets = np.array([datetime.fromtimestamp(int(d) * DAY + DAY // 2, tz).utcoffset().total_seconds()
                         for d in days], dtype=np.int64)
     local = t + offsets[inverse]
-    return (local // HOUR) % 24, (local // 86400 + 3) % 7  # 1970-01-01 was a Thursday
+    return hour_of_day(local), weekday(local)
 
 
 def status_by_hour(meter: np.ndarray, ts: np.ndarray, status: np.ndarray, rows: dict[int, int], t0: int,

@@ -35,10 +35,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from balans_edge.core.analytics.base import GroupDetector
-from balans_edge.core.analytics.data import HOUR, GroupData
+from balans_edge.core.analytics.data import GroupData
 from balans_edge.core.analytics.meter_checks import LITRES, _confidence, _finding, _money
 from balans_edge.core.balance import QUALITY_MEASURED
 from balans_edge.core.components import Finding, Severity
+from balans_edge.core.times import HOUR
 
 
 def least_squares(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

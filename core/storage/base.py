@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from balans_edge.core.findings import SUPPRESS_S
 from balans_edge.core.model import Account, Concentrator, Group, Meter, RadioModule
 
 if TYPE_CHECKING:
@@ -508,7 +509,7 @@ class Storage(ABC):
     # findings -------------------------------------------------------------
 
     @abstractmethod
-    async def record_finding(self, record: dict[str, Any], suppress_s: int = 30 * 86400) -> tuple[int, bool]:
+    async def record_finding(self, record: dict[str, Any], suppress_s: int = SUPPRESS_S) -> tuple[int, bool]:
         """Store a detector's finding once per problem; return (id, new).
 
         An open or acknowledged finding with the same detector, subject and kind

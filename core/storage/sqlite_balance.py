@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from balans_edge.core.storage.base import BalanceSums, PeriodSums
+from balans_edge.core.times import HOUR
 
 if TYPE_CHECKING:
     from balans_edge.core.balance import BalanceSeries
@@ -58,7 +59,7 @@ class BalanceTables:
         keys = np.asarray(meters, dtype=np.int64)
 
         def read(conn: sqlite3.Connection) -> tuple[np.ndarray, np.ndarray]:
-            hours = max(0, (t1 - t0) // 3600)
+            hours = max(0, (t1 - t0) // HOUR)
             values = np.full((len(keys), hours), np.nan)
             quality = np.full((len(keys), hours), MISSING, dtype=np.int8)
             order = np.argsort(keys, kind="stable")
@@ -74,7 +75,7 @@ class BalanceTables:
                     continue
                 a = _columns(rows, 4)
                 row = order[i + np.searchsorted(chunk, a[:, 0].astype(np.int64))]
-                col = (a[:, 1].astype(np.int64) - t0) // 3600
+                col = (a[:, 1].astype(np.int64) - t0) // HOUR
                 values[row, col] = a[:, 2]
                 quality[row, col] = a[:, 3].astype(np.int8)
             return values, quality
@@ -126,7 +127,7 @@ class BalanceTables:
         groups = list(group_ids)
 
         def read(conn: sqlite3.Connection) -> BalanceSeries:
-            hours = np.arange(t0, t1, 3600, dtype=np.int64)
+            hours = np.arange(t0, t1, HOUR, dtype=np.int64)
             # Hours never computed come back as zeros; balance_queries.count_unknown says what they mean.
             data = {c: np.zeros((len(groups), len(hours)), dtype=np.float64 if i < 2 else np.int64)
                     for i, c in enumerate(BALANCE_COLUMNS)}
@@ -143,7 +144,7 @@ class BalanceTables:
                     continue
                 g = np.array([index[r[0]] for r in rows], dtype=np.int64)
                 values = _columns([r[1:] for r in rows], 1 + len(BALANCE_COLUMNS))
-                h = (values[:, 0].astype(np.int64) - t0) // 3600
+                h = (values[:, 0].astype(np.int64) - t0) // HOUR
                 for j, c in enumerate(BALANCE_COLUMNS):
                     data[c][g, h] = values[:, j + 1]
             return BalanceSeries(groups, hours, **data)

@@ -10,11 +10,9 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from balans_edge.core.storage.base import CONNECTION_EVENTS, ConnectionEvent, ModuleEvent, ModuleHealth, ModuleRoute
+from balans_edge.core.times import hour_floor
 
 SNAPSHOT_COLUMNS = "module_id, t, concentrator_id, parent_id, hops, rssi, battery_mv, fw_version, channels, state"
-
-
-HOUR = 3600
 
 
 def module_health_statements(health: Sequence[ModuleHealth]) -> list[tuple[str, list[tuple[Any, ...]]]]:
@@ -30,7 +28,7 @@ def module_health_statements(health: Sequence[ModuleHealth]) -> list[tuple[str, 
         (
             "INSERT OR IGNORE INTO module_reports (module_id, t, battery_mv, rssi, hops) "
             "SELECT ?, ?, ?, ?, ? WHERE EXISTS (SELECT 1 FROM modules WHERE module_id = ?)",
-            [(h.module_id, h.ts - h.ts % HOUR, h.battery_mv, h.rssi, h.hops, h.module_id) for h in health],
+            [(h.module_id, hour_floor(h.ts), h.battery_mv, h.rssi, h.hops, h.module_id) for h in health],
         ),
     ]
 

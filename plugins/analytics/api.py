@@ -12,8 +12,9 @@ from sanic.request import Request
 
 from balans_edge.core.analytics.base import Scope
 from balans_edge.core.analytics.health import ACTIONS
+from balans_edge.core.times import DAY, hour_ceil, hour_floor, iso
 from balans_edge.plugins.analytics import forecasts
-from balans_edge.routes import ApiError, Param, Route, body_json, iso, json, parse_month, parse_time_value
+from balans_edge.routes import ApiError, Param, Route, body_json, json, parse_month, parse_time_value
 
 if TYPE_CHECKING:
     import click
@@ -31,10 +32,10 @@ def scope_of(body: Any, now: float, window_days: int) -> Scope:
     recent = Scope.recent(now, window_days)
     t0 = recent.t0 if body.get("from") is None else parse_time_value(body["from"], "from", "bad_body")
     t1 = recent.t1 if body.get("to") is None else parse_time_value(body["to"], "to", "bad_body")
-    t0, t1 = t0 - t0 % 3600, -(-t1 // 3600) * 3600
+    t0, t1 = hour_floor(t0), hour_ceil(t1)
     if t1 <= t0:
         raise ApiError(400, "bad_body", "to must be later than from")
-    if t1 - t0 > MAX_DAYS * 86400:
+    if t1 - t0 > MAX_DAYS * DAY:
         raise ApiError(400, "bad_body", f"at most {MAX_DAYS} days at once")
     group = body.get("group")
     if group is not None and not isinstance(group, str):

@@ -9,9 +9,10 @@ from typing import TYPE_CHECKING, Any
 
 from sanic.request import Request
 
+from balans_edge.core.times import HOUR, iso
 from balans_edge.plugins.dmesh import codec
-from balans_edge.plugins.dmesh.commands import HOUR, MAX_PROFILE_HOURS
-from balans_edge.routes import ApiError, Param, Route, audited_body, iso, json, parse_time_value, path_u32
+from balans_edge.plugins.dmesh.commands import MAX_PROFILE_HOURS
+from balans_edge.routes import ApiError, Param, Route, audited_body, json, parse_time_value, path_u32
 
 if TYPE_CHECKING:
     from balans_edge.plugins.dmesh.driver import DmeshDriver

@@ -20,9 +20,9 @@ from typing import TYPE_CHECKING
 
 import click
 
-from balans_edge.core.intervals import CODE, HOUR, floor_hour
+from balans_edge.core.intervals import CODE
 from balans_edge.core.model import Quality
-from balans_edge.routes import iso
+from balans_edge.core.times import HOUR, hour_floor, iso
 
 if TYPE_CHECKING:
     from balans_edge.core.storage import Storage
@@ -82,7 +82,7 @@ async def commissioning(storage: Storage, group_id: str, t0: int, t1: int) -> li
 def _parse_end(raw: str | None) -> int:
     from balans_edge import cli as _cli
 
-    return floor_hour(int(time.time()) if raw is None else _cli.parse_time_option(raw, "--end"))
+    return hour_floor(int(time.time()) if raw is None else _cli.parse_time_option(raw, "--end"))
 
 
 def add_commands(group: click.Group) -> None:

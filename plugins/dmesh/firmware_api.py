@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from sanic.request import Request
 
+from balans_edge.core.times import iso
 from balans_edge.plugins.dmesh.firmware import (
     FirmwareBusy,
     FirmwareError,
@@ -27,7 +28,7 @@ from balans_edge.plugins.dmesh.firmware import (
     sidecar_path,
     verify_image,
 )
-from balans_edge.routes import ApiError, Param, Route, audited_body, iso, json, path_u32
+from balans_edge.routes import ApiError, Param, Route, audited_body, json, path_u32
 
 if TYPE_CHECKING:
     import click

@@ -28,7 +28,7 @@ import numpy as np
 from balans_edge.core.analytics.base import current_scope
 from balans_edge.core.components import Finding, Severity
 from balans_edge.core.model import MAX_HOPS
-from balans_edge.routes import iso
+from balans_edge.core.times import DAY, HOUR, iso
 from balans_edge.settings import setting
 
 if TYPE_CHECKING:
@@ -36,7 +36,6 @@ if TYPE_CHECKING:
     from balans_edge.server import Server
 
 DETECTOR = "dmesh-network"
-DAY = 86400
 BATTERY_REPLACED_MV = 100
 """A rise of the battery voltage larger than this starts a new battery (trend)."""
 BATTERY_POINTS = 1000
@@ -47,7 +46,7 @@ BATTERY_POINTS = 1000
 class NetworkConfig:
     """``[plugins.dmesh.network]``: limits of the network health findings."""
 
-    report_interval_s: int = setting(3600, range=(60, 7 * DAY), doc="the modules' reporting period")
+    report_interval_s: int = setting(HOUR, range=(60, 7 * DAY), doc="the modules' reporting period")
     silent_periods: int = setting(3, range=(1, 10000), doc="silent after this many periods without news")
     low_battery_mv: int = setting(3000, range=(0, 65535), doc="battery below this is low")
     battery_empty_mv: int = setting(2700, range=(0, 65535), doc="battery at which a module stops (days left)")
@@ -299,7 +298,7 @@ class NetworkMonitor:
             else:
                 silent_s = now - v.last_seen
                 message = (
-                    f"module {v.module_id} silent for {silent_s / 3600:.1f} h "
+                    f"module {v.module_id} silent for {silent_s / HOUR:.1f} h "
                     f"({silent_s / config.report_interval_s:.1f} reporting periods)"
                 )
             finding(

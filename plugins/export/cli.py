@@ -12,7 +12,7 @@ import asyncio
 import json
 import time
 from collections.abc import Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -21,15 +21,12 @@ import click
 
 from balans_edge.core.storage import Storage
 from balans_edge.core.storage.base import EXPORT_KINDS
+from balans_edge.core.times import hour_ceil, iso
 from balans_edge.plugins.export.config import ExportConfig, TargetConfig
 from balans_edge.plugins.export.status import target_status
 
 PAGE = 10_000
 """Points queued per back-fill step."""
-
-
-def _when(t: int | None) -> str:
-    return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:%M:%SZ") if t else "-"
 
 
 def day_hours(t0: int, t1: int, tz: ZoneInfo) -> list[int]:
@@ -42,7 +39,7 @@ def day_hours(t0: int, t1: int, tz: ZoneInfo) -> list[int]:
         if start >= t1:
             return out
         if start >= t0:
-            out.append(-(-start // 3600) * 3600)
+            out.append(hour_ceil(start))
         day += timedelta(days=1)
 
 
@@ -180,7 +177,8 @@ def add_commands(group: click.Group) -> None:
             return
         for r in rows:
             again = " (to be sent again)" if r["resend"] else ""
-            click.echo(f"#{r['id']} {r['target']} {_when(r['t'])} HTTP {r['status']} {r['points']} point(s): "
+            when = iso(r["t"]) if r["t"] else "-"
+            click.echo(f"#{r['id']} {r['target']} {when} HTTP {r['status']} {r['points']} point(s): "
                        f"{r['message']}{again}")
             if show_lines:
                 click.echo("  " + r["lines"].replace("\n", "\n  "))

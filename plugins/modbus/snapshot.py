@@ -23,6 +23,7 @@ from balans_edge.core.balance_queries import Tree, hourly_balance
 from balans_edge.core.components import Command, CommandCode
 from balans_edge.core.model import Status
 from balans_edge.core.periods import RegisterTable
+from balans_edge.core.times import HOUR, hour_floor
 from balans_edge.plugins.modbus.regmap import (
     ALARM_CODES,
     COIL_KINDS,
@@ -42,7 +43,6 @@ if TYPE_CHECKING:
     from balans_edge.core.storage import Storage
     from balans_edge.plugins.modbus.server import ServerConfig
 
-HOUR = 3600
 COMMANDS_SCANNED = 1000
 """Newest audited commands read at start for the valve and relay states they set."""
 STATE_OF = {
@@ -62,7 +62,7 @@ def _bits(*flags: np.ndarray | bool, names: Sequence[str], table: dict[str, int]
 def hour_marks(now: float, tz: ZoneInfo) -> tuple[int, int]:
     """(start of the last complete hour, start of today in the site's timezone),
     both as unix UTC times. "Today" counts the complete hours from local midnight."""
-    current = int(now) - int(now) % HOUR
+    current = hour_floor(int(now))
     local = datetime.fromtimestamp(current, tz)
     midnight = local.replace(hour=0, minute=0, second=0, microsecond=0)
     return current - HOUR, int(midnight.timestamp())
@@ -340,6 +340,6 @@ async def refresh_groups(snapshot: Snapshot, storage: Storage, hour: int, today:
     # Hour-aligned: a day may start between two UTC hours (a timezone half an hour off).
     # Hours nobody reported count as missing, as in the API (``hourly_balance``).
     first = min(hour, today)
-    series = await hourly_balance(storage, await Tree.current(storage), snapshot.group_ids, first - first % HOUR,
+    series = await hourly_balance(storage, await Tree.current(storage), snapshot.group_ids, hour_floor(first),
                                   hour + HOUR, hour + HOUR)
     snapshot.groups(series, hour, today)

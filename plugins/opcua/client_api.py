@@ -9,7 +9,8 @@ from typing import TYPE_CHECKING, Any
 from sanic.request import Request
 
 from balans_edge.api.commands import actuator_routes
-from balans_edge.routes import Route, iso, json
+from balans_edge.core.times import iso
+from balans_edge.routes import Route, json
 
 if TYPE_CHECKING:
     from balans_edge.plugins.opcua.actuators import OpcuaActuator
