@@ -23,15 +23,9 @@ from zoneinfo import ZoneInfo
 import numpy as np
 
 from balans_edge.core.calendar import local_starts
-from balans_edge.core.model import Group, Meter
+from balans_edge.core.model import Group, Meter, Quality
 from balans_edge.core.periods import MeterPeriod
 from balans_edge.core.times import HOUR, hour_floor, iso
-
-QUALITY_MEASURED, QUALITY_ESTIMATED, QUALITY_MISSING, QUALITY_ABSENT = 0, 1, 2, 3
-"""Codes of the ``quality`` matrix given to ``compute``: the first three are the
-interval qualities (``core.intervals.QUALITY_CODES``); ABSENT marks an hour in
-which the meter was not installed (before install_time or after removed_time),
-so it does not count as a member in that hour."""
 
 BLOCK_ROWS = 256
 """Meter rows processed at once: a block of a month's hours (1.5 MB of float64)
@@ -328,7 +322,7 @@ def _pack(codes: np.ndarray, out: np.ndarray) -> None:
 def _effective_codes(nan: np.ndarray, quality: np.ndarray, out: np.ndarray) -> None:
     """Quality codes with a NaN value of a measured or estimated hour turned into
     missing: a value that is not there cannot be counted as known."""
-    np.multiply(nan.view(np.int8), np.int8(QUALITY_MISSING), out=out)
+    np.multiply(nan.view(np.int8), np.int8(Quality.MISSING), out=out)
     np.maximum(out, quality, out=out)
 
 
@@ -406,7 +400,8 @@ def _inputs(tree: BalanceTree, values: np.ndarray, quality: np.ndarray) -> tuple
 def compute(tree: BalanceTree, t: np.ndarray, values: np.ndarray, quality: np.ndarray) -> BalanceSeries:
     """Balance of every group for every hour.
 
-    ``values`` (float64, NaN where missing) and ``quality`` (int8 codes) are
+    ``values`` (float64, NaN where missing) and ``quality`` (int8 ``Quality``
+    codes; ``ABSENT`` where the meter was not installed: no member then) are
     (meters x hours) with rows in ``tree.meter_keys`` order; ``t`` holds the
     hour starts. Missing values are left out of the sums and counted as missing
     (a NaN value counts as missing whatever its code). Counts are int64.

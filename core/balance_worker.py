@@ -16,8 +16,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from balans_edge.core.balance import QUALITY_ABSENT, BalanceSeries, BalanceTree, compute
+from balans_edge.core.balance import BalanceSeries, BalanceTree, compute
 from balans_edge.core.bus import BalanceUpdated, EventBus, IntervalsUpdated
+from balans_edge.core.model import Quality
 from balans_edge.core.storage import Storage
 from balans_edge.core.tasks import cancel, rerun
 from balans_edge.core.times import HOUR, hour_ceil, hour_floor
@@ -123,7 +124,7 @@ class BalanceWorker:
         # nor one in which it was in another group (its value counts there).
         absent = (t[None, :] + HOUR <= compiled.installed[:, None]) | (t[None, :] >= compiled.removed[:, None])
         absent |= (t[None, :] < tree.row_from[:, None]) | (t[None, :] >= tree.row_until[:, None])
-        quality[absent] = QUALITY_ABSENT
+        quality[absent] = Quality.ABSENT
         values[absent] = np.nan
         return compute(tree, t, values, quality)
 

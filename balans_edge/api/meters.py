@@ -55,7 +55,7 @@ def routes(server: Server) -> list[Route]:
             "unit": meter.unit,
             "step": step,
             "points": [
-                {"t": iso(p.t), "value": None if p.value is None else round(p.value, 9), "quality": str(p.quality)}
+                {"t": iso(p.t), "value": None if p.value is None else round(p.value, 9), "quality": p.quality.label}
                 for p in points
             ],
         })

@@ -44,8 +44,8 @@ from scipy.optimize import nnls
 from balans_edge.core.analytics.base import GroupDetector
 from balans_edge.core.analytics.data import GroupData
 from balans_edge.core.analytics.meter_checks import change_point
-from balans_edge.core.balance import QUALITY_ABSENT
 from balans_edge.core.components import Finding, Severity
+from balans_edge.core.model import Quality
 
 EVIDENCE_HOURS = 168
 """Hours of evidence a finding carries (the last week)."""
@@ -102,7 +102,7 @@ class SlowedMeter:
 
 def prepare(data: GroupData) -> Prepared | None:
     """The cleaned arrays, or None when the window has too few known hours to fit anything."""
-    x = np.where(data.quality == QUALITY_ABSENT, 0.0, data.values).astype(np.float64)
+    x = np.where(data.quality == Quality.ABSENT, 0.0, data.values).astype(np.float64)
     y = np.asarray(data.imbalance, dtype=np.float64)
     valid = np.isfinite(y) & np.isfinite(x).all(axis=0)
     if valid.sum() < 72 or not len(data.meter_ids):

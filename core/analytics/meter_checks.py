@@ -24,9 +24,8 @@ import numpy as np
 
 from balans_edge.core.analytics.base import GroupDetector
 from balans_edge.core.analytics.data import GroupData
-from balans_edge.core.balance import QUALITY_MEASURED
 from balans_edge.core.components import Finding, Severity
-from balans_edge.core.model import Status
+from balans_edge.core.model import Quality, Status
 from balans_edge.core.times import HOUR, hour_of_day
 
 LITRES = 1000.0
@@ -411,7 +410,7 @@ class StuckMeterDetector(GroupDetector):
     name: str = "stuck-meter"
 
     def detect_group(self, data: GroupData) -> list[Finding]:
-        measured = (data.quality == QUALITY_MEASURED) & ~np.isnan(data.values)
+        measured = (data.quality == Quality.MEASURED) & ~np.isnan(data.values)
         zero = measured & (data.values == 0)
         runs = _latest_runs(zero | ~measured, zero, self.min_hours)
         out = []

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from balans_edge.core.model import Quality
 from balans_edge.core.storage.base import BalanceSums, PeriodSums
 from balans_edge.core.times import HOUR
 
@@ -27,8 +28,6 @@ BALANCE_COLUMNS = ("input", "consumed", "measured", "estimated", "missing",
                    "input_measured", "input_estimated", "input_missing")
 MATRIX_CHUNK = 500
 """Meters per consumption query (well under SQLite's limit on bound parameters)."""
-MISSING = 2
-"""The quality code of a missing hour (``core.intervals.QUALITY_CODES``)."""
 
 _PERIODS = "e(k, lo, hi) AS (SELECT key, value, lead(value) OVER (ORDER BY key) FROM json_each(?))"
 """The periods between consecutive edges (a JSON array). Each period's rows are
@@ -61,7 +60,7 @@ class BalanceTables:
         def read(conn: sqlite3.Connection) -> tuple[np.ndarray, np.ndarray]:
             hours = max(0, (t1 - t0) // HOUR)
             values = np.full((len(keys), hours), np.nan)
-            quality = np.full((len(keys), hours), MISSING, dtype=np.int8)
+            quality = np.full((len(keys), hours), Quality.MISSING, dtype=np.int8)
             order = np.argsort(keys, kind="stable")
             for i in range(0, len(keys), MATRIX_CHUNK):
                 chunk = keys[order[i : i + MATRIX_CHUNK]]

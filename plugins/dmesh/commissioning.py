@@ -20,7 +20,6 @@ from typing import TYPE_CHECKING
 
 import click
 
-from balans_edge.core.intervals import CODE
 from balans_edge.core.model import Quality
 from balans_edge.core.times import HOUR, hour_floor, iso
 
@@ -61,7 +60,6 @@ async def roles(storage: Storage, group_id: str) -> dict[str, str]:
 async def commissioning(storage: Storage, group_id: str, t0: int, t1: int) -> list[MeterCompleteness]:
     """Completeness of the hourly data of every meter of one group over [t0, t1) (hour-aligned):
     its inputs, its members and its member groups' inputs."""
-    missing_code = CODE[Quality.MISSING]
     hours = list(range(t0, t1, HOUR))
     role = await roles(storage, group_id)
     out = []
@@ -69,7 +67,7 @@ async def commissioning(storage: Storage, group_id: str, t0: int, t1: int) -> li
         part = role.get(meter.meter_id, "member" if meter.group_id == group_id else None)
         if part is None:
             continue
-        delivered = {t for t, _, quality in await storage.hourly(key, t0, t1) if quality != missing_code}
+        delivered = {t for t, _, quality in await storage.hourly(key, t0, t1) if quality != Quality.MISSING}
         gaps = [t for t in hours if t not in delivered]
         out.append(
             MeterCompleteness(

@@ -34,8 +34,7 @@ import numpy as np
 from balans_edge.core.balance import BalanceSeries, points
 from balans_edge.core.balance_queries import Tree, group_series
 from balans_edge.core.findings import finding_volume
-from balans_edge.core.intervals import QUALITY_CODES
-from balans_edge.core.model import LEVELS, Group, Meter
+from balans_edge.core.model import LEVELS, Group, Meter, Quality
 from balans_edge.core.periods import RegisterTable
 from balans_edge.core.storage import Storage
 from balans_edge.core.storage.base import ExportBatch
@@ -255,9 +254,9 @@ class PointBuilder:
             key = self.meter_key(reg, "consumption", r["meter"])
             if key is None:
                 continue
-            quality = QUALITY_CODES[r["quality"]]
             value = None if r["value"] is None else round(r["value"], 9)
-            text = self._line(key, {"value": value, "quality": str(quality), "quality_code": r["quality"]}, r["t"])
+            text = self._line(key, {"value": value, "quality": Quality(r["quality"]).label,
+                                    "quality_code": r["quality"]}, r["t"])
             out.append(((r["meter"], r["t"]), r["qid"], text))
         return out
 

@@ -21,7 +21,7 @@ import numpy as np
 
 from balans_edge.core.balance_queries import Tree, hourly_balance
 from balans_edge.core.components import Command, CommandCode
-from balans_edge.core.model import Status
+from balans_edge.core.model import Quality, Status
 from balans_edge.core.periods import RegisterTable
 from balans_edge.core.times import HOUR, hour_floor
 from balans_edge.plugins.modbus.regmap import (
@@ -237,8 +237,9 @@ class Snapshot:
         if not len(rows):
             return
         q = quality.reshape(-1).astype(np.int64)
-        v = np.where(q == 2, np.nan, values.reshape(-1))
-        self.hour_bits[rows] = _bits(q == 0, q == 1, names=("measured", "estimated"), table=METER_QUALITY)
+        v = np.where(q == Quality.MISSING, np.nan, values.reshape(-1))
+        self.hour_bits[rows] = _bits(q == Quality.MEASURED, q == Quality.ESTIMATED, names=("measured", "estimated"),
+                                     table=METER_QUALITY)
         self._meter("last_hour", rows, v)
         self._meter("last_hour_t", rows, np.full(len(rows), hour))
 

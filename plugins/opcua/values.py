@@ -24,7 +24,7 @@ from zoneinfo import ZoneInfo
 import numpy as np
 
 from balans_edge.core.components import Command
-from balans_edge.core.model import Group, Meter, Status
+from balans_edge.core.model import Group, Meter, Quality, Status
 from balans_edge.core.periods import RegisterTable
 from balans_edge.plugins.modbus import snapshot as snap
 from balans_edge.plugins.modbus.regmap import GROUP_FLAGS
@@ -168,7 +168,8 @@ class Values:
         yield Column(ids, "LastReadingTime", "datetime", self.last_ts, reading_status, self.last_ts)
         yield Column(ids, "DataAge", "uint32", np.maximum(self.age, 0), reading_status, self.last_ts + self.age)
         q = self.hour_quality
-        hour_status = np.select([q == 0, q == 1, q == 2], [GOOD, UNCERTAIN, NO_DATA], WAITING)
+        hour_status = np.select([q == Quality.MEASURED, q == Quality.ESTIMATED, q == Quality.MISSING],
+                                [GOOD, UNCERTAIN, NO_DATA], WAITING)
         yield Column(ids, "LastHour", "double", self.hour_value, hour_status, self.hour_t)
         yield Column(ids, "LastHourStart", "datetime", self.hour_t, np.where(q >= 0, GOOD, WAITING), self.hour_t)
         for kind, name in (("valve", "Valve"), ("relay", "Relay")):
