@@ -22,6 +22,7 @@ from zoneinfo import ZoneInfo
 
 import numpy as np
 
+from balans_edge.core.balance_figures import balance_figures, flag_names, none_if_nan
 from balans_edge.core.calendar import local_starts
 from balans_edge.core.model import Group, Meter, Quality
 from balans_edge.core.periods import MeterPeriod
@@ -456,36 +457,6 @@ class Coverage:
         return self.hours < self.length
 
 
-def _flags(
-    share_known: float | None,
-    imbalance: float | None,
-    loss: float | None,
-    input_counts: tuple[int, int],
-    group: Group,
-    threshold: float,
-    resolution: float,
-    partial: tuple[bool, bool],
-) -> list[str]:
-    """``input_counts``: missing and estimated input-meter hours; ``partial``: whether
-    the period is partial and whether any of its hours is counted at all."""
-    (missing_inputs, estimated_inputs), (cut, counted) = input_counts, partial
-    flags = ["partial"] if cut else []
-    if share_known is None:
-        if counted:
-            flags.append("no_members")
-    elif share_known < threshold:
-        flags.append("incomplete")
-    if missing_inputs:
-        flags.append("input_missing")
-    if estimated_inputs:
-        flags.append("input_estimated")
-    if loss is not None and group.loss_norm_pct is not None and loss > group.loss_norm_pct:
-        flags.append("norm_exceeded")
-    if imbalance is not None and imbalance < -resolution:
-        flags.append("negative_imbalance")
-    return sorted(flags)
-
-
 def points(series: BalanceSeries, row: int, group: Group, threshold: float,
            resolution: float = 0.0, coverage: Coverage | None = None) -> list[dict[str, Any]]:
     """JSON-ready periods of one group (row ``row`` of ``series``).
@@ -495,44 +466,35 @@ def points(series: BalanceSeries, row: int, group: Group, threshold: float,
     counters are cumulative); only a deficit beyond it is flagged
     ``negative_imbalance``.
 
-    A period in which an input meter is missing has no input, imbalance or
-    loss: the known part of the input would make the loss look smaller than
-    it is. With a ``coverage`` a period is flagged ``partial`` when the series
-    holds only part of it, and one with no hour counted at all (not begun)
-    has no input and no other flag. Flags are decided on the values as
-    reported (rounded to 6 decimals), so float noise of exactly balanced
-    groups raises none.
+    Input, imbalance, loss % and flags are ``core.balance_figures``'s rule.
+    With a ``coverage`` a period is flagged ``partial`` when the series holds
+    only part of it, and one with no hour counted at all (not begun) has no
+    input and no other flag.
     """
-    cols = {name: getattr(series, name)[row].tolist() for name in BalanceSeries.COLUMNS}
-    n = len(series.t)
-    partial = coverage.partial.tolist() if coverage is not None else [False] * n
-    counted = (coverage.hours > 0).tolist() if coverage is not None else [True] * n
-    input_known = series.input_known()[row].tolist()
+    cols = {name: getattr(series, name)[row] for name in BalanceSeries.COLUMNS}
+    norm = np.nan if group.loss_norm_pct is None else group.loss_norm_pct
+    partial = coverage.partial if coverage is not None else False
+    counted = coverage.hours > 0 if coverage is not None else True
+    f = balance_figures(cols, norm, resolution, threshold, partial, counted)
+    rows = zip(series.t.tolist(), f.input.tolist(), f.consumed.tolist(), f.imbalance.tolist(), f.loss_pct.tolist(),
+               cols["measured"].tolist(), cols["estimated"].tolist(), cols["missing"].tolist(), f.flags.tolist(),
+               strict=True)
     out = []
-    for i, t in enumerate(series.t.tolist()):
-        m, e, x = cols["measured"][i], cols["estimated"][i], cols["missing"][i]
+    for t, inp, consumed, imbalance, loss, m, e, x, flags in rows:
         members = m + e + x
-        consumed = round(cols["consumed"][i], 6)
-        inp = round(cols["input"][i], 6) if counted[i] and input_known[i] else None
-        imbalance = None if inp is None else round(inp - consumed, 6)
-        loss = round(100.0 * imbalance / inp, 4) if inp is not None and imbalance is not None and inp > 0 else None
-        share = (m + e) / members if members else None
-        completeness = {
-            "measured": round(m / members, 4) if members else 0.0,
-            "estimated": round(e / members, 4) if members else 0.0,
-            "missing": round(x / members, 4) if members else 0.0,
-        }
-        flags = _flags(share, imbalance, loss, (cols["input_missing"][i], cols["input_estimated"][i]), group,
-                       threshold, resolution, (partial[i], counted[i]))
         out.append(
             {
                 "t": iso(t),
-                "input": inp,
+                "input": none_if_nan(inp),
                 "consumed": consumed,
-                "imbalance": imbalance,
-                "loss_pct": loss,
-                "completeness": completeness,
-                "flags": flags,
+                "imbalance": none_if_nan(imbalance),
+                "loss_pct": none_if_nan(loss),
+                "completeness": {
+                    "measured": round(m / members, 4) if members else 0.0,
+                    "estimated": round(e / members, 4) if members else 0.0,
+                    "missing": round(x / members, 4) if members else 0.0,
+                },
+                "flags": flag_names(flags),
             }
         )
     return out

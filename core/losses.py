@@ -22,6 +22,7 @@ from zoneinfo import ZoneInfo
 import numpy as np
 
 from balans_edge.core.balance import BalanceSeries, aggregate
+from balans_edge.core.balance_figures import loss_pct, none_if_nan, norm_exceeded
 from balans_edge.core.findings import finding_volume
 from balans_edge.core.model import Group
 from balans_edge.core.times import DAY, hour_of_day
@@ -442,7 +443,7 @@ def _entry(
     if inflow_only:  # nothing to balance against: its input is not a loss
         trend = Trend(None, None, 0, None)
     imbalance = None if inp is None or inflow_only else inp - consumed
-    loss_pct = 100.0 * imbalance / inp if inp is not None and imbalance is not None and inp > 0 else None
+    loss = none_if_nan(float(loss_pct(imbalance, inp)))
     completeness = int(totals.members_known[row]) / members_all if members_all else None
     coverage = known_hours / totals.hours if totals.hours else 0.0
     money = imbalance * group.price * MONTH_DAYS / days if imbalance is not None and group.price is not None else None
@@ -467,9 +468,9 @@ def _entry(
         input=inp,
         consumed=consumed,
         imbalance=imbalance,
-        loss_pct=loss_pct,
+        loss_pct=loss,
         norm=group.loss_norm_pct,
-        norm_exceeded=loss_pct is not None and group.loss_norm_pct is not None and loss_pct > group.loss_norm_pct,
+        norm_exceeded=bool(norm_exceeded(loss, group.loss_norm_pct)),
         completeness=completeness,
         input_coverage=coverage,
         price=group.price,

@@ -12,13 +12,13 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
 import numpy as np
 
+from balans_edge.core.balance_figures import balance_figures
 from balans_edge.core.balance_queries import Tree, hourly_balance
 from balans_edge.core.components import Command, CommandCode
 from balans_edge.core.model import Quality, Status
@@ -28,7 +28,6 @@ from balans_edge.plugins.modbus.regmap import (
     ALARM_CODES,
     COIL_KINDS,
     GROUP,
-    GROUP_FLAGS,
     LAYOUT_VERSION,
     METER,
     METER_QUALITY,
@@ -66,43 +65,6 @@ def hour_marks(now: float, tz: ZoneInfo) -> tuple[int, int]:
     local = datetime.fromtimestamp(current, tz)
     midnight = local.replace(hour=0, minute=0, second=0, microsecond=0)
     return current - HOUR, int(midnight.timestamp())
-
-
-@dataclass
-class Derived:
-    """A group balance period turned into what the map shows (arrays of groups)."""
-
-    input: np.ndarray
-    consumed: np.ndarray
-    imbalance: np.ndarray
-    loss_pct: np.ndarray
-    completeness: np.ndarray
-    flags: np.ndarray
-
-
-def derive(cols: dict[str, np.ndarray], norms: np.ndarray, resolution: np.ndarray, threshold: float,
-           partial: bool = False) -> Derived:
-    """The API's definitions (``core.balance.points``), for all groups at once:
-    no input, imbalance or loss while an input meter is missing; flags decided
-    on values rounded as the API reports them. ``partial``: the period is not
-    over (today so far), as the API flags a day cut short."""
-    members = cols["measured"] + cols["estimated"] + cols["missing"]
-    consumed = np.round(cols["consumed"], 6)
-    known = cols["input_missing"] == 0
-    inp = np.where(known, np.round(cols["input"], 6), np.nan)
-    imbalance = np.round(inp - consumed, 6)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        loss = np.where(known & (inp > 0), np.round(100.0 * imbalance / inp, 4), np.nan)
-        share = np.where(members > 0, (cols["measured"] + cols["estimated"]) / np.maximum(members, 1), np.nan)
-    flags = _bits(
-        (members > 0) & (share < threshold), ~known, cols["input_estimated"] > 0,
-        np.isfinite(loss) & np.isfinite(norms) & (loss > norms), np.isfinite(imbalance) & (imbalance < -resolution),
-        members == 0, partial,
-        names=("incomplete", "input_missing", "input_estimated", "norm_exceeded", "negative_imbalance",
-               "no_members", "partial"),
-        table=GROUP_FLAGS,
-    )
-    return Derived(inp, consumed, imbalance, loss, np.round(share * 10000), flags)
 
 
 class KeyRows:
@@ -269,7 +231,7 @@ class Snapshot:
             "today": {c: a[:, in_today].sum(axis=1) for c, a in cols.items()},
         }
         for prefix, period in periods.items():
-            d = derive(period, self.norms, self.resolution, self.threshold, partial=prefix == "today")
+            d = balance_figures(period, self.norms, self.resolution, self.threshold, partial=prefix == "today")
             for name in ("input", "consumed", "imbalance", "loss_pct", "completeness", "flags"):
                 self._group(f"{prefix}_{name}", getattr(d, name))
         self._group("last_hour_t", np.full(len(self.group_ids), hour))

@@ -28,6 +28,7 @@ from urllib.parse import unquote
 
 from asyncua import ua
 
+from balans_edge.core.balance_figures import flag_bits_text
 from balans_edge.core.model import Concentrator, Group, Meter, RadioModule
 
 NAMESPACE_URI = "urn:balans-edge:opcua"
@@ -65,8 +66,6 @@ METER_METHODS = {"CloseValve": ("valve", "valve_close", "Close the meter's valve
 
 STATUS_BITS = ("0 magnet, 1 tamper, 2 reverse flow, 3 leak, 4 low battery, 5 valve closed, 6 cable cut, "
                "7 counter reset, 8 relay off")
-GROUP_FLAG_BITS = "0 incomplete, 1 input_missing, 2 input_estimated, 3 norm_exceeded, 4 negative_imbalance, " \
-                  "5 no_members"
 SEVERITY = {"info": 200, "warning": 500, "critical": 800}
 """Alarm severity -> OPC UA event Severity (1..1000)."""
 
@@ -299,7 +298,7 @@ def period_members(base: str, unit: str, declaration: bool = False) -> tuple[Nod
         *analog(base, "LossPercent", "%", "Imbalance as a share of Input (Bad_NoData when the input is unknown or "
                                           "not positive)", r),
         *analog(base, "Completeness", "%", "members measured or estimated (Bad_NoData without members)", r),
-        live(base, "Flags", Ids.UInt16, V.UInt16, f"bits as in the HTTP API's flags: {GROUP_FLAG_BITS}", r),
+        live(base, "Flags", Ids.UInt16, V.UInt16, f"bits as in the HTTP API's flags: {flag_bits_text()}", r),
         live(base, "Start", Ids.DateTime, V.DateTime, "start of the period", r),
         live(base, "Hours", Ids.UInt16, V.UInt16, "complete hours counted", r),
     )
