@@ -25,7 +25,8 @@ from sanic.request import Request
 
 from balans_edge import __version__
 from balans_edge.core.log_limit import LimitedLog
-from balans_edge.routes import ROLE_RANK, ApiError, Route, json, path_value
+from balans_edge.core.roles import allows
+from balans_edge.routes import ApiError, Route, json, path_value
 from balans_edge.security import token_digest
 
 if TYPE_CHECKING:
@@ -100,7 +101,7 @@ class Http:
             given = "authorization" in request.headers
             self._refused(request, route, 401, "invalid bearer token" if given else "no bearer token")
             raise ApiError(401, "unauthorized", "missing or invalid bearer token")
-        if ROLE_RANK[user[1]] < ROLE_RANK[route.role]:
+        if not allows(user[1], route.role):
             self._refused(request, route, 403, f'user "{user[0]}" ({user[1]}) needs role {route.role}')
             raise ApiError(403, "forbidden", f"{route.method} {route.openapi_path} needs role {route.role}")
 

@@ -23,12 +23,11 @@ from sanic.request import Request
 
 from balans_edge.core.calendar import MAX_POINTS, STEPS, Step
 from balans_edge.core.calendar import count as count_periods
+from balans_edge.core.roles import Role
 from balans_edge.core.text import check_text
 from balans_edge.core.times import RANGE_TEXT, check_time
 from balans_edge.core.times import parse_time as parse_time_text
 
-Role = Literal["viewer", "operator", "admin"]
-ROLE_RANK = {"viewer": 1, "operator": 2, "admin": 3}
 UTC_ZONE = ZoneInfo("UTC")
 
 
