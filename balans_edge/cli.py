@@ -217,11 +217,9 @@ cli.add_command(commands)
 
 def main() -> None:
     plugins = plugins_once()
-    for impl in plugins.pm.hook.register_commands.get_hookimpls():
-        try:
-            impl.function(cli=cli)
-        except Exception as exc:
-            plugins.fail(impl.plugin_name, exc, required=False)
+    _, errors = plugins.call("register_commands", cli=cli)
+    for error in errors:
+        plugins.fail(error.plugin, error.original, required=False)
     cli()
 
 

@@ -20,7 +20,7 @@ from balans_edge.core.ingest import IngestSettings
 from balans_edge.core.intervals import IntervalSettings
 from balans_edge.core.model import Group
 from balans_edge.core.roles import Role
-from balans_edge.security import token_digest
+from balans_edge.core.tokens import token_digest
 from balans_edge.settings import ConfigError, parse_section, setting
 
 
@@ -45,7 +45,7 @@ class ServerSection:
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     shutdown_timeout_s: float = setting(15.0, range=(0.1, 600))
     allow_insecure: bool = setting(False, doc="run on a non-loopback address despite weak tokens or an anonymous "
-                                              "role (balans_edge.security); they are still logged")
+                                              "role (balans_edge.core.tokens); they are still logged")
 
 
 @dataclass(frozen=True)
@@ -77,7 +77,7 @@ class ApiUser:
             raise ValueError(f'user "{self.name}": give one of token, token_env or token_sha256')
 
     def digest(self) -> bytes:
-        """SHA-256 of the token: what a presented token is compared with (balans_edge.security)."""
+        """SHA-256 of the token: what a presented token is compared with (balans_edge.core.tokens)."""
         return bytes.fromhex(self.token_sha256) if self.token_sha256 else token_digest(self.token)
 
 

@@ -1,16 +1,30 @@
 """Every hook a balans-edge plugin can implement.
 
-A plugin is a plain module (or object) with functions decorated by
-``balans_edge.hookimpl`` whose names match the hooks below. Built-in plugins
-(DMesh, Modbus, OPC UA, export) use exactly this interface; third-party
-plugins are found through the ``balans_edge`` entry-point group. Each hook is
-documented in docs/plugins.md; a test fails when one is not.
+A plugin is an object whose methods, decorated with ``balans_edge.hookimpl``,
+are named after the hooks below (a plain module of such functions also works
+for a plugin that needs no services). Built-in plugins (DMesh, analytics,
+Modbus, OPC UA, export) use exactly this interface; third-party plugins are
+found through the ``balans_edge`` entry-point group, whose value names the
+plugin's class (``package.module:PluginClass``, instantiated without
+arguments) or module. Each hook is documented in docs/plugins.md; a test
+fails when one is not.
 
-Hooks that *register* something are called once at start-up and return a list
-(or ``None``). Hooks that *observe* are called after the fact, off the
-device's acknowledgement path; they may be plain functions or coroutines, and
-an exception in one is logged and counted against its plugin without stopping
-anything else.
+No hook receives the server. Before any ``register_*`` hook is called, the
+server gives each plugin object its own ``PluginContext`` (``bind(context)``,
+``balans_edge.core.context``): the plugin's configuration section, the site,
+the core repositories, the ingest sink, the bus, the audited command service,
+the journal of findings and alarms, the detection service and its health
+reporting. A plugin builds its parts in ``bind`` and keeps them, so its hooks
+do not depend on each other's order.
+
+Hooks are called by pluggy, so ``tryfirst``/``trylast``, hook wrappers and
+``firstresult`` behave as pluggy documents. Hooks that *register* something
+are called once at start-up and return a list (or ``None``). Hooks that
+*observe* are called after the fact, off the device's acknowledgement path;
+they may be plain functions or coroutines. An exception in an implementation
+is attributed to its plugin: in a register hook it disables the plugin (or
+aborts start-up when the plugin is required), in an observer it is logged and
+counted, and the other plugins' implementations still run.
 """
 
 from __future__ import annotations
@@ -25,7 +39,6 @@ if TYPE_CHECKING:
     from balans_edge.core.bus import ReadingsCommitted
     from balans_edge.core.components import Actuator, Alarm, Command, Component, Detector, Exporter, Finding, Notifier
     from balans_edge.routes import Route
-    from balans_edge.server import Server
 
 hookspec = pluggy.HookspecMarker("balans_edge")
 hookimpl = pluggy.HookimplMarker("balans_edge")
@@ -35,98 +48,296 @@ hookimpl = pluggy.HookimplMarker("balans_edge")
 def config_schema() -> dict[str, type] | None:
     """Describe the plugin's configuration tables.
 
-    Return ``{"name": Dataclass}``: the ``[plugins.name]`` table of the
-    configuration file is validated into an instance of ``Dataclass`` (fields
-    with defaults; ``balans_edge.settings.setting`` adds ranges and secrets),
-    available at start-up as ``server.plugin_config("name")``. The keys
-    ``enabled`` and ``required`` are reserved for every plugin.
+    - **Returns:** `{"NAME": Dataclass}` (or `None`); a plugin may declare more
+      than one table.
+    - **When:** before the configuration file is read, by `balans-edge run`,
+      `check-config` and `plugins`. The `[plugins.NAME]` table is validated into
+      an instance of the dataclass (defaults when the table is absent), which the
+      plugin gets as `context.config`. The keys `enabled` and `required` are
+      reserved for every plugin.
+
+    ```python
+    @dataclass(frozen=True)
+    class ExampleConfig:
+        greeting: str = "hello"
+        interval_s: float = setting(1.0, range=(0.01, 3600))
+
+
+    class ExamplePlugin(Plugin):
+        @hookimpl
+        def config_schema(self):
+            return {"example": ExampleConfig}
+    ```
     """
 
 
 @hookspec
-def register_components(server: Server) -> list[Component] | None:
+def register_components() -> list[Component] | None:
     """Contribute long-running components: drivers, bridges, schedulers.
 
-    Each component has a ``name`` and async ``start()`` / ``stop()``. They are
-    started in registration order after storage is open and stopped in reverse
-    order before it closes. A component whose ``start`` raises disables its
-    plugin (or aborts start-up if the plugin is required).
+    - **Returns:** a list of `Component`s: objects with a `name` and
+      `async start()` / `async stop()`.
+    - **When:** once at start-up, after storage is open. Components start in the
+      order their plugins registered (built-in plugins first; pluggy calls the
+      last registered first, and the server reverses that) and stop in reverse
+      order before storage closes. `start` returns once the component runs: a
+      loop runs as a task started through `context.health.supervise(component,
+      task)`, so a task that dies marks the plugin failed. A `start` that raises
+      fails the plugin (or start-up, when the plugin is required).
+
+    ```python
+    class Heartbeat:
+        name = "example-heartbeat"
+
+        def __init__(self, context):
+            self.context = context
+
+        async def start(self):
+            self._task = self.context.health.supervise(self, asyncio.create_task(self._run()))
+
+        async def stop(self):
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+
+    class ExamplePlugin(Plugin):
+        @hookimpl
+        def register_components(self):
+            return [Heartbeat(self.context)]
+    ```
     """
 
 
 @hookspec
-def register_routes(server: Server) -> list[Route] | None:
-    """Contribute HTTP API routes (``balans_edge.routes.Route``).
+def register_routes() -> list[Route] | None:
+    """Contribute HTTP API routes.
 
-    A route names its method, path, handler, the role a caller needs and a
-    summary for the OpenAPI document. Handlers receive the Sanic request and
-    the path parameters and return a response (``balans_edge.routes.json``).
+    - **Returns:** a list of `balans_edge.routes.Route(method, path, handler,
+      summary, role="viewer", ...)`. `path` uses Sanic syntax
+      (`/api/v1/things/<thing_id>`); `role` is the least role a caller needs
+      (`viewer`, `operator`, `admin`, or `None` for anyone).
+    - **When:** once at start-up; the routes are mounted behind the same
+      authentication and JSON errors as the built-in API and appear in
+      `GET /api/v1/openapi.json`. A handler receives the Sanic request and the
+      path parameters (percent-decoded, NFC) and returns
+      `balans_edge.routes.json(...)`; raising `balans_edge.routes.ApiError(status,
+      code, message)` gives a JSON error.
+
+    ```python
+    class ExamplePlugin(Plugin):
+        @hookimpl
+        def register_routes(self):
+            storage = self.context.storage
+
+            async def summary(request):
+                return json({"meters": len(await storage.registry_list("meters"))})
+
+            return [Route("GET", "/api/v1/example/summary", summary, "Example plugin summary")]
+    ```
     """
 
 
 @hookspec
 def register_commands(cli: click.Group) -> None:
-    """Add sub-commands to the ``balans-edge`` command line (a click group)."""
+    """Add sub-commands to the `balans-edge` command line.
+
+    - **Arguments:** `cli`, the top-level `click.Group`.
+    - **Returns:** nothing; add commands with `@cli.command(...)`.
+    - **When:** every time `balans-edge` starts, before the command line is
+      parsed (there is no context: a command reads the configuration itself).
+      A plugin whose hook raises is reported and the command line still works.
+
+    ```python
+    class ExamplePlugin(Plugin):
+        @hookimpl
+        def register_commands(self, cli):
+            @cli.command("example-hello")
+            @click.option("--name", default="world")
+            def hello(name):
+                click.echo(f"hello, {name}, from the example plugin")
+    ```
+    """
 
 
 @hookspec
-def register_detectors(server: Server) -> list[Detector] | None:
+def register_detectors() -> list[Detector] | None:
     """Contribute loss and fault detectors.
 
-    A detector has a ``name`` and ``async detect(server) -> list[Finding]``;
-    the analytics scheduler runs them and each finding is stored and passed to
-    ``observe_findings``.
+    - **Returns:** a list of `Detector`s: objects with a `name` and
+      `async detect(run) -> list[Finding]`, where `run` is a
+      `balans_edge.core.detection.DetectionRun`: the run's `scope` (groups and
+      hours; `scope.windows(run.storage, run.tz)` loads each group's window once
+      per run), read access to the data (`run.storage`) and the site's `tz`.
+    - **When:** collected once at start-up; the detection service runs every
+      detector (the analytics schedule, an operator's run, `context.detection.run`).
+      Each `Finding(detector, subject, kind, message, severity=..., t=..., data={})`
+      is stored in the `findings` journal once per event and passed to
+      `observe_findings`: `t` is the data time the report is about,
+      `data["start"]` / `data["end"]` (unix seconds) when the event began and
+      stopped in the data, `data["rate"]` (unit per hour) and `data["volume_m3"]`
+      what it measured (docs/analytics.md). A detector that raises is logged,
+      counted in its plugin's `errors` and skipped.
+
+    ```python
+    class QuarantineDetector:
+        name = "example-quarantine"
+
+        async def detect(self, run):
+            rows = await run.storage.quarantine(1000)
+            return [Finding(self.name, f"module:{m}", "unregistered_module", f"module {m} is not registered")
+                    for m in sorted({r["module_id"] for r in rows})]
+    ```
     """
 
 
 @hookspec
-def register_actuators(server: Server) -> list[Actuator] | None:
-    """Contribute actuators that execute valve, relay and pump commands.
+def register_actuators() -> list[Actuator] | None:
+    """Contribute actuators that execute commands to devices.
 
-    An actuator has a ``name``, ``handles(command) -> bool`` (plain or async)
-    and ``async execute(command) -> CommandOutcome``, and may have
-    ``owns(target) -> bool``: a command for an owned target goes only to its
-    owners (never to a generic actuator that takes any valve command). Commands reach it only
-    through the core actuation service, which audits who asked, when, why and
-    the outcome.
+    - **Returns:** a list of `Actuator`s: objects with a `name`,
+      `handles(command) -> bool` (plain or `async`, for an actuator that looks
+      the target up in the registry) and `async execute(command) -> CommandOutcome`,
+      and optionally `owns(target) -> bool`: the actuator drives that target (a
+      Modbus valve, a pump), so a command for it goes only to its owners and is
+      refused when none of them handles its code, never falling through to a
+      generic actuator.
+    - **When:** collected once at start-up. An actuator is never called
+      directly: `context.commands.execute(Command(target, code, requested_by,
+      reason))` routes a command to its target's owner, else to the first
+      actuator that handles it, writes the `commands` journal with who asked,
+      when, why and the outcome (`done`, `failed`, or `refused` when no
+      actuator handles it), then calls `observe_commands`.
+
+    ```python
+    class ExampleActuator:
+        name = "example-actuator"
+
+        def handles(self, command):
+            return command.target.startswith("example:")
+
+        async def execute(self, command):
+            return CommandOutcome(ok=True, detail=f"{command.code} on {command.target}")
+    ```
     """
 
 
 @hookspec
-def register_notifiers(server: Server) -> list[Notifier] | None:
+def register_notifiers() -> list[Notifier] | None:
     """Contribute notifiers (mail, SMS, messengers) that deliver alarms.
 
-    A notifier has a ``name`` and ``async notify(alarm)``; a failing notifier
-    is logged and does not keep the alarm from the others.
+    - **Returns:** a list of `Notifier`s: objects with a `name` and
+      `async notify(alarm)`.
+    - **When:** collected once at start-up; `context.journal.raise_alarm(Alarm(source,
+      message, severity=...))` stores the alarm in the `alarms` journal and
+      hands it to every notifier in turn. A notifier that raises is logged and
+      counted in its plugin's `errors`; the others still get the alarm.
+
+    ```python
+    class FileNotifier:
+        name = "example-notifier"
+
+        async def notify(self, alarm):
+            line = json.dumps({"source": alarm.source, "message": alarm.message})
+            await asyncio.to_thread(append, "alarms.jsonl", line)
+    ```
     """
 
 
 @hookspec
-def register_exporters(server: Server) -> list[Exporter] | None:
+def register_exporters() -> list[Exporter] | None:
     """Contribute exporters that ship data to other systems.
 
-    An exporter is a component (``start``/``stop``) with ``status() -> dict``
-    (queue depth, last error, ...) which appears under ``exporters`` in
-    ``GET /api/v1/health``.
+    - **Returns:** a list of `Exporter`s: components (`name`, `start`, `stop`)
+      with `status() -> dict` (queue depth, last error, ...).
+    - **When:** collected once at start-up and started after the plugin
+      components; each exporter's `status()` appears under `exporters` (keyed
+      by its `name`) in `GET /api/v1/health`.
+
+    ```python
+    class CountingExporter:
+        name = "example-exporter"
+
+        async def start(self):
+            self.running = True
+
+        async def stop(self):
+            self.running = False
+
+        def status(self):
+            return {"running": self.running}
+    ```
     """
 
 
 @hookspec
-def observe_readings(server: Server, event: ReadingsCommitted) -> Any:
-    """Called after a batch of readings is durably committed."""
+def observe_readings(event: ReadingsCommitted) -> Any:
+    """Called after a batch of readings is durably committed.
+
+    - **Arguments:** `event`, a `balans_edge.core.bus.ReadingsCommitted` with
+      `meters` (internal meter keys), `count`, `t_min` and `t_max`.
+    - **Returns:** nothing (a coroutine is awaited).
+    - **When:** after the commit, from the server's observer task: the device
+      was already acknowledged. Events wait in a bounded queue that drops the
+      oldest when an observer falls behind; read storage for the full picture.
+
+    ```python
+    @hookimpl
+    def observe_readings(self, event):
+        self.readings += event.count
+    ```
+    """
 
 
 @hookspec
-def observe_findings(server: Server, finding: Finding) -> Any:
-    """Called after a detector's finding is stored."""
+def observe_findings(finding: Finding) -> Any:
+    """Called after a detector's finding is stored.
+
+    - **Arguments:** `finding`, a `balans_edge.core.components.Finding` with its
+      journal `id` and time `t` filled in.
+    - **Returns:** nothing (a coroutine is awaited).
+    - **When:** once per event, after the finding was stored in the `findings`
+      journal (a report that continues a known event updates it silently).
+
+    ```python
+    @hookimpl
+    async def observe_findings(self, finding):
+        await self.dispatcher.forward(finding)
+    ```
+    """
 
 
 @hookspec
-def observe_alarms(server: Server, alarm: Alarm) -> Any:
-    """Called when an alarm is raised, after the notifiers were asked to deliver it."""
+def observe_alarms(alarm: Alarm) -> Any:
+    """Called when an alarm is raised, after the notifiers were asked to deliver it.
+
+    - **Arguments:** `alarm`, a `balans_edge.core.components.Alarm` with its
+      journal `id` and time `t`.
+    - **Returns:** nothing (a coroutine is awaited).
+    - **When:** after the alarm was stored and every notifier was called.
+
+    ```python
+    @hookimpl
+    def observe_alarms(self, alarm):
+        log.warning("alarm from %s: %s", alarm.source, alarm.message)
+    ```
+    """
 
 
 @hookspec
-def observe_commands(server: Server, command: Command) -> Any:
-    """Called when a command was executed (or refused) by the actuation service,
-    after its audit record is stored."""
+def observe_commands(command: Command) -> Any:
+    """Called when the command service executed (or refused) a command, after its
+    audit record is stored.
+
+    - **Arguments:** `command`, a `balans_edge.core.components.Command` with its
+      audit `id`, `outcome` (`done`, `refused`, `failed`) and `detail`.
+    - **Returns:** nothing (a coroutine is awaited).
+    - **When:** at the end of `context.commands.execute`, for every command
+      whatever its outcome.
+
+    ```python
+    @hookimpl
+    def observe_commands(self, command):
+        if command.outcome != "done":
+            log.warning("command %s on %s: %s", command.code, command.target, command.detail)
+    ```
+    """

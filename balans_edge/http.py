@@ -26,8 +26,8 @@ from sanic.request import Request
 from balans_edge import __version__
 from balans_edge.core.log_limit import LimitedLog
 from balans_edge.core.roles import allows
+from balans_edge.core.tokens import token_digest
 from balans_edge.routes import ApiError, Route, json, path_value
-from balans_edge.security import token_digest
 
 if TYPE_CHECKING:
     from balans_edge.config import ApiSection

@@ -2,9 +2,16 @@
 
 Built-in plugins are registered from ``DEFAULT_PLUGINS`` exactly like third-
 party ones, which come from the ``balans_edge`` entry-point group. A plugin
-that fails to import, to register or to start is recorded with a short
-traceback summary and disabled; the rest keeps running. Hooks are called one
-implementation at a time so that a failure is attributed to its plugin.
+is a class (instantiated here without arguments) or a module. A plugin that
+fails to import, to register or to start is recorded with a short traceback
+summary and disabled; the rest keeps running.
+
+Hooks are called by pluggy itself (its order, ``tryfirst``/``trylast``,
+wrappers and ``firstresult``). Fault isolation per plugin comes from a guard
+put around each plain implementation when its plugin registers: an exception
+is recorded against that plugin and the implementation answers None, so the
+call goes on with the other plugins. The guard also notes which plugin
+returned what, so contributions stay attributed to their plugin.
 """
 
 from __future__ import annotations
@@ -28,13 +35,13 @@ log = logging.getLogger(__name__)
 
 ENTRY_POINT_GROUP = "balans_edge"
 DEFAULT_PLUGINS: dict[str, str] = {
-    "dmesh": "balans_edge.plugins.dmesh.plugin",
-    "analytics": "balans_edge.plugins.analytics.plugin",
-    "modbus": "balans_edge.plugins.modbus.plugin",
-    "opcua": "balans_edge.plugins.opcua.plugin",
-    "export": "balans_edge.plugins.export.plugin",
+    "dmesh": "balans_edge.plugins.dmesh.plugin:DmeshPlugin",
+    "analytics": "balans_edge.plugins.analytics.plugin:AnalyticsPlugin",
+    "modbus": "balans_edge.plugins.modbus.plugin:ModbusPlugin",
+    "opcua": "balans_edge.plugins.opcua.plugin:OpcuaPlugin",
+    "export": "balans_edge.plugins.export.plugin:ExportPlugin",
 }
-"""Built-in plugins by name."""
+"""Built-in plugins by name: ``module:Class`` as an entry point names them."""
 
 
 def summarize(exc: BaseException) -> str:
@@ -82,6 +89,10 @@ class Plugins:
         self.pm = pluggy.PluginManager("balans_edge")
         self.pm.add_hookspecs(hookspecs)
         self.info: dict[str, PluginInfo] = {}
+        self._results: list[tuple[str, Any]] = []
+        self._errors: list[PluginCallError] | None = None
+        """While ``call`` runs: what each implementation answered and which raised
+        (outside it, observers' failures are logged and counted)."""
 
     # loading ----------------------------------------------------------------
 
@@ -96,17 +107,19 @@ class Plugins:
         for module in modules:
             self._import(module.rsplit(".", 1)[-1], module, "module")
 
-    def _import(self, name: str, module: str, source: str) -> None:
+    def _import(self, name: str, spec: str, source: str) -> None:
         try:
+            module, _, attr = spec.partition(":")
             obj = importlib.import_module(module)
+            obj = _instance(getattr(obj, attr) if attr else obj)
         except Exception as exc:
-            self._record_failure(name, module, source, exc)
+            self._record_failure(name, spec, source, exc)
             return
         self.register(obj, name, source)
 
     def _load_entry_point(self, ep: importlib.metadata.EntryPoint, source: str) -> None:
         try:
-            obj = ep.load()
+            obj = _instance(ep.load())
         except Exception as exc:
             self._record_failure(ep.name, ep.value, source, exc)
             return
@@ -117,7 +130,7 @@ class Plugins:
         self.info[name] = PluginInfo(name, module, source, state="failed", error=summarize(exc))
 
     def register(self, obj: ModuleType | object, name: str, source: str = "module") -> None:
-        module = getattr(obj, "__name__", type(obj).__name__)
+        module = getattr(obj, "__name__", None) or f"{type(obj).__module__}:{type(obj).__qualname__}"
         if name in self.info and self.info[name].state != "failed":
             log.warning("plugin %s is already registered; %s ignored", name, module)
             return
@@ -133,7 +146,47 @@ class Plugins:
             self.pm.unregister(obj, name=name)
             self._record_failure(name, module, source, LookupError(f"unknown hook(s): {', '.join(unknown)}"))
             return
+        for caller in callers:
+            for impl in caller.get_hookimpls():
+                if impl.plugin is obj and not (impl.hookwrapper or impl.wrapper):
+                    impl.function = self._guard(name, caller.name, impl.function)
         self.info[name] = PluginInfo(name, module, source, hooks=sorted(h.name for h in callers))
+
+    def _guard(self, plugin: str, hook: str, function: Callable[..., Any]) -> Callable[..., Any]:
+        """``function`` that records its result and its failure against ``plugin``.
+
+        A coroutine is wrapped too, so that an exception raised while it is
+        awaited is also caught and counted (observers may be coroutines)."""
+
+        def guarded(*args: Any, **kwargs: Any) -> Any:
+            try:
+                result = function(*args, **kwargs)
+            except Exception as exc:
+                self._failed(plugin, hook, exc)
+                return None
+            if inspect.isawaitable(result):
+                return self._awaited(plugin, hook, result)
+            if self._errors is not None:
+                self._results.append((plugin, result))
+            return result
+
+        guarded.__wrapped__ = function  # type: ignore[attr-defined]
+        return guarded
+
+    async def _awaited(self, plugin: str, hook: str, awaitable: Any) -> Any:
+        try:
+            return await awaitable
+        except Exception as exc:
+            self._failed(plugin, hook, exc)
+            return None
+
+    def _failed(self, plugin: str, hook: str, exc: Exception) -> None:
+        if self._errors is not None:
+            self._errors.append(PluginCallError(plugin, hook, exc))
+            return
+        log.warning("plugin %s: %s raised %s", plugin, hook, summarize(exc))
+        if plugin in self.info:
+            self.info[plugin].errors += 1
 
     def disable(self, name: str, state: str = "disabled", error: str | None = None) -> None:
         plugin = self.pm.get_plugin(name)
@@ -156,44 +209,23 @@ class Plugins:
     def hook_names(self) -> list[str]:
         return sorted(n for n in dir(self.pm.hook) if not n.startswith("_"))
 
-    def _in_order(self, hook: str) -> list[pluggy.HookImpl]:
-        """Implementations in registration order, built-in plugins first.
-
-        pluggy keeps them in this order and calls them last-registered first;
-        components must start (and contributions be collected) as registered."""
-        return getattr(self.pm.hook, hook).get_hookimpls()
-
-    def call_each(
-        self, hook: str, on_error: Callable[[PluginCallError], None] | None = None, **kwargs: Any
-    ) -> list[tuple[str, Any]]:
-        """Call every implementation of ``hook`` once; return (plugin name, result).
-
-        An exception is raised with the plugin's name attached (``PluginCallError``)
-        so the caller decides between disabling the plugin and aborting; with
-        ``on_error`` it is passed there instead and the other plugins are still called."""
-        results = []
-        for impl in self._in_order(hook):
-            args = {a: kwargs[a] for a in impl.argnames}
-            try:
-                results.append((impl.plugin_name, impl.function(**args)))
-            except Exception as exc:
-                error = PluginCallError(impl.plugin_name, hook, exc)
-                if on_error is None:
-                    raise error from exc
-                on_error(error)
-        return results
+    def call(self, hook: str, **kwargs: Any) -> tuple[list[tuple[str, Any]], list[PluginCallError]]:
+        """Call a hook through pluggy; return (plugin name, result) of each plain
+        implementation in the order pluggy called them, and the errors of the
+        implementations that raised (they answered None)."""
+        self._results, self._errors = [], []
+        try:
+            getattr(self.pm.hook, hook)(**kwargs)
+            return self._results, self._errors
+        finally:
+            self._results, self._errors = [], None
 
     async def notify(self, hook: str, **kwargs: Any) -> None:
-        """Call an observer hook; failures are logged and counted, never raised."""
-        for impl in self._in_order(hook):
-            try:
-                result = impl.function(**{a: kwargs[a] for a in impl.argnames})
-                if inspect.isawaitable(result):
-                    await result
-            except Exception as exc:
-                log.warning("plugin %s: %s raised %s", impl.plugin_name, hook, summarize(exc))
-                if impl.plugin_name in self.info:
-                    self.info[impl.plugin_name].errors += 1
+        """Call an observer hook; failures are logged and counted, never raised.
+        Coroutine results are awaited in the order pluggy called them."""
+        for result in getattr(self.pm.hook, hook)(**kwargs):
+            if inspect.isawaitable(result):
+                await result
 
     def listing(self) -> list[dict[str, Any]]:
         return [self.info[n].as_dict() for n in sorted(self.info)]
@@ -207,6 +239,12 @@ class PluginCallError(Exception):
         self.original = exc
 
 
+def _instance(obj: Any) -> Any:
+    """A plugin class is instantiated (each server gets its own plugin objects);
+    a module or an object is registered as it is."""
+    return obj() if inspect.isclass(obj) else obj
+
+
 def load_plugins(modules: Iterable[str] = ()) -> Plugins:
     plugins = Plugins()
     plugins.load(modules=modules)
@@ -216,9 +254,9 @@ def load_plugins(modules: Iterable[str] = ()) -> Plugins:
 def config_schemas(plugins: Plugins) -> dict[str, type]:
     """Schemas of every plugin's configuration tables; a broken hook fails its plugin."""
     schemas: dict[str, type] = {}
-    for impl in plugins.pm.hook.config_schema.get_hookimpls():
-        try:
-            schemas.update(impl.function() or {})
-        except Exception as exc:
-            plugins.fail(impl.plugin_name, exc, required=False)
+    results, errors = plugins.call("config_schema")
+    for _, result in results:
+        schemas.update(result or {})
+    for error in errors:
+        plugins.fail(error.plugin, error.original, required=False)
     return schemas

@@ -21,13 +21,15 @@ from balans_edge.core.actuation import ActuationService
 from balans_edge.core.balance_worker import BalanceWorker
 from balans_edge.core.bus import EventBus, ReadingsCommitted, Subscription
 from balans_edge.core.components import Alarm, Command, Component, Exporter, Finding
+from balans_edge.core.context import PluginContext, Site
+from balans_edge.core.detection import DetectionService
 from balans_edge.core.ingest import Ingest
 from balans_edge.core.intervals import IntervalWorker
 from balans_edge.core.quarantine import QuarantineRetention
 from balans_edge.core.storage import Storage, open_storage
 from balans_edge.core.tasks import cancel, on_failure
 from balans_edge.http import Http
-from balans_edge.plugin_manager import PluginCallError, PluginError, Plugins, summarize
+from balans_edge.plugin_manager import PluginError, Plugins, summarize
 from balans_edge.routes import Route
 
 log = logging.getLogger(__name__)
@@ -49,8 +51,11 @@ class Server:
         self.balance = BalanceWorker(self.storage, config.balance, self.bus)
         self.quarantine = QuarantineRetention(self.storage, config.ingest)
         self.actuation = ActuationService(self.storage, observer=self._observe_command)
+        self.detection = DetectionService(self.storage, self.tz, settle=self._settle, report=self.report_finding,
+                                          failed=self._count_error)
+        self.site = Site(config.site.name, config.site.timezone, config.balance.completeness_threshold,
+                         config.intervals.tolerance_s)
         self.components: list[tuple[str, Component]] = []
-        self.detectors: list[tuple[str, Any]] = []
         self.notifiers: list[tuple[str, Any]] = []
         self.exporters: list[tuple[str, Exporter]] = []
         self.routes: list[Route] = []
@@ -64,8 +69,12 @@ class Server:
         """Plugin -> its running components at fault now -> the error (see component_fault)."""
         self._stopping = False
 
-    def plugin_config(self, name: str) -> Any:
-        return self.config.plugins.get(name)
+    def context(self, name: str) -> PluginContext:
+        """What the plugin ``name`` may use of the server (``core.context``)."""
+        return PluginContext(name=name, config=self.config.plugins.get(name), site=self.site, storage=self.storage,
+                             ingest=self.ingest, bus=self.bus, commands=self.actuation, journal=self,
+                             detection=self.detection, health=_Health(self, name),
+                             api_users=tuple(self.config.api.users))
 
     def required(self, name: str) -> bool:
         flags = self.config.plugin_flags.get(name)
@@ -85,19 +94,32 @@ class Server:
             if not flags.enabled:
                 self.plugins.disable(name)
 
+    def _bind(self) -> None:
+        """Give every plugin object its context before any register hook."""
+        for name, plugin in self.plugins.pm.list_name_plugin():
+            bind = getattr(plugin, "bind", None)
+            if name in self.plugins.info and callable(bind):
+                try:
+                    bind(self.context(name))
+                except Exception as exc:
+                    self.plugins.fail(name, exc, self.required(name))
+
     def _collect(self, hook: str) -> list[tuple[str, Any]]:
         """Contributions of every plugin; a plugin whose hook raises is disabled."""
-
-        def failed(exc: PluginCallError) -> None:
-            self.plugins.fail(exc.plugin, exc.original, self.required(exc.plugin))
-
-        results = self.plugins.call_each(hook, on_error=failed, server=self)
-        return [(name, item) for name, items in results for item in (items or [])]
+        contributions, errors = self.plugins.call(hook)
+        for error in errors:
+            self.plugins.fail(error.plugin, error.original, self.required(error.plugin))
+        failed = {e.plugin for e in errors}
+        # pluggy calls the last registered first: reversed, plugins registered
+        # first (the built-ins) contribute first, so their components start first.
+        return [(name, item) for name, items in reversed(contributions) if name not in failed
+                for item in (items or [])]
 
     def collect_contributions(self) -> None:
         self._apply_flags()
+        self._bind()
         self.components = self._collect("register_components")
-        self.detectors = self._collect("register_detectors")
+        self.detection.detectors = self._collect("register_detectors")
         self.notifiers = self._collect("register_notifiers")
         self.exporters = self._collect("register_exporters")
         self._actuators = self._collect("register_actuators")
@@ -112,7 +134,7 @@ class Server:
         def alive(items: list[tuple[str, Any]]) -> list[tuple[str, Any]]:
             return [(n, x) for n, x in items if n not in failed]
 
-        self.components, self.detectors = alive(self.components), alive(self.detectors)
+        self.components, self.detection.detectors = alive(self.components), alive(self.detection.detectors)
         self.notifiers, self.exporters = alive(self.notifiers), alive(self.exporters)
         for _, actuator in alive(self._actuators):
             self.actuation.add(actuator)
@@ -268,12 +290,12 @@ class Server:
     async def _observe_readings(self, sub: Subscription) -> None:
         try:
             async for event in sub:
-                await self.plugins.notify("observe_readings", server=self, event=event)
+                await self.plugins.notify("observe_readings", event=event)
         finally:
             sub.close()
 
     async def _observe_command(self, command: Command) -> None:
-        await self.plugins.notify("observe_commands", server=self, command=command)
+        await self.plugins.notify("observe_commands", command=command)
 
     async def report_finding(self, finding: Finding) -> Finding:
         """Store a finding once per event; raise an alarm and tell the observers
@@ -295,23 +317,21 @@ class Server:
         finding_id, new = await self.storage.record_finding(record)
         finding = dataclasses.replace(finding, t=record["t"], id=finding_id)
         if new:
-            await self.plugins.notify("observe_findings", server=self, finding=finding)
+            await self.plugins.notify("observe_findings", finding=finding)
             await self.raise_alarm(_finding_alarm(finding))
         return finding
 
     async def run_detectors(self) -> list[Finding]:
-        """Run every detector once; a failing detector is logged and skipped."""
-        found = []
-        for name, detector in self.detectors:
-            try:
-                results = await detector.detect(self)
-            except Exception:
-                log.exception("detector %s (%s) failed", getattr(detector, "name", detector), name)
-                self.plugins.info[name].errors += 1
-                continue
-            for finding in results:
-                found.append(await self.report_finding(finding))
-        return found
+        """Run every detector once over the recent window (``DetectionService.run``)."""
+        return await self.detection.run(settle=False)
+
+    async def _settle(self) -> None:
+        await self.intervals.process()
+        await self.balance.process()
+
+    def _count_error(self, plugin: str) -> None:
+        if plugin in self.plugins.info:
+            self.plugins.info[plugin].errors += 1
 
     async def raise_alarm(self, alarm: Alarm) -> Alarm:
         """Store an alarm, hand it to every notifier, then to the observers."""
@@ -324,8 +344,8 @@ class Server:
                 await notifier.notify(alarm)
             except Exception:
                 log.exception("notifier %s (%s) failed", getattr(notifier, "name", notifier), name)
-                self.plugins.info[name].errors += 1
-        await self.plugins.notify("observe_alarms", server=self, alarm=alarm)
+                self._count_error(name)
+        await self.plugins.notify("observe_alarms", alarm=alarm)
         return alarm
 
     # health -----------------------------------------------------------------
@@ -345,6 +365,27 @@ class Server:
             "exporters": {getattr(e, "name", n): e.status() for n, e in self.exporters},
             "bus": self.bus.stats(),
         }
+
+
+class _Health:
+    """A plugin's view of the server's health (``core.context.Health``)."""
+
+    def __init__(self, server: Server, plugin: str) -> None:
+        self._server = server
+        self._plugin = plugin
+
+    @property
+    def started_at(self) -> float | None:
+        return self._server.started_at
+
+    def supervise(self, component: Component, task: asyncio.Task[Any]) -> asyncio.Task[Any]:
+        return self._server.supervise(component, task)
+
+    def fault(self, component: Component, error: BaseException | None) -> None:
+        self._server.component_fault(component, error)
+
+    def plugin_states(self) -> dict[str, str]:
+        return {n: i.state for n, i in self._server.plugins.info.items()}
 
 
 def _finding_alarm(finding: Finding) -> Alarm:

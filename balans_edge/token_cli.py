@@ -7,7 +7,7 @@ import sys
 import click
 
 from balans_edge.core.roles import ROLES
-from balans_edge.security import new_token, token_digest, weakness
+from balans_edge.core.tokens import new_token, token_digest, weakness
 
 
 @click.group()

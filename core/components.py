@@ -93,9 +93,12 @@ class CommandOutcome:
 
 @runtime_checkable
 class Detector(Protocol):
+    """Finds losses and faults; the detection service runs it with a ``DetectionRun``
+    (the scope and read access to the data: ``core.detection``)."""
+
     name: str
 
-    async def detect(self, server: Any) -> list[Finding]: ...
+    async def detect(self, run: Any) -> list[Finding]: ...
 
 
 @runtime_checkable

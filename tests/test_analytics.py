@@ -17,6 +17,7 @@ import pytest
 from balans_edge.config import parse_config
 from balans_edge.core.analytics.base import GroupDetector, Scope
 from balans_edge.core.analytics.data import GroupData
+from balans_edge.core.detection import DetectionRun
 from balans_edge.plugin_manager import config_schemas, load_plugins
 from balans_edge.plugins.dmesh.scenario import Leak, LostModule, Scenario, Stuck, generate
 from balans_edge.settings import ConfigError
@@ -102,7 +103,7 @@ async def test_scheduled_runs(make_server, tmp_path) -> None:
     async with asyncio.timeout(10):
         while scheduler.runs < 2:
             await asyncio.sleep(0.05)
-    assert server.analytics_scope is None  # each run's scope is dropped after it
+    assert not server.detection._lock.locked()  # no run left holding the detectors
 
 
 async def test_group_detectors_compute_off_the_event_loop(site) -> None:
@@ -129,10 +130,9 @@ async def test_group_detectors_compute_off_the_event_loop(site) -> None:
 
     beating = asyncio.create_task(heartbeat())
     try:
-        server.analytics_scope = Scope(START, START + DAYS * 86400)
-        assert await Slow().detect(server) == []
+        run = DetectionRun(Scope(START, START + DAYS * 86400), server.storage, server.tz)
+        assert await Slow().detect(run) == []
     finally:
-        server.analytics_scope = None
         beating.cancel()
     assert len(seen) == 1
     thread, beats_meanwhile = seen[0]

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from balans_edge import hookimpl
+from balans_edge.core.context import Plugin, PluginContext
 from balans_edge.core.tasks import cancel
 from balans_edge.plugin_manager import Plugins, load_plugins
 from balans_edge.plugins.modbus.regmap import SYSTEM
@@ -24,13 +25,13 @@ class Dying:
 
     name = "dying-loop"
 
-    def __init__(self, server: Any) -> None:
-        self.server = server
+    def __init__(self, context: PluginContext) -> None:
+        self.context = context
         self.go = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        self.task = self.server.supervise(self, asyncio.create_task(self._run(), name="dying-loop-task"))
+        self.task = self.context.health.supervise(self, asyncio.create_task(self._run(), name="dying-loop-task"))
 
     async def _run(self) -> None:
         await self.go.wait()
@@ -45,8 +46,8 @@ class Flaky:
 
     name = "flaky-work"
 
-    def __init__(self, server: Any) -> None:
-        self.server = server
+    def __init__(self, context: PluginContext) -> None:
+        self.context = context
 
     async def start(self) -> None:
         pass
@@ -55,14 +56,14 @@ class Flaky:
         pass
 
 
-class Contributes:
+class Contributes(Plugin):
     def __init__(self, make: type) -> None:
         self.make = make
         self.component: Any = None
 
     @hookimpl
-    def register_components(self, server: Any) -> list[Any]:
-        self.component = self.make(server)
+    def register_components(self) -> list[Any]:
+        self.component = self.make(self.context)
         return [self.component]
 
 

@@ -213,7 +213,7 @@ async def test_module_detail_and_errors(network) -> None:
 
 async def test_findings(network) -> None:
     server, _, now = network
-    assert [d.name for _, d in server.detectors if d.name == "dmesh-network"] == ["dmesh-network"]
+    assert [d.name for _, d in server.detection.detectors if d.name == "dmesh-network"] == ["dmesh-network"]
     found = [f for f in await server.run_detectors() if f.detector == "dmesh-network"]
     by = {(f.subject, f.kind): f for f in found}
     assert sorted(by) == [

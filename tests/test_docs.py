@@ -235,3 +235,13 @@ async def test_example_imports_into_a_fresh_database(example: ExampleSet, tmp_pa
         await storage.close()
     created = {kind: counts.created for kind, counts in report.kinds.items()}
     assert created == stored and sum(created.values()) > 0
+
+
+def test_hook_docs_are_generated_from_the_hookspecs() -> None:
+    """docs/plugins.md's Hooks section is the hookspec docstrings, rendered
+    (``python -m balans_edge.hookdocs`` writes it)."""
+    from balans_edge.hookdocs import render, replace_section
+
+    text = PLUGINS_DOC.read_text(encoding="utf-8")
+    assert text == replace_section(text, render()), "docs/plugins.md is stale: run python -m balans_edge.hookdocs"
+    assert render().count("\n### ") == len(HOOKS)

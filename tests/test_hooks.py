@@ -20,6 +20,7 @@ from balans_edge_example import ExampleConfig
 from balans_edge import hookimpl
 from balans_edge.config import parse_config
 from balans_edge.core.components import Alarm, Command, CommandCode, Finding, Severity
+from balans_edge.core.context import Plugin
 from balans_edge.plugin_manager import Plugins, config_schemas
 from balans_edge.plugins.analytics.plugin import DETECTOR_NAMES
 from balans_edge.settings import ConfigError
@@ -46,13 +47,13 @@ def reading(module: int, channel: int, ts: int, counter: int) -> dict[str, int]:
 class Probe:
     """A component that records when it starts and stops."""
 
-    def __init__(self, name: str, log: list[tuple[str, str, Any]], server: Any) -> None:
+    def __init__(self, name: str, log: list[tuple[str, str, Any]], plugins: Plugins) -> None:
         self.name = name
         self.log = log
-        self.server = server
+        self.plugins = plugins
 
     def heartbeat_running(self) -> bool:
-        beat = next(c for n, c in self.server.components if n == "example")
+        beat = self.plugins.pm.get_plugin("example").heartbeat
         return beat._task is not None and not beat._task.done()
 
     async def start(self) -> None:
@@ -62,24 +63,25 @@ class Probe:
         self.log.append(("stop", self.name, self.heartbeat_running()))
 
 
-class Recorder:
+class Recorder(Plugin):
     """An in-test plugin: components that record their order, observers that record what they saw."""
 
-    def __init__(self) -> None:
+    def __init__(self, plugins: Plugins) -> None:
+        self.plugins = plugins
         self.log: list[tuple[str, str, Any]] = []
         self.seen: dict[str, list[Any]] = {"readings": [], "findings": [], "alarms": [], "commands": []}
 
     @hookimpl
-    def register_components(self, server: Any) -> list[Probe]:
-        return [Probe("probe-a", self.log, server), Probe("probe-b", self.log, server)]
+    def register_components(self) -> list[Probe]:
+        return [Probe("probe-a", self.log, self.plugins), Probe("probe-b", self.log, self.plugins)]
 
     @hookimpl
     def observe_readings(self, event: Any) -> None:
         self.seen["readings"].append(event)
 
     @hookimpl
-    async def observe_findings(self, server: Any, finding: Finding) -> None:
-        stored = await server.storage.journal_list("findings")
+    async def observe_findings(self, finding: Finding) -> None:
+        stored = await self.context.storage.journal_list("findings")
         self.seen["findings"].append((finding, [r["id"] for r in stored]))
 
     @hookimpl
@@ -88,8 +90,8 @@ class Recorder:
         self.seen["alarms"].append((alarm, list(balans_edge_example.STATE["notified"])))
 
     @hookimpl
-    async def observe_commands(self, server: Any, command: Command) -> None:
-        stored = await server.storage.journal_list("commands")
+    async def observe_commands(self, command: Command) -> None:
+        stored = await self.context.storage.journal_list("commands")
         self.seen["commands"].append((command, [r["id"] for r in stored]))
 
 
@@ -122,7 +124,7 @@ class Raiser:
         class BrokenDetector:
             name = "broken-detector"
 
-            async def detect(self, server: Any) -> list[Finding]:
+            async def detect(self, run: Any) -> list[Finding]:
                 raiser.boom("detect")
                 return []
 
@@ -179,7 +181,7 @@ async def test_hook_config_schema(tmp_path: Path, plugins: Plugins, make_server:
 
     good = base_config(tmp_path, plugins={"example": {"greeting": "privet", "interval_s": 0.5, "enabled": True}})
     server = await make_server(good, http=False)
-    assert server.plugin_config("example") == ExampleConfig(greeting="privet", interval_s=0.5)
+    assert server.config.plugins["example"] == ExampleConfig(greeting="privet", interval_s=0.5)
     assert server.config.plugin_flags["example"].enabled is True
 
     # The command line reports the same problem with the file's name, and exits 2.
@@ -196,7 +198,7 @@ async def test_hook_config_schema(tmp_path: Path, plugins: Plugins, make_server:
 
 
 async def test_hook_register_components(tmp_path: Path, plugins: Plugins, make_server: MakeServer) -> None:
-    recorder = Recorder()
+    recorder = Recorder(plugins)
     plugins.register(recorder, "recorder")
     server = await make_server(base_config(tmp_path, plugins={"example": {"interval_s": 0.01}}), http=False)
 
@@ -267,7 +269,7 @@ async def test_hook_register_detectors(
     plugins, raiser = raiser_first()
     server = await make_server(base_config(tmp_path), plugins_=plugins)
     client = client_for(server)
-    assert [(n, d.name) for n, d in server.detectors] == [
+    assert [(n, d.name) for n, d in server.detection.detectors] == [
         ("raiser", "broken-detector"),
         *(("analytics", name) for name in DETECTOR_NAMES),  # built-in, registered like any plugin's
         ("example", "example-quarantine"),
@@ -424,7 +426,7 @@ async def test_hook_register_exporters(
 async def test_hook_observe_readings(
     tmp_path: Path, plugins: Plugins, make_server: MakeServer, client_for: Callable[[Any], Any]
 ) -> None:
-    recorder = Recorder()
+    recorder = Recorder(plugins)
     plugins.register(recorder, "recorder")
     server = await make_server(base_config(tmp_path))
     client = client_for(server)
@@ -479,7 +481,7 @@ async def test_slow_observer_does_not_delay_acknowledgements(
 
 async def test_hook_observe_findings(tmp_path: Path, make_server: MakeServer) -> None:
     plugins, raiser = raiser_first()
-    recorder = Recorder()
+    recorder = Recorder(plugins)
     plugins.register(recorder, "recorder")
     server = await make_server(base_config(tmp_path), http=False, plugins_=plugins)
 
@@ -498,7 +500,7 @@ async def test_hook_observe_findings(tmp_path: Path, make_server: MakeServer) ->
 
 async def test_hook_observe_alarms(tmp_path: Path, make_server: MakeServer) -> None:
     plugins, raiser = raiser_first()
-    recorder = Recorder()
+    recorder = Recorder(plugins)
     plugins.register(recorder, "recorder")
     server = await make_server(base_config(tmp_path), http=False, plugins_=plugins)
 
@@ -514,7 +516,7 @@ async def test_hook_observe_alarms(tmp_path: Path, make_server: MakeServer) -> N
 
 async def test_hook_observe_commands(tmp_path: Path, make_server: MakeServer) -> None:
     plugins, raiser = raiser_first()
-    recorder = Recorder()
+    recorder = Recorder(plugins)
     plugins.register(recorder, "recorder")
     server = await make_server(base_config(tmp_path), http=False, plugins_=plugins)
 

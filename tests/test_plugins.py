@@ -30,7 +30,7 @@ ALL_HOOKS = Plugins().hook_names()
 # can tell whether a failed plugin was really taken out of service.
 CONTRIBUTIONS = """
 @hookimpl
-def register_routes(server):
+def register_routes():
     async def hello(request):
         return json({"hello": True})
 
@@ -48,7 +48,7 @@ class Actuator:
 
 
 @hookimpl
-def register_actuators(server):
+def register_actuators():
     return [Actuator()]
 """
 
@@ -65,7 +65,7 @@ SOURCES = {
     "register": HEADER
     + textwrap.dedent("""
         @hookimpl
-        def register_components(server):
+        def register_components():
             raise ValueError("no serial port configured")
         """),
     "start": HEADER
@@ -91,7 +91,7 @@ SOURCES = {
 
 
         @hookimpl
-        def register_components(server):
+        def register_components():
             return [Fine(), Broken()]
         """),
 }
@@ -197,7 +197,7 @@ async def test_required_plugin_that_is_not_installed(tmp_path: Path, make_server
 @pytest.mark.parametrize(
     ("typo", "fixed", "expected"),
     [
-        ("def register_components(server)", "def register_components(srv)", "srv"),
+        ("def register_components()", "def register_components(srv)", "srv"),
         ("def register_components(", "def register_componets(", "unknown hook(s): register_componets"),
     ],
     ids=["argument", "hook name"],
@@ -252,11 +252,11 @@ def test_plugins_command_lists_builtin_and_entry_point_plugins(tmp_path: Path) -
     assert result.returncode == 0, result.stderr
     plugins = {p["name"]: p for p in json.loads(result.stdout)}
     assert plugins["dmesh"]["source"] == "builtin"
-    assert plugins["dmesh"]["module"] == "balans_edge.plugins.dmesh.plugin"
+    assert plugins["dmesh"]["module"] == "balans_edge.plugins.dmesh.plugin:DmeshPlugin"
     assert {"config_schema", "register_components", "register_routes", "register_detectors",
             "register_commands"} <= set(plugins["dmesh"]["hooks"])
     assert plugins["example"]["source"].startswith("entry point (balans-edge-example ")
-    assert plugins["example"]["module"] == "balans_edge_example"
+    assert plugins["example"]["module"] == "balans_edge_example:ExamplePlugin"
     assert plugins["example"]["hooks"] == ALL_HOOKS
     assert {p["state"] for p in plugins.values()} == {"loaded"}
 

@@ -19,8 +19,8 @@ import pytest
 from balans_edge.config import parse_config
 from balans_edge.core.log_limit import LimitedLog
 from balans_edge.core.storage.sqlite import SqliteStorage
+from balans_edge.core.tokens import estimated_bits, new_token, weakness
 from balans_edge.plugin_manager import config_schemas, load_plugins
-from balans_edge.security import estimated_bits, new_token, weakness
 from balans_edge.settings import ConfigError
 
 from conftest import TOKENS, auth, base_config, small_site

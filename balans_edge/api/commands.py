@@ -12,6 +12,7 @@ from balans_edge.core.times import iso
 from balans_edge.routes import ApiError, Param, Route, audited_body, json, optional_time, query_int
 
 if TYPE_CHECKING:
+    from balans_edge.core.actuation import ActuationService
     from balans_edge.server import Server
 
 METER_COMMANDS = (CommandCode.VALVE_CLOSE, CommandCode.VALVE_OPEN, CommandCode.RELAY_OFF, CommandCode.RELAY_ON)
@@ -34,10 +35,10 @@ def command_body(request: Request, allowed: Sequence[CommandCode] = tuple(Comman
     return CommandCode(code), reason.strip()
 
 
-async def execute(server: Server, request: Request, target: str, code: CommandCode, reason: str) -> Any:
+async def execute(commands: ActuationService, request: Request, target: str, code: CommandCode,
+                  reason: str) -> Any:
     """Run a command for the API user through the actuation service; answer the audited record."""
-    command = await server.actuation.execute(Command(target, code, requested_by=f"api:{request.ctx.user}",
-                                                     reason=reason))
+    command = await commands.execute(Command(target, code, requested_by=f"api:{request.ctx.user}", reason=reason))
     return json({
         "id": command.id, "t": iso(command.t), "target": command.target, "code": str(command.code),
         "requested_by": command.requested_by, "reason": command.reason,
@@ -53,7 +54,7 @@ class ProtocolActuator(Protocol):
     def listing(self) -> list[dict[str, Any]]: ...
 
 
-def actuator_routes(server: Server, protocol: str, title: str,
+def actuator_routes(commands: ActuationService, protocol: str, title: str,
                     actuator: Callable[[], ProtocolActuator | None]) -> list[Route]:
     """``GET /api/v1/<protocol>/actuators`` and ``POST .../<target>/commands`` of a
     protocol plugin's actuator (``actuator()`` is None while it is not running)."""
@@ -69,7 +70,7 @@ def actuator_routes(server: Server, protocol: str, title: str,
         a = actuator()
         if a is None or not a.owns(target):
             raise ApiError(404, "not_found", f"no {title} actuator drives {target!r}")
-        return await execute(server, request, target, code, reason)
+        return await execute(commands, request, target, code, reason)
 
     return [
         Route("GET", f"/api/v1/{protocol}/actuators", listing,
@@ -98,7 +99,7 @@ def routes(server: Server) -> list[Route]:
         code, reason = command_body(request, METER_COMMANDS)
         if await server.storage.registry_get("meters", meter_id) is None:
             raise ApiError(404, "not_found", f"meter {meter_id!r} is not in the registry")
-        return await execute(server, request, meter_id, code, reason)
+        return await execute(server.actuation, request, meter_id, code, reason)
 
     return [
         Route("GET", "/api/v1/commands", audit,

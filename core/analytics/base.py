@@ -11,16 +11,18 @@ group in scope (loaded once per run and shared by all detectors) and calls
 from __future__ import annotations
 
 import asyncio
-import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
 from balans_edge.core.analytics.data import GroupData, load_group_data
 from balans_edge.core.components import Finding
 from balans_edge.core.model import Meter
 from balans_edge.core.times import DAY, hour_floor
+
+if TYPE_CHECKING:
+    from balans_edge.core.detection import DetectionRun
 
 DEFAULT_WINDOW_DAYS = 14
 
@@ -70,9 +72,8 @@ class Scope:
         return ({*(self.group_ids or ()), *(m.meter_id for m in meters), *(f"module:{m}" for m in modules),
                  *(f"concentrator:{c}" for c in concentrators)})
 
-    async def windows(self, server: Any) -> list[GroupData]:
+    async def windows(self, storage: Any, tz: ZoneInfo) -> list[GroupData]:
         """The window of every group in scope, loaded once per run."""
-        storage = server.storage
         groups = {g.group_id: g for g in await storage.registry_list("groups")}
         wanted = [g for g in groups if self.group_ids is None or g in self.group_ids]
         missing = [g for g in wanted if g not in self._cache]
@@ -84,17 +85,10 @@ class Scope:
             for g in groups.values():
                 children.setdefault(g.parent_id, []).extend((i.meter_id, i.sign) for i in g.inputs)
             keys = await storage.meter_keys()
-            tz = ZoneInfo(server.config.site.timezone)
             for gid in missing:
                 self._cache[gid] = await load_group_data(
                     storage, groups[gid], members.get(gid, []), children.get(gid, []), keys, self.t0, self.t1, tz)
         return [self._cache[g] for g in wanted]
-
-
-def current_scope(server: Any) -> Scope:
-    """The scope of the run in progress, or the recent window when a detector is run on its own."""
-    scope = getattr(server, "analytics_scope", None)
-    return scope if scope is not None else Scope.recent(time.time())
 
 
 class GroupDetector(ABC):
@@ -107,9 +101,9 @@ class GroupDetector(ABC):
         """Findings about the group or its meters in this window (pure: no I/O;
         it runs in a worker thread, so it must not touch the server either)."""
 
-    async def detect(self, server: Any) -> list[Finding]:
+    async def detect(self, run: DetectionRun) -> list[Finding]:
         found: list[Finding] = []
-        for data in await current_scope(server).windows(server):
+        for data in await run.scope.windows(run.storage, run.tz):
             # Off the event loop, a group at a time: a run over a district takes
             # seconds of numpy and scipy, while concentrators wait for their ACKs.
             found += await asyncio.to_thread(self.detect_group, data)

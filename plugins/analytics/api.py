@@ -19,7 +19,7 @@ from balans_edge.routes import ApiError, Param, Route, body_json, json, parse_mo
 if TYPE_CHECKING:
     import click
 
-    from balans_edge.server import Server
+    from balans_edge.core.context import PluginContext
 
 PATH = "/api/v1/analytics/run"
 MAX_DAYS = 366
@@ -43,15 +43,15 @@ def scope_of(body: Any, now: float, window_days: int) -> Scope:
     return Scope(t0, t1, None if group is None else [group], live=body.get("to") is None)
 
 
-def routes(server: Server) -> list[Route]:
-    from balans_edge.plugins.analytics.plugin import NAME, run_analytics
+def routes(context: PluginContext) -> list[Route]:
+    from balans_edge.plugins.analytics.plugin import run_analytics
 
     async def run(request: Request) -> Any:
-        config = server.plugin_config(NAME)
+        config = context.config
         scope = scope_of(body_json(request), time.time(), config.window_days)
-        if scope.group_ids and await server.storage.registry_get("groups", scope.group_ids[0]) is None:
+        if scope.group_ids and await context.storage.registry_get("groups", scope.group_ids[0]) is None:
             raise ApiError(404, "not_found", f"group {scope.group_ids[0]!r} is not in the registry")
-        found = await run_analytics(server, scope)
+        found = await run_analytics(context, scope)
         return json({
             "from": iso(scope.t0), "to": iso(scope.t1), "group": scope.group_ids[0] if scope.group_ids else None,
             "findings": [{"id": f.id, "detector": f.detector, "kind": f.kind, "subject": f.subject,
@@ -59,24 +59,23 @@ def routes(server: Server) -> list[Route]:
         })
 
     async def meter_forecast(request: Request, meter_id: str) -> Any:
-        meter = await server.storage.registry_get("meters", meter_id)
+        meter = await context.storage.registry_get("meters", meter_id)
         if meter is None:
             raise ApiError(404, "not_found", f"meter {meter_id!r} is not in the registry")
-        month = parse_month(request, server.tz, required=False)
-        await server.intervals.process()
-        f = await forecasts.meter(server.storage, meter, month, server.tz, time.time())
-        norm = server.plugin_config(NAME).monthly_norms.get(str(meter.resource))
-        peers = await forecasts.group_average(server.storage, meter.group_id, month, server.tz, time.time())
+        month = parse_month(request, context.tz, required=False)
+        await context.detection.settle()
+        f = await forecasts.meter(context.storage, meter, month, context.tz, time.time())
+        norm = context.config.monthly_norms.get(str(meter.resource))
+        peers = await forecasts.group_average(context.storage, meter.group_id, month, context.tz, time.time())
         return json(forecasts.report({"meter_id": meter_id, "unit": meter.unit, "month": month}, f, norm, peers))
 
     async def group_forecast(request: Request, group_id: str) -> Any:
-        group = await server.storage.registry_get("groups", group_id)
+        group = await context.storage.registry_get("groups", group_id)
         if group is None:
             raise ApiError(404, "not_found", f"group {group_id!r} is not in the registry")
-        month = parse_month(request, server.tz, required=False)
-        await server.intervals.process()
-        await server.balance.process()
-        f = await forecasts.group(server.storage, group, month, server.tz, time.time())
+        month = parse_month(request, context.tz, required=False)
+        await context.detection.settle()
+        f = await forecasts.group(context.storage, group, month, context.tz, time.time())
         return json(forecasts.report({"group_id": group_id, "unit": group.unit, "month": month}, f, None, None))
 
     async def plan(request: Request) -> Any:
@@ -85,10 +84,9 @@ def routes(server: Server) -> list[Route]:
         action = request.args.get("action") or None
         if action not in (None, *ACTIONS):
             raise ApiError(400, "bad_parameter", f"action: expected one of {', '.join(ACTIONS)}, got {action!r}")
-        await server.intervals.process()
-        await server.balance.process()
-        found = await verification_plan(server.storage, server.plugin_config(NAME), server.tz, time.time(),
-                                        server.config.balance.completeness_threshold)
+        await context.detection.settle()
+        found = await verification_plan(context.storage, context.config, context.tz, time.time(),
+                                        context.site.completeness_threshold)
         return json({"meters": [h.to_json() for h in found if action is None or h.action == action]})
 
     month_param = Param("month", description="YYYY-MM in the site's timezone (default: the current month)")

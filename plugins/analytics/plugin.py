@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from balans_edge import hookimpl
 from balans_edge.core.analytics.base import DEFAULT_WINDOW_DAYS, GroupDetector, Scope
 from balans_edge.core.components import Finding
+from balans_edge.core.context import Plugin, PluginContext
 from balans_edge.core.model import Resource
 from balans_edge.core.tasks import cancel
 from balans_edge.settings import setting
@@ -20,7 +21,6 @@ from balans_edge.settings import setting
 if TYPE_CHECKING:
     import click
 
-    from balans_edge.server import Server
 
 log = logging.getLogger(__name__)
 
@@ -82,23 +82,14 @@ def detector_classes() -> dict[str, type[GroupDetector]]:
     return {c.name: c for c in classes}
 
 
-async def run_analytics(server: Server, scope: Scope) -> list[Finding]:
-    """Run every detector over ``scope``; one run at a time (they share the scope's
-    loaded windows). Readings already stored are folded into consumption and
-    balances first: a scheduled run soon after a fast-forward must not look at
-    hours still waiting to be computed. The findings returned are the scope's:
-    about its groups, their meters and the modules and concentrators of those (a
-    detector that looks wider still has its findings stored)."""
-    await server.intervals.process()
-    await server.balance.process()
-    lock = server.__dict__.setdefault("_analytics_lock", asyncio.Lock())
-    async with lock:
-        server.analytics_scope = scope
-        try:
-            found = await server.run_detectors()
-        finally:
-            server.analytics_scope = None
-    subjects = await scope.subjects(server.storage)
+async def run_analytics(context: PluginContext, scope: Scope) -> list[Finding]:
+    """Run every detector over ``scope`` (``DetectionService.run``: one run at a
+    time, stored readings folded into consumption and balances first). The
+    findings returned are the scope's: about its groups, their meters and the
+    modules and concentrators of those (a detector that looks wider still has
+    its findings stored)."""
+    found = await context.detection.run(scope)
+    subjects = await scope.subjects(context.storage)
     return found if subjects is None else [f for f in found if f.subject in subjects]
 
 
@@ -107,9 +98,9 @@ class Scheduler:
 
     name = "analytics-scheduler"
 
-    def __init__(self, server: Server, config: AnalyticsConfig) -> None:
-        self.server = server
-        self.config = config
+    def __init__(self, context: PluginContext) -> None:
+        self.context = context
+        self.config: AnalyticsConfig = context.config
         self._task: asyncio.Task[None] | None = None
         self.runs = 0
 
@@ -121,48 +112,44 @@ class Scheduler:
             await asyncio.sleep(wait)
             wait = self.config.interval_s
             try:
-                await run_analytics(self.server, Scope.recent(time.time(), self.config.window_days))
+                await run_analytics(self.context, Scope.recent(time.time(), self.config.window_days))
                 self.runs += 1
             except Exception:
                 log.exception("analytics run failed")
 
     async def start(self) -> None:
         if self.config.interval_s:
-            self._task = self.server.supervise(self, asyncio.create_task(self._loop(), name=self.name))
+            self._task = self.context.health.supervise(self, asyncio.create_task(self._loop(), name=self.name))
 
     async def stop(self) -> None:
         await cancel(self._task)
         self._task = None
 
 
-@hookimpl
-def config_schema() -> dict[str, type]:
-    return {NAME: AnalyticsConfig}
+class AnalyticsPlugin(Plugin):
+    @hookimpl
+    def config_schema(self) -> dict[str, type]:
+        return {NAME: AnalyticsConfig}
 
+    @hookimpl
+    def register_detectors(self) -> list:
+        classes = detector_classes()
+        return [classes[n]() for n in self.config.detectors or DETECTOR_NAMES]
 
-@hookimpl
-def register_detectors(server: Server) -> list:
-    config: AnalyticsConfig = server.plugin_config(NAME)
-    classes = detector_classes()
-    return [classes[n]() for n in config.detectors or DETECTOR_NAMES]
+    @hookimpl
+    def register_components(self) -> list:
+        return [Scheduler(self.context)]
 
+    @hookimpl
+    def register_routes(self) -> list:
+        from balans_edge.plugins.analytics.api import routes
 
-@hookimpl
-def register_components(server: Server) -> list:
-    return [Scheduler(server, server.plugin_config(NAME))]
+        return routes(self.context)
 
+    @hookimpl
+    def register_commands(self, cli: click.Group) -> None:
+        from balans_edge.plugins.analytics.api import add_commands
 
-@hookimpl
-def register_routes(server: Server) -> list:
-    from balans_edge.plugins.analytics.api import routes
-
-    return routes(server)
-
-
-@hookimpl
-def register_commands(cli: click.Group) -> None:
-    from balans_edge.plugins.analytics.api import add_commands
-
-    group: Any = cli.commands.get("analytics")
-    if group is not None:
-        add_commands(group)
+        group: Any = cli.commands.get("analytics")
+        if group is not None:
+            add_commands(group)

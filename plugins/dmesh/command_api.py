@@ -15,8 +15,8 @@ from balans_edge.plugins.dmesh.commands import MAX_PROFILE_HOURS
 from balans_edge.routes import ApiError, Param, Route, audited_body, json, parse_time_value, path_u32
 
 if TYPE_CHECKING:
+    from balans_edge.core.context import PluginContext
     from balans_edge.plugins.dmesh.driver import DmeshDriver
-    from balans_edge.server import Server
 
 CODES = {
     "ping": codec.CommandCode.PING_MODULE,
@@ -53,11 +53,11 @@ def parse_command(request: Request) -> tuple[int, tuple[int, ...], str]:
     return code, args, reason.strip()
 
 
-def command_routes(server: Server, driver: Callable[[], DmeshDriver | None]) -> list[Route]:
+def command_routes(context: PluginContext, driver: Callable[[], DmeshDriver | None]) -> list[Route]:
     async def module_command(request: Request, module_id: str) -> Any:
         mid = path_u32(module_id, "module_id")
         code, args, reason = parse_command(request)
-        module = await server.storage.registry_get("modules", mid)
+        module = await context.storage.registry_get("modules", mid)
         if module is None:
             raise ApiError(404, "not_found", f"module {module_id} is not in the registry")
         running = driver()

@@ -120,7 +120,7 @@ class DmeshCommands:
 
     def __init__(self, driver: DmeshDriver) -> None:
         self.driver = driver
-        self.server = driver.server
+        self.context = driver.context
         self.config = driver.config
         self._pending: dict[tuple[int, int], asyncio.Future[CommandResult]] = {}
         self._backfills: dict[int, asyncio.Task[None]] = {}
@@ -148,7 +148,7 @@ class DmeshCommands:
         while it ran. Its audit record said failed; the module's answer is the
         truth, so the record is corrected (a valve an operator believes open may
         have closed after all). Only for a command sent through this concentrator."""
-        storage = self.server.storage
+        storage = self.context.storage
         try:
             record = await storage.journal_get("commands", result.command_id)
             if record is None or record["outcome"] != "failed" or record["detail"].endswith(describe_result(result)):
@@ -168,7 +168,7 @@ class DmeshCommands:
 
     async def _concentrator_of(self, target: str) -> int | None:
         """The concentrator a command for ``target`` (a meter, or ``module:ID``) goes through."""
-        storage = self.server.storage
+        storage = self.context.storage
         if target.startswith("module:") and target[7:].isdigit():
             module_id: int | None = int(target[7:])
         else:
@@ -211,7 +211,7 @@ class DmeshCommands:
         """Audit, send and track a command that moves no valve or relay; return its journal record."""
         if not requested_by or not reason:
             raise ValueError("a command needs requested_by and reason for the audit")
-        storage = self.server.storage
+        storage = self.context.storage
         record = {
             "t": int(time.time()),
             "target": f"module:{module_id}",
@@ -248,9 +248,9 @@ class DmeshCommands:
 
     async def gaps(self, concentrator_id: int, now: float | None = None) -> list[tuple[int, int, int, int]]:
         """(module_id, channel, from, to) of the hours the concentrator's meters miss."""
-        storage = self.server.storage
+        storage = self.context.storage
         now = time.time() if now is None else now
-        tolerance = int(self.server.config.intervals.tolerance_s)
+        tolerance = int(self.context.site.interval_tolerance_s)
         end = hour_floor(int(now) - tolerance)
         start = end - self.config.backfill_days * 24 * HOUR
         modules = {m.module_id for m in await storage.registry_list("modules") if m.concentrator_id == concentrator_id}
@@ -319,7 +319,7 @@ class DmeshActuator:
         valve elsewhere is left to the actuator that drives it."""
         if command.code not in ACTUATING:
             return False
-        storage = self.driver.server.storage
+        storage = self.driver.context.storage
         meter = await storage.registry_get("meters", command.target)
         if meter is None or meter.module_id is None:
             return False
@@ -328,7 +328,7 @@ class DmeshActuator:
 
     async def execute(self, command: Command) -> CommandOutcome:
         code, flag = ACTUATING[command.code]
-        storage = self.driver.server.storage
+        storage = self.driver.context.storage
         meter = await storage.registry_get("meters", command.target)
         if meter is None:
             return CommandOutcome(False, f"meter {command.target} is not in the registry")

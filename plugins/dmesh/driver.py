@@ -29,9 +29,9 @@ from balans_edge.plugins.dmesh.firmware import FirmwareImage, FirmwarePusher
 from balans_edge.plugins.dmesh.session import Session
 
 if TYPE_CHECKING:
+    from balans_edge.core.context import PluginContext
     from balans_edge.plugins.dmesh.codec import CommandResult, FirmwareResult
     from balans_edge.plugins.dmesh.plugin import DmeshConfig, SerialConfig
-    from balans_edge.server import Server
 
 log = logging.getLogger(__name__)
 
@@ -45,8 +45,8 @@ STOP_GRACE_S = 5.0
 class DmeshDriver:
     name = "dmesh-driver"
 
-    def __init__(self, server: Server, config: DmeshConfig) -> None:
-        self.server = server
+    def __init__(self, context: PluginContext, config: DmeshConfig) -> None:
+        self.context = context
         self.config = config
         self._keys = {c.id: c.key.encode("utf-8") for c in config.concentrators}
         self.port: int | None = None
@@ -73,7 +73,7 @@ class DmeshDriver:
             self.port = self._tcp.sockets[0].getsockname()[1]
             log.info("dmesh: listening on %s:%d", self.config.host, self.port)
         for port in self.config.serial:
-            self._serial_tasks.append(self.server.supervise(
+            self._serial_tasks.append(self.context.health.supervise(
                 self, asyncio.create_task(self._serial_loop(port), name=f"dmesh-serial-{port.path}")))
 
     async def stop(self) -> None:
@@ -160,7 +160,7 @@ class DmeshDriver:
 
     async def _log(self, event: ConnectionEvent) -> None:
         try:
-            await self.server.storage.log_connection(event)
+            await self.context.storage.log_connection(event)
         except StorageError as exc:
             log.warning("dmesh: connection log not written: %s", exc)
 

@@ -274,7 +274,7 @@ class FirmwarePusher:
 
     def __init__(self, driver: DmeshDriver) -> None:
         self.driver = driver
-        self.server = driver.server
+        self.context = driver.context
         self.config = driver.config
         self._progress: dict[tuple[int, int], _Progress] = {}
         self._results: dict[tuple[int, int], asyncio.Future[FirmwareResult]] = {}
@@ -314,10 +314,10 @@ class FirmwarePusher:
                 known.append(((hello.fw_major, hello.fw_minor, hello.fw_patch), "reported by the concentrator"))
         else:
             known += [(version_of(m.firmware), f"reported by module {m.module_id}")
-                      for m in await self.server.storage.registry_list("modules")
+                      for m in await self.context.storage.registry_list("modules")
                       if m.concentrator_id == concentrator_id]
         known += [(version_of(r["version"]), f"image {r['image_id']} accepted")
-                  for r in await self.server.storage.firmware_results(MAX_RESULTS, concentrator_id)
+                  for r in await self.context.storage.firmware_results(MAX_RESULTS, concentrator_id)
                   if r["result"] == FirmwareResultCode.ACCEPTED and r["target"] == target]
         return max(((v, where) for v, where in known if v is not None), default=None)
 
@@ -372,7 +372,7 @@ class FirmwarePusher:
 
     async def _push(self, concentrator_id: int, image: FirmwareImage, requested_by: str, reason: str, forced: str
                     ) -> dict[str, Any]:
-        storage = self.server.storage
+        storage = self.context.storage
         record: dict[str, Any] = {
             "t": int(time.time()),
             "target": f"concentrator:{concentrator_id}",

@@ -33,13 +33,13 @@ from balans_edge.routes import ApiError, Param, Route, audited_body, json, path_
 if TYPE_CHECKING:
     import click
 
+    from balans_edge.core.context import PluginContext
     from balans_edge.plugins.dmesh.driver import DmeshDriver
-    from balans_edge.server import Server
 
 PATH = "/api/v1/dmesh/concentrators/{id}/firmware"
 
 
-def firmware_routes(server: Server, driver: Callable[[], DmeshDriver | None]) -> list[Route]:
+def firmware_routes(context: PluginContext, driver: Callable[[], DmeshDriver | None]) -> list[Route]:
     async def push(request: Request, concentrator_id: str) -> Any:
         cid = path_u32(concentrator_id, "id")
         body, reason = audited_body(request, '{"image": "<base64>", "signature": {...}, "reason": "..."}')

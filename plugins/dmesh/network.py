@@ -25,15 +25,18 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from balans_edge.core.analytics.base import current_scope
+from balans_edge.core.analytics.base import Scope
 from balans_edge.core.components import Finding, Severity
 from balans_edge.core.model import MAX_HOPS
 from balans_edge.core.times import DAY, HOUR, iso
 from balans_edge.settings import setting
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from balans_edge.core.context import PluginContext
+    from balans_edge.core.detection import DetectionRun
     from balans_edge.core.storage import Storage
-    from balans_edge.server import Server
 
 DETECTOR = "dmesh-network"
 BATTERY_REPLACED_MV = 100
@@ -203,13 +206,16 @@ class NetworkMonitor:
 
     name = DETECTOR
 
-    def __init__(self, server: Server, clock: Any = time.time) -> None:
-        self.server = server
+    def __init__(self, context: PluginContext, sessions: Callable[[], dict[int, Any]],
+                 clock: Callable[[], float] = time.time) -> None:
+        self.context = context
+        self.sessions = sessions
+        """The connected concentrators' sessions by id (the driver's, or none)."""
         self.clock = clock
 
     @property
     def dmesh(self) -> Any:
-        return self.server.plugin_config("dmesh")
+        return self.context.config
 
     @property
     def config(self) -> NetworkConfig:
@@ -217,19 +223,14 @@ class NetworkMonitor:
 
     def connected(self) -> dict[int, Any]:
         """Sessions of the connected concentrators, by id."""
-        from balans_edge.plugins.dmesh.driver import DmeshDriver
-
-        for _, component in self.server.components:
-            if isinstance(component, DmeshDriver):
-                return component.sessions()
-        return {}
+        return self.sessions()
 
     async def modules(self) -> dict[int, ModuleView]:
-        return await module_views(self.server.storage, self.config, self.clock())
+        return await module_views(self.context.storage, self.config, self.clock())
 
     async def concentrators(self) -> list[dict[str, Any]]:
         """Registered, configured and connected concentrators with their link and module counts."""
-        storage = self.server.storage
+        storage = self.context.storage
         registry = {c.concentrator_id: c for c in await storage.registry_list("concentrators")}
         configured = {c.id for c in self.dmesh.concentrators}
         sessions = self.connected()
@@ -258,21 +259,22 @@ class NetworkMonitor:
 
     # detector -----------------------------------------------------------------
 
-    async def detect(self, server: Any = None) -> list[Finding]:
+    async def detect(self, run: DetectionRun | None = None) -> list[Finding]:
         """The network's health as of the run's end (``Scope``): now for a run that
         ends now, the end of the period for a run over a past one (a module is
         silent for the hours before that end, not until today); only the modules of
         the scope's groups and their concentrators when the run names groups."""
-        config, scope = self.config, current_scope(self.server)
+        config = self.config
+        scope = run.scope if run is not None else Scope.recent(self.clock())
         now = int(self.clock()) if scope.live else scope.t1
         past = not scope.live
         keep: set[int] | None = None
         if past or scope.group_ids is not None:
-            meters = await scope.meters(self.server.storage)
+            meters = await scope.meters(self.context.storage)
             if meters is None:
-                meters = await self.server.storage.registry_list("meters")
+                meters = await self.context.storage.registry_list("meters")
             keep = {m.module_id for m in meters if m.module_id is not None and (not past or m.install_time <= now)}
-        views = await module_views(self.server.storage, config, now, past=past, keep=keep,
+        views = await module_views(self.context.storage, config, now, past=past, keep=keep,
                                    unregistered=scope.group_ids is None)
         findings: list[Finding] = []
         silent_after = config.silent_periods * config.report_interval_s
@@ -311,7 +313,7 @@ class NetworkMonitor:
                 periods=config.silent_periods,
             )
         if v.battery_mv is not None and v.battery_mv < config.low_battery_mv:
-            points = await battery_points(self.server.storage, v.module_id, before=now if past else None)
+            points = await battery_points(self.context.storage, v.module_id, before=now if past else None)
             if not points:
                 points = [(v.last_seen or now, v.battery_mv)]
             days_left, slope = battery_days_left(points, config.battery_empty_mv)
@@ -356,11 +358,11 @@ class NetworkMonitor:
         for c in self.dmesh.concentrators:
             if c.id in sessions or (only is not None and c.id not in only):
                 continue
-            log = await self.server.storage.connection_log(c.id, limit=1000, before=now if past else None)
+            log = await self.context.storage.connection_log(c.id, limit=1000, before=now if past else None)
             last = next((r for r in log if r["event"] in ("connect", "disconnect", "replaced")), None)
             if past and (last is None or last["event"] == "connect"):
                 continue  # connected then, or nothing known of it by then
-            since = last["t"] if last else (self.server.started_at or now)
+            since = last["t"] if last else (self.context.health.started_at or now)
             offline_s = int(now - since)
             if offline_s <= config.offline_after_s:
                 continue

@@ -13,7 +13,7 @@ from balans_edge.plugins.dmesh.network import ModuleView, NetworkMonitor
 from balans_edge.routes import ApiError, Param, Route, json
 
 if TYPE_CHECKING:
-    from balans_edge.server import Server
+    from balans_edge.core.context import PluginContext
 
 TAGS = ("network",)
 MAX_LIMIT = 10000
@@ -66,7 +66,7 @@ def _event_name(code: int) -> str:
         return f"CODE_{code}"
 
 
-def routes(server: Server, monitor: NetworkMonitor) -> list[Route]:
+def routes(context: PluginContext, monitor: NetworkMonitor) -> list[Route]:
     async def concentrators(request: Request) -> Any:
         return json({"concentrators": await monitor.concentrators()})
 
@@ -100,10 +100,10 @@ def routes(server: Server, monitor: NetworkMonitor) -> list[Route]:
         view = (await monitor.modules()).get(mid)
         if view is None:
             raise ApiError(404, "not_found", f"module {mid} is not known")
-        meters = [m for _, m in await server.storage.meters_by_key() if m.module_id == mid]
-        events = await server.storage.module_events(mid, limit)
-        history = await server.storage.topology_history(mid, limit)
-        reports = await server.storage.module_reports(mid, limit)
+        meters = [m for _, m in await context.storage.meters_by_key() if m.module_id == mid]
+        events = await context.storage.module_events(mid, limit)
+        history = await context.storage.topology_history(mid, limit)
+        reports = await context.storage.module_reports(mid, limit)
         return json(
             {
                 "module": _module_json(view),

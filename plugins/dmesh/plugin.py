@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo
 
 from balans_edge import hookimpl
+from balans_edge.core.context import Plugin, PluginContext
 from balans_edge.plugins.dmesh.command_api import command_routes
 from balans_edge.plugins.dmesh.commands import DmeshActuator
 from balans_edge.plugins.dmesh.driver import DmeshDriver
@@ -21,7 +22,6 @@ from balans_edge.settings import setting
 if TYPE_CHECKING:
     import click
 
-    from balans_edge.server import Server
 
 log = logging.getLogger(__name__)
 
@@ -77,35 +77,6 @@ class DmeshConfig:
             raise ValueError(f"concentrators: id {duplicates[0]} is listed more than once")
 
 
-@hookimpl
-def config_schema() -> dict[str, type]:
-    return {"dmesh": DmeshConfig}
-
-
-@hookimpl
-def register_components(server: Server) -> list:
-    config: DmeshConfig = server.plugin_config("dmesh")
-    components: list = []
-    if config.listen or config.serial:
-        if config.concentrators:
-            components.append(DmeshDriver(server, config))
-        else:
-            log.info("dmesh: no concentrators configured, the driver is not started")
-    sim = config.simulator
-    if sim.enabled:
-        tcp = None
-        if sim.transport == "tcp":
-            driver = next((c for c in components if isinstance(c, DmeshDriver)), None)
-            keys = concentrator_keys(config)
-            TcpDelivery.check_keys(sim, keys)
-
-            def tcp(site: SiteModel) -> TcpDelivery:
-                return TcpDelivery(site, keys, lambda: driver.port if driver else None, config.host)
-
-        components.append(Simulator(server.storage, server.ingest, sim, utc_offset_h(server.config.site.timezone), tcp))
-    return components
-
-
 def concentrator_keys(config: DmeshConfig) -> dict[int, bytes]:
     return {c.id: c.key.encode("utf-8") for c in config.concentrators}
 
@@ -116,43 +87,76 @@ def utc_offset_h(timezone: str) -> int:
     return round(offset.total_seconds() / 3600)
 
 
-def _driver(server: Server) -> DmeshDriver | None:
-    return next((c for _, c in server.components if isinstance(c, DmeshDriver)), None)
+class DmeshPlugin(Plugin):
+    """The driver (when concentrators are configured), the simulator (when
+    enabled), the network monitor, and what they offer over HTTP."""
 
+    driver: DmeshDriver | None = None
 
-@hookimpl
-def register_actuators(server: Server) -> list:
-    driver = _driver(server)
-    return [DmeshActuator(driver)] if driver is not None else []
+    def bind(self, context: PluginContext) -> None:
+        super().bind(context)
+        config: DmeshConfig = context.config
+        self.driver = None
+        if config.listen or config.serial:
+            if config.concentrators:
+                self.driver = DmeshDriver(context, config)
+            else:
+                log.info("dmesh: no concentrators configured, the driver is not started")
+        self.monitor = NetworkMonitor(context, lambda: self.driver.sessions() if self.driver else {})
 
+    def _simulator(self) -> Simulator | None:
+        config: DmeshConfig = self.config
+        sim = config.simulator
+        if not sim.enabled:
+            return None
+        tcp = None
+        if sim.transport == "tcp":
+            driver = self.driver
+            keys = concentrator_keys(config)
+            TcpDelivery.check_keys(sim, keys)
 
-@hookimpl
-def register_routes(server: Server) -> list:
-    from balans_edge.plugins.dmesh.firmware_api import firmware_routes
-    from balans_edge.plugins.dmesh.network_api import routes as network_routes
+            def tcp(site: SiteModel) -> TcpDelivery:
+                return TcpDelivery(site, keys, lambda: driver.port if driver else None, config.host)
 
-    return (
-        command_routes(server, lambda: _driver(server))
-        + firmware_routes(server, lambda: _driver(server))
-        + network_routes(server, NetworkMonitor(server))
-    )
+        context = self.context
+        return Simulator(context.storage, context.ingest, sim, utc_offset_h(context.site.timezone), tcp)
 
+    @hookimpl
+    def config_schema(self) -> dict[str, type]:
+        return {"dmesh": DmeshConfig}
 
-@hookimpl
-def register_detectors(server: Server) -> list:
-    """The network health detector, when there is a network to watch."""
-    config: DmeshConfig = server.plugin_config("dmesh")
-    return [NetworkMonitor(server)] if config.concentrators or config.simulator.enabled else []
+    @hookimpl
+    def register_components(self) -> list:
+        simulator = self._simulator()
+        return [c for c in (self.driver, simulator) if c is not None]
 
+    @hookimpl
+    def register_actuators(self) -> list:
+        return [DmeshActuator(self.driver)] if self.driver is not None else []
 
-@hookimpl
-def register_commands(cli: click.Group) -> None:
-    from balans_edge.cli import command_group
-    from balans_edge.plugins.dmesh.commissioning import add_commands
-    from balans_edge.plugins.dmesh.firmware_api import add_commands as add_firmware_commands
-    from balans_edge.plugins.dmesh.simulate_cli import add_commands as add_simulate_commands
+    @hookimpl
+    def register_routes(self) -> list:
+        from balans_edge.plugins.dmesh.firmware_api import firmware_routes
+        from balans_edge.plugins.dmesh.network_api import routes as network_routes
 
-    group = command_group(cli, "dmesh", "DMesh concentrators and radio network.")
-    add_commands(group)
-    add_firmware_commands(group)
-    add_simulate_commands(group)
+        driver = lambda: self.driver  # noqa: E731 - the routes ask for the running driver each time
+        return (command_routes(self.context, driver) + firmware_routes(self.context, driver)
+                + network_routes(self.context, self.monitor))
+
+    @hookimpl
+    def register_detectors(self) -> list:
+        """The network health detector, when there is a network to watch."""
+        config: DmeshConfig = self.config
+        return [self.monitor] if config.concentrators or config.simulator.enabled else []
+
+    @hookimpl
+    def register_commands(self, cli: click.Group) -> None:
+        from balans_edge.cli import command_group
+        from balans_edge.plugins.dmesh.commissioning import add_commands
+        from balans_edge.plugins.dmesh.firmware_api import add_commands as add_firmware_commands
+        from balans_edge.plugins.dmesh.simulate_cli import add_commands as add_simulate_commands
+
+        group = command_group(cli, "dmesh", "DMesh concentrators and radio network.")
+        add_commands(group)
+        add_firmware_commands(group)
+        add_simulate_commands(group)

@@ -22,7 +22,7 @@ import hmac
 import logging
 import secrets
 import time
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from balans_edge.core.model import MAX_HOPS, RawReading
 from balans_edge.core.storage import ModuleEvent, ModuleHealth, StorageError
@@ -56,6 +56,7 @@ from balans_edge.plugins.dmesh.codec import (
 )
 
 if TYPE_CHECKING:
+    from balans_edge.core.context import PluginContext
     from balans_edge.plugins.dmesh.firmware import FirmwareImage
     from balans_edge.plugins.dmesh.plugin import DmeshConfig
 
@@ -71,7 +72,7 @@ class SessionHost(Protocol):
     """What a session needs from its driver."""
 
     config: DmeshConfig
-    server: Any
+    context: PluginContext
 
     def key_of(self, concentrator_id: int) -> bytes | None: ...
 
@@ -363,7 +364,7 @@ class Session:
 
     async def _store(self, payload: Payload) -> None:
         """Store a data frame's content durably (returns after the commit)."""
-        server, cid, now = self.host.server, self.concentrator_id, int(time.time())
+        context, cid, now = self.host.context, self.concentrator_id, int(time.time())
         if isinstance(payload, Readings):
             batch = [
                 RawReading(r.module_id, channel, r.ts, counter, r.status)
@@ -378,7 +379,7 @@ class Session:
                 for r in payload.records
             ]
             if health:  # one per record: none only when the frame has no records
-                await server.ingest.ingest(batch, health=health)
+                await context.ingest.ingest(batch, health=health)
         elif isinstance(payload, Profile):
             batch = [
                 RawReading(payload.module_id, payload.channel, payload.start + i * HOUR, value, 0)
@@ -386,14 +387,14 @@ class Session:
                 if value is not None
             ]
             if batch:
-                await server.ingest.ingest(batch)
+                await context.ingest.ingest(batch)
         elif isinstance(payload, Topology):
-            await server.storage.store_topology(cid, now, list(payload.modules))
+            await context.storage.store_topology(cid, now, list(payload.modules))
         elif isinstance(payload, Event):
             event = ModuleEvent(cid, payload.module_id, payload.ts, payload.code, payload.value, now)
-            await server.storage.store_module_events([event])
+            await context.storage.store_module_events([event])
         elif isinstance(payload, CommandResult):
-            await server.storage.store_command_result(cid, payload.command_id, payload.result, payload.status, now)
+            await context.storage.store_command_result(cid, payload.command_id, payload.result, payload.status, now)
             if cid is not None:
                 self.host.command_result(cid, payload)
         elif isinstance(payload, FirmwareResult):
@@ -401,7 +402,7 @@ class Session:
             # accepted image counts as installed when the next one is checked.
             image = self.host.firmware_image(cid, payload.image_id) if cid is not None else None
             target, version = (image.target, image.version_text) if image is not None else (None, None)
-            await server.storage.store_firmware_result(cid, payload.image_id, payload.result, now, target, version)
+            await context.storage.store_firmware_result(cid, payload.image_id, payload.result, now, target, version)
             if cid is not None:
                 self.host.firmware_result(cid, payload)
         else:  # pragma: no cover - DATA_TYPES and the branches above list the same types

@@ -19,7 +19,7 @@ from balans_edge.plugins.export.exporter import TargetExporter
 from balans_edge.routes import ApiError, Param, Route, body_json, json, query_int
 
 if TYPE_CHECKING:
-    from balans_edge.server import Server
+    from balans_edge.core.context import PluginContext
 
 log = logging.getLogger(__name__)
 
@@ -40,8 +40,6 @@ MAX_RESEND_IDS = 10_000
 """Dead letter ids one resend request may list."""
 
 
-def exporters(server: Server) -> list[TargetExporter]:
-    return [e for _, e in server.exporters if isinstance(e, TargetExporter)]
 
 
 def _label(value: str) -> str:
@@ -70,10 +68,10 @@ def prometheus(statuses: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def routes(server: Server) -> list[Route]:
+def routes(context: PluginContext, exporters: list[TargetExporter]) -> list[Route]:
     async def fresh() -> list[dict[str, Any]]:
         out = []
-        for exporter in exporters(server):
+        for exporter in exporters:
             await exporter.refresh()
             out.append(exporter.status())
         return out
@@ -87,10 +85,10 @@ def routes(server: Server) -> list[Route]:
     async def export_dead_letters(request: Request) -> Any:
         limit = query_int(request, "limit", 100, 1, 10_000)
         target = request.args.get("target") or None
-        known = {e.target for e in exporters(server)}
+        known = {e.target for e in exporters}
         if target is not None and target not in known:
             raise ApiError(404, "not_found", f"no export target {target!r}")
-        return json({"dead_letters": await server.storage.export_dead_letters(target, limit)})
+        return json({"dead_letters": await context.storage.export_dead_letters(target, limit)})
 
     async def export_resend(request: Request) -> Any:
         body = body_json(request)
@@ -100,14 +98,14 @@ def routes(server: Server) -> list[Route]:
         target, ids = body.get("target"), body.get("ids")
         if target is not None and not isinstance(target, str):
             raise ApiError(400, "bad_body", f"target: expected a target's name, got {target!r}")
-        if target is not None and target not in {e.target for e in exporters(server)}:
+        if target is not None and target not in {e.target for e in exporters}:
             raise ApiError(404, "not_found", f"no export target {target!r}")
         if ids is not None and (not isinstance(ids, list) or len(ids) > MAX_RESEND_IDS or
                                 not all(isinstance(i, int) and not isinstance(i, bool) and 0 < i < 2**63
                                         for i in ids)):
             raise ApiError(400, "bad_body", f"ids: expected a list of at most {MAX_RESEND_IDS} dead letter ids, "
                                             f"got {ids!r:.200}")
-        marked = await server.storage.export_resend(target, ids)
+        marked = await context.storage.export_resend(target, ids)
         log.info("export: %s marked %d dead letter(s) to be sent again", request.ctx.user, marked)
         return json({"marked": marked})
 

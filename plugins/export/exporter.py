@@ -29,7 +29,7 @@ from balans_edge.plugins.export.sender import Answer, WriteClient, backoff
 from balans_edge.plugins.export.status import target_status
 
 if TYPE_CHECKING:
-    from balans_edge.server import Server
+    from balans_edge.core.context import PluginContext
 
 log = logging.getLogger(__name__)
 
@@ -88,15 +88,15 @@ class TargetExporter:
     drains_export_queue = True
     """The server stops storage from queueing for targets when no exporter says this."""
 
-    def __init__(self, server: Server, config: TargetConfig, configurator: Configurator) -> None:
-        self.server = server
-        self.storage = server.storage
+    def __init__(self, context: PluginContext, config: TargetConfig, configurator: Configurator) -> None:
+        self.context = context
+        self.storage = context.storage
         self.config = config
         self.name = f"export:{config.name}"
         self.target = config.name
         self.configurator = configurator
-        static = {"site": server.config.site.name, **config.tags}
-        self.builder = PointBuilder(server.storage, server.tz, server.config.balance.completeness_threshold, static,
+        static = {"site": context.site.name, **config.tags}
+        self.builder = PointBuilder(context.storage, context.tz, context.site.completeness_threshold, static,
                                     config.measurement_prefix)
         self.counters = Counters()
         self.state = "starting"
@@ -121,11 +121,12 @@ class TargetExporter:
             return
         self._client = WriteClient(self.config)
         # New data wakes the sender early so a batch that filled up goes at once.
-        self._wake = self.server.bus.subscribe(ReadingsCommitted, IntervalsUpdated, BalanceUpdated, maxsize=1,
+        self._wake = self.context.bus.subscribe(ReadingsCommitted, IntervalsUpdated, BalanceUpdated, maxsize=1,
                                                policy="drop_oldest")
         self._stopping.clear()
-        self._task = self.server.supervise(self, asyncio.create_task(self._run(), name=self.name))
-        self._watcher = self.server.supervise(self, asyncio.create_task(self._watch(), name=f"{self.name}-status"))
+        supervise = self.context.health.supervise
+        self._task = supervise(self, asyncio.create_task(self._run(), name=self.name))
+        self._watcher = supervise(self, asyncio.create_task(self._watch(), name=f"{self.name}-status"))
 
     async def stop(self) -> None:
         self._stopping.set()

@@ -53,7 +53,7 @@ from balans_edge.plugins.modbus.tags import (
 )
 
 if TYPE_CHECKING:
-    from balans_edge.server import Server
+    from balans_edge.core.context import PluginContext
 
 log = logging.getLogger(__name__)
 
@@ -362,9 +362,9 @@ class ModbusClient:
     name = "modbus-client"
     protocol = "modbus"
 
-    def __init__(self, server: Server, devices: Sequence[DeviceConfig]) -> None:
-        self.server = server
-        self.recorder = TagRecorder(server.storage, server.bus, server.ingest, "modbus")
+    def __init__(self, context: PluginContext, devices: Sequence[DeviceConfig]) -> None:
+        self.context = context
+        self.recorder = TagRecorder(context.storage, context.bus, context.ingest, "modbus")
         self.configs = list(devices)
         self.links: dict[tuple, Link] = {}
         self.devices: dict[str, Device] = {}
@@ -374,7 +374,7 @@ class ModbusClient:
 
     async def start(self) -> None:
         tags = [(f'[plugins.modbus] device "{d.name}" tag "{t.name}"', t) for d in self.configs for t in d.tags]
-        self.created_meters = await ensure_meters(self.server.storage, tags, int(wall_clock()))
+        self.created_meters = await ensure_meters(self.context.storage, tags, int(wall_clock()))
         if self.created_meters:
             log.info("modbus: created meters %s for totaliser tags", ", ".join(self.created_meters))
         by_link: dict[tuple, list[DeviceConfig]] = {}
@@ -384,10 +384,10 @@ class ModbusClient:
         self.devices = {c.name: Device(c, self.links[c.link_key]) for c in self.configs}
         self.pollers = [Poller(d, self._record) for d in self.devices.values() if d.config.tags]
         for p in self.pollers:
-            self._tasks.append(self.server.supervise(
+            self._tasks.append(self.context.health.supervise(
                 self, asyncio.create_task(self._supervise(p), name=f"modbus-poll-{p.device.name}")))
         if self.pollers:
-            self._tasks.append(self.server.supervise(
+            self._tasks.append(self.context.health.supervise(
                 self, asyncio.create_task(self._sweep(), name="modbus-stale-sweep")))
 
     async def stop(self) -> None:

@@ -12,12 +12,12 @@ from balans_edge.api.commands import actuator_routes
 from balans_edge.routes import Route, json
 
 if TYPE_CHECKING:
+    from balans_edge.core.context import PluginContext
     from balans_edge.plugins.modbus.actuators import ModbusActuator
     from balans_edge.plugins.modbus.client import ModbusClient
-    from balans_edge.server import Server
 
 
-def routes(server: Server, client: Callable[[], ModbusClient | None],
+def routes(context: PluginContext, client: Callable[[], ModbusClient | None],
            actuator: Callable[[], ModbusActuator | None]) -> list[Route]:
     async def devices(request: Request) -> Any:
         running = client()
@@ -27,5 +27,5 @@ def routes(server: Server, client: Callable[[], ModbusClient | None],
         Route("GET", "/api/v1/modbus/devices", devices,
               "Polled Modbus devices: link state, reconnects, requests, reads per poll, last error",
               tags=("tags",)),
-        *actuator_routes(server, "modbus", "Modbus", actuator),
+        *actuator_routes(context.commands, "modbus", "Modbus", actuator),
     ]

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from balans_edge import hookimpl
+from balans_edge.core.context import Plugin, PluginContext
 from balans_edge.core.readback import check_actuators
 from balans_edge.plugins.modbus.actuators import ActuatorConfig, ModbusActuator
 from balans_edge.plugins.modbus.client import ModbusClient
@@ -19,7 +20,6 @@ if TYPE_CHECKING:
     import click
 
     from balans_edge.core.components import Alarm, Command
-    from balans_edge.server import Server
 
 NAME = "modbus"
 
@@ -38,71 +38,52 @@ class ModbusConfig:
             raise ValueError("; ".join(problems))
 
 
-@hookimpl
-def config_schema() -> dict[str, type]:
-    return {NAME: ModbusConfig}
+class ModbusPlugin(Plugin):
+    """The Modbus server for SCADA, the PLC client and the actuators it drives."""
 
+    def bind(self, context: PluginContext) -> None:
+        super().bind(context)
+        config: ModbusConfig = context.config
+        self.server = ModbusServer(context, config.server) if config.server.enabled else None
+        self.client = ModbusClient(context, config.devices) if config.devices else None
+        self.actuator = (ModbusActuator(self.client, config.actuators)
+                         if self.client is not None and config.actuators else None)
 
-@hookimpl
-def register_components(server: Server) -> list:
-    config: ModbusConfig = server.plugin_config(NAME)
-    components: list = []
-    if config.server.enabled:
-        components.append(ModbusServer(server, config.server))
-    if config.devices:
-        components.append(ModbusClient(server, config.devices))
-    return components
+    @hookimpl
+    def config_schema(self) -> dict[str, type]:
+        return {NAME: ModbusConfig}
 
+    @hookimpl
+    def register_components(self) -> list:
+        return [c for c in (self.server, self.client) if c is not None]
 
-def modbus_client(server: Server) -> ModbusClient | None:
-    """The PLC polling component, if devices are configured."""
-    return next((c for _, c in server.components if isinstance(c, ModbusClient)), None)
+    @hookimpl
+    def register_actuators(self) -> list:
+        return [self.actuator] if self.actuator is not None else []
 
+    @hookimpl
+    def register_routes(self) -> list:
+        from balans_edge.plugins.modbus.client_api import routes
 
-@hookimpl
-def register_actuators(server: Server) -> list:
-    config: ModbusConfig = server.plugin_config(NAME)
-    client = modbus_client(server)
-    return [ModbusActuator(client, config.actuators)] if client is not None and config.actuators else []
+        return routes(self.context, lambda: self.client, lambda: self.actuator)
 
+    @hookimpl
+    def observe_commands(self, command: Command) -> None:
+        """A valve or relay command done (from any source): its coil reads the new state."""
+        if self.server is not None:
+            self.server.on_command(command)
 
-def modbus_actuator(server: Server) -> ModbusActuator | None:
-    return next((a for a in server.actuation.actuators if isinstance(a, ModbusActuator)), None)
+    @hookimpl
+    async def observe_alarms(self, alarm: Alarm) -> None:
+        if self.server is not None:
+            await self.server.on_alarm(alarm)
 
+    @hookimpl
+    def register_commands(self, cli: click.Group) -> None:
+        from balans_edge.cli import command_group
+        from balans_edge.plugins.modbus.client_cli import add_commands as add_client_commands
+        from balans_edge.plugins.modbus.map_cli import add_commands
 
-@hookimpl
-def register_routes(server: Server) -> list:
-    from balans_edge.plugins.modbus.client_api import routes
-
-    return routes(server, lambda: modbus_client(server), lambda: modbus_actuator(server))
-
-
-def modbus_server(server: Server) -> ModbusServer | None:
-    """The running Modbus server component, if the configuration enables it."""
-    return next((c for _, c in server.components if isinstance(c, ModbusServer)), None)
-
-
-@hookimpl
-def observe_commands(server: Server, command: Command) -> None:
-    """A valve or relay command done (from any source): its coil reads the new state."""
-    component = modbus_server(server)
-    if component is not None:
-        component.on_command(command)
-
-
-@hookimpl
-async def observe_alarms(server: Server, alarm: Alarm) -> None:
-    component = modbus_server(server)
-    if component is not None:
-        await component.on_alarm(alarm)
-
-
-@hookimpl
-def register_commands(cli: click.Group) -> None:
-    from balans_edge.cli import command_group
-    from balans_edge.plugins.modbus.client_cli import add_commands as add_client_commands
-    from balans_edge.plugins.modbus.map_cli import add_commands
-
-    group = command_group(cli, "modbus", "Modbus: the register map for SCADA, PLC tags.")
-    add_commands(group)
-    add_client_commands(group)
+        group = command_group(cli, "modbus", "Modbus: the register map for SCADA, PLC tags.")
+        add_commands(group)
+        add_client_commands(group)

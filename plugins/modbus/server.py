@@ -44,7 +44,7 @@ from balans_edge.plugins.modbus.values import BYTE_ORDERS
 from balans_edge.settings import setting
 
 if TYPE_CHECKING:
-    from balans_edge.server import Server
+    from balans_edge.core.context import PluginContext
 
 log = logging.getLogger(__name__)
 
@@ -248,8 +248,8 @@ class ModbusServer:
 
     name = "modbus-server"
 
-    def __init__(self, server: Server, config: ServerConfig) -> None:
-        self.server = server
+    def __init__(self, context: PluginContext, config: ServerConfig) -> None:
+        self.context = context
         self.config = config
         self.snapshot: snap.Snapshot | None = None
         self.port: int | None = None
@@ -274,7 +274,7 @@ class ModbusServer:
     async def start(self) -> None:
         self._started = time.time()
         # Subscribe first: nothing committed while the map is loaded is missed.
-        self._sub = self.server.bus.subscribe(ReadingsCommitted, IntervalsUpdated, BalanceUpdated, maxsize=256,
+        self._sub = self.context.bus.subscribe(ReadingsCommitted, IntervalsUpdated, BalanceUpdated, maxsize=256,
                                               policy="drop_oldest")
         try:
             await self.rebuild()
@@ -285,8 +285,8 @@ class ModbusServer:
         self._listener = await loop.create_server(lambda: Connection(self), self.config.host, self.config.port,
                                                   reuse_address=True)
         self.port = self._listener.sockets[0].getsockname()[1]
-        self._tasks = [self.server.supervise(self, asyncio.create_task(self._follow(), name="modbus-refresh")),
-                       self.server.supervise(self, asyncio.create_task(self._tick_loop(), name="modbus-tick"))]
+        self._tasks = [self.context.health.supervise(self, asyncio.create_task(self._follow(), name="modbus-refresh")),
+                       self.context.health.supervise(self, asyncio.create_task(self._tick_loop(), name="modbus-tick"))]
         log.info("modbus: serving %d meters and %d groups on %s:%s (unit %d)", len(self.map.meters),
                  len(self.map.groups), self.config.host, self.port, self.config.unit_id)
 
@@ -407,7 +407,7 @@ class ModbusServer:
                             f"{WORDS[(coil.kind, value)]}") for coil, value in writes]
 
         async def run() -> list[Command]:
-            return [await self.server.actuation.execute(c) for c in commands]
+            return [await self.context.commands.execute(c) for c in commands]
 
         task = asyncio.ensure_future(run())
         self._writes.add(task)
@@ -423,17 +423,17 @@ class ModbusServer:
 
     async def rebuild(self) -> None:
         """A new map and snapshot from the registry as it is now, swapped in whole."""
-        version = await self.server.storage.registry_version()
-        rmap = await load_map(self.server.storage, self.config, int(time.time()))
+        version = await self.context.storage.registry_version()
+        rmap = await load_map(self.context.storage, self.config, int(time.time()))
         from balans_edge.core.balance_queries import Tree
 
-        tree = await Tree.current(self.server.storage)
+        tree = await Tree.current(self.context.storage)
         resolution = {g: tree.resolution(g) for g in tree.groups}
-        snapshot = snap.Snapshot(rmap, self.config, self.server.tz, self.server.config.balance.completeness_threshold,
+        snapshot = snap.Snapshot(rmap, self.config, self.context.tz, self.context.site.completeness_threshold,
                                  resolution)
         now = time.time()
-        await snap.load_all(snapshot, self.server.storage, now)
-        snapshot.hour_t = snap.hour_marks(now, self.server.tz)[0]
+        await snap.load_all(snapshot, self.context.storage, now)
+        snapshot.hour_t = snap.hour_marks(now, self.context.tz)[0]
         self._stamp(snapshot)
         if rmap.unplaced:
             log.warning("modbus: not in the map (area full): %s", ", ".join(rmap.unplaced))
@@ -469,7 +469,7 @@ class ModbusServer:
     def _refreshed(self, error: Exception | None) -> None:
         """A refresh's outcome: while they fail, the plugin shows failed in /health."""
         if error is not None or self.refresh_failed:
-            self.server.component_fault(self, error)
+            self.context.health.fault(self, error)
         self.refresh_failed = error is not None
 
     async def _refresh_events(self, events: list[Any]) -> None:
@@ -478,19 +478,19 @@ class ModbusServer:
             return
         readings = sorted({m for e in events if isinstance(e, ReadingsCommitted) for m in e.meters})
         intervals = sorted({m for e in events if isinstance(e, IntervalsUpdated) for m in e.meters})
-        hour, today = snap.hour_marks(time.time(), self.server.tz)
+        hour, today = snap.hour_marks(time.time(), self.context.tz)
         if readings:
-            await snap.refresh_readings(snapshot, self.server.storage, readings)
+            await snap.refresh_readings(snapshot, self.context.storage, readings)
         if intervals:
-            await snap.refresh_hour(snapshot, self.server.storage, intervals, hour)
+            await snap.refresh_hour(snapshot, self.context.storage, intervals, hour)
         if any(isinstance(e, BalanceUpdated) for e in events):
-            await snap.refresh_groups(snapshot, self.server.storage, hour, today)
+            await snap.refresh_groups(snapshot, self.context.storage, hour, today)
         self._stamp(snapshot)  # ages and quality of the new readings now, not at the next tick
 
     async def _refresh_all(self) -> None:
         snapshot = self.snapshot
         if snapshot is not None:
-            await snap.load_all(snapshot, self.server.storage, time.time())
+            await snap.load_all(snapshot, self.context.storage, time.time())
             self._stamp(snapshot)
 
     async def _tick_loop(self) -> None:
@@ -509,16 +509,16 @@ class ModbusServer:
         """Every second: a changed registry rebuilds the map; a new hour re-reads the
         last hour and today; ages and the system block are written; dead
         connections are closed."""
-        if await self.server.storage.registry_version() != self._registry_version:
+        if await self.context.storage.registry_version() != self._registry_version:
             await self.rebuild()
         snapshot = self.snapshot
         if snapshot is None:
             return
         now = time.time()
-        hour, today = snap.hour_marks(now, self.server.tz)
+        hour, today = snap.hour_marks(now, self.context.tz)
         if hour != snapshot.hour_t:
-            await snap.refresh_hour(snapshot, self.server.storage, None, hour)
-            await snap.refresh_groups(snapshot, self.server.storage, hour, today)
+            await snap.refresh_hour(snapshot, self.context.storage, None, hour)
+            await snap.refresh_groups(snapshot, self.context.storage, hour, today)
             snapshot.hour_t = hour
         self._stamp(snapshot)
         mono = time.monotonic()
@@ -530,10 +530,11 @@ class ModbusServer:
     def _stamp(self, snapshot: snap.Snapshot) -> None:
         """Data ages, stale bits and the system block, as of now."""
         now = time.time()
-        snapshot.tick(now, now - (self.server.started_at or self._started), self._health(), len(self.connections))
+        uptime = now - (self.context.health.started_at or self._started)
+        snapshot.tick(now, uptime, self._health(), len(self.connections))
 
     def _health(self) -> int:
-        failed = any(i.state == "failed" for i in self.server.plugins.info.values())
+        failed = "failed" in self.context.health.plugin_states().values()
         return (HEALTH_PLUGIN_FAILED if failed else 0) | (HEALTH_REFRESH_FAILED if self.refresh_failed else 0)
 
     # observers (called by the plugin's hooks) ------------------------------------------
@@ -545,7 +546,7 @@ class ModbusServer:
     async def on_alarm(self, alarm: Alarm) -> None:
         if self.snapshot is None:
             return
-        newest = await self.server.storage.journal_list("alarms", 1)
+        newest = await self.context.storage.journal_list("alarms", 1)
         self.snapshot.alarm(newest[0] if newest else None)
 
     def status(self) -> dict[str, Any]:

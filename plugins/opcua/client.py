@@ -55,7 +55,7 @@ from balans_edge.plugins.opcua.client_pki import (
 )
 
 if TYPE_CHECKING:
-    from balans_edge.server import Server
+    from balans_edge.core.context import PluginContext
 
 log = logging.getLogger(__name__)
 
@@ -585,24 +585,24 @@ class OpcuaClient:
     name = "opcua-client"
     protocol = "opcua"
 
-    def __init__(self, server: Server, devices: Sequence[DeviceConfig]) -> None:
-        self.server = server
+    def __init__(self, context: PluginContext, devices: Sequence[DeviceConfig]) -> None:
+        self.context = context
         self.configs = list(devices)
-        self.recorder = TagRecorder(server.storage, server.bus, server.ingest, "opcua")
+        self.recorder = TagRecorder(context.storage, context.bus, context.ingest, "opcua")
         self.devices: dict[str, OpcuaDevice] = {}
         self.created_meters: list[str] = []
         self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
         tags = [(f'[plugins.opcua] device "{d.name}" tag "{t.name}"', t) for d in self.configs for t in d.tags]
-        self.created_meters = await ensure_meters(self.server.storage, tags, int(wall_clock()))
+        self.created_meters = await ensure_meters(self.context.storage, tags, int(wall_clock()))
         if self.created_meters:
             log.info("opcua: created meters %s for totaliser tags", ", ".join(self.created_meters))
         self.devices = {c.name: OpcuaDevice(c, self.recorder) for c in self.configs}
         for d in self.devices.values():
-            self._tasks.append(self.server.supervise(
+            self._tasks.append(self.context.health.supervise(
                 self, asyncio.create_task(d.run(), name=f"opcua-device-{d.name}")))
-            self._tasks.append(self.server.supervise(
+            self._tasks.append(self.context.health.supervise(
                 self, asyncio.create_task(d.flush_forever(), name=f"opcua-record-{d.name}")))
 
     async def stop(self) -> None:

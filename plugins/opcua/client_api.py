@@ -13,12 +13,12 @@ from balans_edge.core.times import iso
 from balans_edge.routes import Route, json
 
 if TYPE_CHECKING:
+    from balans_edge.core.context import PluginContext
     from balans_edge.plugins.opcua.actuators import OpcuaActuator
     from balans_edge.plugins.opcua.client import OpcuaClient
-    from balans_edge.server import Server
 
 
-def routes(server: Server, client: Callable[[], OpcuaClient | None],
+def routes(context: PluginContext, client: Callable[[], OpcuaClient | None],
            actuator: Callable[[], OpcuaActuator | None]) -> list[Route]:
     async def devices(request: Request) -> Any:
         running = client()
@@ -31,5 +31,5 @@ def routes(server: Server, client: Callable[[], OpcuaClient | None],
         Route("GET", "/api/v1/opcua/devices", devices,
               "OPC UA servers read as a client: session up, security, connects, last error, reads, notifications",
               tags=("tags",)),
-        *actuator_routes(server, "opcua", "OPC UA", actuator),
+        *actuator_routes(context.commands, "opcua", "OPC UA", actuator),
     ]

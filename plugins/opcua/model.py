@@ -30,6 +30,7 @@ from asyncua import ua
 
 from balans_edge.core.balance_figures import flag_bits_text
 from balans_edge.core.model import Concentrator, Group, Meter, RadioModule
+from balans_edge.core.times import utc
 
 NAMESPACE_URI = "urn:balans-edge:opcua"
 """Our namespace; its index is 2 on our server (resolve it by URI all the same)."""
@@ -344,7 +345,7 @@ def module_members(base: str, module: RadioModule | None, declaration: bool = Fa
         var("Hops", Ids.Byte, V.Byte, m.hops, "radio hops to the concentrator"),
         var("Rssi", Ids.Int16, V.Int16, m.rssi, "received signal strength, dBm"),
         var("BatteryVoltage", Ids.UInt16, V.UInt16, m.battery_mv, "battery voltage, mV"),
-        var("LastSeen", Ids.DateTime, V.DateTime, None if m.last_seen is None else ua_time(m.last_seen),
+        var("LastSeen", Ids.DateTime, V.DateTime, None if m.last_seen is None else utc(m.last_seen),
             "when the module was last heard"),
     )
 
@@ -373,12 +374,6 @@ def concentrator_members(base: str, c: Concentrator | None, declaration: bool = 
             prop(base, "Site", Ids.String, V.String, c.site, rule=r),
             NodeSpec(f"{base}/Modules", base, Ids.Organizes, OBJECT, "Modules", Ids.FolderType,
                      description="radio modules of this concentrator", modelling_rule=r))
-
-
-def ua_time(t: int | float) -> Any:
-    from datetime import UTC, datetime
-
-    return datetime.fromtimestamp(t, UTC)
 
 
 # types ---------------------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from balans_edge import hookimpl
+from balans_edge.core.context import Plugin, PluginContext
 from balans_edge.core.readback import check_actuators
 from balans_edge.plugins.opcua.client_config import ActuatorConfig, DeviceConfig, check_devices
 from balans_edge.plugins.opcua.config import ServerConfig
@@ -20,7 +21,6 @@ if TYPE_CHECKING:
     from balans_edge.plugins.opcua.actuators import OpcuaActuator
     from balans_edge.plugins.opcua.client import OpcuaClient
     from balans_edge.plugins.opcua.server import OpcuaServer
-    from balans_edge.server import Server
 
 NAME = "opcua"
 
@@ -39,79 +39,64 @@ class OpcuaConfig:
             raise ValueError("; ".join(problems))
 
 
-@hookimpl
-def config_schema() -> dict[str, type]:
-    return {NAME: OpcuaConfig}
+class OpcuaPlugin(Plugin):
+    """The OPC UA server for SCADA, the client of pumping stations and the
+    actuators it drives. asyncua takes most of a second to import: only a
+    configured part imports it."""
 
+    def bind(self, context: PluginContext) -> None:
+        super().bind(context)
+        config: OpcuaConfig = context.config
+        self.server: OpcuaServer | None = None
+        self.client: OpcuaClient | None = None
+        self.actuator: OpcuaActuator | None = None
+        if config.server.enabled:
+            from balans_edge.plugins.opcua.server import OpcuaServer
 
-@hookimpl
-def register_components(server: Server) -> list[Any]:
-    config: OpcuaConfig = server.plugin_config(NAME)
-    components: list[Any] = []
-    if config.server.enabled:
-        # Imported here: asyncua takes most of a second to import, and only a running server needs it.
-        from balans_edge.plugins.opcua.server import OpcuaServer
+            self.server = OpcuaServer(context, config.server)
+        if config.devices:
+            from balans_edge.plugins.opcua.client import OpcuaClient
 
-        components.append(OpcuaServer(server, config.server))
-    if config.devices:
-        from balans_edge.plugins.opcua.client import OpcuaClient
+            self.client = OpcuaClient(context, config.devices)
+            if config.actuators:
+                from balans_edge.plugins.opcua.actuators import OpcuaActuator
 
-        components.append(OpcuaClient(server, config.devices))
-    return components
+                self.actuator = OpcuaActuator(self.client, config.actuators)
 
+    @hookimpl
+    def config_schema(self) -> dict[str, type]:
+        return {NAME: OpcuaConfig}
 
-def opcua_server(server: Server) -> OpcuaServer | None:
-    """The running OPC UA server component, if the configuration enables it."""
-    return next((c for _, c in server.components if type(c).__name__ == "OpcuaServer"), None)
+    @hookimpl
+    def register_components(self) -> list[Any]:
+        return [c for c in (self.server, self.client) if c is not None]
 
+    @hookimpl
+    def register_actuators(self) -> list[Any]:
+        return [self.actuator] if self.actuator is not None else []
 
-@hookimpl
-async def observe_commands(server: Server, command: Command) -> None:
-    """A valve or relay command done (from any source): its state variable shows it."""
-    component = opcua_server(server)
-    if component is not None:
-        await component.on_command(command)
+    @hookimpl
+    def register_routes(self) -> list[Any]:
+        from balans_edge.plugins.opcua.client_api import routes
 
+        return routes(self.context, lambda: self.client, lambda: self.actuator)
 
-@hookimpl
-async def observe_alarms(server: Server, alarm: Alarm) -> None:
-    """Every alarm (a new finding's included) as an event of the Server object."""
-    component = opcua_server(server)
-    if component is not None:
-        await component.on_alarm(alarm)
+    @hookimpl
+    async def observe_commands(self, command: Command) -> None:
+        """A valve or relay command done (from any source): its state variable shows it."""
+        if self.server is not None:
+            await self.server.on_command(command)
 
+    @hookimpl
+    async def observe_alarms(self, alarm: Alarm) -> None:
+        """Every alarm (a new finding's included) as an event of the Server object."""
+        if self.server is not None:
+            await self.server.on_alarm(alarm)
 
-def opcua_client(server: Server) -> OpcuaClient | None:
-    """The component reading pumping-station servers, if devices are configured."""
-    return next((c for _, c in server.components if type(c).__name__ == "OpcuaClient"), None)
+    @hookimpl
+    def register_commands(self, cli: click.Group) -> None:
+        from balans_edge.cli import command_group
+        from balans_edge.plugins.opcua.client_cli import add_commands
 
-
-@hookimpl
-def register_actuators(server: Server) -> list[Any]:
-    config: OpcuaConfig = server.plugin_config(NAME)
-    client = opcua_client(server)
-    if client is None or not config.actuators:
-        return []
-    from balans_edge.plugins.opcua.actuators import OpcuaActuator
-
-    return [OpcuaActuator(client, config.actuators)]
-
-
-def opcua_actuator(server: Server) -> OpcuaActuator | None:
-    return next((a for a in server.actuation.actuators if type(a).__name__ == "OpcuaActuator"), None)
-
-
-@hookimpl
-def register_routes(server: Server) -> list[Any]:
-    from balans_edge.plugins.opcua.client_api import routes
-
-    return routes(server, lambda: opcua_client(server), lambda: opcua_actuator(server))
-
-
-@hookimpl
-def register_commands(cli: click.Group) -> None:
-    from balans_edge.cli import command_group
-    from balans_edge.plugins.opcua.client_cli import add_commands
-
-    add_commands(command_group(cli, "opcua", "OPC UA: the server for SCADA, pumping-station servers read as a "
-                                             "client."))
+        add_commands(command_group(cli, "opcua", "OPC UA: the server for SCADA, pumping-station servers read as a "
+                                                 "client."))

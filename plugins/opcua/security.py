@@ -45,8 +45,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from balans_edge.core.roles import allows
+from balans_edge.core.tokens import token_digest
 from balans_edge.plugins.opcua import pki
-from balans_edge.security import token_digest
 
 log = logging.getLogger(__name__)
 

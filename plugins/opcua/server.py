@@ -37,6 +37,7 @@ from balans_edge import __version__
 from balans_edge.core.bus import BalanceUpdated, IntervalsUpdated, ReadingsCommitted, Subscription
 from balans_edge.core.components import Alarm, Command, CommandCode
 from balans_edge.core.tasks import cancel
+from balans_edge.core.tokens import token_digest
 from balans_edge.plugins.modbus import snapshot as snap
 from balans_edge.plugins.opcua import model as m
 from balans_edge.plugins.opcua import pki
@@ -53,10 +54,9 @@ from balans_edge.plugins.opcua.security import (
 )
 from balans_edge.plugins.opcua.space import Publisher, Space, SyncStats
 from balans_edge.plugins.opcua.values import Values
-from balans_edge.security import token_digest
 
 if TYPE_CHECKING:
-    from balans_edge.server import Server
+    from balans_edge.core.context import PluginContext
 
 log = logging.getLogger(__name__)
 
@@ -104,8 +104,8 @@ class OpcuaServer:
 
     name = "opcua-server"
 
-    def __init__(self, server: Server, config: ServerConfig) -> None:
-        self.server = server
+    def __init__(self, context: PluginContext, config: ServerConfig) -> None:
+        self.context = context
         self.config = config
         self.ua: UaServer | None = None
         self.space: Space | None = None
@@ -140,15 +140,15 @@ class OpcuaServer:
         if logger.level == logging.NOTSET:
             logger.setLevel(logging.WARNING)  # its INFO lines report every request
         install_refusal_log()
-        self._sub = self.server.bus.subscribe(ReadingsCommitted, IntervalsUpdated, BalanceUpdated, maxsize=256,
+        self._sub = self.context.bus.subscribe(ReadingsCommitted, IntervalsUpdated, BalanceUpdated, maxsize=256,
                                               policy="drop_oldest")
         try:
             await self._start()
         except BaseException:
             await self.stop()
             raise
-        self._tasks = [self.server.supervise(self, asyncio.create_task(self._follow(), name="opcua-refresh")),
-                       self.server.supervise(self, asyncio.create_task(self._tick_loop(), name="opcua-tick"))]
+        self._tasks = [self.context.health.supervise(self, asyncio.create_task(self._follow(), name="opcua-refresh")),
+                       self.context.health.supervise(self, asyncio.create_task(self._tick_loop(), name="opcua-tick"))]
 
     async def _start(self) -> None:
         config = self.config
@@ -158,7 +158,7 @@ class OpcuaServer:
         if self.certificate_created:
             log.info("opcua: created the server certificate %s (thumbprint %s) for %s", self.pki.cert_der,
                      pki.thumbprint(cert), self.application_uri)
-        creds = credentials(config, self.server.config.api.users)
+        creds = credentials(config, self.context.api_users)
         if not creds and config.anonymous_role == "none":
             log.warning("opcua: no users and no anonymous access: nobody can open a session")
         ua_server = UaServer(user_manager=Users(creds, config.anonymous_role))
@@ -251,7 +251,7 @@ class OpcuaServer:
         when its meters or groups changed (read from storage)."""
         if self.space is None or self.publisher is None:
             raise RuntimeError("the OPC UA server is not started")
-        storage = self.server.storage
+        storage = self.context.storage
         version = await storage.registry_version()
         concentrators = await storage.registry_list("concentrators")
         modules = await storage.registry_list("modules")
@@ -275,12 +275,12 @@ class OpcuaServer:
     async def _new_values(self, meters: list[Any], groups: list[Any]) -> None:
         from balans_edge.core.balance_queries import Tree
 
-        tree = await Tree.current(self.server.storage)
-        values = Values(meters, groups, self.server.tz, self.server.config.balance.completeness_threshold,
+        tree = await Tree.current(self.context.storage)
+        values = Values(meters, groups, self.context.tz, self.context.site.completeness_threshold,
                         {g: tree.resolution(g) for g in tree.groups})
         now = time.time()
-        await snap.load_all(values, self.server.storage, now)
-        self._hour = snap.hour_marks(now, self.server.tz)[0]
+        await snap.load_all(values, self.context.storage, now)
+        self._hour = snap.hour_marks(now, self.context.tz)[0]
         self.values = values
         self._kinds = {meter.meter_id: "meter" for _, meter in meters} | {g.group_id: "group" for g in groups}
         values.ages(now)
@@ -319,17 +319,17 @@ class OpcuaServer:
     def _refreshed(self, error: Exception | None) -> None:
         """A refresh's outcome: while they fail, the plugin shows failed in /health."""
         if error is not None or self.refresh_failed:
-            self.server.component_fault(self, error)
+            self.context.health.fault(self, error)
         self.refresh_failed = error is not None
 
     async def _refresh(self, events: list[Any]) -> None:
         values = self.values
         if values is None:
             return
-        storage = self.server.storage
+        storage = self.context.storage
         readings = sorted({k for e in events if isinstance(e, ReadingsCommitted) for k in e.meters})
         intervals = sorted({k for e in events if isinstance(e, IntervalsUpdated) for k in e.meters})
-        hour, today = snap.hour_marks(time.time(), self.server.tz)
+        hour, today = snap.hour_marks(time.time(), self.context.tz)
         if readings:
             await snap.refresh_readings(values, storage, readings)
         if intervals:
@@ -339,7 +339,7 @@ class OpcuaServer:
 
     async def _reload(self) -> None:
         if self.values is not None:
-            await snap.load_all(self.values, self.server.storage, time.time())
+            await snap.load_all(self.values, self.context.storage, time.time())
 
     async def _tick_loop(self) -> None:
         while True:
@@ -356,17 +356,17 @@ class OpcuaServer:
         """A changed registry is applied; a new hour re-reads the last hour and
         today; the data ages are rewritten every ``age_interval_s``."""
         stale = time.monotonic() - self._registry_read > self.config.registry_poll_s
-        if stale or await self.server.storage.registry_version() != self._registry_version:
+        if stale or await self.context.storage.registry_version() != self._registry_version:
             await self.sync()
         values = self.values
         if values is None:
             return
         now = time.time()
-        hour, today = snap.hour_marks(now, self.server.tz)
+        hour, today = snap.hour_marks(now, self.context.tz)
         publish = False
         if hour != self._hour:
-            await snap.refresh_hour(values, self.server.storage, None, hour)
-            await snap.refresh_groups(values, self.server.storage, hour, today)
+            await snap.refresh_hour(values, self.context.storage, None, hour)
+            await snap.refresh_groups(values, self.context.storage, hour, today)
             self._hour, publish = hour, True
         if now - self._aged >= self.config.age_interval_s:
             self._aged = now
@@ -444,7 +444,7 @@ class OpcuaServer:
             return result(ua.StatusCodes.BadInvalidArgument,
                           inputs=[ua.StatusCode(ua.StatusCodes.BadInvalidArgument)])
         command = Command(meter, code, f"opcua:{login.name}", reason.strip())
-        task = asyncio.ensure_future(self.server.actuation.execute(command))
+        task = asyncio.ensure_future(self.context.commands.execute(command))
         self._calls.add(task)
         task.add_done_callback(self._calls.discard)
         done, _ = await asyncio.wait({task}, timeout=self.config.method_timeout_s)

@@ -1,4 +1,8 @@
-"""An example balans-edge plugin that implements every hook."""
+"""An example balans-edge plugin that implements every hook.
+
+A plugin is a class: the server instantiates it, gives it its context
+(``bind``) and calls its hook methods; everything it uses of the server comes
+through that context (``balans_edge.core.context``)."""
 
 from __future__ import annotations
 
@@ -11,6 +15,8 @@ import click
 
 from balans_edge import hookimpl
 from balans_edge.core.components import Alarm, Command, CommandOutcome, Finding, Severity
+from balans_edge.core.context import Plugin
+from balans_edge.core.detection import DetectionRun
 from balans_edge.routes import Route
 from balans_edge.routes import json as json_response
 from balans_edge.settings import setting
@@ -53,8 +59,8 @@ class QuarantineDetector:
 
     name = "example-quarantine"
 
-    async def detect(self, server: Any) -> list[Finding]:
-        rows = await server.storage.quarantine(1000)
+    async def detect(self, run: DetectionRun) -> list[Finding]:
+        rows = await run.storage.quarantine(1000)
         modules = sorted({r["module_id"] for r in rows})
         return [
             Finding(self.name, f"module:{m}", "unregistered_module", f"module {m} reports but is not registered",
@@ -107,70 +113,65 @@ class CountingExporter:
         return {"running": self.running, "readings_seen": STATE["readings"]}
 
 
-@hookimpl
-def config_schema() -> dict[str, type]:
-    return {"example": ExampleConfig}
+class ExamplePlugin(Plugin):
+    config: ExampleConfig
 
+    @hookimpl
+    def config_schema(self) -> dict[str, type]:
+        return {"example": ExampleConfig}
 
-@hookimpl
-def register_components(server: Any) -> list:
-    return [Heartbeat(server.plugin_config("example").interval_s)]
+    @hookimpl
+    def register_components(self) -> list:
+        self.heartbeat = Heartbeat(self.config.interval_s)
+        return [self.heartbeat]
 
+    @hookimpl
+    def register_routes(self) -> list[Route]:
+        context = self.context
 
-@hookimpl
-def register_routes(server: Any) -> list[Route]:
-    async def summary(request: Any) -> Any:
-        meters = await server.storage.registry_list("meters")
-        greeting = server.plugin_config("example").greeting
-        return json_response({"greeting": greeting, "meters": len(meters), "readings_seen": STATE["readings"]})
+        async def summary(request: Any) -> Any:
+            meters = await context.storage.registry_list("meters")
+            return json_response({"greeting": context.config.greeting, "meters": len(meters),
+                                  "readings_seen": STATE["readings"]})
 
-    return [Route("GET", "/api/v1/example/summary", summary, "Example plugin summary", tags=("example",))]
+        return [Route("GET", "/api/v1/example/summary", summary, "Example plugin summary", tags=("example",))]
 
+    @hookimpl
+    def register_commands(self, cli: click.Group) -> None:
+        @cli.command("example-hello")
+        @click.option("--name", default="world")
+        def hello(name: str) -> None:
+            """Say hello (a command contributed by the example plugin)."""
+            click.echo(f"hello, {name}, from the example plugin")
 
-@hookimpl
-def register_commands(cli: click.Group) -> None:
-    @cli.command("example-hello")
-    @click.option("--name", default="world")
-    def hello(name: str) -> None:
-        """Say hello (a command contributed by the example plugin)."""
-        click.echo(f"hello, {name}, from the example plugin")
+    @hookimpl
+    def register_detectors(self) -> list:
+        return [QuarantineDetector()]
 
+    @hookimpl
+    def register_actuators(self) -> list:
+        return [ExampleActuator()]
 
-@hookimpl
-def register_detectors(server: Any) -> list:
-    return [QuarantineDetector()]
+    @hookimpl
+    def register_notifiers(self) -> list:
+        return [FileNotifier(self.config.alarm_file)]
 
+    @hookimpl
+    def register_exporters(self) -> list:
+        return [CountingExporter()]
 
-@hookimpl
-def register_actuators(server: Any) -> list:
-    return [ExampleActuator()]
+    @hookimpl
+    def observe_readings(self, event: Any) -> None:
+        STATE["readings"] += event.count
 
+    @hookimpl
+    async def observe_findings(self, finding: Finding) -> None:
+        STATE["findings"].append(finding)
 
-@hookimpl
-def register_notifiers(server: Any) -> list:
-    return [FileNotifier(server.plugin_config("example").alarm_file)]
+    @hookimpl
+    def observe_alarms(self, alarm: Alarm) -> None:
+        STATE["alarms"].append(alarm)
 
-
-@hookimpl
-def register_exporters(server: Any) -> list:
-    return [CountingExporter()]
-
-
-@hookimpl
-def observe_readings(server: Any, event: Any) -> None:
-    STATE["readings"] += event.count
-
-
-@hookimpl
-async def observe_findings(server: Any, finding: Finding) -> None:
-    STATE["findings"].append(finding)
-
-
-@hookimpl
-def observe_alarms(server: Any, alarm: Alarm) -> None:
-    STATE["alarms"].append(alarm)
-
-
-@hookimpl
-def observe_commands(server: Any, command: Command) -> None:
-    STATE["commands"].append(command)
+    @hookimpl
+    def observe_commands(self, command: Command) -> None:
+        STATE["commands"].append(command)
