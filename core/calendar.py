@@ -56,6 +56,13 @@ def _midnight(d: date, tz: ZoneInfo) -> int:
     return int(datetime(d.year, d.month, d.day, tzinfo=tz).timestamp())
 
 
+def local_day(t: int, tz: ZoneInfo) -> tuple[int, int]:
+    """Start of the local day holding ``t`` and of the next one (unix seconds;
+    a day of a DST change is 23 or 25 hours long)."""
+    d = _local_date(t, tz)
+    return _midnight(d, tz), _midnight(d + timedelta(days=1), tz)
+
+
 def local_starts(t0: int, t1: int, step: Literal["day", "month"], tz: ZoneInfo) -> np.ndarray:
     """Sorted unix starts of the local days or months holding an hour of [t0, t1)
     (hour-aligned): the first one is at or before t0. The Python loop is over

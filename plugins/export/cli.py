@@ -12,13 +12,13 @@ import asyncio
 import json
 import time
 from collections.abc import Sequence
-from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
 import click
 
+from balans_edge.core.calendar import local_day
 from balans_edge.core.storage import Storage
 from balans_edge.core.storage.base import EXPORT_KINDS
 from balans_edge.core.times import hour_ceil, iso
@@ -32,15 +32,13 @@ PAGE = 10_000
 def day_hours(t0: int, t1: int, tz: ZoneInfo) -> list[int]:
     """The first stored hour (UTC, hour-aligned) of every local day that starts in [t0, t1):
     one back-fill entry per group and day is enough for the day's point."""
-    day = datetime.fromtimestamp(t0, tz).date()
+    start, end = local_day(t0, tz)
     out = []
-    while True:
-        start = int(datetime(day.year, day.month, day.day, tzinfo=tz).timestamp())
-        if start >= t1:
-            return out
+    while start < t1:
         if start >= t0:
             out.append(hour_ceil(start))
-        day += timedelta(days=1)
+        start, end = end, local_day(end, tz)[1]
+    return out
 
 
 async def _room(storage: Storage, target: TargetConfig, wait_s: float) -> int:

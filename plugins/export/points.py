@@ -24,7 +24,6 @@ import time
 from collections import defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
 from operator import attrgetter
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -33,6 +32,7 @@ import numpy as np
 
 from balans_edge.core.balance import BalanceSeries, points
 from balans_edge.core.balance_queries import Tree, group_series
+from balans_edge.core.calendar import local_day
 from balans_edge.core.findings import finding_volume
 from balans_edge.core.model import LEVELS, Group, Meter, Quality
 from balans_edge.core.periods import RegisterTable
@@ -296,11 +296,8 @@ class PointBuilder:
         return out
 
     def day_of(self, t: int) -> tuple[int, int]:
-        """Start of the local day holding ``t`` and of the next one (as core.balance does it)."""
-        d = datetime.fromtimestamp(t, self.tz).date()
-        start = datetime(d.year, d.month, d.day, tzinfo=self.tz)
-        nxt = d + timedelta(days=1)
-        return int(start.timestamp()), int(datetime(nxt.year, nxt.month, nxt.day, tzinfo=self.tz).timestamp())
+        """Start of the local day holding ``t`` and of the next one."""
+        return local_day(t, self.tz)
 
     async def _balance_daily(self, reg: Registry, rows: list[dict[str, Any]],
                              ) -> Made:

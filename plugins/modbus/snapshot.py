@@ -12,7 +12,6 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Sequence
-from datetime import datetime
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
@@ -20,6 +19,7 @@ import numpy as np
 
 from balans_edge.core.balance_figures import balance_figures
 from balans_edge.core.balance_queries import Tree, hourly_balance
+from balans_edge.core.calendar import local_day
 from balans_edge.core.components import Command, CommandCode
 from balans_edge.core.model import Quality, Status
 from balans_edge.core.periods import RegisterTable
@@ -62,9 +62,7 @@ def hour_marks(now: float, tz: ZoneInfo) -> tuple[int, int]:
     """(start of the last complete hour, start of today in the site's timezone),
     both as unix UTC times. "Today" counts the complete hours from local midnight."""
     current = hour_floor(int(now))
-    local = datetime.fromtimestamp(current, tz)
-    midnight = local.replace(hour=0, minute=0, second=0, microsecond=0)
-    return current - HOUR, int(midnight.timestamp())
+    return current - HOUR, local_day(current, tz)[0]
 
 
 class KeyRows:
