@@ -17,6 +17,7 @@ import click
 from balans_edge import __version__
 from balans_edge.config import Config, load_config
 from balans_edge.core.redact import RedactingFilter, redact_url
+from balans_edge.core.storage.migrations import MigrationError
 from balans_edge.plugin_manager import PluginError, Plugins, config_schemas, load_plugins
 from balans_edge.security import assess
 from balans_edge.settings import ConfigError
@@ -95,10 +96,16 @@ def run_async(fn: Callable[[], Awaitable[T]]) -> T:
 
 
 async def with_storage(config: Config, fn: Callable[[Any], Awaitable[T]]) -> T:
+    """Run ``fn`` with the configured storage open: core's and the plugins' tables
+    migrated first (the plugins ``prepare`` loaded), as the server would."""
     from balans_edge.core.storage import open_storage
+    from balans_edge.plugin_migrations import plugin_migrations
 
     storage = open_storage(config.storage.url)
-    await storage.open()
+    try:
+        await storage.open(migrations=plugin_migrations(plugins_once(), config.plugin_flags))
+    except MigrationError as exc:  # a database newer than this software: say so, no traceback
+        raise click.ClickException(str(exc)) from None
     try:
         return await fn(storage)
     finally:
@@ -147,7 +154,7 @@ def run(config_path: Path | None, host: str | None, port: int | None) -> None:
         except PluginError as exc:
             log.error("start-up failed: %s", exc)
             return 3
-        except StartupError as exc:
+        except (StartupError, MigrationError) as exc:
             log.error("start-up failed: %s", exc)
             return 2
         except OSError as exc:
@@ -179,6 +186,27 @@ def check_config(file: Path) -> None:
         click.echo(f"error: {assessment.refusal()}", err=True)
         raise SystemExit(2)
     click.echo(f"{file}: OK (site {config.site.name!r}, storage {redact_url(config.storage.url)})")
+
+
+@cli.group("config")
+def config_group() -> None:
+    """The configuration file's reference."""
+
+
+@config_group.command("docs")
+@click.option("--write", "write_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write the text to this file (docs/config.md) instead of printing it.")
+def config_docs(write_path: Path | None) -> None:
+    """Every key of the configuration (core sections and built-in plugins) with its
+    type, default, range and meaning, as Markdown: the text of docs/config.md."""
+    from balans_edge.config_docs import render
+
+    text = render(config_schemas(plugins_once()))
+    if write_path is None:
+        click.echo(text, nl=False)
+    else:
+        write_path.write_text(text, encoding="utf-8")
+        click.echo(f"wrote {write_path}")
 
 
 @cli.command("plugins")

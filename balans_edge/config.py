@@ -12,7 +12,7 @@ import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from balans_edge.core.balance_worker import BalanceSettings
@@ -40,23 +40,36 @@ def _storage_url(url: str) -> str | None:
 
 @dataclass(frozen=True)
 class ServerSection:
-    host: str = setting("127.0.0.1", doc="Address the HTTP API binds to; loopback unless you mean otherwise.")
-    port: int = setting(8080, range=(0, 65535), doc="TCP port of the HTTP API (0: any free port, as printed at start)")
-    log_level: Literal["debug", "info", "warning", "error"] = "info"
-    shutdown_timeout_s: float = setting(15.0, range=(0.1, 600))
-    allow_insecure: bool = setting(False, doc="run on a non-loopback address despite weak tokens or an anonymous "
-                                              "role (balans_edge.core.tokens); they are still logged")
+    """The HTTP API."""
+
+    host: Annotated[str, setting(doc="address of the HTTP API; loopback unless you mean otherwise")] = "127.0.0.1"
+    port: Annotated[int, setting(range=(0, 65535), doc="TCP port of the HTTP API; 0 takes any free port, printed "
+                                                       "at start (`listening on http://HOST:PORT`)")] = 8080
+    log_level: Annotated[Literal["debug", "info", "warning", "error"], setting(doc="the server log's level")] = "info"
+    shutdown_timeout_s: Annotated[float, setting(range=(0.1, 600), doc="how long shutdown waits for HTTP requests "
+                                                                       "in flight")] = 15.0
+    allow_insecure: Annotated[bool, setting(doc="listen on a non-loopback `host` despite the risks of \"Security "
+                                                "checks\" below (they are still logged)")] = False
 
 
 @dataclass(frozen=True)
 class SiteSection:
-    name: str = "Demo site"
-    timezone: str = setting("UTC", check=_timezone, doc="Days, months and tariff zones are in this timezone.")
+    """The site this server meters."""
+
+    name: Annotated[str, setting(doc="shown in health and reports")] = "Demo site"
+    timezone: Annotated[str, setting(check=_timezone, doc="IANA name; days, months and tariff zones are local "
+                                                          "to it")] = "UTC"
 
 
 @dataclass(frozen=True)
 class StorageSection:
-    url: str = setting("sqlite:var/balans-edge.db", check=_storage_url)
+    """The database holds consumers' names, addresses and phones: a new database
+    file is created readable and writable by its owner only (mode 0600), and
+    SQLite gives its `-wal` and `-shm` files the same mode. An existing file that
+    others can read is used as it is, with a warning at start (`chmod 600` it)."""
+
+    url: Annotated[str, setting(check=_storage_url, doc="`sqlite:PATH` (relative to the working "
+                                                        "directory)")] = "sqlite:var/balans-edge.db"
 
 
 def _sha256_hex(value: str) -> str | None:
@@ -65,12 +78,21 @@ def _sha256_hex(value: str) -> str | None:
     return "expected 64 hexadecimal digits (from balans-edge token hash)"
 
 
+def _token(value: str) -> str | None:
+    return None if len(value) >= 16 else "expected at least 16 characters"
+
+
 @dataclass(frozen=True)
 class ApiUser:
-    name: str
-    role: Role
-    token: str = setting("", secret=True, check=lambda t: None if len(t) >= 16 else "expected at least 16 characters")
-    token_sha256: str = setting("", check=_sha256_hex, doc="the token's SHA-256 in hex instead of the token itself")
+    """A user of the HTTP API: exactly one of `token`, `token_env` or `token_sha256`."""
+
+    name: Annotated[str, setting(doc="who the token belongs to (logs and the audit name it)")]
+    role: Annotated[Role, setting(doc="viewer reads, operator also pushes readings and issues commands, admin "
+                                      "also changes the registry")]
+    token: Annotated[str, setting(secret=True, check=_token, doc="the bearer token, at least 16 characters, "
+                                                                "each user its own")] = ""
+    token_sha256: Annotated[str, setting(check=_sha256_hex, doc="the token's SHA-256 in hex instead of the token "
+                                                                "itself (`balans-edge token new`)")] = ""
 
     def __post_init__(self) -> None:
         if bool(self.token) == bool(self.token_sha256):
@@ -83,9 +105,52 @@ class ApiUser:
 
 @dataclass(frozen=True)
 class ApiSection:
-    users: list[ApiUser] = field(default_factory=list)
-    anonymous_role: Literal["none", "viewer"] = "none"
-    max_body_bytes: int = setting(16 * 1024 * 1024, range=(1024, 1024**3))
+    """Every route except `GET /api/v1/health` and `GET /api/v1/openapi.json` needs a
+    bearer token (`Authorization: Bearer TOKEN`); health without a token shows
+    only its overall `status`, the details need a viewer. viewer reads, operator also
+    pushes readings and issues commands, admin also changes the registry.
+
+    **Tokens.** Give each user exactly one of `token` (the token itself),
+    `token_env` (the variable holding it) or `token_sha256` (its SHA-256 in hex,
+    so the file holds no token at all). `balans-edge token new --name scada
+    --role operator` prints a random token (256 bits) for the client and the
+    config line with its hash; `balans-edge token hash` reads a token from
+    standard input (not the command line, which shells keep) and prints its hash.
+    Presented tokens are hashed and compared with every user's hash in constant
+    time. A plain SHA-256 is the right hash for API tokens, unlike for
+    passwords: they are random and long, so nobody finds one from its hash
+    however fast they hash, and a slow hash would cost every request. Two users
+    with the same token (in any form) are an error: the last one used to win, so a
+    "viewer" token acted as admin.
+
+    **Refusals in the log.** Every 401 and 403 is logged as a warning with the
+    peer's address and the route (`HTTP 401 GET /api/v1/meters from 10.0.0.7:
+    invalid bearer token`; a 403 names the user and the role it lacks), at most 20
+    lines a minute; the next line written says how many were left out, so a
+    scanner cannot flood the log.
+
+    **Security checks.** `check-config` and `run` look for risks:
+
+    - a weak token: a placeholder word (`change-me`, `example`, `secret`,
+      `password`, `demo`, ... ignoring case and punctuation), fewer than 24
+      characters, or little entropy (under about 64 bits: one letter repeated, a
+      short pattern repeated); hashed tokens cannot be checked;
+    - `anonymous_role = "viewer"` on an address other than loopback.
+
+    On loopback (`127.0.0.1`, `::1`, `localhost`) they are warnings: the demo's
+    tokens are fine there. On any other address (`0.0.0.0`, a LAN address, a
+    host name) they refuse the start (exit 2) and fail `check-config` (exit 2),
+    naming each risk, unless `[server] allow_insecure = true`; then they are
+    logged as warnings at every start. `run --host` is checked as the address it
+    gives. Duplicate tokens are always an error (above).
+    """
+
+    users: Annotated[list[ApiUser], setting(doc="`[[api.users]]`, or `users = [{ name, role, token }, ...]`")] = \
+        field(default_factory=list)
+    anonymous_role: Annotated[Literal["none", "viewer"], setting(doc='`"viewer"` lets requests without a token '
+                                                                    "read")] = "none"
+    max_body_bytes: Annotated[int, setting(range=(1024, 1024**3), doc="larger request bodies get "
+                                                                      "413")] = 16 * 1024 * 1024
 
     def __post_init__(self) -> None:
         # Two users with one token: the last one won, so a "viewer" token acted as
@@ -100,6 +165,32 @@ class ApiSection:
 
 @dataclass(frozen=True)
 class Config:
+    """One TOML file, given with `balans-edge run -c FILE`. Every key has a default,
+    so an empty file (or no file) runs a demo-grade server on 127.0.0.1 (an example:
+    `config/demo.toml`). `balans-edge check-config FILE` validates a file and exits
+    2 on any problem; every problem names its key path and what was expected:
+
+    ```
+    config.toml: [plugins.dmesh.simulator] concentrators: expected an integer 1..50, got 0
+    config.toml: [server] hots: unknown key (did you mean "host"?)
+    config.toml: [api.users[0]] token_env: environment variable API_TOKEN is not set
+    ```
+
+    ## Secrets from the environment
+
+    A secret key `x` may be given as `x_env = "VARIABLE"` instead: the value is
+    read from that environment variable at start-up, and an unset variable is an
+    error. Giving both is an error. The secret keys are marked *secret* below
+    (e.g. `{ id = 900001, key_env = "DMESH_KEY_900001" }` in `[plugins.dmesh]
+    concentrators`).
+
+    Secrets are never repeated: check-config's messages leave out a secret key's
+    value, and a password in a URL (`http://user:PASSWORD@host`), a user part
+    without a password, secret query values (`token=`, `password=`, `p=`, ...)
+    and `Authorization` credentials are shown as `***` in health, status
+    commands, the plugin listing and every log line (`balans_edge.core.redact`).
+    """
+
     server: ServerSection = field(default_factory=ServerSection)
     site: SiteSection = field(default_factory=SiteSection)
     storage: StorageSection = field(default_factory=StorageSection)
@@ -118,8 +209,21 @@ class Config:
 
 @dataclass(frozen=True)
 class PluginFlags:
-    enabled: bool = True
-    required: bool = False
+    """Each plugin has its section `[plugins.NAME]`, described by the plugin's
+    `config_schema` hook (docs/plugins.md). Two keys exist for every plugin; a
+    required plugin that is not installed, fails to load or fails to start stops
+    the server at start-up with a clear message; any other failing plugin is
+    disabled and reported (`balans-edge plugins`, `GET /api/v1/plugins`) while
+    the rest runs. The plugins' folders say more (`plugins/dmesh/README.md`,
+    `plugins/modbus/README.md` with the Modbus register map in `docs/modbus.md`,
+    `plugins/opcua/README.md` with the OPC UA address space in `docs/opcua.md`,
+    `plugins/export/README.md` with the exported measurements and the
+    store-and-forward rules in `docs/export.md`, ...)."""
+
+    enabled: Annotated[bool, setting(doc="false unloads the plugin before anything is collected from it")] = True
+    required: Annotated[bool, setting(doc="true: the server does not start without this plugin working (not "
+                                          "installed, failing to load or to start); otherwise a failing plugin is "
+                                          "disabled and reported while the rest runs")] = False
 
 
 SECTIONS = {
@@ -178,6 +282,13 @@ def parse_config(data: dict[str, Any], schemas: dict[str, type], source: str = "
     if problems:
         raise ConfigError(problems)
     return Config(**values, groups=groups, plugins=plugins, plugin_flags=flags, source=source)
+
+
+GROUPS_TEXT = """Balance groups, one table each, with the columns of `groups.csv`
+(docs/registry.md); `inputs` is a list such as `["CW-IN", "-TRANSIT-7"]`.
+They are written to the registry at start-up, after the same checks as an
+import; if they do not fit the registry, start-up fails (exit 2) and nothing
+is written."""
 
 
 def _groups(tables: Any, problems: list[str]) -> list[Group]:

@@ -38,6 +38,7 @@ if TYPE_CHECKING:
 
     from balans_edge.core.bus import ReadingsCommitted
     from balans_edge.core.components import Actuator, Alarm, Command, Component, Detector, Exporter, Finding, Notifier
+    from balans_edge.core.storage.migrations import MigrationSet
     from balans_edge.routes import Route
 
 hookspec = pluggy.HookspecMarker("balans_edge")
@@ -192,7 +193,10 @@ def register_detectors() -> list[Detector] | None:
 
 @hookspec
 def register_actuators() -> list[Actuator] | None:
-    """Contribute actuators that execute commands to devices.
+    """Contribute actuators that execute commands to devices: valves, relays and
+    pumps, and the commands that reconfigure or query a device (`ping`,
+    `set_interval`, `profile_request`, `firmware_push`; a `Command`'s `args` carry
+    what they need).
 
     - **Returns:** a list of `Actuator`s: objects with a `name`,
       `handles(command) -> bool` (plain or `async`, for an actuator that looks
@@ -206,7 +210,11 @@ def register_actuators() -> list[Actuator] | None:
       reason))` routes a command to its target's owner, else to the first
       actuator that handles it, writes the `commands` journal with who asked,
       when, why and the outcome (`done`, `failed`, or `refused` when no
-      actuator handles it), then calls `observe_commands`.
+      actuator handles it; an actuator may give its own word in
+      `CommandOutcome.outcome`, as firmware pushes do with `accepted`), then
+      calls `observe_commands`. An outcome a device sends later (an answer after
+      the command timed out) is recorded with `context.commands.settle(command_id,
+      outcome, detail)`. Only the service writes the `commands` journal.
 
     ```python
     class ExampleActuator:
@@ -332,7 +340,10 @@ def observe_commands(command: Command) -> Any:
       audit `id`, `outcome` (`done`, `refused`, `failed`) and `detail`.
     - **Returns:** nothing (a coroutine is awaited).
     - **When:** at the end of `context.commands.execute`, for every command
-      whatever its outcome.
+      whatever its outcome (valves, relays and pumps, DMesh module commands and
+      firmware pushes alike), and again each time `context.commands.settle`
+      records an outcome that arrived later: the last call for a command id
+      carries its final outcome, the one the audit shows.
 
     ```python
     @hookimpl
@@ -340,4 +351,22 @@ def observe_commands(command: Command) -> Any:
         if command.outcome != "done":
             log.warning("command %s on %s: %s", command.code, command.target, command.detail)
     ```
+    """
+
+
+@hookspec
+def register_migrations() -> list[MigrationSet] | None:
+    """Contribute the plugin's own tables: the migrations that create and change them.
+
+    Return ``[MigrationSet(owner, package)]`` (``balans_edge.core.storage.migrations``):
+    ``<package>/migrations/<dialect>/`` holds ``NNNN_name.sql`` files numbered from
+    0001 without gaps, one sub-folder per SQL dialect (``sqlite``; ``postgresql``
+    with that backend). Whenever storage opens the database (the server at
+    start-up, every command that opens it) it applies core's migrations, then
+    every plugin's in plugin order, each file with its version bump in one
+    transaction. A database whose tables of this owner are newer than the plugin
+    is refused, the error naming the owner. Called before storage opens, with no
+    arguments; a plugin disabled in the configuration is not asked, and one whose
+    hook raises is disabled. Name tables after the owner (``example_notes``) and
+    never edit a released migration: add the next one.
     """

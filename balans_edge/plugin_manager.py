@@ -165,20 +165,13 @@ class Plugins:
                 self._failed(plugin, hook, exc)
                 return None
             if inspect.isawaitable(result):
-                return self._awaited(plugin, hook, result)
+                return _Awaited(result, lambda exc: self._failed(plugin, hook, exc))
             if self._errors is not None:
                 self._results.append((plugin, result))
             return result
 
         guarded.__wrapped__ = function  # type: ignore[attr-defined]
         return guarded
-
-    async def _awaited(self, plugin: str, hook: str, awaitable: Any) -> Any:
-        try:
-            return await awaitable
-        except Exception as exc:
-            self._failed(plugin, hook, exc)
-            return None
 
     def _failed(self, plugin: str, hook: str, exc: Exception) -> None:
         if self._errors is not None:
@@ -223,12 +216,37 @@ class Plugins:
     async def notify(self, hook: str, **kwargs: Any) -> None:
         """Call an observer hook; failures are logged and counted, never raised.
         Coroutine results are awaited in the order pluggy called them."""
-        for result in getattr(self.pm.hook, hook)(**kwargs):
-            if inspect.isawaitable(result):
-                await result
+        waiting = [r for r in getattr(self.pm.hook, hook)(**kwargs) if inspect.isawaitable(r)]
+        try:
+            while waiting:
+                await waiting.pop(0)
+        finally:
+            for rest in waiting:  # cancelled midway: the others are dropped, not left unawaited
+                rest.close()
 
     def listing(self) -> list[dict[str, Any]]:
         return [self.info[n].as_dict() for n in sorted(self.info)]
+
+
+class _Awaited:
+    """An implementation's coroutine whose exception is recorded against its plugin
+    when awaited; ``close`` closes the coroutine itself (a notify cut short)."""
+
+    def __init__(self, awaitable: Any, failed: Callable[[Exception], None]) -> None:
+        self._awaitable = awaitable
+        self._failed = failed
+
+    def __await__(self) -> Any:
+        try:
+            return (yield from self._awaitable.__await__())
+        except Exception as exc:
+            self._failed(exc)
+            return None
+
+    def close(self) -> None:
+        close = getattr(self._awaitable, "close", None)
+        if close is not None:
+            close()
 
 
 class PluginCallError(Exception):

@@ -30,6 +30,7 @@ from balans_edge.core.storage import Storage, open_storage
 from balans_edge.core.tasks import cancel, on_failure
 from balans_edge.http import Http
 from balans_edge.plugin_manager import PluginError, Plugins, summarize
+from balans_edge.plugin_migrations import plugin_migrations
 from balans_edge.routes import Route
 
 log = logging.getLogger(__name__)
@@ -72,6 +73,7 @@ class Server:
     def context(self, name: str) -> PluginContext:
         """What the plugin ``name`` may use of the server (``core.context``)."""
         return PluginContext(name=name, config=self.config.plugins.get(name), site=self.site, storage=self.storage,
+                             database=self.storage,
                              ingest=self.ingest, bus=self.bus, commands=self.actuation, journal=self,
                              detection=self.detection, health=_Health(self, name),
                              api_users=tuple(self.config.api.users))
@@ -149,7 +151,7 @@ class Server:
 
     async def start(self, *, http: bool = True) -> None:
         self._stopping = False
-        await self.storage.open()
+        await self.storage.open(migrations=plugin_migrations(self.plugins, self.config.plugin_flags))
         try:
             await self.actuation.settle_interrupted()
             self.collect_contributions()

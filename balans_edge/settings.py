@@ -1,27 +1,33 @@
-"""TOML tables -> typed dataclasses, with errors that name the key path.
+"""TOML tables -> typed sections, with errors that name the key path.
 
-Written by hand rather than with a validation library because the error text is
-part of the product: an engineer editing the file on a box at a pumping station
-must read ``[plugins.dmesh] port: expected integer 1..65535, got "abc"`` and
-know what to change. Plugins describe their own section with an ordinary
-dataclass; field metadata adds ranges (``range=(lo, hi)``), allowed values come
-from ``Literal``, and ``secret=True`` lets the value come from an environment
-variable named by ``<key>_env`` instead of the file.
+A section is a dataclass whose fields carry their rules in their types:
+``port: Annotated[int, setting(range=(0, 65535), doc="TCP port")] = 8080``
+(``setting`` makes the ``msgspec.Meta``; a plain ``Meta(ge=..., le=...,
+description=...)`` works as well), allowed values come from ``Literal``, and
+``secret=True`` lets the value come from an environment variable named by
+``<key>_env`` instead of the file. msgspec converts the values
+(``core.schema``); this module adds what a person editing the file on a box
+at a pumping station needs: every problem at once, each naming its key path
+(``[plugins.dmesh] port: expected an integer 0..65535, got "abc"``), a "did
+you mean" for a misspelt key, and no secret ever repeated in a message.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import os
-import types
-import typing
 from collections.abc import Callable
-from typing import Any, Literal, get_args, get_origin
+from typing import Any
 
+import msgspec
+
+from balans_edge.core import schema
 from balans_edge.core.redact import redact_text
+from balans_edge.core.schema import Field
 
-MISSING = dataclasses.MISSING
+__all__ = ["ConfigError", "parse_section", "setting"]
 
 
 class ConfigError(Exception):
@@ -32,23 +38,53 @@ class ConfigError(Exception):
         self.problems = problems
 
 
-def setting(default: Any = MISSING, *, range: tuple[float, float] | None = None, secret: bool = False,
-            check: Callable[[Any], str | None] | None = None, doc: str = "", default_factory: Any = MISSING) -> Any:
-    """A dataclass field with validation metadata."""
-    meta = {"range": range, "secret": secret, "check": check, "doc": doc}
-    if default_factory is not MISSING:
-        return dataclasses.field(default_factory=default_factory, metadata=meta)
-    return dataclasses.field(default=default, metadata=meta)
+def setting(*default: Any, range: tuple[float, float] | None = None, doc: str = "", secret: bool = False,
+            check: Callable[[Any], str | None] | None = None, **meta: Any) -> msgspec.Meta:
+    """The ``msgspec.Meta`` of a configuration field: ``range=(lo, hi)`` inclusive,
+    ``doc`` its description (docs/config.md), ``secret`` (may come from ``<key>_env``
+    and is never shown), ``check(value)`` a rule on the converted value returning a
+    message when it is broken; other keywords go to ``Meta`` as they are."""
+    if default or "default_factory" in meta:  # the form before the rules moved into the type
+        raise TypeError("setting() goes into the field's type and the default after it: "
+                        "`port: Annotated[int, setting(range=(1, 65535))] = 502` (docs/plugins.md)")
+    extra: dict[str, Any] = {}
+    if secret:
+        extra["secret"] = True
+    if check is not None:
+        extra["check"] = _raising(check)
+    if range is not None:
+        meta |= {"ge": range[0], "le": range[1]}
+    return msgspec.Meta(description=doc or None, extra=extra or None, **meta)
+
+
+def _raising(check: Callable[[Any], str | None]) -> Callable[[Any], Any]:
+    def run(value: Any) -> Any:
+        message = check(value)
+        if message:
+            raise ValueError(message)
+        return value
+
+    return run
+
+
+@functools.cache
+def _undeclared(cls: type) -> str | None:
+    """Field metadata the rules used to be given in: it would be ignored, and the range
+    or the secret with it, so the section is refused with a pointer to the new form."""
+    for f in dataclasses.fields(cls) if dataclasses.is_dataclass(cls) else ():
+        old = sorted(set(f.metadata) & {"range", "secret", "check", "doc"})
+        if old:
+            return (f"{cls.__qualname__}.{f.name}: {', '.join(old)} in the field's metadata is not read; give it in "
+                    f"the type: Annotated[..., setting({old[0]}=...)] (docs/plugins.md)")
+    return None
 
 
 def _show(value: Any) -> str:
-    if isinstance(value, str):
-        return f'"{value}"'
     if isinstance(value, dict):
         return "a table"
     if isinstance(value, list):
         return "a list"
-    return repr(value).lower() if isinstance(value, bool) else repr(value)
+    return schema.shown(value)
 
 
 def _label(path: list[str]) -> str:
@@ -66,23 +102,27 @@ class _Parser:
         message = redact_text(message)
         self.problems.append(f"{_label(path)} {key}: {message}")
 
-    def dataclass(self, cls: type, table: Any, path: list[str]) -> Any:
+    def section(self, cls: type, table: Any, path: list[str]) -> Any:
+        undeclared = _undeclared(cls)
+        if undeclared:
+            self.problems.append(f"{_label(path)}: {undeclared}")
+            return None
         if not isinstance(table, dict):
             self.problems.append(f"{_label(path)}: expected a table, got {_show(table)}")
             return None
-        hints = typing.get_type_hints(cls)
-        fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
-        values: dict[str, Any] = {}
+        fields = {f.name: f for f in schema.fields_of(cls)}
         reported = len(self.problems)
-        known = set(fields) | {f"{n}_env" for n, f in fields.items() if f.metadata.get("secret")}
+        known = set(fields) | {f"{n}_env" for n, f in fields.items() if f.secret}
         for key in table:
             if key not in known:
                 close = difflib.get_close_matches(key, sorted(known), n=1)
                 hint = f' (did you mean "{close[0]}"?)' if close else ""
                 self.fail(path, key, f"unknown key{hint}")
+        values: dict[str, Any] = {}
         for name, f in fields.items():
-            raw, present = table.get(name, MISSING), name in table
-            if f.metadata.get("secret") and f"{name}_env" in table:
+            present = name in table
+            raw = table.get(name)
+            if f.secret and f"{name}_env" in table:
                 var = table[f"{name}_env"]
                 if present:
                     self.fail(path, name, f'give either "{name}" or "{name}_env", not both')
@@ -95,101 +135,42 @@ class _Parser:
                     continue
                 raw, present = os.environ[var], True
             if not present:
-                if f.default is MISSING and f.default_factory is MISSING:
+                if f.required:
                     self.fail(path, name, "required key is missing")
                 continue
-            ok, value = self.value(hints[name], raw, path, name, f.metadata)
+            ok, value = self.value(f, raw, path)
             if ok:
                 values[name] = value
         if len(self.problems) > reported:
             return None  # the checks across keys (``__post_init__``) would only repeat a reported problem
         try:
-            return cls(**values)
-        except TypeError:
-            return None  # already reported as a missing key
-        except ValueError as exc:
-            self.problems.append(f"{_label(path)}: {exc}")
+            return msgspec.convert(values, cls, strict=True)
+        except msgspec.ValidationError as exc:  # a check across keys
+            self.problems.append(f"{_label(path)}: {redact_text(schema.reason(exc))}")
             return None
 
-    def value(self, hint: Any, raw: Any, path: list[str], key: str, meta: Any = None) -> tuple[bool, Any]:
-        meta = meta or {}
-        origin = get_origin(hint)
-        if origin in (typing.Union, types.UnionType):
-            args = [a for a in get_args(hint) if a is not type(None)]
-            if len(args) == 1:
-                return self.value(args[0], raw, path, key, meta)
-        if origin is Literal:
-            choices = get_args(hint)
-            if raw not in choices:
-                self.fail(path, key, f"expected one of {', '.join(map(str, choices))}, got {_show(raw)}")
-                return False, None
-            return True, raw
-        if origin is list:
-            (item,) = get_args(hint)
-            if not isinstance(raw, list):
-                self.fail(path, key, f"expected a list, got {_show(raw)}")
-                return False, None
-            out, ok = [], True
-            for i, element in enumerate(raw):
-                if dataclasses.is_dataclass(item):
-                    parsed = self.dataclass(item, element, [*path, f"{key}[{i}]"])
-                    ok &= parsed is not None
-                    out.append(parsed)
-                else:
-                    good, v = self.value(item, element, path, f"{key}[{i}]", meta)
-                    ok &= good
-                    out.append(v)
-            return ok, out
-        if origin is dict:
-            if not isinstance(raw, dict):
-                self.fail(path, key, f"expected a table, got {_show(raw)}")
-                return False, None
-            return True, dict(raw)
-        if dataclasses.is_dataclass(hint):
-            parsed = self.dataclass(hint, raw, [*path, key])
+    def value(self, f: Field, raw: Any, path: list[str]) -> tuple[bool, Any]:
+        inner = schema.nested(f)
+        if inner is not None and inner[0] == "table":
+            parsed = self.section(inner[1], raw, [*path, f.name])
             return parsed is not None, parsed
-        return self.scalar(hint, raw, path, key, meta)
-
-    def scalar(self, hint: Any, raw: Any, path: list[str], key: str, meta: Any) -> tuple[bool, Any]:
-        lo_hi = meta.get("range")
-        secret = bool(meta.get("secret"))
-        if hint is bool:
-            if not isinstance(raw, bool):
-                self.fail(path, key, f"expected true or false, got {_show(raw)}", secret)
+        if inner is not None:
+            if not isinstance(raw, list):
+                self.fail(path, f.name, f"expected a list of tables, got {_show(raw)}")
                 return False, None
-            value = raw
-        elif hint is int:
-            if isinstance(raw, bool) or not isinstance(raw, int) or (lo_hi and not lo_hi[0] <= raw <= lo_hi[1]):
-                span = f" {lo_hi[0]}..{lo_hi[1]}" if lo_hi else ""
-                self.fail(path, key, f"expected integer{span}, got {_show(raw)}", secret)
-                return False, None
-            value = raw
-        elif hint is float:
-            if isinstance(raw, bool) or not isinstance(raw, int | float) or (lo_hi and not lo_hi[0] <= raw <= lo_hi[1]):
-                span = f" {lo_hi[0]}..{lo_hi[1]}" if lo_hi else ""
-                self.fail(path, key, f"expected number{span}, got {_show(raw)}", secret)
-                return False, None
-            value = float(raw)
-        elif hint is str:
-            if not isinstance(raw, str):
-                self.fail(path, key, f"expected a string, got {_show(raw)}", secret)
-                return False, None
-            value = raw
-        else:
-            value = raw
-        check = meta.get("check")
-        if check is not None:
-            message = check(value)
-            if message:
-                self.fail(path, key, message, secret)
-                return False, None
-        return True, value
+            items = [self.section(inner[1], item, [*path, f"{f.name}[{i}]"]) for i, item in enumerate(raw)]
+            return all(item is not None for item in items), items
+        try:
+            return True, schema.convert_field(f, raw, strict=True, show=_show)
+        except schema.Refusal as exc:
+            self.fail(path, f.name + exc.at, exc.message, f.secret)
+            return False, None
 
 
 def parse_section(cls: type, table: Any, path: list[str]) -> Any:
     """Validate one table into ``cls``; raise ConfigError listing every problem."""
     parser = _Parser()
-    result = parser.dataclass(cls, table, path)
+    result = parser.section(cls, table, path)
     if parser.problems:
         raise ConfigError(parser.problems)
     return result

@@ -7,7 +7,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
-from typing import Literal
+from typing import Annotated, Literal
 
 from balans_edge.core.tags import meter_problems
 from balans_edge.settings import setting
@@ -24,16 +24,19 @@ def tag_name(value: str) -> str | None:
 class TagSettings:
     """Scaling, storage and the meter of one tag (``core.tags.TagSpec``)."""
 
-    name: str = setting(check=tag_name, doc="unique within its device; the tag id is '<device>/<name>'")
-    unit: str = ""
-    scale: float = setting(1.0, doc="value = raw * scale + offset (booleans read as 1 or 0)")
-    offset: float = 0.0
-    deadband: float = setting(0.0, range=(0.0, 1e12), doc="store a sample when the value moved more than this")
-    meter_id: str = setting("", doc="make this totaliser a registry meter with this id")
-    module_id: int = setting(0, range=(0, 2**32 - 1), doc="the meter's virtual module number (unique)")
-    resource: Literal["water", "gas", "heat", "electricity"] = "water"
-    resolution: float = setting(0.0, range=(0.0, 1e9), doc="the meter's quantity per count (its pulse weight)")
-    reading_every_s: float = setting(60.0, range=(1.0, 86400.0), doc="a meter reading at most this often")
+    name: Annotated[str, setting(check=tag_name, doc="unique within its device; the tag id is '<device>/<name>'")]
+    unit: Annotated[str, setting(doc="shown with the value; for a meter, its unit")] = ""
+    scale: Annotated[float, setting(doc="value = raw * scale + offset (booleans read as 1 or 0)")] = 1.0
+    offset: Annotated[float, setting(doc="value = raw * scale + offset")] = 0.0
+    deadband: Annotated[float, setting(range=(0.0, 1e12), doc=(
+        "store a sample when the value moved more than this"))] = 0.0
+    meter_id: Annotated[str, setting(doc="make this totaliser a registry meter with this id")] = ""
+    module_id: Annotated[int, setting(range=(0, 2**32 - 1), doc="the meter's virtual module number (unique)")] = 0
+    resource: Annotated[Literal["water", "gas", "heat", "electricity"], setting(doc="the meter's "
+                                                                                   "resource")] = "water"
+    resolution: Annotated[float, setting(range=(0.0, 1e9), doc=(
+        "the meter's quantity per count (its pulse weight)"))] = 0.0
+    reading_every_s: Annotated[float, setting(range=(1.0, 86400.0), doc="a meter reading at most this often")] = 60.0
 
     def problems(self) -> list[str]:
         """What is wrong with this tag on its own (its device names it in the error)."""

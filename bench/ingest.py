@@ -7,7 +7,8 @@ registers 720 meters on 240 modules (3 inputs each, one concentrator's worth)
 and feeds N synthetic hourly readings through ``Ingest.ingest`` in batches of
 1,000 and 20,000 readings. The baseline inserts the same rows with plain
 ``sqlite3`` ``executemany`` into a fresh database of the same schema and the
-same PRAGMAs (WAL, synchronous=FULL), one commit per batch. Finally four
+same PRAGMAs (WAL, synchronous=FULL), one commit per batch. Ingest publishes
+to a bus with a server's subscriptions, none of them reading. Finally four
 concurrent feeders (four concentrators of 60 modules each) show group commit.
 See bench/README.md for the targets.
 """
@@ -28,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from balans_edge.core.bus import EventBus, ReadingsCommitted
 from balans_edge.core.ingest import Ingest, IngestSettings, ReadingBatch
 from balans_edge.core.model import COUNTER_MODULUS, Meter, RadioModule, Resource
 from balans_edge.core.storage.sqlite import SqliteStorage
@@ -131,7 +133,21 @@ async def open_storage(path: Path, data: Readings) -> tuple[TimedStorage, Ingest
     keys = await storage.meter_keys()
     assert keys == {f"M{m:04d}": m for m in range(1, METERS + 1)}, "meter keys are not 1..720"
     now = int(data.ts.max()) + 86400
-    return storage, Ingest(storage, IngestSettings(), clock=lambda: now)
+    return storage, Ingest(storage, IngestSettings(), bus=stuck_bus(), clock=lambda: now)
+
+
+def stuck_bus() -> EventBus:
+    """A bus with a server's subscriptions to ``ReadingsCommitted`` (the observer
+    hook's queue, the interval worker's and the exporter's wake-ups, the Modbus
+    and OPC UA snapshots), none of them reading: publishing costs what it costs
+    when every subscriber is stuck, and must not slow ingest down."""
+    bus = EventBus()
+    bus.subscribe(ReadingsCommitted, name="observer")
+    for name in ("intervals", "exporter"):
+        bus.subscribe(ReadingsCommitted, policy="coalesce", name=name)
+    for name in ("modbus", "opcua"):
+        bus.subscribe(ReadingsCommitted, maxsize=256, name=name)
+    return bus
 
 
 async def check(storage: SqliteStorage, data: Readings) -> None:

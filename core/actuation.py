@@ -1,9 +1,22 @@
-"""The actuation service: the only way a command reaches a valve, relay or pump.
+"""The actuation service: the only way a command reaches a device.
 
-Every command is routed to the actuator that handles it and written to the
-``commands`` journal with who asked, when, why and the outcome, whether it
-was executed, refused or failed. HTTP handlers, OPC UA methods, Modbus coils
-and control policies all call ``execute``; none talks to an actuator directly.
+Every command, whether it moves a valve, relay or pump or reconfigures or
+queries a device (a radio module's ping, reporting interval or profile
+request, a firmware push), is routed to the actuator that handles it and
+written to the ``commands`` journal with who asked, when, why and the
+outcome, whether it was executed, refused or failed. HTTP handlers, OPC UA
+methods, Modbus coils, control policies and protocol drivers all call
+``execute``; none talks to an actuator directly, and none writes the journal:
+storage refuses ``commands`` to its generic journal methods, and only this
+service calls ``command_append``/``command_update``.
+
+An outcome that a device sends after ``execute`` returned (a radio module's
+answer to a command that timed out on the host) is recorded with ``settle``.
+
+The observer (the server's ``observe_commands`` hook) is called each time a
+command's outcome is recorded: once when ``execute`` ends, and again for each
+later ``settle``. Its last call for a command carries the final outcome, the
+one the audit shows.
 """
 
 from __future__ import annotations
@@ -37,7 +50,7 @@ class ActuationService:
     async def settle_interrupted(self) -> None:
         """At start: commands of an earlier run whose outcome was never recorded
         are marked failed, so the audit does not show them running forever (a
-        device's late answer may still correct it: see the DMesh commands)."""
+        device's late answer may still correct it: ``settle``)."""
         for c in await self.storage.settle_pending_commands(INTERRUPTED):
             log.warning("command #%d (%s %s, asked by %s) was interrupted by a stop of the server: marked failed",
                         c["id"], c["code"], c["target"], c["requested_by"])
@@ -49,12 +62,12 @@ class ActuationService:
         """The actuator that executes ``command``.
 
         An actuator may implement ``owns(target) -> bool`` to say that it drives
-        that target (a Modbus valve, a pump). A command for an owned target
-        goes only to its owners, and is refused when none of them handles its
-        code; it never falls through to a generic actuator that accepts any
-        valve or relay command. Other commands go to the first actuator that
-        handles them, in registration order. ``handles`` may be a coroutine
-        (an actuator that looks the target up in the registry).
+        that target (a Modbus valve, a pump, a radio module). A command for an
+        owned target goes only to its owners, and is refused when none of them
+        handles its code; it never falls through to a generic actuator that
+        accepts any valve or relay command. Other commands go to the first
+        actuator that handles them, in registration order. ``handles`` may be a
+        coroutine (an actuator that looks the target up in the registry).
         """
         owners = [a for a in self.actuators if _owns(a, command.target)]
         for actuator in owners or self.actuators:
@@ -63,34 +76,65 @@ class ActuationService:
         return None
 
     async def execute(self, command: Command) -> Command:
-        """Execute and audit one command; return it with id and outcome."""
+        """Execute and audit one command; return it with id and outcome.
+
+        ``command.detail``, when given, says what exactly is asked (an
+        interval, a firmware image): the audit shows it while the command runs,
+        and the outcome's detail reads "actuator: what was asked: its answer"."""
         if not command.requested_by or not command.reason:
             raise ValueError("a command needs requested_by and reason for the audit")
-        command = dataclasses.replace(command, t=command.t or int(self.clock()), outcome="pending")
+        command = dataclasses.replace(command, t=command.t or int(self.clock()), id=None, outcome="pending")
         # Audit first: a command that reaches a device is on record even if the
         # process dies before the outcome is known.
-        record = dataclasses.asdict(command)
-        record["code"] = str(command.code)
-        command = dataclasses.replace(command, id=await self.storage.journal_append("commands", record))
+        record = command.record()
+        del record["id"]
+        command = dataclasses.replace(command, id=await self.storage.command_append(record))
         actuator = await self.route(command)
         if actuator is None:
             owners = ", ".join(a.name for a in self.actuators if _owns(a, command.target))
-            outcome, detail = "refused", (f"{command.target} is driven by {owners}, which takes no {command.code}"
-                                          if owners else f"no actuator handles {command.code} for {command.target}")
+            outcome, detail = "refused", _join(command.detail, (
+                f"{command.target} is driven by {owners}, which takes no {command.code}" if owners
+                else f"no actuator handles {command.code} for {command.target}"))
         else:
             try:
                 result = await actuator.execute(command)
             except Exception as exc:
                 log.exception("actuator %s failed", actuator.name)
-                outcome, detail = "failed", f"{actuator.name}: {type(exc).__name__}: {exc}"
+                outcome = "failed"
+                detail = _join(actuator.name, command.detail, f"{type(exc).__name__}: {exc}")
             else:
-                outcome = "done" if result.ok else "failed"
-                detail = f"{actuator.name}: {result.detail}" if result.detail else actuator.name
+                outcome = result.outcome or ("done" if result.ok else "failed")
+                detail = _join(actuator.name, command.detail, result.detail)
+        return await self._record(command, outcome, detail)
+
+    async def get(self, command_id: int) -> Command | None:
+        """A command as the audit holds it now (without its ``args``), or None."""
+        record = await self.storage.journal_get("commands", command_id)
+        return Command.from_record(record) if record is not None else None
+
+    async def settle(self, command_id: int, outcome: str, detail: str) -> Command | None:
+        """Record an outcome that arrived after ``execute`` returned: a device's
+        late answer to a command that timed out or was interrupted by a stop.
+        The audit record takes ``outcome`` and ``detail`` (the whole detail, as
+        the audit is to show it) and the observer is told again. None when there
+        is no such command."""
+        command = await self.get(command_id)
+        if command is None:
+            return None
+        return await self._record(command, outcome, detail)
+
+    async def _record(self, command: Command, outcome: str, detail: str) -> Command:
+        if command.id is None:  # pragma: no cover - execute and settle give it one
+            raise ValueError("the command has no audit id")
         command = dataclasses.replace(command, outcome=outcome, detail=detail)
-        await self.storage.journal_update("commands", command.id, {"outcome": outcome, "detail": detail})
+        await self.storage.command_update(command.id, {"outcome": outcome, "detail": detail})
         if self.observer is not None:
             await self.observer(command)
         return command
+
+
+def _join(*parts: str) -> str:
+    return ": ".join(p for p in parts if p)
 
 
 async def _handles(actuator: Actuator, command: Command) -> bool:

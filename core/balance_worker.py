@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import Annotated
 
 import numpy as np
+from msgspec import Meta
 
 from balans_edge.core.balance import BalanceSeries, BalanceTree, compute
 from balans_edge.core.bus import BalanceUpdated, EventBus, IntervalsUpdated
@@ -30,12 +32,14 @@ log = logging.getLogger(__name__)
 class BalanceSettings:
     """``[balance]``: how balances are computed and judged."""
 
-    completeness_threshold: float = field(default=0.95, metadata={"range": (0.0, 1.0)})
-    """An hour whose members are measured or estimated for less than this share is flagged incomplete."""
-    chunk_hours: int = field(default=168, metadata={"range": (1, 24 * 62)})
-    """Hours computed per pass: bounds memory (meters x hours values) on big sites."""
-    debounce_s: float = field(default=5.0, metadata={"range": (0.0, 3600.0)})
-    """After hourly consumption changed, wait this long so that many changes share one pass."""
+    completeness_threshold: Annotated[float, Meta(ge=0.0, le=1.0, description=(
+        "an hour (day, month) whose member meters are measured or estimated for less than this share is flagged "
+        "`incomplete`"))] = 0.95
+    chunk_hours: Annotated[int, Meta(ge=1, le=24 * 62, description="hours computed per pass: bounds memory (meters x "
+                                                                   "hours values) on big sites")] = 168
+    debounce_s: Annotated[float, Meta(ge=0.0, le=3600.0, description=(
+        "after hourly consumption changed, wait this long before recomputing balances, so that many changes share "
+        "one pass"))] = 5.0
 
 
 def merge(ranges: list[tuple[int, int, int]]) -> list[tuple[int, int]]:
@@ -108,7 +112,7 @@ class BalanceWorker:
                 self.recomputed_hours += done
                 if self.bus is not None and chunks:
                     groups = tuple(compiled.tree.group_ids)
-                    await self.bus.publish(BalanceUpdated(groups, chunks[0][0], chunks[-1][1]))
+                    self.bus.publish(BalanceUpdated(groups, chunks[0][0], chunks[-1][1]))
 
     async def _compute(self, compiled: Compiled, t0: int, t1: int) -> BalanceSeries:
         tree = compiled.tree

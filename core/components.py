@@ -66,14 +66,29 @@ class CommandCode(enum.StrEnum):
     RELAY_ON = "relay_on"
     PUMP_START = "pump_start"
     PUMP_STOP = "pump_stop"
+    PING = "ping"
+    """Ask a device whether it answers."""
+    SET_INTERVAL = "set_interval"
+    """Change how often a device reports (``args``: ``seconds``)."""
+    PROFILE_REQUEST = "profile_request"
+    """Ask a device for stored readings it did not deliver (``args``: ``channel``, ``from``, ``to``)."""
+    FIRMWARE_PUSH = "firmware_push"
+    """Send a verified firmware image (``args``: ``image``)."""
+
+
+SWITCH_CODES = (CommandCode.VALVE_CLOSE, CommandCode.VALVE_OPEN, CommandCode.RELAY_OFF, CommandCode.RELAY_ON,
+                CommandCode.PUMP_START, CommandCode.PUMP_STOP)
+"""The commands that move a valve, relay or pump (the others reconfigure or query a device)."""
 
 
 @dataclass(frozen=True, slots=True)
 class Command:
-    """A request to change the state of a valve, relay or pump."""
+    """A request to a device: move a valve, relay or pump, or reconfigure or
+    query it (ping, reporting interval, profile request, firmware push).
+    Every one goes through the actuation service, which audits it."""
 
     target: str
-    """meter_id (or device id) the command acts on."""
+    """meter_id, or a device: ``module:<id>``, ``concentrator:<id>``, an actuator's target."""
     code: CommandCode
     requested_by: str
     """Who asked: an API user, an OPC UA user, a Modbus peer, a policy."""
@@ -81,14 +96,37 @@ class Command:
     t: int = 0
     id: int | None = None
     outcome: str = ""
-    """done | refused | failed | timeout, filled in by the actuation service."""
+    """pending | done | refused | failed, or the device's own word when it has one
+    (a firmware push: accepted, bad_signature, bad_hash, bad_layout, timeout);
+    filled in by the actuation service."""
     detail: str = ""
+    """Given by the caller: what exactly is asked (an interval, the image), kept in
+    the audit while the command runs; the service adds the actuator's answer."""
+    args: dict[str, Any] = field(default_factory=dict, repr=False)
+    """What the actuator needs beyond the code (an interval, a firmware image);
+    not audited as such: ``detail`` describes it."""
+
+    def record(self) -> dict[str, Any]:
+        """The command as the audit stores and shows it."""
+        return {"id": self.id, "t": self.t, "target": self.target, "code": str(self.code),
+                "requested_by": self.requested_by, "reason": self.reason, "outcome": self.outcome,
+                "detail": self.detail}
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> Command:
+        """A command as the audit holds it (without ``args``)."""
+        return cls(record["target"], CommandCode(record["code"]), record["requested_by"] or "",
+                   record["reason"] or "", t=int(record["t"] or 0), id=record["id"],
+                   outcome=record["outcome"] or "", detail=record["detail"] or "")
 
 
 @dataclass(frozen=True, slots=True)
 class CommandOutcome:
     ok: bool
     detail: str = ""
+    outcome: str = ""
+    """The audit outcome when done or failed does not say it all (a firmware
+    push: accepted, bad_signature, timeout ...); empty: done if ``ok``, else failed."""
 
 
 @runtime_checkable

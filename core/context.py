@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from balans_edge.core.detection import DetectionService
     from balans_edge.core.ingest import Ingest
     from balans_edge.core.storage import Storage
+    from balans_edge.core.storage.gateway import SqlGateway
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +86,9 @@ class PluginContext:
     """The core repositories: registry (with audit and validity periods), readings,
     intervals and quarantine, balances, findings and alarms, the command journal
     (read), and the tables a built-in plugin owns."""
+    database: SqlGateway
+    """The plugin's own tables (created by its ``register_migrations``): ``dialect``,
+    ``sql_read``, ``sql_write`` (group-committed)."""
     ingest: Ingest
     """Where readings from devices go: ``await ingest.ingest(batch)`` returns after commit."""
     bus: EventBus

@@ -3,7 +3,9 @@
 A batch of raw readings (module, channel, time, counter, status) is mapped to
 meters, turned into cumulative pulses since the meter's installation and
 committed in one transaction; only then does ``ingest`` return, and only then
-may the driver acknowledge the device.
+may the driver acknowledge the device. ``ReadingsCommitted`` goes to the bus
+after the commit without waiting for any subscriber (``EventBus.publish``
+never waits), so a slow or stuck subscriber never delays an acknowledgement.
 
 Rules (see docs/ingest.md):
 - counters wrap modulo 2^32; a jump of 2^31 or more is a counter that went
@@ -32,8 +34,10 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Annotated
 
 import numpy as np
+from msgspec import Meta
 
 from balans_edge.core.bus import EventBus, ReadingsCommitted
 from balans_edge.core.model import COUNTER_MODULUS, Meter, RawReading, ReadingFlag, Status
@@ -51,16 +55,19 @@ REPLAY_CHUNK = 10_000
 
 @dataclass(frozen=True, slots=True)
 class IngestSettings:
-    clock_tolerance_s: int = field(default=300, metadata={"range": (0, 86400)})
-    """Readings stamped later than now + this are rejected."""
-    registry_check_s: float = field(default=1.0, metadata={"range": (0.0, 3600.0)})
-    """How often the meter map is checked against the registry version."""
-    quarantine_max_rows: int = field(default=1_000_000, metadata={"range": (1000, 100_000_000)})
-    """Readings the quarantine holds at most; beyond it the oldest received are dropped (counted)."""
-    quarantine_max_age_days: int = field(default=90, metadata={"range": (1, 3650)})
-    """Quarantined readings received longer ago than this are dropped (counted)."""
-    quarantine_check_s: float = field(default=60.0, metadata={"range": (0.01, 86400.0)})
-    """How often the quarantine is held to those two bounds."""
+    """``[ingest]``: how readings are accepted."""
+
+    clock_tolerance_s: Annotated[int, Meta(ge=0, le=86400, description="readings stamped later than now + this are "
+                                                                        "rejected (counted as `future`)")] = 300
+    registry_check_s: Annotated[float, Meta(ge=0.0, le=3600.0, description="how often ingest checks the registry "
+                                                                           "for changes")] = 1.0
+    quarantine_max_rows: Annotated[int, Meta(ge=1000, le=100_000_000, description=(
+        "readings from unknown modules or channels kept at most; beyond it the oldest received are dropped and "
+        "counted"))] = 1_000_000
+    quarantine_max_age_days: Annotated[int, Meta(ge=1, le=3650, description="quarantined readings received longer "
+                                                                            "ago are dropped and counted")] = 90
+    quarantine_check_s: Annotated[float, Meta(ge=0.01, le=86400.0, description="how often the quarantine is held "
+                                                                               "to the two bounds above")] = 60.0
 
 
 @dataclass(slots=True)
@@ -335,7 +342,7 @@ class Ingest:
         release: bool = False,
         health: Sequence[ModuleHealth] = (),
     ) -> IngestResult:
-        """Store a batch durably; return once it is committed.
+        """Store a batch durably; return once it is committed (never waiting on the bus).
 
         Raises StorageError when the batch could not be committed: the driver
         must then ask the device to send it again (nothing was acknowledged).
@@ -360,7 +367,7 @@ class Ingest:
             raise
         self.totals.add(result)
         if self.bus is not None and event is not None:
-            await self.bus.publish(event)
+            self.bus.publish(event)
         return result
 
     async def replay_quarantine(self, chunk: int = REPLAY_CHUNK) -> IngestResult:

@@ -19,10 +19,12 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import Annotated
 from zoneinfo import ZoneInfo
 
 import numpy as np
+from msgspec import Meta
 
 from balans_edge.core.bus import EventBus, IntervalsUpdated, ReadingsCommitted
 from balans_edge.core.calendar import Periods, Step, periods
@@ -40,13 +42,15 @@ READ_CHUNK = 500
 
 @dataclass(frozen=True, slots=True)
 class IntervalSettings:
-    tolerance_s: int = field(default=300, metadata={"range": (0, 1800)})
-    """A reading this close to an hour boundary makes it measured."""
-    max_gap_s: int = field(default=6 * HOUR, metadata={"range": (HOUR, 31 * 24 * HOUR)})
-    debounce_s: float = field(default=5.0, metadata={"range": (0.0, 3600.0)})
-    """After new readings, wait this long before recomputing, so that many commits
-    share one pass instead of competing with ingest for the event loop."""
-    """Longest gap between readings that is interpolated (estimated)."""
+    """``[intervals]``: how readings become hourly consumption."""
+
+    tolerance_s: Annotated[int, Meta(ge=0, le=1800, description="a reading this close to an hour boundary makes the "
+                                                                "boundary *measured*")] = 300
+    max_gap_s: Annotated[int, Meta(ge=HOUR, le=31 * 24 * HOUR, description=(
+        "longest gap between readings that is interpolated (*estimated*); longer gaps are *missing*"))] = 6 * HOUR
+    debounce_s: Annotated[float, Meta(ge=0.0, le=3600.0, description=(
+        "after new readings, wait this long before recomputing hours, so that many commits share one pass instead "
+        "of competing with ingest for the event loop (the API folds pending ranges in before it answers)"))] = 5.0
 
 
 def hourly(
@@ -182,7 +186,7 @@ class IntervalWorker:
                 self.recomputed_hours += len(rows)
                 done_total += len(ranges)
                 if self.bus is not None:
-                    await self.bus.publish(
+                    self.bus.publish(
                         IntervalsUpdated(
                             meters=tuple(sorted(spans)),
                             t_min=hour_floor(min(s[0] for s in spans.values())),

@@ -24,7 +24,6 @@ from typing import Any, Literal
 
 from balans_edge.core.groups import group_problems
 from balans_edge.core.model import (
-    ALLOCATION_RULES,
     CONCENTRATOR_METERS,
     CONCENTRATOR_MODULES,
     UNITS,
@@ -34,25 +33,27 @@ from balans_edge.core.model import (
     Resource,
 )
 from balans_edge.core.registry_io import (
-    BadValue,
     Problem,
     Record,
     RegistryError,
     Where,
-    choice,
-    flag_list,
-    group_inputs,
-    identifier,
-    int_range,
-    iso_time,
-    number_between,
-    plain_text,
     read_file,
     registry_files,
-    resource_name,
     shown,
-    unit_name,
     write_tables,
+)
+from balans_edge.core.registry_rows import (
+    COLUMNS,
+    MAX_AREA_M2,
+    MAX_BASE_READING,
+    MAX_ODN_NORM,
+    MAX_PRICE,
+    MAX_PULSE_WEIGHT,
+    ROWS,
+    U32_MAX,
+    decode_row,
+    empty,
+    unknown_column,
 )
 from balans_edge.core.storage.base import REGISTRY_KINDS, Storage
 from balans_edge.core.times import iso
@@ -60,6 +61,13 @@ from balans_edge.core.times import iso
 __all__ = [
     "COLUMNS",
     "KEYS",
+    "MAX_AREA_M2",
+    "MAX_BASE_READING",
+    "MAX_ODN_NORM",
+    "MAX_PRICE",
+    "MAX_PULSE_WEIGHT",
+    "ROWS",
+    "U32_MAX",
     "ImportReport",
     "KindCounts",
     "Loaded",
@@ -82,130 +90,27 @@ __all__ = [
 
 KEYS = {"concentrators": "concentrator_id", "modules": "module_id", "accounts": "account_id", "meters": "meter_id",
         "groups": "group_id"}
-U32_MAX = (1 << 32) - 1
 TIME_COLUMNS = frozenset({"install_time", "removed_time", "last_seen"})
 STATUS_COLUMNS = ("parent_id", "hops", "rssi", "battery_mv", "firmware")
 """Module columns the radio network reports: an empty cell keeps the stored value."""
 
-# Physical ranges of the registry's numbers (docs/registry.md). Generous for any real
-# site, tight enough that no product of them overflows: a pulse weight of 1e300 made
-# register values infinite, and one infinite field makes InfluxDB refuse a whole batch.
-MAX_PULSE_WEIGHT = 1000.0
-"""Units per pulse (a bulk water meter: 1 m3 per pulse; 1000 leaves room for a district heat meter in GJ)."""
-MAX_BASE_READING = 1e9
-"""A dial has at most nine whole digits."""
-MAX_AREA_M2 = 1e6
-"""Floor area of one account (a square kilometre: a factory site)."""
-MAX_PRICE = 1e6
-"""Money per unit (heat is about 3000 per Gcal)."""
-MAX_ODN_NORM = 100.0
-"""Common-use consumption per m2 per month (water about 0.03 m3, heat 0.02 Gcal, electricity a few kWh)."""
-
 # -- columns and single objects ----------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class Column:
-    name: str
-    parse: Callable[[Any], Any]
-    required: bool = False
-
-
-def _columns(*specs: tuple[str, Callable[[Any], Any]] | tuple[str, Callable[[Any], Any], bool]) -> dict[str, Column]:
-    return {spec[0]: Column(*spec) for spec in specs}
-
-
-COLUMNS: dict[str, dict[str, Column]] = {
-    "concentrators": _columns(
-        ("concentrator_id", int_range(1, U32_MAX), True),
-        ("name", plain_text),
-        ("site", plain_text),
-        ("description", plain_text),
-    ),
-    "modules": _columns(
-        ("module_id", int_range(1, U32_MAX), True),
-        ("concentrator_id", int_range(1, U32_MAX)),
-        ("channels", int_range(1, 7)),
-        ("parent_id", int_range(1, U32_MAX)),
-        ("hops", int_range(1, 30)),
-        ("rssi", int_range(-128, 127)),
-        ("battery_mv", int_range(0, 65535)),
-        ("firmware", identifier),
-        ("last_seen", iso_time),
-    ),
-    "accounts": _columns(
-        ("account_id", identifier, True),
-        ("consumer", plain_text),
-        ("contact", plain_text),
-        ("tariff_plan", plain_text),
-        ("address", plain_text),
-        ("area_m2", number_between(0, MAX_AREA_M2, low_inclusive=False)),
-    ),
-    "meters": _columns(
-        ("meter_id", identifier, True),
-        ("resource", resource_name, True),
-        ("unit", unit_name, True),
-        ("pulse_weight", number_between(0, MAX_PULSE_WEIGHT, low_inclusive=False), True),
-        ("install_time", iso_time, True),
-        ("module_id", int_range(1, U32_MAX)),
-        ("channel", int_range(1, 3)),
-        ("base_reading", number_between(0, MAX_BASE_READING)),
-        ("base_counter", int_range(0, U32_MAX)),
-        ("account_id", identifier),
-        ("group_id", identifier),
-        ("accuracy_class", plain_text),
-        ("flags", flag_list),
-        ("removed_time", iso_time),
-    ),
-    "groups": _columns(
-        ("group_id", identifier, True),
-        ("resource", resource_name, True),
-        ("unit", unit_name, True),
-        ("inputs", group_inputs, True),
-        ("name", plain_text),
-        ("level", identifier),
-        ("parent_id", identifier),
-        ("loss_norm_pct", number_between(0, 100)),
-        ("price", number_between(0, MAX_PRICE)),
-        ("allocation_rule", choice(ALLOCATION_RULES)),
-        ("odn_norm", number_between(0, MAX_ODN_NORM)),
-    ),
-}
-"""Columns of each kind in file order (the dataclass field order) with their parsers."""
 EFFECTIVE_FROM = "effective_from"
 """An optional meters column (not a meter field): when the row's new parameters take
 effect (default now; see core/registry_history.py)."""
 
 
-def _empty(value: Any) -> bool:
-    return value is None or (isinstance(value, str) and not value.strip())
-
-
 def _parse(kind: str, data: Mapping[str, Any], where: Where) -> tuple[Any | None, list[Problem]]:
-    """One object from its column values, or None and every problem found in it."""
-    columns = COLUMNS[kind]
-    problems = [where.problem(str(name), _unknown_column(kind)) for name in data if name not in columns]
-    values: dict[str, Any] = {}
-    for name, column in columns.items():
-        raw = data.get(name)
-        if _empty(raw):
-            if column.required:
-                problems.append(where.problem(name, "required, but empty" if name in data else "required, but missing"))
-            continue
-        try:
-            values[name] = column.parse(raw)
-        except BadValue as exc:
-            problems.append(where.problem(name, str(exc)))
-    if problems:
+    """One object from its column values (``core.registry_rows``) and the rules that tie
+    its columns together, or None and every problem found in it."""
+    obj, problems = decode_row(kind, data, where)
+    if obj is None:
         return None, problems
-    obj = REGISTRY_KINDS[kind](**values)
     own = {"meters": _meter_problems, "groups": _group_problems}.get(kind)
     problems = own(obj, where) if own is not None else []
     return (None if problems else obj), problems
-
-
-def _unknown_column(kind: str) -> str:
-    return f"unknown column (expected: {', '.join(COLUMNS[kind])})"
 
 
 def _meter_problems(meter: Meter, where: Where) -> list[Problem]:
@@ -546,7 +451,7 @@ def _header_problems(kind: str, where: Where, names: list[str]) -> list[Problem]
     problems = []
     for i, name in enumerate(names):
         if name and name not in columns and not (kind == "meters" and name == EFFECTIVE_FROM):
-            problems.append(where.problem(name, _unknown_column(kind)))
+            problems.append(where.problem(name, unknown_column(kind)))
         elif name and name in names[:i]:
             problems.append(where.problem(name, "column appears twice"))
     problems += [where.problem(name, "required column is missing") for name in required if name not in names]
@@ -561,7 +466,7 @@ def _add_record(loaded: Loaded, record: Record) -> None:
     if kind == "meters" and EFFECTIVE_FROM in data:
         data = {k: v for k, v in data.items() if k != EFFECTIVE_FROM}
     obj, problems = _parse(kind, data, where)
-    if obj is not None and not _empty(effective):
+    if obj is not None and not empty(effective):
         loaded.effective[obj.meter_id] = (effective, where)
     key = getattr(obj, key_column) if obj is not None else _key_or_none(kind, record.data)
     if key is not None:
@@ -581,8 +486,8 @@ def _key_or_none(kind: str, data: Mapping[str, Any]) -> Any:
     reported as unknown on top of the row's own problems."""
     value = data.get(KEYS[kind])
     try:
-        return None if _empty(value) else COLUMNS[kind][KEYS[kind]].parse(value)
-    except BadValue:
+        return None if empty(value) else COLUMNS[kind][KEYS[kind]].parse(value)
+    except ValueError:
         return None
 
 

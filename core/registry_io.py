@@ -13,7 +13,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import math
 import os
 import re
 import unicodedata
@@ -24,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from balans_edge.core.model import METER_FLAGS, UNITS, GroupInput, Resource
+from balans_edge.core.schema import shown
 from balans_edge.core.spreadsheet import read_cell, safe_cell
 from balans_edge.core.storage.base import REGISTRY_KINDS
 from balans_edge.core.text import check_text
@@ -286,67 +286,17 @@ def _replace(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-# -- how single values are spelled in files ----------------------------------------
-# CSV cells are text, JSON values may be typed; each parser accepts both, so
-# CSV, JSON and the HTTP API share one set of rules and messages.
+# -- the domain rules of single values -----------------------------------------------
+# What msgspec cannot say about a column (``core.registry_rows`` declares the columns):
+# each parser accepts text (CSV) and JSON values, so that CSV, JSON and the HTTP API
+# share one set of rules and messages.
 
 
-class BadValue(Exception):
+class BadValue(ValueError):
     """A value that cannot be used; the message completes 'column "x": ...'."""
 
 
-def shown(value: Any) -> str:
-    """A value quoted as it was given (text in quotes), cut to a readable length."""
-    text = json.dumps(value, ensure_ascii=False, default=str)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
-_INT = re.compile(r"[+-]?\d{1,30}")
-_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d{1,4})?")
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ud800-\udfff]")
-
-
-def int_range(lo: int, hi: int) -> Callable[[Any], int]:
-    """Whole numbers only: a channel of 1.5 is a typo, not a value to round."""
-
-    def parse(value: Any) -> int:
-        result = None
-        if isinstance(value, int) and not isinstance(value, bool):
-            result = value
-        elif isinstance(value, str) and _INT.fullmatch(value.strip()):
-            result = int(value.strip())
-        if result is None or not lo <= result <= hi:
-            raise BadValue(f"expected an integer {lo}..{hi}, got {shown(value)}")
-        return result
-
-    return parse
-
-
-def _plain(x: float) -> str:
-    """A bound as people write it: 1000000, 0.000001 (not 1e+06, 1e-06)."""
-    return format(x, "f").rstrip("0").rstrip(".")
-
-
-def number_between(lo: float, hi: float, *, low_inclusive: bool = True) -> Callable[[Any], float]:
-    """Finite decimal numbers in a physical range, ``lo..hi`` (``lo`` itself refused
-    unless ``low_inclusive``): every number of the registry ends up multiplied into
-    register values, balances and exports, where 1e300 becomes infinity. A decimal
-    comma gets a hint instead of a guess."""
-    bound = f"{_plain(lo)}..{_plain(hi)}" if low_inclusive else f"> {_plain(lo)} and <= {_plain(hi)}"
-
-    def parse(value: Any) -> float:
-        result = None
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            result = float(value)
-        elif isinstance(value, str) and _NUMBER.fullmatch(value.strip()):
-            result = float(value.strip())
-        if result is None or not math.isfinite(result) or not (lo <= result if low_inclusive else lo < result) \
-                or result > hi:
-            hint = " (use a dot as the decimal separator)" if isinstance(value, str) and "," in value else ""
-            raise BadValue(f"expected a number {bound}, got {shown(value)}{hint}")
-        return result
-
-    return parse
 
 
 def plain_text(value: Any) -> str:

@@ -312,7 +312,7 @@ class TagRecorder:
         except StorageError as exc:
             log.warning("%s: %d tag samples of %s not stored: %s", self.label, len(rows), source, exc)
         samples = tuple(TagSample(s.id, s.t, s.value, s.quality, s.tag.unit, s.detail) for s in states)
-        await self.bus.publish(TagValues(source, samples))
+        self.bus.publish(TagValues(source, samples))
         await self._ingest(states)
 
     async def _ingest(self, states: Sequence[TagState]) -> None:

@@ -54,7 +54,7 @@ async def rerun(work: Callable[[], Awaitable[object]], what: str, bus: EventBus 
     ``debounce_s`` so that a burst of events shares one run) and every
     ``every_s`` anyway; a failing run is logged and the loop goes on. For the
     background workers that fold new data into derived tables."""
-    sub = bus.subscribe(event, maxsize=1, policy="drop_oldest") if bus is not None else None
+    sub = bus.subscribe(event, policy="coalesce", name=what) if bus is not None else None
     try:
         while True:
             try:

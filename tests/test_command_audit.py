@@ -1,6 +1,6 @@
 """The command audit can be read: ``GET /api/v1/commands`` and ``balans-edge
 commands`` with the same filters, over the ``commands`` journal that the
-actuation service and the DMesh driver write; real server, real database, the
+actuation service writes for every command; real server, real database, the
 real command line."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import json
 import sys
 from pathlib import Path
 
-from balans_edge.core.components import Command, CommandCode
+from balans_edge.core.components import Command, CommandCode, CommandOutcome
 
 from conftest import T0, auth, base_config, small_site
 
@@ -18,12 +18,29 @@ BIN = Path(sys.executable).parent
 HOUR = 3600
 
 
+class ModulePings:
+    """Answers pings of radio module 1001 as the DMesh driver does: first alive, then not."""
+
+    name = "dmesh"
+
+    def __init__(self) -> None:
+        self.answers = iter([True, False])
+
+    def handles(self, command: Command) -> bool:
+        return (command.target, command.code) == ("module:1001", CommandCode.PING)
+
+    async def execute(self, command: Command) -> CommandOutcome:
+        return CommandOutcome(next(self.answers), "module 1001")
+
+
 async def audited(server) -> list[int]:
-    """Six commands: four through the actuation service (the example plugin's actuator takes
-    ``example:`` targets, nothing takes the meter's), two as the DMesh driver records them."""
+    """Six commands through the actuation service: four for valves and pumps (the example
+    plugin's actuator takes ``example:`` targets, nothing takes the meter's), two pings of a
+    radio module."""
     ids = []
-    clock = iter([T0, T0 + HOUR, T0 + 2 * HOUR, T0 + 3 * HOUR])
+    clock = iter([T0 + i * HOUR for i in range(6)])
     server.actuation.clock = lambda: next(clock)
+    server.actuation.add(ModulePings())
     for target, code, who, reason in (
         ("example:valve-1", CommandCode.VALVE_CLOSE, "api:op-1", "burst main"),
         ("example:valve-1", CommandCode.VALVE_OPEN, "api:op-2", "repaired"),
@@ -31,10 +48,8 @@ async def audited(server) -> list[int]:
         ("example:pump-2", CommandCode.PUMP_START, "modbus:127.0.0.1:5555", "tank low"),
     ):
         ids.append((await server.actuation.execute(Command(target, code, requested_by=who, reason=reason))).id)
-    for t, outcome in ((T0 + 4 * HOUR, "done"), (T0 + 5 * HOUR, "failed")):
-        ids.append(await server.storage.journal_append("commands", {
-            "t": t, "target": "module:1001", "code": "ping", "requested_by": "api:op-2", "reason": "check",
-            "outcome": outcome, "detail": "dmesh: module 1001"}))
+    for _ in range(2):
+        ids.append((await server.actuation.execute(Command("module:1001", CommandCode.PING, "api:op-2", "check"))).id)
     return ids
 
 

@@ -49,14 +49,14 @@ def test_errors_name_the_key_path_and_what_was_expected(schemas):
         },
         schemas,
     )
-    assert '[server] port: expected integer 0..65535, got "abc"' in found
+    assert '[server] port: expected an integer 0..65535, got "abc"' in found
     assert '[server] hots: unknown key (did you mean "host"?)' in found
     assert any(p.startswith('[site] timezone: expected an IANA timezone') for p in found)
-    assert "[plugins.dmesh.simulator] concentrators: expected integer 1..50, got 0" in found
+    assert "[plugins.dmesh.simulator] concentrators: expected an integer 1..50, got 0" in found
     assert '[plugins.dmesh.simulator] enabled: expected true or false, got "yes"' in found
     assert '[api.users[0]] role: expected one of viewer, operator, admin, got "root"' in found
     assert "[api.users[0]] token: expected at least 16 characters" in found
-    assert "[ingest] clock_tolerance_s: expected integer 0..86400, got 1.5" in found
+    assert "[ingest] clock_tolerance_s: expected an integer 0..86400, got 1.5" in found
     assert any(p.startswith("[bogus]: unknown section") for p in found)
     assert len(found) == 9
 
@@ -101,8 +101,8 @@ def test_check_config_command(tmp_path):
     bad.write_text('[plugins.dmesh.simulator]\nconcentrators = "abc"\n[server]\nport = 70000\n')
     run = subprocess.run([BIN / "balans-edge", "check-config", str(bad)], capture_output=True, text=True)
     assert run.returncode == 2
-    assert '[plugins.dmesh.simulator] concentrators: expected integer 1..50, got "abc"' in run.stderr
-    assert "[server] port: expected integer 0..65535, got 70000" in run.stderr
+    assert '[plugins.dmesh.simulator] concentrators: expected an integer 1..50, got "abc"' in run.stderr
+    assert "[server] port: expected an integer 0..65535, got 70000" in run.stderr
 
 
 scalars = st.one_of(st.none(), st.booleans(), st.integers(-(2**40), 2**40), st.floats(allow_nan=True),

@@ -118,7 +118,7 @@ async def test_a_late_result_corrects_the_audit_of_a_timed_out_command(make_serv
                                     "a late result arrived: DONE (VALVE_CLOSED)")
         # The same result again changes nothing; a result from another concentrator is not taken.
         driver.commands.result_arrived(CID, CommandResult(answer["id"], CommandResultCode.DONE, 1 << 5))
-        failed = await server.storage.journal_append("commands", {
+        failed = await server.storage.command_append({
             "t": int(time.time()), "target": "W-1", "code": "valve_open", "requested_by": "test", "reason": "r",
             "outcome": "failed", "detail": "dmesh: module 1001: timeout after 0.3 s"})
         driver.commands.result_arrived(CID + 1, CommandResult(failed, CommandResultCode.DONE, 0))
@@ -216,7 +216,7 @@ async def test_ping_and_interval_through_the_module_commands_api(make_server, cl
         assert (r.json()["outcome"], r.json()["code"], r.json()["target"]) == ("done", "ping", "module:1001")
         r = await http.post(url, json={"command": "set_interval", "seconds": 900, "reason": "save battery"},
                             headers=auth("operator"))
-        assert r.json()["outcome"] == "done" and r.json()["detail"].startswith("900 s")
+        assert r.json()["outcome"] == "done" and r.json()["detail"].startswith("dmesh: 900 s")
         codes = [(p.code, p.args) for p in commands_sent(c)]
         assert codes == [(CommandCode.PING_MODULE, ()), (CommandCode.SET_INTERVAL, (900,))]
         journal = await server.storage.journal_list("commands")

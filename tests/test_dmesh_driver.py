@@ -14,9 +14,11 @@ from typing import Any
 
 import pytest
 
+from balans_edge import hookimpl
 from balans_edge.config import parse_config
+from balans_edge.core.model import RawReading
 from balans_edge.core.storage import StorageError
-from balans_edge.plugin_manager import config_schemas, load_plugins
+from balans_edge.plugin_manager import Plugins, config_schemas, load_plugins
 from balans_edge.plugins.dmesh.codec import (
     Ack,
     AckStatus,
@@ -169,8 +171,8 @@ def test_config_keys_and_secret_from_environment(monkeypatch: pytest.MonkeyPatch
     assert (config.listen, config.port, config.keepalive_s, config.dead_after_s) == (True, 0, 60.0, 180.0)
     with pytest.raises(ConfigError) as err:
         parse_config({"plugins": {"dmesh": dmesh(concentrators=[{"id": 0, "key": "k"}] * 2, port=70000)}}, schemas)
-    assert "[plugins.dmesh] port: expected integer 0..65535, got 70000" in err.value.problems
-    assert "[plugins.dmesh.concentrators[0]] id: expected integer 1..4294967295, got 0" in err.value.problems
+    assert "[plugins.dmesh] port: expected an integer 0..65535, got 70000" in err.value.problems
+    assert "[plugins.dmesh.concentrators[0]] id: expected an integer 1..4294967295, got 0" in err.value.problems
 
 
 # session ------------------------------------------------------------------------
@@ -410,6 +412,48 @@ async def test_storage_failure_asks_for_the_frame_again(site, monkeypatch: pytes
     await c.send_raw(READINGS_SEQ3)
     assert await c.expect(Ack) == Ack(3, AckStatus.OK)
     assert (await stored(server))["W-3"] == [(T0, 77, 0b10001)]
+
+
+async def test_frames_are_acked_while_an_observer_hangs(site, plugins: Plugins) -> None:
+    """An observe_readings that never returns, its queue full and overflowing:
+    every READINGS frame is still stored and acknowledged."""
+    go_on = asyncio.Event()
+
+    class Hanging:
+        calls = 0
+
+        @hookimpl
+        async def observe_readings(self) -> None:
+            Hanging.calls += 1
+            await go_on.wait()
+
+    plugins.register(Hanging(), "hanging")
+    server, driver = await site()
+    (observer,) = [s for s in server.bus.stats() if s["name"] == "balans_edge.server"]
+    c = await site.connect(driver)
+    await c.login()
+    hour = 0
+
+    async def frames(n: int) -> None:
+        nonlocal hour
+        for _ in range(n):
+            record = ReadingRecord(1001, T0 + hour * 3600, 0, 3600, -70, 2, 0b001, (1000 + hour,))
+            seq = await c.send(Readings((record,)))
+            assert await c.expect(Ack) == Ack(seq, AckStatus.OK)
+            hour += 1
+
+    await frames(3)
+    assert await eventually(lambda: Hanging.calls == 1)
+    # Another concentrator's batches fill the hanging observer's queue and more.
+    await asyncio.gather(*(server.ingest.ingest([RawReading(1001, 2, T0 + i, i)])
+                           for i in range(observer["maxsize"] + 5)))
+    await frames(5)
+    (observer,) = [s for s in server.bus.stats() if s["name"] == "balans_edge.server"]
+    assert observer["dropped"] == 3 + 5 + 5 - 1
+    assert Hanging.calls == 1
+    rows = (await stored(server))["W-1"]
+    assert [(ts, counter) for ts, counter, _ in rows] == [(T0 + h * 3600, 1000 + h) for h in range(8)]
+    go_on.set()
 
 
 async def test_event_topology_and_results_are_stored_before_ack(site) -> None:

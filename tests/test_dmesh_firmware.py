@@ -283,7 +283,7 @@ async def test_cli_pushes_through_the_running_server(make_server, tmp_path):
         code, out, err = await cli(str(good), *common, "-c", str(config), "--reason", "field update",
                                    env={"BALANS_EDGE_TOKEN": TOKENS["admin"]})
         assert code == 0, err
-        assert out.splitlines()[-1].startswith("accepted: image 11")
+        assert out.splitlines()[-1].startswith("accepted: dmesh: image 11")
         assert c.firmware_images == {11: IMAGE}
         (journal,) = await server.storage.journal_list("commands")
         assert (journal["requested_by"], journal["reason"]) == ("api:test-admin", "field update")

@@ -360,7 +360,7 @@ def test_network_config() -> None:
     ) == (3600, 3, 3000, -95, 20, 900)
     with pytest.raises(ConfigError) as err:
         parse_config({"plugins": {"dmesh": {"network": {"max_hops": 31, "weak_rsi_dbm": -90}}}}, schemas)
-    assert "[plugins.dmesh.network] max_hops: expected integer 1..30, got 31" in err.value.problems
+    assert "[plugins.dmesh.network] max_hops: expected an integer 1..30, got 31" in err.value.problems
     assert any("weak_rsi_dbm: unknown key" in p for p in err.value.problems)
 
 

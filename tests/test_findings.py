@@ -20,8 +20,8 @@ import pytest
 
 from balans_edge.core import findings as rules
 from balans_edge.core.components import Finding, Severity
-from balans_edge.core.storage.migrations import migrate
 from balans_edge.core.storage.sqlite import SqliteStorage
+from balans_edge.core.storage.sqlite_migrations import migrate
 
 from conftest import auth, base_config
 

@@ -17,8 +17,8 @@ from balans_edge.core import findings as rules
 from balans_edge.core.analytics.base import Scope
 from balans_edge.core.components import Finding
 from balans_edge.core.ingest import ReadingBatch
-from balans_edge.core.storage.migrations import migrate
 from balans_edge.core.storage.sqlite import SqliteStorage
+from balans_edge.core.storage.sqlite_migrations import migrate
 from balans_edge.plugins.analytics.plugin import run_analytics
 from balans_edge.plugins.dmesh.scenario import Leak, Scenario, generate
 

@@ -173,7 +173,7 @@ async def test_hook_config_schema(tmp_path: Path, plugins: Plugins, make_server:
     assert exc.value.problems == [
         '[plugins.example] required: expected true or false, got "yes"',
         '[plugins.example] greting: unknown key (did you mean "greeting"?)',
-        "[plugins.example] interval_s: expected number 0.01..3600, got 0",
+        "[plugins.example] interval_s: expected a number 0.01..3600, got 0",
     ]
 
     # Defaults when the table is absent.
@@ -189,7 +189,7 @@ async def test_hook_config_schema(tmp_path: Path, plugins: Plugins, make_server:
     config_file.write_text("[plugins.example]\ninterval_s = 7200\n", encoding="utf-8")
     result = cli("check-config", str(config_file), cwd=tmp_path)
     assert result.returncode == 2, result.stderr
-    assert f"config error: {config_file}: [plugins.example] interval_s: expected number 0.01..3600, got 7200" in (
+    assert f"config error: {config_file}: [plugins.example] interval_s: expected a number 0.01..3600, got 7200" in (
         result.stderr
     )
 

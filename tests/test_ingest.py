@@ -354,12 +354,12 @@ class CheckingBus(EventBus):
         self.storage = storage
         self.seen: list[tuple[ReadingsCommitted, int]] = []
 
-    async def publish(self, event) -> None:
+    def publish(self, event) -> None:
         if isinstance(event, ReadingsCommitted):
             with sqlite3.connect(self.storage.path) as db:
                 (n,) = db.execute("SELECT count(*) FROM readings").fetchone()
             self.seen.append((event, n))
-        await super().publish(event)
+        super().publish(event)
 
 
 async def test_readings_committed_event(storage: RecordingStorage) -> None:

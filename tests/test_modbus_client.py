@@ -102,7 +102,7 @@ def test_config_errors_name_the_device_and_the_tag():
         'device "PS1" tag "total": unit "kWh" is not a unit of water (allowed: m3)'
     ]
     bad = problems({"devices": [{"name": "PS1", "tags": [{"name": "level", "address": "forty", "byte_order": "XY"}]}]})
-    assert '[plugins.modbus.devices[0].tags[0]] address: expected integer 0..65535, got "forty"' in bad
+    assert '[plugins.modbus.devices[0].tags[0]] address: expected an integer 0..65535, got "forty"' in bad
     assert '[plugins.modbus.devices[0].tags[0]] byte_order: expected one of ABCD, CDAB, BADC, DCBA, got "XY"' in bad
     bad = problems({"devices": [
         {"name": "P1", "transport": "rtu", "path": "/dev/ttyS1", "unit_id": 1},

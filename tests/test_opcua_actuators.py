@@ -154,6 +154,6 @@ def test_actuator_config_errors_name_the_actuator():
     assert problems(opcua(URL, {**BY_WRITE, "off_value": 1})) == [
         '[plugins.opcua.actuators[0]]: actuator "PS2-V2": on_value and off_value are both 1']
     assert problems(opcua(URL, {**BY_METHOD, "on_args": [{"x": 1}], "readback_node": "Valve1"})) == [
-        "[plugins.opcua.actuators[0]] on_args[0]: expected true/false, a number or a string, got dict",
+        "[plugins.opcua.actuators[0]] on_args[0]: expected true or false, a number or a string, got a table",
         '[plugins.opcua.actuators[0]] readback_node: "Valve1" is not a node id (expected e.g. "ns=2;s=Tank.Level" '
         'or "nsu=urn:plc:station;s=Tank.Level")']

@@ -20,8 +20,8 @@ from balans_edge.core.model import Meter, RadioModule, RawReading, Resource
 from balans_edge.core.periods import MeterPeriod, RegisterTable, corrected
 from balans_edge.core.registry import RegistryError, import_registry
 from balans_edge.core.storage.base import AuditQuery
-from balans_edge.core.storage.migrations import migrate
 from balans_edge.core.storage.sqlite import SqliteStorage
+from balans_edge.core.storage.sqlite_migrations import migrate
 from balans_edge.core.times import iso
 
 from conftest import T0, auth, base_config, small_site

@@ -14,8 +14,9 @@ import pytest
 from balans_edge.core.model import Account, Concentrator, Meter, RadioModule, Resource
 from balans_edge.core.storage import IngestWrite, ReadingRows, StorageError
 from balans_edge.core.storage import sqlite as backend
-from balans_edge.core.storage.migrations import LATEST, available, migrate
+from balans_edge.core.storage.migrations import LATEST, available
 from balans_edge.core.storage.sqlite import SqliteStorage
+from balans_edge.core.storage.sqlite_migrations import migrate
 
 T0 = 1_705_276_800  # 2024-01-15 00:00:00 UTC
 

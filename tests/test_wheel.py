@@ -59,9 +59,11 @@ def test_wheel_installs_into_a_clean_venv_and_runs(tmp_path: Path) -> None:
 
     names = zipfile.ZipFile(wheel).namelist()
     assert {n.split("/")[0] for n in names} == {"balans_edge", f"balans_edge-{version}.dist-info"}
-    migrations = sorted(p.name for p in (ROOT / "core" / "storage" / "migrations").glob("*.sql"))
+    folder = ROOT / "core" / "storage" / "migrations"
+    migrations = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*.sql"))
     assert migrations
-    packed = sorted(n.rsplit("/", 1)[1] for n in names if n.startswith("balans_edge/core/storage/migrations/"))
+    packed = sorted(n.removeprefix("balans_edge/core/storage/migrations/") for n in names
+                    if n.startswith("balans_edge/core/storage/migrations/"))
     assert packed == migrations
     with zipfile.ZipFile(wheel) as zf:
         for name in migrations:
@@ -117,3 +119,8 @@ def test_wheel_installs_into_a_clean_venv_and_runs(tmp_path: Path) -> None:
     assert plugins["example"]["hooks"] == Plugins().hook_names()
     result = run(bin_ / "balans-edge", "example-hello", "--name", "wheel", cwd=tmp_path)
     assert result.stdout == "hello, wheel, from the example plugin\n"
+    # Its own tables' migrations are installed with it, and core's with the wheel.
+    code = ("from balans_edge_example.batches import MIGRATIONS; from balans_edge.core.storage.migrations import "
+            "LATEST; print([m.name for m in MIGRATIONS.scripts('sqlite')], LATEST)")
+    result = run(bin_ / "python", "-c", code, cwd=tmp_path)
+    assert result.stdout.split("]")[0].count(".sql") == 2 and result.stdout.split()[-1] == str(len(migrations))

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from sanic.request import Request
 
-from balans_edge.core.components import Command, CommandCode
+from balans_edge.core.components import SWITCH_CODES, Command, CommandCode
 from balans_edge.core.times import iso
 from balans_edge.routes import ApiError, Param, Route, audited_body, json, optional_time, query_int
 
@@ -25,7 +25,7 @@ AUDIT_FILTERS = {
 }
 
 
-def command_body(request: Request, allowed: Sequence[CommandCode] = tuple(CommandCode)) -> tuple[CommandCode, str]:
+def command_body(request: Request, allowed: Sequence[CommandCode] = SWITCH_CODES) -> tuple[CommandCode, str]:
     """The command code and reason of a ``{"command", "reason"}`` body; 400 naming the allowed codes."""
     body, reason = audited_body(request, '{"command": ..., "reason": ...}')
     code = body.get("command")
@@ -39,11 +39,7 @@ async def execute(commands: ActuationService, request: Request, target: str, cod
                   reason: str) -> Any:
     """Run a command for the API user through the actuation service; answer the audited record."""
     command = await commands.execute(Command(target, code, requested_by=f"api:{request.ctx.user}", reason=reason))
-    return json({
-        "id": command.id, "t": iso(command.t), "target": command.target, "code": str(command.code),
-        "requested_by": command.requested_by, "reason": command.reason,
-        "outcome": command.outcome, "detail": command.detail,
-    })
+    return json({**command.record(), "t": iso(command.t)})
 
 
 class ProtocolActuator(Protocol):

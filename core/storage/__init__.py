@@ -1,41 +1,73 @@
-"""Durable storage: the backend-neutral interface and the embedded SQLite backend."""
+"""Durable storage: the backend-neutral interfaces (core repositories composed in
+``Storage``, plugin-owned repositories apart, the SQL gateway for plugins' own
+tables), migrations per owner, and the embedded SQLite backend."""
 
 from balans_edge.core.storage.base import (
     REGISTRY_KINDS,
+    BalanceRepository,
     BalanceSums,
+    BridgeSlotRepository,
+    CommandRepository,
     ConnectionEvent,
+    DeviceRepository,
     DirtyRange,
+    ExportRepository,
+    FindingRepository,
     IngestWrite,
+    IntervalRepository,
+    JournalRepository,
     MeterHead,
     ModuleEvent,
     ModuleHealth,
     ModuleRoute,
     PeriodSums,
+    QuarantineRepository,
+    ReadingRepository,
     ReadingRows,
+    RegistryRepository,
     Storage,
     StorageError,
+    TagRepository,
 )
+from balans_edge.core.storage.gateway import SqlGateway
+from balans_edge.core.storage.migrations import MigrationError, MigrationSet
 
 __all__ = [
     "REGISTRY_KINDS",
+    "BalanceRepository",
     "BalanceSums",
+    "BridgeSlotRepository",
+    "CommandRepository",
     "ConnectionEvent",
+    "DeviceRepository",
     "DirtyRange",
+    "ExportRepository",
+    "FindingRepository",
     "IngestWrite",
+    "IntervalRepository",
+    "JournalRepository",
     "MeterHead",
+    "MigrationError",
+    "MigrationSet",
     "ModuleEvent",
     "ModuleHealth",
     "ModuleRoute",
     "PeriodSums",
+    "QuarantineRepository",
+    "ReadingRepository",
     "ReadingRows",
+    "RegistryRepository",
+    "SqlGateway",
     "Storage",
     "StorageError",
+    "TagRepository",
     "open_storage",
 ]
 
 
 def open_storage(url: str) -> Storage:
-    """A storage backend for ``url`` (``sqlite:PATH`` or a plain path)."""
+    """A storage backend for ``url`` (``sqlite:PATH`` or a plain path); open it
+    with ``await storage.open(migrations=...)``."""
     from balans_edge.core.storage.sqlite import SqliteStorage
 
     path = url.removeprefix("sqlite:")

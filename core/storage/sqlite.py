@@ -20,16 +20,14 @@ import json
 import logging
 import os
 import stat
-import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 import aiosqlite
 import numpy as np
 
-from balans_edge.core import findings as findings_rules
 from balans_edge.core.model import GroupInput, Meter, Resource
 from balans_edge.core.storage.base import (
     REGISTRY_KINDS,
@@ -40,18 +38,18 @@ from balans_edge.core.storage.base import (
     Storage,
     StorageError,
 )
-from balans_edge.core.storage.migrations import migrate
+from balans_edge.core.storage.gateway import SqlGateway, Write
+from balans_edge.core.storage.migrations import MigrationSet
 from balans_edge.core.storage.sqlite_balance import BalanceTables
 from balans_edge.core.storage.sqlite_bridges import BridgeSlots
 from balans_edge.core.storage.sqlite_bulk import BulkReader
 from balans_edge.core.storage.sqlite_devices import DeviceReports, module_health_statements
 from balans_edge.core.storage.sqlite_export import ExportQueues
+from balans_edge.core.storage.sqlite_journal import JournalTables
+from balans_edge.core.storage.sqlite_migrations import migrate_all, owner_versions
 from balans_edge.core.storage.sqlite_registry_history import RegistryHistory
 from balans_edge.core.storage.sqlite_tags import TagTable
 from balans_edge.core.times import HOUR
-
-if TYPE_CHECKING:
-    pass
 
 log = logging.getLogger(__name__)
 
@@ -66,42 +64,6 @@ KEYS = {
 }
 READING_COLUMNS = "meter, ts, counter, pulses, status, flags"
 _READING_COLUMNS_R = ", ".join(f"r.{c.strip()}" for c in READING_COLUMNS.split(","))
-JOURNALS = {
-    "commands": ("t", "target", "code", "requested_by", "reason", "outcome", "detail"),
-    "findings": ("t", "detector", "subject", "kind", "severity", "message", "data"),
-    "alarms": ("t", "source", "severity", "message", "data"),
-}
-FINDING_COLUMNS = (*JOURNALS["findings"], "status", "group_id", "first_seen", "last_seen", "seen", "feedback",
-                   "started", "ended", "rate", "volume")
-"""What a finding row holds since its lifecycle (migration 0007) and its event (0015) were added."""
-
-
-def _finding_lifecycle(record: dict[str, Any]) -> dict[str, Any]:
-    """The lifecycle columns of a finding appended as a new one: open, seen once,
-    now; its event as the report describes it."""
-    event = findings_rules.event_of({**record, "t": record.get("t") or int(time.time())})
-    return {
-        "status": record.get("status") or findings_rules.OPEN,
-        "group_id": record.get("group_id") or findings_rules.group_of(record.get("data")),
-        "first_seen": record.get("first_seen") or record.get("t"),
-        "last_seen": record.get("last_seen") or record.get("t"),
-        "seen": record.get("seen") or 1,
-        "feedback": json.dumps(record.get("feedback") or [], ensure_ascii=False),
-        "started": event.start,
-        "ended": event.end,
-        "rate": event.rate,
-        "volume": event.volume,
-    }
-
-
-def _finding_out(row: Any) -> dict[str, Any]:
-    """A stored finding as callers use it: data and feedback decoded."""
-    out = dict(row)
-    out["data"] = json.loads(out["data"] or "{}")
-    out["feedback"] = json.loads(out["feedback"] or "[]")
-    return out
-
-
 def _from_row(kind: str, row: aiosqlite.Row) -> Any:
     cls = REGISTRY_KINDS[kind]
     values = {f.name: row[f.name] for f in dataclasses.fields(cls)}
@@ -115,6 +77,16 @@ def _from_row(kind: str, row: aiosqlite.Row) -> Any:
         )
     return cls(**values)
 
+
+# The newest reading of each meter: one index probe per meter on the primary
+# key (meter, ts) instead of a scan of every reading for ``GROUP BY meter``
+# (CROSS JOIN keeps the meters as the outer loop: SQLite does not reorder it).
+LATEST = (
+    "SELECT r.meter, r.ts, r.counter, r.pulses, r.status, r.flags FROM meters m CROSS "
+    "JOIN readings r ON r.meter = m.id AND r.ts = (SELECT max(ts) FROM readings WHERE meter = m.id)"
+)
+IN_CHUNK = 500
+"""Meters per ``IN (...)`` list (well under SQLite's limit on bound parameters)."""
 
 T = TypeVar("T")
 OFF_LOOP_ROWS = 2000
@@ -159,7 +131,14 @@ class _Job:
     future: asyncio.Future[None]
 
 
-class SqliteStorage(RegistryHistory, BalanceTables, DeviceReports, BridgeSlots, TagTable, ExportQueues, Storage):
+class SqliteStorage(RegistryHistory, BalanceTables, JournalTables, DeviceReports, BridgeSlots, TagTable, ExportQueues,
+                    Storage, SqlGateway):
+    """Every core repository (``Storage``), the SQL gateway for plugins' own tables,
+    and, until their plugins take them over, the interfaces of the tables core
+    handed over to plugins (``base.PLUGIN_REPOSITORIES``)."""
+
+    dialect = "sqlite"
+
     def __init__(self, path: str | Path, *, max_group: int = 256) -> None:
         self.path = Path(path)
         self.max_group = max_group
@@ -179,7 +158,7 @@ class SqliteStorage(RegistryHistory, BalanceTables, DeviceReports, BridgeSlots, 
 
     # lifecycle -----------------------------------------------------------
 
-    async def open(self) -> None:
+    async def open(self, migrations: Sequence[MigrationSet] = ()) -> None:
         if str(self.path) != ":memory:":
             self.path.parent.mkdir(parents=True, exist_ok=True)
             _private_file(self.path)
@@ -187,7 +166,7 @@ class SqliteStorage(RegistryHistory, BalanceTables, DeviceReports, BridgeSlots, 
         try:
             for pragma in ("journal_mode=WAL", "synchronous=FULL", "foreign_keys=ON", "busy_timeout=10000"):
                 await _pragma(self._writer, pragma)
-            await migrate(self._writer)
+            await migrate_all(self._writer, migrations)
         except BaseException:
             # A refused or failed migration must not leak the connection (its
             # worker thread would keep the process alive).
@@ -225,6 +204,9 @@ class SqliteStorage(RegistryHistory, BalanceTables, DeviceReports, BridgeSlots, 
 
     async def schema_version(self) -> int:
         return await self._scalar("PRAGMA user_version")
+
+    async def schema_versions(self) -> dict[str, int]:
+        return await owner_versions(self._read())
 
     # group commit --------------------------------------------------------
 
@@ -309,6 +291,14 @@ class SqliteStorage(RegistryHistory, BalanceTables, DeviceReports, BridgeSlots, 
     async def _all(self, sql: str, args: Sequence[Any] = ()) -> list[aiosqlite.Row]:
         async with self._read().execute(sql, args) as cur:
             return list(await cur.fetchall())
+
+    # plugins' own tables (SqlGateway) ----------------------------------------
+
+    async def sql_write(self, statements: Sequence[Write]) -> None:
+        await self._submit([(sql, [tuple(r) for r in rows]) for sql, rows in statements])
+
+    async def sql_read(self, sql: str, args: Sequence[Any] = ()) -> list[dict[str, Any]]:
+        return [dict(r) for r in await self._all(sql, args)]
 
     async def _reading_rows(self, sql: str, args: Sequence[Any]) -> ReadingRows:
         rows = await self._all(sql, args)
@@ -481,6 +471,17 @@ class SqliteStorage(RegistryHistory, BalanceTables, DeviceReports, BridgeSlots, 
             (*meters, t0, t1),
         )
 
+    async def latest_readings(self, meters: Sequence[int] | None = None) -> ReadingRows:
+        if meters is None:
+            return ReadingRows.from_tuples([tuple(r) for r in await self._all(f"{LATEST} ORDER BY r.meter")])
+        keys = sorted(set(int(m) for m in meters))
+        out: list[tuple] = []
+        for i in range(0, len(keys), IN_CHUNK):
+            chunk = keys[i : i + IN_CHUNK]
+            rows = await self._all(f"{LATEST} WHERE m.id IN ({', '.join('?' * len(chunk))}) ORDER BY r.meter", chunk)
+            out += [tuple(r) for r in rows]
+        return ReadingRows.from_tuples(out)
+
     async def has_readings(self, meter: int) -> bool:
         return bool(await self._scalar("SELECT EXISTS (SELECT 1 FROM readings WHERE meter = ?)", (meter,)))
 
@@ -513,180 +514,3 @@ class SqliteStorage(RegistryHistory, BalanceTables, DeviceReports, BridgeSlots, 
             (meter, t0, t1),
         )
         return [tuple(r) for r in rows]
-
-    # journals -------------------------------------------------------------
-
-    async def journal_append(self, kind: str, record: dict[str, Any]) -> int:
-        columns = FINDING_COLUMNS if kind == "findings" else JOURNALS[kind]
-        row = {c: record.get(c) for c in columns}
-        if "data" in row:
-            row["data"] = json.dumps(row["data"] or {}, sort_keys=True, default=str)
-        if kind == "findings":
-            row.update(_finding_lifecycle(record))
-        # The id is allocated here (under the single writer) so the caller
-        # learns it without a second round trip after the group commit.
-        async with self._journal_lock:
-            if kind not in self._journal_ids:
-                self._journal_ids[kind] = await self._max_id(kind)
-            self._journal_ids[kind] += 1
-            row_id = self._journal_ids[kind]
-        sql = f"INSERT INTO {kind} (id, {', '.join(columns)}) VALUES (?, {', '.join('?' * len(columns))})"
-        await self._submit([(sql, [(row_id, *row.values())])])
-        return row_id
-
-    async def journal_update(self, kind: str, record_id: int, changes: dict[str, Any]) -> None:
-        columns = [c for c in changes if c in JOURNALS[kind]]
-        if len(columns) != len(changes):
-            raise ValueError(f"{kind}: unknown columns {sorted(set(changes) - set(columns))}")
-        sets = ", ".join(f"{c} = ?" for c in columns)
-        await self._submit([(f"UPDATE {kind} SET {sets} WHERE id = ?", [(*changes.values(), record_id)])])
-
-    async def _max_id(self, kind: str) -> int:
-        await self.flush()
-        return await self._scalar(f"SELECT coalesce(max(id), 0) FROM {kind}")
-
-    async def journal_list(self, kind: str, limit: int = 100) -> list[dict[str, Any]]:
-        JOURNALS[kind]
-        rows = await self._all(f"SELECT * FROM {kind} ORDER BY id DESC LIMIT ?", (limit,))
-        out = [dict(r) for r in rows]
-        for r in out:
-            if "data" in r:
-                r["data"] = json.loads(r["data"])
-        return out
-
-    async def journal_get(self, kind: str, record_id: int) -> dict[str, Any] | None:
-        JOURNALS[kind]
-        rows = await self._all(f"SELECT * FROM {kind} WHERE id = ?", (record_id,))
-        if not rows:
-            return None
-        row = dict(rows[0])
-        if "data" in row:
-            row["data"] = json.loads(row["data"])
-        return row
-
-    async def commands(
-        self,
-        target: str | None = None,
-        outcome: str | None = None,
-        code: str | None = None,
-        requested_by: str | None = None,
-        t0: int | None = None,
-        t1: int | None = None,
-        limit: int = 100,
-    ) -> list[dict[str, Any]]:
-        where, args = ["1"], []
-        for condition, value in (("target = ?", target), ("outcome = ?", outcome), ("code = ?", code),
-                                 ("requested_by = ?", requested_by), ("t >= ?", t0), ("t < ?", t1)):
-            if value is not None:
-                where.append(condition)
-                args.append(value)
-        rows = await self._all(f"SELECT * FROM commands WHERE {' AND '.join(where)} ORDER BY id DESC LIMIT ?",
-                               (*args, limit))
-        return [dict(r) for r in rows]
-
-    async def settle_pending_commands(self, note: str) -> list[dict[str, Any]]:
-        pending = [r[0] for r in await self._all("SELECT id FROM commands WHERE outcome = 'pending'")]
-        if not pending:
-            return []
-        await self._submit([(
-            "UPDATE commands SET outcome = 'failed', detail = CASE WHEN detail = '' THEN ? ELSE detail || '; ' || ? "
-            "END WHERE id = ? AND outcome = 'pending'", [(note, note, i) for i in pending])])
-        marks = ", ".join("?" * len(pending))
-        return [dict(r) for r in await self._all(f"SELECT * FROM commands WHERE id IN ({marks}) ORDER BY id", pending)]
-
-    # findings ---------------------------------------------------------------
-
-    def _findings_lock(self) -> asyncio.Lock:
-        """Serialises look-up-then-write of findings, so two reports of one
-        problem racing each other cannot both add a row."""
-        lock = self.__dict__.get("_findings_mutex")
-        if lock is None:
-            lock = self.__dict__["_findings_mutex"] = asyncio.Lock()
-        return lock
-
-    async def record_finding(
-        self, record: dict[str, Any], suppress_s: int = findings_rules.SUPPRESS_S,
-        gap_s: int = findings_rules.EVENT_GAP_S,
-    ) -> tuple[int, bool]:
-        t = int(record.get("t") or time.time())
-        record = {**record, "t": t}
-        event = findings_rules.event_of(record)
-        key = (record["detector"], record["subject"], record["kind"])
-        async with self._findings_lock():
-            rows = await self._all(
-                "SELECT id, status, started, ended, volume FROM findings "
-                "WHERE detector = ? AND subject = ? AND kind = ? ORDER BY id DESC LIMIT 1", key)
-            what = "new" if not rows else findings_rules.match(rows[0]["status"], rows[0]["started"],
-                                                                rows[0]["ended"], event, suppress_s, gap_s)
-            if what == "update":
-                await self._seen_again(rows[0]["id"], record, t, event,
-                                       findings_rules.fuller(rows[0]["volume"], event))
-            if what != "new":
-                return rows[0]["id"], False
-            return await self.journal_append("findings", {**record, "first_seen": t, "last_seen": t}), True
-
-    async def _active_finding(self, key: tuple[str, str, str]) -> int | None:
-        return await self._scalar(
-            "SELECT id FROM findings WHERE detector = ? AND subject = ? AND kind = ? "
-            "AND status IN ('open', 'acknowledged') ORDER BY id DESC LIMIT 1", key)
-
-    async def _seen_again(self, finding_id: int, record: dict[str, Any], t: int, event: findings_rules.Event,
-                          fuller: bool) -> None:
-        """Another run reported the event of an active finding: its start is the
-        earliest and its end the latest seen; a report that saw at least as much of
-        it (``findings.fuller``) brings the estimate (message, severity, data, rate,
-        volume)."""
-        sets = ("last_seen = max(coalesce(last_seen, t), ?), seen = seen + 1, started = min(coalesce(started, ?), ?), "
-                "ended = max(coalesce(ended, ?), ?)")
-        args: tuple[Any, ...] = (t, event.start, event.start, event.end, event.end)
-        if fuller:
-            data = record.get("data") or {}
-            sets += (", message = ?, severity = ?, data = ?, group_id = coalesce(?, group_id), "
-                     "rate = coalesce(?, rate), volume = coalesce(?, volume)")
-            args += (record["message"], str(record["severity"]), json.dumps(data, sort_keys=True, default=str),
-                     record.get("group_id") or findings_rules.group_of(data), event.rate, event.volume)
-        await self._submit([(f"UPDATE findings SET {sets} WHERE id = ?", [(*args, finding_id)])])
-
-    async def findings(
-        self,
-        group: str | None = None,
-        kind: str | None = None,
-        status: str | None = None,
-        subject: str | None = None,
-        limit: int = 100,
-        since: int | None = None,
-    ) -> list[dict[str, Any]]:
-        filters = {"group_id = ?": group, "kind = ?": kind, "status = ?": status, "subject = ?": subject,
-                   "coalesce(first_seen, t) >= ?": since}
-        used = {c: v for c, v in filters.items() if v is not None}
-        where = " AND ".join(used) or "1"
-        rows = await self._all(
-            f"SELECT * FROM findings WHERE {where} ORDER BY coalesce(last_seen, t) DESC, id DESC LIMIT ?",
-            (*used.values(), limit))
-        return [_finding_out(r) for r in rows]
-
-    async def finding(self, finding_id: int) -> dict[str, Any] | None:
-        rows = await self._all("SELECT * FROM findings WHERE id = ?", (finding_id,))
-        return _finding_out(rows[0]) if rows else None
-
-    async def set_finding_status(
-        self, finding_id: int, status: str, by: str, note: str = "", t: int | None = None
-    ) -> dict[str, Any] | None:
-        findings_rules.check_status(status)
-        async with self._findings_lock():
-            current = await self.finding(finding_id)
-            if current is None:
-                return None
-            findings_rules.check_transition(current["status"], status)
-            if status in findings_rules.ACTIVE and current["status"] not in findings_rules.ACTIVE:
-                await self._refuse_second_active(current)
-            feedback = [*current["feedback"], findings_rules.feedback_entry(status, by, note, t)]
-            await self._submit([("UPDATE findings SET status = ?, feedback = ? WHERE id = ?",
-                                 [(status, json.dumps(feedback, ensure_ascii=False), finding_id)])])
-        return await self.finding(finding_id)
-
-    async def _refuse_second_active(self, current: dict[str, Any]) -> None:
-        """Reopening must not leave two active findings of one problem (the newer already tracks it)."""
-        other = await self._active_finding((current["detector"], current["subject"], current["kind"]))
-        if other is not None:
-            raise findings_rules.TransitionError(f"finding {other} already tracks this problem: reopen is refused")

@@ -9,7 +9,14 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-from balans_edge.core.storage.base import CONNECTION_EVENTS, ConnectionEvent, ModuleEvent, ModuleHealth, ModuleRoute
+from balans_edge.core.storage.devices_repository import (
+    CONNECTION_EVENTS,
+    ConnectionEvent,
+    DeviceRepository,
+    ModuleEvent,
+    ModuleRoute,
+)
+from balans_edge.core.storage.readings_repository import ModuleHealth
 from balans_edge.core.times import hour_floor
 
 SNAPSHOT_COLUMNS = "module_id, t, concentrator_id, parent_id, hops, rssi, battery_mv, fw_version, channels, state"
@@ -44,7 +51,7 @@ def _where(filters: dict[str, Any]) -> tuple[str, tuple[Any, ...]]:
     return ("WHERE " + " AND ".join(used) if used else ""), tuple(used.values())
 
 
-class DeviceReports:
+class DeviceReports(DeviceRepository):
     _all: Callable[..., Awaitable[list[Any]]]
     _submit: Callable[..., Awaitable[None]]
 

@@ -36,7 +36,14 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from balans_edge.core.storage.base import EXPORT_KINDS, EXPORT_POLICIES, ExportBatch, ExportTarget, StorageError
+from balans_edge.core.storage.errors import StorageError
+from balans_edge.core.storage.export_repository import (
+    EXPORT_KINDS,
+    EXPORT_POLICIES,
+    ExportBatch,
+    ExportRepository,
+    ExportTarget,
+)
 from balans_edge.core.storage.sqlite_balance import BALANCE_COLUMNS
 
 KIND_CODES = {kind: i + 1 for i, kind in enumerate(EXPORT_KINDS)}
@@ -173,7 +180,7 @@ def _check(target: ExportTarget) -> None:
         raise ValueError(f"export target {target.name}: max_queue must be at least 1")
 
 
-class ExportQueues:
+class ExportQueues(ExportRepository):
     _all: Callable[..., Awaitable[list[Any]]]
     _scalar: Callable[..., Awaitable[Any]]
     _submit: Callable[..., Awaitable[None]]

@@ -9,10 +9,10 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-from balans_edge.core.storage.base import TAG_QUALITIES, TagRow
+from balans_edge.core.storage.tags_repository import TAG_QUALITIES, TagRepository, TagRow
 
 
-class TagTable:
+class TagTable(TagRepository):
     _all: Callable[..., Awaitable[list[Any]]]
     _submit: Callable[..., Awaitable[None]]
 

@@ -8,7 +8,7 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 from balans_edge import hookimpl
 from balans_edge.core.analytics.base import DEFAULT_WINDOW_DAYS, GroupDetector, Scope
@@ -39,22 +39,26 @@ def _known_detectors(names: list[str]) -> str | None:
 
 @dataclass(frozen=True)
 class AnalyticsConfig:
-    """``[plugins.analytics]``."""
+    """``[plugins.analytics]``: the detectors of losses, theft and broken meters, and the
+    verification plan (plugins/analytics/README.md)."""
 
-    interval_s: int = setting(3600, range=(0, 7 * 86400), doc="run every detector this often (0: only on demand)")
-    first_run_s: int = setting(60, range=(0, 86400),
-                               doc="the first scheduled run this long after start (at most interval_s)")
-    window_days: int = setting(DEFAULT_WINDOW_DAYS, range=(2, 120), doc="hours of history each run looks at")
-    detectors: list[str] = field(default_factory=list)
-    """Built-in group detectors to run (empty: all)."""
-    verification_cost: float = setting(1500.0, range=(0.0, 1e9), doc="money a meter's verification costs")
-    verification_interval_years: float = setting(6.0, range=(0.1, 50.0), doc="the calendar interval of verification")
-    balanced_loss_pct: float = setting(5.0, range=(0.0, 100.0),
-                                       doc="a group without a loss norm balances when its loss is within this")
-    plan_days: int = setting(90, range=(7, 730), doc="days of balances the verification plan judges groups by")
-    monthly_norms: dict[str, float] = field(default_factory=dict)
-    """Normal consumption of one meter in a month, per resource (e.g. water = 6.0 m3),
-    that forecasts are compared with."""
+    interval_s: Annotated[int, setting(range=(0, 7 * 86400), doc=(
+        "run every detector this often (0: only on demand)"))] = 3600
+    first_run_s: Annotated[int, setting(range=(0, 86400), doc=(
+        "the first scheduled run this long after start (at most interval_s)"))] = 60
+    window_days: Annotated[int, setting(range=(2, 120), doc="hours of history each run looks at")] = DEFAULT_WINDOW_DAYS
+    detectors: Annotated[list[str], setting(doc="built-in group detectors to run (empty: all)")] = \
+        field(default_factory=list)
+    verification_cost: Annotated[float, setting(range=(0.0, 1e9), doc="money a meter's verification costs")] = 1500.0
+    verification_interval_years: Annotated[float, setting(range=(0.1, 50.0), doc=(
+        "the calendar interval of verification"))] = 6.0
+    balanced_loss_pct: Annotated[float, setting(range=(0.0, 100.0), doc=(
+        "a group without a loss norm balances when its loss is within this"))] = 5.0
+    plan_days: Annotated[int, setting(range=(7, 730), doc=(
+        "days of balances the verification plan judges groups by"))] = 90
+    monthly_norms: Annotated[dict[str, float], setting(doc=(
+        "normal consumption of one meter in a month, per resource (e.g. `{ water = 6.0 }`, m3), that forecasts are "
+        "compared with"))] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         problem = _known_detectors(self.detectors)

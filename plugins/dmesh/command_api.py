@@ -1,6 +1,7 @@
 """HTTP route for module commands that move no valve or relay: ping, reporting
-interval, profile request. Each is audited in the ``commands`` journal and
-answered with its tracked outcome."""
+interval, profile request. Each goes through the actuation service (audited in
+the ``commands`` journal, seen by ``observe_commands``) and is answered with
+its tracked outcome."""
 
 from __future__ import annotations
 
@@ -9,21 +10,15 @@ from typing import TYPE_CHECKING, Any
 
 from sanic.request import Request
 
+from balans_edge.core.components import CommandCode
 from balans_edge.core.times import HOUR, iso
-from balans_edge.plugins.dmesh import codec
-from balans_edge.plugins.dmesh.commands import MAX_PROFILE_HOURS
+from balans_edge.plugins.dmesh import commands
+from balans_edge.plugins.dmesh.commands import MAX_PROFILE_HOURS, MODULE_CODES
 from balans_edge.routes import ApiError, Param, Route, audited_body, json, parse_time_value, path_u32
 
 if TYPE_CHECKING:
     from balans_edge.core.context import PluginContext
     from balans_edge.plugins.dmesh.driver import DmeshDriver
-
-CODES = {
-    "ping": codec.CommandCode.PING_MODULE,
-    "set_interval": codec.CommandCode.SET_INTERVAL,
-    "profile_request": codec.CommandCode.PROFILE_REQUEST,
-}
-
 
 def _int(body: dict[str, Any], name: str, lo: int, hi: int) -> int:
     value = body.get(name)
@@ -32,24 +27,24 @@ def _int(body: dict[str, Any], name: str, lo: int, hi: int) -> int:
     return value
 
 
-def parse_command(request: Request) -> tuple[int, tuple[int, ...], str]:
-    """(DMesh command code, args, reason) of a request."""
+def parse_command(request: Request) -> tuple[CommandCode, dict[str, int], str]:
+    """(command code, its args, reason) of a request."""
     body, reason = audited_body(request, '{"command": ..., "reason": ...}')
     name = body.get("command")
-    if not isinstance(name, str) or name not in CODES:
-        raise ApiError(400, "bad_body", f"command: expected one of {', '.join(CODES)}, got {name!r}")
-    code = CODES[name]
-    args: tuple[int, ...] = ()
-    if code == codec.CommandCode.SET_INTERVAL:
-        args = (_int(body, "seconds", 300, 65535),)
-    elif code == codec.CommandCode.PROFILE_REQUEST:
+    if not isinstance(name, str) or name not in MODULE_CODES:
+        raise ApiError(400, "bad_body", f"command: expected one of {', '.join(MODULE_CODES)}, got {name!r}")
+    code = CommandCode(name)
+    args: dict[str, int] = {}
+    if code == CommandCode.SET_INTERVAL:
+        args = {"seconds": _int(body, "seconds", 300, 65535)}
+    elif code == CommandCode.PROFILE_REQUEST:
         channel = _int(body, "channel", 1, 3)
         t0, t1 = (parse_time_value(body.get(n), n, "bad_body") for n in ("from", "to"))
         if t0 % HOUR or t1 % HOUR:
             raise ApiError(400, "bad_body", "from and to must be hour-aligned")
         if not 0 < t1 - t0 <= MAX_PROFILE_HOURS * HOUR:
             raise ApiError(400, "bad_body", f"to must be 1..{MAX_PROFILE_HOURS} hours after from")
-        args = (channel, t0, t1)
+        args = {"channel": channel, "from": t0, "to": t1}
     return code, args, reason.strip()
 
 
@@ -60,13 +55,12 @@ def command_routes(context: PluginContext, driver: Callable[[], DmeshDriver | No
         module = await context.storage.registry_get("modules", mid)
         if module is None:
             raise ApiError(404, "not_found", f"module {module_id} is not in the registry")
-        running = driver()
-        if running is None:
+        if driver() is None:
             raise ApiError(503, "unavailable", "the DMesh driver is not running")
-        record = await running.commands.module_command(
-            mid, code, args, requested_by=f"api:{request.ctx.user}", reason=reason
+        done = await context.commands.execute(
+            commands.module_command(mid, code, args, requested_by=f"api:{request.ctx.user}", reason=reason)
         )
-        return json({**record, "t": iso(record["t"])})
+        return json({**done.record(), "t": iso(done.t)})
 
     return [
         Route("POST", "/api/v1/dmesh/modules/<module_id>/commands", module_command,

@@ -8,11 +8,13 @@ that the session resolves once the result is stored; the host gives up after
 ``command_timeout_s``. A result that arrives after a reconnect still counts:
 the concentrator keeps its COMMAND_RESULT frames until they are ACKed.
 
-Every command is in the ``commands`` journal and its journal id is the
-command id on the wire, so ids are never reused across restarts and a stored
-COMMAND_RESULT names its audit record. Valve and relay commands come through
-the actuation service (``DmeshActuator``); ping, reporting interval and
-profile requests are written to the same journal here. ``DmeshCommands``
+Every command comes through the actuation service, which audits it in the
+``commands`` journal: valve and relay commands for meters, ping, reporting
+interval and profile requests for ``module:<id>``, firmware pushes for
+``concentrator:<id>``, all executed by ``DmeshActuator``. The journal id is
+the command id on the wire, so ids are never reused across restarts and a
+stored COMMAND_RESULT names its audit record; a result that arrives after the
+command failed is recorded with ``ActuationService.settle``. ``DmeshCommands``
 also back-fills the hours a concentrator's meters miss after it logs in.
 """
 
@@ -22,7 +24,7 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -50,12 +52,12 @@ ACTUATING = {
 }
 """Actuation command -> (DMesh command code, meter flag it needs)."""
 
-JOURNAL_CODES = {
-    codec.CommandCode.PING_MODULE: "ping",
-    codec.CommandCode.SET_INTERVAL: "set_interval",
-    codec.CommandCode.PROFILE_REQUEST: "profile_request",
+MODULE_CODES = {
+    CommandCode.PING: codec.CommandCode.PING_MODULE,
+    CommandCode.SET_INTERVAL: codec.CommandCode.SET_INTERVAL,
+    CommandCode.PROFILE_REQUEST: codec.CommandCode.PROFILE_REQUEST,
 }
-"""Names of the non-actuating commands in the ``commands`` journal and the API."""
+"""Commands to a radio module (target ``module:<id>``) that move no valve or relay -> DMesh command code."""
 
 STATUS_NAMES = {5: "VALVE_CLOSED", 8: "RELAY_OFF"}
 
@@ -70,13 +72,37 @@ class Tracked:
     status: int | None = None
 
 
-def describe(code: int, args: tuple[int, ...]) -> str:
-    if code == codec.CommandCode.PROFILE_REQUEST:
-        channel, t0, t1 = args
-        return f"channel {channel} {iso(t0)}..{iso(t1)}"
-    if code == codec.CommandCode.SET_INTERVAL:
-        return f"{args[0]} s"
+def wire_args(command: Command) -> tuple[int, ...]:
+    """The arguments of a module command's COMMAND frame, from its ``args``."""
+    if command.code == CommandCode.SET_INTERVAL:
+        return (int(command.args["seconds"]),)
+    if command.code == CommandCode.PROFILE_REQUEST:
+        return int(command.args["channel"]), int(command.args["from"]), int(command.args["to"])
+    return ()
+
+
+def describe(code: CommandCode, args: dict[str, int]) -> str:
+    if code == CommandCode.PROFILE_REQUEST:
+        return f"channel {args['channel']} {iso(args['from'])}..{iso(args['to'])}"
+    if code == CommandCode.SET_INTERVAL:
+        return f"{args['seconds']} s"
     return ""
+
+
+def module_command(module_id: int, code: CommandCode, args: dict[str, int], *, requested_by: str,
+                   reason: str) -> Command:
+    """A ping, reporting interval or profile request for a radio module, to give
+    to the actuation service: ``args`` as ``wire_args`` reads them (``seconds``;
+    ``channel``, ``from``, ``to``)."""
+    if code not in MODULE_CODES:
+        raise ValueError(f"{code} is not a module command")
+    return Command(f"module:{module_id}", code, requested_by, reason, detail=describe(code, args), args=dict(args))
+
+
+def device_id(target: str, kind: str) -> int | None:
+    """N of a ``kind:N`` target (``module:1001``, ``concentrator:7``), else None."""
+    prefix, _, number = target.partition(":")
+    return int(number) if prefix == kind and number.isdigit() else None
 
 
 def missing_hours(ts: np.ndarray, t0: int, t1: int, tolerance: int) -> np.ndarray:
@@ -146,32 +172,31 @@ class DmeshCommands:
     async def _late_result(self, concentrator_id: int, result: CommandResult) -> None:
         """A result nobody waits for: the command timed out, or the server stopped
         while it ran. Its audit record said failed; the module's answer is the
-        truth, so the record is corrected (a valve an operator believes open may
-        have closed after all). Only for a command sent through this concentrator."""
-        storage = self.context.storage
+        truth, so the actuation service records it (a valve an operator believes
+        open may have closed after all) and tells the observers again. Only for
+        a command sent through this concentrator."""
+        actuation = self.context.commands
         try:
-            record = await storage.journal_get("commands", result.command_id)
-            if record is None or record["outcome"] != "failed" or record["detail"].endswith(describe_result(result)):
+            command = await actuation.get(result.command_id)
+            if command is None or command.outcome != "failed" or command.detail.endswith(describe_result(result)):
                 return  # not ours to correct, or the same answer sent again
-            if await self._concentrator_of(record["target"]) != concentrator_id:
+            if await self._concentrator_of(command.target) != concentrator_id:
                 log.warning("dmesh: concentrator %d sent a result for command #%d, which it was not sent",
                             concentrator_id, result.command_id)
                 return
             ok = result.result == CommandResultCode.DONE
-            detail = f"{record['detail']}; a late result arrived: {describe_result(result)}"
-            await storage.journal_update("commands", result.command_id,
-                                         {"outcome": "done" if ok else "failed", "detail": detail})
-            log.warning("dmesh: command #%d (%s %s) answered late: %s", result.command_id, record["code"],
-                        record["target"], describe_result(result))
+            await actuation.settle(result.command_id, "done" if ok else "failed",
+                                   f"{command.detail}; a late result arrived: {describe_result(result)}")
+            log.warning("dmesh: command #%d (%s %s) answered late: %s", result.command_id, command.code,
+                        command.target, describe_result(result))
         except Exception:
             log.exception("dmesh: the late result of command #%d was not recorded", result.command_id)
 
     async def _concentrator_of(self, target: str) -> int | None:
         """The concentrator a command for ``target`` (a meter, or ``module:ID``) goes through."""
         storage = self.context.storage
-        if target.startswith("module:") and target[7:].isdigit():
-            module_id: int | None = int(target[7:])
-        else:
+        module_id = device_id(target, "module")
+        if module_id is None:
             meter = await storage.registry_get("meters", target)
             module_id = meter.module_id if meter is not None else None
         module = await storage.registry_get("modules", module_id) if module_id is not None else None
@@ -203,34 +228,20 @@ class DmeshCommands:
             self._pending.pop(key, None)
         return Tracked(result.result == CommandResultCode.DONE, describe_result(result), result.result, result.status)
 
-    # non-actuating commands -------------------------------------------------
+    # module commands ----------------------------------------------------------
 
-    async def module_command(
-        self, module_id: int, code: int, args: tuple[int, ...], *, requested_by: str, reason: str
-    ) -> dict[str, Any]:
-        """Audit, send and track a command that moves no valve or relay; return its journal record."""
-        if not requested_by or not reason:
-            raise ValueError("a command needs requested_by and reason for the audit")
-        storage = self.context.storage
-        record = {
-            "t": int(time.time()),
-            "target": f"module:{module_id}",
-            "code": JOURNAL_CODES[code],
-            "requested_by": requested_by,
-            "reason": reason,
-            "outcome": "pending",
-            "detail": describe(code, args),
-        }
-        record["id"] = await storage.journal_append("commands", record)
-        module = await storage.registry_get("modules", module_id)
+    async def execute_module(self, command: Command) -> CommandOutcome:
+        """Send a ping, reporting interval or profile request (audited by the
+        actuation service, which gives it its id) and track it."""
+        module_id = device_id(command.target, "module")
+        if module_id is None or command.id is None:  # pragma: no cover - DmeshActuator.handles checked
+            raise ValueError(f"not a module command: {command.target}")
+        module = await self.context.storage.registry_get("modules", module_id)
         if module is None or module.concentrator_id is None:
-            outcome = Tracked(False, f"module {module_id} is not registered on a concentrator")
-        else:
-            outcome = await self.track(module.concentrator_id, record["id"], module_id, code, args)
-        detail = f"{record['detail']}: {outcome.detail}" if record["detail"] else outcome.detail
-        record.update(outcome="done" if outcome.ok else "failed", detail=detail)
-        await storage.journal_update("commands", record["id"], {"outcome": record["outcome"], "detail": detail})
-        return record
+            return CommandOutcome(False, f"module {module_id} is not registered on a concentrator")
+        tracked = await self.track(module.concentrator_id, command.id, module_id, MODULE_CODES[command.code],
+                                   wire_args(command))
+        return CommandOutcome(tracked.ok, tracked.detail)
 
     # back-fill ----------------------------------------------------------------
 
@@ -287,16 +298,16 @@ class DmeshCommands:
                 module_id, channel, lo, hi = queue.get_nowait()
                 hours = (hi - lo) // HOUR
                 try:
-                    record = await self.module_command(
-                        module_id, codec.CommandCode.PROFILE_REQUEST, (channel, lo, hi),
+                    done = await self.context.commands.execute(module_command(
+                        module_id, CommandCode.PROFILE_REQUEST, {"channel": channel, "from": lo, "to": hi},
                         requested_by="dmesh:backfill",
                         reason=f"back-fill of {hours} missing hour(s) after concentrator {concentrator_id} logged in",
-                    )
+                    ))
                 except Exception:
                     log.exception("dmesh: back-fill request for module %d failed", module_id)
                     continue
-                if record["outcome"] != "done":
-                    log.warning("dmesh: back-fill of module %d channel %d: %s", module_id, channel, record["detail"])
+                if done.outcome != "done":
+                    log.warning("dmesh: back-fill of module %d channel %d: %s", module_id, channel, done.detail)
 
         workers = [asyncio.create_task(worker()) for _ in range(min(BACKFILL_CONCURRENCY, len(gaps)))]
         try:
@@ -307,16 +318,27 @@ class DmeshCommands:
 
 
 class DmeshActuator:
-    """Valve and relay commands for meters on modules served by a DMesh concentrator."""
+    """Every command the DMesh driver executes: valve and relay commands for
+    meters on modules served by a concentrator, ping, reporting interval and
+    profile requests for ``module:<id>``, firmware pushes for ``concentrator:<id>``."""
 
     name = "dmesh"
 
     def __init__(self, driver: DmeshDriver) -> None:
         self.driver = driver
 
+    def owns(self, target: str) -> bool:
+        """Radio modules and concentrators are driven by nothing else."""
+        return device_id(target, "module") is not None or device_id(target, "concentrator") is not None
+
     async def handles(self, command: Command) -> bool:
-        """Valve and relay commands for meters on a module of a concentrator; a
-        valve elsewhere is left to the actuator that drives it."""
+        """Valve and relay commands for meters on a module of a concentrator (a
+        valve elsewhere is left to the actuator that drives it); module commands
+        for a module; a verified image for a concentrator."""
+        if command.code in MODULE_CODES:
+            return device_id(command.target, "module") is not None
+        if command.code == CommandCode.FIRMWARE_PUSH:
+            return self.driver.firmware.can_push(command)
         if command.code not in ACTUATING:
             return False
         storage = self.driver.context.storage
@@ -327,6 +349,10 @@ class DmeshActuator:
         return module is not None and module.concentrator_id is not None
 
     async def execute(self, command: Command) -> CommandOutcome:
+        if command.code in MODULE_CODES:
+            return await self.driver.commands.execute_module(command)
+        if command.code == CommandCode.FIRMWARE_PUSH:
+            return await self.driver.firmware.transfer(command)
         code, flag = ACTUATING[command.code]
         storage = self.driver.context.storage
         meter = await storage.registry_get("meters", command.target)

@@ -22,8 +22,11 @@ FIRMWARE_END, then waits for the concentrator's FIRMWARE_RESULT. It remembers
 per (concentrator, image) the highest contiguous offset the concentrator
 acknowledged: when the link drops, the transfer continues after the
 concentrator logs in again with FIRMWARE_BEGIN (same fields) and the blocks
-from that offset on. Every push is in the ``commands`` journal (code
-``firmware_push``, target ``concentrator:<id>``).
+from that offset on. Every push goes through the actuation service (code
+``firmware_push``, target ``concentrator:<id>``, executed by
+``DmeshActuator``), which audits it in the ``commands`` journal and tells the
+``observe_commands`` observers; ``push`` checks the version and that the same
+image is not already on its way before it asks the service.
 """
 
 from __future__ import annotations
@@ -34,7 +37,6 @@ import json
 import logging
 import re
 import struct
-import time
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +45,7 @@ from typing import TYPE_CHECKING, Any
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from balans_edge.core.components import Command, CommandCode, CommandOutcome
 from balans_edge.core.tasks import cancel
 from balans_edge.plugins.dmesh.codec import (
     FirmwareBegin,
@@ -51,6 +54,7 @@ from balans_edge.plugins.dmesh.codec import (
     FirmwareResult,
     FirmwareResultCode,
 )
+from balans_edge.plugins.dmesh.commands import device_id
 from balans_edge.plugins.dmesh.session import CommandRefused
 
 if TYPE_CHECKING:
@@ -351,7 +355,7 @@ class FirmwarePusher:
 
     async def push(self, concentrator_id: int, image: FirmwareImage, *, requested_by: str, reason: str,
                    force: bool = False) -> dict[str, Any]:
-        """Audit, send and track one verified image; return its journal record.
+        """Send and track one verified image through the actuation service; return its audit record.
 
         An image older than the installed version, or of unknown version, is
         refused (FirmwareRefused) unless ``force``; a forced one says so in the
@@ -372,26 +376,28 @@ class FirmwarePusher:
 
     async def _push(self, concentrator_id: int, image: FirmwareImage, requested_by: str, reason: str, forced: str
                     ) -> dict[str, Any]:
-        storage = self.context.storage
-        record: dict[str, Any] = {
-            "t": int(time.time()),
-            "target": f"concentrator:{concentrator_id}",
-            "code": "firmware_push",
-            "requested_by": requested_by,
-            "reason": reason,
-            "outcome": "pending",
-            "detail": f"{image.describe()} ({forced})" if forced else image.describe(),
-        }
-        record["id"] = await storage.journal_append("commands", record)
-        outcome, detail = await self._transfer(concentrator_id, image)
-        record.update(outcome=outcome, detail=f"{record['detail']}: {detail}")
-        await storage.journal_update("commands", record["id"], {"outcome": outcome, "detail": record["detail"]})
-        log.info("dmesh: concentrator %d: firmware %s", concentrator_id, record["detail"])
-        return record
+        command = await self.context.commands.execute(Command(
+            f"concentrator:{concentrator_id}", CommandCode.FIRMWARE_PUSH, requested_by, reason,
+            detail=f"{image.describe()} ({forced})" if forced else image.describe(), args={"image": image}))
+        log.info("dmesh: concentrator %d: firmware %s: %s", concentrator_id, command.outcome, command.detail)
+        return command.record()
+
+    @staticmethod
+    def can_push(command: Command) -> bool:
+        """A firmware push this pusher executes: a verified image for ``concentrator:<id>``."""
+        return device_id(command.target, "concentrator") is not None and isinstance(command.args.get("image"),
+                                                                                    FirmwareImage)
+
+    async def transfer(self, command: Command) -> CommandOutcome:
+        """Execute a firmware push the actuation service routed here (see ``push``)."""
+        outcome, detail = await self._transfer(device_id(command.target, "concentrator") or 0, command.args["image"])
+        return CommandOutcome(outcome == OUTCOMES[FirmwareResultCode.ACCEPTED], detail, outcome)
 
     async def _transfer(self, concentrator_id: int, image: FirmwareImage) -> tuple[str, str]:
         """(outcome, detail) of one transfer."""
         key = (concentrator_id, image.image_id)
+        if key in self._results:  # a push that did not come through ``push``, which refuses it (FirmwareBusy)
+            return "failed", f"image {image.image_id} is already being sent to concentrator {concentrator_id}"
         session = self.driver.sessions().get(concentrator_id)
         if session is None or session.closing:
             return "failed", f"concentrator {concentrator_id} is not connected"

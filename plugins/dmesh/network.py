@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import numpy as np
 
@@ -49,13 +49,14 @@ BATTERY_POINTS = 1000
 class NetworkConfig:
     """``[plugins.dmesh.network]``: limits of the network health findings."""
 
-    report_interval_s: int = setting(HOUR, range=(60, 7 * DAY), doc="the modules' reporting period")
-    silent_periods: int = setting(3, range=(1, 10000), doc="silent after this many periods without news")
-    low_battery_mv: int = setting(3000, range=(0, 65535), doc="battery below this is low")
-    battery_empty_mv: int = setting(2700, range=(0, 65535), doc="battery at which a module stops (days left)")
-    weak_rssi_dbm: int = setting(-95, range=(-128, 0), doc="a link to the parent below this is weak")
-    max_hops: int = setting(20, range=(1, MAX_HOPS), doc="a route longer than this is too long")
-    offline_after_s: int = setting(900, range=(0, 30 * DAY), doc="a configured concentrator away this long")
+    report_interval_s: Annotated[int, setting(range=(60, 7 * DAY), doc="the modules' reporting period")] = HOUR
+    silent_periods: Annotated[int, setting(range=(1, 10000), doc="silent after this many periods without news")] = 3
+    low_battery_mv: Annotated[int, setting(range=(0, 65535), doc="battery below this is low")] = 3000
+    battery_empty_mv: Annotated[int, setting(range=(0, 65535), doc=(
+        "battery at which a module stops (days left)"))] = 2700
+    weak_rssi_dbm: Annotated[int, setting(range=(-128, 0), doc="a link to the parent below this is weak")] = -95
+    max_hops: Annotated[int, setting(range=(1, MAX_HOPS), doc="a route longer than this is too long")] = 20
+    offline_after_s: Annotated[int, setting(range=(0, 30 * DAY), doc="a configured concentrator away this long")] = 900
 
 
 @dataclass(slots=True)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Annotated
 from zoneinfo import ZoneInfo
 
 from balans_edge import hookimpl
@@ -34,39 +34,53 @@ def _non_empty(value: str) -> str | None:
 class ConcentratorConfig:
     """A concentrator allowed to connect, with its pre-shared key."""
 
-    id: int = setting(range=(1, 2**32 - 1), doc="concentrator id as sent in HELLO")
-    key: str = setting(secret=True, check=_non_empty, doc="pre-shared key (HMAC-SHA256)")
+    id: Annotated[int, setting(range=(1, 2**32 - 1), doc="concentrator id as sent in HELLO")]
+    key: Annotated[str, setting(secret=True, check=_non_empty, doc="pre-shared key (HMAC-SHA256)")]
 
 
 @dataclass(frozen=True)
 class SerialConfig:
-    """A serial line (RS-485 / USB) with a concentrator on the other end."""
+    """A serial line (RS-485 / USB) with a concentrator on the other end; a port that fails or
+    closes is opened again after 0.5 s, doubling up to 30 s."""
 
-    path: str = setting(doc="device path or pyserial URL")
-    baudrate: int = setting(115200, range=(50, 4_000_000))
+    path: Annotated[str, setting(doc="device path or pyserial URL")]
+    baudrate: Annotated[int, setting(range=(50, 4_000_000), doc="the line's speed, bits per second")] = 115200
 
 
 @dataclass(frozen=True)
 class DmeshConfig:
-    listen: bool = True
-    host: str = "127.0.0.1"
-    port: int = setting(7433, range=(0, 65535), doc="TCP port (0: any free port)")
-    concentrators: list[ConcentratorConfig] = field(default_factory=list)
-    clock_drift_limit_s: int = setting(30, range=(0, 86400))
-    keepalive_s: float = setting(60.0, range=(0.01, 86400.0))
-    dead_after_s: float = setting(180.0, range=(0.01, 86400.0))
-    auth_timeout_s: float = setting(10.0, range=(0.01, 3600.0),
-                                    doc="close a link that has not authenticated this long after it opened")
-    max_unauthenticated: int = setting(64, range=(1, 100000),
-                                       doc="TCP links authenticating at once; one more is closed at once")
-    serial: list[SerialConfig] = field(default_factory=list)
-    command_timeout_s: float = setting(600.0, range=(0.01, 86400.0), doc="host-side timeout of a module command")
-    backfill: bool = setting(True, doc="request profiles of missing hours when a concentrator logs in")
-    backfill_days: int = setting(7, range=(1, 7), doc="how far back the back-fill looks")
-    backfill_delay_s: float = setting(30.0, range=(0.0, 3600.0), doc="wait after a login before the back-fill")
-    firmware_public_key: str = setting("", secret=True, check=check_public_key,
-                                       doc="vendor Ed25519 public key (64 hex characters) that signs firmware")
-    firmware_timeout_s: float = setting(900.0, range=(1.0, 86400.0), doc="host-side timeout of a firmware push")
+    """``[plugins.dmesh]``: the concentrator driver (TCP and serial, the vendor's link
+    protocol, plugins/dmesh/README.md) and the simulated site."""
+
+    listen: Annotated[bool, setting(doc="accept concentrators over TCP")] = True
+    host: Annotated[str, setting(doc="address to listen on")] = "127.0.0.1"
+    port: Annotated[int, setting(range=(0, 65535), doc="TCP port (0: any free port)")] = 7433
+    concentrators: Annotated[list[ConcentratorConfig], setting(
+        doc="concentrators allowed to connect, e.g. `{ id = 900001, key_env = \"DMESH_KEY_900001\" }`")] = \
+        field(default_factory=list)
+    clock_drift_limit_s: Annotated[int, setting(range=(0, 86400), doc=(
+        "seconds of clock difference beyond which WELCOME sets flag bit 0"))] = 30
+    keepalive_s: Annotated[float, setting(range=(0.01, 86400.0), doc=(
+        "seconds without traffic before the host sends PING"))] = 60.0
+    dead_after_s: Annotated[float, setting(range=(0.01, 86400.0), doc=(
+        "seconds without a valid frame before a link is closed"))] = 180.0
+    auth_timeout_s: Annotated[float, setting(range=(0.01, 3600.0), doc=(
+        "close a link that has not authenticated this long after it opened"))] = 10.0
+    max_unauthenticated: Annotated[int, setting(range=(1, 100000), doc=(
+        "TCP links authenticating at once; one more is closed at once"))] = 64
+    serial: Annotated[list[SerialConfig], setting(doc="serial lines with a concentrator")] = \
+        field(default_factory=list)
+    command_timeout_s: Annotated[float, setting(range=(0.01, 86400.0), doc=(
+        "seconds the host waits for a command's transport ACK and COMMAND_RESULT"))] = 600.0
+    backfill: Annotated[bool, setting(doc="request profiles of missing hours when a concentrator logs in")] = True
+    backfill_days: Annotated[int, setting(range=(1, 7), doc="how far back the back-fill looks")] = 7
+    backfill_delay_s: Annotated[float, setting(range=(0.0, 3600.0), doc=(
+        "wait after a login before the back-fill"))] = 30.0
+    firmware_public_key: Annotated[str, setting(secret=True, check=check_public_key, doc=(
+        "the vendor's Ed25519 public key that signs firmware, the raw 32 bytes in hex (64 characters); "
+        "empty: firmware pushes are refused"))] = ""
+    firmware_timeout_s: Annotated[float, setting(range=(1.0, 86400.0), doc=(
+        "seconds the host waits for a push's FIRMWARE_RESULT, from its start"))] = 900.0
     simulator: SimulatorConfig = field(default_factory=SimulatorConfig)
     network: NetworkConfig = field(default_factory=NetworkConfig)
 

@@ -25,7 +25,7 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Annotated, Literal
 
 import numpy as np
 
@@ -100,24 +100,29 @@ EVENT_LOW_BATTERY, EVENT_MODULE_JOINED, EVENT_MODULE_LOST, EVENT_COUNTER_RESET =
 class FaultConfig:
     """One injected fault: ``kind`` and the keys that apply to it."""
 
-    kind: Literal["leak", "network_leak", "unmetered", "dripping", "magnet", "stuck", "reversed", "counter_reset",
-                  "lost_module", "low_battery", "clock_drift", "theft"]
-    meter: str = setting("", doc="the apartment's meter, e.g. B1-A07 (every kind but network_leak, "
-                         "unmetered and dripping)")
-    building: str = setting("", doc="the building, e.g. B2 (network_leak, unmetered, dripping)")
-    start_hour: int = setting(0, range=(0, 24 * 3660),
-                              doc="hours after the site's installation (counter_reset: the hour)")
-    end_hour: int = setting(0, range=(0, 24 * 3660), doc="hour it stops (0: never)")
-    litres_per_hour: float = setting(0.0, range=(0.0, 100_000.0), doc="leak, network_leak, unmetered, dripping")
-    fraction: float = setting(0.0, range=(0.0, 1.0), doc="magnet: share of the flow not registered")
-    share: float = setting(0.0, range=(0.0, 1.0), doc="dripping: share of the building's apartments with a drip")
-    flag_share: float = setting(0.3, range=(0.0, 1.0), doc="magnet: share of readings flagged MAGNET")
-    sensor: bool = setting(False, doc="leak: the module's leak sensor is wet")
-    at: float = setting(0.5, range=(0.0, 1.0), doc="counter_reset: point of the hour it restarts")
-    days: float = setting(30.0, range=(0.01, 3650.0), doc="low_battery: days from healthy to dead")
-    seconds_per_day: float = setting(0.0, range=(-86400.0, 86400.0), doc="clock_drift: gain (negative: loss)")
-    attack: str = setting("", doc="theft: h1..h6 (Jokar et al. 2016)")
-    alpha: float = setting(0.5, range=(0.0, 0.99), doc="theft h1: share of the use the meter still registers")
+    kind: Annotated[Literal["leak", "network_leak", "unmetered", "dripping", "magnet", "stuck", "reversed",
+                            "counter_reset", "lost_module", "low_battery", "clock_drift", "theft"],
+                    setting(doc="what goes wrong (plugins/dmesh/README.md describes each kind)")]
+    meter: Annotated[str, setting(doc=(
+        "the apartment's meter, e.g. B1-A07 (every kind but network_leak, unmetered and dripping)"))] = ""
+    building: Annotated[str, setting(doc="the building, e.g. B2 (network_leak, unmetered, dripping)")] = ""
+    start_hour: Annotated[int, setting(range=(0, 24 * 3660), doc=(
+        "hours after the site's installation (counter_reset: the hour)"))] = 0
+    end_hour: Annotated[int, setting(range=(0, 24 * 3660), doc="hour it stops (0: never)")] = 0
+    litres_per_hour: Annotated[float, setting(range=(0.0, 100_000.0), doc=(
+        "leak, network_leak, unmetered, dripping"))] = 0.0
+    fraction: Annotated[float, setting(range=(0.0, 1.0), doc="magnet: share of the flow not registered")] = 0.0
+    share: Annotated[float, setting(range=(0.0, 1.0), doc=(
+        "dripping: share of the building's apartments with a drip"))] = 0.0
+    flag_share: Annotated[float, setting(range=(0.0, 1.0), doc="magnet: share of readings flagged MAGNET")] = 0.3
+    sensor: Annotated[bool, setting(doc="leak: the module's leak sensor is wet")] = False
+    at: Annotated[float, setting(range=(0.0, 1.0), doc="counter_reset: point of the hour it restarts")] = 0.5
+    days: Annotated[float, setting(range=(0.01, 3650.0), doc="low_battery: days from healthy to dead")] = 30.0
+    seconds_per_day: Annotated[float, setting(range=(-86400.0, 86400.0), doc=(
+        "clock_drift: gain (negative: loss)"))] = 0.0
+    attack: Annotated[str, setting(doc="theft: h1..h6 (Jokar et al. 2016)")] = ""
+    alpha: Annotated[float, setting(range=(0.0, 0.99), doc=(
+        "theft h1: share of the use the meter still registers"))] = 0.5
 
     def __post_init__(self) -> None:
         self.fault()  # refuses keys that do not apply, with the fault named
@@ -148,23 +153,26 @@ class FaultConfig:
 class SimulatorConfig:
     """``[plugins.dmesh.simulator]``: the simulated site of the demo and of ``dmesh simulate``."""
 
-    enabled: bool = setting(False, doc="run the simulated site inside the server")
-    transport: Literal["ingest", "tcp"] = setting(
-        "ingest", doc="ingest: readings go straight into ingest; tcp: simulated concentrators dial in to the "
-        "driver and speak the protocol (their ids need keys under concentrators)")
-    concentrators: int = setting(1, range=(1, 50), doc="concentrators 900001, 900002, ...; buildings round-robin")
-    buildings: int = setting(2, range=(1, 50))
-    apartments: int = setting(40, range=(1, 999), doc="apartments (meters) per building")
-    mean_lph: float = setting(10.0, range=(0.0, 10_000.0), doc="an average apartment's use, litres per hour")
-    network_loss: float = setting(0.03, range=(0.0, 0.9), doc="background leakage of each building's network")
-    event_litres: float = setting(8.0, range=(0.0, 1000.0),
-                                  doc="mean volume of one use of water (0: use flows continuously)")
-    interval_s: int = setting(60, range=(1, 86400), doc="reporting period of the live site")
-    history_hours: int = setting(48, range=(0, 24 * 90), doc="hours of history sent at start (fast-forward)")
-    hop_delay_s: float = setting(0.2, range=(0.0, 600.0), doc="a command's delay per radio hop")
-    valves: bool = setting(True, doc="apartment meters have a shut-off valve that commands close and open")
-    seed: int = setting(1, range=(0, 2**31))
-    faults: list[FaultConfig] = field(default_factory=list)
+    enabled: Annotated[bool, setting(doc="run the simulated site inside the server")] = False
+    transport: Annotated[Literal["ingest", "tcp"], setting(doc=(
+        "ingest: readings go straight into ingest; tcp: simulated concentrators dial in to the driver and speak the "
+        "protocol (their ids need keys under concentrators)"))] = "ingest"
+    concentrators: Annotated[int, setting(range=(1, 50), doc=(
+        "concentrators 900001, 900002, ...; buildings round-robin"))] = 1
+    buildings: Annotated[int, setting(range=(1, 50), doc="buildings B1, B2, ... of the site")] = 2
+    apartments: Annotated[int, setting(range=(1, 999), doc="apartments (meters) per building")] = 40
+    mean_lph: Annotated[float, setting(range=(0.0, 10_000.0), doc="an average apartment's use, litres per hour")] = 10.0
+    network_loss: Annotated[float, setting(range=(0.0, 0.9), doc=(
+        "background leakage of each building's network"))] = 0.03
+    event_litres: Annotated[float, setting(range=(0.0, 1000.0), doc=(
+        "mean volume of one use of water (0: use flows continuously)"))] = 8.0
+    interval_s: Annotated[int, setting(range=(1, 86400), doc="reporting period of the live site")] = 60
+    history_hours: Annotated[int, setting(range=(0, 24 * 90), doc="hours of history sent at start (fast-forward)")] = 48
+    hop_delay_s: Annotated[float, setting(range=(0.0, 600.0), doc="a command's delay per radio hop")] = 0.2
+    valves: Annotated[bool, setting(doc="apartment meters have a shut-off valve that commands close and open")] = True
+    seed: Annotated[int, setting(range=(0, 2**31), doc="the same seed makes the same site and the same use")] = 1
+    faults: Annotated[list[FaultConfig], setting(doc="`[[plugins.dmesh.simulator.faults]]`: faults injected into "
+                                                     "the site")] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         # Each fault against the site (meter names, hour windows), so that the error names it.

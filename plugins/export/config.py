@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Annotated, Literal
 
 from balans_edge.core.storage.base import EXPORT_KINDS, ExportTarget
 from balans_edge.settings import setting
@@ -38,27 +38,31 @@ def _prefix(value: str) -> str | None:
 class TargetConfig:
     """One InfluxDB v2 write API endpoint (InfluxDB 2.x/3.x, VictoriaMetrics, ...)."""
 
-    name: str = setting(check=_name, doc="names the target in status, metrics and the command line")
-    url: str = setting(check=_url, doc="base URL; points go to URL/api/v2/write")
-    bucket: str = setting(check=_non_empty)
-    org: str = ""
-    token: str = setting("", secret=True, doc="API token, sent as 'Authorization: Token ...'")
-    enabled: bool = setting(True, doc="false: stop queueing for this target (its queue is kept)")
-    kinds: list[str] = field(default_factory=lambda: list(EXPORT_KINDS))
-    """What is exported (every kind by default)."""
-    batch_size: int = setting(5000, range=(1, 100_000), doc="points per request at most")
-    flush_interval_s: float = setting(1.0, range=(0.01, 3600.0),
-                                      doc="longest a point waits for a batch to fill up before it is sent")
-    max_queue: int = setting(1_000_000, range=(1, 1_000_000_000), doc="points the queue holds at most")
-    when_full: Literal["drop_oldest", "block"] = setting("drop_oldest", doc="what a full queue does")
-    gzip: bool = True
-    timeout_s: float = setting(10.0, range=(0.1, 600.0), doc="per request")
-    backoff_initial_s: float = setting(1.0, range=(0.001, 3600.0))
-    backoff_max_s: float = setting(60.0, range=(0.001, 86400.0))
-    retry_after_max_s: float = setting(600.0, range=(0.0, 86400.0), doc="longest Retry-After that is honoured")
-    measurement_prefix: str = setting("", check=_prefix, doc="put before every measurement name")
-    tags: dict[str, str] = field(default_factory=dict)
-    """Static tags added to every point (``{ edge = "box-17" }``)."""
+    name: Annotated[str, setting(check=_name, doc="names the target in status, metrics and the command line")]
+    url: Annotated[str, setting(check=_url, doc="base URL; points go to URL/api/v2/write")]
+    bucket: Annotated[str, setting(check=_non_empty, doc="InfluxDB bucket (VictoriaMetrics ignores it)")]
+    org: Annotated[str, setting(doc="InfluxDB organisation")] = ""
+    token: Annotated[str, setting(secret=True, doc="API token, sent as 'Authorization: Token ...'")] = ""
+    enabled: Annotated[bool, setting(doc="false: stop queueing for this target (its queue is kept)")] = True
+    kinds: Annotated[list[str], setting(doc=f"what is exported, any of {', '.join(EXPORT_KINDS)}")] = \
+        field(default_factory=lambda: list(EXPORT_KINDS))
+    batch_size: Annotated[int, setting(range=(1, 100_000), doc="points per request at most")] = 5000
+    flush_interval_s: Annotated[float, setting(range=(0.01, 3600.0), doc=(
+        "longest a point waits for a batch to fill up before it is sent"))] = 1.0
+    max_queue: Annotated[int, setting(range=(1, 1_000_000_000), doc="points the queue holds at most")] = 1_000_000
+    when_full: Annotated[Literal["drop_oldest", "block"], setting(doc="what a full queue does")] = "drop_oldest"
+    gzip: Annotated[bool, setting(doc="compress request bodies (`Content-Encoding: gzip`)")] = True
+    timeout_s: Annotated[float, setting(range=(0.1, 600.0), doc="per request")] = 10.0
+    backoff_initial_s: Annotated[float, setting(range=(0.001, 3600.0), doc=(
+        "first wait after a failed request; doubles per failure"))] = 1.0
+    backoff_max_s: Annotated[float, setting(range=(0.001, 86400.0), doc=(
+        "longest wait between retries (each wait is drawn from its upper half)"))] = 60.0
+    retry_after_max_s: Annotated[float, setting(range=(0.0, 86400.0), doc=(
+        "longest Retry-After that is honoured"))] = 600.0
+    measurement_prefix: Annotated[str, setting(check=_prefix, doc="put before every measurement name")] = ""
+    tags: Annotated[dict[str, str], setting(doc=(
+        'static tags added to every point (`{ edge = "box-17" }`); the exporter\'s own tag keys are refused'))] = \
+        field(default_factory=dict)
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.kinds) - set(EXPORT_KINDS))
@@ -81,8 +85,11 @@ class TargetConfig:
 
 @dataclass(frozen=True)
 class ExportConfig:
-    targets: list[TargetConfig] = field(default_factory=list)
-    """``[[plugins.export.targets]]``, each with its own queue."""
+    """``[plugins.export]``: the InfluxDB v2 write API targets points are exported to, each
+    with its own store-and-forward queue (docs/export.md)."""
+
+    targets: Annotated[list[TargetConfig], setting(doc="`[[plugins.export.targets]]`, each with its own "
+                                                       "queue")] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         names = [t.name for t in self.targets]

@@ -121,8 +121,8 @@ class TargetExporter:
             return
         self._client = WriteClient(self.config)
         # New data wakes the sender early so a batch that filled up goes at once.
-        self._wake = self.context.bus.subscribe(ReadingsCommitted, IntervalsUpdated, BalanceUpdated, maxsize=1,
-                                               policy="drop_oldest")
+        self._wake = self.context.bus.subscribe(ReadingsCommitted, IntervalsUpdated, BalanceUpdated,
+                                                policy="coalesce", name=self.name)
         self._stopping.clear()
         supervise = self.context.health.supervise
         self._task = supervise(self, asyncio.create_task(self._run(), name=self.name))

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from balans_edge.core.readback import Kind, ReadbackActuator, SwitchFailed, non_empty
 from balans_edge.plugins.modbus.client import BadAnswer, DeviceRefused, LinkDown, NoAnswer
@@ -21,20 +21,20 @@ if TYPE_CHECKING:
 class ActuatorConfig:
     """A valve, pump or relay switched through one coil or holding register of a device."""
 
-    target: str = setting(check=non_empty, doc="the meter id or device id commands name")
-    device: str = setting(check=non_empty, doc="the [[plugins.modbus.devices]] name it is wired to")
-    kind: Kind
-    """valve (open/close), pump (start/stop) or relay (on/off)."""
-    write_table: Literal["coil", "holding"] = "coil"
-    write_address: int = setting(range=(0, 65535), doc="0-based address written")
-    on_value: int = setting(1, range=(0, 65535), doc="written to open, start or switch on")
-    off_value: int = setting(0, range=(0, 65535), doc="written to close, stop or switch off")
-    readback_table: Literal["coil", "discrete", "holding", "input"] = "discrete"
-    readback_address: int = setting(range=(0, 65535), doc="0-based address of the resulting state")
-    readback_on: int = setting(1, range=(0, 65535), doc="read back once open, running or on")
-    readback_off: int = setting(0, range=(0, 65535), doc="read back once closed, stopped or off")
-    confirm_timeout_s: float = setting(10.0, range=(0.05, 3600.0), doc="give up confirming after this long")
-    confirm_every_s: float = setting(0.2, range=(0.01, 60.0), doc="read the state back this often")
+    target: Annotated[str, setting(check=non_empty, doc="the meter id or device id commands name")]
+    device: Annotated[str, setting(check=non_empty, doc="the [[plugins.modbus.devices]] name it is wired to")]
+    kind: Annotated[Kind, setting(doc="valve (open/close), pump (start/stop) or relay (on/off)")]
+    write_table: Annotated[Literal["coil", "holding"], setting(doc="where the command is written")] = "coil"
+    write_address: Annotated[int, setting(range=(0, 65535), doc="0-based address written")]
+    on_value: Annotated[int, setting(range=(0, 65535), doc="written to open, start or switch on")] = 1
+    off_value: Annotated[int, setting(range=(0, 65535), doc="written to close, stop or switch off")] = 0
+    readback_table: Annotated[Literal["coil", "discrete", "holding", "input"], setting(
+        doc="where the resulting state is read")] = "discrete"
+    readback_address: Annotated[int, setting(range=(0, 65535), doc="0-based address of the resulting state")]
+    readback_on: Annotated[int, setting(range=(0, 65535), doc="read back once open, running or on")] = 1
+    readback_off: Annotated[int, setting(range=(0, 65535), doc="read back once closed, stopped or off")] = 0
+    confirm_timeout_s: Annotated[float, setting(range=(0.05, 3600.0), doc="give up confirming after this long")] = 10.0
+    confirm_every_s: Annotated[float, setting(range=(0.01, 60.0), doc="read the state back this often")] = 0.2
 
     def __post_init__(self) -> None:
         where = f'actuator "{self.target}"'

@@ -31,7 +31,7 @@ import struct
 import time
 from collections.abc import Awaitable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pymodbus.constants import ExcCodes
 
@@ -92,30 +92,38 @@ def _check_codes(codes: dict[str, int]) -> str | None:
 class ServerConfig:
     """``[plugins.modbus.server]``: the Modbus TCP server for SCADA."""
 
-    enabled: bool = setting(False, doc="serve the register map (off unless asked for)")
-    host: str = setting("127.0.0.1", doc="address to listen on; loopback unless you mean otherwise")
-    port: int = setting(5020, range=(0, 65535), doc="TCP port (0: any free port)")
-    unit_id: int = setting(1, range=(1, 255), doc="unit id answered; others get exception 0B")
-    byte_order: Literal["ABCD", "CDAB", "BADC", "DCBA"] = "ABCD"
-    orders: dict[str, str] = field(default_factory=dict)
-    """Per-value byte order, e.g. ``{"meter.register_value" = "CDAB"}``."""
-    system_address: int = setting(0, range=(0, 65535))
-    groups_base: int = setting(100, range=(0, 65535))
-    meters_base: int = setting(10000, range=(0, 65535))
-    coils_base: int = setting(0, range=(0, 65535))
-    meter_addresses: dict[str, int] = field(default_factory=dict)
-    """meter id -> address of its block, instead of the one its slot gives."""
-    group_addresses: dict[str, int] = field(default_factory=dict)
-    writable_coils: list[str] = field(default_factory=list)
-    """Meter ids whose valve and relay coils may be written (``"*"``: every meter's)."""
-    write_timeout_s: float = setting(5.0, range=(0.1, 600.0),
-                                     doc="a coil write not done by then is answered 05 ACKNOWLEDGE")
-    max_connections: int = setting(32, range=(1, 10000))
-    idle_timeout_s: float = setting(120.0, range=(1.0, 86400.0), doc="close a connection silent this long")
-    frame_timeout_s: float = setting(5.0, range=(0.1, 600.0), doc="close a connection whose frame stays incomplete")
-    stale_after_s: int = setting(7200, range=(1, 10**9), doc="data age beyond which a meter is flagged stale")
-    alarm_codes: dict[str, int] = field(default_factory=dict)
-    """More finding kinds -> alarm codes (the built-in table is in regmap.ALARM_CODES)."""
+    enabled: Annotated[bool, setting(doc="serve the register map (off unless asked for)")] = False
+    host: Annotated[str, setting(doc="address to listen on; loopback unless you mean otherwise")] = "127.0.0.1"
+    port: Annotated[int, setting(range=(0, 65535), doc="TCP port (0: any free port)")] = 5020
+    unit_id: Annotated[int, setting(range=(1, 255), doc="unit id answered; others get exception 0B")] = 1
+    byte_order: Annotated[Literal["ABCD", "CDAB", "BADC", "DCBA"], setting(doc="byte order of every "
+                                                                               "value")] = "ABCD"
+    orders: Annotated[dict[str, str], setting(doc=(
+        'per-value byte order by "<block>.<field>", e.g. `{ "meter.register_value" = "CDAB" }`'))] = \
+        field(default_factory=dict)
+    system_address: Annotated[int, setting(range=(0, 65535), doc="where the system block starts")] = 0
+    groups_base: Annotated[int, setting(range=(0, 65535), doc="where the group blocks start")] = 100
+    meters_base: Annotated[int, setting(range=(0, 65535), doc="where the meter blocks start (the three bases "
+                                                              "differ)")] = 10000
+    coils_base: Annotated[int, setting(range=(0, 65535), doc="where the meters' coils start")] = 0
+    meter_addresses: Annotated[dict[str, int], setting(doc=(
+        "meter id -> address of its block, instead of the one its slot gives"))] = field(default_factory=dict)
+    group_addresses: Annotated[dict[str, int], setting(doc=(
+        "group id -> address of its block, instead of the one its slot gives"))] = field(default_factory=dict)
+    writable_coils: Annotated[list[str], setting(doc=(
+        'meter ids whose valve and relay coils may be written (`"*"`: every meter\'s)'))] = \
+        field(default_factory=list)
+    write_timeout_s: Annotated[float, setting(range=(0.1, 600.0), doc=(
+        "a coil write not done by then is answered 05 ACKNOWLEDGE"))] = 5.0
+    max_connections: Annotated[int, setting(range=(1, 10000), doc="concurrent connections")] = 32
+    idle_timeout_s: Annotated[float, setting(range=(1.0, 86400.0), doc="close a connection silent this long")] = 120.0
+    frame_timeout_s: Annotated[float, setting(range=(0.1, 600.0), doc=(
+        "close a connection whose frame stays incomplete"))] = 5.0
+    stale_after_s: Annotated[int, setting(range=(1, 10**9), doc=(
+        "data age beyond which a meter is flagged stale"))] = 7200
+    alarm_codes: Annotated[dict[str, int], setting(doc=(
+        "more finding kinds -> alarm codes 1..65535 (the built-in table is in docs/modbus.md)"))] = \
+        field(default_factory=dict)
 
     def __post_init__(self) -> None:
         bases = {"system_address": self.system_address, "groups_base": self.groups_base,

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Annotated, Literal
 
 from balans_edge.core.tags import meter_collisions
 from balans_edge.plugins.modbus.values import ByteOrder, DataType, decode, register_count
@@ -41,14 +41,11 @@ MAX_BITS = 2000
 class TagConfig(TagSettings):
     """One value read from a PLC: where it is, how it is encoded and scaled, how often it is read."""
 
-    table: Table = "holding"
-    """holding | input (registers), coil | discrete (bits)."""
-    address: int = setting(range=(0, 65535), doc="0-based protocol address (holding register 40001 is 0)")
-    type: DataType = "uint16"
-    """Register tables only: uint16, int16, uint32, int32, float32, float64."""
-    byte_order: ByteOrder = "ABCD"
-    """ABCD, CDAB, BADC or DCBA (see values.py)."""
-    interval_s: float = setting(1.0, range=(0.01, 86400.0), doc="poll interval; tags are grouped by it")
+    table: Annotated[Table, setting(doc="holding or input (registers), coil or discrete (bits)")] = "holding"
+    address: Annotated[int, setting(range=(0, 65535), doc="0-based protocol address (holding register 40001 is 0)")]
+    type: Annotated[DataType, setting(doc="the value's encoding (register tables only)")] = "uint16"
+    byte_order: Annotated[ByteOrder, setting(doc="byte order of a value in registers (docs/modbus.md)")] = "ABCD"
+    interval_s: Annotated[float, setting(range=(0.01, 86400.0), doc="poll interval; tags are grouped by it")] = 1.0
 
     def problems(self) -> list[str]:
         out = []
@@ -70,27 +67,30 @@ class TagConfig(TagSettings):
 class DeviceConfig:
     """A PLC (a Modbus slave) reached over TCP or over a serial line (RTU)."""
 
-    name: str = setting(check=tag_name, doc="unique; used in tag ids, actuators and logs")
-    transport: Literal["tcp", "rtu"] = "tcp"
-    host: str = setting("127.0.0.1", doc="tcp: the PLC's (or gateway's) address")
-    port: int = setting(502, range=(1, 65535), doc="tcp: its port")
-    path: str = setting("", doc="rtu: serial device path, e.g. /dev/ttyUSB0")
-    baudrate: int = setting(9600, range=(50, 4_000_000))
-    parity: Literal["N", "E", "O"] = "N"
-    stopbits: Literal[1, 2] = 1
-    bytesize: Literal[7, 8] = 8
-    unit_id: int = setting(1, range=(0, 255), doc="the slave's unit id (RTU address 1..247)")
-    timeout_s: float = setting(1.0, range=(0.01, 60.0), doc="wait this long for each answer")
-    retries: int = setting(1, range=(0, 10), doc="ask again this many times before giving up")
-    pause_s: float = setting(0.0, range=(0.0, 10.0), doc="quiet time on the line before each request")
-    max_gap: int = setting(8, range=(0, 124), doc="unused registers (x16 bits) one read may span")
-    max_registers: int = setting(MAX_REGISTERS, range=(1, MAX_REGISTERS), doc="registers per read")
-    max_bits: int = setting(MAX_BITS, range=(1, MAX_BITS), doc="coils or discrete inputs per read")
-    stale_after: float = setting(2.0, range=(1.0, 100.0), doc="stale without a good value for this many intervals")
-    store_every_s: float = setting(60.0, range=(0.0, 86400.0), doc="store unchanged samples this often (0: all)")
-    reconnect_min_s: float = setting(0.5, range=(0.01, 3600.0), doc="first reconnect delay (doubles, with jitter)")
-    reconnect_max_s: float = setting(30.0, range=(0.01, 3600.0), doc="longest reconnect delay")
-    tags: list[TagConfig] = field(default_factory=list)
+    name: Annotated[str, setting(check=tag_name, doc="unique; used in tag ids, actuators and logs")]
+    transport: Annotated[Literal["tcp", "rtu"], setting(doc="TCP, or RTU on a serial line")] = "tcp"
+    host: Annotated[str, setting(doc="tcp: the PLC's (or gateway's) address")] = "127.0.0.1"
+    port: Annotated[int, setting(range=(1, 65535), doc="tcp: its port")] = 502
+    path: Annotated[str, setting(doc="rtu: serial device path, e.g. /dev/ttyUSB0")] = ""
+    baudrate: Annotated[int, setting(range=(50, 4_000_000), doc="rtu: the line's speed, bits per second")] = 9600
+    parity: Annotated[Literal["N", "E", "O"], setting(doc="rtu: none, even or odd")] = "N"
+    stopbits: Annotated[Literal[1, 2], setting(doc="rtu: stop bits")] = 1
+    bytesize: Annotated[Literal[7, 8], setting(doc="rtu: data bits")] = 8
+    unit_id: Annotated[int, setting(range=(0, 255), doc="the slave's unit id (RTU address 1..247)")] = 1
+    timeout_s: Annotated[float, setting(range=(0.01, 60.0), doc="wait this long for each answer")] = 1.0
+    retries: Annotated[int, setting(range=(0, 10), doc="ask again this many times before giving up")] = 1
+    pause_s: Annotated[float, setting(range=(0.0, 10.0), doc="quiet time on the line before each request")] = 0.0
+    max_gap: Annotated[int, setting(range=(0, 124), doc="unused registers (x16 bits) one read may span")] = 8
+    max_registers: Annotated[int, setting(range=(1, MAX_REGISTERS), doc="registers per read")] = MAX_REGISTERS
+    max_bits: Annotated[int, setting(range=(1, MAX_BITS), doc="coils or discrete inputs per read")] = MAX_BITS
+    stale_after: Annotated[float, setting(range=(1.0, 100.0), doc=(
+        "stale without a good value for this many intervals"))] = 2.0
+    store_every_s: Annotated[float, setting(range=(0.0, 86400.0), doc=(
+        "store unchanged samples this often (0: all)"))] = 60.0
+    reconnect_min_s: Annotated[float, setting(range=(0.01, 3600.0), doc=(
+        "first reconnect delay (doubles, with jitter)"))] = 0.5
+    reconnect_max_s: Annotated[float, setting(range=(0.01, 3600.0), doc="longest reconnect delay")] = 30.0
+    tags: Annotated[list[TagConfig], setting(doc="the values read from it")] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         where = f'device "{self.name}"'

@@ -16,7 +16,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from balans_edge.core.readback import Kind, non_empty, same
 from balans_edge.core.tags import meter_collisions
@@ -84,22 +84,17 @@ def _endpoint(value: str) -> str | None:
                                                   f'got "{value}"'
 
 
-def _scalar(value: object) -> str | None:
-    if isinstance(value, bool | int | float | str):
-        return None
-    return f"expected true/false, a number or a string, got {type(value).__name__}"
-
-
 @dataclass(frozen=True, kw_only=True)
 class TagConfig(TagSettings):
     """One value of a pumping station's OPC UA server: its node, how it is scaled,
     and whether the server reports changes (subscription) or it is read (poll)."""
 
-    node_id: str = setting(check=_node_id, doc='"ns=2;s=Tank.Level", "nsu=<namespace URI>;s=..." or "ns=3;i=1001"')
-    read: ReadMode = "subscription"
-    """subscription (the server reports changes) or poll (read every interval_s)."""
-    interval_s: float = setting(1.0, range=(0.01, 86400.0),
-                                doc="subscription: the sampling interval asked of the server; poll: the poll interval")
+    node_id: Annotated[str, setting(check=_node_id, doc=(
+        "\"ns=2;s=Tank.Level\", \"nsu=<namespace URI>;s=...\" or \"ns=3;i=1001\""))]
+    read: Annotated[ReadMode, setting(doc="subscription (the server reports changes) or poll (read every "
+                                          "interval_s)")] = "subscription"
+    interval_s: Annotated[float, setting(range=(0.01, 86400.0), doc=(
+        "subscription: the sampling interval asked of the server; poll: the poll interval"))] = 1.0
 
     @property
     def node(self) -> NodeRef:
@@ -110,38 +105,42 @@ class TagConfig(TagSettings):
 class DeviceConfig:
     """An OPC UA server of a pumping station (or its PLC), read as a client."""
 
-    name: str = setting(check=tag_name, doc="unique; used in tag ids, actuators and logs")
-    endpoint: str = setting(check=_endpoint, doc='the server\'s endpoint URL, "opc.tcp://host:port/path"')
-    security_policy: Policy = "None"
-    """None (no signing, no encryption), Basic256Sha256 or Aes128_Sha256_RsaOaep."""
-    security_mode: Mode = "SignAndEncrypt"
-    """Sign or SignAndEncrypt (with a policy other than None)."""
-    pki_dir: str = setting("var/opcua-client-pki", doc="the client's certificate and key (own/) and server "
-                                                       "certificates trusted on first use (servers/)")
-    certificate: str = setting("", doc="the client's certificate (DER or PEM); default <pki_dir>/own/client_cert.der; "
-                                       "created with its key when both are missing")
-    private_key: str = setting("", doc="its private key (PEM); default <pki_dir>/own/client_key.pem")
-    application_uri: str = setting("", doc="the client's application URI, written into a certificate it creates "
-                                           "(default urn:<host name>:balans-edge:client)")
-    server_certificate: str = setting("", doc="the server's certificate to trust (DER or PEM)")
-    trust_on_first_use: bool = setting(False, doc="without server_certificate: trust the certificate the server "
-                                                  "shows first, keep it in <pki_dir>/servers/ and refuse another")
-    username: str = ""
-    password: str = setting("", secret=True, doc="the user's password (or password_env)")
-    timeout_s: float = setting(4.0, range=(0.05, 600.0), doc="wait this long for each answer, and for a connection")
-    watchdog_s: float = setting(5.0, range=(0.05, 600.0),
-                                doc="check the session this often (a read of the server's state)")
-    publishing_interval_s: float = setting(1.0, range=(0.01, 3600.0),
-                                           doc="how often the server sends the changes of subscribed tags")
-    keepalive_s: float = setting(5.0, range=(0.05, 3600.0),
-                                 doc="a subscription without changes says it is alive this often")
-    stale_after: float = setting(2.0, range=(1.0, 100.0),
-                                 doc="stale without a value for this many poll intervals (subscriptions: keep-alives)")
-    store_every_s: float = setting(60.0, range=(0.0, 86400.0), doc="store unchanged samples this often (0: "
-                                                                   "only changes of subscribed tags, every poll)")
-    reconnect_min_s: float = setting(0.5, range=(0.01, 3600.0), doc="first reconnect delay (doubles, with jitter)")
-    reconnect_max_s: float = setting(30.0, range=(0.01, 3600.0), doc="longest reconnect delay")
-    tags: list[TagConfig] = field(default_factory=list)
+    name: Annotated[str, setting(check=tag_name, doc="unique; used in tag ids, actuators and logs")]
+    endpoint: Annotated[str, setting(check=_endpoint, doc="the server's endpoint URL, \"opc.tcp://host:port/path\"")]
+    security_policy: Annotated[Policy, setting(doc="None: no signing, no encryption")] = "None"
+    security_mode: Annotated[Mode, setting(doc="with a policy other than None")] = "SignAndEncrypt"
+    pki_dir: Annotated[str, setting(doc=(
+        "the client's certificate and key (own/) and server certificates trusted on first "
+        "use (servers/)"))] = "var/opcua-client-pki"
+    certificate: Annotated[str, setting(doc=(
+        "the client's certificate (DER or PEM); default <pki_dir>/own/client_cert.der; created with its key when both "
+        "are missing"))] = ""
+    private_key: Annotated[str, setting(doc="its private key (PEM); default <pki_dir>/own/client_key.pem")] = ""
+    application_uri: Annotated[str, setting(doc=(
+        "the client's application URI, written into a certificate it creates (default urn:<host "
+        "name>:balans-edge:client)"))] = ""
+    server_certificate: Annotated[str, setting(doc="the server's certificate to trust (DER or PEM)")] = ""
+    trust_on_first_use: Annotated[bool, setting(doc=(
+        "without server_certificate: trust the certificate the server shows first, keep it in <pki_dir>/servers/ and "
+        "refuse another"))] = False
+    username: Annotated[str, setting(doc="the session's user; anonymous without")] = ""
+    password: Annotated[str, setting(secret=True, doc="the user's password (or password_env)")] = ""
+    timeout_s: Annotated[float, setting(range=(0.05, 600.0), doc=(
+        "wait this long for each answer, and for a connection"))] = 4.0
+    watchdog_s: Annotated[float, setting(range=(0.05, 600.0), doc=(
+        "check the session this often (a read of the server's state)"))] = 5.0
+    publishing_interval_s: Annotated[float, setting(range=(0.01, 3600.0), doc=(
+        "how often the server sends the changes of subscribed tags"))] = 1.0
+    keepalive_s: Annotated[float, setting(range=(0.05, 3600.0), doc=(
+        "a subscription without changes says it is alive this often"))] = 5.0
+    stale_after: Annotated[float, setting(range=(1.0, 100.0), doc=(
+        "stale without a value for this many poll intervals (subscriptions: keep-alives)"))] = 2.0
+    store_every_s: Annotated[float, setting(range=(0.0, 86400.0), doc=(
+        "store unchanged samples this often (0: only changes of subscribed tags, every poll)"))] = 60.0
+    reconnect_min_s: Annotated[float, setting(range=(0.01, 3600.0), doc=(
+        "first reconnect delay (doubles, with jitter)"))] = 0.5
+    reconnect_max_s: Annotated[float, setting(range=(0.01, 3600.0), doc="longest reconnect delay")] = 30.0
+    tags: Annotated[list[TagConfig], setting(doc="the values read from it")] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         where = f'device "{self.name}"'
@@ -209,23 +208,22 @@ class ActuatorConfig:
     """A valve, pump or relay switched by writing a node or calling a method of
     a device's server, and confirmed by reading a node back."""
 
-    target: str = setting(check=non_empty, doc="the meter id or device id commands name")
-    device: str = setting(check=non_empty, doc="the [[plugins.opcua.devices]] name it is driven through")
-    kind: Kind
-    """valve (open/close), pump (start/stop) or relay (on/off)."""
-    write_node: str = setting("", check=_optional_node_id, doc="a node written to switch (or use methods)")
-    on_value: bool | int | float | str = setting(True, check=_scalar, doc="written to open, start or switch on")
-    off_value: bool | int | float | str = setting(False, check=_scalar, doc="written to close, stop or switch off")
-    object_node: str = setting("", check=_optional_node_id, doc="the object whose methods switch it")
-    on_method: str = setting("", check=_optional_node_id, doc="method called to open, start or switch on")
-    off_method: str = setting("", check=_optional_node_id, doc="method called to close, stop or switch off")
-    on_args: list[Scalar] = field(default_factory=list, metadata={"check": _scalar, "doc": "arguments of on_method"})
-    off_args: list[Scalar] = field(default_factory=list, metadata={"check": _scalar, "doc": "arguments of off_method"})
-    readback_node: str = setting(check=_node_id, doc="the node that shows the resulting state")
-    readback_on: bool | int | float | str = setting(True, check=_scalar, doc="read back once open, running or on")
-    readback_off: bool | int | float | str = setting(False, check=_scalar, doc="read back once closed, stopped or off")
-    confirm_timeout_s: float = setting(10.0, range=(0.05, 3600.0), doc="give up confirming after this long")
-    confirm_every_s: float = setting(0.2, range=(0.01, 60.0), doc="read the state back this often")
+    target: Annotated[str, setting(check=non_empty, doc="the meter id or device id commands name")]
+    device: Annotated[str, setting(check=non_empty, doc="the [[plugins.opcua.devices]] name it is driven through")]
+    kind: Annotated[Kind, setting(doc="valve (open/close), pump (start/stop) or relay (on/off)")]
+    write_node: Annotated[str, setting(check=_optional_node_id, doc="a node written to switch (or use methods)")] = ""
+    on_value: Annotated[Scalar, setting(doc="written to open, start or switch on")] = True
+    off_value: Annotated[Scalar, setting(doc="written to close, stop or switch off")] = False
+    object_node: Annotated[str, setting(check=_optional_node_id, doc="the object whose methods switch it")] = ""
+    on_method: Annotated[str, setting(check=_optional_node_id, doc="method called to open, start or switch on")] = ""
+    off_method: Annotated[str, setting(check=_optional_node_id, doc="method called to close, stop or switch off")] = ""
+    on_args: Annotated[list[Scalar], setting(doc="arguments of on_method")] = field(default_factory=list)
+    off_args: Annotated[list[Scalar], setting(doc="arguments of off_method")] = field(default_factory=list)
+    readback_node: Annotated[str, setting(check=_node_id, doc="the node that shows the resulting state")]
+    readback_on: Annotated[Scalar, setting(doc="read back once open, running or on")] = True
+    readback_off: Annotated[Scalar, setting(doc="read back once closed, stopped or off")] = False
+    confirm_timeout_s: Annotated[float, setting(range=(0.05, 3600.0), doc="give up confirming after this long")] = 10.0
+    confirm_every_s: Annotated[float, setting(range=(0.01, 60.0), doc="read the state back this often")] = 0.2
 
     def __post_init__(self) -> None:
         where = f'actuator "{self.target}"'

@@ -8,7 +8,7 @@ imported only when the server is started.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Annotated, Literal
 
 from balans_edge.core.roles import Role
 from balans_edge.settings import setting
@@ -34,9 +34,9 @@ def _password(value: str) -> str | None:
 class UserConfig:
     """``[[plugins.opcua.server.users]]``: who may open a session, with which role."""
 
-    name: str
-    role: Role
-    password: str = setting(secret=True, check=_password)
+    name: Annotated[str, setting(doc="the session's user name")]
+    role: Annotated[Role, setting(doc="what the user may do: viewer reads, operator also calls the command methods")]
+    password: Annotated[str, setting(secret=True, check=_password, doc="at least 8 characters")]
 
     def __repr__(self) -> str:  # never show the password, even in a traceback
         return f"UserConfig(name={self.name!r}, role={self.role!r})"
@@ -55,29 +55,36 @@ def _check_choices(key: str, values: list[str], known: tuple[str, ...]) -> str |
 class ServerConfig:
     """``[plugins.opcua.server]``: the OPC UA server for SCADA and MES."""
 
-    enabled: bool = setting(False, doc="serve the address space (off unless asked for)")
-    host: str = setting("127.0.0.1", doc="address to listen on; loopback unless you mean otherwise")
-    port: int = setting(4840, range=(0, 65535), doc="TCP port (0: any free port)")
-    path: str = setting("/balans-edge/", check=_path, doc="path of the endpoint URL")
-    application_uri: str = setting("", doc="the server's application URI (default: urn:<host name>:balans-edge); "
-                                           "it is written into the certificate")
-    server_name: str = "balans-edge"
-    pki_dir: str = setting("var/opcua-pki", doc="the server's certificate and key (own/), trusted client "
-                                                "certificates (trusted/), refused ones (rejected/)")
-    security_policies: list[str] = field(default_factory=lambda: list(DEFAULT_POLICIES))
-    """Offered policies; "None" (no signing, no encryption) only when listed."""
-    security_modes: list[str] = field(default_factory=lambda: list(DEFAULT_MODES))
-    """Message security modes offered with every policy other than None."""
-    users: list[UserConfig] = field(default_factory=list)
-    api_users: bool = setting(False, doc="also accept the HTTP API's users: user name and bearer token as password")
-    anonymous_role: Literal["none", "viewer"] = "none"
-    max_connections: int = setting(32, range=(1, 10000))
-    method_timeout_s: float = setting(10.0, range=(0.1, 600.0),
-                                      doc="a command not done by then is answered GoodCompletesAsynchronously")
-    age_interval_s: float = setting(5.0, range=(1.0, 3600.0), doc="how often every DataAge is rewritten")
-    registry_poll_s: float = setting(60.0, range=(1.0, 86400.0),
-                                     doc="re-read the registry this often even when its version did not change "
-                                         "(radio module hops, RSSI and battery are updated without one)")
+    enabled: Annotated[bool, setting(doc="serve the address space (off unless asked for)")] = False
+    host: Annotated[str, setting(doc="address to listen on; loopback unless you mean otherwise")] = "127.0.0.1"
+    port: Annotated[int, setting(range=(0, 65535), doc="TCP port (0: any free port)")] = 4840
+    path: Annotated[str, setting(check=_path, doc="path of the endpoint URL")] = "/balans-edge/"
+    application_uri: Annotated[str, setting(doc=(
+        "the server's application URI (default: urn:<host name>:balans-edge); it is written into the "
+        "certificate"))] = ""
+    server_name: Annotated[str, setting(doc="application name clients show")] = "balans-edge"
+    pki_dir: Annotated[str, setting(doc=(
+        "the server's certificate and key (own/), trusted client certificates (trusted/), refused "
+        "ones (rejected/)"))] = "var/opcua-pki"
+    security_policies: Annotated[list[str], setting(doc=(
+        f"offered policies, any of {', '.join(POLICIES)}; None (no signing, no encryption) only when "
+        "listed"))] = field(default_factory=lambda: list(DEFAULT_POLICIES))
+    security_modes: Annotated[list[str], setting(doc=(
+        f"message security modes offered with every policy other than None: {' and/or '.join(MODES)}"))] = \
+        field(default_factory=lambda: list(DEFAULT_MODES))
+    users: Annotated[list[UserConfig], setting(doc="who may open a session: `{ name, role, password }` (or "
+                                                   "`password_env`)")] = field(default_factory=list)
+    api_users: Annotated[bool, setting(doc=(
+        "also accept the HTTP API's users: user name and bearer token as password"))] = False
+    anonymous_role: Annotated[Literal["none", "viewer"], setting(doc='"viewer" allows anonymous read-only '
+                                                                    "sessions")] = "none"
+    max_connections: Annotated[int, setting(range=(1, 10000), doc="connections beyond are closed")] = 32
+    method_timeout_s: Annotated[float, setting(range=(0.1, 600.0), doc=(
+        "a command not done by then is answered GoodCompletesAsynchronously"))] = 10.0
+    age_interval_s: Annotated[float, setting(range=(1.0, 3600.0), doc="how often every DataAge is rewritten")] = 5.0
+    registry_poll_s: Annotated[float, setting(range=(1.0, 86400.0), doc=(
+        "re-read the registry this often even when its version did not change (radio module hops, RSSI and battery are "
+        "updated without one)"))] = 60.0
 
     def __post_init__(self) -> None:
         problem = (_check_choices("security_policies", self.security_policies, POLICIES)

@@ -2,14 +2,16 @@
 
 A plugin is a class: the server instantiates it, gives it its context
 (``bind``) and calls its hook methods; everything it uses of the server comes
-through that context (``balans_edge.core.context``)."""
+through that context (``balans_edge.core.context``). It keeps a table of its
+own (``batches.py``: its migrations, its repository)."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
 import click
 
@@ -17,9 +19,11 @@ from balans_edge import hookimpl
 from balans_edge.core.components import Alarm, Command, CommandOutcome, Finding, Severity
 from balans_edge.core.context import Plugin
 from balans_edge.core.detection import DetectionRun
-from balans_edge.routes import Route
+from balans_edge.core.storage.migrations import MigrationSet
+from balans_edge.routes import Param, Route, query_int
 from balans_edge.routes import json as json_response
 from balans_edge.settings import setting
+from balans_edge_example.batches import MIGRATIONS, BatchLog
 
 STATE: dict[str, Any] = {"readings": 0, "findings": [], "alarms": [], "commands": [], "notified": []}
 """What the observer hooks saw; tests read it."""
@@ -27,9 +31,11 @@ STATE: dict[str, Any] = {"readings": 0, "findings": [], "alarms": [], "commands"
 
 @dataclass(frozen=True)
 class ExampleConfig:
-    greeting: str = "hello"
-    interval_s: float = setting(1.0, range=(0.01, 3600))
-    alarm_file: str = ""
+    """``[plugins.example]``: what the example plugin says and how often it ticks."""
+
+    greeting: Annotated[str, setting(doc="what GET /api/v1/example/summary says")] = "hello"
+    interval_s: Annotated[float, setting(range=(0.01, 3600), doc="seconds between heartbeat ticks")] = 1.0
+    alarm_file: Annotated[str, setting(doc="a file each alarm is appended to as a JSON line (empty: none)")] = ""
 
 
 class Heartbeat:
@@ -134,7 +140,15 @@ class ExamplePlugin(Plugin):
             return json_response({"greeting": context.config.greeting, "meters": len(meters),
                                   "readings_seen": STATE["readings"]})
 
-        return [Route("GET", "/api/v1/example/summary", summary, "Example plugin summary", tags=("example",))]
+        async def batches(request: Any) -> Any:
+            log = BatchLog(context.database)
+            recent = await log.recent(query_int(request, "limit", 100, 1, 1000))
+            return json_response({**await log.totals(), "recent": recent})
+
+        return [Route("GET", "/api/v1/example/summary", summary, "Example plugin summary", tags=("example",)),
+                Route("GET", "/api/v1/example/batches", batches, "Readings batches the example plugin stored in its "
+                      "own table", params=(Param("limit", type="integer", description="newest batches shown, "
+                                                 "1..1000 (100)"),), tags=("example",))]
 
     @hookimpl
     def register_commands(self, cli: click.Group) -> None:
@@ -161,8 +175,14 @@ class ExamplePlugin(Plugin):
         return [CountingExporter()]
 
     @hookimpl
-    def observe_readings(self, event: Any) -> None:
+    def register_migrations(self) -> list[MigrationSet]:
+        return [MIGRATIONS]
+
+    @hookimpl
+    async def observe_readings(self, event: Any) -> None:
         STATE["readings"] += event.count
+        await BatchLog(self.context.database).record(int(time.time()), event.count, len(event.meters), event.t_min,
+                                                     event.t_max)
 
     @hookimpl
     async def observe_findings(self, finding: Finding) -> None:
