@@ -12,6 +12,7 @@ import click
 
 from balans_edge import cli as _cli
 from balans_edge.core import findings as rules
+from balans_edge.core.times import DAY
 
 COLUMNS = ("id", "status", "kind", "subject", "group", "started", "ended", "seen", "message")
 
@@ -71,7 +72,7 @@ def quality_command(config_path: Path | None, days: int, as_json: bool) -> None:
     """Detection quality from the operators' answers, per detector and kind: precision
     among the findings judged resolved or false alarm."""
     _, config = _cli.prepare(config_path)
-    since = int(time.time()) - days * 86400
+    since = int(time.time()) - days * DAY
 
     async def run(storage: Any) -> list[dict[str, Any]]:
         return await storage.findings(since=since, limit=1_000_000)

@@ -28,7 +28,7 @@ def commands(config_path: Path | None, target: str | None, outcome: str | None, 
              requested_by: str | None, t_from: int | None, t_to: int | None, limit: int, as_json: bool) -> None:
     """The command audit, newest first: valve, relay, pump and module commands and
     firmware pushes with who asked, when, why and the outcome."""
-    from balans_edge.routes import iso
+    from balans_edge.core.times import iso
 
     _, config = _cli.prepare(config_path)
 

@@ -19,10 +19,9 @@ from balans_edge.core.balance_worker import BalanceSettings
 from balans_edge.core.ingest import IngestSettings
 from balans_edge.core.intervals import IntervalSettings
 from balans_edge.core.model import Group
+from balans_edge.core.roles import Role
 from balans_edge.core.tokens import token_digest
 from balans_edge.settings import ConfigError, parse_section, setting
-
-Role = Literal["viewer", "operator", "admin"]
 
 
 def _timezone(name: str) -> str | None:

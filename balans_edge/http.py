@@ -23,10 +23,11 @@ from sanic.exceptions import SanicException
 from sanic.request import Request
 
 from balans_edge.core.log_limit import LimitedLog
+from balans_edge.core.roles import allows
 from balans_edge.core.tokens import token_digest
 from balans_edge.http_schema import Codec, Refusal
 from balans_edge.openapi import openapi
-from balans_edge.routes import ROLE_RANK, ApiError, Route, int_value, json, path_value
+from balans_edge.routes import ApiError, Route, int_value, json, path_value
 
 if TYPE_CHECKING:
     from balans_edge.config import ApiSection
@@ -101,7 +102,7 @@ class Http:
             given = "authorization" in request.headers
             self._refused(request, route, 401, "invalid bearer token" if given else "no bearer token")
             raise ApiError(401, "unauthorized", "missing or invalid bearer token")
-        if ROLE_RANK[user[1]] < ROLE_RANK[route.role]:
+        if not allows(user[1], route.role):
             self._refused(request, route, 403, f'user "{user[0]}" ({user[1]}) needs role {route.role}')
             raise ApiError(403, "forbidden", f"{route.method} {route.openapi_path} needs role {route.role}")
 

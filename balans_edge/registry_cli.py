@@ -63,7 +63,7 @@ def export_command(config_path: Path | None, folder: Path, fmt: str) -> None:
 @click.option("--limit", type=click.IntRange(1, 1_000_000), default=1000, show_default=True)
 def unknown_command(config_path: Path | None, limit: int) -> None:
     """Readings from modules or channels no meter claims (the quarantine)."""
-    from balans_edge.routes import iso
+    from balans_edge.core.times import iso
 
     _, config = _cli.prepare(config_path)
     rows = _cli.run_async(lambda: _cli.with_storage(config, lambda s: s.quarantine(limit)))
@@ -117,7 +117,6 @@ def audit_command(config_path: Path | None, kind: str | None, object_id: str | N
 def periods_command(config_path: Path | None, meter_id: str) -> None:
     """A meter's parameter periods: from when each pulse weight, base reading, module, channel and group held."""
     from balans_edge.core.periods import period_json
-    from balans_edge.routes import iso
 
     _, config = _cli.prepare(config_path)
 
@@ -130,7 +129,7 @@ def periods_command(config_path: Path | None, meter_id: str) -> None:
         click.echo(f"meter {meter_id!r} is not in the registry", err=True)
         raise SystemExit(1)
     for p in found:
-        click.echo(json.dumps(period_json(p, iso), ensure_ascii=False))
+        click.echo(json.dumps(period_json(p), ensure_ascii=False))
 
 
 @registry.command("correct")

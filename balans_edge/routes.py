@@ -13,7 +13,7 @@ import re
 import unicodedata
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, Literal
 from urllib.parse import unquote
 from zoneinfo import ZoneInfo
@@ -22,10 +22,9 @@ from sanic import response
 
 from balans_edge.core.calendar import MAX_POINTS, Step
 from balans_edge.core.calendar import count as count_periods
+from balans_edge.core.roles import Role
 from balans_edge.core.times import RANGE_TEXT, check_time
 
-Role = Literal["viewer", "operator", "admin"]
-ROLE_RANK = {"viewer": 1, "operator": 2, "admin": 3}
 UTC_ZONE = ZoneInfo("UTC")
 
 
@@ -107,10 +106,6 @@ def json(body: Any, status: int = 200) -> response.HTTPResponse:
 
 def _dumps(obj: Any) -> str:
     return _json.dumps(obj, ensure_ascii=False, separators=(",", ":"), default=str)
-
-
-def iso(t: int) -> str:
-    return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def checked_period(t0: int, t1: int, step: Step, tz: ZoneInfo = UTC_ZONE, what: str = "") -> tuple[int, int]:

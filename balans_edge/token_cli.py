@@ -6,6 +6,7 @@ import sys
 
 import click
 
+from balans_edge.core.roles import ROLES
 from balans_edge.core.tokens import new_token, token_digest, weakness
 
 
@@ -16,7 +17,7 @@ def token() -> None:
 
 @token.command("new")
 @click.option("--name", default="NAME", show_default=True, help="The user's name in the printed config lines.")
-@click.option("--role", type=click.Choice(["viewer", "operator", "admin"]), default="viewer", show_default=True)
+@click.option("--role", type=click.Choice(ROLES), default="viewer", show_default=True)
 def new_command(name: str, role: str) -> None:
     """Print a random token (give it to the client) and the config line that stores only its hash."""
     value = new_token()

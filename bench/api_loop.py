@@ -77,16 +77,15 @@ async def stalled(work: asyncio.Future | asyncio.Task) -> tuple[float, float]:
 async def old_path(server: Server, key: int, t0: int, t1: int) -> list[float]:
     """What the meter route did before: every stored hour into Python, filled hour by
     hour and summed into local months on the event loop."""
-    from balans_edge.core.intervals import CODE, QUALITY_CODES
     from balans_edge.core.model import IntervalValue, Quality
 
     rows = await server.storage.hourly(key, t0, t1)
     by_t = {t: (v, q) for t, v, q in rows}
     buckets: dict[int, list[IntervalValue]] = {}
     for t in range(t0, t1, HOUR):
-        v, q = by_t.get(t, (None, CODE[Quality.MISSING]))
+        v, q = by_t.get(t, (None, Quality.MISSING))
         local = datetime.fromtimestamp(t, TZ).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
-        buckets.setdefault(int(local.timestamp()), []).append(IntervalValue(t, v, QUALITY_CODES[q]))
+        buckets.setdefault(int(local.timestamp()), []).append(IntervalValue(t, v, Quality(q)))
     return [sum(h.value for h in hours if h.value is not None) for hours in buckets.values()]
 
 

@@ -27,8 +27,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from balans_edge.core.balance import QUALITY_ESTIMATED, QUALITY_MISSING, BalanceTree, compute
-from balans_edge.core.model import Group, GroupInput, Meter, Resource
+from balans_edge.core.balance import BalanceTree, compute
+from balans_edge.core.model import Group, GroupInput, Meter, Quality, Resource
 
 T_START = 1_704_067_200  # 2024-01-01 00:00:00 UTC
 H = 3600
@@ -78,9 +78,9 @@ def hourly_data(meters: int, hours: int, rng: np.random.Generator) -> tuple[np.n
     values = rng.gamma(2.0, 0.01, size=(meters, hours))
     quality = np.zeros((meters, hours), np.int8)
     u = rng.random((meters, hours), dtype=np.float32)
-    quality[u < 0.03] = QUALITY_ESTIMATED
+    quality[u < 0.03] = Quality.ESTIMATED
     missing = u < 0.01
-    quality[missing] = QUALITY_MISSING
+    quality[missing] = Quality.MISSING
     values[missing] = np.nan
     return values, quality
 

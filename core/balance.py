@@ -17,21 +17,16 @@ from __future__ import annotations
 import itertools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any, Literal
 from zoneinfo import ZoneInfo
 
 import numpy as np
 
-from balans_edge.core.calendar import HOUR, local_starts
-from balans_edge.core.model import Group, Meter
+from balans_edge.core.balance_figures import balance_figures, flag_names, none_if_nan
+from balans_edge.core.calendar import local_starts
+from balans_edge.core.model import Group, Meter, Quality
 from balans_edge.core.periods import MeterPeriod
-
-QUALITY_MEASURED, QUALITY_ESTIMATED, QUALITY_MISSING, QUALITY_ABSENT = 0, 1, 2, 3
-"""Codes of the ``quality`` matrix given to ``compute``: the first three are the
-interval qualities (``core.intervals.QUALITY_CODES``); ABSENT marks an hour in
-which the meter was not installed (before install_time or after removed_time),
-so it does not count as a member in that hour."""
+from balans_edge.core.times import HOUR, hour_floor, iso
 
 BLOCK_ROWS = 256
 """Meter rows processed at once: a block of a month's hours (1.5 MB of float64)
@@ -261,7 +256,7 @@ def _memberships(meter: Meter, periods: Sequence[MeterPeriod] | None) -> list[tu
     for p in sorted(periods, key=lambda p: p.valid_from):
         if out and out[-1][0] == p.group_id:
             continue
-        start = p.valid_from - p.valid_from % 3600
+        start = hour_floor(p.valid_from)
         if out:
             out[-1] = (out[-1][0], out[-1][1], start)
         out.append((p.group_id, start if out else _ALWAYS[0], _ALWAYS[1]))
@@ -328,7 +323,7 @@ def _pack(codes: np.ndarray, out: np.ndarray) -> None:
 def _effective_codes(nan: np.ndarray, quality: np.ndarray, out: np.ndarray) -> None:
     """Quality codes with a NaN value of a measured or estimated hour turned into
     missing: a value that is not there cannot be counted as known."""
-    np.multiply(nan.view(np.int8), np.int8(QUALITY_MISSING), out=out)
+    np.multiply(nan.view(np.int8), np.int8(Quality.MISSING), out=out)
     np.maximum(out, quality, out=out)
 
 
@@ -406,7 +401,8 @@ def _inputs(tree: BalanceTree, values: np.ndarray, quality: np.ndarray) -> tuple
 def compute(tree: BalanceTree, t: np.ndarray, values: np.ndarray, quality: np.ndarray) -> BalanceSeries:
     """Balance of every group for every hour.
 
-    ``values`` (float64, NaN where missing) and ``quality`` (int8 codes) are
+    ``values`` (float64, NaN where missing) and ``quality`` (int8 ``Quality``
+    codes; ``ABSENT`` where the meter was not installed: no member then) are
     (meters x hours) with rows in ``tree.meter_keys`` order; ``t`` holds the
     hour starts. Missing values are left out of the sums and counted as missing
     (a NaN value counts as missing whatever its code). Counts are int64.
@@ -447,12 +443,6 @@ def aggregate(series: BalanceSeries, step: Literal["hour", "day", "month"], tz: 
     return BalanceSeries(list(series.group_ids), bounds[period[first]], **summed)
 
 
-def iso(t: int) -> str:
-    """ISO-8601 UTC, as the API prints times (the web layer has its own copy;
-    the domain does not import it)."""
-    return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 @dataclass(frozen=True, slots=True)
 class Coverage:
     """How much of each period a series holds: its hours that are over and inside
@@ -467,36 +457,6 @@ class Coverage:
         return self.hours < self.length
 
 
-def _flags(
-    share_known: float | None,
-    imbalance: float | None,
-    loss: float | None,
-    input_counts: tuple[int, int],
-    group: Group,
-    threshold: float,
-    resolution: float,
-    partial: tuple[bool, bool],
-) -> list[str]:
-    """``input_counts``: missing and estimated input-meter hours; ``partial``: whether
-    the period is partial and whether any of its hours is counted at all."""
-    (missing_inputs, estimated_inputs), (cut, counted) = input_counts, partial
-    flags = ["partial"] if cut else []
-    if share_known is None:
-        if counted:
-            flags.append("no_members")
-    elif share_known < threshold:
-        flags.append("incomplete")
-    if missing_inputs:
-        flags.append("input_missing")
-    if estimated_inputs:
-        flags.append("input_estimated")
-    if loss is not None and group.loss_norm_pct is not None and loss > group.loss_norm_pct:
-        flags.append("norm_exceeded")
-    if imbalance is not None and imbalance < -resolution:
-        flags.append("negative_imbalance")
-    return sorted(flags)
-
-
 def points(series: BalanceSeries, row: int, group: Group, threshold: float,
            resolution: float = 0.0, coverage: Coverage | None = None) -> list[dict[str, Any]]:
     """JSON-ready periods of one group (row ``row`` of ``series``).
@@ -506,44 +466,35 @@ def points(series: BalanceSeries, row: int, group: Group, threshold: float,
     counters are cumulative); only a deficit beyond it is flagged
     ``negative_imbalance``.
 
-    A period in which an input meter is missing has no input, imbalance or
-    loss: the known part of the input would make the loss look smaller than
-    it is. With a ``coverage`` a period is flagged ``partial`` when the series
-    holds only part of it, and one with no hour counted at all (not begun)
-    has no input and no other flag. Flags are decided on the values as
-    reported (rounded to 6 decimals), so float noise of exactly balanced
-    groups raises none.
+    Input, imbalance, loss % and flags are ``core.balance_figures``'s rule.
+    With a ``coverage`` a period is flagged ``partial`` when the series holds
+    only part of it, and one with no hour counted at all (not begun) has no
+    input and no other flag.
     """
-    cols = {name: getattr(series, name)[row].tolist() for name in BalanceSeries.COLUMNS}
-    n = len(series.t)
-    partial = coverage.partial.tolist() if coverage is not None else [False] * n
-    counted = (coverage.hours > 0).tolist() if coverage is not None else [True] * n
-    input_known = series.input_known()[row].tolist()
+    cols = {name: getattr(series, name)[row] for name in BalanceSeries.COLUMNS}
+    norm = np.nan if group.loss_norm_pct is None else group.loss_norm_pct
+    partial = coverage.partial if coverage is not None else False
+    counted = coverage.hours > 0 if coverage is not None else True
+    f = balance_figures(cols, norm, resolution, threshold, partial, counted)
+    rows = zip(series.t.tolist(), f.input.tolist(), f.consumed.tolist(), f.imbalance.tolist(), f.loss_pct.tolist(),
+               cols["measured"].tolist(), cols["estimated"].tolist(), cols["missing"].tolist(), f.flags.tolist(),
+               strict=True)
     out = []
-    for i, t in enumerate(series.t.tolist()):
-        m, e, x = cols["measured"][i], cols["estimated"][i], cols["missing"][i]
+    for t, inp, consumed, imbalance, loss, m, e, x, flags in rows:
         members = m + e + x
-        consumed = round(cols["consumed"][i], 6)
-        inp = round(cols["input"][i], 6) if counted[i] and input_known[i] else None
-        imbalance = None if inp is None else round(inp - consumed, 6)
-        loss = round(100.0 * imbalance / inp, 4) if inp is not None and imbalance is not None and inp > 0 else None
-        share = (m + e) / members if members else None
-        completeness = {
-            "measured": round(m / members, 4) if members else 0.0,
-            "estimated": round(e / members, 4) if members else 0.0,
-            "missing": round(x / members, 4) if members else 0.0,
-        }
-        flags = _flags(share, imbalance, loss, (cols["input_missing"][i], cols["input_estimated"][i]), group,
-                       threshold, resolution, (partial[i], counted[i]))
         out.append(
             {
                 "t": iso(t),
-                "input": inp,
+                "input": none_if_nan(inp),
                 "consumed": consumed,
-                "imbalance": imbalance,
-                "loss_pct": loss,
-                "completeness": completeness,
-                "flags": flags,
+                "imbalance": none_if_nan(imbalance),
+                "loss_pct": none_if_nan(loss),
+                "completeness": {
+                    "measured": round(m / members, 4) if members else 0.0,
+                    "estimated": round(e / members, 4) if members else 0.0,
+                    "missing": round(x / members, 4) if members else 0.0,
+                },
+                "flags": flag_names(flags),
             }
         )
     return out

@@ -27,8 +27,8 @@ from balans_edge.core.calendar import Step, period_ends, periods
 from balans_edge.core.losses import LossEntry, finding_active, rank, volume_between
 from balans_edge.core.model import Group, Meter
 from balans_edge.core.storage import Storage
+from balans_edge.core.times import HOUR, hour_ceil, hour_floor
 
-HOUR = 3600
 FINDINGS_SCANNED = 10_000
 """Newest findings looked at for suspects and fixable volume."""
 
@@ -45,14 +45,14 @@ def month_bounds(month: str, tz: ZoneInfo) -> tuple[int, int]:
 
 
 def hour_span(t0: int, t1: int) -> tuple[int, int]:
-    return t0 - t0 % HOUR, -(-t1 // HOUR) * HOUR
+    return hour_floor(t0), hour_ceil(t1)
 
 
 def closed_span(t0: int, t1: int, now: int) -> tuple[int, int]:
     """The hours of [t0, t1) that are over by ``now``: an hour still running has no
     closing reading yet, and would count as missing in a month-to-date total."""
     h0, h1 = hour_span(t0, t1)
-    return h0, max(h0, min(h1, now - now % HOUR))
+    return h0, max(h0, min(h1, hour_floor(now)))
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,9 +138,9 @@ class Tree:
             if group_id not in self.groups:
                 continue
             for m in itertools.chain(*self._counted(group_id)):
-                times.append(m.install_time - m.install_time % HOUR)
+                times.append(hour_floor(m.install_time))
                 if m.removed_time is not None:
-                    times.append(-(-m.removed_time // HOUR) * HOUR)
+                    times.append(hour_ceil(m.removed_time))
         return np.unique(np.array(times, np.int64))
 
     @staticmethod
@@ -210,13 +210,13 @@ async def hourly_balance(storage: Storage, tree: Tree, group_ids: Sequence[str],
 
 def _hour_starts(a: np.ndarray | int, b: np.ndarray | int) -> np.ndarray:
     """How many hour starts (multiples of an hour) lie in [a, b)."""
-    return np.maximum(0, -(-np.asarray(b) // HOUR) - -(-np.asarray(a) // HOUR))
+    return np.maximum(0, (hour_ceil(np.asarray(b)) - hour_ceil(np.asarray(a))) // HOUR)
 
 
 def coverage(starts: np.ndarray, step: Step, tz: ZoneInfo, h0: int, h1: int, now: int) -> Coverage:
     """Which periods the hours [h0, h1) that are over by ``now`` fill only in part."""
     ends = period_ends(starts, step, tz)
-    over = now - now % HOUR
+    over = hour_floor(now)
     return Coverage(_hour_starts(np.maximum(starts, h0), np.minimum(np.minimum(ends, h1), over)),
                     _hour_starts(starts, ends))
 
@@ -242,7 +242,7 @@ async def group_series(storage: Storage, tree: Tree, group_ids: Sequence[str], t
     (``count_missing``), not hour by hour."""
     p = periods(t0, t1, step, tz)
     h0, h1 = int(p.edges[0]), int(p.edges[-1])
-    over = max(h0, min(h1, now - now % HOUR))
+    over = max(h0, min(h1, hour_floor(now)))
     cuts = tree.install_changes(group_ids)
     edges = np.unique(np.concatenate([p.edges[p.edges < over], cuts[(cuts > h0) & (cuts < over)], [over]]))
     shape = (len(group_ids), len(p.starts))

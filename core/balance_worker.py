@@ -18,14 +18,14 @@ from typing import Annotated
 import numpy as np
 from msgspec import Meta
 
-from balans_edge.core.balance import QUALITY_ABSENT, BalanceSeries, BalanceTree, compute
+from balans_edge.core.balance import BalanceSeries, BalanceTree, compute
 from balans_edge.core.bus import BalanceUpdated, EventBus, IntervalsUpdated
+from balans_edge.core.model import Quality
 from balans_edge.core.storage import Storage
 from balans_edge.core.tasks import cancel, rerun
+from balans_edge.core.times import HOUR, hour_ceil, hour_floor
 
 log = logging.getLogger(__name__)
-
-HOUR = 3600
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,7 +45,7 @@ class BalanceSettings:
 def merge(ranges: list[tuple[int, int, int]]) -> list[tuple[int, int]]:
     """Hour-aligned spans covering the dirty ranges, overlapping ones merged."""
     spans: list[list[int]] = []
-    for lo, hi in sorted((lo - lo % HOUR, -(-hi // HOUR) * HOUR) for _, lo, hi in ranges):
+    for lo, hi in sorted((hour_floor(lo), hour_ceil(hi)) for _, lo, hi in ranges):
         if spans and lo <= spans[-1][1]:
             spans[-1][1] = max(spans[-1][1], hi)
         else:
@@ -128,7 +128,7 @@ class BalanceWorker:
         # nor one in which it was in another group (its value counts there).
         absent = (t[None, :] + HOUR <= compiled.installed[:, None]) | (t[None, :] >= compiled.removed[:, None])
         absent |= (t[None, :] < tree.row_from[:, None]) | (t[None, :] >= tree.row_until[:, None])
-        quality[absent] = QUALITY_ABSENT
+        quality[absent] = Quality.ABSENT
         values[absent] = np.nan
         return compute(tree, t, values, quality)
 

@@ -21,7 +21,8 @@ from zoneinfo import ZoneInfo
 
 import numpy as np
 
-HOUR = 3600
+from balans_edge.core.times import HOUR, hour_ceil, hour_floor
+
 Step = Literal["hour", "day", "month"]
 STEPS: tuple[Step, ...] = ("hour", "day", "month")
 MAX_POINTS: dict[str, int] = {"hour": 8784, "day": 3660, "month": 600}
@@ -45,14 +46,6 @@ class Periods:
         return np.diff(self.edges) // HOUR
 
 
-def floor_hour(t: int) -> int:
-    return t - t % HOUR
-
-
-def ceil_hour(t: int) -> int:
-    return -(-t // HOUR) * HOUR
-
-
 def _local_date(t: int, tz: ZoneInfo) -> date:
     return datetime.fromtimestamp(t, tz).date()
 
@@ -61,6 +54,13 @@ def _midnight(d: date, tz: ZoneInfo) -> int:
     # Built with fold=0: a midnight skipped by a DST jump maps to the instant the
     # clock jumped, which is when that local day really began.
     return int(datetime(d.year, d.month, d.day, tzinfo=tz).timestamp())
+
+
+def local_day(t: int, tz: ZoneInfo) -> tuple[int, int]:
+    """Start of the local day holding ``t`` and of the next one (unix seconds;
+    a day of a DST change is 23 or 25 hours long)."""
+    d = _local_date(t, tz)
+    return _midnight(d, tz), _midnight(d + timedelta(days=1), tz)
 
 
 def local_starts(t0: int, t1: int, step: Literal["day", "month"], tz: ZoneInfo) -> np.ndarray:
@@ -84,7 +84,7 @@ def local_starts(t0: int, t1: int, step: Literal["day", "month"], tz: ZoneInfo) 
 def count(t0: int, t1: int, step: Step, tz: ZoneInfo) -> int:
     """How many periods the hours of [t0, t1) fall in, without listing them (so a
     request for a million of them is refused at once)."""
-    h0, h1 = floor_hour(t0), ceil_hour(t1)
+    h0, h1 = hour_floor(t0), hour_ceil(t1)
     if h1 <= h0:
         return 0
     if step == "hour":
@@ -99,7 +99,7 @@ def count(t0: int, t1: int, step: Step, tz: ZoneInfo) -> int:
 
 def periods(t0: int, t1: int, step: Step, tz: ZoneInfo) -> Periods:
     """The periods of the hours of [t0, t1) (widened to whole hours)."""
-    h0, h1 = floor_hour(t0), ceil_hour(t1)
+    h0, h1 = hour_floor(t0), hour_ceil(t1)
     if h1 <= h0:
         return Periods(np.zeros(0, np.int64), np.array([h0], np.int64))
     if step == "hour":
@@ -107,7 +107,7 @@ def periods(t0: int, t1: int, step: Step, tz: ZoneInfo) -> Periods:
     starts = local_starts(h0, h1, step, tz)
     # An hour belongs to the period its start lies in: to hour-aligned edges by
     # rounding up (a local midnight at :30 holds the hour from :30 + 30 min on).
-    edges = np.concatenate([[h0], -(-starts[1:] // HOUR) * HOUR, [h1]]).astype(np.int64)
+    edges = np.concatenate([[h0], hour_ceil(starts[1:]), [h1]]).astype(np.int64)
     return Periods(starts, edges)
 
 

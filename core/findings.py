@@ -24,6 +24,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from balans_edge.core.times import DAY, HOUR
+
 OPEN = "open"
 ACKNOWLEDGED = "acknowledged"
 RESOLVED = "resolved"
@@ -40,10 +42,10 @@ TRANSITIONS: dict[str, tuple[str, ...]] = {
     FALSE_ALARM: (OPEN,),
 }
 
-SUPPRESS_S = 30 * 86400
+SUPPRESS_S = 30 * DAY
 """How long (of data time after the event's end) a false alarm keeps the same
 detector, subject and kind from being reported again."""
-EVENT_GAP_S = 2 * 86400
+EVENT_GAP_S = 2 * DAY
 """An event its detector has not seen for this long (of data time) has ended: a
 report of the same detector, subject and kind that starts later is a new event.
 Longer than the detectors' run interval, so a report that states no start of its
@@ -162,7 +164,7 @@ def quality(found: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for (detector, kind), items in sorted(by_kind.items()):
         counts = {status: sum(f["status"] == status for f in items) for status in STATUSES}
         judged = counts[RESOLVED] + counts[FALSE_ALARM]
-        waits = [(f["feedback"][0]["t"] - (f.get("first_seen") or f["t"])) / 3600 for f in items if f["feedback"]]
+        waits = [(f["feedback"][0]["t"] - (f.get("first_seen") or f["t"])) / HOUR for f in items if f["feedback"]]
         rows.append({
             "detector": detector, "kind": kind, "findings": len(items), **counts, "judged": judged,
             "precision": round(counts[RESOLVED] / judged, 3) if judged else None,

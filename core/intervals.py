@@ -27,18 +27,17 @@ import numpy as np
 from msgspec import Meta
 
 from balans_edge.core.bus import EventBus, IntervalsUpdated, ReadingsCommitted
-from balans_edge.core.calendar import HOUR, Periods, Step, ceil_hour, floor_hour, periods
+from balans_edge.core.calendar import Periods, Step, periods
 from balans_edge.core.model import IntervalValue, Quality, ReadingFlag
 from balans_edge.core.periods import RegisterTable
 from balans_edge.core.storage import PeriodSums, ReadingRows, Storage
 from balans_edge.core.tasks import cancel, rerun
+from balans_edge.core.times import HOUR, hour_ceil, hour_floor
 
 log = logging.getLogger(__name__)
 
 READ_CHUNK = 500
 """Meters read per query (SQLite's default limit on bound parameters is far higher)."""
-QUALITY_CODES = [Quality.MEASURED, Quality.ESTIMATED, Quality.MISSING]
-CODE = {q: i for i, q in enumerate(QUALITY_CODES)}
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,7 +68,7 @@ def hourly(
     bounds = np.arange(t0, t1 + HOUR, HOUR, dtype=np.int64)
     n = len(rows)
     if n == 0 or not len(hours):
-        return hours, np.full(len(hours), np.nan), np.full(len(hours), CODE[Quality.MISSING], dtype=np.int8)
+        return hours, np.full(len(hours), np.nan), np.full(len(hours), Quality.MISSING, dtype=np.int8)
     ts = rows.ts
     epoch_start = (rows.flags & ReadingFlag.EPOCH_START) != 0
 
@@ -83,11 +82,11 @@ def hourly(
     gap = np.where(inside, ts[jr] - ts[il], np.iinfo(np.int64).max)
     near = np.minimum(np.where(has_left, bounds - ts[il], gap), np.where(has_right, ts[jr] - bounds, gap))
     in_reset_gap = inside & epoch_start[jr]
-    bq = np.full(len(bounds), CODE[Quality.MISSING], dtype=np.int8)
+    bq = np.full(len(bounds), Quality.MISSING, dtype=np.int8)
     estimable = inside & (gap <= settings.max_gap_s) & ~in_reset_gap
-    bq[estimable] = CODE[Quality.ESTIMATED]
-    bq[estimable & (near <= settings.tolerance_s)] = CODE[Quality.MEASURED]
-    bq[exact] = CODE[Quality.MEASURED]
+    bq[estimable] = Quality.ESTIMATED
+    bq[estimable & (near <= settings.tolerance_s)] = Quality.MEASURED
+    bq[exact] = Quality.MEASURED
 
     values = np.interp(bounds, ts, _quantity(rows.pulses, weight))
     quality = np.maximum(bq[:-1], bq[1:])
@@ -95,10 +94,10 @@ def hourly(
     # Hours overlapping a reset gap (previous reading, first reading of the new epoch).
     for k in np.flatnonzero(epoch_start[1:]) + 1:
         lo, hi = ts[k - 1], ts[k]
-        quality[(hours < hi) & (hours + HOUR > lo)] = CODE[Quality.MISSING]
+        quality[(hours < hi) & (hours + HOUR > lo)] = Quality.MISSING
 
     result = np.diff(values)
-    result[quality == CODE[Quality.MISSING]] = np.nan
+    result[quality == Quality.MISSING] = np.nan
     return hours, result, quality
 
 
@@ -120,9 +119,9 @@ def period_values(p: Periods, sums: PeriodSums) -> list[IntervalValue]:
     quality ``missing``, so nobody mistakes a partial total for a full one; a
     period without any known hour has no value.
     """
-    worst = np.where(sums.stored < p.hours, CODE[Quality.MISSING], sums.worst)
+    worst = np.where(sums.stored < p.hours, Quality.MISSING, sums.worst)
     return [
-        IntervalValue(t, total if known else None, QUALITY_CODES[q])
+        IntervalValue(t, total if known else None, Quality(q))
         for t, total, known, q in zip(p.starts.tolist(), sums.total.tolist(), sums.known.tolist(), worst.tolist(),
                                       strict=True)
     ]
@@ -190,8 +189,8 @@ class IntervalWorker:
                     self.bus.publish(
                         IntervalsUpdated(
                             meters=tuple(sorted(spans)),
-                            t_min=floor_hour(min(s[0] for s in spans.values())),
-                            t_max=ceil_hour(max(s[1] for s in spans.values())),
+                            t_min=hour_floor(min(s[0] for s in spans.values())),
+                            t_max=hour_ceil(max(s[1] for s in spans.values())),
                         )
                     )
 
@@ -209,7 +208,7 @@ class IntervalWorker:
         query per chunk instead of one per meter."""
         windows: dict[tuple[int, int], list[int]] = defaultdict(list)
         for meter, (lo, hi) in spans.items():
-            windows[(floor_hour(lo), max(ceil_hour(hi), floor_hour(lo) + HOUR))].append(meter)
+            windows[(hour_floor(lo), max(hour_ceil(hi), hour_floor(lo) + HOUR))].append(meter)
         margin = self.settings.max_gap_s + 1
         rows: list[tuple[int, int, float | None, int]] = []
         for (t0, t1), meters in windows.items():

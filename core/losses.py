@@ -22,12 +22,13 @@ from zoneinfo import ZoneInfo
 import numpy as np
 
 from balans_edge.core.balance import BalanceSeries, aggregate
+from balans_edge.core.balance_figures import loss_pct, none_if_nan, norm_exceeded
 from balans_edge.core.findings import finding_volume
 from balans_edge.core.model import Group
+from balans_edge.core.times import DAY, hour_of_day
 
 MONTH_DAYS = 30.0
 """Days in the month that money and trends are expressed per."""
-DAY_S = 86400
 NIGHT_HOURS = (2, 5)
 """First and last local hour (inclusive) of the night window: consumption is lowest then."""
 MIN_NIGHT_HOURS = 2
@@ -169,16 +170,16 @@ def local_hours(t: np.ndarray, tz: ZoneInfo) -> np.ndarray:
     t = np.asarray(t, np.int64)
     if not len(t):
         return np.zeros(0, np.int64)
-    utc_day = t // 86400
+    utc_day = t // DAY
     days = np.unique(utc_day)
-    first = np.array([_offset(d * 86400, tz) for d in days.tolist()], np.int64)
-    last = np.array([_offset(d * 86400 + 86399, tz) for d in days.tolist()], np.int64)
+    first = np.array([_offset(d * DAY, tz) for d in days.tolist()], np.int64)
+    last = np.array([_offset(d * DAY + DAY - 1, tz) for d in days.tolist()], np.int64)
     at = np.searchsorted(days, utc_day)
     offset = first[at]
     switching = first[at] != last[at]
     if switching.any():
         offset[switching] = [_offset(x, tz) for x in t[switching].tolist()]
-    return ((t + offset) // 3600) % 24
+    return hour_of_day(t + offset)
 
 
 def _fit(x: np.ndarray, y: np.ndarray) -> Trend:
@@ -222,7 +223,7 @@ def _days(hourly: BalanceSeries, tz: ZoneInfo) -> _Days:
     daily = aggregate(hourly, "day", tz)
     day_of_hour = np.searchsorted(daily.t, hourly.t, side="right") - 1
     hours = np.bincount(day_of_hour, minlength=len(daily.t))
-    x = np.round((daily.t - daily.t[0]) / 86400.0) if len(daily.t) else np.zeros(0)
+    x = np.round((daily.t - daily.t[0]) / DAY) if len(daily.t) else np.zeros(0)
     return _Days(daily, day_of_hour, hours, x)
 
 
@@ -312,7 +313,7 @@ def finding_span(finding: Mapping[str, Any]) -> tuple[float, float] | None:
     end = _time(finding.get("last_seen")) or _time(finding.get("t"))
     if start is None or end is None:
         return None
-    return start, max(end, start + DAY_S)
+    return start, max(end, start + DAY)
 
 
 def finding_rate(finding: Mapping[str, Any]) -> float | None:
@@ -344,7 +345,7 @@ def volume_between(finding: Mapping[str, Any], t0: float, t1: float) -> float | 
 
 def _monthly(finding: Mapping[str, Any]) -> float | None:
     rate = finding_rate(finding)
-    return None if rate is None else rate * MONTH_DAYS * DAY_S
+    return None if rate is None else rate * MONTH_DAYS * DAY
 
 
 def _suspects(group: Group, findings: Sequence[Mapping[str, Any]]) -> list[Recommendation]:
@@ -370,7 +371,7 @@ def _suspects(group: Group, findings: Sequence[Mapping[str, Any]]) -> list[Recom
 def _suspect_message(group: Group, finding: Mapping[str, Any]) -> str:
     volume, monthly, span = finding_volume(finding), _monthly(finding), finding_span(finding)
     if monthly is not None and span is not None and volume is not None:
-        days = (span[1] - span[0]) / DAY_S
+        days = (span[1] - span[0]) / DAY
         about = (f"; about {monthly:.6g} {group.unit} per month ({volume:.6g} {group.unit} "
                  f"in {days:.3g} day{'s' if days != 1 else ''})")
     elif volume is not None:
@@ -442,7 +443,7 @@ def _entry(
     if inflow_only:  # nothing to balance against: its input is not a loss
         trend = Trend(None, None, 0, None)
     imbalance = None if inp is None or inflow_only else inp - consumed
-    loss_pct = 100.0 * imbalance / inp if inp is not None and imbalance is not None and inp > 0 else None
+    loss = none_if_nan(float(loss_pct(imbalance, inp)))
     completeness = int(totals.members_known[row]) / members_all if members_all else None
     coverage = known_hours / totals.hours if totals.hours else 0.0
     money = imbalance * group.price * MONTH_DAYS / days if imbalance is not None and group.price is not None else None
@@ -467,9 +468,9 @@ def _entry(
         input=inp,
         consumed=consumed,
         imbalance=imbalance,
-        loss_pct=loss_pct,
+        loss_pct=loss,
         norm=group.loss_norm_pct,
-        norm_exceeded=loss_pct is not None and group.loss_norm_pct is not None and loss_pct > group.loss_norm_pct,
+        norm_exceeded=bool(norm_exceeded(loss, group.loss_norm_pct)),
         completeness=completeness,
         input_coverage=coverage,
         price=group.price,

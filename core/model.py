@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 
 COUNTER_MODULUS = 1 << 32
 """DMesh pulse counters are u32 and wrap modulo 2^32."""
@@ -40,12 +39,28 @@ UNITS: dict[Resource, frozenset[str]] = {
 """Units a meter of each resource may be registered in."""
 
 
-class Quality(enum.StrEnum):
-    """How an hourly value was obtained, from best to worst."""
+class Quality(enum.IntEnum):
+    """How an hour's value was obtained, from best to worst (docs/intervals.md).
 
-    MEASURED = "measured"
-    ESTIMATED = "estimated"
-    MISSING = "missing"
+    The integer is the code stored in ``consumption_hourly.quality`` and carried
+    in int8 quality matrices: the values never change. Worse is larger, so the
+    quality of a span is the maximum of its hours'. The API and the exporters
+    print ``label``."""
+
+    MEASURED = 0
+    """A reading lies within the tolerance of both of the hour's boundaries."""
+    ESTIMATED = 1
+    """A boundary is interpolated across a gap of at most ``max_gap_s``."""
+    MISSING = 2
+    """Unknown: no reading on one side, a longer gap or a counter restart; no value."""
+    ABSENT = 3
+    """Only in the quality matrices of balances and analytics, never stored: the
+    meter was not installed in that hour, so it is no member then."""
+
+    @property
+    def label(self) -> str:
+        """The name the API, the exporters and the bridges print (``measured``, ...)."""
+        return self.name.lower()
 
 
 class Status(enum.IntFlag):
@@ -77,16 +92,6 @@ class ReadingFlag(enum.IntFlag):
 
 METER_FLAGS = frozenset({"valve", "relay", "virtual", "reverse_allowed"})
 """Flags a meter may carry in the registry (documented in docs/registry.md)."""
-
-
-def utc(ts: int | float) -> datetime:
-    return datetime.fromtimestamp(ts, UTC)
-
-
-def unix(dt: datetime) -> int:
-    if dt.tzinfo is None:
-        raise ValueError("naive datetime: times must carry a timezone")
-    return int(dt.timestamp())
 
 
 @dataclass(frozen=True, slots=True)

@@ -40,6 +40,7 @@ from typing import Any
 import numpy as np
 
 from balans_edge.core.model import Meter
+from balans_edge.core.times import iso
 
 PARAMETERS = ("pulse_weight", "base_reading", "base_counter", "module_id", "channel", "group_id")
 """A meter's parameters that hold by period: changing one starts a new period."""
@@ -75,8 +76,8 @@ def first_period(meter: Meter) -> MeterPeriod:
     return MeterPeriod(meter.install_time, **{n: getattr(meter, n) for n in PARAMETERS})
 
 
-def period_json(p: MeterPeriod, iso: Any) -> dict[str, Any]:
-    """A period as the API and the audit show it (``iso`` formats times)."""
+def period_json(p: MeterPeriod) -> dict[str, Any]:
+    """A period as the API and the audit show it."""
     out = {f.name: getattr(p, f.name) for f in fields(p)}
     out["valid_from"] = iso(p.valid_from)
     return out
@@ -133,10 +134,17 @@ class RegisterTable:
         return idx, known
 
     def values(self, meter: np.ndarray, ts: np.ndarray, pulses: np.ndarray) -> np.ndarray:
-        """Register values of readings (meter key, time, cumulative pulses); NaN for an unknown meter."""
+        """Register values of readings (meter key, time, cumulative pulses), all at once:
+        ``start[k] + (pulses - anchor[k]) * pulse_weight[k]`` with k the meter's period
+        holding at the reading's time (one starting exactly then included; before the
+        first period, the first one), which for a meter never edited is
+        ``base_reading + pulses * pulse_weight``. NaN for an unknown meter.
+
+        ``pulses`` are the meter's pulses since installation, chained by ingest
+        across counter restarts and wraps (the counter and its base never enter)."""
         idx, known = self._period(meter, ts, "right")
-        if not len(idx):
-            return np.zeros(0)
+        if not len(self.start):  # no meter has periods: every one is unknown
+            return np.full(len(idx), np.nan)
         p = np.asarray(pulses, np.int64)
         # A weight stored before the registry's bounds may overflow to inf: every
         # path out (export, Modbus, OPC UA) checks finiteness, so no warning here.

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from balans_edge.core.ingest import IngestSettings
 from balans_edge.core.storage import Storage
 from balans_edge.core.tasks import cancel
+from balans_edge.core.times import DAY
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +42,7 @@ class QuarantineRetention:
     async def prune(self) -> dict[str, int]:
         """Apply both bounds now; return how many readings each dropped."""
         before = (await self.storage.quarantine_stats())["dropped"]
-        received_before = int(self.clock()) - self.settings.quarantine_max_age_days * 86400
+        received_before = int(self.clock()) - self.settings.quarantine_max_age_days * DAY
         await self.storage.prune_quarantine(self.settings.quarantine_max_rows, received_before)
         after = (await self.storage.quarantine_stats())["dropped"]
         dropped = {reason: after[reason] - before.get(reason, 0) for reason in after}

@@ -37,7 +37,6 @@ from balans_edge.core.registry_io import (
     Record,
     RegistryError,
     Where,
-    format_time,
     read_file,
     registry_files,
     shown,
@@ -57,6 +56,7 @@ from balans_edge.core.registry_rows import (
     unknown_column,
 )
 from balans_edge.core.storage.base import REGISTRY_KINDS, Storage
+from balans_edge.core.times import iso
 
 __all__ = [
     "COLUMNS",
@@ -165,7 +165,7 @@ def format_object(obj: Any) -> dict[str, Any]:
     for f in fields(obj):
         value = getattr(obj, f.name)
         if value is not None and f.name in TIME_COLUMNS:
-            value = format_time(value)
+            value = iso(value)
         elif isinstance(value, frozenset):
             value = sorted(value)
         elif isinstance(value, Resource):
@@ -258,8 +258,8 @@ def _unwired_meters(
 
 
 def _period(meter: Meter) -> str:
-    until = "not removed" if meter.removed_time is None else f"removed {format_time(meter.removed_time)}"
-    return f"installed {format_time(meter.install_time)}, {until}"
+    until = "not removed" if meter.removed_time is None else f"removed {iso(meter.removed_time)}"
+    return f"installed {iso(meter.install_time)}, {until}"
 
 
 def _place(where: Where) -> tuple[str, str, int]:

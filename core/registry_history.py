@@ -19,9 +19,10 @@ from typing import Any
 
 from balans_edge.core.periods import CORRECTABLE, PARAMETERS
 from balans_edge.core.registry import COLUMNS, RegistryError, check_references
-from balans_edge.core.registry_io import BadValue, Problem, Where, format_time, iso_time
+from balans_edge.core.registry_io import BadValue, Problem, Where, iso_time
 from balans_edge.core.storage.base import AUDIT_LIMIT, AuditQuery, Storage
 from balans_edge.core.text import check_text
+from balans_edge.core.times import iso
 
 AUDIT_ACTIONS = ("create", "update", "delete", "correct")
 FUTURE_S = 300
@@ -35,7 +36,7 @@ def parse_effective(value: Any, where: Where, now: int) -> int:
     except BadValue as exc:
         raise RegistryError([where.problem("effective_from", str(exc))]) from None
     if t > now + FUTURE_S:
-        raise RegistryError([where.problem("effective_from", f"{format_time(t)} is in the future: "
+        raise RegistryError([where.problem("effective_from", f"{iso(t)} is in the future: "
                                                              "register a change when it happens")])
     return t
 
@@ -59,13 +60,13 @@ async def effective_problems(storage: Storage, changed: Mapping[str, Any], effec
         last_reading = newest_ts.get(key)
         if last_reading is not None and t <= last_reading:
             problems.append(where[mid].problem(
-                "effective_from", f"{format_time(t)} is not after the meter's newest reading "
-                                  f"({format_time(last_reading)}): readings already stored keep their parameters; "
+                "effective_from", f"{iso(t)} is not after the meter's newest reading "
+                                  f"({iso(last_reading)}): readings already stored keep their parameters; "
                                   "to change the past, make a correction (POST /api/v1/meters/{id}/corrections, "
                                   "balans-edge registry correct)"))
         elif last_period is not None and t < last_period:
             problems.append(where[mid].problem(
-                "effective_from", f"{format_time(t)} is before the meter's latest period ({format_time(last_period)})"))
+                "effective_from", f"{iso(t)} is before the meter's latest period ({iso(last_period)})"))
     return problems
 
 
@@ -152,7 +153,7 @@ async def correct(storage: Storage, correction: Correction, who: str, where: str
         raise KeyError(correction.meter_id)
     loc = Where(where)
     if correction.t0 < meter.install_time:
-        installed = format_time(meter.install_time)
+        installed = iso(meter.install_time)
         raise RegistryError([loc.problem("from", f"before the meter's installation ({installed})")])
     group = correction.changes.get("group_id")
     if group is not None:
@@ -191,7 +192,7 @@ def audit_json(row: Mapping[str, Any]) -> dict[str, Any]:
     out = dict(row)
     for name in ("t", "effective_from", "effective_to"):
         if out.get(name) is not None:
-            out[name] = format_time(int(out[name]))
+            out[name] = iso(int(out[name]))
     return out
 
 

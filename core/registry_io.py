@@ -22,12 +22,12 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from balans_edge.core.model import METER_FLAGS, UNITS, GroupInput, Resource, unix, utc
+from balans_edge.core.model import METER_FLAGS, UNITS, GroupInput, Resource
 from balans_edge.core.schema import shown
 from balans_edge.core.spreadsheet import read_cell, safe_cell
 from balans_edge.core.storage.base import REGISTRY_KINDS
 from balans_edge.core.text import check_text
-from balans_edge.core.times import RANGE_TEXT, check_time
+from balans_edge.core.times import RANGE_TEXT, check_time, unix
 
 JSON_FILE = "registry.json"
 CSV_FILES = {f"{kind}.csv": kind for kind in REGISTRY_KINDS}
@@ -367,11 +367,6 @@ def iso_time(value: Any) -> int:
             except (ValueError, OverflowError):
                 raise BadValue(f"expected a time in {RANGE_TEXT}, got {shown(value)}") from None
     raise BadValue(f"expected an ISO-8601 time with a timezone such as 2014-01-01T00:00:00Z, got {shown(value)}")
-
-
-def format_time(seconds: int) -> str:
-    """Unix seconds as files spell them; ``iso_time`` reads it back equal."""
-    return utc(seconds).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def resource_name(value: Any) -> Resource:

@@ -9,7 +9,6 @@ import pytest
 
 from balans_edge.core.bus import EventBus
 from balans_edge.core.ingest import Ingest, IngestSettings
-from balans_edge.core.intervals import CODE
 from balans_edge.core.model import (
     Meter,
     Quality,
@@ -31,7 +30,7 @@ RESET = int(Status.COUNTER_RESET)
 EPOCH = int(ReadingFlag.EPOCH_START)
 IMPLICIT = int(ReadingFlag.IMPLICIT_RESET)
 BACK = int(ReadingFlag.BACKWARDS)
-MEASURED, ESTIMATED, MISSING = CODE[Quality.MEASURED], CODE[Quality.ESTIMATED], CODE[Quality.MISSING]
+MEASURED, ESTIMATED, MISSING = Quality.MEASURED, Quality.ESTIMATED, Quality.MISSING
 
 
 def meter(meter_id: str, channel: int = 1, module: int = MODULE, install: int = T0 - 86400, **kw) -> Meter:

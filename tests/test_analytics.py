@@ -30,7 +30,7 @@ BIN = Path(sys.executable).parent
 
 
 def iso(t: int) -> str:
-    from balans_edge.core.balance import iso as format_time
+    from balans_edge.core.times import iso as format_time
 
     return format_time(t)
 

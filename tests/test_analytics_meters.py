@@ -7,7 +7,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from balans_edge.core.analytics.data import HOUR, GroupData
+from balans_edge.core.analytics.data import GroupData
 from balans_edge.core.analytics.meter_checks import (
     ConsumerLeakDetector,
     ConsumptionDropDetector,
@@ -19,6 +19,7 @@ from balans_edge.core.analytics.meter_checks import (
 )
 from balans_edge.core.components import Severity
 from balans_edge.core.model import Status
+from balans_edge.core.times import HOUR
 from balans_edge.plugins.dmesh.scenario import (
     BehaviourChange,
     ClockDrift,

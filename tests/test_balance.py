@@ -16,17 +16,13 @@ from hypothesis import strategies as st
 
 from balans_edge.core.balance import (
     BLOCK_ROWS,
-    QUALITY_ABSENT,
-    QUALITY_ESTIMATED,
-    QUALITY_MEASURED,
-    QUALITY_MISSING,
     BalanceSeries,
     BalanceTree,
     aggregate,
     compute,
     points,
 )
-from balans_edge.core.model import Group, GroupInput, Meter, Resource
+from balans_edge.core.model import Group, GroupInput, Meter, Quality, Resource
 
 T0 = 1_390_176_000  # 2014-01-20 00:00:00 UTC
 H = 3600
@@ -53,7 +49,7 @@ def run(
     tree = BalanceTree.compile(groups, [(100 + i, m) for i, m in enumerate(meters)])
     hours = len(next(iter(data.values())))
     values = np.array([[np.nan if v is None else v for v in data[m]] for m in tree.meter_ids]).reshape(-1, hours)
-    quality = np.where(np.isnan(values), QUALITY_MISSING, QUALITY_MEASURED).astype(np.int8)
+    quality = np.where(np.isnan(values), Quality.MISSING, Quality.MEASURED).astype(np.int8)
     for i, m in enumerate(tree.meter_ids):
         if codes and m in codes:
             quality[i] = codes[m]
@@ -126,7 +122,7 @@ def test_missing_members_are_left_out_and_counted() -> None:
 def test_nan_with_a_known_code_counts_as_missing() -> None:
     groups = [group("h", "in")]
     data: Data = {"in": [3], "a": [None], "b": [2]}
-    _, s = run(groups, [meter("in"), meter("a", "h"), meter("b", "h")], data, codes={"a": [QUALITY_ESTIMATED]})
+    _, s = run(groups, [meter("in"), meter("a", "h"), meter("b", "h")], data, codes={"a": [Quality.ESTIMATED]})
     assert (col(s, "consumed", "h"), col(s, "estimated", "h"), col(s, "missing", "h")) == ([2.0], [0], [1])
 
 
@@ -134,7 +130,7 @@ def test_absent_meter_is_not_a_member() -> None:
     groups = [group("h", "in")]
     meters = [meter("in"), meter("a", "h"), meter("b", "h"), meter("new", "h")]
     data: Data = {"in": [5, 5], "a": [1, 1], "b": [2, 2], "new": [None, 1]}
-    _, s = run(groups, meters, data, codes={"new": [QUALITY_ABSENT, QUALITY_MEASURED]})
+    _, s = run(groups, meters, data, codes={"new": [Quality.ABSENT, Quality.MEASURED]})
     assert col(s, "measured", "h") == [2, 3]
     assert col(s, "missing", "h") == [0, 0]
     assert col(s, "consumed", "h") == [3.0, 4.0]
@@ -334,10 +330,10 @@ def reference(groups: list[Group], data: Data, codes: dict[str, list[int]], hour
         return 0.0 if v is None else v
 
     def code(m: str, h: int) -> int:
-        return QUALITY_MISSING if data[m][h] is None and codes[m][h] < QUALITY_MISSING else codes[m][h]
+        return Quality.MISSING if data[m][h] is None and codes[m][h] < Quality.MISSING else codes[m][h]
 
     def counts(ms: list[str], h: int) -> list[int]:
-        return [sum(code(m, h) == c for m in ms) for c in (QUALITY_MEASURED, QUALITY_ESTIMATED, QUALITY_MISSING)]
+        return [sum(code(m, h) == c for m in ms) for c in (Quality.MEASURED, Quality.ESTIMATED, Quality.MISSING)]
 
     out = {}
     for g in groups:

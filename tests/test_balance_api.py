@@ -23,7 +23,7 @@ PULSE = 0.001
 
 
 def iso(t: int) -> str:
-    from balans_edge.core.balance import iso as format_time
+    from balans_edge.core.times import iso as format_time
 
     return format_time(t)
 

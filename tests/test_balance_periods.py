@@ -15,6 +15,7 @@ import pytest
 
 from balans_edge.core import balance_queries as q
 from balans_edge.core.balance import BalanceSeries, aggregate
+from balans_edge.core.calendar import local_day
 from balans_edge.core.model import Group, GroupInput, Meter, Resource
 from balans_edge.core.storage.sqlite import SqliteStorage
 
@@ -98,3 +99,13 @@ async def test_missing_hours_are_counted_for_the_meters_installed_then(storage: 
     # IN-H from hour 48 (installed 00:20); before it the members have no input meter: one missing.
     assert days.series.input_missing[0].tolist() == [24] * DAYS
     assert not days.series.input_known()[0].any()
+
+
+@pytest.mark.parametrize(("zone", "t", "day"), [
+    ("Asia/Kolkata", 1_705_276_800, (1_705_257_000, 1_705_343_400)),  # 2024-01-15: midnight at 18:30 UTC
+    ("Europe/Berlin", 1_711_846_800, (1_711_839_600, 1_711_922_400)),  # 2024-03-31: 23 hours (DST begins)
+    ("Europe/Berlin", 1_729_980_000, (1_729_980_000, 1_730_070_000)),  # 2024-10-27 at its midnight: 25 hours
+])
+def test_local_day_is_the_calendar_day_of_the_site(zone: str, t: int, day: tuple[int, int]) -> None:
+    start, end = local_day(t, ZoneInfo(zone))
+    assert (start, end) == day and start <= t < end

@@ -19,6 +19,7 @@ import pytest
 
 from balans_edge.config import load_config, parse_config
 from balans_edge.core.model import COUNTER_MODULUS, RadioModule
+from balans_edge.core.times import HOUR
 from balans_edge.plugin_manager import config_schemas, load_plugins
 from balans_edge.plugins.dmesh.codec import (
     MAX_PAYLOAD,
@@ -31,7 +32,7 @@ from balans_edge.plugins.dmesh.codec import (
     Topology,
 )
 from balans_edge.plugins.dmesh.plugin import utc_offset_h
-from balans_edge.plugins.dmesh.scenario import BATTERY_DEAD_MV, BATTERY_LOW_MV, HOUR
+from balans_edge.plugins.dmesh.scenario import BATTERY_DEAD_MV, BATTERY_LOW_MV
 from balans_edge.plugins.dmesh.simulator import PER_READINGS, FaultConfig, SimulatorConfig, SiteModel
 from balans_edge.settings import ConfigError
 

@@ -17,22 +17,20 @@ from hypothesis import strategies as st
 from balans_edge.core.bus import EventBus, IntervalsUpdated
 from balans_edge.core.ingest import Ingest, IngestSettings
 from balans_edge.core.intervals import (
-    CODE,
     IntervalSettings,
     IntervalWorker,
-    ceil_hour,
     consumption,
-    floor_hour,
     hourly,
 )
 from balans_edge.core.model import IntervalValue, Meter, Quality, RadioModule, RawReading, ReadingFlag, Resource, Status
 from balans_edge.core.storage import ReadingRows
 from balans_edge.core.storage.sqlite import SqliteStorage
+from balans_edge.core.times import hour_ceil, hour_floor
 
 H = 3600
 M = 60
 T0 = 1_705_276_800  # 2024-01-15 00:00:00 UTC
-MEASURED, ESTIMATED, MISSING = CODE[Quality.MEASURED], CODE[Quality.ESTIMATED], CODE[Quality.MISSING]
+MEASURED, ESTIMATED, MISSING = Quality.MEASURED, Quality.ESTIMATED, Quality.MISSING
 SETTINGS = IntervalSettings(tolerance_s=300, max_gap_s=6 * H)
 EPOCH = int(ReadingFlag.EPOCH_START)
 MOSCOW = ZoneInfo("Europe/Moscow")
@@ -66,8 +64,16 @@ def approx(expected: list[tuple[int, float | None, int]]) -> list[tuple[int, obj
 
 
 def test_hour_helpers() -> None:
-    assert floor_hour(T0 + 1) == T0 and floor_hour(T0) == T0
-    assert ceil_hour(T0 + 1) == T0 + H and ceil_hour(T0) == T0
+    assert hour_floor(T0 + 1) == T0 and hour_floor(T0) == T0
+    assert hour_ceil(T0 + 1) == T0 + H and hour_ceil(T0) == T0
+
+
+def test_quality_codes_are_the_stored_integers_worst_largest() -> None:
+    """The codes are stored in consumption_hourly and exported as quality_code:
+    they never change. The quality of a span is the max of its hours'."""
+    assert [(q.label, int(q)) for q in Quality] == [("measured", 0), ("estimated", 1), ("missing", 2), ("absent", 3)]
+    assert max(Quality.MEASURED, Quality.MISSING) is Quality.MISSING
+    assert Quality(np.int8(1)) is Quality.ESTIMATED
 
 
 def test_readings_every_15_minutes_are_measured() -> None:
@@ -182,7 +188,7 @@ async def stored_consumption(storage: SqliteStorage, hours: list[tuple[int, floa
 
 
 def as_rows(points: list[IntervalValue]) -> list[tuple[int, float | None, int]]:
-    return [(p.t, p.value, CODE[p.quality]) for p in points]
+    return [(p.t, p.value, p.quality) for p in points]
 
 
 async def test_hours_never_computed_are_missing(storage: SqliteStorage) -> None:
@@ -259,7 +265,7 @@ def reference(t0: int, t1: int, stored: list[tuple[int, float | None, int]], ste
     local period its start lies in."""
     by_t = {t: (v, q) for t, v, q in stored}
     buckets: dict[int, list[tuple[float | None, int]]] = {}
-    for t in range(floor_hour(t0), ceil_hour(t1), H):
+    for t in range(hour_floor(t0), hour_ceil(t1), H):
         local = datetime.fromtimestamp(t, tz)
         if step == "hour":
             start = t
@@ -305,7 +311,7 @@ def test_storage_sums_periods_as_the_hours_add_up(tmp_path: Path, start: int, ho
         finally:
             await s.close()
         want = reference(t0, t1, rows, step, zone)
-        assert [(p.t, CODE[p.quality]) for p in got] == [(t, q) for t, _, q in want]
+        assert [(p.t, p.quality) for p in got] == [(t, q) for t, _, q in want]
         assert [p.value for p in got] == [None if v is None else pytest.approx(v, abs=1e-9) for _, v, _ in want]
 
     asyncio.run(check())

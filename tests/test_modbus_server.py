@@ -19,11 +19,12 @@ from typing import Any
 import numpy as np
 import pytest
 
+from balans_edge.core.balance_figures import BALANCE_FLAGS
 from balans_edge.core.components import Command, CommandOutcome
 from balans_edge.core.ingest import ReadingBatch
 from balans_edge.core.model import Concentrator, Group, GroupInput, Meter, RadioModule, Resource, Status
 from balans_edge.core.storage.sqlite import SqliteStorage
-from balans_edge.plugins.modbus.regmap import GROUP, GROUP_FLAGS, METER, METER_QUALITY, SYSTEM
+from balans_edge.plugins.modbus.regmap import GROUP, METER, METER_QUALITY, SYSTEM
 from balans_edge.plugins.modbus.server import ModbusServer
 from balans_edge.plugins.modbus.values import decode
 
@@ -253,8 +254,8 @@ async def test_every_type_in_both_word_orders_matches_the_api(order: str, make_s
         assert close(got, hourly[name]), (name, got, hourly[name])
     assert hourly["input"] == pytest.approx(PER_HOUR[1] * 0.001)
     assert completeness_h == round(10000 * (hourly["completeness"]["measured"] + hourly["completeness"]["estimated"]))
-    assert flags_h == sum(1 << GROUP_FLAGS[f] for f in hourly["flags"])
-    assert flags_h & (1 << GROUP_FLAGS["norm_exceeded"])  # 1.213 of 3.217 lost, norm 5 %
+    assert flags_h == sum(1 << BALANCE_FLAGS[f] for f in hourly["flags"])
+    assert flags_h & (1 << BALANCE_FLAGS["norm_exceeded"])  # 1.213 of 3.217 lost, norm 5 %
 
     assert datetime.fromtimestamp(today_t, UTC).minute == 30  # local midnight in Kolkata
     days = (await site.get("/api/v1/groups/G/balance", **{"from": today_t, "to": hour_t + HOUR, "step": "day"})
@@ -267,8 +268,8 @@ async def test_every_type_in_both_word_orders_matches_the_api(order: str, make_s
         for got, name in zip(floats[4:], ("input", "consumed", "imbalance", "loss_pct"), strict=True):
             assert close(got, daily[name]), (name, got, daily[name])
         # The registers hold the day so far and flag it partial, as the API does (today_hours say how much).
-        assert flags_d == sum(1 << GROUP_FLAGS[f] for f in daily["flags"])
-        assert flags_d & (1 << GROUP_FLAGS["partial"])
+        assert flags_d == sum(1 << BALANCE_FLAGS[f] for f in daily["flags"])
+        assert flags_d & (1 << BALANCE_FLAGS["partial"])
         members = daily["completeness"]
         assert completeness_d == (65535 if "no_members" in daily["flags"]
                                   else round(10000 * (members["measured"] + members["estimated"])))

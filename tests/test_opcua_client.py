@@ -27,13 +27,13 @@ from totaliser_support import ReplayedTotaliser
 from balans_edge.config import parse_config
 from balans_edge.core.bus import TagValues
 from balans_edge.core.model import Meter, RadioModule, Resource
+from balans_edge.core.times import iso
 from balans_edge.plugin_manager import config_schemas, load_plugins
 from balans_edge.plugins.opcua import client as client_module
 from balans_edge.plugins.opcua import pki
 from balans_edge.plugins.opcua.client import OpcuaClient
 from balans_edge.plugins.opcua.client_config import DeviceConfig
 from balans_edge.plugins.opcua.client_pki import ensure_client_certificate
-from balans_edge.routes import iso
 from balans_edge.settings import ConfigError
 
 from conftest import auth, base_config, eventually

@@ -22,7 +22,7 @@ from balans_edge.core.registry import RegistryError, import_registry
 from balans_edge.core.storage.base import AuditQuery
 from balans_edge.core.storage.sqlite import SqliteStorage
 from balans_edge.core.storage.sqlite_migrations import migrate
-from balans_edge.routes import iso
+from balans_edge.core.times import iso
 
 from conftest import T0, auth, base_config, small_site
 

@@ -10,8 +10,9 @@ from msgspec import Meta, Struct
 from sanic.request import Request
 
 from balans_edge.core.components import SWITCH_CODES, Command, CommandCode
+from balans_edge.core.times import iso
 from balans_edge.http_schema import CommandRecord, Reason, Time
-from balans_edge.routes import ApiError, Param, Route, iso, json
+from balans_edge.routes import ApiError, Param, Route, json
 
 if TYPE_CHECKING:
     from balans_edge.core.actuation import ActuationService

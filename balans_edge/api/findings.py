@@ -10,8 +10,9 @@ from msgspec import Meta, Struct
 from sanic.request import Request
 
 from balans_edge.core import findings as rules
+from balans_edge.core.times import DAY, iso
 from balans_edge.http_schema import Text
-from balans_edge.routes import ApiError, Param, Route, iso, json
+from balans_edge.routes import ApiError, Param, Route, json
 
 if TYPE_CHECKING:
     from balans_edge.server import Server
@@ -103,7 +104,7 @@ def routes(server: Server) -> list[Route]:
         return json({"findings": [present(f) for f in found]})
 
     async def quality(request: Request, query: QualityQuery) -> Any:
-        since = int(time.time()) - query.days * 86400
+        since = int(time.time()) - query.days * DAY
         found = await storage.findings(since=since, limit=MAX_QUALITY_FINDINGS)
         return json({"since": iso(since), "detectors": rules.quality(found)})
 

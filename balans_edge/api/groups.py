@@ -14,7 +14,7 @@ from balans_edge.api.meters import ConsumptionPoint
 from balans_edge.core import balance_queries as q
 from balans_edge.core.balance import iso, points
 from balans_edge.core.calendar import Step
-from balans_edge.core.model import Group
+from balans_edge.core.model import Group, Quality
 from balans_edge.http_schema import Month, Period, StepPeriod
 from balans_edge.routes import ApiError, Param, Route, checked_period, json, month_value
 
@@ -172,9 +172,9 @@ def routes(server: Server) -> list[Route]:
         out = []
         for i, t in enumerate(s.t.tolist()):
             missing = s.input_missing[0, i] or not counted[i]
-            quality = "missing" if missing else "estimated" if s.input_estimated[0, i] else "measured"
+            quality = Quality.MISSING if missing else Quality.ESTIMATED if s.input_estimated[0, i] else Quality.MEASURED
             value = None if missing else round(float(s.input[0, i]), 9)
-            out.append({"t": iso(t), "value": value, "quality": quality})
+            out.append({"t": iso(t), "value": value, "quality": quality.label})
         return json({"group_id": group_id, "unit": group.unit, "step": step, "points": out})
 
     async def allocation(request: Request, group_id: str, query: MonthQuery) -> Any:

@@ -14,9 +14,9 @@ from balans_edge.core.ingest import ReadingBatch
 from balans_edge.core.intervals import consumption as consumption_of
 from balans_edge.core.model import Meter, ReadingFlag
 from balans_edge.core.storage import StorageError
-from balans_edge.core.times import read_time
+from balans_edge.core.times import iso, read_time
 from balans_edge.http_schema import INT62, Bounded, Period, StepPeriod
-from balans_edge.routes import ApiError, Param, Route, checked_period, iso, json
+from balans_edge.routes import ApiError, Param, Route, checked_period, json
 
 if TYPE_CHECKING:
     from balans_edge.server import Server
@@ -112,7 +112,7 @@ def routes(server: Server) -> list[Route]:
             "unit": meter.unit,
             "step": query.step,
             "points": [
-                {"t": iso(p.t), "value": None if p.value is None else round(p.value, 9), "quality": str(p.quality)}
+                {"t": iso(p.t), "value": None if p.value is None else round(p.value, 9), "quality": p.quality.label}
                 for p in points
             ],
         })

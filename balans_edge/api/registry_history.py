@@ -15,7 +15,7 @@ from balans_edge.core.registry import RegistryError
 from balans_edge.core.storage import StorageError
 from balans_edge.core.storage.base import AUDIT_LIMIT
 from balans_edge.http_schema import Time
-from balans_edge.routes import ApiError, Param, Route, iso, json
+from balans_edge.routes import ApiError, Param, Route, json
 
 if TYPE_CHECKING:
     from balans_edge.server import Server
@@ -95,7 +95,7 @@ def routes(server: Server) -> list[Route]:
     async def periods(request: Request, meter_id: str) -> Any:
         key = await meter_key(meter_id)
         found = (await storage.meter_periods([key])).get(key, [])
-        return json({"meter_id": meter_id, "periods": [period_json(p, iso) for p in found]})
+        return json({"meter_id": meter_id, "periods": [period_json(p) for p in found]})
 
     async def correct(request: Request, meter_id: str, body: Correction) -> Any:
         await meter_key(meter_id)

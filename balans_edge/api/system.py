@@ -9,7 +9,8 @@ from sanic.request import Request
 
 from balans_edge.api.meters import IngestCounts
 from balans_edge.core.storage import StorageError
-from balans_edge.routes import ApiError, Route, iso, json
+from balans_edge.core.times import iso
+from balans_edge.routes import ApiError, Route, json
 
 if TYPE_CHECKING:
     from balans_edge.server import Server

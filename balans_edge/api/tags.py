@@ -15,8 +15,9 @@ from msgspec import Meta, Struct
 from sanic.request import Request
 
 from balans_edge.core.tags import TagSource
+from balans_edge.core.times import iso
 from balans_edge.http_schema import Time
-from balans_edge.routes import ApiError, Route, iso, json
+from balans_edge.routes import ApiError, Route, json
 
 if TYPE_CHECKING:
     from balans_edge.server import Server

@@ -16,9 +16,10 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
-from balans_edge.core.analytics.data import HOUR, GroupData, load_group_data
+from balans_edge.core.analytics.data import GroupData, load_group_data
 from balans_edge.core.components import Finding
 from balans_edge.core.model import Meter
+from balans_edge.core.times import DAY, hour_floor
 
 if TYPE_CHECKING:
     from balans_edge.core.detection import DetectionRun
@@ -46,8 +47,8 @@ class Scope:
     @classmethod
     def recent(cls, now: float, window_days: int = DEFAULT_WINDOW_DAYS, group_ids: list[str] | None = None) -> Scope:
         """The last ``window_days`` of hours that are over by ``now``."""
-        t1 = int(now) - int(now) % HOUR
-        return cls(t1 - window_days * 86400, t1, group_ids, live=True)
+        t1 = hour_floor(int(now))
+        return cls(t1 - window_days * DAY, t1, group_ids, live=True)
 
     async def meters(self, storage: Any) -> list[Meter] | None:
         """The meters of the scope's groups (members and inputs); None: every meter."""

@@ -17,11 +17,9 @@ from zoneinfo import ZoneInfo
 
 import numpy as np
 
-from balans_edge.core.balance import QUALITY_ABSENT, QUALITY_MISSING
-from balans_edge.core.model import Group, Meter
+from balans_edge.core.model import Group, Meter, Quality
 from balans_edge.core.storage import Storage
-
-HOUR = 3600
+from balans_edge.core.times import DAY, HOUR, hour_of_day, weekday
 
 
 @dataclass(slots=True)
@@ -66,14 +64,14 @@ class GroupData:
         They are left out of the imbalance altogether: their use then sits in it as a
         steady offset, which the detectors (looking for changes) can live with, where
         counting them would make nearly every hour unknown."""
-        known = ~np.isnan(self.values) | (self.quality == QUALITY_ABSENT)
+        known = ~np.isnan(self.values) | (self.quality == Quality.ABSENT)
         return known.mean(axis=1) < 0.5 if self.hours else np.zeros(len(self.meter_ids), bool)
 
     @property
     def imbalance(self) -> np.ndarray:
         """(H,) input minus consumed; NaN where the input or a member that is not blind is unknown."""
         seen = ~self.blind
-        known = ~np.isnan(self.values[seen]) | (self.quality[seen] == QUALITY_ABSENT)
+        known = ~np.isnan(self.values[seen]) | (self.quality[seen] == Quality.ABSENT)
         consumed = np.nansum(self.values[seen], axis=0) + self.others
         return np.where(known.all(axis=0), self.input - consumed, np.nan)
 
@@ -95,11 +93,11 @@ def local_calendar(t: np.ndarray, tz: ZoneInfo) -> tuple[np.ndarray, np.ndarray]
     enough for profiles and night windows)."""
     if not len(t):
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
-    days, inverse = np.unique(t // 86400, return_inverse=True)
-    offsets = np.array([datetime.fromtimestamp(int(d) * 86400 + 43200, tz).utcoffset().total_seconds()
+    days, inverse = np.unique(t // DAY, return_inverse=True)
+    offsets = np.array([datetime.fromtimestamp(int(d) * DAY + DAY // 2, tz).utcoffset().total_seconds()
                         for d in days], dtype=np.int64)
     local = t + offsets[inverse]
-    return (local // HOUR) % 24, (local // 86400 + 3) % 7  # 1970-01-01 was a Thursday
+    return hour_of_day(local), weekday(local)
 
 
 def status_by_hour(meter: np.ndarray, ts: np.ndarray, status: np.ndarray, rows: dict[int, int], t0: int,
@@ -127,7 +125,7 @@ async def load_group_data(storage: Storage, group: Group, members: list[Meter], 
     values, quality = await storage.consumption_matrix([keys[i] for i in ids], t0, t1)
     for r, m in enumerate(members):
         absent = (t + HOUR <= m.install_time) | ((t >= m.removed_time) if m.removed_time is not None else False)
-        quality[r, absent] = QUALITY_ABSENT
+        quality[r, absent] = Quality.ABSENT
         values[r, absent] = np.nan
     feeds = [(i.meter_id, i.sign) for i in group.inputs]
     input_ = await _signed_sum(storage, feeds, keys, t0, t1)
@@ -149,5 +147,5 @@ async def _signed_sum(storage: Storage, meters: list[tuple[str, int]], keys: dic
     values, quality = await storage.consumption_matrix([k for k, _ in known], t0, t1)
     signs = np.array([s for _, s in known], dtype=np.float64)
     total = (signs[:, None] * values).sum(axis=0)
-    missing = (quality == QUALITY_MISSING).any(axis=0) | np.isnan(values).any(axis=0) | (len(known) < len(meters))
+    missing = (quality == Quality.MISSING).any(axis=0) | np.isnan(values).any(axis=0) | (len(known) < len(meters))
     return np.where(missing, np.nan, total)

@@ -14,7 +14,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-HOUR = 3600
+from balans_edge.core.times import hour_of_day, weekday
+
 WEEK_H = 7 * 24
 
 
@@ -35,7 +36,7 @@ class MonthForecast:
 def hour_of_week(t: np.ndarray, offset_s: np.ndarray | int = 0) -> np.ndarray:
     """Local hour of the week (Monday 00:00 = 0) of UTC hour starts."""
     local = np.asarray(t) + offset_s
-    return ((local // 86400 + 3) % 7) * 24 + (local // HOUR) % 24  # 1970-01-01 was a Thursday
+    return weekday(local) * 24 + hour_of_day(local)
 
 
 def baseline(history: np.ndarray, how: np.ndarray) -> tuple[np.ndarray, int]:

@@ -16,8 +16,9 @@ from typing import Any
 
 from balans_edge.core.losses import finding_rate
 from balans_edge.core.model import Meter
+from balans_edge.core.times import DAY
 
-YEAR_S = 365 * 86400
+YEAR_S = 365 * DAY
 PENALTY = {"critical": 40, "warning": 20, "info": 5}
 """Health points an open finding of each severity costs."""
 OPEN = ("open", "acknowledged")

@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
-from datetime import UTC, datetime
 
 import numpy as np
 from scipy.optimize import nnls
@@ -44,8 +43,9 @@ from scipy.optimize import nnls
 from balans_edge.core.analytics.base import GroupDetector
 from balans_edge.core.analytics.data import GroupData
 from balans_edge.core.analytics.meter_checks import change_point
-from balans_edge.core.balance import QUALITY_ABSENT
 from balans_edge.core.components import Finding, Severity
+from balans_edge.core.model import Quality
+from balans_edge.core.times import iso
 
 EVIDENCE_HOURS = 168
 """Hours of evidence a finding carries (the last week)."""
@@ -102,7 +102,7 @@ class SlowedMeter:
 
 def prepare(data: GroupData) -> Prepared | None:
     """The cleaned arrays, or None when the window has too few known hours to fit anything."""
-    x = np.where(data.quality == QUALITY_ABSENT, 0.0, data.values).astype(np.float64)
+    x = np.where(data.quality == Quality.ABSENT, 0.0, data.values).astype(np.float64)
     y = np.asarray(data.imbalance, dtype=np.float64)
     valid = np.isfinite(y) & np.isfinite(x).all(axis=0)
     if valid.sum() < 72 or not len(data.meter_ids):
@@ -227,10 +227,6 @@ def fit_group(p: Prepared, settings: FitSettings) -> list[SlowedMeter]:
     return found
 
 
-def _iso_day(t: int) -> str:
-    return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%d")
-
-
 def _confidence(t_stat: float, threshold: float) -> float:
     """0 at the threshold, approaching 1 as the statistic grows: how far past the bar the evidence is."""
     return round(float(np.clip(1.0 - (threshold / max(t_stat, 1e-9)) ** 2, 0.0, 1.0)), 3)
@@ -294,7 +290,7 @@ class SlowedMeterDetector(GroupDetector):
         k = s.under_registration
         start_t = int(data.t[s.start])
         last = slice(max(0, len(hours) - EVIDENCE_HOURS), len(hours))
-        message = (f"meter {meter} under-registers about {k * 100:.0f} % since {_iso_day(start_t)}: "
+        message = (f"meter {meter} under-registers about {k * 100:.0f} % since {iso(start_t)[:10]}: "
                    f"the imbalance of group {data.group.group_id} follows its hourly consumption, "
                    f"about {volume:.2f} {data.group.unit} unregistered in the window")
         return Finding(
@@ -459,7 +455,7 @@ class UnmeteredDetector(GroupDetector):
         share = d.volume / input_ * 100
         rate = d.volume / max(int(after.sum()), 1) * 1000
         message = (f"group {gid} loses about {rate:.0f} l/h ({share:.1f} % of its input) since "
-                   f"{_iso_day(start_t)} with a household's daily shape that no member meter explains: "
+                   f"{iso(start_t)[:10]} with a household's daily shape that no member meter explains: "
                    "an unmetered connection")
         return Finding(
             self.name, gid, self.kind, message, Severity.WARNING, int(data.t[-1]),

@@ -23,10 +23,10 @@ from typing import Any
 import numpy as np
 
 from balans_edge.core.analytics.base import GroupDetector
-from balans_edge.core.analytics.data import HOUR, GroupData
-from balans_edge.core.balance import QUALITY_MEASURED
+from balans_edge.core.analytics.data import GroupData
 from balans_edge.core.components import Finding, Severity
-from balans_edge.core.model import Status
+from balans_edge.core.model import Quality, Status
+from balans_edge.core.times import HOUR, hour_of_day
 
 LITRES = 1000.0
 """Litres per m3: rates are reported in l/h because leaks are talked about in l/h."""
@@ -61,7 +61,7 @@ def _end(data: GroupData) -> int:
 def _local_day(data: GroupData) -> np.ndarray:
     """(H,) an id of the local calendar day of each hour (consistent within a window),
     derived from the local hour so that the detectors need no timezone."""
-    utc_hour = (data.t // HOUR) % 24
+    utc_hour = hour_of_day(data.t)
     offset = (data.local_hour - utc_hour + 12) % 24 - 12
     return (data.t // HOUR + offset) // 24
 
@@ -410,7 +410,7 @@ class StuckMeterDetector(GroupDetector):
     name: str = "stuck-meter"
 
     def detect_group(self, data: GroupData) -> list[Finding]:
-        measured = (data.quality == QUALITY_MEASURED) & ~np.isnan(data.values)
+        measured = (data.quality == Quality.MEASURED) & ~np.isnan(data.values)
         zero = measured & (data.values == 0)
         runs = _latest_runs(zero | ~measured, zero, self.min_hours)
         out = []

@@ -35,10 +35,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from balans_edge.core.analytics.base import GroupDetector
-from balans_edge.core.analytics.data import HOUR, GroupData
+from balans_edge.core.analytics.data import GroupData
 from balans_edge.core.analytics.meter_checks import LITRES, _confidence, _finding, _money
-from balans_edge.core.balance import QUALITY_MEASURED
 from balans_edge.core.components import Finding, Severity
+from balans_edge.core.model import Quality
+from balans_edge.core.times import HOUR
 
 
 def least_squares(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -105,7 +106,7 @@ class StartingFlowDetector(GroupDetector):
         known[: max(data.hours - self.fit_hours, 0)] = False
         if fine.sum() < 3 or known.sum() < self.min_hours:
             return []
-        at_rest = (data.quality[fine] == QUALITY_MEASURED) & (data.values[fine] == 0)
+        at_rest = (data.quality[fine] == Quality.MEASURED) & (data.values[fine] == 0)
         idle = at_rest.sum(axis=0).astype(np.float64)
         consumed = data.consumed
         x = np.stack([np.ones(int(known.sum())), idle[known], consumed[known]], axis=1)

@@ -11,6 +11,7 @@ from __future__ import annotations
 from abc import abstractmethod
 from typing import Any
 
+from balans_edge.core.findings import SUPPRESS_S
 from balans_edge.core.storage.journal_repository import JournalRepository
 
 
@@ -18,7 +19,7 @@ class FindingRepository(JournalRepository):
     """Detectors' findings, deduplicated, with their lifecycle."""
 
     @abstractmethod
-    async def record_finding(self, record: dict[str, Any], suppress_s: int = 30 * 86400) -> tuple[int, bool]:
+    async def record_finding(self, record: dict[str, Any], suppress_s: int = SUPPRESS_S) -> tuple[int, bool]:
         """Store a detector's finding once per problem; return (id, new).
 
         An open or acknowledged finding with the same detector, subject and kind

@@ -49,6 +49,7 @@ from balans_edge.core.storage.sqlite_migrations import migrate_all, owner_versio
 from balans_edge.core.storage.sqlite_modules import ModuleReports, module_health_statements
 from balans_edge.core.storage.sqlite_registry_history import RegistryHistory
 from balans_edge.core.storage.sqlite_tags import TagTable
+from balans_edge.core.times import HOUR
 
 log = logging.getLogger(__name__)
 
@@ -502,7 +503,7 @@ class SqliteStorage(RegistryHistory, BalanceTables, JournalTables, ModuleReports
             )
             # The balance of these hours changes with them (same transaction: nothing is lost in a crash).
             hours = [r[1] for r in meter_rows]
-            statements.append(("INSERT INTO balance_dirty (lo, hi) VALUES (?, ?)", [(min(hours), max(hours) + 3600)]))
+            statements.append(("INSERT INTO balance_dirty (lo, hi) VALUES (?, ?)", [(min(hours), max(hours) + HOUR)]))
         if done:
             statements.append(("DELETE FROM interval_dirty WHERE id = ?", [(i,) for i in done]))
         await self._submit(statements)

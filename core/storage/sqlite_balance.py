@@ -16,7 +16,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from balans_edge.core.model import Quality
 from balans_edge.core.storage.base import BalanceSums, PeriodSums
+from balans_edge.core.times import HOUR
 
 if TYPE_CHECKING:
     from balans_edge.core.balance import BalanceSeries
@@ -26,8 +28,6 @@ BALANCE_COLUMNS = ("input", "consumed", "measured", "estimated", "missing",
                    "input_measured", "input_estimated", "input_missing")
 MATRIX_CHUNK = 500
 """Meters per consumption query (well under SQLite's limit on bound parameters)."""
-MISSING = 2
-"""The quality code of a missing hour (``core.intervals.QUALITY_CODES``)."""
 
 _PERIODS = "e(k, lo, hi) AS (SELECT key, value, lead(value) OVER (ORDER BY key) FROM json_each(?))"
 """The periods between consecutive edges (a JSON array). Each period's rows are
@@ -58,9 +58,9 @@ class BalanceTables:
         keys = np.asarray(meters, dtype=np.int64)
 
         def read(conn: sqlite3.Connection) -> tuple[np.ndarray, np.ndarray]:
-            hours = max(0, (t1 - t0) // 3600)
+            hours = max(0, (t1 - t0) // HOUR)
             values = np.full((len(keys), hours), np.nan)
-            quality = np.full((len(keys), hours), MISSING, dtype=np.int8)
+            quality = np.full((len(keys), hours), Quality.MISSING, dtype=np.int8)
             order = np.argsort(keys, kind="stable")
             for i in range(0, len(keys), MATRIX_CHUNK):
                 chunk = keys[order[i : i + MATRIX_CHUNK]]
@@ -74,7 +74,7 @@ class BalanceTables:
                     continue
                 a = _columns(rows, 4)
                 row = order[i + np.searchsorted(chunk, a[:, 0].astype(np.int64))]
-                col = (a[:, 1].astype(np.int64) - t0) // 3600
+                col = (a[:, 1].astype(np.int64) - t0) // HOUR
                 values[row, col] = a[:, 2]
                 quality[row, col] = a[:, 3].astype(np.int8)
             return values, quality
@@ -126,7 +126,7 @@ class BalanceTables:
         groups = list(group_ids)
 
         def read(conn: sqlite3.Connection) -> BalanceSeries:
-            hours = np.arange(t0, t1, 3600, dtype=np.int64)
+            hours = np.arange(t0, t1, HOUR, dtype=np.int64)
             # Hours never computed come back as zeros; balance_queries.count_unknown says what they mean.
             data = {c: np.zeros((len(groups), len(hours)), dtype=np.float64 if i < 2 else np.int64)
                     for i, c in enumerate(BALANCE_COLUMNS)}
@@ -143,7 +143,7 @@ class BalanceTables:
                     continue
                 g = np.array([index[r[0]] for r in rows], dtype=np.int64)
                 values = _columns([r[1:] for r in rows], 1 + len(BALANCE_COLUMNS))
-                h = (values[:, 0].astype(np.int64) - t0) // 3600
+                h = (values[:, 0].astype(np.int64) - t0) // HOUR
                 for j, c in enumerate(BALANCE_COLUMNS):
                     data[c][g, h] = values[:, j + 1]
             return BalanceSeries(groups, hours, **data)

@@ -19,8 +19,8 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 from balans_edge.core.periods import PARAMETERS, MeterPeriod, RegisterTable, corrected, period_json
-from balans_edge.core.registry_io import format_time
 from balans_edge.core.storage.base import REGISTRY_KINDS, AuditQuery
+from balans_edge.core.times import HOUR, hour_floor
 
 KEYS = {"concentrators": "concentrator_id", "modules": "module_id", "accounts": "account_id", "meters": "meter_id",
         "groups": "group_id"}
@@ -221,8 +221,8 @@ class RegistryHistory:
             end = t1 if t1 is not None else 2**62
             sets = ", ".join(f"{p} = ?" for p in PARAMETERS)
             record = {
-                "before": [period_json(p, format_time) for p in before],
-                "after": [period_json(p, format_time) for p in after],
+                "before": [period_json(p) for p in before],
+                "after": [period_json(p) for p in after],
                 "changes": dict(changes),
             }
             cols = ", ".join(PERIOD_COLUMNS)
@@ -249,8 +249,8 @@ class RegistryHistory:
             ]
             if "group_id" in changes:
                 statements.append((
-                    "INSERT INTO balance_dirty (lo, hi) SELECT max(min(t), ? - ? % 3600), min(max(t) + 3600, ?) "
-                    "FROM consumption_hourly HAVING count(*) > 0", [(t0, t0, end + 3600)]))
+                    "INSERT INTO balance_dirty (lo, hi) SELECT max(min(t), ?), min(max(t) + ?, ?) "
+                    "FROM consumption_hourly HAVING count(*) > 0", [(hour_floor(t0), HOUR, end + HOUR)]))
             await self._submit(statements)
         return record
 

@@ -14,9 +14,10 @@ from sanic.request import Request
 
 from balans_edge.core.analytics.base import Scope
 from balans_edge.core.analytics.health import ACTIONS
+from balans_edge.core.times import DAY, iso
 from balans_edge.http_schema import Id, Month, Time
 from balans_edge.plugins.analytics import forecasts
-from balans_edge.routes import ApiError, Param, Route, iso, json, month_value
+from balans_edge.routes import ApiError, Param, Route, json, month_value
 
 if TYPE_CHECKING:
     import click
@@ -104,7 +105,7 @@ def scope_of(body: RunBody, now: float, window_days: int) -> Scope:
     t0, t1 = t0 - t0 % 3600, -(-t1 // 3600) * 3600
     if t1 <= t0:
         raise ApiError(400, "bad_body", "to must be later than from")
-    if t1 - t0 > MAX_DAYS * 86400:
+    if t1 - t0 > MAX_DAYS * DAY:
         raise ApiError(400, "bad_body", f"at most {MAX_DAYS} days at once")
     group = body.group
     return Scope(t0, t1, None if group is None else [group], live=body.to is None)

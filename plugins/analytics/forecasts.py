@@ -10,10 +10,11 @@ from zoneinfo import ZoneInfo
 import numpy as np
 
 from balans_edge.core.analytics.data import local_calendar
-from balans_edge.core.analytics.forecast import HOUR, WEEK_H, MonthForecast, month_forecast
+from balans_edge.core.analytics.forecast import WEEK_H, MonthForecast, month_forecast
 from balans_edge.core.balance_queries import Tree, hourly_balance, month_bounds
 from balans_edge.core.model import Group, Meter
 from balans_edge.core.storage import Storage
+from balans_edge.core.times import HOUR, hour_ceil, hour_floor
 
 HISTORY_WEEKS = 4
 
@@ -21,8 +22,8 @@ HISTORY_WEEKS = 4
 def _span(month: str, tz: ZoneInfo, now: float) -> tuple[int, int, int, int]:
     """(history start, month start, month end, hours of the month that are over)."""
     t0, t1 = month_bounds(month, tz)
-    t0, t1 = t0 - t0 % HOUR, -(-t1 // HOUR) * HOUR
-    last = int(now) - int(now) % HOUR
+    t0, t1 = hour_floor(t0), hour_ceil(t1)
+    last = hour_floor(int(now))
     over = max(0, min(t1, last) - t0) // HOUR
     return t0 - HISTORY_WEEKS * WEEK_H * HOUR, t0, t1, over
 

@@ -9,6 +9,7 @@ from zoneinfo import ZoneInfo
 from balans_edge.core import balance_queries as q
 from balans_edge.core.analytics.health import GroupState, MeterHealth, meter_health
 from balans_edge.core.storage import Storage
+from balans_edge.core.times import DAY
 
 if TYPE_CHECKING:
     from balans_edge.plugins.analytics.plugin import AnalyticsConfig
@@ -20,7 +21,7 @@ async def verification_plan(storage: Storage, config: AnalyticsConfig, tz: ZoneI
                             threshold: float) -> list[MeterHealth]:
     tree = await q.Tree.current(storage)
     t1 = int(now)
-    entries = await q.losses(storage, tree, None, t1 - config.plan_days * 86400, t1, tz, threshold, t1)
+    entries = await q.losses(storage, tree, None, t1 - config.plan_days * DAY, t1, tz, threshold, t1)
     groups = {e.group_id: GroupState(e.loss_pct, e.norm, e.completeness, e.price) for e in entries}
     findings = await storage.findings(None, None, None, None, FINDINGS_READ)
     return meter_health(list(tree.meters.values()), findings, groups, now,

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import ClassVar, Self
 
 from balans_edge.core.model import CONCENTRATOR_MODULES, MAX_HOPS
+from balans_edge.core.times import HOUR
 from balans_edge.plugins.dmesh.repository import ModuleRoute
 
 MAGIC = b"DM"
@@ -545,7 +546,7 @@ class Profile(Payload):
             raise PayloadError("PROFILE: header truncated")
         module, channel, start, n = _PROFILE.unpack_from(data)
         _exact(data, _PROFILE.size + 4 * n, "PROFILE")
-        if not 1 <= channel <= 3 or not 1 <= n <= 168 or start % 3600:
+        if not 1 <= channel <= 3 or not 1 <= n <= 168 or start % HOUR:
             raise PayloadError("PROFILE: channel 1..3, n 1..168 and an hour-aligned start are required")
         raw = struct.unpack_from(f">{n}I", data, _PROFILE.size)
         return cls(module, channel, start, tuple(None if v == NOT_RECORDED else v for v in raw))

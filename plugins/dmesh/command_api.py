@@ -12,10 +12,11 @@ from msgspec import Meta, Struct
 from sanic.request import Request
 
 from balans_edge.core.components import CommandCode
+from balans_edge.core.times import iso
 from balans_edge.http_schema import CommandRecord, Reason, Time
 from balans_edge.plugins.dmesh import commands
 from balans_edge.plugins.dmesh.commands import HOUR, MAX_PROFILE_HOURS
-from balans_edge.routes import ApiError, Param, Route, iso, json
+from balans_edge.routes import ApiError, Param, Route, json
 
 if TYPE_CHECKING:
     from balans_edge.core.context import PluginContext

@@ -24,13 +24,13 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from balans_edge.core.components import Command, CommandCode, CommandOutcome
 from balans_edge.core.tasks import cancel
+from balans_edge.core.times import HOUR, hour_ceil, hour_floor, iso
 from balans_edge.plugins.dmesh import codec
 from balans_edge.plugins.dmesh.codec import CommandResult, CommandResultCode
 from balans_edge.plugins.dmesh.session import CommandRefused
@@ -40,7 +40,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-HOUR = 3600
 MAX_PROFILE_HOURS = 168
 BACKFILL_CONCURRENCY = 4
 """Profile requests of one concentrator in flight at once (the radio network is slow)."""
@@ -73,10 +72,6 @@ class Tracked:
     status: int | None = None
 
 
-def _iso(t: int) -> str:
-    return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 def wire_args(command: Command) -> tuple[int, ...]:
     """The arguments of a module command's COMMAND frame, from its ``args``."""
     if command.code == CommandCode.SET_INTERVAL:
@@ -88,7 +83,7 @@ def wire_args(command: Command) -> tuple[int, ...]:
 
 def describe(code: CommandCode, args: dict[str, int]) -> str:
     if code == CommandCode.PROFILE_REQUEST:
-        return f"channel {args['channel']} {_iso(args['from'])}..{_iso(args['to'])}"
+        return f"channel {args['channel']} {iso(args['from'])}..{iso(args['to'])}"
     if code == CommandCode.SET_INTERVAL:
         return f"{args['seconds']} s"
     return ""
@@ -267,15 +262,15 @@ class DmeshCommands:
         storage = self.context.storage
         now = time.time() if now is None else now
         tolerance = int(self.context.site.interval_tolerance_s)
-        end = (int(now) - tolerance) // HOUR * HOUR
+        end = hour_floor(int(now) - tolerance)
         start = end - self.config.backfill_days * 24 * HOUR
         modules = {m.module_id for m in await storage.registry_list("modules") if m.concentrator_id == concentrator_id}
         out = []
         for key, meter in await storage.meters_by_key():
             if meter.module_id not in modules or meter.channel is None:
                 continue
-            t0 = max(start, -(-meter.install_time // HOUR) * HOUR)
-            t1 = end if meter.removed_time is None else min(end, meter.removed_time // HOUR * HOUR)
+            t0 = max(start, hour_ceil(meter.install_time))
+            t1 = end if meter.removed_time is None else min(end, hour_floor(meter.removed_time))
             if t1 < t0:
                 continue
             rows = await storage.readings(key, t0 - tolerance, t1 + tolerance + 1)

@@ -20,9 +20,8 @@ from typing import TYPE_CHECKING
 
 import click
 
-from balans_edge.core.intervals import CODE, HOUR, floor_hour
 from balans_edge.core.model import Quality
-from balans_edge.routes import iso
+from balans_edge.core.times import HOUR, hour_floor, iso
 
 if TYPE_CHECKING:
     from balans_edge.core.storage import Storage
@@ -61,7 +60,6 @@ async def roles(storage: Storage, group_id: str) -> dict[str, str]:
 async def commissioning(storage: Storage, group_id: str, t0: int, t1: int) -> list[MeterCompleteness]:
     """Completeness of the hourly data of every meter of one group over [t0, t1) (hour-aligned):
     its inputs, its members and its member groups' inputs."""
-    missing_code = CODE[Quality.MISSING]
     hours = list(range(t0, t1, HOUR))
     role = await roles(storage, group_id)
     out = []
@@ -69,7 +67,7 @@ async def commissioning(storage: Storage, group_id: str, t0: int, t1: int) -> li
         part = role.get(meter.meter_id, "member" if meter.group_id == group_id else None)
         if part is None:
             continue
-        delivered = {t for t, _, quality in await storage.hourly(key, t0, t1) if quality != missing_code}
+        delivered = {t for t, _, quality in await storage.hourly(key, t0, t1) if quality != Quality.MISSING}
         gaps = [t for t in hours if t not in delivered]
         out.append(
             MeterCompleteness(
@@ -82,7 +80,7 @@ async def commissioning(storage: Storage, group_id: str, t0: int, t1: int) -> li
 def _parse_end(raw: str | None) -> int:
     from balans_edge import cli as _cli
 
-    return floor_hour(int(time.time()) if raw is None else _cli.parse_time_option(raw, "--end"))
+    return hour_floor(int(time.time()) if raw is None else _cli.parse_time_option(raw, "--end"))
 
 
 def add_commands(group: click.Group) -> None:

@@ -40,6 +40,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from balans_edge.core.tasks import cancel
+from balans_edge.core.times import HOUR
 from balans_edge.plugins.dmesh.codec import (
     Ack,
     AckStatus,
@@ -69,7 +70,6 @@ from balans_edge.plugins.dmesh.session import expected_mac
 
 log = logging.getLogger(__name__)
 
-HOUR = 3600
 PROFILE_MAX = 168
 DEFAULT_DELAY_S = 0.05
 STATUS_AFTER = {CommandCode.VALVE_CLOSE: 1 << 5, CommandCode.RELAY_OFF: 1 << 8}

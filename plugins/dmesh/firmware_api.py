@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 from msgspec import Meta, Struct
 from sanic.request import Request
 
+from balans_edge.core.times import iso
 from balans_edge.http_schema import CommandRecord, Reason, expected, free_form
 from balans_edge.plugins.dmesh.firmware import (
     MAX_IMAGE_ID,
@@ -31,7 +32,7 @@ from balans_edge.plugins.dmesh.firmware import (
     sidecar_path,
     verify_image,
 )
-from balans_edge.routes import ApiError, Param, Route, iso, json
+from balans_edge.routes import ApiError, Param, Route, json
 
 if TYPE_CHECKING:
     import click

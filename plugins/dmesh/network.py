@@ -29,7 +29,7 @@ import numpy as np
 from balans_edge.core.analytics.base import Scope
 from balans_edge.core.components import Finding, Severity
 from balans_edge.core.model import MAX_HOPS
-from balans_edge.routes import iso
+from balans_edge.core.times import DAY, HOUR, iso
 from balans_edge.settings import setting
 
 if TYPE_CHECKING:
@@ -41,7 +41,6 @@ if TYPE_CHECKING:
     from balans_edge.plugins.dmesh.repository import DmeshRepository
 
 DETECTOR = "dmesh-network"
-DAY = 86400
 BATTERY_REPLACED_MV = 100
 """A rise of the battery voltage larger than this starts a new battery (trend)."""
 BATTERY_POINTS = 1000
@@ -52,7 +51,7 @@ BATTERY_POINTS = 1000
 class NetworkConfig:
     """``[plugins.dmesh.network]``: limits of the network health findings."""
 
-    report_interval_s: Annotated[int, setting(range=(60, 7 * DAY), doc="the modules' reporting period")] = 3600
+    report_interval_s: Annotated[int, setting(range=(60, 7 * DAY), doc="the modules' reporting period")] = HOUR
     silent_periods: Annotated[int, setting(range=(1, 10000), doc="silent after this many periods without news")] = 3
     low_battery_mv: Annotated[int, setting(range=(0, 65535), doc="battery below this is low")] = 3000
     battery_empty_mv: Annotated[int, setting(range=(0, 65535), doc=(
@@ -307,7 +306,7 @@ class NetworkMonitor:
             else:
                 silent_s = now - v.last_seen
                 message = (
-                    f"module {v.module_id} silent for {silent_s / 3600:.1f} h "
+                    f"module {v.module_id} silent for {silent_s / HOUR:.1f} h "
                     f"({silent_s / config.report_interval_s:.1f} reporting periods)"
                 )
             finding(

@@ -8,9 +8,10 @@ from typing import TYPE_CHECKING, Annotated, Any
 from msgspec import Meta, Struct
 from sanic.request import Request
 
+from balans_edge.core.times import iso
 from balans_edge.plugins.dmesh.codec import EventCode
 from balans_edge.plugins.dmesh.network import ModuleView, NetworkMonitor
-from balans_edge.routes import ApiError, Param, Route, iso, json
+from balans_edge.routes import ApiError, Param, Route, json
 
 if TYPE_CHECKING:
     from balans_edge.core.context import PluginContext

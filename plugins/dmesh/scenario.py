@@ -63,8 +63,8 @@ from balans_edge.core.model import (
     Resource,
     Status,
 )
+from balans_edge.core.times import DAY, HOUR, hour_of_day, weekday
 
-HOUR = 3600
 PULSE_WEIGHT = 0.001
 """m3 per pulse: 1 pulse per litre, so volumes in litres are pulse counts."""
 
@@ -84,11 +84,6 @@ BATTERY_LOW_MV = 3000
 """Below this the module sets LOW_BATTERY (the vendor's document)."""
 BATTERY_DEAD_MV = 2500
 """A module's radio stops below this voltage."""
-
-
-def _weekday(t: np.ndarray) -> np.ndarray:
-    """Day of week (Monday = 0) of unix times; 1970-01-01 was a Thursday."""
-    return (t // 86400 + 3) % 7
 
 
 @dataclass(frozen=True, slots=True)
@@ -330,8 +325,8 @@ class ScenarioData:
 def profile(scenario: Scenario) -> np.ndarray:
     """Mean use of an average apartment per hour of the scenario, litres."""
     t = scenario.start + np.arange(scenario.hours, dtype=np.int64) * HOUR + scenario.utc_offset_h * HOUR
-    hour = (t // HOUR) % 24
-    weekend = _weekday(t) >= 5
+    hour = hour_of_day(t)
+    weekend = weekday(t) >= 5
     return scenario.mean_lph * np.where(weekend, WEEKEND[hour], WEEKDAY[hour])
 
 
@@ -511,7 +506,7 @@ def generate(scenario: Scenario, faults: Sequence[AnyFault] = ()) -> ScenarioDat
         elif isinstance(fault, ClockDrift):
             # Readings closing the window's hours, and every later one (the clock stays off).
             k = np.arange(w.start + 1, hours + 1)
-            latched[i, k] = ts[k] - fault.seconds_per_day * (ts[k] - ts[w.start]) / 86400
+            latched[i, k] = ts[k] - fault.seconds_per_day * (ts[k] - ts[w.start]) / DAY
         elif isinstance(fault, Leak):
             if fault.sensor:
                 status[i, closing] |= int(Status.LEAK)

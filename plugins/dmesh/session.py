@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from balans_edge.core.model import MAX_HOPS, RawReading
 from balans_edge.core.storage import ModuleHealth, StorageError
+from balans_edge.core.times import HOUR
 from balans_edge.plugins.dmesh.codec import (
     DATA_TYPES,
     Ack,
@@ -67,7 +68,6 @@ MAX_BAD_IN_A_ROW = 16
 HANDSHAKE = frozenset({FrameType.HELLO, FrameType.AUTH})
 """The only frames answered before WELCOME (besides data frames, NACKed)."""
 READ_SIZE = 65536
-HOUR = 3600
 
 
 class SessionHost(Protocol):

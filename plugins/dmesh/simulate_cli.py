@@ -23,8 +23,9 @@ from typing import Any
 import click
 
 from balans_edge import cli as _cli
+from balans_edge.core.times import HOUR
 from balans_edge.plugins.dmesh.scenario import ScenarioData
-from balans_edge.plugins.dmesh.simulator import HOUR, SiteModel, SiteRunner, TcpDelivery, install_time
+from balans_edge.plugins.dmesh.simulator import SiteModel, SiteRunner, TcpDelivery, install_time
 
 
 def truth_document(site: SiteModel, until: int) -> dict[str, Any]:

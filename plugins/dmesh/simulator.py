@@ -33,6 +33,7 @@ from balans_edge.core.ingest import Ingest, ReadingBatch
 from balans_edge.core.model import CONCENTRATOR_MODULES, COUNTER_MODULUS, Status
 from balans_edge.core.storage import Storage, StorageError
 from balans_edge.core.tasks import cancel
+from balans_edge.core.times import HOUR, hour_floor
 from balans_edge.plugins.dmesh.codec import (
     Command,
     CommandCode,
@@ -46,7 +47,6 @@ from balans_edge.plugins.dmesh.codec import (
 )
 from balans_edge.plugins.dmesh.concentrator import STATUS_AFTER, ConcentratorSettings, SimulatedConcentrator
 from balans_edge.plugins.dmesh.scenario import (
-    HOUR,
     AnyFault,
     ClockDrift,
     CounterReset,
@@ -224,7 +224,7 @@ class SiteModel:
 
     def __init__(self, config: SimulatorConfig, install_time: int, utc_offset_h: int = 0) -> None:
         self.config = config
-        self.install_time = install_time // HOUR * HOUR
+        self.install_time = hour_floor(install_time)
         self.utc_offset_h = utc_offset_h
         self.faults = [f.fault() for f in config.faults]
         ids = config.concentrator_ids()
@@ -540,7 +540,7 @@ async def install_time(storage: Storage, now: int, history_hours: int) -> int:
     stored = await storage.registry_get("meters", "B1-IN")
     if stored is not None:
         return int(stored.install_time)
-    return (now - history_hours * HOUR) // HOUR * HOUR
+    return hour_floor(now - history_hours * HOUR)
 
 
 async def replay_switches(storage: Storage, site: SiteModel) -> int:

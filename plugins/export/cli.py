@@ -12,15 +12,16 @@ import asyncio
 import json
 import time
 from collections.abc import Sequence
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
 import click
 
+from balans_edge.core.calendar import local_day
 from balans_edge.core.storage import Storage
 from balans_edge.core.storage.base import EXPORT_KINDS
+from balans_edge.core.times import hour_ceil, iso
 from balans_edge.plugins.export.config import ExportConfig, TargetConfig
 from balans_edge.plugins.export.status import target_status
 
@@ -28,22 +29,16 @@ PAGE = 10_000
 """Points queued per back-fill step."""
 
 
-def _when(t: int | None) -> str:
-    return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:%M:%SZ") if t else "-"
-
-
 def day_hours(t0: int, t1: int, tz: ZoneInfo) -> list[int]:
     """The first stored hour (UTC, hour-aligned) of every local day that starts in [t0, t1):
     one back-fill entry per group and day is enough for the day's point."""
-    day = datetime.fromtimestamp(t0, tz).date()
+    start, end = local_day(t0, tz)
     out = []
-    while True:
-        start = int(datetime(day.year, day.month, day.day, tzinfo=tz).timestamp())
-        if start >= t1:
-            return out
+    while start < t1:
         if start >= t0:
-            out.append(-(-start // 3600) * 3600)
-        day += timedelta(days=1)
+            out.append(hour_ceil(start))
+        start, end = end, local_day(end, tz)[1]
+    return out
 
 
 async def _room(storage: Storage, target: TargetConfig, wait_s: float) -> int:
@@ -180,7 +175,8 @@ def add_commands(group: click.Group) -> None:
             return
         for r in rows:
             again = " (to be sent again)" if r["resend"] else ""
-            click.echo(f"#{r['id']} {r['target']} {_when(r['t'])} HTTP {r['status']} {r['points']} point(s): "
+            when = iso(r["t"]) if r["t"] else "-"
+            click.echo(f"#{r['id']} {r['target']} {when} HTTP {r['status']} {r['points']} point(s): "
                        f"{r['message']}{again}")
             if show_lines:
                 click.echo("  " + r["lines"].replace("\n", "\n  "))

@@ -24,7 +24,6 @@ import time
 from collections import defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
 from operator import attrgetter
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -33,9 +32,9 @@ import numpy as np
 
 from balans_edge.core.balance import BalanceSeries, points
 from balans_edge.core.balance_queries import Tree, group_series
+from balans_edge.core.calendar import local_day
 from balans_edge.core.findings import finding_volume
-from balans_edge.core.intervals import QUALITY_CODES
-from balans_edge.core.model import LEVELS, Group, Meter
+from balans_edge.core.model import LEVELS, Group, Meter, Quality
 from balans_edge.core.periods import RegisterTable
 from balans_edge.core.storage import Storage
 from balans_edge.core.storage.base import ExportBatch
@@ -255,9 +254,9 @@ class PointBuilder:
             key = self.meter_key(reg, "consumption", r["meter"])
             if key is None:
                 continue
-            quality = QUALITY_CODES[r["quality"]]
             value = None if r["value"] is None else round(r["value"], 9)
-            text = self._line(key, {"value": value, "quality": str(quality), "quality_code": r["quality"]}, r["t"])
+            text = self._line(key, {"value": value, "quality": Quality(r["quality"]).label,
+                                    "quality_code": r["quality"]}, r["t"])
             out.append(((r["meter"], r["t"]), r["qid"], text))
         return out
 
@@ -297,11 +296,8 @@ class PointBuilder:
         return out
 
     def day_of(self, t: int) -> tuple[int, int]:
-        """Start of the local day holding ``t`` and of the next one (as core.balance does it)."""
-        d = datetime.fromtimestamp(t, self.tz).date()
-        start = datetime(d.year, d.month, d.day, tzinfo=self.tz)
-        nxt = d + timedelta(days=1)
-        return int(start.timestamp()), int(datetime(nxt.year, nxt.month, nxt.day, tzinfo=self.tz).timestamp())
+        """Start of the local day holding ``t`` and of the next one."""
+        return local_day(t, self.tz)
 
     async def _balance_daily(self, reg: Registry, rows: list[dict[str, Any]],
                              ) -> Made:

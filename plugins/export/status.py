@@ -11,17 +11,13 @@ the sender knows (``starting``, ``sending``, ``retrying``, ``stopped``).
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import Any
 
 from balans_edge.core.redact import redact_url
+from balans_edge.core.times import iso
 from balans_edge.plugins.export.config import TargetConfig
 
 STATES = ("starting", "idle", "queued", "sending", "retrying", "full", "disabled", "stopped", "unconfigured")
-
-
-def _iso(t: int | float | None) -> str | None:
-    return None if t is None else datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def state(row: dict[str, Any], config: TargetConfig | None, runtime: str | None = None) -> str:
@@ -59,6 +55,6 @@ def target_status(row: dict[str, Any], config: TargetConfig | None, now: float,
         "dead_letter_batches": row["dead_letters"],
         "dropped": row["dropped"],
         "last_error": row["last_error"] or None,
-        "last_error_at": _iso(row["last_error_at"]),
-        "last_sent_at": _iso(row["last_sent_at"]),
+        "last_error_at": None if row["last_error_at"] is None else iso(row["last_error_at"]),
+        "last_sent_at": None if row["last_sent_at"] is None else iso(row["last_sent_at"]),
     }

@@ -4,19 +4,15 @@ order right, is the scale right) before the server polls it."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import click
 
 from balans_edge.core.tags import TagState
+from balans_edge.core.times import iso
 from balans_edge.plugins.modbus.tags import DeviceConfig, plan
 from balans_edge.tags_cli import add_read_command, show_value
-
-
-def _when(t: float | None) -> str:
-    return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:%M:%SZ") if t else "-"
 
 
 async def read_once(device: DeviceConfig) -> list[TagState]:
@@ -51,7 +47,8 @@ def add_commands(group: click.Group) -> None:
             return
         click.echo(f"{'tag':<32} {'value':>14} {'quality':<9} {'time (UTC)':<20} {'last good':>14}")
         for r in rows:
-            click.echo(f"{r['tag']:<32} {show_value(r['value']):>14} {r['quality']:<9} {_when(r['ts']):<20} "
+            when = iso(r["ts"]) if r["ts"] else "-"
+            click.echo(f"{r['tag']:<32} {show_value(r['value']):>14} {r['quality']:<9} {when:<20} "
                        f"{show_value(r['last_good_value']):>14}")
 
     add_read_command(group, "modbus", lambda: read_once)

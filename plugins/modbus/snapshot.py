@@ -12,22 +12,22 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
-from datetime import datetime
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
 import numpy as np
 
+from balans_edge.core.balance_figures import balance_figures
 from balans_edge.core.balance_queries import Tree, hourly_balance
+from balans_edge.core.calendar import local_day
 from balans_edge.core.components import Command, CommandCode
-from balans_edge.core.model import Status
+from balans_edge.core.model import Quality, Status
 from balans_edge.core.periods import RegisterTable
+from balans_edge.core.times import HOUR, hour_floor
 from balans_edge.plugins.modbus.regmap import (
     ALARM_CODES,
     COIL_KINDS,
     GROUP,
-    GROUP_FLAGS,
     LAYOUT_VERSION,
     METER,
     METER_QUALITY,
@@ -42,7 +42,6 @@ if TYPE_CHECKING:
     from balans_edge.core.storage import Storage
     from balans_edge.plugins.modbus.server import ServerConfig
 
-HOUR = 3600
 COMMANDS_SCANNED = 1000
 """Newest audited commands read at start for the valve and relay states they set."""
 STATE_OF = {
@@ -62,47 +61,8 @@ def _bits(*flags: np.ndarray | bool, names: Sequence[str], table: dict[str, int]
 def hour_marks(now: float, tz: ZoneInfo) -> tuple[int, int]:
     """(start of the last complete hour, start of today in the site's timezone),
     both as unix UTC times. "Today" counts the complete hours from local midnight."""
-    current = int(now) - int(now) % HOUR
-    local = datetime.fromtimestamp(current, tz)
-    midnight = local.replace(hour=0, minute=0, second=0, microsecond=0)
-    return current - HOUR, int(midnight.timestamp())
-
-
-@dataclass
-class Derived:
-    """A group balance period turned into what the map shows (arrays of groups)."""
-
-    input: np.ndarray
-    consumed: np.ndarray
-    imbalance: np.ndarray
-    loss_pct: np.ndarray
-    completeness: np.ndarray
-    flags: np.ndarray
-
-
-def derive(cols: dict[str, np.ndarray], norms: np.ndarray, resolution: np.ndarray, threshold: float,
-           partial: bool = False) -> Derived:
-    """The API's definitions (``core.balance.points``), for all groups at once:
-    no input, imbalance or loss while an input meter is missing; flags decided
-    on values rounded as the API reports them. ``partial``: the period is not
-    over (today so far), as the API flags a day cut short."""
-    members = cols["measured"] + cols["estimated"] + cols["missing"]
-    consumed = np.round(cols["consumed"], 6)
-    known = cols["input_missing"] == 0
-    inp = np.where(known, np.round(cols["input"], 6), np.nan)
-    imbalance = np.round(inp - consumed, 6)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        loss = np.where(known & (inp > 0), np.round(100.0 * imbalance / inp, 4), np.nan)
-        share = np.where(members > 0, (cols["measured"] + cols["estimated"]) / np.maximum(members, 1), np.nan)
-    flags = _bits(
-        (members > 0) & (share < threshold), ~known, cols["input_estimated"] > 0,
-        np.isfinite(loss) & np.isfinite(norms) & (loss > norms), np.isfinite(imbalance) & (imbalance < -resolution),
-        members == 0, partial,
-        names=("incomplete", "input_missing", "input_estimated", "norm_exceeded", "negative_imbalance",
-               "no_members", "partial"),
-        table=GROUP_FLAGS,
-    )
-    return Derived(inp, consumed, imbalance, loss, np.round(share * 10000), flags)
+    current = hour_floor(int(now))
+    return current - HOUR, local_day(current, tz)[0]
 
 
 class KeyRows:
@@ -237,8 +197,9 @@ class Snapshot:
         if not len(rows):
             return
         q = quality.reshape(-1).astype(np.int64)
-        v = np.where(q == 2, np.nan, values.reshape(-1))
-        self.hour_bits[rows] = _bits(q == 0, q == 1, names=("measured", "estimated"), table=METER_QUALITY)
+        v = np.where(q == Quality.MISSING, np.nan, values.reshape(-1))
+        self.hour_bits[rows] = _bits(q == Quality.MEASURED, q == Quality.ESTIMATED, names=("measured", "estimated"),
+                                     table=METER_QUALITY)
         self._meter("last_hour", rows, v)
         self._meter("last_hour_t", rows, np.full(len(rows), hour))
 
@@ -268,7 +229,7 @@ class Snapshot:
             "today": {c: a[:, in_today].sum(axis=1) for c, a in cols.items()},
         }
         for prefix, period in periods.items():
-            d = derive(period, self.norms, self.resolution, self.threshold, partial=prefix == "today")
+            d = balance_figures(period, self.norms, self.resolution, self.threshold, partial=prefix == "today")
             for name in ("input", "consumed", "imbalance", "loss_pct", "completeness", "flags"):
                 self._group(f"{prefix}_{name}", getattr(d, name))
         self._group("last_hour_t", np.full(len(self.group_ids), hour))
@@ -340,6 +301,6 @@ async def refresh_groups(snapshot: Snapshot, storage: Storage, hour: int, today:
     # Hour-aligned: a day may start between two UTC hours (a timezone half an hour off).
     # Hours nobody reported count as missing, as in the API (``hourly_balance``).
     first = min(hour, today)
-    series = await hourly_balance(storage, await Tree.current(storage), snapshot.group_ids, first - first % HOUR,
+    series = await hourly_balance(storage, await Tree.current(storage), snapshot.group_ids, hour_floor(first),
                                   hour + HOUR, hour + HOUR)
     snapshot.groups(series, hour, today)

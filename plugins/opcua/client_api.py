@@ -10,7 +10,8 @@ from msgspec import Struct
 from sanic.request import Request
 
 from balans_edge.api.commands import actuator_routes
-from balans_edge.routes import Route, iso, json
+from balans_edge.core.times import iso
+from balans_edge.routes import Route, json
 
 if TYPE_CHECKING:
     from balans_edge.core.context import PluginContext

@@ -10,9 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Annotated, Literal
 
+from balans_edge.core.roles import Role
 from balans_edge.settings import setting
-
-Role = Literal["viewer", "operator", "admin"]
 
 POLICIES = ("None", "Basic256Sha256", "Aes128_Sha256_RsaOaep", "Aes256_Sha256_RsaPss")
 """Security policies the server can offer (asyncua 2.1 implements these)."""

@@ -28,7 +28,9 @@ from urllib.parse import unquote
 
 from asyncua import ua
 
+from balans_edge.core.balance_figures import flag_bits_text
 from balans_edge.core.model import Concentrator, Group, Meter, RadioModule
+from balans_edge.core.times import utc
 
 NAMESPACE_URI = "urn:balans-edge:opcua"
 """Our namespace; its index is 2 on our server (resolve it by URI all the same)."""
@@ -65,8 +67,6 @@ METER_METHODS = {"CloseValve": ("valve", "valve_close", "Close the meter's valve
 
 STATUS_BITS = ("0 magnet, 1 tamper, 2 reverse flow, 3 leak, 4 low battery, 5 valve closed, 6 cable cut, "
                "7 counter reset, 8 relay off")
-GROUP_FLAG_BITS = "0 incomplete, 1 input_missing, 2 input_estimated, 3 norm_exceeded, 4 negative_imbalance, " \
-                  "5 no_members"
 SEVERITY = {"info": 200, "warning": 500, "critical": 800}
 """Alarm severity -> OPC UA event Severity (1..1000)."""
 
@@ -299,7 +299,7 @@ def period_members(base: str, unit: str, declaration: bool = False) -> tuple[Nod
         *analog(base, "LossPercent", "%", "Imbalance as a share of Input (Bad_NoData when the input is unknown or "
                                           "not positive)", r),
         *analog(base, "Completeness", "%", "members measured or estimated (Bad_NoData without members)", r),
-        live(base, "Flags", Ids.UInt16, V.UInt16, f"bits as in the HTTP API's flags: {GROUP_FLAG_BITS}", r),
+        live(base, "Flags", Ids.UInt16, V.UInt16, f"bits as in the HTTP API's flags: {flag_bits_text()}", r),
         live(base, "Start", Ids.DateTime, V.DateTime, "start of the period", r),
         live(base, "Hours", Ids.UInt16, V.UInt16, "complete hours counted", r),
     )
@@ -345,7 +345,7 @@ def module_members(base: str, module: RadioModule | None, declaration: bool = Fa
         var("Hops", Ids.Byte, V.Byte, m.hops, "radio hops to the concentrator"),
         var("Rssi", Ids.Int16, V.Int16, m.rssi, "received signal strength, dBm"),
         var("BatteryVoltage", Ids.UInt16, V.UInt16, m.battery_mv, "battery voltage, mV"),
-        var("LastSeen", Ids.DateTime, V.DateTime, None if m.last_seen is None else ua_time(m.last_seen),
+        var("LastSeen", Ids.DateTime, V.DateTime, None if m.last_seen is None else utc(m.last_seen),
             "when the module was last heard"),
     )
 
@@ -374,12 +374,6 @@ def concentrator_members(base: str, c: Concentrator | None, declaration: bool = 
             prop(base, "Site", Ids.String, V.String, c.site, rule=r),
             NodeSpec(f"{base}/Modules", base, Ids.Organizes, OBJECT, "Modules", Ids.FolderType,
                      description="radio modules of this concentrator", modelling_rule=r))
-
-
-def ua_time(t: int | float) -> Any:
-    from datetime import UTC, datetime
-
-    return datetime.fromtimestamp(t, UTC)
 
 
 # types ---------------------------------------------------------------------------------------------

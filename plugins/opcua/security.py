@@ -44,12 +44,11 @@ from asyncua.server.uaprocessor import UaProcessor
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from balans_edge.core.roles import allows
 from balans_edge.core.tokens import token_digest
 from balans_edge.plugins.opcua import pki
 
 log = logging.getLogger(__name__)
-
-ROLE_RANK = {"viewer": 1, "operator": 2, "admin": 3}
 
 
 @dataclass
@@ -60,7 +59,7 @@ class Login(User):
     access: str = "viewer"
 
     def may(self, role: str) -> bool:
-        return ROLE_RANK[self.access] >= ROLE_RANK[role]
+        return allows(self.access, role)
 
 
 _login: contextvars.ContextVar[Login | None] = contextvars.ContextVar("opcua_login", default=None)

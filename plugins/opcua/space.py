@@ -38,6 +38,7 @@ import numpy as np
 from asyncua import ua
 from asyncua.server.address_space import AddressSpace, AttributeValue, NodeData
 
+from balans_edge.core.times import utc
 from balans_edge.plugins.opcua.model import METHOD, OBJECT, OBJECT_TYPE, VARIABLE, Model, NodeSpec
 from balans_edge.plugins.opcua.values import GOOD, NO_DATA, UNCERTAIN, WAITING, Column
 
@@ -464,7 +465,7 @@ def _variant(kind: str, value: float) -> ua.Variant:
     if kind == "uint32":
         return ua.Variant(int(value), V.UInt32)
     if kind == "datetime":
-        return ua.Variant(datetime.fromtimestamp(value, UTC), V.DateTime)
+        return ua.Variant(utc(value), V.DateTime)
     return ua.Variant(bool(value == 1.0), V.Boolean)
 
 
@@ -473,7 +474,7 @@ def data_value(kind: str, value: float, status: int, source: float, now: datetim
     Bad_NoData and Bad_WaitingForInitialData as ``status`` says, Bad_OutOfRange
     for a number the variable cannot hold (infinite, not a number, beyond an
     integer's range): a client never reads infinity or a clipped value."""
-    when = datetime.fromtimestamp(source, UTC) if fits("datetime", source) else now
+    when = utc(source) if fits("datetime", source) else now
     if status >= NO_DATA:
         return Published(ua.Variant(None, V.Null), StatusCode=STATUS[status], SourceTimestamp=when,
                          ServerTimestamp=now)

@@ -3,9 +3,9 @@ columns, read from storage in batches.
 
 The storage reads are the Modbus server's (``plugins/modbus/snapshot.py``:
 ``load_all``, ``refresh_readings``, ``refresh_hour``, ``refresh_groups``,
-``hour_marks``) and so are the definitions of a balance period's values
-(``derive``, the HTTP API's rules for all groups at once) and of the state
-a valve or relay command leaves (``STATE_OF``). ``Values`` offers the
+``hour_marks``) and so is the state a valve or relay command leaves
+(``STATE_OF``); a balance period's values are the HTTP API's
+(``core.balance_figures``, for all groups at once). ``Values`` offers the
 interface those functions fill (``keys``, ``row_of_key``, ``readings``,
 ``last_hour``, ``groups``, ``command``, ...), so both bridges show the same
 numbers from the same reads. ``columns()`` hands each live variable to the
@@ -23,18 +23,18 @@ from zoneinfo import ZoneInfo
 
 import numpy as np
 
+from balans_edge.core.balance_figures import BALANCE_FLAGS, balance_figures
 from balans_edge.core.components import Command
-from balans_edge.core.model import Group, Meter, Status
+from balans_edge.core.model import Group, Meter, Quality, Status
 from balans_edge.core.periods import RegisterTable
 from balans_edge.plugins.modbus import snapshot as snap
-from balans_edge.plugins.modbus.regmap import GROUP_FLAGS
 from balans_edge.plugins.opcua.model import PERIOD_VARIABLES, group_id, meter_id
 
 GOOD, UNCERTAIN, NO_DATA, WAITING = 0, 1, 2, 3
 """Status of a value: Good, Uncertain_SubstituteValue (estimated), Bad_NoData
 (not defined for this period), Bad_WaitingForInitialData (nothing read yet)."""
 KINDS = ("valve", "relay")
-INPUT_ESTIMATED = 1 << GROUP_FLAGS["input_estimated"]
+INPUT_ESTIMATED = 1 << BALANCE_FLAGS["input_estimated"]
 
 
 @dataclass
@@ -135,7 +135,7 @@ class Values:
                               hour, int(len(last) > 0)),
                  "Today": ({c: a[:, in_today].sum(axis=1) for c, a in cols.items()}, today, int(in_today.sum()))}
         for name, (period, start, hours) in spans.items():
-            d = snap.derive(period, self.norms, self.resolution, self.threshold, partial=name == "Today")
+            d = balance_figures(period, self.norms, self.resolution, self.threshold, partial=name == "Today")
             self.periods[name] = {"Input": d.input, "Consumed": d.consumed, "Imbalance": d.imbalance,
                                   "LossPercent": d.loss_pct, "Completeness": d.completeness / 100.0,
                                   "Flags": d.flags.astype(np.float64), "Start": np.full(n, float(start)),
@@ -168,7 +168,8 @@ class Values:
         yield Column(ids, "LastReadingTime", "datetime", self.last_ts, reading_status, self.last_ts)
         yield Column(ids, "DataAge", "uint32", np.maximum(self.age, 0), reading_status, self.last_ts + self.age)
         q = self.hour_quality
-        hour_status = np.select([q == 0, q == 1, q == 2], [GOOD, UNCERTAIN, NO_DATA], WAITING)
+        hour_status = np.select([q == Quality.MEASURED, q == Quality.ESTIMATED, q == Quality.MISSING],
+                                [GOOD, UNCERTAIN, NO_DATA], WAITING)
         yield Column(ids, "LastHour", "double", self.hour_value, hour_status, self.hour_t)
         yield Column(ids, "LastHourStart", "datetime", self.hour_t, np.where(q >= 0, GOOD, WAITING), self.hour_t)
         for kind, name in (("valve", "Valve"), ("relay", "Relay")):
