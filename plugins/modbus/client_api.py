@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from sanic.request import Request
 
-from balans_edge.api.commands import actuator_routes
+from balans_edge.plugins.common.actuator_api import actuator_routes
 from balans_edge.routes import Route, json
 
 if TYPE_CHECKING:

@@ -26,9 +26,9 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from balans_edge.core.tags import meter_collisions
+from balans_edge.plugins.common.tag_settings import TagSettings, tag_name
 from balans_edge.plugins.modbus.values import ByteOrder, DataType, decode, register_count
 from balans_edge.settings import setting
-from balans_edge.tag_settings import TagSettings, tag_name
 
 Table = Literal["holding", "input", "coil", "discrete"]
 

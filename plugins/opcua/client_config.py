@@ -20,8 +20,8 @@ from typing import Literal
 
 from balans_edge.core.readback import Kind, non_empty, same
 from balans_edge.core.tags import meter_collisions
+from balans_edge.plugins.common.tag_settings import TagSettings, tag_name
 from balans_edge.settings import setting
-from balans_edge.tag_settings import TagSettings, tag_name
 
 Policy = Literal["None", "Basic256Sha256", "Aes128_Sha256_RsaOaep"]
 Mode = Literal["Sign", "SignAndEncrypt"]

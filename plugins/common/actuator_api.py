@@ -1,0 +1,57 @@
+"""The HTTP routes of a protocol plugin's actuators (Modbus, OPC UA): their
+listing with the last read-back state, and commands to them through the
+audited actuation service, as the API's meter commands (``api.commands``)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Protocol
+
+from sanic.request import Request
+
+from balans_edge.api.commands import command_body, execute
+from balans_edge.routes import ApiError, Param, Route, iso, json
+
+if TYPE_CHECKING:
+    from balans_edge.server import Server
+
+
+class ProtocolActuator(Protocol):
+    """What a protocol plugin's actuator shows the HTTP API (Modbus, OPC UA)."""
+
+    def owns(self, target: str) -> bool: ...
+
+    def listing(self) -> list[dict[str, Any]]: ...
+
+
+def actuator_routes(server: Server, protocol: str, title: str,
+                    actuator: Callable[[], ProtocolActuator | None]) -> list[Route]:
+    """``GET /api/v1/<protocol>/actuators`` and ``POST .../<target>/commands`` of a
+    protocol plugin's actuator (``actuator()`` is None while it is not running)."""
+    async def listing(request: Request) -> Any:
+        a = actuator()
+        rows = a.listing() if a is not None else []
+        for r in rows:
+            r["t"] = iso(int(r["t"])) if r["t"] else None
+        return json({"actuators": rows})
+
+    async def command(request: Request, target: str) -> Any:
+        code, reason = command_body(request)
+        a = actuator()
+        if a is None or not a.owns(target):
+            raise ApiError(404, "not_found", f"no {title} actuator drives {target!r}")
+        return await execute(server, request, target, code, reason)
+
+    return [
+        Route("GET", f"/api/v1/{protocol}/actuators", listing,
+              f"Valves, pumps and relays driven through {title}, with their last read-back state",
+              tags=("commands",)),
+        Route("POST", f"/api/v1/{protocol}/actuators/<target>/commands", command,
+              f"Open or close a valve, start or stop a pump, switch a relay through {title} (audited; confirmed "
+              "by read-back)",
+              role="operator", params=(Param("target", "path"),), tags=("commands",),
+              body='{"command": "valve_open"|"valve_close"|"pump_start"|"pump_stop"|"relay_on"|"relay_off", '
+                   '"reason": "..."}',
+              responses={200: "the audited command: id, outcome (done, failed or refused), detail",
+                         400: "bad body or no reason", 404: f"no {title} actuator drives the target"}),
+    ]
