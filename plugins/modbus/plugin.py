@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from balans_edge import hookimpl
-from balans_edge.core.readback import check_actuators
+from balans_edge.plugins.common.client_config import ClientSection
 from balans_edge.plugins.modbus.actuators import ActuatorConfig, ModbusActuator
 from balans_edge.plugins.modbus.client import ModbusClient
 from balans_edge.plugins.modbus.server import ModbusServer, ServerConfig
@@ -25,17 +25,15 @@ NAME = "modbus"
 
 
 @dataclass(frozen=True)
-class ModbusConfig:
+class ModbusConfig(ClientSection):
     server: ServerConfig = field(default_factory=ServerConfig)
     devices: list[DeviceConfig] = field(default_factory=list)
     """PLCs polled as a Modbus client (``[[plugins.modbus.devices]]``)."""
     actuators: list[ActuatorConfig] = field(default_factory=list)
     """Valves, pumps and relays driven through those devices (``[[plugins.modbus.actuators]]``)."""
 
-    def __post_init__(self) -> None:
-        problems = check_devices(self.devices) + check_actuators(self.actuators, {d.name for d in self.devices})
-        if problems:
-            raise ValueError("; ".join(problems))
+    def device_problems(self) -> list[str]:
+        return check_devices(self.devices)
 
 
 @hookimpl

@@ -13,13 +13,12 @@ after a restart.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 from balans_edge.core.readback import Kind, non_empty, same
-from balans_edge.core.tags import meter_collisions
+from balans_edge.plugins.common.client_config import device_problems
 from balans_edge.plugins.common.tag_settings import TagSettings, tag_name
 from balans_edge.settings import setting
 
@@ -153,14 +152,7 @@ class DeviceConfig:
             problems.append(f"{where}: password without username")
         if self.username and not self.password:
             problems.append(f"{where}: username {self.username!r} needs password (or password_env)")
-        if self.reconnect_max_s < self.reconnect_min_s:
-            problems.append(f"{where}: reconnect_max_s is shorter than reconnect_min_s")
-        seen: set[str] = set()
-        for tag in self.tags:
-            if tag.name in seen:
-                problems.append(f'{where} tag "{tag.name}" is listed more than once')
-            seen.add(tag.name)
-            problems += [f'{where} tag "{tag.name}": {p}' for p in tag.problems()]
+        problems += device_problems(self)
         if problems:
             raise ValueError("; ".join(problems))
 
@@ -188,17 +180,6 @@ class DeviceConfig:
         security = f"{self.security_policy} {self.security_mode}" if self.secure else "no security"
         user = f", user {self.username}" if self.username else ""
         return f"{self.endpoint} ({security}{user})"
-
-
-def check_devices(devices: Sequence[DeviceConfig]) -> list[str]:
-    """Problems across devices: duplicate names, meters that collide."""
-    problems: list[str] = []
-    names: set[str] = set()
-    for d in devices:
-        if d.name in names:
-            problems.append(f'device "{d.name}" is listed more than once')
-        names.add(d.name)
-    return problems + meter_collisions((f'device "{d.name}" tag "{t.name}"', t) for d in devices for t in d.tags)
 
 
 # -- actuators -------------------------------------------------------------------------

@@ -9,8 +9,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from balans_edge import hookimpl
-from balans_edge.core.readback import check_actuators
-from balans_edge.plugins.opcua.client_config import ActuatorConfig, DeviceConfig, check_devices
+from balans_edge.plugins.common.client_config import ClientSection
+from balans_edge.plugins.opcua.client_config import ActuatorConfig, DeviceConfig
 from balans_edge.plugins.opcua.config import ServerConfig
 
 if TYPE_CHECKING:
@@ -26,17 +26,12 @@ NAME = "opcua"
 
 
 @dataclass(frozen=True)
-class OpcuaConfig:
+class OpcuaConfig(ClientSection):
     server: ServerConfig = field(default_factory=ServerConfig)
     devices: list[DeviceConfig] = field(default_factory=list)
     """Pumping-station servers read as a client (``[[plugins.opcua.devices]]``)."""
     actuators: list[ActuatorConfig] = field(default_factory=list)
     """Valves, pumps and relays driven through those servers (``[[plugins.opcua.actuators]]``)."""
-
-    def __post_init__(self) -> None:
-        problems = check_devices(self.devices) + check_actuators(self.actuators, {d.name for d in self.devices})
-        if problems:
-            raise ValueError("; ".join(problems))
 
 
 @hookimpl
