@@ -21,10 +21,11 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from balans_edge.core.bus import BalanceUpdated, IntervalsUpdated, ReadingsCommitted, Subscription
 from balans_edge.core.tasks import cancel
+from balans_edge.plugins.common.listen import ListenConfig
 from balans_edge.plugins.common.live import (
     LiveState,
     hour_marks,
@@ -40,16 +41,20 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+Config = TypeVar("Config", bound=ListenConfig)
 
 
-class LiveBridge:
+class LiveBridge(Generic[Config]):
     """A SCADA bridge's shared machinery; ``live`` is the state it shows."""
 
-    label = "bridge"
-    """Names the bridge in log lines and task names (``modbus``, ``opcua``)."""
+    name = "bridge"
+    """The component's name (log lines and task names start with it)."""
 
-    def __init__(self, server: Server) -> None:
+    def __init__(self, server: Server, config: Config) -> None:
         self.server = server
+        self.config = config
+        self.port: int | None = None
+        """The port listened on, once started (``config.port`` may be 0: any free port)."""
         self.refresh_failed = False
         self._sub: Subscription | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -80,8 +85,8 @@ class LiveBridge:
     def follow(self) -> None:
         """Start following the bus and ticking (after the first state is read)."""
         self._tasks = [
-            self.server.supervise(self, asyncio.create_task(self._follow(), name=f"{self.label}-refresh")),
-            self.server.supervise(self, asyncio.create_task(self._tick_loop(), name=f"{self.label}-tick"))]
+            self.server.supervise(self, asyncio.create_task(self._follow(), name=f"{self.name}-refresh")),
+            self.server.supervise(self, asyncio.create_task(self._tick_loop(), name=f"{self.name}-tick"))]
 
     async def stop_following(self) -> None:
         for task in self._tasks:
@@ -115,7 +120,7 @@ class LiveBridge:
                     await self.show()
                 self._refreshed(None)
             except Exception as exc:
-                log.exception("%s: refreshing the live values failed", self.label)
+                log.exception("%s: refreshing the live values failed", self.name)
                 self._refreshed(exc)
 
     async def refresh(self, events: list[Any]) -> None:
@@ -153,7 +158,7 @@ class LiveBridge:
                     await self.tick()
                 self._refreshed(None)
             except Exception as exc:
-                log.exception("%s: periodic refresh failed", self.label)
+                log.exception("%s: periodic refresh failed", self.name)
                 self._refreshed(exc)
                 self.tick_failed()
 

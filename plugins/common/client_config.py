@@ -1,21 +1,25 @@
 """The configuration a protocol plugin's client side has whatever the
 protocol: devices (PLCs, stations' servers) with their tags, and actuators
-driven through them; and the checks of them that do not depend on the
-protocol (each protocol adds its own)."""
+driven through them, with the checks that do not depend on the protocol.
+Each protocol's configuration subclasses these and adds how a device is
+reached, a tag addressed and an actuator switched."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
 
-from balans_edge.core.readback import check_actuators
+from balans_edge.core.readback import Kind, Switched, check_actuators, non_empty
 from balans_edge.core.tags import meter_collisions
 from balans_edge.plugins.common.tag_settings import TagSettings
+from balans_edge.settings import setting
 
 
 class DeviceSettings(Protocol):
-    """What the checks below need of a protocol client's device configuration."""
+    """What the checks below need of a protocol client's device configuration
+    (each protocol declares these settings among its own, in its own order:
+    problems are reported in the order of the settings)."""
 
     @property
     def name(self) -> str: ...
@@ -43,6 +47,20 @@ def device_problems(device: DeviceSettings) -> list[str]:
     return problems
 
 
+@dataclass(frozen=True, kw_only=True)
+class ActuatorSettings:
+    """The settings a valve, pump or relay driven through a protocol client's
+    device starts with, whatever the protocol (each adds how it is switched and
+    read back, and ``confirm_timeout_s`` and ``confirm_every_s`` of
+    ``core.readback.Switched`` after them)."""
+
+    target: str = setting(check=non_empty, doc="the meter id or device id commands name")
+    device: str = setting(check=non_empty, doc="the name of the device (of this plugin's devices) it is driven "
+                                               "through")
+    kind: Kind
+    """valve (open/close), pump (start/stop) or relay (on/off)."""
+
+
 def devices_problems(devices: Sequence[DeviceSettings]) -> list[str]:
     """Problems across the devices of one protocol: a name listed twice, meters that collide."""
     problems: list[str] = []
@@ -56,11 +74,14 @@ def devices_problems(devices: Sequence[DeviceSettings]) -> list[str]:
 
 @dataclass(frozen=True)
 class ClientSection:
-    """A protocol plugin's ``devices`` and the ``actuators`` driven through them
-    (each protocol declares both with its own types), checked across both."""
+    """A protocol plugin's section with ``devices`` and the ``actuators`` driven
+    through them, checked across both. Each protocol declares both with its own
+    types, in its own order among its settings (problems are reported in the
+    order of the settings)."""
 
-    devices: Sequence[Any] = field(default_factory=list)
-    actuators: Sequence[Any] = field(default_factory=list)
+    if TYPE_CHECKING:
+        devices: Sequence[DeviceSettings]
+        actuators: Sequence[Switched]
 
     def __post_init__(self) -> None:
         problems = self.device_problems() + check_actuators(self.actuators, {d.name for d in self.devices})

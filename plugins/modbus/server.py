@@ -37,6 +37,7 @@ from pymodbus.constants import ExcCodes
 
 from balans_edge.core.components import Alarm, Command, CommandCode
 from balans_edge.plugins.common.bridge import LiveBridge
+from balans_edge.plugins.common.listen import ListenConfig
 from balans_edge.plugins.common.live import load_all, refresh_new_hour, resolutions
 from balans_edge.plugins.modbus.regmap import Coil, MapError, RegisterMap, load_map, order_keys
 from balans_edge.plugins.modbus.snapshot import Snapshot
@@ -89,11 +90,9 @@ def _check_codes(codes: dict[str, int]) -> str | None:
 
 
 @dataclass(frozen=True)
-class ServerConfig:
+class ServerConfig(ListenConfig):
     """``[plugins.modbus.server]``: the Modbus TCP server for SCADA."""
 
-    enabled: bool = setting(False, doc="serve the register map (off unless asked for)")
-    host: str = setting("127.0.0.1", doc="address to listen on; loopback unless you mean otherwise")
     port: int = setting(5020, range=(0, 65535), doc="TCP port (0: any free port)")
     unit_id: int = setting(1, range=(1, 255), doc="unit id answered; others get exception 0B")
     byte_order: Literal["ABCD", "CDAB", "BADC", "DCBA"] = "ABCD"
@@ -243,18 +242,15 @@ class Connection(asyncio.Protocol):
 # the component ---------------------------------------------------------------------
 
 
-class ModbusServer(LiveBridge):
+class ModbusServer(LiveBridge[ServerConfig]):
     """Serves the register map; refreshes it from storage on bus events and every
     second (``LiveBridge``)."""
 
     name = "modbus-server"
-    label = "modbus"
 
     def __init__(self, server: Server, config: ServerConfig) -> None:
-        super().__init__(server)
-        self.config = config
+        super().__init__(server, config)
         self.snapshot: Snapshot | None = None
-        self.port: int | None = None
         self.connections: set[Connection] = set()
         self.stats: dict[str, int] = dict.fromkeys(
             ("accepted", "refused", "closed_idle", "closed_bad_frame", "exceptions", "writes"), 0)

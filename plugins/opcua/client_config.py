@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from balans_edge.core.readback import Kind, non_empty, same
-from balans_edge.plugins.common.client_config import device_problems
+from balans_edge.core.readback import same
+from balans_edge.plugins.common.client_config import ActuatorSettings, device_problems
 from balans_edge.plugins.common.tag_settings import TagSettings, tag_name
 from balans_edge.settings import setting
 
@@ -186,14 +186,10 @@ class DeviceConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
-class ActuatorConfig:
+class ActuatorConfig(ActuatorSettings):
     """A valve, pump or relay switched by writing a node or calling a method of
     a device's server, and confirmed by reading a node back."""
 
-    target: str = setting(check=non_empty, doc="the meter id or device id commands name")
-    device: str = setting(check=non_empty, doc="the [[plugins.opcua.devices]] name it is driven through")
-    kind: Kind
-    """valve (open/close), pump (start/stop) or relay (on/off)."""
     write_node: str = setting("", check=_optional_node_id, doc="a node written to switch (or use methods)")
     on_value: bool | int | float | str = setting(True, check=_scalar, doc="written to open, start or switch on")
     off_value: bool | int | float | str = setting(False, check=_scalar, doc="written to close, stop or switch off")

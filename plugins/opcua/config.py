@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from balans_edge.plugins.common.listen import ListenConfig
 from balans_edge.settings import setting
 
 Role = Literal["viewer", "operator", "admin"]
@@ -53,11 +54,9 @@ def _check_choices(key: str, values: list[str], known: tuple[str, ...]) -> str |
 
 
 @dataclass(frozen=True)
-class ServerConfig:
+class ServerConfig(ListenConfig):
     """``[plugins.opcua.server]``: the OPC UA server for SCADA and MES."""
 
-    enabled: bool = setting(False, doc="serve the address space (off unless asked for)")
-    host: str = setting("127.0.0.1", doc="address to listen on; loopback unless you mean otherwise")
     port: int = setting(4840, range=(0, 65535), doc="TCP port (0: any free port)")
     path: str = setting("/balans-edge/", check=_path, doc="path of the endpoint URL")
     application_uri: str = setting("", doc="the server's application URI (default: urn:<host name>:balans-edge); "

@@ -98,22 +98,19 @@ def credentials(config: ServerConfig, api_users: list[Any]) -> list[Credential]:
     return out
 
 
-class OpcuaServer(LiveBridge):
+class OpcuaServer(LiveBridge[ServerConfig]):
     """Serves the registry's address space with live values, events and methods;
     refreshes the values from storage on bus events and every second (``LiveBridge``)."""
 
     name = "opcua-server"
-    label = "opcua"
 
     def __init__(self, server: Server, config: ServerConfig) -> None:
-        super().__init__(server)
-        self.config = config
+        super().__init__(server, config)
         self.ua: UaServer | None = None
         self.space: Space | None = None
         self.publisher: Publisher | None = None
         self.values: Values | None = None
         self.ns = 0
-        self.port: int | None = None
         self.endpoint = ""
         self.application_uri = application_uri(config)
         self.pki = pki.Pki(Path(config.pki_dir))

@@ -1,6 +1,7 @@
-"""The HTTP routes of a protocol plugin's actuators (Modbus, OPC UA): their
-listing with the last read-back state, and commands to them through the
-audited actuation service, as the API's meter commands (``api.commands``)."""
+"""The HTTP routes of a protocol plugin's client side (Modbus, OPC UA): its
+devices' state, its actuators with their last read-back state, and commands
+to them through the audited actuation service, as the API's meter commands
+(``api.commands``). (The tags of every protocol are listed by ``api.tags``.)"""
 
 from __future__ import annotations
 
@@ -16,12 +17,36 @@ if TYPE_CHECKING:
     from balans_edge.server import Server
 
 
+class ProtocolClient(Protocol):
+    """What a protocol plugin's client component shows the HTTP API."""
+
+    def status(self) -> list[dict[str, Any]]: ...
+
+
 class ProtocolActuator(Protocol):
     """What a protocol plugin's actuator shows the HTTP API (Modbus, OPC UA)."""
 
     def owns(self, target: str) -> bool: ...
 
     def listing(self) -> list[dict[str, Any]]: ...
+
+
+def client_routes(server: Server, protocol: str, title: str, devices: str,
+                  client: Callable[[], ProtocolClient | None],
+                  actuator: Callable[[], ProtocolActuator | None]) -> list[Route]:
+    """``GET /api/v1/<protocol>/devices`` (``devices`` describes a row; times as ISO
+    text) and the actuator routes. ``client()`` and ``actuator()`` are None while
+    not running."""
+    async def listing(request: Request) -> Any:
+        running = client()
+        rows = running.status() if running is not None else []
+        for r in rows:
+            if "connected_at" in r:
+                r["connected_at"] = iso(int(r["connected_at"])) if r["connected_at"] else None
+        return json({"devices": rows})
+
+    return [Route("GET", f"/api/v1/{protocol}/devices", listing, devices, tags=("tags",)),
+            *actuator_routes(server, protocol, title, actuator)]
 
 
 def actuator_routes(server: Server, protocol: str, title: str,
