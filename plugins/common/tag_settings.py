@@ -35,6 +35,10 @@ class TagSettings:
     resolution: float = setting(0.0, range=(0.0, 1e9), doc="the meter's quantity per count (its pulse weight)")
     reading_every_s: float = setting(60.0, range=(1.0, 86400.0), doc="a meter reading at most this often")
 
+    def scaled(self, raw: float) -> float:
+        """The engineering value of a raw value read (a boolean reads as 1 or 0)."""
+        return raw * self.scale + self.offset
+
     def problems(self) -> list[str]:
         """What is wrong with this tag on its own (its device names it in the error)."""
         out = []

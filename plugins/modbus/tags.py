@@ -189,7 +189,7 @@ def tag_value(tag: TagConfig, data: Sequence[int] | Sequence[bool], offset: int)
         raw = float(bool(data[offset]))
     else:
         raw = float(decode(data[offset : offset + tag.count], tag.type, tag.byte_order)[0])
-    return raw * tag.scale + tag.offset
+    return tag.scaled(raw)
 
 
 def groups(tags: Iterable[TagConfig]) -> dict[float, list[TagConfig]]:
