@@ -11,10 +11,10 @@ from __future__ import annotations
 import json as _json
 import re
 import unicodedata
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import unquote
 from zoneinfo import ZoneInfo
 
@@ -23,9 +23,13 @@ from sanic.request import Request
 
 from balans_edge.core.calendar import MAX_POINTS, STEPS, Step
 from balans_edge.core.calendar import count as count_periods
+from balans_edge.core.components import SWITCH_CODES, Command, CommandCode
 from balans_edge.core.text import check_text
 from balans_edge.core.times import RANGE_TEXT, check_time
 from balans_edge.core.times import parse_time as parse_time_text
+
+if TYPE_CHECKING:
+    from balans_edge.core.actuation import ActuationService
 
 Role = Literal["viewer", "operator", "admin"]
 ROLE_RANK = {"viewer": 1, "operator": 2, "admin": 3}
@@ -203,6 +207,23 @@ def audited_body(request: Request, shape: str) -> tuple[dict[str, Any], str]:
     if not isinstance(reason, str) or not reason.strip():
         raise ApiError(400, "bad_body", "reason: a non-empty reason is required for the audit")
     return body, bounded_text(reason, "reason")
+
+
+def command_body(request: Request, allowed: Sequence[CommandCode] = SWITCH_CODES) -> tuple[CommandCode, str]:
+    """The command code and reason of a ``{"command", "reason"}`` body; 400 naming the allowed codes."""
+    body, reason = audited_body(request, '{"command": ..., "reason": ...}')
+    code = body.get("command")
+    if code not in allowed:
+        names = ", ".join(str(c) for c in allowed)
+        raise ApiError(400, "bad_body", f"command: expected one of {names}, got {code!r}")
+    return CommandCode(code), reason.strip()
+
+
+async def execute_command(commands: ActuationService, request: Request, target: str, code: CommandCode,
+                          reason: str) -> response.HTTPResponse:
+    """Run a command for the API user through the audited command service; answer its record."""
+    command = await commands.execute(Command(target, code, requested_by=f"api:{request.ctx.user}", reason=reason))
+    return json({**command.record(), "t": iso(command.t)})
 
 
 def bounded_text(value: str, name: str) -> str:

@@ -44,6 +44,10 @@ MIN_TREND_DAYS = 7
 MIN_T_STAT = 2.0
 MAX_SUSPECTS = 3
 _SEVERITY_RANK = {"critical": 0, "warning": 1, "info": 2}
+GROUP_FLAGS = {"incomplete": 0, "input_missing": 1, "input_estimated": 2, "norm_exceeded": 3,
+               "negative_imbalance": 4, "no_members": 5, "partial": 6}
+"""Bit of each flag of a group's balance period (as the HTTP API names them) in
+the flags word the SCADA bridges show: a Modbus register, an OPC UA variable."""
 
 Order = Literal["absolute", "relative", "trend"]
 

@@ -21,9 +21,10 @@ import pytest
 
 from balans_edge.core.components import Command, CommandOutcome
 from balans_edge.core.ingest import ReadingBatch
+from balans_edge.core.losses import GROUP_FLAGS
 from balans_edge.core.model import Concentrator, Group, GroupInput, Meter, RadioModule, Resource, Status
 from balans_edge.core.storage.sqlite import SqliteStorage
-from balans_edge.plugins.modbus.regmap import GROUP, GROUP_FLAGS, METER, METER_QUALITY, SYSTEM
+from balans_edge.plugins.modbus.regmap import GROUP, METER, METER_QUALITY, SYSTEM
 from balans_edge.plugins.modbus.server import ModbusServer
 from balans_edge.plugins.modbus.values import decode
 

@@ -176,8 +176,6 @@ COIL_KINDS = ("valve", "relay")
 
 METER_QUALITY = {"present": 0, "reading": 1, "stale": 2, "measured": 3, "estimated": 4, "removed": 5,
                  "valve": 6, "relay": 7, "writable": 8}
-GROUP_FLAGS = {"incomplete": 0, "input_missing": 1, "input_estimated": 2, "norm_exceeded": 3,
-               "negative_imbalance": 4, "no_members": 5, "partial": 6}
 SEVERITIES = {"info": 1, "warning": 2, "critical": 3}
 ALARM_CODES: dict[str, int] = {
     "slowed_meter": 1, "unmetered_connection": 2, "consumer_leak": 3, "burst": 4, "background_leak": 5,

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Annotated, Literal
 
+from balans_edge.plugins.common.listen import ListenConfig
 from balans_edge.settings import setting
 
 Role = Literal["viewer", "operator", "admin"]
@@ -53,11 +54,9 @@ def _check_choices(key: str, values: list[str], known: tuple[str, ...]) -> str |
 
 
 @dataclass(frozen=True)
-class ServerConfig:
+class ServerConfig(ListenConfig):
     """``[plugins.opcua.server]``: the OPC UA server for SCADA and MES."""
 
-    enabled: Annotated[bool, setting(doc="serve the address space (off unless asked for)")] = False
-    host: Annotated[str, setting(doc="address to listen on; loopback unless you mean otherwise")] = "127.0.0.1"
     port: Annotated[int, setting(range=(0, 65535), doc="TCP port (0: any free port)")] = 4840
     path: Annotated[str, setting(check=_path, doc="path of the endpoint URL")] = "/balans-edge/"
     application_uri: Annotated[str, setting(doc=(
