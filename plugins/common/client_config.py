@@ -15,6 +15,12 @@ from balans_edge.core.tags import meter_collisions
 from balans_edge.plugins.common.tag_settings import TagSettings
 from balans_edge.settings import setting
 
+ReconnectMin = Annotated[float, setting(range=(0.01, 3600.0), doc="first reconnect delay (doubles, with jitter)")]
+"""The type of a device's ``reconnect_min_s`` (default 0.5), whatever its protocol."""
+ReconnectMax = Annotated[float, setting(range=(0.01, 3600.0), doc="longest reconnect delay")]
+"""The type of a device's ``reconnect_max_s`` (default 30.0); not shorter than ``reconnect_min_s``
+(``device_problems``)."""
+
 
 class DeviceSettings(Protocol):
     """What the checks below need of a protocol client's device configuration

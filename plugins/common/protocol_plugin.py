@@ -5,13 +5,14 @@ client (a ``ClientActuator``), each made from its own part of the plugin's
 section when it is configured; and the hooks that contribute them, give the
 client's routes and forward commands and alarms to the server part.
 
-A protocol names its section and says how each part is made (``make_*``):
-its modules may be imported only there, so that a protocol library that takes
-long to import (asyncua) is imported only when the part is configured."""
+A protocol names its section and where the class of each part is
+(``"module:Class"``): a part's module is imported only when the part is
+configured, so that a protocol library that takes long to import (asyncua) is
+imported only then."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import importlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -53,28 +54,35 @@ class ProtocolPlugin(Plugin):
     commands_doc: ClassVar[str]
     """The help of the command group."""
 
+    server_part: ClassVar[str]
+    """``"module:Class"`` of the server part (a ``LiveBridge``), made with the context and ``config.server``."""
+    client_part: ClassVar[str]
+    """Of the client part (a ``TagClient``), made with the context and ``config.devices``."""
+    actuator_part: ClassVar[str]
+    """Of the actuator (a ``ClientActuator``), made with the client and ``config.actuators``."""
+
     server: LiveBridge[Any] | None = None
     client: TagClient | None = None
     actuator: ClientActuator[Any, Any] | None = None
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """A part is the protocol's own: its module is in the plugin's package (no plugin
+        reaches another plugin, by a string no more than by an import)."""
+        super().__init_subclass__(**kwargs)
+        package = cls.__module__.rpartition(".")[0] + "."
+        for spec in (cls.server_part, cls.client_part, cls.actuator_part):
+            if not spec.startswith(package):
+                raise TypeError(f"{cls.__qualname__}: part {spec!r} is not in the plugin's package {package[:-1]}")
+
     def bind(self, context: PluginContext) -> None:
         super().bind(context)
         config: ProtocolSection = context.config
-        self.server = self.make_server(context, config.server) if config.server.enabled else None
-        self.client = self.make_client(context, config.devices) if config.devices else None
-        self.actuator = (self.make_actuator(self.client, config.actuators)
+        self.server = _part(self.server_part)(context, config.server) if config.server.enabled else None
+        self.client = _part(self.client_part)(context, config.devices) if config.devices else None
+        self.actuator = (_part(self.actuator_part)(self.client, config.actuators)
                          if self.client is not None and config.actuators else None)
 
     # what a protocol says ---------------------------------------------------------
-
-    def make_server(self, context: PluginContext, config: Any) -> LiveBridge[Any]:
-        raise NotImplementedError
-
-    def make_client(self, context: PluginContext, devices: Sequence[Any]) -> TagClient:
-        raise NotImplementedError
-
-    def make_actuator(self, client: Any, actuators: Sequence[Any]) -> ClientActuator[Any, Any]:
-        raise NotImplementedError
 
     def add_commands(self, group: click.Group) -> None:
         """The protocol's commands in its group (``balans-edge <section> ...``)."""
@@ -117,3 +125,9 @@ class ProtocolPlugin(Plugin):
         from balans_edge.cli import command_group
 
         self.add_commands(command_group(cli, self.section, self.commands_doc))
+
+
+def _part(spec: str) -> Any:
+    """The class ``"module:Class"`` names, its module imported now."""
+    module, _, name = spec.partition(":")
+    return getattr(importlib.import_module(module), name)

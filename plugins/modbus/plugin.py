@@ -6,15 +6,12 @@ its hooks among it, is in ``plugins/common`` (``ProtocolPlugin``)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from balans_edge.core.context import PluginContext
 from balans_edge.plugins.common.protocol_plugin import ProtocolPlugin, ProtocolSection
-from balans_edge.plugins.modbus.actuators import ActuatorConfig, ModbusActuator
-from balans_edge.plugins.modbus.client import ModbusClient
-from balans_edge.plugins.modbus.server import ModbusServer, ServerConfig
+from balans_edge.plugins.modbus.actuators import ActuatorConfig
+from balans_edge.plugins.modbus.server import ServerConfig
 from balans_edge.plugins.modbus.tags import DeviceConfig, check_devices
 
 if TYPE_CHECKING:
@@ -44,14 +41,9 @@ class ModbusPlugin(ProtocolPlugin):
     devices_doc = "Polled Modbus devices: link state, reconnects, requests, reads per poll, last error"
     commands_doc = "Modbus: the register map for SCADA, PLC tags."
 
-    def make_server(self, context: PluginContext, config: ServerConfig) -> ModbusServer:
-        return ModbusServer(context, config)
-
-    def make_client(self, context: PluginContext, devices: Sequence[DeviceConfig]) -> ModbusClient:
-        return ModbusClient(context, devices)
-
-    def make_actuator(self, client: ModbusClient, actuators: Sequence[ActuatorConfig]) -> ModbusActuator:
-        return ModbusActuator(client, actuators)
+    server_part = "balans_edge.plugins.modbus.server:ModbusServer"
+    client_part = "balans_edge.plugins.modbus.client:ModbusClient"
+    actuator_part = "balans_edge.plugins.modbus.actuators:ModbusActuator"
 
     def add_commands(self, group: click.Group) -> None:
         from balans_edge.plugins.modbus.client_cli import add_commands as add_client_commands

@@ -25,7 +25,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Annotated, Literal
 
-from balans_edge.plugins.common.client_config import device_problems, devices_problems
+from balans_edge.plugins.common.client_config import ReconnectMax, ReconnectMin, device_problems, devices_problems
 from balans_edge.plugins.common.tag_settings import TagSettings, tag_name
 from balans_edge.plugins.modbus.values import ByteOrder, DataType, decode, register_count
 from balans_edge.settings import setting
@@ -87,9 +87,8 @@ class DeviceConfig:
         "stale without a good value for this many intervals"))] = 2.0
     store_every_s: Annotated[float, setting(range=(0.0, 86400.0), doc=(
         "store unchanged samples this often (0: all)"))] = 60.0
-    reconnect_min_s: Annotated[float, setting(range=(0.01, 3600.0), doc=(
-        "first reconnect delay (doubles, with jitter)"))] = 0.5
-    reconnect_max_s: Annotated[float, setting(range=(0.01, 3600.0), doc="longest reconnect delay")] = 30.0
+    reconnect_min_s: ReconnectMin = 0.5
+    reconnect_max_s: ReconnectMax = 30.0
     tags: Annotated[list[TagConfig], setting(doc="the values read from it")] = field(default_factory=list)
 
     def __post_init__(self) -> None:

@@ -7,11 +7,9 @@ What it shares with the Modbus plugin, its hooks among it, is in
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from balans_edge.core.context import PluginContext
 from balans_edge.plugins.common.protocol_plugin import ProtocolPlugin, ProtocolSection
 from balans_edge.plugins.opcua.client_config import ActuatorConfig, DeviceConfig
 from balans_edge.plugins.opcua.config import ServerConfig
@@ -19,9 +17,6 @@ from balans_edge.plugins.opcua.config import ServerConfig
 if TYPE_CHECKING:
     import click
 
-    from balans_edge.plugins.opcua.actuators import OpcuaActuator
-    from balans_edge.plugins.opcua.client import OpcuaClient
-    from balans_edge.plugins.opcua.server import OpcuaServer
 
 NAME = "opcua"
 
@@ -47,20 +42,9 @@ class OpcuaPlugin(ProtocolPlugin):
                    "notifications")
     commands_doc = "OPC UA: the server for SCADA, pumping-station servers read as a client."
 
-    def make_server(self, context: PluginContext, config: ServerConfig) -> OpcuaServer:
-        from balans_edge.plugins.opcua.server import OpcuaServer
-
-        return OpcuaServer(context, config)
-
-    def make_client(self, context: PluginContext, devices: Sequence[DeviceConfig]) -> OpcuaClient:
-        from balans_edge.plugins.opcua.client import OpcuaClient
-
-        return OpcuaClient(context, devices)
-
-    def make_actuator(self, client: OpcuaClient, actuators: Sequence[ActuatorConfig]) -> OpcuaActuator:
-        from balans_edge.plugins.opcua.actuators import OpcuaActuator
-
-        return OpcuaActuator(client, actuators)
+    server_part = "balans_edge.plugins.opcua.server:OpcuaServer"
+    client_part = "balans_edge.plugins.opcua.client:OpcuaClient"
+    actuator_part = "balans_edge.plugins.opcua.actuators:OpcuaActuator"
 
     def add_commands(self, group: click.Group) -> None:
         from balans_edge.plugins.opcua.client_cli import add_commands
