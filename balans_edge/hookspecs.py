@@ -60,8 +60,8 @@ def config_schema() -> dict[str, type] | None:
     ```python
     @dataclass(frozen=True)
     class ExampleConfig:
-        greeting: str = "hello"
-        interval_s: float = setting(1.0, range=(0.01, 3600))
+        greeting: Annotated[str, setting(doc="what it says")] = "hello"
+        interval_s: Annotated[float, setting(range=(0.01, 3600), doc="how often")] = 1.0
 
 
     class ExamplePlugin(Plugin):

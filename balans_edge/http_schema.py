@@ -28,6 +28,7 @@ import msgspec
 from msgspec import Meta, Struct
 
 from balans_edge.core.calendar import Step
+from balans_edge.core.components import SWITCH_CODES
 from balans_edge.core.registry_io import BadValue, identifier
 from balans_edge.core.text import MAX_TEXT_BYTES, check_text
 from balans_edge.core.times import RANGE_TEXT, TIME_MAX, TIME_MIN, parse_time
@@ -431,3 +432,14 @@ class CommandRecord(Struct):
     reason: str
     outcome: str
     detail: str
+
+
+SwitchCommandCode = Literal[tuple(str(c) for c in SWITCH_CODES)]  # type: ignore[valid-type]
+"""What the actuator routes accept: valves, relays and pumps (device commands have routes of their own)."""
+
+
+class CommandBody(Struct):
+    """A command to a valve, pump or relay, and why (for the audit)."""
+
+    command: SwitchCommandCode
+    reason: Reason

@@ -14,7 +14,7 @@ import unicodedata
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import unquote
 from zoneinfo import ZoneInfo
 
@@ -22,8 +22,12 @@ from sanic import response
 
 from balans_edge.core.calendar import MAX_POINTS, Step
 from balans_edge.core.calendar import count as count_periods
+from balans_edge.core.components import Command, CommandCode
 from balans_edge.core.roles import Role
-from balans_edge.core.times import RANGE_TEXT, check_time
+from balans_edge.core.times import RANGE_TEXT, check_time, iso
+
+if TYPE_CHECKING:
+    from balans_edge.core.actuation import ActuationService
 
 UTC_ZONE = ZoneInfo("UTC")
 
@@ -167,3 +171,11 @@ def int_value(raw: str, name: str, lo: int, hi: int) -> int:
     if not _DECIMAL.fullmatch(raw) or not lo <= int(raw) <= hi:
         raise ApiError(400, "bad_parameter", f"{name}: expected an integer {lo}..{hi}, got {raw!r}")
     return int(raw)
+
+
+async def execute_command(commands: ActuationService, request: Any, target: str, code: CommandCode,
+                          reason: str) -> response.HTTPResponse:
+    """Run a command for the API user through the audited command service; answer
+    the audited record (the meter commands and every protocol plugin's actuators)."""
+    command = await commands.execute(Command(target, code, requested_by=f"api:{request.ctx.user}", reason=reason))
+    return json({**command.record(), "t": iso(command.t)})

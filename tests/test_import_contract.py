@@ -1,7 +1,9 @@
 """The import contract, read from the code: core imports no web or protocol
 library, no plugin and nothing of the shell; a plugin imports no other plugin
 (only ``plugins/common``) and, of the shell, only the modules meant for
-plugins. A plugin that needs more than these asks for it in its context."""
+plugins. ``plugins/common`` (what the protocol plugins share) keeps the same
+contract: it is plugin code, so it reaches the shell no further than a plugin.
+A plugin that needs more than these asks for it in its context."""
 
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ PLUGIN_FACING = {"balans_edge", "balans_edge.hookspecs", "balans_edge.routes", "
                  "balans_edge.plugins.common"}
 """Shell modules a plugin may import (besides all of core): the hook marker, routes and
 their value types, configuration schemas and the command-line helpers for its commands."""
-PLUGIN_DIRS = sorted(p for p in (ROOT / "plugins").iterdir() if (p / "__init__.py").exists() and p.name != "common")
+PLUGIN_DIRS = sorted(p for p in (ROOT / "plugins").iterdir() if (p / "__init__.py").exists())
 
 
 def imports(path: Path) -> list[tuple[int, str]]:

@@ -21,9 +21,10 @@ from totaliser_support import ReplayedTotaliser
 from balans_edge.config import parse_config
 from balans_edge.core.bus import TagValues
 from balans_edge.core.model import Meter, RadioModule, Resource
+from balans_edge.core.tags import counter_of
 from balans_edge.plugin_manager import config_schemas, load_plugins
 from balans_edge.plugins.modbus import client as client_module
-from balans_edge.plugins.modbus.client import ModbusClient, counter_of
+from balans_edge.plugins.modbus.client import ModbusClient
 from balans_edge.plugins.modbus.tags import TagConfig, plan
 from balans_edge.plugins.modbus.values import BYTE_ORDERS, DATA_TYPES, register_count
 from balans_edge.settings import ConfigError

@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from balans_edge.core.registry import RegistryError, parse_object
-from balans_edge.tag_settings import TagSettings
+from balans_edge.plugins.common.tag_settings import TagSettings
 
 from conftest import auth, base_config
 

@@ -1,27 +1,26 @@
-"""Valve and relay commands over HTTP, through the actuation service (audited)."""
+"""Valve and relay commands over HTTP, through the actuation service (audited),
+and the command audit. A command's audited answer is written by
+``routes.execute_command``, which the protocol plugins' actuator routes
+(``plugins.common.client_api``) use too."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Annotated, Any, Literal, Protocol
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import msgspec
 from msgspec import Meta, Struct
 from sanic.request import Request
 
-from balans_edge.core.components import SWITCH_CODES, Command, CommandCode
+from balans_edge.core.components import CommandCode
 from balans_edge.core.times import iso
 from balans_edge.http_schema import CommandRecord, Reason, Time
-from balans_edge.routes import ApiError, Param, Route, json
+from balans_edge.routes import ApiError, Param, Route, execute_command, json
 
 if TYPE_CHECKING:
-    from balans_edge.core.actuation import ActuationService
     from balans_edge.server import Server
 
 MAX_AUDIT_LIMIT = 1000
 MeterCommandCode = Literal["valve_close", "valve_open", "relay_off", "relay_on"]
-SwitchCommandCode = Literal[tuple(str(c) for c in SWITCH_CODES)]  # type: ignore[valid-type]
-"""What the actuator routes accept: valves, relays and pumps (device commands have routes of their own)."""
 
 
 class CommandsQuery(Struct):
@@ -48,65 +47,8 @@ class MeterCommandBody(Struct):
     reason: Reason
 
 
-class CommandBody(Struct):
-    """A command to a valve, pump or relay, and why (for the audit)."""
-
-    command: SwitchCommandCode
-    reason: Reason
-
-
 class CommandAudit(Struct):
     commands: list[CommandRecord]
-
-
-class Actuators(Struct):
-    actuators: list[dict[str, Any]]
-
-
-async def execute(commands: ActuationService, request: Request, target: str, code: CommandCode,
-                  reason: str) -> Any:
-    """Run a command for the API user through the actuation service; answer the audited record."""
-    command = await commands.execute(Command(target, code, requested_by=f"api:{request.ctx.user}", reason=reason))
-    return json({**command.record(), "t": iso(command.t)})
-
-
-class ProtocolActuator(Protocol):
-    """What a protocol plugin's actuator shows the HTTP API (Modbus, OPC UA)."""
-
-    def owns(self, target: str) -> bool: ...
-
-    def listing(self) -> list[dict[str, Any]]: ...
-
-
-def actuator_routes(commands: ActuationService, protocol: str, title: str,
-                    actuator: Callable[[], ProtocolActuator | None]) -> list[Route]:
-    """``GET /api/v1/<protocol>/actuators`` and ``POST .../<target>/commands`` of a
-    protocol plugin's actuator (``actuator()`` is None while it is not running)."""
-    async def listing(request: Request) -> Any:
-        a = actuator()
-        rows = a.listing() if a is not None else []
-        for r in rows:
-            r["t"] = iso(int(r["t"])) if r["t"] else None
-        return json({"actuators": rows})
-
-    async def command(request: Request, target: str, body: CommandBody) -> Any:
-        a = actuator()
-        if a is None or not a.owns(target):
-            raise ApiError(404, "not_found", f"no {title} actuator drives {target!r}")
-        return await execute(commands, request, target, CommandCode(body.command), body.reason)
-
-    return [
-        Route("GET", f"/api/v1/{protocol}/actuators", listing,
-              f"Valves, pumps and relays driven through {title}, with their last read-back state",
-              response=Actuators, tags=("commands",)),
-        Route("POST", f"/api/v1/{protocol}/actuators/<target>/commands", command,
-              f"Open or close a valve, start or stop a pump, switch a relay through {title} (audited; confirmed "
-              "by read-back)",
-              role="operator", params=(Param("target", description="the actuator's target"),), tags=("commands",),
-              body=CommandBody, response=CommandRecord,
-              responses={200: "the audited command: id, outcome (done, failed or refused), detail",
-                         400: "bad body or no reason", 404: f"no {title} actuator drives the target"}),
-    ]
 
 
 def routes(server: Server) -> list[Route]:
@@ -119,7 +61,7 @@ def routes(server: Server) -> list[Route]:
     async def meter_command(request: Request, meter_id: str, body: MeterCommandBody) -> Any:
         if await server.storage.registry_get("meters", meter_id) is None:
             raise ApiError(404, "not_found", f"meter {meter_id!r} is not in the registry")
-        return await execute(server.actuation, request, meter_id, CommandCode(body.command), body.reason)
+        return await execute_command(server.actuation, request, meter_id, CommandCode(body.command), body.reason)
 
     return [
         Route("GET", "/api/v1/commands", audit,

@@ -4,26 +4,24 @@ back (the rules of ``core.readback``)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from balans_edge.core.readback import Kind, ReadbackActuator, SwitchFailed, non_empty
+from balans_edge.core.readback import SwitchFailed
+from balans_edge.plugins.common.actuators import ClientActuator
+from balans_edge.plugins.common.client_config import ActuatorSettings
 from balans_edge.plugins.modbus.client import BadAnswer, DeviceRefused, LinkDown, NoAnswer
 from balans_edge.plugins.modbus.tags import BIT_TABLES
 from balans_edge.settings import setting
 
 if TYPE_CHECKING:
-    from balans_edge.plugins.modbus.client import Device, ModbusClient
+    from balans_edge.plugins.modbus.client import Device
 
 
 @dataclass(frozen=True, kw_only=True)
-class ActuatorConfig:
+class ActuatorConfig(ActuatorSettings):
     """A valve, pump or relay switched through one coil or holding register of a device."""
 
-    target: Annotated[str, setting(check=non_empty, doc="the meter id or device id commands name")]
-    device: Annotated[str, setting(check=non_empty, doc="the [[plugins.modbus.devices]] name it is wired to")]
-    kind: Annotated[Kind, setting(doc="valve (open/close), pump (start/stop) or relay (on/off)")]
     write_table: Annotated[Literal["coil", "holding"], setting(doc="where the command is written")] = "coil"
     write_address: Annotated[int, setting(range=(0, 65535), doc="0-based address written")]
     on_value: Annotated[int, setting(range=(0, 65535), doc="written to open, start or switch on")] = 1
@@ -48,14 +46,10 @@ class ActuatorConfig:
             raise ValueError(f"{where}: a {self.readback_table} reads back 0 or 1")
 
 
-class ModbusActuator(ReadbackActuator[ActuatorConfig, "Device"]):
+class ModbusActuator(ClientActuator[ActuatorConfig, "Device"]):
     """Executes the commands of every configured Modbus actuator."""
 
     name = "modbus"
-
-    def __init__(self, client: ModbusClient, actuators: Sequence[ActuatorConfig]) -> None:
-        super().__init__(lambda name: client.devices.get(name), actuators)  # devices are made at start
-        self.client = client
 
     async def switch(self, config: ActuatorConfig, device: Device, on: bool) -> str:
         value = config.on_value if on else config.off_value

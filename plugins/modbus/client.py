@@ -32,15 +32,14 @@ import contextlib
 import logging
 import math
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
 from pymodbus.exceptions import ConnectionException, ModbusIOException
 
-from balans_edge.core.tags import Backoff, TagQuality, TagRecorder, TagState, ensure_meters, mark
-from balans_edge.core.tags import counter_of as counter_of  # shared with the OPC UA client; importable from here
-from balans_edge.core.tasks import cancel_surely
+from balans_edge.core.tags import Backoff, TagQuality, TagState, mark
+from balans_edge.plugins.common.tag_client import TagClient
 from balans_edge.plugins.modbus.tags import (
     BIT_TABLES,
     GATEWAY_UNREACHABLE,
@@ -356,27 +355,21 @@ def _bad(states: Sequence[TagState], quality: TagQuality, detail: str) -> None:
 # -- the component ---------------------------------------------------------------------------
 
 
-class ModbusClient:
+class ModbusClient(TagClient):
     """The component: links, devices, supervised poll loops, the stale sweeper."""
 
     name = "modbus-client"
     protocol = "modbus"
 
     def __init__(self, context: PluginContext, devices: Sequence[DeviceConfig]) -> None:
-        self.context = context
-        self.recorder = TagRecorder(context.storage, context.bus, context.ingest, "modbus")
-        self.configs = list(devices)
+        super().__init__(context, devices)
+        self.configs: list[DeviceConfig] = list(devices)
         self.links: dict[tuple, Link] = {}
         self.devices: dict[str, Device] = {}
         self.pollers: list[Poller] = []
-        self._tasks: list[asyncio.Task[None]] = []
-        self.created_meters: list[str] = []
 
     async def start(self) -> None:
-        tags = [(f'[plugins.modbus] device "{d.name}" tag "{t.name}"', t) for d in self.configs for t in d.tags]
-        self.created_meters = await ensure_meters(self.context.storage, tags, int(wall_clock()))
-        if self.created_meters:
-            log.info("modbus: created meters %s for totaliser tags", ", ".join(self.created_meters))
+        await self.make_meters(wall_clock())
         by_link: dict[tuple, list[DeviceConfig]] = {}
         for c in self.configs:
             by_link.setdefault(c.link_key, []).append(c)
@@ -384,16 +377,12 @@ class ModbusClient:
         self.devices = {c.name: Device(c, self.links[c.link_key]) for c in self.configs}
         self.pollers = [Poller(d, self._record) for d in self.devices.values() if d.config.tags]
         for p in self.pollers:
-            self._tasks.append(self.context.health.supervise(
-                self, asyncio.create_task(self._supervise(p), name=f"modbus-poll-{p.device.name}")))
+            self.run(self._supervise(p), f"modbus-poll-{p.device.name}")
         if self.pollers:
-            self._tasks.append(self.context.health.supervise(
-                self, asyncio.create_task(self._sweep(), name="modbus-stale-sweep")))
+            self.run(self._sweep(), "modbus-stale-sweep")
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            await cancel_surely(task)
-        self._tasks = []
+        await self.stop_tasks()
         for link in self.links.values():
             link.close()
 
@@ -442,13 +431,8 @@ class ModbusClient:
 
     # views -------------------------------------------------------------------
 
-    def snapshot(self) -> list[dict[str, Any]]:
-        """Every tag's newest sample, last good value and quality, in configuration order."""
-        return [s.row() for p in self.pollers for s in p.states.values()]
-
-    def tag_snapshot(self) -> list[dict[str, Any]]:
-        """The tags as ``GET /api/v1/tags`` lists them (``core.tags.TagSource``)."""
-        return [{**row, "protocol": self.protocol} for row in self.snapshot()]
+    def states(self) -> Iterator[TagState]:
+        return (s for p in self.pollers for s in p.states.values())
 
     def status(self) -> list[dict[str, Any]]:
         polled = {p.device.name: p for p in self.pollers}

@@ -35,11 +35,12 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pymodbus.constants import ExcCodes
 
-from balans_edge.core.bus import BalanceUpdated, IntervalsUpdated, ReadingsCommitted, Subscription
 from balans_edge.core.components import Alarm, Command, CommandCode
-from balans_edge.core.tasks import cancel
-from balans_edge.plugins.modbus import snapshot as snap
+from balans_edge.plugins.common.bridge import LiveBridge
+from balans_edge.plugins.common.listen import ListenConfig
+from balans_edge.plugins.common.live import load_all, refresh_new_hour, resolutions
 from balans_edge.plugins.modbus.regmap import Coil, MapError, RegisterMap, load_map, order_keys
+from balans_edge.plugins.modbus.snapshot import Snapshot
 from balans_edge.plugins.modbus.values import BYTE_ORDERS
 from balans_edge.settings import setting
 
@@ -89,11 +90,9 @@ def _check_codes(codes: dict[str, int]) -> str | None:
 
 
 @dataclass(frozen=True)
-class ServerConfig:
+class ServerConfig(ListenConfig):
     """``[plugins.modbus.server]``: the Modbus TCP server for SCADA."""
 
-    enabled: Annotated[bool, setting(doc="serve the register map (off unless asked for)")] = False
-    host: Annotated[str, setting(doc="address to listen on; loopback unless you mean otherwise")] = "127.0.0.1"
     port: Annotated[int, setting(range=(0, 65535), doc="TCP port (0: any free port)")] = 5020
     unit_id: Annotated[int, setting(range=(1, 255), doc="unit id answered; others get exception 0B")] = 1
     byte_order: Annotated[Literal["ABCD", "CDAB", "BADC", "DCBA"], setting(doc="byte order of every "
@@ -217,7 +216,7 @@ class Connection(asyncio.Protocol):
             else:
                 self.busy = True
                 self.transport.pause_reading()
-                self.owner.spawn(self.finish(tid, unit, pdu[0], answer))
+                self.owner.keep(self.finish(tid, unit, pdu[0], answer))
         self.partial_since = (self.partial_since or time.monotonic()) if self.buffer else None
 
     async def finish(self, tid: int, unit: int, function: int, answer: Awaitable[bytes]) -> None:
@@ -251,24 +250,19 @@ class Connection(asyncio.Protocol):
 # the component ---------------------------------------------------------------------
 
 
-class ModbusServer:
-    """Serves the register map; refreshes it from storage on bus events and every second."""
+class ModbusServer(LiveBridge[ServerConfig]):
+    """Serves the register map; refreshes it from storage on bus events and every
+    second (``LiveBridge``)."""
 
     name = "modbus-server"
 
     def __init__(self, context: PluginContext, config: ServerConfig) -> None:
-        self.context = context
-        self.config = config
-        self.snapshot: snap.Snapshot | None = None
-        self.port: int | None = None
+        super().__init__(context, config)
+        self.snapshot: Snapshot | None = None
         self.connections: set[Connection] = set()
         self.stats: dict[str, int] = dict.fromkeys(
             ("accepted", "refused", "closed_idle", "closed_bad_frame", "exceptions", "writes"), 0)
-        self.refresh_failed = False
         self._listener: asyncio.Server | None = None
-        self._sub: Subscription | None = None
-        self._tasks: list[asyncio.Task[None]] = []
-        self._writes: set[asyncio.Task[Any]] = set()
         self._registry_version: int | None = None
         self._started = time.time()
         self._refusal_logged = 0.0
@@ -277,24 +271,25 @@ class ModbusServer:
     def map(self) -> RegisterMap | None:
         return self.snapshot.map if self.snapshot else None
 
+    @property
+    def live(self) -> Snapshot | None:
+        return self.snapshot
+
     # lifecycle --------------------------------------------------------------
 
     async def start(self) -> None:
         self._started = time.time()
-        # Subscribe first: nothing committed while the map is loaded is missed.
-        self._sub = self.context.bus.subscribe(ReadingsCommitted, IntervalsUpdated, BalanceUpdated, maxsize=256,
-                                              policy="drop_oldest")
+        self.subscribe()
         try:
             await self.rebuild()
         except MapError as exc:
-            self._sub.close()
+            self.unsubscribe()
             raise MapError(f"modbus register map: {exc}") from None
         loop = asyncio.get_running_loop()
         self._listener = await loop.create_server(lambda: Connection(self), self.config.host, self.config.port,
                                                   reuse_address=True)
         self.port = self._listener.sockets[0].getsockname()[1]
-        self._tasks = [self.context.health.supervise(self, asyncio.create_task(self._follow(), name="modbus-refresh")),
-                       self.context.health.supervise(self, asyncio.create_task(self._tick_loop(), name="modbus-tick"))]
+        self.follow()
         log.info("modbus: serving %d meters and %d groups on %s:%s (unit %d)", len(self.map.meters),
                  len(self.map.groups), self.config.host, self.port, self.config.unit_id)
 
@@ -304,24 +299,13 @@ class ModbusServer:
         for conn in list(self.connections):
             if conn.transport is not None:
                 conn.transport.abort()
-        for task in self._tasks:
-            await cancel(task)
-        if self._writes:
-            # A command already sent finishes and is audited; its client just gets no answer.
-            await asyncio.wait(self._writes, timeout=self.config.write_timeout_s)
-            for task in list(self._writes):
-                await cancel(task)
+        await self.stop_following()
+        await self.finish_commands(self.config.write_timeout_s)
         if self._listener is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._listener.wait_closed(), 1.0)
             self._listener = None
-        if self._sub is not None:
-            self._sub.close()
-
-    def spawn(self, coro: Awaitable[None]) -> None:
-        task = asyncio.ensure_future(coro)
-        self._writes.add(task)
-        task.add_done_callback(self._writes.discard)
+        self.unsubscribe()
 
     # connections --------------------------------------------------------------
 
@@ -417,11 +401,8 @@ class ModbusServer:
         async def run() -> list[Command]:
             return [await self.context.commands.execute(c) for c in commands]
 
-        task = asyncio.ensure_future(run())
-        self._writes.add(task)
-        task.add_done_callback(self._writes.discard)
-        done, _ = await asyncio.wait({task}, timeout=self.config.write_timeout_s)
-        if not done:
+        task = await self.run_command(run(), self.config.write_timeout_s)
+        if task is None:
             return self._refuse(function, ExcCodes.ACKNOWLEDGE)
         if task.exception() is not None or any(c.outcome != "done" for c in task.result()):
             return self._refuse(function, ExcCodes.DEVICE_FAILURE)
@@ -433,15 +414,9 @@ class ModbusServer:
         """A new map and snapshot from the registry as it is now, swapped in whole."""
         version = await self.context.storage.registry_version()
         rmap = await load_map(self.context.storage, self.config, int(time.time()))
-        from balans_edge.core.balance_queries import Tree
-
-        tree = await Tree.current(self.context.storage)
-        resolution = {g: tree.resolution(g) for g in tree.groups}
-        snapshot = snap.Snapshot(rmap, self.config, self.context.tz, self.context.site.completeness_threshold,
-                                 resolution)
-        now = time.time()
-        await snap.load_all(snapshot, self.context.storage, now)
-        snapshot.hour_t = snap.hour_marks(now, self.context.tz)[0]
+        snapshot = Snapshot(rmap, self.config, self.context.tz, self.context.site.completeness_threshold,
+                            await resolutions(self.context.storage))
+        await load_all(snapshot, self.context.storage, time.time())
         self._stamp(snapshot)
         if rmap.unplaced:
             log.warning("modbus: not in the map (area full): %s", ", ".join(rmap.unplaced))
@@ -452,66 +427,13 @@ class ModbusServer:
                         ", ".join(unknown))
         self.snapshot, self._registry_version = snapshot, version
 
-    async def _follow(self) -> None:
-        """Bus events -> batched refreshes (events waiting together share one)."""
-        sub = self._sub
-        if sub is None:
-            return
-        dropped = sub.dropped
-        while True:
-            events = [await sub.get()]
-            while not sub.queue.empty():
-                events.append(sub.queue.get_nowait())
-            try:
-                if sub.dropped != dropped:
-                    # Events were lost while we were busy: read everything again.
-                    dropped = sub.dropped
-                    await self._refresh_all()
-                else:
-                    await self._refresh_events(events)
-                self._refreshed(None)
-            except Exception as exc:
-                log.exception("modbus: refreshing the register map failed")
-                self._refreshed(exc)
+    async def show(self) -> None:
+        if self.snapshot is not None:
+            self._stamp(self.snapshot)  # ages and quality of the new readings now, not at the next tick
 
-    def _refreshed(self, error: Exception | None) -> None:
-        """A refresh's outcome: while they fail, the plugin shows failed in /health."""
-        if error is not None or self.refresh_failed:
-            self.context.health.fault(self, error)
-        self.refresh_failed = error is not None
-
-    async def _refresh_events(self, events: list[Any]) -> None:
-        snapshot = self.snapshot
-        if snapshot is None:
-            return
-        readings = sorted({m for e in events if isinstance(e, ReadingsCommitted) for m in e.meters})
-        intervals = sorted({m for e in events if isinstance(e, IntervalsUpdated) for m in e.meters})
-        hour, today = snap.hour_marks(time.time(), self.context.tz)
-        if readings:
-            await snap.refresh_readings(snapshot, self.context.storage, readings)
-        if intervals:
-            await snap.refresh_hour(snapshot, self.context.storage, intervals, hour)
-        if any(isinstance(e, BalanceUpdated) for e in events):
-            await snap.refresh_groups(snapshot, self.context.storage, hour, today)
-        self._stamp(snapshot)  # ages and quality of the new readings now, not at the next tick
-
-    async def _refresh_all(self) -> None:
-        snapshot = self.snapshot
-        if snapshot is not None:
-            await snap.load_all(snapshot, self.context.storage, time.time())
-            self._stamp(snapshot)
-
-    async def _tick_loop(self) -> None:
-        while True:
-            await asyncio.sleep(1.0 - time.time() % 1.0)
-            try:
-                await self.tick()
-                self._refreshed(None)
-            except Exception as exc:
-                log.exception("modbus: periodic refresh failed")
-                self._refreshed(exc)
-                if self.snapshot is not None:
-                    self._stamp(self.snapshot)  # from memory: the health word tells SCADA
+    def tick_failed(self) -> None:
+        if self.snapshot is not None:
+            self._stamp(self.snapshot)  # from memory: the health word tells SCADA
 
     async def tick(self) -> None:
         """Every second: a changed registry rebuilds the map; a new hour re-reads the
@@ -522,12 +444,7 @@ class ModbusServer:
         snapshot = self.snapshot
         if snapshot is None:
             return
-        now = time.time()
-        hour, today = snap.hour_marks(now, self.context.tz)
-        if hour != snapshot.hour_t:
-            await snap.refresh_hour(snapshot, self.context.storage, None, hour)
-            await snap.refresh_groups(snapshot, self.context.storage, hour, today)
-            snapshot.hour_t = hour
+        await refresh_new_hour(snapshot, self.context.storage, time.time())
         self._stamp(snapshot)
         mono = time.monotonic()
         for conn in list(self.connections):
@@ -535,7 +452,7 @@ class ModbusServer:
             if reason:
                 conn.close(reason)
 
-    def _stamp(self, snapshot: snap.Snapshot) -> None:
+    def _stamp(self, snapshot: Snapshot) -> None:
         """Data ages, stale bits and the system block, as of now."""
         now = time.time()
         uptime = now - (self.context.health.started_at or self._started)
@@ -547,7 +464,7 @@ class ModbusServer:
 
     # observers (called by the plugin's hooks) ------------------------------------------
 
-    def on_command(self, command: Command) -> None:
+    async def on_command(self, command: Command) -> None:
         if self.snapshot is not None:
             self.snapshot.command(command)
 

@@ -25,10 +25,10 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Annotated, Literal
 
-from balans_edge.core.tags import meter_collisions
+from balans_edge.plugins.common.client_config import ReconnectMax, ReconnectMin, device_problems, devices_problems
+from balans_edge.plugins.common.tag_settings import TagSettings, tag_name
 from balans_edge.plugins.modbus.values import ByteOrder, DataType, decode, register_count
 from balans_edge.settings import setting
-from balans_edge.tag_settings import TagSettings, tag_name
 
 Table = Literal["holding", "input", "coil", "discrete"]
 
@@ -87,24 +87,14 @@ class DeviceConfig:
         "stale without a good value for this many intervals"))] = 2.0
     store_every_s: Annotated[float, setting(range=(0.0, 86400.0), doc=(
         "store unchanged samples this often (0: all)"))] = 60.0
-    reconnect_min_s: Annotated[float, setting(range=(0.01, 3600.0), doc=(
-        "first reconnect delay (doubles, with jitter)"))] = 0.5
-    reconnect_max_s: Annotated[float, setting(range=(0.01, 3600.0), doc="longest reconnect delay")] = 30.0
+    reconnect_min_s: ReconnectMin = 0.5
+    reconnect_max_s: ReconnectMax = 30.0
     tags: Annotated[list[TagConfig], setting(doc="the values read from it")] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        where = f'device "{self.name}"'
         if self.transport == "rtu" and not self.path:
-            raise ValueError(f"{where}: transport rtu needs path (the serial port, e.g. /dev/ttyUSB0)")
-        if self.reconnect_max_s < self.reconnect_min_s:
-            raise ValueError(f"{where}: reconnect_max_s is shorter than reconnect_min_s")
-        problems: list[str] = []
-        seen: set[str] = set()
-        for tag in self.tags:
-            if tag.name in seen:
-                problems.append(f'{where} tag "{tag.name}" is listed more than once')
-            seen.add(tag.name)
-            problems += [f'{where} tag "{tag.name}": {p}' for p in tag.problems()]
+            raise ValueError(f'device "{self.name}": transport rtu needs path (the serial port, e.g. /dev/ttyUSB0)')
+        problems = device_problems(self)
         if problems:
             raise ValueError("; ".join(problems))
 
@@ -124,16 +114,12 @@ SERIAL_SETTINGS = ("baudrate", "parity", "stopbits", "bytesize")
 
 
 def check_devices(devices: Sequence[DeviceConfig]) -> list[str]:
-    """Problems across devices: duplicate names, two slaves on one address, slaves on
-    one serial line with different line settings, meters that collide."""
-    problems: list[str] = []
-    names: set[str] = set()
+    """Problems across devices: duplicate names, meters that collide, two slaves on
+    one address, slaves on one serial line with different line settings."""
+    problems = devices_problems(devices)
     slaves: dict[tuple, str] = {}
     lines: dict[str, DeviceConfig] = {}
     for d in devices:
-        if d.name in names:
-            problems.append(f'device "{d.name}" is listed more than once')
-        names.add(d.name)
         slave = (*d.link_key, d.unit_id)
         if slave in slaves and slaves[slave] != d.name:
             problems.append(f'device "{d.name}": {d.describe()} is already device "{slaves[slave]}"')
@@ -144,7 +130,7 @@ def check_devices(devices: Sequence[DeviceConfig]) -> list[str]:
             if differ:
                 problems.append(f'device "{d.name}": {", ".join(differ)} on {d.path} differ from device '
                                 f'"{first.name}" (slaves on one line share its settings)')
-    return problems + meter_collisions((f'device "{d.name}" tag "{t.name}"', t) for d in devices for t in d.tags)
+    return problems
 
 
 # -- read plan ---------------------------------------------------------------------
@@ -202,7 +188,7 @@ def tag_value(tag: TagConfig, data: Sequence[int] | Sequence[bool], offset: int)
         raw = float(bool(data[offset]))
     else:
         raw = float(decode(data[offset : offset + tag.count], tag.type, tag.byte_order)[0])
-    return raw * tag.scale + tag.offset
+    return tag.scaled(raw)
 
 
 def groups(tags: Iterable[TagConfig]) -> dict[float, list[TagConfig]]:

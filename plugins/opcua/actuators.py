@@ -13,26 +13,23 @@ which targets are driven here, so their commands never go to another actuator
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from asyncua import ua
 
-from balans_edge.core.readback import ReadbackActuator, SwitchFailed, show
+from balans_edge.core.readback import SwitchFailed, show
+from balans_edge.plugins.common.actuators import ClientActuator
 from balans_edge.plugins.opcua.client import CONNECTION_ERRORS, NotConnected, describe
 from balans_edge.plugins.opcua.client_config import ActuatorConfig, parse_node_id
 
 if TYPE_CHECKING:
-    from balans_edge.plugins.opcua.client import OpcuaClient, OpcuaDevice
+    from balans_edge.plugins.opcua.client import OpcuaDevice
 
-class OpcuaActuator(ReadbackActuator[ActuatorConfig, "OpcuaDevice"]):
+
+class OpcuaActuator(ClientActuator[ActuatorConfig, "OpcuaDevice"]):
     """Executes the commands of every configured OPC UA actuator."""
 
     name = "opcua"
-
-    def __init__(self, client: OpcuaClient, actuators: Sequence[ActuatorConfig]) -> None:
-        super().__init__(lambda name: client.devices.get(name), actuators)  # devices are made at start
-        self.client = client
 
     async def switch(self, config: ActuatorConfig, device: OpcuaDevice, on: bool) -> str:
         """Write the node or call the method."""

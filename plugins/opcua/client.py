@@ -35,15 +35,15 @@ import contextlib
 import logging
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from asyncua import Client, Node, ua
 from asyncua.crypto import security_policies
 
-from balans_edge.core.tags import Backoff, TagQuality, TagRecorder, TagState, ensure_meters, mark
-from balans_edge.core.tasks import cancel_surely
+from balans_edge.core.tags import Backoff, TagQuality, TagRecorder, TagState, mark
+from balans_edge.plugins.common.tag_client import TagClient
 from balans_edge.plugins.opcua.client_config import DeviceConfig, NodeRef, TagConfig
 from balans_edge.plugins.opcua.client_pki import (
     ClientCertificateError,
@@ -156,7 +156,7 @@ def apply(state: TagState, dv: ua.DataValue, read_at: float | None = None) -> No
     if number is None:
         state.bad("stale", t, f"the server sent {type(raw).__name__}, not a number")
         return
-    value = number * tag.scale + tag.offset
+    value = tag.scaled(number)
     if not math.isfinite(value):
         state.bad("stale", t, "the server sent a value that is not a number")
         return
@@ -579,47 +579,34 @@ async def disconnect(client: Client, wait_s: float) -> None:
 # -- the component ---------------------------------------------------------------------------
 
 
-class OpcuaClient:
+class OpcuaClient(TagClient):
     """The component: one supervised session loop (and recorder) per device."""
 
     name = "opcua-client"
     protocol = "opcua"
 
     def __init__(self, context: PluginContext, devices: Sequence[DeviceConfig]) -> None:
-        self.context = context
-        self.configs = list(devices)
-        self.recorder = TagRecorder(context.storage, context.bus, context.ingest, "opcua")
+        super().__init__(context, devices)
+        self.configs: list[DeviceConfig] = list(devices)
         self.devices: dict[str, OpcuaDevice] = {}
-        self.created_meters: list[str] = []
-        self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
-        tags = [(f'[plugins.opcua] device "{d.name}" tag "{t.name}"', t) for d in self.configs for t in d.tags]
-        self.created_meters = await ensure_meters(self.context.storage, tags, int(wall_clock()))
-        if self.created_meters:
-            log.info("opcua: created meters %s for totaliser tags", ", ".join(self.created_meters))
+        await self.make_meters(wall_clock())
         self.devices = {c.name: OpcuaDevice(c, self.recorder) for c in self.configs}
         for d in self.devices.values():
-            self._tasks.append(self.context.health.supervise(
-                self, asyncio.create_task(d.run(), name=f"opcua-device-{d.name}")))
-            self._tasks.append(self.context.health.supervise(
-                self, asyncio.create_task(d.flush_forever(), name=f"opcua-record-{d.name}")))
+            self.run(d.run(), f"opcua-device-{d.name}")
+            self.run(d.flush_forever(), f"opcua-record-{d.name}")
 
     async def stop(self) -> None:
         for d in self.devices.values():
             d.stopping = True
-        for task in self._tasks:
-            await cancel_surely(task)
-        self._tasks = []
+        await self.stop_tasks()
 
-    def snapshot(self) -> list[dict[str, Any]]:
-        """Every tag's newest sample, last good value and quality, in configuration order."""
-        return [{**s.row(), "node_id": s.tag.node_id, "read": s.tag.read}
-                for d in self.devices.values() for s in d.states.values()]
+    def states(self) -> Iterator[TagState]:
+        return (s for d in self.devices.values() for s in d.states.values())
 
-    def tag_snapshot(self) -> list[dict[str, Any]]:
-        """The tags as ``GET /api/v1/tags`` lists them (``core.tags.TagSource``)."""
-        return [{**row, "protocol": self.protocol} for row in self.snapshot()]
+    def row(self, state: TagState) -> dict[str, Any]:
+        return {**state.row(), "node_id": state.tag.node_id, "read": state.tag.read}
 
     def status(self) -> list[dict[str, Any]]:
         return [d.status() for d in self.devices.values()]

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import click
 
-from balans_edge.tags_cli import ReadOnce, add_read_command
+from balans_edge.plugins.common.tags_cli import ReadOnce, add_read_command
 
 
 def _read_once() -> ReadOnce:

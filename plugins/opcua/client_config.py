@@ -13,15 +13,14 @@ after a restart.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Literal
 
-from balans_edge.core.readback import Kind, non_empty, same
-from balans_edge.core.tags import meter_collisions
+from balans_edge.core.readback import same
+from balans_edge.plugins.common.client_config import ActuatorSettings, ReconnectMax, ReconnectMin, device_problems
+from balans_edge.plugins.common.tag_settings import TagSettings, tag_name
 from balans_edge.settings import setting
-from balans_edge.tag_settings import TagSettings, tag_name
 
 Policy = Literal["None", "Basic256Sha256", "Aes128_Sha256_RsaOaep"]
 Mode = Literal["Sign", "SignAndEncrypt"]
@@ -137,9 +136,8 @@ class DeviceConfig:
         "stale without a value for this many poll intervals (subscriptions: keep-alives)"))] = 2.0
     store_every_s: Annotated[float, setting(range=(0.0, 86400.0), doc=(
         "store unchanged samples this often (0: only changes of subscribed tags, every poll)"))] = 60.0
-    reconnect_min_s: Annotated[float, setting(range=(0.01, 3600.0), doc=(
-        "first reconnect delay (doubles, with jitter)"))] = 0.5
-    reconnect_max_s: Annotated[float, setting(range=(0.01, 3600.0), doc="longest reconnect delay")] = 30.0
+    reconnect_min_s: ReconnectMin = 0.5
+    reconnect_max_s: ReconnectMax = 30.0
     tags: Annotated[list[TagConfig], setting(doc="the values read from it")] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -152,14 +150,7 @@ class DeviceConfig:
             problems.append(f"{where}: password without username")
         if self.username and not self.password:
             problems.append(f"{where}: username {self.username!r} needs password (or password_env)")
-        if self.reconnect_max_s < self.reconnect_min_s:
-            problems.append(f"{where}: reconnect_max_s is shorter than reconnect_min_s")
-        seen: set[str] = set()
-        for tag in self.tags:
-            if tag.name in seen:
-                problems.append(f'{where} tag "{tag.name}" is listed more than once')
-            seen.add(tag.name)
-            problems += [f'{where} tag "{tag.name}": {p}' for p in tag.problems()]
+        problems += device_problems(self)
         if problems:
             raise ValueError("; ".join(problems))
 
@@ -189,28 +180,14 @@ class DeviceConfig:
         return f"{self.endpoint} ({security}{user})"
 
 
-def check_devices(devices: Sequence[DeviceConfig]) -> list[str]:
-    """Problems across devices: duplicate names, meters that collide."""
-    problems: list[str] = []
-    names: set[str] = set()
-    for d in devices:
-        if d.name in names:
-            problems.append(f'device "{d.name}" is listed more than once')
-        names.add(d.name)
-    return problems + meter_collisions((f'device "{d.name}" tag "{t.name}"', t) for d in devices for t in d.tags)
-
-
 # -- actuators -------------------------------------------------------------------------
 
 
 @dataclass(frozen=True, kw_only=True)
-class ActuatorConfig:
+class ActuatorConfig(ActuatorSettings):
     """A valve, pump or relay switched by writing a node or calling a method of
     a device's server, and confirmed by reading a node back."""
 
-    target: Annotated[str, setting(check=non_empty, doc="the meter id or device id commands name")]
-    device: Annotated[str, setting(check=non_empty, doc="the [[plugins.opcua.devices]] name it is driven through")]
-    kind: Annotated[Kind, setting(doc="valve (open/close), pump (start/stop) or relay (on/off)")]
     write_node: Annotated[str, setting(check=_optional_node_id, doc="a node written to switch (or use methods)")] = ""
     on_value: Annotated[Scalar, setting(doc="written to open, start or switch on")] = True
     off_value: Annotated[Scalar, setting(doc="written to close, stop or switch off")] = False

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Annotated, Literal
 
 from balans_edge.core.roles import Role
+from balans_edge.plugins.common.listen import ListenConfig
 from balans_edge.settings import setting
 
 POLICIES = ("None", "Basic256Sha256", "Aes128_Sha256_RsaOaep", "Aes256_Sha256_RsaPss")
@@ -52,11 +53,9 @@ def _check_choices(key: str, values: list[str], known: tuple[str, ...]) -> str |
 
 
 @dataclass(frozen=True)
-class ServerConfig:
+class ServerConfig(ListenConfig):
     """``[plugins.opcua.server]``: the OPC UA server for SCADA and MES."""
 
-    enabled: Annotated[bool, setting(doc="serve the address space (off unless asked for)")] = False
-    host: Annotated[str, setting(doc="address to listen on; loopback unless you mean otherwise")] = "127.0.0.1"
     port: Annotated[int, setting(range=(0, 65535), doc="TCP port (0: any free port)")] = 4840
     path: Annotated[str, setting(check=_path, doc="path of the endpoint URL")] = "/balans-edge/"
     application_uri: Annotated[str, setting(doc=(

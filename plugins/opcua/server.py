@@ -34,11 +34,10 @@ from asyncua import ua
 from asyncua.crypto.security_policies import SecurityPolicyFactory, SecurityPolicyNone
 
 from balans_edge import __version__
-from balans_edge.core.bus import BalanceUpdated, IntervalsUpdated, ReadingsCommitted, Subscription
 from balans_edge.core.components import Alarm, Command, CommandCode
-from balans_edge.core.tasks import cancel
 from balans_edge.core.tokens import token_digest
-from balans_edge.plugins.modbus import snapshot as snap
+from balans_edge.plugins.common.bridge import LiveBridge
+from balans_edge.plugins.common.live import load_all, refresh_new_hour, resolutions
 from balans_edge.plugins.opcua import model as m
 from balans_edge.plugins.opcua import pki
 from balans_edge.plugins.opcua.config import ServerConfig
@@ -99,36 +98,29 @@ def credentials(config: ServerConfig, api_users: list[Any]) -> list[Credential]:
     return out
 
 
-class OpcuaServer:
-    """Serves the registry's address space with live values, events and methods."""
+class OpcuaServer(LiveBridge[ServerConfig]):
+    """Serves the registry's address space with live values, events and methods;
+    refreshes the values from storage on bus events and every second (``LiveBridge``)."""
 
     name = "opcua-server"
 
     def __init__(self, context: PluginContext, config: ServerConfig) -> None:
-        self.context = context
-        self.config = config
+        super().__init__(context, config)
         self.ua: UaServer | None = None
         self.space: Space | None = None
         self.publisher: Publisher | None = None
         self.values: Values | None = None
         self.ns = 0
-        self.port: int | None = None
         self.endpoint = ""
         self.application_uri = application_uri(config)
         self.pki = pki.Pki(Path(config.pki_dir))
         self.certificate_created = False
-        self.refresh_failed = False
         self.events_sent = 0
         self.last_sync: SyncStats | None = None
         self._cache = m.SpecCache()
-        self._sub: Subscription | None = None
-        self._tasks: list[asyncio.Task[None]] = []
-        self._calls: set[asyncio.Task[Any]] = set()
-        self._lock = asyncio.Lock()
         self._registry_version: int | None = None
         self._registry_read = 0.0
         self._aged = 0.0
-        self._hour: int | None = None
         self._objects: tuple[list[Any], list[Any]] | None = None
         self._alarms: Any = None
         self._kinds: dict[str, str] = {}
@@ -140,15 +132,17 @@ class OpcuaServer:
         if logger.level == logging.NOTSET:
             logger.setLevel(logging.WARNING)  # its INFO lines report every request
         install_refusal_log()
-        self._sub = self.context.bus.subscribe(ReadingsCommitted, IntervalsUpdated, BalanceUpdated, maxsize=256,
-                                              policy="drop_oldest")
+        self.subscribe()
         try:
             await self._start()
         except BaseException:
             await self.stop()
             raise
-        self._tasks = [self.context.health.supervise(self, asyncio.create_task(self._follow(), name="opcua-refresh")),
-                       self.context.health.supervise(self, asyncio.create_task(self._tick_loop(), name="opcua-tick"))]
+        self.follow()
+
+    @property
+    def live(self) -> Values | None:
+        return self.values
 
     async def _start(self) -> None:
         config = self.config
@@ -228,21 +222,13 @@ class OpcuaServer:
         return await ua_server.get_event_generator(etype, ua_server.nodes.server)
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            await cancel(task)
-        self._tasks = []
-        if self._calls:
-            # A command already sent finishes and is audited; its caller just gets no answer.
-            await asyncio.wait(self._calls, timeout=self.config.method_timeout_s)
-            for task in list(self._calls):
-                await cancel(task)
+        await self.stop_following()
+        await self.finish_commands(self.config.method_timeout_s)
         if self.ua is not None:
             with contextlib.suppress(Exception):
                 await self.ua.stop()
             self.ua = None
-        if self._sub is not None:
-            self._sub.close()
-            self._sub = None
+        self.unsubscribe()
 
     # the registry -----------------------------------------------------------------------------
 
@@ -273,14 +259,10 @@ class OpcuaServer:
         return stats
 
     async def _new_values(self, meters: list[Any], groups: list[Any]) -> None:
-        from balans_edge.core.balance_queries import Tree
-
-        tree = await Tree.current(self.context.storage)
         values = Values(meters, groups, self.context.tz, self.context.site.completeness_threshold,
-                        {g: tree.resolution(g) for g in tree.groups})
+                        await resolutions(self.context.storage))
         now = time.time()
-        await snap.load_all(values, self.context.storage, now)
-        self._hour = snap.hour_marks(now, self.context.tz)[0]
+        await load_all(values, self.context.storage, now)
         self.values = values
         self._kinds = {meter.meter_id: "meter" for _, meter in meters} | {g.group_id: "group" for g in groups}
         values.ages(now)
@@ -293,64 +275,8 @@ class OpcuaServer:
 
     # following the data -----------------------------------------------------------------------
 
-    async def _follow(self) -> None:
-        """Bus events -> batched refreshes (events waiting together share one)."""
-        sub = self._sub
-        if sub is None:
-            return
-        dropped = sub.dropped
-        while True:
-            events = [await sub.get()]
-            while not sub.queue.empty():
-                events.append(sub.queue.get_nowait())
-            try:
-                async with self._lock:
-                    if sub.dropped != dropped:
-                        dropped = sub.dropped  # events were lost while we were busy: read everything again
-                        await self._reload()
-                    else:
-                        await self._refresh(events)
-                    await self._publish()
-                self._refreshed(None)
-            except Exception as exc:
-                log.exception("opcua: refreshing values failed")
-                self._refreshed(exc)
-
-    def _refreshed(self, error: Exception | None) -> None:
-        """A refresh's outcome: while they fail, the plugin shows failed in /health."""
-        if error is not None or self.refresh_failed:
-            self.context.health.fault(self, error)
-        self.refresh_failed = error is not None
-
-    async def _refresh(self, events: list[Any]) -> None:
-        values = self.values
-        if values is None:
-            return
-        storage = self.context.storage
-        readings = sorted({k for e in events if isinstance(e, ReadingsCommitted) for k in e.meters})
-        intervals = sorted({k for e in events if isinstance(e, IntervalsUpdated) for k in e.meters})
-        hour, today = snap.hour_marks(time.time(), self.context.tz)
-        if readings:
-            await snap.refresh_readings(values, storage, readings)
-        if intervals:
-            await snap.refresh_hour(values, storage, intervals, hour)
-        if any(isinstance(e, BalanceUpdated) for e in events):
-            await snap.refresh_groups(values, storage, hour, today)
-
-    async def _reload(self) -> None:
-        if self.values is not None:
-            await snap.load_all(self.values, self.context.storage, time.time())
-
-    async def _tick_loop(self) -> None:
-        while True:
-            await asyncio.sleep(1.0 - time.time() % 1.0)
-            try:
-                async with self._lock:
-                    await self.tick()
-                self._refreshed(None)
-            except Exception as exc:
-                log.exception("opcua: periodic refresh failed")
-                self._refreshed(exc)
+    async def show(self) -> None:
+        await self._publish()
 
     async def tick(self) -> None:
         """A changed registry is applied; a new hour re-reads the last hour and
@@ -362,12 +288,7 @@ class OpcuaServer:
         if values is None:
             return
         now = time.time()
-        hour, today = snap.hour_marks(now, self.context.tz)
-        publish = False
-        if hour != self._hour:
-            await snap.refresh_hour(values, self.context.storage, None, hour)
-            await snap.refresh_groups(values, self.context.storage, hour, today)
-            self._hour, publish = hour, True
+        publish = await refresh_new_hour(values, self.context.storage, now)
         if now - self._aged >= self.config.age_interval_s:
             self._aged = now
             values.ages(now)
@@ -444,11 +365,8 @@ class OpcuaServer:
             return result(ua.StatusCodes.BadInvalidArgument,
                           inputs=[ua.StatusCode(ua.StatusCodes.BadInvalidArgument)])
         command = Command(meter, code, f"opcua:{login.name}", reason.strip())
-        task = asyncio.ensure_future(self.context.commands.execute(command))
-        self._calls.add(task)
-        task.add_done_callback(self._calls.discard)
-        done, _ = await asyncio.wait({task}, timeout=self.config.method_timeout_s)
-        if not done:
+        task = await self.run_command(self.context.commands.execute(command), self.config.method_timeout_s)
+        if task is None:
             return result(ua.StatusCodes.GoodCompletesAsynchronously)
         try:
             executed = task.result()

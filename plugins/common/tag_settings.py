@@ -38,6 +38,10 @@ class TagSettings:
         "the meter's quantity per count (its pulse weight)"))] = 0.0
     reading_every_s: Annotated[float, setting(range=(1.0, 86400.0), doc="a meter reading at most this often")] = 60.0
 
+    def scaled(self, raw: float) -> float:
+        """The engineering value of a raw value read (a boolean reads as 1 or 0)."""
+        return raw * self.scale + self.offset
+
     def problems(self) -> list[str]:
         """What is wrong with this tag on its own (its device names it in the error)."""
         out = []

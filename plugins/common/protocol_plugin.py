@@ -1,0 +1,133 @@
+"""What a protocol plugin (Modbus, OPC UA) is as a plugin object: a server part
+that SCADA reads (a ``LiveBridge``), a client part that polls a pumping
+station's devices (a ``TagClient``) and the actuator driven through that
+client (a ``ClientActuator``), each made from its own part of the plugin's
+section when it is configured; and the hooks that contribute them, give the
+client's routes and forward commands and alarms to the server part.
+
+A protocol names its section and where the class of each part is
+(``"module:Class"``): a part's module is imported only when the part is
+configured, so that a protocol library that takes long to import (asyncua) is
+imported only then."""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from balans_edge import hookimpl
+from balans_edge.core.context import Plugin, PluginContext
+from balans_edge.plugins.common.client_config import ClientSection
+
+if TYPE_CHECKING:
+    import click
+
+    from balans_edge.core.components import Alarm, Command
+    from balans_edge.plugins.common.actuators import ClientActuator
+    from balans_edge.plugins.common.bridge import LiveBridge
+    from balans_edge.plugins.common.listen import ListenConfig
+    from balans_edge.plugins.common.tag_client import TagClient
+    from balans_edge.routes import Route
+
+
+@dataclass(frozen=True)
+class ProtocolSection(ClientSection):
+    """``[plugins.<protocol>]``: its ``server`` table next to the ``devices`` and
+    the ``actuators`` of ``ClientSection``. Each protocol declares the three
+    with its own types (the configuration is read by those types)."""
+
+    if TYPE_CHECKING:
+        server: ListenConfig
+
+
+class ProtocolPlugin(Plugin):
+    """A protocol plugin: its server, client and actuator (each None unless configured)."""
+
+    section: ClassVar[str]
+    """The plugin's name: its section ``[plugins.<section>]``, its URL paths and its command group."""
+    title: ClassVar[str]
+    """The protocol as people write it ("OPC UA")."""
+    config_type: ClassVar[type[ProtocolSection]]
+    devices_doc: ClassVar[str]
+    """What ``GET /api/v1/<section>/devices`` lists of a device."""
+    commands_doc: ClassVar[str]
+    """The help of the command group."""
+
+    server_part: ClassVar[str]
+    """``"module:Class"`` of the server part (a ``LiveBridge``), made with the context and ``config.server``."""
+    client_part: ClassVar[str]
+    """Of the client part (a ``TagClient``), made with the context and ``config.devices``."""
+    actuator_part: ClassVar[str]
+    """Of the actuator (a ``ClientActuator``), made with the client and ``config.actuators``."""
+
+    server: LiveBridge[Any] | None = None
+    client: TagClient | None = None
+    actuator: ClientActuator[Any, Any] | None = None
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """A part is the protocol's own: its module is in the plugin's package (no plugin
+        reaches another plugin, by a string no more than by an import)."""
+        super().__init_subclass__(**kwargs)
+        package = cls.__module__.rpartition(".")[0] + "."
+        for spec in (cls.server_part, cls.client_part, cls.actuator_part):
+            if not spec.startswith(package):
+                raise TypeError(f"{cls.__qualname__}: part {spec!r} is not in the plugin's package {package[:-1]}")
+
+    def bind(self, context: PluginContext) -> None:
+        super().bind(context)
+        config: ProtocolSection = context.config
+        self.server = _part(self.server_part)(context, config.server) if config.server.enabled else None
+        self.client = _part(self.client_part)(context, config.devices) if config.devices else None
+        self.actuator = (_part(self.actuator_part)(self.client, config.actuators)
+                         if self.client is not None and config.actuators else None)
+
+    # what a protocol says ---------------------------------------------------------
+
+    def add_commands(self, group: click.Group) -> None:
+        """The protocol's commands in its group (``balans-edge <section> ...``)."""
+
+    # hooks ------------------------------------------------------------------------
+
+    @hookimpl
+    def config_schema(self) -> dict[str, type]:
+        return {self.section: self.config_type}
+
+    @hookimpl
+    def register_components(self) -> list[Any]:
+        return [c for c in (self.server, self.client) if c is not None]
+
+    @hookimpl
+    def register_actuators(self) -> list[Any]:
+        return [self.actuator] if self.actuator is not None else []
+
+    @hookimpl
+    def register_routes(self) -> list[Route]:
+        from balans_edge.plugins.common.client_api import client_routes
+
+        return client_routes(self.context.commands, self.section, self.title, self.devices_doc,
+                             lambda: self.client, lambda: self.actuator)
+
+    @hookimpl
+    async def observe_commands(self, command: Command) -> None:
+        """A valve or relay command done (from any source): the server shows the state it left."""
+        if self.server is not None:
+            await self.server.on_command(command)
+
+    @hookimpl
+    async def observe_alarms(self, alarm: Alarm) -> None:
+        """Every alarm (a new finding's included), as the server shows alarms."""
+        if self.server is not None:
+            await self.server.on_alarm(alarm)
+
+    @hookimpl
+    def register_commands(self, cli: click.Group) -> None:
+        from balans_edge.cli import command_group
+
+        self.add_commands(command_group(cli, self.section, self.commands_doc))
+
+
+def _part(spec: str) -> Any:
+    """The class ``"module:Class"`` names, its module imported now."""
+    module, _, name = spec.partition(":")
+    return getattr(importlib.import_module(module), name)

@@ -1,0 +1,71 @@
+"""What a protocol client component (the Modbus PLC poller, the OPC UA client)
+is whatever its protocol: its devices' configuration, the recorder its samples
+go through (``core.tags.TagRecorder``: storage, the bus, totalisers as
+readings), the registry meters its totaliser tags are, its supervised tasks,
+and its tags as ``GET /api/v1/tags`` lists them (``core.tags.TagSource``).
+How a device is reached and a tag read is the protocol's."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Coroutine, Iterable, Sequence
+from typing import TYPE_CHECKING, Any
+
+from balans_edge.core.tags import TagRecorder, TagState, ensure_meters
+from balans_edge.core.tasks import cancel_surely
+
+if TYPE_CHECKING:
+    from balans_edge.core.context import PluginContext
+
+log = logging.getLogger(__name__)
+
+
+class TagClient:
+    """A protocol client component; ``states`` are its tags."""
+
+    name = "tag-client"
+    protocol = "tags"
+    """Names the protocol in the tag listing, log lines and the configuration section."""
+
+    def __init__(self, context: PluginContext, devices: Sequence[Any]) -> None:
+        self.context = context
+        self.configs = list(devices)
+        self.recorder = TagRecorder(context.storage, context.bus, context.ingest, self.protocol)
+        self.created_meters: list[str] = []
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def states(self) -> Iterable[TagState]:
+        """Every tag's state, in configuration order."""
+        raise NotImplementedError
+
+    async def make_meters(self, now: float) -> None:
+        """The registry meters (and modules) of the tags named as meters, made
+        before the first sample; one that exists and differs is refused
+        (``core.tags.ensure_meters``)."""
+        tags = [(f'[plugins.{self.protocol}] device "{d.name}" tag "{t.name}"', t)
+                for d in self.configs for t in d.tags]
+        self.created_meters = await ensure_meters(self.context.storage, tags, int(now))
+        if self.created_meters:
+            log.info("%s: created meters %s for totaliser tags", self.protocol, ", ".join(self.created_meters))
+
+    def run(self, work: Coroutine[Any, Any, None], name: str) -> None:
+        """Run ``work`` supervised (its failure is this component's) until ``stop_tasks``."""
+        self._tasks.append(self.context.health.supervise(self, asyncio.create_task(work, name=name)))
+
+    async def stop_tasks(self) -> None:
+        for task in self._tasks:
+            await cancel_surely(task)
+        self._tasks = []
+
+    def row(self, state: TagState) -> dict[str, Any]:
+        """A tag as the API lists it (a protocol may add its addressing)."""
+        return state.row()
+
+    def snapshot(self) -> list[dict[str, Any]]:
+        """Every tag's newest sample, last good value and quality, in configuration order."""
+        return [self.row(s) for s in self.states()]
+
+    def tag_snapshot(self) -> list[dict[str, Any]]:
+        """The tags as ``GET /api/v1/tags`` lists them (``core.tags.TagSource``)."""
+        return [{**row, "protocol": self.protocol} for row in self.snapshot()]
