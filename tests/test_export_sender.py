@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from export_support import ScriptedWriteApi, free_port, influx_error
+from export_support import ScriptedWriteApi, export_state, free_port, influx_error
 
 from balans_edge.core.model import RawReading
 from balans_edge.plugin_manager import load_plugins
@@ -61,7 +61,7 @@ def readings(channel: int, n: int, start: int = 0, module: int = 1001) -> list[R
 
 
 async def drained(server: Any) -> bool:
-    return (await server.storage.export_state("t"))[0]["depth"] == 0
+    return (await export_state(server, "t"))[0]["depth"] == 0
 
 
 async def _settled(health: Callable[[], Awaitable[dict[str, Any]]], sent: int) -> dict[str, Any] | None:
@@ -161,7 +161,7 @@ async def test_dead_letters_are_sent_again_on_request_once_the_target_takes_them
     assert await eventually(lambda: _none_left(dead_letters), timeout=10)
     assert sorted(meters_of(api.accepted_lines())) == ["W-1"] * 3 + ["W-3"] * 2
     assert len(set(api.accepted_lines())) == 5  # the refused lines, as they were, once each
-    (state,) = await server.storage.export_state("t")
+    (state,) = await export_state(server, "t")
     assert state["sent"] == 5 and state["dead"] == 2  # dead counts every point ever refused
 
 
@@ -188,7 +188,7 @@ async def test_413_splits_a_batch_until_the_target_takes_it(
     accepted = [r for r in api.requests if r.status == 204]
     assert all(len(r.lines) <= 4 for r in accepted)
     assert sorted(api.accepted_lines()) == sorted(set(api.accepted_lines())) and len(api.accepted_lines()) == 10
-    assert (await server.storage.export_state("t"))[0]["dead"] == 0
+    assert (await export_state(server, "t"))[0]["dead"] == 0
     assert api.requests[0].status == 413 and len(api.requests[0].lines) == 10
 
 
@@ -208,7 +208,7 @@ async def test_429_waits_for_retry_after_and_5xx_backs_off(
     assert 0.1 - 0.01 <= t[2] - t[1] <= 0.2 + 0.5  # back-off 2: 0.1..0.2 s (+ slack for a busy machine)
     assert 0.2 - 0.01 <= t[3] - t[2] <= 0.4 + 0.5  # back-off 3: 0.2..0.4 s (doubling, capped at 0.4)
     assert all(r.lines == api.requests[0].lines for r in api.requests)  # the same batch each time
-    state = (await server.storage.export_state("t"))[0]
+    state = (await export_state(server, "t"))[0]
     assert (state["retries"], state["sent"], state["dead"]) == (3, 5, 0)
     assert state["last_error"] == "HTTP 503: unavailable"
 
@@ -225,7 +225,7 @@ async def test_misconfigured_target_keeps_points_instead_of_dead_lettering(
     server = await started(make_server, tmp_path, api.url)
     await server.ingest.ingest(readings(1, 4))
     assert await eventually(lambda: drained(server), timeout=10)
-    state = (await server.storage.export_state("t"))[0]
+    state = (await export_state(server, "t"))[0]
     assert (state["dead"], state["sent"], state["retries"]) == (0, 4, 3)
     assert state["last_error"] == "HTTP 401: unauthorized access"
 
@@ -310,14 +310,14 @@ async def test_without_an_exporter_nothing_is_queued_and_a_full_queue_no_longer_
     client = client_for(server)
     assert (await push(3, 5)).status_code == 200
     assert len(await server.storage.readings(1, 0, 2**40)) == 8
-    (state,) = await server.storage.export_state("t")
+    (state,) = await export_state(server, "t")
     assert (state["depth"], state["kinds"]) == (3, [])
     await server.stop()
 
     # Switched on again, with no target answering: it queues (and blocks) as configured.
     server = await started(make_server, tmp_path, url, max_queue=4, when_full="block")
     client = client_for(server)
-    (state,) = await server.storage.export_state("t")
+    (state,) = await export_state(server, "t")
     assert state["kinds"] == ["readings"]
     assert (await push(8, 1)).status_code == 200
     assert (await push(9, 1)).status_code == 503

@@ -209,7 +209,7 @@ def test_bad_contributions_disable_their_plugin_only(plugins: Plugins, package: 
     plugins.register(Owner(["not a set"]), "confused")
     plugins.register(Owner([MigrationSet("notes", good.package)]), "thief")
     sets = plugin_migrations(plugins)
-    assert [s.owner for s in sets] == ["example", "notes"]
+    assert [s.owner for s in sets] == ["export", "example", "notes"]
     assert {n: plugins.info[n].state for n in ("notes", "raiser", "confused", "thief")} == {
         "notes": "loaded", "raiser": "failed", "confused": "failed", "thief": "failed"}
     assert "already plugin notes's" in plugins.info["thief"].error
@@ -228,7 +228,7 @@ async def test_hook_register_migrations(tmp_path: Path, make_server: Any, client
     """The partner plugin brings its own table: created at start-up by its migrations,
     written by its observer, read by its route, all through its own repository."""
     server = await make_server(base_config(tmp_path))
-    assert await server.storage.schema_versions() == {"core": LATEST, "example": 2}
+    assert await server.storage.schema_versions() == {"core": LATEST, "export": 1, "example": 2}
     client = client_for(server)
     await server.storage.registry_apply(small_site())
     now = int(time.time())
@@ -264,7 +264,8 @@ def test_commands_apply_plugin_migrations(tmp_path: Path) -> None:
     result = subprocess.run([str(Path(sys.executable).parent / "balans-edge"), "registry", "unknown", "-c",
                              str(config)], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
-    assert rows(db, "SELECT owner, max(version) FROM owner_migrations GROUP BY owner") == [("example", 2)]
+    assert rows(db, "SELECT owner, max(version) FROM owner_migrations GROUP BY owner") == [("example", 2),
+                                                                                          ("export", 1)]
     assert "example_batches" in tables(db)
 
 

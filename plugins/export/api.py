@@ -10,16 +10,14 @@ when it matters most.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from sanic import response
 from sanic.request import Request
 
 from balans_edge.plugins.export.exporter import TargetExporter
+from balans_edge.plugins.export.repository import ExportRepository
 from balans_edge.routes import ApiError, Param, Route, body_json, json, query_int
-
-if TYPE_CHECKING:
-    from balans_edge.core.context import PluginContext
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +66,7 @@ def prometheus(statuses: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def routes(context: PluginContext, exporters: list[TargetExporter]) -> list[Route]:
+def routes(repository: ExportRepository, exporters: list[TargetExporter]) -> list[Route]:
     async def fresh() -> list[dict[str, Any]]:
         out = []
         for exporter in exporters:
@@ -88,7 +86,7 @@ def routes(context: PluginContext, exporters: list[TargetExporter]) -> list[Rout
         known = {e.target for e in exporters}
         if target is not None and target not in known:
             raise ApiError(404, "not_found", f"no export target {target!r}")
-        return json({"dead_letters": await context.storage.export_dead_letters(target, limit)})
+        return json({"dead_letters": await repository.dead_letters(target, limit)})
 
     async def export_resend(request: Request) -> Any:
         body = body_json(request)
@@ -105,7 +103,7 @@ def routes(context: PluginContext, exporters: list[TargetExporter]) -> list[Rout
                                         for i in ids)):
             raise ApiError(400, "bad_body", f"ids: expected a list of at most {MAX_RESEND_IDS} dead letter ids, "
                                             f"got {ids!r:.200}")
-        marked = await context.storage.export_resend(target, ids)
+        marked = await repository.resend(target, ids)
         log.info("export: %s marked %d dead letter(s) to be sent again", request.ctx.user, marked)
         return json({"marked": marked})
 

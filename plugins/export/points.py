@@ -38,9 +38,9 @@ from balans_edge.core.intervals import QUALITY_CODES
 from balans_edge.core.model import LEVELS, Group, Meter
 from balans_edge.core.periods import RegisterTable
 from balans_edge.core.storage import Storage
-from balans_edge.core.storage.base import ExportBatch
-from balans_edge.core.storage.sqlite_balance import BALANCE_COLUMNS
+from balans_edge.plugins.export.feeds import BALANCE_COLUMNS
 from balans_edge.plugins.export.lineproto import line, number, series
+from balans_edge.plugins.export.records import ExportBatch
 
 log = logging.getLogger(__name__)
 
