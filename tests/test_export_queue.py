@@ -17,6 +17,7 @@ from balans_edge.core.intervals import IntervalSettings, IntervalWorker
 from balans_edge.core.model import Group, GroupInput, RawReading, Resource
 from balans_edge.core.storage.base import ModuleRoute, StorageError
 from balans_edge.core.storage.sqlite import SqliteStorage
+from balans_edge.plugins.export.feeds import EXPORT_KINDS, FEEDS, SOURCES
 from balans_edge.plugins.export.plugin import MIGRATIONS
 from balans_edge.plugins.export.records import ExportTarget
 from balans_edge.plugins.export.repository import ExportRepository
@@ -224,3 +225,21 @@ async def test_targets_no_longer_configured_stop_collecting_and_can_be_removed(
     await ingest.ingest(readings(2, start=4))  # no trigger refers to the removed queue
     assert len(await site.readings(1, 0, 2**40)) == 6
     assert np.array_equal((await site.readings(1, 0, 2**40)).counter, np.arange(6) * 10)
+
+
+async def test_the_plugins_description_of_cores_tables_matches_cores_schema(site: SqliteStorage) -> None:
+    """The feeds and sources (feeds.py) are the one place the plugin names core's tables
+    and columns: each must exist as core's migrations make them."""
+    columns: dict[str, set[str]] = {}
+    for table in {f.table for f in FEEDS} | {s.table for s in SOURCES.values()} | {"groups"}:
+        rows = await site.sql_read(f"SELECT name FROM pragma_table_info('{table}')")
+        columns[table] = {r["name"] for r in rows}
+        assert columns[table], f"no table {table}"
+    for feed in FEEDS:
+        named = {c for k1, k2 in feed.keys.values() for c in (k1, k2) if c} | set(feed.changed)
+        assert named <= columns[feed.table], feed.name
+    for kind, source in SOURCES.items():
+        named = {source.k1, source.k2, *source.time, *(source.columns or ())} - {None}
+        assert named <= columns[source.table], kind
+        assert source.exists_in is None or source.k1 in columns[source.exists_in]
+    assert {k for f in FEEDS for k in f.keys} == set(SOURCES) == set(EXPORT_KINDS)

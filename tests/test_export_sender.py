@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import sqlite3
 import subprocess
 import sys
 import time
@@ -21,7 +22,8 @@ import pytest
 from export_support import ScriptedWriteApi, export_state, free_port, influx_error
 
 from balans_edge.core.model import RawReading
-from balans_edge.plugin_manager import load_plugins
+from balans_edge.core.storage import StorageError
+from balans_edge.plugin_manager import Plugins, load_plugins
 from balans_edge.plugins.export.status import STATES
 
 from conftest import T0, auth, base_config, eventually, small_site
@@ -321,6 +323,48 @@ async def test_without_an_exporter_nothing_is_queued_and_a_full_queue_no_longer_
     assert state["kinds"] == ["readings"]
     assert (await push(8, 1)).status_code == 200
     assert (await push(9, 1)).status_code == 503
+
+
+def export_triggers(server: Any) -> list[str]:
+    path = server.config.storage.url.removeprefix("sqlite:")
+    with sqlite3.connect(path) as db:
+        return sorted(r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'trigger' "
+                                               "AND name LIKE 'export%'"))
+
+
+async def test_without_targets_or_without_the_plugin_nothing_is_queued_and_the_queue_is_kept(
+    tmp_path: Path, make_server: MakeServer, client_for: Any
+) -> None:
+    """The plugin running with no target stops queueing itself; a server without the
+    plugin at all (not installed) drops its triggers through core's rule for owners
+    that do not run. Either way a full blocking queue no longer refuses readings."""
+    url = f"http://127.0.0.1:{free_port()}"  # nobody answers: the queue fills
+    server = await started(make_server, tmp_path, url, max_queue=3, when_full="block")
+    assert "export__readings_inserted" in export_triggers(server)
+    await server.ingest.ingest(readings(1, 3))
+    with pytest.raises(StorageError, match="export queue full: t"):
+        await server.ingest.ingest(readings(1, 1, start=3))
+    await server.stop()
+
+    server = await make_server(base_config(tmp_path), plugins_=load_plugins())  # the plugin runs, no target
+    assert [n for n, _ in server.components if n == "export"] == ["export"]
+    assert not [n for n, _ in server.exporters if n == "export"]
+    assert export_triggers(server) == []
+    assert (await server.ingest.ingest(readings(1, 2, start=3))).accepted == 2
+    (state,) = await export_state(server, "t")
+    assert (state["depth"], state["kinds"]) == (3, [])
+    await server.stop()
+
+    server = await started(make_server, tmp_path, url, max_queue=3, when_full="block")
+    assert "export__readings_inserted" in export_triggers(server)
+    await server.stop()
+    bare = Plugins()  # no plugin installed at all
+    server = await make_server(base_config(tmp_path), plugins_=bare)
+    assert server.plugins is bare and not server.plugins.info
+    assert export_triggers(server) == []
+    assert (await server.ingest.ingest(readings(1, 2, start=5))).accepted == 2
+    (state,) = await export_state(server, "t")
+    assert (state["depth"], state["kinds"], state["when_full"]) == (3, [], "block")
 
 
 async def test_the_command_line_and_the_api_name_a_targets_figures_alike(
