@@ -391,4 +391,10 @@ def register_migrations() -> list[MigrationSet] | None:
     arguments; a plugin disabled in the configuration is not asked, and one whose
     hook raises is disabled. Name tables after the owner (``example_notes``) and
     never edit a released migration: add the next one.
+
+    A plugin that fills its tables from core's writes, in their transaction,
+    creates triggers on core's tables at run time (not in a migration) and
+    names them ``<owner>__<name>`` (``export__readings_inserted``): whenever the
+    server starts without the plugin running (disabled, not installed, failed),
+    it drops them, so nothing fills tables that no one reads.
     """

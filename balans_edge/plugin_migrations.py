@@ -23,6 +23,11 @@ HOOK = "register_migrations"
 def plugin_migrations(plugins: Plugins, flags: Mapping[str, Any] | None = None) -> list[MigrationSet]:
     """Every enabled plugin's migration sets, in plugin order; a plugin that
     fails here is disabled (PluginError if ``flags`` say it is required)."""
+    return [s for _, s in owned_migrations(plugins, flags)]
+
+
+def owned_migrations(plugins: Plugins, flags: Mapping[str, Any] | None = None) -> list[tuple[str, MigrationSet]]:
+    """``plugin_migrations`` with the name of the plugin each set is of: (plugin, set)."""
     flags = flags or {}
 
     def required(name: str) -> bool:
@@ -37,7 +42,7 @@ def plugin_migrations(plugins: Plugins, flags: Mapping[str, Any] | None = None) 
     results, errors = plugins.call(HOOK)
     for error in errors:
         plugins.fail(error.plugin, error.original, required(error.plugin))
-    out: list[MigrationSet] = []
+    out: list[tuple[str, MigrationSet]] = []
     owners: dict[str, str] = {}
     # pluggy calls the last registered first: reversed, in plugin order.
     for name, sets in reversed(results):
@@ -48,7 +53,7 @@ def plugin_migrations(plugins: Plugins, flags: Mapping[str, Any] | None = None) 
             continue
         for s in sets:
             owners[s.owner] = name
-        out += sets
+        out += [(name, s) for s in sets]
     return out
 
 

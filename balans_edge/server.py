@@ -30,7 +30,7 @@ from balans_edge.core.storage import Storage, open_storage
 from balans_edge.core.tasks import cancel, on_failure
 from balans_edge.http import Http
 from balans_edge.plugin_manager import PluginError, Plugins, summarize
-from balans_edge.plugin_migrations import plugin_migrations
+from balans_edge.plugin_migrations import owned_migrations
 from balans_edge.routes import Route
 
 log = logging.getLogger(__name__)
@@ -68,6 +68,8 @@ class Server:
         self._started: list[tuple[str, Component]] = []
         self.faults: dict[str, dict[str, str]] = {}
         """Plugin -> its running components at fault now -> the error (see component_fault)."""
+        self.owners: dict[str, str] = {}
+        """Owner of tables -> the plugin whose migrations it is (``register_migrations``)."""
         self._stopping = False
 
     def context(self, name: str) -> PluginContext:
@@ -151,10 +153,13 @@ class Server:
 
     async def start(self, *, http: bool = True) -> None:
         self._stopping = False
-        await self.storage.open(migrations=plugin_migrations(self.plugins, self.config.plugin_flags))
+        owned = owned_migrations(self.plugins, self.config.plugin_flags)
+        self.owners = {s.owner: name for name, s in owned}
+        await self.storage.open(migrations=[s for _, s in owned])
         try:
             await self.actuation.settle_interrupted()
             self.collect_contributions()
+            await self._drop_idle_triggers()
             await self.intervals.start()
             await self.balance.start()
             await self.quarantine.start()
@@ -162,7 +167,7 @@ class Server:
             sub = self.bus.subscribe(ReadingsCommitted, maxsize=1000, policy="drop_oldest")
             self._observer_task = asyncio.create_task(self._observe_readings(sub), name="observe-readings")
             await self._start_components()
-            await self._release_export_queues()
+            await self._drop_idle_triggers()  # of a plugin whose component failed to start
             # After the components: a plugin may create the meters a group's inputs
             # name (a PLC's totaliser); failing here still stops everything started.
             await self._apply_config_groups()
@@ -178,20 +183,23 @@ class Server:
             if info.state == "loaded":
                 info.state = "started"
 
-    async def _release_export_queues(self) -> None:
-        """Stop filling the storage's export queues when no exporter drains them
-        this run (the plugin that does is disabled, or has no targets left): a
-        queue nobody sends would grow to its bound, and one that blocks when full
-        would then refuse the devices' readings. What is queued is kept."""
-        if any(getattr(e, "drains_export_queue", False) for _, e in self.exporters):
-            return
-        collecting = [r for r in await self.storage.export_state() if r["kinds"]]
-        if collecting:
-            await self.storage.export_configure([])
-            for r in collecting:
-                log.warning("export target %s: no exporter runs for it, so no new points are queued; its %d "
-                            "queued points are kept (balans-edge export drop %s discards them)",
-                            r["name"], r["depth"], r["name"])
+    async def _drop_idle_triggers(self) -> None:
+        """Drop the triggers of owners whose plugin does not run this time (disabled,
+        not installed, failed): a plugin that fills its tables from core's writes
+        through triggers (``<owner>__<name>``, docs/storage.md) is not there to
+        read them, and a trigger that refuses a write when its table is full
+        would refuse the devices' readings. The plugin creates them again when it
+        runs; what they filled is kept. Before the components start (nothing is
+        ingested yet) and again after (a component that failed to start)."""
+        def runs(name: str) -> bool:
+            info = self.plugins.info.get(name)  # a running component's fault stops nothing
+            return info is not None and (info.state in ("loaded", "started") or bool(self.faults.get(name)))
+
+        running = [owner for owner, name in self.owners.items() if runs(name)]
+        dropped = await self.storage.drop_owner_triggers(running)
+        if dropped:
+            log.warning("dropped the triggers %s: their owners' plugins do not run, so nothing is collected for "
+                        "them until they do (what was collected is kept)", ", ".join(dropped))
 
     async def _apply_config_groups(self) -> None:
         """Write the configuration's groups to the registry, checked like an import:

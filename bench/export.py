@@ -51,10 +51,12 @@ from ingest import METERS, Readings, registry, synthesize
 
 from balans_edge.core.bus import EventBus
 from balans_edge.core.ingest import Ingest
-from balans_edge.core.storage.base import ExportTarget
 from balans_edge.core.storage.sqlite import SqliteStorage
 from balans_edge.plugins.export.config import TargetConfig
 from balans_edge.plugins.export.exporter import Configurator, TargetExporter
+from balans_edge.plugins.export.plugin import MIGRATIONS
+from balans_edge.plugins.export.records import ExportTarget
+from balans_edge.plugins.export.repository import ExportRepository
 
 SETUPS: dict[str, list[ExportTarget]] = {
     "no target": [],
@@ -70,9 +72,9 @@ SITE = "bench site"
 
 async def fresh(path: Path, data: Readings, targets: list[ExportTarget]) -> tuple[SqliteStorage, Ingest]:
     storage = SqliteStorage(path)
-    await storage.open()
+    await storage.open(migrations=[MIGRATIONS])
     await storage.registry_apply(registry(data))
-    await storage.export_configure(targets)
+    await ExportRepository(storage).configure(targets)
     now = int(data.ts.max()) + 86400
     return storage, Ingest(storage, clock=lambda: now)
 
@@ -85,7 +87,7 @@ async def ingest_run(path: Path, data: Readings, targets: list[ExportTarget], ba
         await ingest.ingest(b)
     seconds = time.perf_counter() - t
     for target in targets:
-        depth = (await storage.export_state(target.name))[0]["depth"]
+        depth = (await ExportRepository(storage).state(target.name))[0]["depth"]
         assert depth == len(data), f"{target.name}: {depth} queued for {len(data)} readings"
     await storage.close()
     return seconds
@@ -96,8 +98,8 @@ def raw_run(path: Path, data: Readings, targets: list[ExportTarget], batch: int)
 
     async def schema() -> None:
         storage = SqliteStorage(path)
-        await storage.open()
-        await storage.export_configure(targets)
+        await storage.open(migrations=[MIGRATIONS])
+        await ExportRepository(storage).configure(targets)
         await storage.close()
 
     asyncio.run(schema())
@@ -183,16 +185,16 @@ async def drain(path: Path, data: Readings, vm: Victoria, batch: int) -> tuple[f
     """Queue the readings for one target, then time its exporter until the queue is empty."""
     target = TargetConfig(name="vm", url=vm.url, bucket="bench", org="bench", kinds=["readings"], batch_size=batch,
                           flush_interval_s=0.01, max_queue=10_000_000)
-    storage, ingest = await fresh(path, data, [target.storage_target()])
+    storage, ingest = await fresh(path, data, [target.queue_target()])
     for i in range(0, len(data), 20_000):
         await ingest.ingest(data.batch(slice(i, i + 20_000)))
-    config = SimpleNamespace(site=SimpleNamespace(name=SITE), balance=SimpleNamespace(completeness_threshold=0.95))
-    server = SimpleNamespace(storage=storage, config=config, tz=ZoneInfo("UTC"), bus=EventBus(),
-                             supervise=lambda component, task: task)
-    exporter = TargetExporter(server, target, Configurator(storage, SimpleNamespace(targets=[target])))  # type: ignore[arg-type]
+    context = SimpleNamespace(storage=storage, site=SimpleNamespace(name=SITE, completeness_threshold=0.95),
+                              tz=ZoneInfo("UTC"), bus=EventBus(), health=SimpleNamespace(supervise=lambda c, t: t))
+    queues = ExportRepository(storage)
+    exporter = TargetExporter(context, queues, target, Configurator(queues, SimpleNamespace(targets=[target])))  # type: ignore[arg-type]
     t = time.perf_counter()
     await exporter.start()
-    while (await storage.export_state("vm"))[0]["depth"] > 0:
+    while (await queues.state("vm"))[0]["depth"] > 0:
         await asyncio.sleep(0.05)
     seconds = time.perf_counter() - t
     requests = exporter.counters.batches_sent

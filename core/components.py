@@ -157,8 +157,6 @@ class Notifier(Protocol):
 
 @runtime_checkable
 class Exporter(Component, Protocol):
-    """Sends data to another system. One that sends the storage's export queues
-    (``export_take``) sets ``drains_export_queue = True``: when no exporter does,
-    the server stops storage from queueing (``export_configure([])``)."""
+    """Sends data to another system; ``status()`` is shown in health."""
 
     def status(self) -> dict[str, Any]: ...

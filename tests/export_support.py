@@ -19,6 +19,14 @@ from typing import Any
 
 import httpx
 
+from balans_edge.plugins.export.repository import ExportRepository
+
+
+async def export_state(server: Any, target: str | None = None) -> list[dict[str, Any]]:
+    """The targets' stored state, read as the export plugin reads it: its repository
+    on the server's storage (the SQL gateway)."""
+    return await ExportRepository(server.storage).state(target)
+
 
 def free_port() -> int:
     with socket.socket() as s:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import sqlite3
 import subprocess
 import sys
 import time
@@ -18,10 +19,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from export_support import ScriptedWriteApi, free_port, influx_error
+from export_support import ScriptedWriteApi, export_state, free_port, influx_error
 
 from balans_edge.core.model import RawReading
-from balans_edge.plugin_manager import load_plugins
+from balans_edge.core.storage import StorageError
+from balans_edge.plugin_manager import Plugins, load_plugins
 from balans_edge.plugins.export.status import STATES
 
 from conftest import T0, auth, base_config, eventually, small_site
@@ -61,7 +63,7 @@ def readings(channel: int, n: int, start: int = 0, module: int = 1001) -> list[R
 
 
 async def drained(server: Any) -> bool:
-    return (await server.storage.export_state("t"))[0]["depth"] == 0
+    return (await export_state(server, "t"))[0]["depth"] == 0
 
 
 async def _settled(health: Callable[[], Awaitable[dict[str, Any]]], sent: int) -> dict[str, Any] | None:
@@ -161,7 +163,7 @@ async def test_dead_letters_are_sent_again_on_request_once_the_target_takes_them
     assert await eventually(lambda: _none_left(dead_letters), timeout=10)
     assert sorted(meters_of(api.accepted_lines())) == ["W-1"] * 3 + ["W-3"] * 2
     assert len(set(api.accepted_lines())) == 5  # the refused lines, as they were, once each
-    (state,) = await server.storage.export_state("t")
+    (state,) = await export_state(server, "t")
     assert state["sent"] == 5 and state["dead"] == 2  # dead counts every point ever refused
 
 
@@ -188,7 +190,7 @@ async def test_413_splits_a_batch_until_the_target_takes_it(
     accepted = [r for r in api.requests if r.status == 204]
     assert all(len(r.lines) <= 4 for r in accepted)
     assert sorted(api.accepted_lines()) == sorted(set(api.accepted_lines())) and len(api.accepted_lines()) == 10
-    assert (await server.storage.export_state("t"))[0]["dead"] == 0
+    assert (await export_state(server, "t"))[0]["dead"] == 0
     assert api.requests[0].status == 413 and len(api.requests[0].lines) == 10
 
 
@@ -208,7 +210,7 @@ async def test_429_waits_for_retry_after_and_5xx_backs_off(
     assert 0.1 - 0.01 <= t[2] - t[1] <= 0.2 + 0.5  # back-off 2: 0.1..0.2 s (+ slack for a busy machine)
     assert 0.2 - 0.01 <= t[3] - t[2] <= 0.4 + 0.5  # back-off 3: 0.2..0.4 s (doubling, capped at 0.4)
     assert all(r.lines == api.requests[0].lines for r in api.requests)  # the same batch each time
-    state = (await server.storage.export_state("t"))[0]
+    state = (await export_state(server, "t"))[0]
     assert (state["retries"], state["sent"], state["dead"]) == (3, 5, 0)
     assert state["last_error"] == "HTTP 503: unavailable"
 
@@ -225,7 +227,7 @@ async def test_misconfigured_target_keeps_points_instead_of_dead_lettering(
     server = await started(make_server, tmp_path, api.url)
     await server.ingest.ingest(readings(1, 4))
     assert await eventually(lambda: drained(server), timeout=10)
-    state = (await server.storage.export_state("t"))[0]
+    state = (await export_state(server, "t"))[0]
     assert (state["dead"], state["sent"], state["retries"]) == (0, 4, 3)
     assert state["last_error"] == "HTTP 401: unauthorized access"
 
@@ -310,17 +312,59 @@ async def test_without_an_exporter_nothing_is_queued_and_a_full_queue_no_longer_
     client = client_for(server)
     assert (await push(3, 5)).status_code == 200
     assert len(await server.storage.readings(1, 0, 2**40)) == 8
-    (state,) = await server.storage.export_state("t")
+    (state,) = await export_state(server, "t")
     assert (state["depth"], state["kinds"]) == (3, [])
     await server.stop()
 
     # Switched on again, with no target answering: it queues (and blocks) as configured.
     server = await started(make_server, tmp_path, url, max_queue=4, when_full="block")
     client = client_for(server)
-    (state,) = await server.storage.export_state("t")
+    (state,) = await export_state(server, "t")
     assert state["kinds"] == ["readings"]
     assert (await push(8, 1)).status_code == 200
     assert (await push(9, 1)).status_code == 503
+
+
+def export_triggers(server: Any) -> list[str]:
+    path = server.config.storage.url.removeprefix("sqlite:")
+    with sqlite3.connect(path) as db:
+        return sorted(r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'trigger' "
+                                               "AND name LIKE 'export%'"))
+
+
+async def test_without_targets_or_without_the_plugin_nothing_is_queued_and_the_queue_is_kept(
+    tmp_path: Path, make_server: MakeServer, client_for: Any
+) -> None:
+    """The plugin running with no target stops queueing itself; a server without the
+    plugin at all (not installed) drops its triggers through core's rule for owners
+    that do not run. Either way a full blocking queue no longer refuses readings."""
+    url = f"http://127.0.0.1:{free_port()}"  # nobody answers: the queue fills
+    server = await started(make_server, tmp_path, url, max_queue=3, when_full="block")
+    assert "export__readings_inserted" in export_triggers(server)
+    await server.ingest.ingest(readings(1, 3))
+    with pytest.raises(StorageError, match="export queue full: t"):
+        await server.ingest.ingest(readings(1, 1, start=3))
+    await server.stop()
+
+    server = await make_server(base_config(tmp_path), plugins_=load_plugins())  # the plugin runs, no target
+    assert [n for n, _ in server.components if n == "export"] == ["export"]
+    assert not [n for n, _ in server.exporters if n == "export"]
+    assert export_triggers(server) == []
+    assert (await server.ingest.ingest(readings(1, 2, start=3))).accepted == 2
+    (state,) = await export_state(server, "t")
+    assert (state["depth"], state["kinds"]) == (3, [])
+    await server.stop()
+
+    server = await started(make_server, tmp_path, url, max_queue=3, when_full="block")
+    assert "export__readings_inserted" in export_triggers(server)
+    await server.stop()
+    bare = Plugins()  # no plugin installed at all
+    server = await make_server(base_config(tmp_path), plugins_=bare)
+    assert server.plugins is bare and not server.plugins.info
+    assert export_triggers(server) == []
+    assert (await server.ingest.ingest(readings(1, 2, start=5))).accepted == 2
+    (state,) = await export_state(server, "t")
+    assert (state["depth"], state["kinds"], state["when_full"]) == (3, [], "block")
 
 
 async def test_the_command_line_and_the_api_name_a_targets_figures_alike(

@@ -18,7 +18,7 @@ from typing import Any
 
 import httpx
 import pytest
-from export_support import HoldingProxy, VictoriaMetrics
+from export_support import HoldingProxy, VictoriaMetrics, export_state
 
 from balans_edge.core.components import Finding, Severity
 from balans_edge.core.model import Concentrator, Group, GroupInput, Meter, RadioModule, Resource
@@ -101,7 +101,7 @@ async def test_every_kind_is_read_back_with_its_names_tags_and_values(
     async def settled() -> bool:
         await server.intervals.process()
         await server.balance.process()
-        return (await server.storage.export_state("vm"))[0]["depth"] == 0 and \
+        return (await export_state(server, "vm"))[0]["depth"] == 0 and \
             (await server.storage.take_balance_dirty(1)) == []
 
     assert await eventually(settled, timeout=20)
@@ -380,9 +380,9 @@ async def test_backfill_queues_history_that_the_server_then_sends(
 
 
 async def _depth(server: Any) -> int:
-    return (await server.storage.export_state("vm"))[0]["depth"]
+    return (await export_state(server, "vm"))[0]["depth"]
 
 
 async def _drained(server: Any) -> bool:
-    return await _depth(server) == 0 and (await server.storage.export_state("vm"))[0]["sent"] == 144
+    return await _depth(server) == 0 and (await export_state(server, "vm"))[0]["sent"] == 144
 

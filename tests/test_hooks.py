@@ -204,11 +204,12 @@ async def test_hook_register_components(tmp_path: Path, plugins: Plugins, make_s
 
     assert [(n, c.name) for n, c in server.components] == [
         ("analytics", "analytics-scheduler"),
+        ("export", "export-queues"),
         ("example", "example-heartbeat"),
         ("recorder", "probe-a"),
         ("recorder", "probe-b"),
     ]
-    heartbeat = server.components[1][1]
+    heartbeat = server.components[2][1]
     assert await eventually(lambda: heartbeat.ticks >= 5)
     assert recorder.log == [("start", "probe-a", True), ("start", "probe-b", True)]
 

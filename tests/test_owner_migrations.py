@@ -209,7 +209,7 @@ def test_bad_contributions_disable_their_plugin_only(plugins: Plugins, package: 
     plugins.register(Owner(["not a set"]), "confused")
     plugins.register(Owner([MigrationSet("notes", good.package)]), "thief")
     sets = plugin_migrations(plugins)
-    assert [s.owner for s in sets] == ["dmesh", "example", "notes"]
+    assert [s.owner for s in sets] == ["dmesh", "export", "example", "notes"]
     assert {n: plugins.info[n].state for n in ("notes", "raiser", "confused", "thief")} == {
         "notes": "loaded", "raiser": "failed", "confused": "failed", "thief": "failed"}
     assert "already plugin notes's" in plugins.info["thief"].error
@@ -228,7 +228,7 @@ async def test_hook_register_migrations(tmp_path: Path, make_server: Any, client
     """The partner plugin brings its own table: created at start-up by its migrations,
     written by its observer, read by its route, all through its own repository."""
     server = await make_server(base_config(tmp_path))
-    assert await server.storage.schema_versions() == {"core": LATEST, "dmesh": 1, "example": 2}
+    assert await server.storage.schema_versions() == {"core": LATEST, "dmesh": 1, "export": 1, "example": 2}
     client = client_for(server)
     await server.storage.registry_apply(small_site())
     now = int(time.time())
@@ -264,7 +264,8 @@ def test_commands_apply_plugin_migrations(tmp_path: Path) -> None:
     result = subprocess.run([str(Path(sys.executable).parent / "balans-edge"), "registry", "unknown", "-c",
                              str(config)], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
-    assert rows(db, "SELECT owner, max(version) FROM owner_migrations GROUP BY owner") == [("dmesh", 1), ("example", 2)]
+    assert rows(db, "SELECT owner, max(version) FROM owner_migrations GROUP BY owner") == [
+        ("dmesh", 1), ("example", 2), ("export", 1)]
     assert "example_batches" in tables(db)
 
 
@@ -288,3 +289,105 @@ def test_commands_and_the_server_refuse_a_newer_database_naming_the_owner(tmp_pa
     assert result.returncode == 2
     assert f"start-up failed: database schema of {refused}" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+# owners' triggers on core's tables ---------------------------------------------------------------
+
+
+def triggers(path: Path) -> list[str]:
+    return sorted(r[0] for r in rows(path, "SELECT name FROM sqlite_master WHERE type = 'trigger'"))
+
+
+def probe(name: str) -> str:
+    """A trigger on core's readings that fills an owner's table, as the export queues are filled."""
+    return (f"CREATE TRIGGER {name} AFTER INSERT ON readings BEGIN "
+            "INSERT INTO notes_items (text) VALUES ('reading ' || new.meter); END")
+
+
+def test_an_owners_triggers_are_named_after_it() -> None:
+    from balans_edge.core.storage.migrations import trigger_owner
+
+    assert trigger_owner("export__readings_inserted") == "export"
+    assert trigger_owner("notes__x__y") == "notes"
+    for name in ("groups_inserted", "meters_first_period", "export_readings_inserted", "__x", "notes__", "Up__x"):
+        assert trigger_owner(name) is None, name
+    with pytest.raises(MigrationError, match="without '__'"):
+        MigrationSet("notes__old", "pkg")
+
+
+async def test_storage_drops_the_triggers_of_owners_that_do_not_run(tmp_path: Path,
+                                                                   package: Callable[..., str]) -> None:
+    notes = MigrationSet("notes", package({"0001_notes.sql": NOTES_1}))
+    path = tmp_path / "edge.db"
+    await opened(path, notes)
+    core = triggers(path)
+    with sqlite3.connect(path) as db:
+        for name in ("notes__readings", "gone__readings", "notes_by_hand"):
+            db.execute(probe(name))
+    s = SqliteStorage(path)
+    await s.open(migrations=[notes])
+    try:
+        assert await s.drop_owner_triggers(["notes"]) == ["gone__readings"]
+        assert triggers(path) == sorted([*core, "notes__readings", "notes_by_hand"])
+        assert await s.drop_owner_triggers([]) == ["notes__readings"]
+        assert await s.drop_owner_triggers([]) == []
+        assert triggers(path) == sorted([*core, "notes_by_hand"])  # core's and those named otherwise stay
+    finally:
+        await s.close()
+
+
+class FailingOwner:
+    """A plugin with its own table and a trigger on core's readings, whose component
+    fails to start (or not)."""
+
+    def __init__(self, notes: MigrationSet, fail: bool) -> None:
+        self.notes, self.fail = notes, fail
+        self.name = "notes-component"
+
+    @hookimpl
+    def register_migrations(self) -> list[MigrationSet]:
+        return [self.notes]
+
+    @hookimpl
+    def register_components(self) -> list[Any]:
+        return [self]
+
+    async def start(self) -> None:
+        if self.fail:
+            raise RuntimeError("cannot start")
+
+    async def stop(self) -> None:
+        pass
+
+
+async def test_the_server_drops_the_triggers_of_plugins_that_do_not_run(
+    tmp_path: Path, make_server: Any, package: Callable[..., str]
+) -> None:
+    """Disabled, not installed or failed at start: the plugin's triggers on core's
+    tables go, so nothing fills its tables while nobody reads them; running, they stay."""
+    from balans_edge.plugin_manager import load_plugins
+
+    notes = MigrationSet("notes", package({"0001_notes.sql": NOTES_1}))
+    path = tmp_path / "balans.db"
+
+    async def run(fail: bool | None, **flags: Any) -> list[str]:
+        plugins = load_plugins()
+        if fail is not None:
+            plugins.register(FailingOwner(notes, fail), "notes")
+        server = await make_server(base_config(tmp_path, plugins={"notes": flags} if flags else {}),
+                                   plugins_=plugins, http=False)
+        try:
+            return [t for t in triggers(path) if "__" in t]
+        finally:
+            await server.stop()
+
+    await run(fail=False)
+    with sqlite3.connect(path) as db:
+        db.execute(probe("notes__readings"))
+    assert await run(fail=False) == ["notes__readings"]
+    assert await run(fail=False, enabled=False) == []
+    for fail in (None, True):  # not installed; failed at start
+        with sqlite3.connect(path) as db:
+            db.execute(probe("notes__readings"))
+        assert await run(fail=fail) == []
+    assert rows(path, "SELECT count(*) FROM notes_items") == [(0,)]

@@ -223,7 +223,8 @@ async def test_enabled_false_disables_a_plugin(
 
     assert server.plugins.info["example"].state == "disabled"
     assert server.plugins.info["example"].error is None
-    assert [n for n, _ in server.components + server.exporters] == ["analytics"]
+    # (the export plugin's component puts its queues into effect, with no target configured too)
+    assert [n for n, _ in server.components + server.exporters] == ["analytics", "export"]
     assert (await client.get("/api/v1/example/summary", headers=auth("viewer"))).status_code == 404
     health = (await client.get("/api/v1/health", headers=auth("viewer"))).json()
     assert health["plugins"] == {"analytics": "started", "dmesh": "started", "example": "disabled",

@@ -1,7 +1,8 @@
 """A database the release with schema 15 wrote (tests/fixtures/release-schema15.db,
 made by tests/fixtures/make_release_db.py, rows in every table, export queues with
 their generated tables and triggers) upgrades to this version without loss and
-keeps working."""
+keeps working: its export triggers queue new data until the export plugin, which
+owns them now, puts its targets into effect, and then the plugin's do."""
 
 from __future__ import annotations
 
@@ -20,10 +21,18 @@ from balans_edge.core.storage.migrations import LATEST
 from balans_edge.core.storage.sqlite import SqliteStorage
 from balans_edge.plugins.dmesh.repository import MIGRATIONS as DMESH
 from balans_edge.plugins.dmesh.repository import DmeshRepository, ModuleEvent, ModuleRoute
+from balans_edge.plugins.export.plugin import MIGRATIONS as EXPORT
+from balans_edge.plugins.export.records import ExportTarget
+from balans_edge.plugins.export.repository import ExportRepository
 
 FIXTURE = Path(__file__).parent / "fixtures" / "release-schema15.db"
 T0 = 1_705_276_800
 HOUR = 3600
+KINDS = ("readings", "consumption", "balance_hourly", "findings", "alarms", "network")
+"""What the release's export target took."""
+FEEDS_OF_KINDS = ("readings_inserted", "readings_updated", "consumption_inserted", "consumption_updated",
+                  "balance_inserted", "balance_updated", "findings_inserted", "findings_updated", "alarms_inserted",
+                  "network_inserted")
 
 
 def contents(path: Path) -> dict[str, list[tuple]]:
@@ -39,7 +48,7 @@ async def upgraded(tmp_path: Path):
     path.chmod(0o600)
     before = contents(path)
     s = SqliteStorage(path)
-    await s.open(migrations=[DMESH, EXAMPLE])
+    await s.open(migrations=[DMESH, EXPORT, EXAMPLE])
     yield s, path, before
     await s.close()
 
@@ -54,7 +63,7 @@ def test_the_fixture_is_what_the_release_wrote() -> None:
 
 async def test_release_database_upgrades_without_loss(upgraded) -> None:
     s, path, before = upgraded
-    assert await s.schema_versions() == {"core": LATEST, "dmesh": 1, "example": 2}
+    assert await s.schema_versions() == {"core": LATEST, "dmesh": 1, "export": 1, "example": 2}
     await s.flush()
     after = contents(path)
     counts = {t: len(rows) for t, rows in before.items()}
@@ -111,23 +120,47 @@ async def test_release_values_read_back_through_the_repositories(upgraded) -> No
     assert (link["event"], link["t"], link["peer"]) == ("connect", T0, "10.0.0.7:40000")
     # The modules' health history stays core's (written with the readings).
     assert [h["battery_mv"] for h in await s.module_reports(1001)] == [3600]
-    (target,) = await s.export_state()
+    (target,) = await ExportRepository(s).state()
     assert (target["name"], target["depth"], target["dead_letters"], target["dead"]) == ("influx", 40, 1, 2)
+    assert target["kinds"] == list(KINDS)
+
+
+def export_triggers(path: Path) -> list[str]:
+    with sqlite3.connect(path) as db:
+        return sorted(r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'trigger' "
+                                               "AND name LIKE 'export%'"))
 
 
 async def test_release_database_keeps_working_after_the_upgrade(upgraded) -> None:
-    """Its generated export triggers still queue new data; registry writes still keep periods."""
-    s, _, _ = upgraded
+    """Its generated export triggers still queue new data, until the export plugin puts
+    its targets into effect (as it does at start) with triggers of its own; registry
+    writes still keep periods."""
+    s, path, _ = upgraded
     keys = await s.meter_keys()
-    one = np.array([keys["W-1"]], dtype=np.int64)
-    ts = np.array([T0 + 7 * HOUR], dtype=np.int64)
-    counter = np.array([1800], dtype=np.int64)
-    zero = np.zeros(1, dtype=np.int64)
-    await s.commit_ingest(IngestWrite(inserts=ReadingRows(one, ts, counter, counter - 1000, zero, zero)))
-    (target,) = await s.export_state()
+    queues = ExportRepository(s)
+
+    async def ingest(hour: int) -> None:
+        one = np.array([keys["W-1"]], dtype=np.int64)
+        ts = np.array([T0 + hour * HOUR], dtype=np.int64)
+        counter = np.array([1500 + 100 * hour], dtype=np.int64)
+        zero = np.zeros(1, dtype=np.int64)
+        await s.commit_ingest(IngestWrite(inserts=ReadingRows(one, ts, counter, counter - 1000, zero, zero)))
+
+    await ingest(7)  # before the plugin ran: the release's triggers queue it
+    (target,) = await queues.state()
     assert target["depth"] == 41
+    assert "export_readings_inserted" in export_triggers(path)
+
+    await queues.configure([ExportTarget("influx", KINDS, 1000)])
+    assert export_triggers(path) == sorted(f"export__{n}" for n in FEEDS_OF_KINDS)
+    await ingest(8)
+    (target,) = await queues.state()
+    assert (target["depth"], target["kinds"]) == (42, list(KINDS))
+    batch = await queues.take("influx", 100, after=0)
+    assert [(r["meter"], r["ts"]) for r in batch.rows["readings"]][-2:] == [(keys["W-1"], T0 + 7 * HOUR),
+                                                                            (keys["W-1"], T0 + 8 * HOUR)]
     head = {h.meter: h for h in await s.load_heads()}[keys["W-1"]]
-    assert (head.ts, head.counter) == (T0 + 7 * HOUR, 1800)
+    assert (head.ts, head.counter) == (T0 + 8 * HOUR, 2300)
     version = await s.registry_version()
     await s.registry_apply({"accounts": [Account("A-2", "Flat 2")]}, who="test")
     assert await s.registry_version() > version
@@ -145,7 +178,7 @@ async def test_release_dmesh_tables_keep_working_through_the_plugins_repository(
     assert (module.parent_id, module.hops, module.rssi, module.battery_mv, module.firmware, module.last_seen) == (
         0, 1, -65, 3450, "1.3", t)
     assert [(r["t"], r["parent_id"]) for r in await dmesh.topology_history(1002)] == [(t, 0), (T0 + 2 * HOUR, 1001)]
-    (target,) = await s.export_state()
+    (target,) = await ExportRepository(s).state()
     assert target["depth"] == 41
     await dmesh.store_module_events([ModuleEvent(7, 1002, t, 3, 0, t + 1)])
     assert [e["ts"] for e in await dmesh.module_events(1002)] == [t]

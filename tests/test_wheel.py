@@ -79,6 +79,12 @@ def test_wheel_installs_into_a_clean_venv_and_runs(tmp_path: Path) -> None:
             assert zf.read(f"balans_edge/plugins/{name}") == (ROOT / "plugins" / name).read_bytes()
         entry_points = zf.read(f"balans_edge-{version}.dist-info/entry_points.txt").decode()
     assert "balans-edge = balans_edge.cli:main" in entry_points
+    # A built-in plugin's own migrations ship in its folder.
+    export = ROOT / "plugins" / "export" / "migrations"
+    export_migrations = sorted(p.relative_to(export).as_posix() for p in export.rglob("*.sql"))
+    assert export_migrations == ["sqlite/0001_tables.sql"]
+    assert sorted(n.removeprefix("balans_edge/plugins/export/migrations/") for n in names
+                  if n.startswith("balans_edge/plugins/export/migrations/")) == export_migrations
     for expected in (
         "balans_edge/defaults.toml",
         "balans_edge/plugins/dmesh/README.md",
@@ -115,6 +121,10 @@ def test_wheel_installs_into_a_clean_venv_and_runs(tmp_path: Path) -> None:
             "print(*[m.name for m in MIGRATIONS.scripts('sqlite')])")
     result = run(bin_ / "python", "-c", code, cwd=tmp_path)
     assert result.stdout.split() == [Path(n).name for n in plugin_migrations if n.startswith("dmesh/")]
+    code = ("from balans_edge.plugins.export.plugin import MIGRATIONS; "
+            "print(*[m.name for m in MIGRATIONS.scripts('sqlite')])")
+    result = run(bin_ / "python", "-c", code, cwd=tmp_path)
+    assert result.stdout.split() == [Path(n).name for n in plugin_migrations if n.startswith("export/")]
 
     result = run(bin_ / "balans-edge", "check-config", ROOT / "config" / "demo.toml", cwd=tmp_path)
     assert result.stdout.startswith(f"{ROOT / 'config' / 'demo.toml'}: OK (site 'Demo site'")

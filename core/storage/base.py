@@ -19,11 +19,11 @@ Core's repositories, one module each:
 
 ``Storage`` is their composition with the lifecycle (open with migrations,
 flush, close): what core needs from a backend. Tables of plugins are not
-core's: the interfaces of those still served here (``TagRepository``,
-``BridgeSlotRepository``, ``ExportRepository``) are declared apart, each
-marked with its owner, and plugins' own tables are reached through the
-``SqlGateway`` (gateway) by the plugin's own repository (the DMesh plugin's
-in ``plugins/dmesh/repository.py``).
+core's: the interfaces of those core handed over and that still live here
+(``TagRepository``, ``BridgeSlotRepository``) are declared apart, each marked
+with its owner, and plugins' own tables are reached through the
+``SqlGateway`` (gateway) by the plugin's own repository (the DMesh plugin's in
+``plugins/dmesh/repository.py``, the export plugin's in ``plugins/export``).
 
 The records of every interface are re-exported here, so imports from
 ``core.storage.base`` keep working; the plugin-owned ones move with their
@@ -33,19 +33,12 @@ plugins.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 from balans_edge.core.storage.balances_repository import BalanceRepository, BalanceSums
 from balans_edge.core.storage.bridge_slots_repository import BridgeSlotRepository
 from balans_edge.core.storage.commands_repository import CommandRepository
 from balans_edge.core.storage.errors import StorageError
-from balans_edge.core.storage.export_repository import (
-    EXPORT_KINDS,
-    EXPORT_POLICIES,
-    ExportBatch,
-    ExportRepository,
-    ExportTarget,
-)
 from balans_edge.core.storage.findings_repository import FindingRepository
 from balans_edge.core.storage.intervals_repository import DirtyRange, IntervalRepository, PeriodSums
 from balans_edge.core.storage.journal_repository import JournalRepository
@@ -70,8 +63,6 @@ from balans_edge.core.storage.tags_repository import TAG_QUALITIES, TagRepositor
 __all__ = [
     "AUDIT_LIMIT",
     "CORE_REPOSITORIES",
-    "EXPORT_KINDS",
-    "EXPORT_POLICIES",
     "PLUGIN_REPOSITORIES",
     "REGISTRY_KINDS",
     "TAG_QUALITIES",
@@ -81,9 +72,6 @@ __all__ = [
     "BridgeSlotRepository",
     "CommandRepository",
     "DirtyRange",
-    "ExportBatch",
-    "ExportRepository",
-    "ExportTarget",
     "FindingRepository",
     "IngestWrite",
     "IntervalRepository",
@@ -130,6 +118,15 @@ class StorageLifecycle(ABC):
     async def schema_versions(self) -> dict[str, int]:
         """The schema version of every owner of tables the database holds, core included."""
 
+    @abstractmethod
+    async def drop_owner_triggers(self, running: Collection[str]) -> list[str]:
+        """Drop the triggers named after an owner (``<owner>__<name>``,
+        ``migrations.trigger_owner``) whose owner is not in ``running`` (core's never
+        are); return their names. A plugin that fills its tables from core's writes
+        creates such triggers when it runs; when it does not, they would fill
+        tables that nobody reads, and a trigger that refuses a write once a table
+        is full would refuse the devices' readings."""
+
 
 class Storage(
     StorageLifecycle,
@@ -148,5 +145,5 @@ class Storage(
 CORE_REPOSITORIES = (RegistryRepository, ReadingRepository, QuarantineRepository, IntervalRepository,
                      BalanceRepository, FindingRepository, CommandRepository, JournalRepository)
 """The repositories ``Storage`` composes (with ``StorageLifecycle``)."""
-PLUGIN_REPOSITORIES = (TagRepository, BridgeSlotRepository, ExportRepository)
+PLUGIN_REPOSITORIES = (TagRepository, BridgeSlotRepository)
 """Interfaces of tables core handed over to plugins (each names its ``OWNER``); not part of ``Storage``."""

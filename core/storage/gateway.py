@@ -31,7 +31,13 @@ class SqlGateway(ABC):
     async def sql_write(self, statements: Sequence[Write]) -> None:
         """Run statements that change rows (no SELECT), each once per row of its
         parameters, in one transaction, durably; StorageError when refused
-        (nothing of it is written)."""
+        (nothing of it is written).
+
+        A statement given one empty row of parameters (``[()]``) runs once as it
+        is, whatever it turns out to change: so the transaction may also create,
+        alter or drop schema objects of the plugin's own that it generates at run
+        time (``CREATE TABLE IF NOT EXISTS``, ``DROP TRIGGER IF EXISTS``), atomically
+        with its rows."""
 
     @abstractmethod
     async def sql_read(self, sql: str, args: Sequence[Any] = ()) -> list[dict[str, Any]]:

@@ -27,6 +27,15 @@ migration also hands over the tables that core migrations 0005, 0008 and 0009
 migration and docs/storage.md): their owners' first migrations create them
 with ``CREATE TABLE IF NOT EXISTS`` in their shape as of core version 15.
 
+Triggers a plugin creates at run time on tables not its own (to fill its
+tables from core's writes, in their transaction) are named ``<owner>__<name>``: the owner,
+two underscores, a name. When that owner does not run (its plugin disabled,
+not installed or failed), the server drops them at start
+(``StorageLifecycle.drop_owner_triggers``), so nothing fills tables that no one
+reads; the plugin creates them again when it runs. A trigger created by a
+migration is named otherwise, or it would be lost with the first start
+without its plugin.
+
 This module knows files and versions only; running them is the backend's
 (``sqlite_migrations`` for SQLite).
 """
@@ -44,6 +53,8 @@ DIALECTS = ("sqlite", "postgresql")
 OWNER_PATTERN = re.compile(r"[a-z][a-z0-9_-]{0,63}")
 """What an owner may be called: a plugin's name, lower case."""
 FILE_PATTERN = re.compile(r"(\d{4})_([a-z0-9_]+)\.sql")
+TRIGGER_OWNER = "__"
+"""Separates the owner from the rest in the name of an owner's trigger (``example__readings_inserted``)."""
 
 
 class MigrationError(RuntimeError):
@@ -76,9 +87,9 @@ class MigrationSet:
     folder: str = "migrations"
 
     def __post_init__(self) -> None:
-        if not OWNER_PATTERN.fullmatch(self.owner):
+        if not OWNER_PATTERN.fullmatch(self.owner) or TRIGGER_OWNER in self.owner:
             raise MigrationError(f"migration owner {self.owner!r}: lower-case letters, digits, '_' and '-', "
-                                 "starting with a letter")
+                                 f"starting with a letter, without {TRIGGER_OWNER!r}")
 
     def scripts(self, dialect: str) -> list[Migration]:
         """The owner's migrations for ``dialect`` in version order. MigrationError
@@ -138,6 +149,13 @@ def pending(scripts: list[Migration], current: int, owner: str, target: int | No
                              f"({latest}): upgrade the plugin that owns {owner!r}")
     target = latest if target is None else target
     return [m for m in scripts if current < m.version <= target]
+
+
+def trigger_owner(name: str) -> str | None:
+    """The owner a trigger's name gives (``example`` for ``example__readings_inserted``),
+    or None for a trigger named otherwise (core's, a plugin's own migration's)."""
+    owner, separator, rest = name.partition(TRIGGER_OWNER)
+    return owner if separator and rest and OWNER_PATTERN.fullmatch(owner) else None
 
 
 def available(dialect: str = "sqlite") -> list[tuple[int, str, str]]:

@@ -20,7 +20,7 @@ import json
 import logging
 import os
 import stat
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -39,11 +39,10 @@ from balans_edge.core.storage.base import (
     StorageError,
 )
 from balans_edge.core.storage.gateway import SqlGateway, Write
-from balans_edge.core.storage.migrations import MigrationSet
+from balans_edge.core.storage.migrations import CORE, MigrationSet, trigger_owner
 from balans_edge.core.storage.sqlite_balance import BalanceTables
 from balans_edge.core.storage.sqlite_bridges import BridgeSlots
 from balans_edge.core.storage.sqlite_bulk import BulkReader
-from balans_edge.core.storage.sqlite_export import ExportQueues
 from balans_edge.core.storage.sqlite_journal import JournalTables
 from balans_edge.core.storage.sqlite_migrations import migrate_all, owner_versions
 from balans_edge.core.storage.sqlite_modules import ModuleReports, module_health_statements
@@ -131,8 +130,8 @@ class _Job:
     future: asyncio.Future[None]
 
 
-class SqliteStorage(RegistryHistory, BalanceTables, JournalTables, ModuleReports, BridgeSlots, TagTable, ExportQueues,
-                    Storage, SqlGateway):
+class SqliteStorage(RegistryHistory, BalanceTables, JournalTables, ModuleReports, BridgeSlots, TagTable, Storage,
+                    SqlGateway):
     """Every core repository (``Storage``), the SQL gateway for plugins' own tables,
     and, until their plugins take them over, the interfaces of the tables core
     handed over to plugins (``base.PLUGIN_REPOSITORIES``)."""
@@ -208,6 +207,14 @@ class SqliteStorage(RegistryHistory, BalanceTables, JournalTables, ModuleReports
     async def schema_versions(self) -> dict[str, int]:
         return await owner_versions(self._read())
 
+    async def drop_owner_triggers(self, running: Collection[str]) -> list[str]:
+        keep = {CORE, *running}
+        names = [r[0] for r in await self._all("SELECT name FROM sqlite_master WHERE type = 'trigger' ORDER BY name")]
+        gone = [n for n in names if trigger_owner(n) not in (None, *keep)]
+        if gone:
+            await self._submit([(f'DROP TRIGGER IF EXISTS "{n.replace(chr(34), chr(34) * 2)}"', [()]) for n in gone])
+        return gone
+
     # group commit --------------------------------------------------------
 
     async def _submit(self, statements: list[Statement]) -> None:
@@ -269,7 +276,12 @@ class SqliteStorage(RegistryHistory, BalanceTables, JournalTables, ModuleReports
         await db.execute("BEGIN IMMEDIATE")
         try:
             for sql, rows in statements:
-                await db.executemany(sql, rows)
+                if len(rows) == 1 and not rows[0]:
+                    # Once, as it is: executemany refuses a statement that turns out to
+                    # change nothing (DROP TRIGGER IF EXISTS of one that does not exist).
+                    await db.execute(sql)
+                else:
+                    await db.executemany(sql, rows)
             await db.execute("COMMIT")
             self.commits += 1
         except BaseException:

@@ -10,7 +10,7 @@ when it matters most.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 
 from msgspec import Meta, Struct
 from sanic import response
@@ -18,10 +18,8 @@ from sanic.request import Request
 
 from balans_edge.http_schema import expected
 from balans_edge.plugins.export.exporter import TargetExporter
+from balans_edge.plugins.export.repository import ExportRepository
 from balans_edge.routes import ApiError, Route, json
-
-if TYPE_CHECKING:
-    from balans_edge.core.context import PluginContext
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +93,7 @@ def prometheus(statuses: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def routes(context: PluginContext, exporters: list[TargetExporter]) -> list[Route]:
+def routes(repository: ExportRepository, exporters: list[TargetExporter]) -> list[Route]:
     async def fresh() -> list[dict[str, Any]]:
         out = []
         for exporter in exporters:
@@ -114,13 +112,13 @@ def routes(context: PluginContext, exporters: list[TargetExporter]) -> list[Rout
         known = {e.target for e in exporters}
         if target is not None and target not in known:
             raise ApiError(404, "not_found", f"no export target {target!r}")
-        return json({"dead_letters": await context.storage.export_dead_letters(target, limit)})
+        return json({"dead_letters": await repository.dead_letters(target, limit)})
 
     async def export_resend(request: Request, body: Resend | None) -> Any:
         target, ids = (body.target, body.ids) if body is not None else (None, None)
         if target is not None and target not in {e.target for e in exporters}:
             raise ApiError(404, "not_found", f"no export target {target!r}")
-        marked = await context.storage.export_resend(target, ids)
+        marked = await repository.resend(target, ids)
         log.info("export: %s marked %d dead letter(s) to be sent again", request.ctx.user, marked)
         return json({"marked": marked})
 

@@ -1,9 +1,11 @@
 """``balans-edge export ...``: the targets' state, back-fill of history, dead
 letters, and removing a target that is no longer wanted.
 
-These commands open the database themselves, so they work whether the server
-runs or not; a back-fill queues points for the running server's exporter to
-send (and waits for room when a queue is full).
+These commands open the database themselves (``cli.with_storage``, which
+applies the plugins' migrations first), so they work whether the server runs
+or not; the storage object is the SQL gateway the plugin's repository is built
+on, as the server's ``context.database`` is. A back-fill queues points for the
+running server's exporter to send (and waits for room when a queue is full).
 """
 
 from __future__ import annotations
@@ -11,20 +13,22 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from zoneinfo import ZoneInfo
 
 import click
 
 from balans_edge.core.calendar import local_day
-from balans_edge.core.storage import Storage
-from balans_edge.core.storage.base import EXPORT_KINDS
+from balans_edge.core.storage.gateway import SqlGateway
 from balans_edge.core.times import hour_ceil, iso
 from balans_edge.plugins.export.config import ExportConfig, TargetConfig
+from balans_edge.plugins.export.feeds import EXPORT_KINDS
+from balans_edge.plugins.export.repository import ExportRepository
 from balans_edge.plugins.export.status import target_status
 
+T = TypeVar("T")
 PAGE = 10_000
 """Points queued per back-fill step."""
 
@@ -41,12 +45,12 @@ def day_hours(t0: int, t1: int, tz: ZoneInfo) -> list[int]:
     return out
 
 
-async def _room(storage: Storage, target: TargetConfig, wait_s: float) -> int:
+async def _room(queues: ExportRepository, target: TargetConfig, wait_s: float) -> int:
     """Free places in the target's queue; wait while it is full and draining."""
     deadline = time.monotonic() + wait_s
     last_depth: int | None = None
     while True:
-        depth = (await storage.export_state(target.name))[0]["depth"]
+        depth = (await queues.state(target.name))[0]["depth"]
         room = target.max_queue - depth
         if room > 0:
             return room
@@ -59,11 +63,11 @@ async def _room(storage: Storage, target: TargetConfig, wait_s: float) -> int:
         await asyncio.sleep(0.5)
 
 
-async def backfill(storage: Storage, config: ExportConfig, tz: ZoneInfo, targets: Sequence[TargetConfig],
+async def backfill(queues: ExportRepository, config: ExportConfig, tz: ZoneInfo, targets: Sequence[TargetConfig],
                    kinds: Sequence[str], t0: int, t1: int, wait_s: float) -> dict[str, dict[str, int]]:
     """Queue the stored points of ``kinds`` with t0 <= time < t1 for ``targets``,
     page by page, never beyond a queue's bound; return how many per target and kind."""
-    await storage.export_configure([t.storage_target() for t in config.targets])
+    await queues.configure([t.queue_target() for t in config.targets])
     done: dict[str, dict[str, int]] = {}
     for target in targets:
         for kind in kinds:
@@ -71,12 +75,12 @@ async def backfill(storage: Storage, config: ExportConfig, tz: ZoneInfo, targets
             if times == []:
                 continue
             lo, hi = (min(times), max(times) + 1) if times else (t0, t1)
-            total = await storage.export_backfill_count(kind, lo, hi, times)
+            total = await queues.backfill_count(kind, lo, hi, times)
             queued, after = 0, None
             with click.progressbar(length=total, label=f"{target.name} {kind:<14}", show_pos=True) as bar:
                 while queued < total:
-                    room = await _room(storage, target, wait_s)
-                    n, after = await storage.export_backfill(target.name, kind, lo, hi, after, min(PAGE, room), times)
+                    room = await _room(queues, target, wait_s)
+                    n, after = await queues.backfill(target.name, kind, lo, hi, after, min(PAGE, room), times)
                     if n == 0:
                         break
                     queued += n
@@ -99,6 +103,15 @@ def _status_lines(statuses: list[dict[str, Any]]) -> list[str]:
 def add_commands(group: click.Group) -> None:
     from balans_edge import cli as _cli
 
+    def with_queues(config: Any, fn: Callable[[ExportRepository], Awaitable[T]]) -> T:
+        """``fn`` with the plugin's repository on the configured storage, opened (and
+        migrated, the plugin's tables included) for the call."""
+
+        async def run(storage: SqlGateway) -> T:
+            return await fn(ExportRepository(storage))
+
+        return _cli.run_async(lambda: _cli.with_storage(config, run))
+
     def setup(config_path: Path | None) -> tuple[Any, ExportConfig]:
         _, config = _cli.prepare(config_path)
         return config, config.plugins["export"]
@@ -109,7 +122,7 @@ def add_commands(group: click.Group) -> None:
     def status_command(config_path: Path | None, as_json: bool) -> None:
         """Every export target's queue depth, oldest point, sent, retries, dead letters, dropped, last error."""
         config, export = setup(config_path)
-        rows = _cli.run_async(lambda: _cli.with_storage(config, lambda s: s.export_state()))
+        rows = with_queues(config, lambda q: q.state())
         configured = {t.name: t for t in export.targets}
         now = time.time()
         statuses = [target_status(r, configured.get(r["name"]), now) for r in rows]
@@ -154,10 +167,10 @@ def add_commands(group: click.Group) -> None:
         for target in targets:
             chosen = list(kinds) or list(target.kinds)
 
-            async def run(storage: Storage, target: TargetConfig = target, chosen: list[str] = chosen) -> Any:
-                return await backfill(storage, export, tz, [target], chosen, t0, t1, wait_s)
+            async def run(queues: ExportRepository, target: TargetConfig = target, chosen: list[str] = chosen) -> Any:
+                return await backfill(queues, export, tz, [target], chosen, t0, t1, wait_s)
 
-            total.update(_cli.run_async(lambda run=run: _cli.with_storage(config, run)))
+            total.update(with_queues(config, run))
         for name, per_kind in total.items():
             click.echo(f"{name}: queued " + ", ".join(f"{n:,} {k}" for k, n in per_kind.items()))
 
@@ -169,7 +182,7 @@ def add_commands(group: click.Group) -> None:
     def dead_letters_command(config_path: Path | None, target: str | None, limit: int, show_lines: bool) -> None:
         """Batches a target refused for good (HTTP 400, 422...), newest first."""
         config, _ = setup(config_path)
-        rows = _cli.run_async(lambda: _cli.with_storage(config, lambda s: s.export_dead_letters(target, limit)))
+        rows = with_queues(config, lambda q: q.dead_letters(target, limit))
         if not rows:
             click.echo("no dead letters")
             return
@@ -190,7 +203,7 @@ def add_commands(group: click.Group) -> None:
         config, export = setup(config_path)
         if target is not None and target not in {t.name for t in export.targets}:
             raise click.BadParameter(f"no export target {target!r}", param_hint="--target")
-        marked = _cli.run_async(lambda: _cli.with_storage(config, lambda s: s.export_resend(target, list(ids) or None)))
+        marked = with_queues(config, lambda q: q.resend(target, list(ids) or None))
         click.echo(f"{marked} dead letter(s) marked to be sent again")
 
     @group.command("drop")
@@ -203,10 +216,7 @@ def add_commands(group: click.Group) -> None:
         if not yes:
             raise click.ClickException(f"this discards every point queued for {name}: add --yes")
 
-        async def drop(storage: Storage) -> int:
-            return await storage.export_remove(name)
-
-        discarded = _cli.run_async(lambda: _cli.with_storage(config, drop))
+        discarded = with_queues(config, lambda q: q.remove(name))
         click.echo(f"{name}: removed, {discarded:,} queued point(s) discarded")
         if name in {t.name for t in export.targets}:
             click.echo(f"note: {name} is still configured; the server collects for it again when it starts")

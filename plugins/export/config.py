@@ -7,7 +7,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Annotated, Literal
 
-from balans_edge.core.storage.base import EXPORT_KINDS, ExportTarget
+from balans_edge.plugins.export.feeds import EXPORT_KINDS
+from balans_edge.plugins.export.records import ExportTarget
 from balans_edge.settings import setting
 
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
@@ -78,8 +79,8 @@ class TargetConfig:
             if key in RESERVED_TAGS:
                 raise ValueError(f"target {self.name}: tags.{key}: the exporter sets this tag itself")
 
-    def storage_target(self) -> ExportTarget:
-        """What storage needs to know: which kinds feed the queue, and its bound."""
+    def queue_target(self) -> ExportTarget:
+        """What the queue needs to know: which kinds feed it, and its bound."""
         return ExportTarget(self.name, tuple(self.kinds) if self.enabled else (), self.max_queue, self.when_full)
 
 

@@ -21,10 +21,10 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from balans_edge.core.bus import BalanceUpdated, IntervalsUpdated, ReadingsCommitted, Subscription
-from balans_edge.core.storage import Storage
 from balans_edge.core.tasks import cancel
 from balans_edge.plugins.export.config import ExportConfig, TargetConfig
 from balans_edge.plugins.export.points import Built, PointBuilder, Unit
+from balans_edge.plugins.export.repository import ExportRepository
 from balans_edge.plugins.export.sender import Answer, WriteClient, backoff
 from balans_edge.plugins.export.status import target_status
 
@@ -46,19 +46,41 @@ class Stopping(Exception):
 
 @dataclass(slots=True)
 class Configurator:
-    """Compiles every configured target into storage once per start, whichever
-    target's exporter starts first (each exporter asks; the first one does it)."""
+    """Puts the configured targets into effect once per start (``ExportRepository.configure``):
+    a component of the plugin, started before the exporters, and asked again by
+    each exporter (the first call does it).
 
-    storage: Storage
+    It runs with no target configured too: then nothing is queued any more, so a
+    queue that nobody sends does not grow to its bound (and, with ``block``,
+    refuse the devices' readings). Targets that stop collecting keep their
+    queues, with a warning naming each. When the plugin does not run at all,
+    core drops its triggers (docs/storage.md)."""
+
+    repository: ExportRepository
     config: ExportConfig
+    name: str = "export-queues"
     _done: bool = False
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
+    async def start(self) -> None:
+        await self.ensure()
+
+    async def stop(self) -> None:
+        self._done = False
+
     async def ensure(self) -> None:
         async with self._lock:
-            if not self._done:
-                await self.storage.export_configure([t.storage_target() for t in self.config.targets])
-                self._done = True
+            if self._done:
+                return
+            collecting = [r for r in await self.repository.state() if r["kinds"]]
+            await self.repository.configure([t.queue_target() for t in self.config.targets])
+            now = {r["name"]: r for r in await self.repository.state()}
+            for r in collecting:
+                if not now[r["name"]]["kinds"]:
+                    log.warning("export target %s: no exporter runs for it, so no new points are queued; its %d "
+                                "queued points are kept (balans-edge export drop %s discards them)",
+                                r["name"], now[r["name"]]["depth"], r["name"])
+            self._done = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,12 +107,10 @@ class Counters:
 class TargetExporter:
     """An exporter (a component with ``status()``) for one target."""
 
-    drains_export_queue = True
-    """The server stops storage from queueing for targets when no exporter says this."""
-
-    def __init__(self, context: PluginContext, config: TargetConfig, configurator: Configurator) -> None:
+    def __init__(self, context: PluginContext, repository: ExportRepository, config: TargetConfig,
+                 configurator: Configurator) -> None:
         self.context = context
-        self.storage = context.storage
+        self.queues = repository
         self.config = config
         self.name = f"export:{config.name}"
         self.target = config.name
@@ -101,7 +121,7 @@ class TargetExporter:
         self.counters = Counters()
         self.state = "starting"
         self.row: dict[str, Any] = {}
-        """The target's stored row (``Storage.export_state``), re-read by ``refresh``."""
+        """The target's stored row (``ExportRepository.state``), re-read by ``refresh``."""
         self._client: WriteClient | None = None
         self._task: asyncio.Task[None] | None = None
         self._watcher: asyncio.Task[None] | None = None
@@ -150,7 +170,7 @@ class TargetExporter:
 
     async def refresh(self) -> dict[str, Any]:
         """Re-read the queue's depth and the lifetime counters from storage; the status."""
-        (self.row,) = await self.storage.export_state(self.target)
+        (self.row,) = await self.queues.state(self.target)
         return self.status()
 
     async def _watch(self) -> None:
@@ -211,13 +231,13 @@ class TargetExporter:
         """Send the oldest dead letter an operator marked to be sent again (before
         the queue: its points are older). Whole, as it was refused; a refusal
         again keeps it with the new answer. False when none is marked."""
-        dead = await self.storage.export_resend_next(self.target)
+        dead = await self.queues.resend_next(self.target)
         if dead is None:
             return False
         self.state = "sending"
         answer = await self._post(dead["lines"].split("\n"))
         self.state = "idle"
-        await self.storage.export_resent(self.target, dead["id"], answer.status, answer.message)
+        await self.queues.resent(self.target, dead["id"], answer.status, answer.message)
         if answer.accepted:
             self.counters.points_sent += dead["points"]
             log.info("%s: dead letter #%d sent again and accepted (%d point(s))", self.name, dead["id"],
@@ -253,7 +273,7 @@ class TargetExporter:
 
     async def _prepare(self, after: int) -> Prepared | None:
         """The next batch after entry ``after``, rendered; None when the queue is empty."""
-        batch = await self.storage.export_take(self.target, self.config.batch_size, after)
+        batch = await self.queues.take(self.target, self.config.batch_size, after)
         if not batch.ids:
             return None
         return Prepared(batch.ids[-1], await self.builder.build(batch))
@@ -261,7 +281,7 @@ class TargetExporter:
     async def _send(self, prepared: Prepared) -> None:
         built = prepared.built
         if built.gone:
-            await self.storage.export_ack(self.target, built.gone, 0)
+            await self.queues.ack(self.target, built.gone, 0)
             self.counters.gone += len(built.gone)
         if built.units:
             self.state = "sending"
@@ -339,14 +359,14 @@ class TargetExporter:
         if not self._failing:
             log.warning("%s: %s; points stay queued and are sent again", self.name, answer.describe())
             self._failing = True
-        await self.storage.export_note_failure(self.target, answer.describe())
+        await self.queues.note_failure(self.target, answer.describe())
         await self.refresh()
 
     async def _ack(self, units: list[Unit]) -> None:
         """Remove accepted entries. The commit runs while the next batch is sent; if it
         fails, the entries stay queued and are sent again (at least once)."""
         ids = [i for u in units for i in u.ids]
-        self._acks.append(asyncio.create_task(self.storage.export_ack(self.target, ids, len(units))))
+        self._acks.append(asyncio.create_task(self.queues.ack(self.target, ids, len(units))))
         self.counters.points_sent += len(units)
         self.counters.batches_sent += 1
         self.state = "sending"
@@ -363,7 +383,7 @@ class TargetExporter:
     async def _dead(self, units: list[Unit], answer: Answer) -> None:
         log.warning("%s: %d point(s) refused (%s), moved to the dead letters", self.name, len(units),
                     answer.describe())
-        await self.storage.export_dead_letter(self.target, [i for u in units for i in u.ids], answer.status,
+        await self.queues.dead_letter(self.target, [i for u in units for i in u.ids], answer.status,
                                               answer.message, "\n".join(u.line for u in units), len(units))
         self.counters.dead_points += len(units)
 

@@ -1,6 +1,7 @@
 """The export plugin: InfluxDB v2 write API targets fed from durable per-target
 queues (store-and-forward), their state in health, over HTTP and as metrics,
-and the ``balans-edge export`` commands."""
+and the ``balans-edge export`` commands. Its tables, queues and triggers are
+its own (``repository.py``, ``migrations/``)."""
 
 from __future__ import annotations
 
@@ -8,28 +9,44 @@ from typing import TYPE_CHECKING
 
 from balans_edge import hookimpl
 from balans_edge.core.context import Plugin, PluginContext
+from balans_edge.core.storage.migrations import MigrationSet
 from balans_edge.plugins.export.config import ExportConfig
 from balans_edge.plugins.export.exporter import Configurator, TargetExporter
+from balans_edge.plugins.export.feeds import OWNER
+from balans_edge.plugins.export.repository import ExportRepository
 
 if TYPE_CHECKING:
     import click
 
 
 NAME = "export"
+MIGRATIONS = MigrationSet(OWNER, "balans_edge.plugins.export")
+"""``migrations/sqlite/0001_tables.sql``, ...: export_targets and export_dead."""
 
 
 class ExportPlugin(Plugin):
     def bind(self, context: PluginContext) -> None:
-        """One exporter per configured target (a disabled one too: it shows its kept
-        queue, and starting it is what stops storage from queueing for it)."""
+        """The queues' configurator (a component: it puts the configured targets, or
+        none, into effect at start) and one exporter per configured target (a
+        disabled one too: it shows its kept queue)."""
         super().bind(context)
         config: ExportConfig = context.config
-        configurator = Configurator(context.storage, config)
-        self.exporters = [TargetExporter(context, target, configurator) for target in config.targets]
+        self.repository = ExportRepository(context.database)
+        self.configurator = Configurator(self.repository, config)
+        self.exporters = [TargetExporter(context, self.repository, target, self.configurator)
+                          for target in config.targets]
 
     @hookimpl
     def config_schema(self) -> dict[str, type]:
         return {NAME: ExportConfig}
+
+    @hookimpl
+    def register_migrations(self) -> list[MigrationSet]:
+        return [MIGRATIONS]
+
+    @hookimpl
+    def register_components(self) -> list:
+        return [self.configurator]
 
     @hookimpl
     def register_exporters(self) -> list:
@@ -39,7 +56,7 @@ class ExportPlugin(Plugin):
     def register_routes(self) -> list:
         from balans_edge.plugins.export.api import routes
 
-        return routes(self.context, self.exporters)
+        return routes(self.repository, self.exporters)
 
     @hookimpl
     def register_commands(self, cli: click.Group) -> None:

@@ -37,9 +37,9 @@ from balans_edge.core.findings import finding_volume
 from balans_edge.core.model import LEVELS, Group, Meter, Quality
 from balans_edge.core.periods import RegisterTable
 from balans_edge.core.storage import Storage
-from balans_edge.core.storage.base import ExportBatch
-from balans_edge.core.storage.sqlite_balance import BALANCE_COLUMNS
+from balans_edge.plugins.export.feeds import BALANCE_COLUMNS
 from balans_edge.plugins.export.lineproto import line, number, series
+from balans_edge.plugins.export.records import ExportBatch
 
 log = logging.getLogger(__name__)
 
