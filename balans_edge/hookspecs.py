@@ -306,9 +306,12 @@ def observe_readings(event: ReadingsCommitted) -> Any:
     - **Arguments:** `event`, a `balans_edge.core.bus.ReadingsCommitted` with
       `meters` (internal meter keys), `count`, `t_min` and `t_max`.
     - **Returns:** nothing (a coroutine is awaited).
-    - **When:** after the commit, from the server's observer task: the device
-      was already acknowledged. Events wait in a bounded queue that drops the
-      oldest when an observer falls behind; read storage for the full picture.
+    - **When:** after the commit, from the plugin's own observer task: the
+      device was already acknowledged. Each plugin's events wait in a bounded
+      queue of its own (`observer:NAME` under `bus` in /health) that drops the
+      oldest when that plugin falls behind, so a slow observer delays no other
+      plugin; the next event's `lost` says how many were dropped before it. Read
+      storage for the full picture.
 
     ```python
     @hookimpl

@@ -90,6 +90,7 @@ class Plugins:
         self.pm.add_hookspecs(hookspecs)
         self.info: dict[str, PluginInfo] = {}
         self._results: list[tuple[str, Any]] = []
+        self._subsets: dict[tuple[str, str], Any] = {}
         self._errors: list[PluginCallError] | None = None
         """While ``call`` runs: what each implementation answered and which raised
         (outside it, observers' failures are logged and counted)."""
@@ -213,16 +214,30 @@ class Plugins:
         finally:
             self._results, self._errors = [], None
 
-    async def notify(self, hook: str, **kwargs: Any) -> None:
-        """Call an observer hook; failures are logged and counted, never raised.
-        Coroutine results are awaited in the order pluggy called them."""
-        waiting = [r for r in getattr(self.pm.hook, hook)(**kwargs) if inspect.isawaitable(r)]
+    async def notify(self, hook: str, *, only: str | None = None, **kwargs: Any) -> None:
+        """Call an observer hook (of every plugin, or ``only`` that one's); failures are
+        logged and counted, never raised. Coroutine results are awaited in the order
+        pluggy called them."""
+        caller = getattr(self.pm.hook, hook) if only is None else self._only(only, hook)
+        waiting = [r for r in caller(**kwargs) if inspect.isawaitable(r)]
         try:
             while waiting:
                 await waiting.pop(0)
         finally:
             for rest in waiting:  # cancelled midway: the others are dropped, not left unawaited
                 rest.close()
+
+    def implementers(self, hook: str) -> list[str]:
+        """Plugins with a plain implementation of ``hook``, in registration order."""
+        return [i.plugin_name for i in getattr(self.pm.hook, hook).get_hookimpls() if not (i.hookwrapper or i.wrapper)]
+
+    def _only(self, plugin: str, hook: str) -> Any:
+        """The hook of one plugin (pluggy's subset caller), kept: observers call it per event."""
+        key = (plugin, hook)
+        if key not in self._subsets:
+            others = [p for name, p in self.pm.list_name_plugin() if name != plugin]
+            self._subsets[key] = self.pm.subset_hook_caller(hook, remove_plugins=others)
+        return self._subsets[key]
 
     def listing(self) -> list[dict[str, Any]]:
         return [self.info[n].as_dict() for n in sorted(self.info)]

@@ -64,7 +64,7 @@ class Server:
         self._plugin_routes: list[tuple[str, Route]] = []
         self.http: Http | None = None
         self.started_at: float | None = None
-        self._observer_task: asyncio.Task[None] | None = None
+        self._observer_tasks: list[asyncio.Task[None]] = []
         self._started: list[tuple[str, Component]] = []
         self.faults: dict[str, dict[str, str]] = {}
         """Plugin -> its running components at fault now -> the error (see component_fault)."""
@@ -164,8 +164,7 @@ class Server:
             await self.balance.start()
             await self.quarantine.start()
             # Subscribe before components start so observers see their first readings.
-            sub = self.bus.subscribe(ReadingsCommitted, maxsize=1000, policy="drop_oldest")
-            self._observer_task = asyncio.create_task(self._observe_readings(sub), name="observe-readings")
+            self._start_observers()
             await self._start_components()
             await self._drop_idle_triggers()  # of a plugin whose component failed to start
             # After the components: a plugin may create the meters a group's inputs
@@ -250,8 +249,9 @@ class Server:
         while self._started:
             name, component = self._started.pop()
             await self._stop_component(name, component)
-        await cancel(self._observer_task)
-        self._observer_task = None
+        for task in self._observer_tasks:
+            await cancel(task)
+        self._observer_tasks = []
         await self.quarantine.stop()
         await self.balance.stop()
         await self.intervals.stop()
@@ -297,10 +297,19 @@ class Server:
 
     # observers --------------------------------------------------------------
 
-    async def _observe_readings(self, sub: Subscription) -> None:
+    def _start_observers(self) -> None:
+        """A subscription and a task per plugin that observes readings: a plugin whose
+        observer is slow or hangs loses its own oldest events (counted under ``bus``
+        in /health), never another plugin's, and never delays an acknowledgement."""
+        for name in self.plugins.implementers("observe_readings"):
+            sub = self.bus.subscribe(ReadingsCommitted, maxsize=1000, policy="drop_oldest", name=f"observer:{name}")
+            self._observer_tasks.append(asyncio.create_task(self._observe_readings(name, sub),
+                                                            name=f"observe-readings:{name}"))
+
+    async def _observe_readings(self, plugin: str, sub: Subscription) -> None:
         try:
             async for event in sub:
-                await self.plugins.notify("observe_readings", event=event)
+                await self.plugins.notify("observe_readings", only=plugin, event=event)
         finally:
             sub.close()
 

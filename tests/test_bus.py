@@ -12,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import balans_edge_example
 import pytest
 
 from balans_edge import hookimpl
@@ -31,8 +32,8 @@ def committed(i: int, lost: int = 0) -> ReadingsCommitted:
 
 
 def observer_stats(stats: list[dict[str, Any]]) -> dict[str, Any]:
-    """The server's subscription for the observe_readings hook."""
-    (entry,) = [s for s in stats if s["name"] == "balans_edge.server"]
+    """The server's subscription for the hanging plugin's observe_readings hook."""
+    (entry,) = [s for s in stats if s["name"] == "observer:hanging"]
     return entry
 
 
@@ -226,6 +227,9 @@ async def test_readings_are_acknowledged_while_an_observer_hangs(
     assert [res.accepted for res in results] == [1] * bulk
     await post(10)
     assert len(Hanging.seen) == 1
+    # The other plugins' observers have subscriptions of their own: the example plugin
+    # (an entry point) went on observing while this one hung.
+    assert await eventually(lambda: balans_edge_example.STATE["readings"] >= len(posted))
 
     keys = await server.storage.meter_keys()
     assert (await server.storage.readings(keys["W-1"], first, now)).ts.tolist() == posted

@@ -429,7 +429,7 @@ async def test_frames_are_acked_while_an_observer_hangs(site, plugins: Plugins) 
 
     plugins.register(Hanging(), "hanging")
     server, driver = await site()
-    (observer,) = [s for s in server.bus.stats() if s["name"] == "balans_edge.server"]
+    (observer,) = [s for s in server.bus.stats() if s["name"] == "observer:hanging"]
     c = await site.connect(driver)
     await c.login()
     hour = 0
@@ -448,7 +448,7 @@ async def test_frames_are_acked_while_an_observer_hangs(site, plugins: Plugins) 
     await asyncio.gather(*(server.ingest.ingest([RawReading(1001, 2, T0 + i, i)])
                            for i in range(observer["maxsize"] + 5)))
     await frames(5)
-    (observer,) = [s for s in server.bus.stats() if s["name"] == "balans_edge.server"]
+    (observer,) = [s for s in server.bus.stats() if s["name"] == "observer:hanging"]
     assert observer["dropped"] == 3 + 5 + 5 - 1
     assert Hanging.calls == 1
     rows = (await stored(server))["W-1"]
