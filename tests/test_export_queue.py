@@ -244,3 +244,17 @@ async def test_the_plugins_description_of_cores_tables_matches_cores_schema(site
         assert named <= columns[source.table], kind
         assert source.exists_in is None or source.k1 in columns[source.exists_in]
     assert {k for f in FEEDS for k in f.keys} == set(SOURCES) == set(EXPORT_KINDS)
+
+
+async def test_entries_acknowledged_out_of_order_leave_gaps_that_are_taken_exactly(
+    site: SqliteStorage, queues: ExportRepository
+) -> None:
+    await queues.configure([target()])
+    await ingest_of(site).ingest(readings(6))
+    first = await queues.take("t", 6)
+    await queues.ack("t", first.ids[1:3], sent=2)  # the second half of a split batch went first
+    batch = await queues.take("t", 3)
+    assert batch.ids == [first.ids[0], *first.ids[3:5]]
+    assert [r["qid"] for r in batch.rows["readings"]] == batch.ids
+    assert (await queues.take("t", 10, after=batch.ids[-1])).ids == first.ids[5:]
+    assert await depth(queues, "t") == first.ids[-1] - first.ids[0] + 1  # the id span (docs/export.md)

@@ -141,12 +141,15 @@ class ExportRepository:
         ``after``: the sender reads the next batch while one is on the wire) with
         their source rows; entries stay queued until acknowledged or dead-lettered."""
         target_id = await self._id(target)
-        entries = await self.db.sql_read(self.sql.entries(target_id), (after, limit))
-        if not entries:
+        (span,) = await self.db.sql_read(self.sql.entries(target_id), (after, limit))
+        if not span["n"]:
             return ExportBatch([], {})
-        ids = [e["id"] for e in entries]
-        lo, hi = ids[0], ids[-1]
-        present = {e["kind"] for e in entries}
+        lo, hi = span["lo"], span["hi"]
+        if hi - lo + 1 == span["n"]:
+            ids = list(range(lo, hi + 1))
+        else:  # gaps (entries acknowledged out of order, or dropped from a full queue)
+            ids = [r["id"] for r in await self.db.sql_read(self.sql.entry_ids(target_id), (lo, hi))]
+        present = {int(k) for k in str(span["kinds"]).split(",")}
         rows: dict[str, list[dict[str, Any]]] = {}
         for kind, code in KIND_CODES.items():
             if code in present:

@@ -146,8 +146,16 @@ class SqliteQueueSql:
     # the queue -------------------------------------------------------------------
 
     def entries(self, target_id: int) -> str:
-        """The oldest entries after an id: (after, limit)."""
-        return f"SELECT id, kind FROM {queue_table(target_id)} WHERE id > ? ORDER BY id LIMIT ?"
+        """The oldest entries after an id, as one row: their first and last id
+        (``lo``, ``hi``), how many (``n``) and their kind codes (``kinds``, comma-separated):
+        (after, limit). Without gaps (the usual case) the ids are lo..hi and no
+        entry needs to be read one by one."""
+        return (f"SELECT min(id) AS lo, max(id) AS hi, count(*) AS n, group_concat(DISTINCT kind) AS kinds "
+                f"FROM (SELECT id, kind FROM {queue_table(target_id)} WHERE id > ? ORDER BY id LIMIT ?)")
+
+    def entry_ids(self, target_id: int) -> str:
+        """The ids of the entries in a range, in order: (lo, hi)."""
+        return f"SELECT id FROM {queue_table(target_id)} WHERE id BETWEEN ? AND ? ORDER BY id"
 
     def entry_rows(self, target_id: int, kind: str) -> str:
         """The stored rows of a kind's entries in an id range, with ``qid``: (lo, hi, kind code)."""
@@ -164,9 +172,11 @@ class SqliteQueueSql:
         return f"INSERT INTO {queue_table(target_id)} (kind, k1, k2, t) VALUES (?, ?, ?, unixepoch())"
 
     def span(self, target_id: int) -> str:
-        """The oldest and newest entry ids, and when the oldest was queued."""
+        """The oldest and newest entry ids, and when the oldest was queued (each
+        one probe of the primary key: min and max together would scan the queue)."""
         q = queue_table(target_id)
-        return f"SELECT min(id) AS lo, max(id) AS hi, (SELECT t FROM {q} ORDER BY id LIMIT 1) AS oldest_t FROM {q}"
+        return (f"SELECT (SELECT min(id) FROM {q}) AS lo, (SELECT max(id) FROM {q}) AS hi, "
+                f"(SELECT t FROM {q} ORDER BY id LIMIT 1) AS oldest_t")
 
     # counters and dead letters ---------------------------------------------------
 
