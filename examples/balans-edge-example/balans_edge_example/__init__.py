@@ -163,7 +163,8 @@ class ExamplePlugin(Plugin):
 
         async def batches(request: Any, query: BatchesQuery) -> Any:
             log = BatchLog(context.database)
-            return json_response({**await log.totals(), "recent": await log.recent(query.limit)})
+            recent = await log.recent(query.limit)  # first: the totals, read after, count what it shows
+            return json_response({**await log.totals(), "recent": recent})
 
         return [Route("GET", "/api/v1/example/summary", summary, "Example plugin summary", response=Summary,
                       tags=("example",)),
