@@ -393,7 +393,10 @@ def register_migrations() -> list[MigrationSet] | None:
     is refused, the error naming the owner. Called before storage opens, with no
     arguments; a plugin disabled in the configuration is not asked, and one whose
     hook raises is disabled. Name tables after the owner (``example_notes``) and
-    never edit a released migration: add the next one.
+    never edit a released migration: add the next one. Plugins that share tables
+    (the Modbus and OPC UA tag polling, owner ``tags``) each return the same set
+    (owner, package, folder): it is applied once; a different set for an owner
+    another plugin has disables the plugin.
 
     A plugin that fills its tables from core's writes, in their transaction,
     creates triggers on core's tables at run time (not in a migration) and

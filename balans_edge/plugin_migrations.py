@@ -7,6 +7,11 @@ A plugin whose hook raises or returns something that is not a list of
 stops if it is required); the rest keep their tables. A plugin disabled in
 the configuration contributes none: its tables stay as they are until it is
 enabled again.
+
+Plugins that share tables (the Modbus and OPC UA tag polling, owner ``tags``)
+each contribute the one set of those tables (same owner, package and folder):
+it is applied once, with the first plugin that gives it, whichever of them
+runs. A different set for an owner another plugin has is refused.
 """
 
 from __future__ import annotations
@@ -43,7 +48,7 @@ def owned_migrations(plugins: Plugins, flags: Mapping[str, Any] | None = None) -
     for error in errors:
         plugins.fail(error.plugin, error.original, required(error.plugin))
     out: list[tuple[str, MigrationSet]] = []
-    owners: dict[str, str] = {}
+    owners: dict[str, tuple[str, MigrationSet]] = {}
     # pluggy calls the last registered first: reversed, in plugin order.
     for name, sets in reversed(results):
         try:
@@ -51,13 +56,14 @@ def owned_migrations(plugins: Plugins, flags: Mapping[str, Any] | None = None) -
         except MigrationError as exc:
             plugins.fail(name, exc, required(name))
             continue
+        sets = [s for s in sets if s.owner not in owners]  # shared sets: applied with the first plugin
         for s in sets:
-            owners[s.owner] = name
+            owners[s.owner] = (name, s)
         out += [(name, s) for s in sets]
     return out
 
 
-def _checked(sets: Any, plugin: str, owners: Mapping[str, str]) -> list[MigrationSet]:
+def _checked(sets: Any, plugin: str, owners: Mapping[str, tuple[str, MigrationSet]]) -> list[MigrationSet]:
     """A plugin's sets, or MigrationError saying what is wrong with them."""
     sets = list(sets or [])
     for s in sets:
@@ -65,8 +71,10 @@ def _checked(sets: Any, plugin: str, owners: Mapping[str, str]) -> list[Migratio
             raise MigrationError(f"{HOOK} returned {type(s).__name__}, not a MigrationSet")
         if s.owner == CORE:
             raise MigrationError(f"migration owner {CORE!r} is reserved for core's tables")
-        if s.owner in owners:
-            raise MigrationError(f"migration owner {s.owner!r} is already plugin {owners[s.owner]}'s")
+        if s.owner in owners and owners[s.owner][1] != s:
+            other, theirs = owners[s.owner]
+            raise MigrationError(f"migration owner {s.owner!r} is already plugin {other}'s "
+                                 f"({theirs.package}/{theirs.folder}, not {s.package}/{s.folder})")
     if len({s.owner for s in sets}) != len(sets):
         raise MigrationError("two migration sets of one owner: an owner has one sequence")
     return sets

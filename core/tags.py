@@ -34,7 +34,6 @@ from balans_edge.core.bus import TagSample, TagValues
 from balans_edge.core.model import COUNTER_MODULUS, UNITS, Meter, RadioModule, RawReading, Resource
 from balans_edge.core.registry import MAX_PULSE_WEIGHT
 from balans_edge.core.storage import StorageError
-from balans_edge.core.storage.base import TagRow
 
 if TYPE_CHECKING:
     from balans_edge.core.bus import EventBus
@@ -45,6 +44,28 @@ log = logging.getLogger(__name__)
 
 TagQuality = Literal["good", "stale", "comm_fail"]
 """good (a fresh value), stale (refused, bad, or not fresh), comm_fail (device unreachable)."""
+TAG_QUALITIES = frozenset({"good", "stale", "comm_fail"})
+"""Every ``TagQuality``: what a stored sample may say."""
+
+
+@dataclass(frozen=True, slots=True)
+class TagRow:
+    """One stored sample of a polled tag (a PLC's tank level, pump state, totaliser)."""
+
+    tag: str
+    """'<device>/<tag>' as configured."""
+    ts: int
+    value: float | None
+    """None unless the quality is good."""
+    quality: str
+
+
+class TagStore(Protocol):
+    """Where a recorder stores samples: the tag polling's repository, whose tables
+    are the protocol plugins' (owner ``tags``), not core's."""
+
+    async def store_tag_values(self, samples: Sequence[TagRow]) -> None:
+        """Store samples durably, in one transaction; StorageError when refused."""
 
 
 class TagSpec(Protocol):
@@ -180,12 +201,19 @@ def mark(states: Iterable[TagState], quality: TagQuality, t: float, detail: str)
 @runtime_checkable
 class TagSource(Protocol):
     """A component that reads tags (a Modbus or OPC UA client): ``GET /api/v1/tags``
-    lists the tags of every such component."""
+    lists the tags of every such component, and ``GET /api/v1/tags/history`` reads
+    stored samples through one (the samples of every protocol are in one store,
+    the protocol plugins', which core does not reach itself)."""
 
     name: str
     protocol: str
 
     def tag_snapshot(self) -> list[dict[str, Any]]: ...
+
+    async def tag_history(self, tag: str, t0: int, t1: int, limit: int) -> list[dict[str, Any]]:
+        """Stored samples of ``tag`` (any protocol's) with t0 <= ts < t1, oldest first:
+        ``tag``, ``ts``, ``value`` (None unless good) and ``quality``."""
+        ...
 
 
 # -- back-off ---------------------------------------------------------------------------
@@ -291,8 +319,8 @@ class TagRecorder:
     """Where every sample goes: storage (what should be stored), then the event
     bus (every sample, after the commit), then ingest (totalisers as readings)."""
 
-    def __init__(self, storage: Storage, bus: EventBus, ingest: Ingest, label: str) -> None:
-        self.storage = storage
+    def __init__(self, store: TagStore, bus: EventBus, ingest: Ingest, label: str) -> None:
+        self.store = store
         self.bus = bus
         self.ingest = ingest
         self.label = label
@@ -308,7 +336,7 @@ class TagRecorder:
                 rows.append(TagRow(s.id, int(s.t), s.value, s.quality))
                 s.mark_stored()
         try:
-            await self.storage.store_tag_values(rows)
+            await self.store.store_tag_values(rows)
         except StorageError as exc:
             log.warning("%s: %d tag samples of %s not stored: %s", self.label, len(rows), source, exc)
         samples = tuple(TagSample(s.id, s.t, s.value, s.quality, s.tag.unit, s.detail) for s in states)

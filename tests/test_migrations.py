@@ -1,7 +1,6 @@
 """Upgrades: core's migrations from empty and from every earlier version with rows in
 every table, released migrations never edited, and the hand-over of plugin tables
-(core 0016) checked against the owners' first migrations: the plugins' own where
-they have moved into the plugin, skeletons of them until then."""
+(core 0016) checked against the owners' first migrations, as the plugins ship them."""
 
 from __future__ import annotations
 
@@ -18,15 +17,15 @@ from balans_edge_example.batches import MIGRATIONS as EXAMPLE
 from balans_edge.core.storage.migrations import LATEST, MigrationSet, available
 from balans_edge.core.storage.sqlite import SqliteStorage
 from balans_edge.core.storage.sqlite_migrations import migrate, migrate_set
+from balans_edge.plugins.common.tag_repository import MIGRATIONS as TAGS
 from balans_edge.plugins.dmesh.repository import MIGRATIONS as DMESH
+from balans_edge.plugins.export.plugin import MIGRATIONS as EXPORT
+from balans_edge.plugins.modbus.repository import MIGRATIONS as MODBUS
 
 T0 = 1_705_276_800  # 2024-01-15 00:00:00 UTC
 HERE = Path(__file__).parent
-HANDOVER = HERE / "fixtures" / "handover"
 OWNERS = {"dmesh": 13, "modbus": 8, "tags": 8, "export": 10}
 """Owner -> the core version by which all of its handed-over tables had their final shape."""
-PLUGIN_PACKAGES = {"export": "balans_edge.plugins.export"}
-"""Owners whose first migration is in their plugin's folder now (the others' are skeletons under HANDOVER)."""
 
 RELEASED = {
     "0001_registry_readings.sql": "14c95d84b030d9ab3cccec659f8a274d8f4ce9a764bfc49a2ad204d7b0e570ec",
@@ -159,10 +158,11 @@ async def test_upgrade_from_each_version_keeps_every_row(tmp_path: Path, start: 
     assert all(rows for table, (_, rows) in before.items() if table not in SEEDED)
 
     s = SqliteStorage(path)
-    await s.open(migrations=[DMESH, EXAMPLE])
+    await s.open(migrations=[DMESH, TAGS, MODBUS, EXAMPLE])
     try:
         versions = await s.schema_versions()
-        assert (versions["core"], versions["dmesh"], versions["example"]) == (LATEST, 1, 2)
+        assert {o: versions[o] for o in ("core", "dmesh", "tags", "modbus", "example")} == {
+            "core": LATEST, "dmesh": 1, "tags": 1, "modbus": 1, "example": 2}
         if start >= 1:
             meter = await s.registry_get("meters", "W-1")
             assert (meter.pulse_weight, meter.base_reading, meter.flags) == (0.001, 12.5, frozenset({"valve"}))
@@ -177,25 +177,21 @@ async def test_upgrade_from_each_version_keeps_every_row(tmp_path: Path, start: 
         assert now_columns[: len(columns)] == columns, f"{table}: columns moved"
         kept = sorted((r[: len(columns)] for r in now_rows), key=repr)
         if table == "owner_migrations":  # the plugins' own migrations were recorded besides
-            kept = [r for r in kept if r[0] not in (DMESH.owner, EXAMPLE.owner)]
+            kept = [r for r in kept if r[0] not in (DMESH.owner, TAGS.owner, MODBUS.owner, EXAMPLE.owner)]
         assert kept == rows, f"{table}: rows changed by the upgrade from version {start}"
 
 
 # the hand-over (core 0016) --------------------------------------------------------------------------
 
 
-SHIPPED = {"dmesh": DMESH}
-"""Owners whose first migration is in the plugin's folder: checked as the plugin ships it."""
+SHIPPED = {"dmesh": DMESH, "tags": TAGS, "modbus": MODBUS, "export": EXPORT}
+"""Every owner's migrations, in the plugin's folder (the tag polling's in ``plugins/common``, which
+both protocol plugins contribute): checked as the plugin ships them."""
 
 
 def handover(owner: str) -> MigrationSet:
-    """The owner's first migration: the plugin's own, or the skeleton of it."""
-    return SHIPPED.get(owner) or MigrationSet(owner, PLUGIN_PACKAGES.get(owner, f"handover_{owner}"))
-
-
-@pytest.fixture(autouse=True)
-def _handover_packages(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.syspath_prepend(str(HANDOVER))
+    """The owner's migrations, as its plugin ships them."""
+    return SHIPPED[owner]
 
 
 def shape(path: Path, tables: list[str]) -> dict[str, Any]:
@@ -267,11 +263,16 @@ async def test_an_owners_first_migration_changes_nothing_on_sqlite(tmp_path: Pat
         assert sorted(db.execute("SELECT type, name, sql FROM sqlite_master").fetchall()) == schema
 
 
-def test_the_dmesh_plugin_takes_over_its_tables_and_module_reports_stays_cores() -> None:
-    assert handover("dmesh").package == "balans_edge.plugins.dmesh"
-    assert not (HANDOVER / "handover_dmesh").exists(), "the skeleton moved into the plugin"
+def test_the_plugins_take_over_their_tables_and_module_reports_stays_cores() -> None:
+    assert set(SHIPPED) == set(OWNERS)
+    assert {o: s.package for o, s in SHIPPED.items()} == {
+        "dmesh": "balans_edge.plugins.dmesh", "tags": "balans_edge.plugins.common",
+        "modbus": "balans_edge.plugins.modbus", "export": "balans_edge.plugins.export"}
+    assert not (HERE / "fixtures" / "handover").exists(), "every skeleton moved into its plugin"
     assert sorted(created_by("dmesh")) == ["command_results", "connection_log", "firmware_results", "module_events",
                                            "topology_snapshots"]
+    assert created_by("tags") == ["tag_values"]
+    assert created_by("modbus") == ["bridge_slots"]
     core = " ".join(sql for _, _, sql in available())
     assert "CREATE TABLE module_reports" in core
     assert not any("module_reports" in created_by(owner) for owner in OWNERS)

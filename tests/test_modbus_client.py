@@ -23,6 +23,7 @@ from balans_edge.core.bus import TagValues
 from balans_edge.core.model import Meter, RadioModule, Resource
 from balans_edge.core.tags import counter_of
 from balans_edge.plugin_manager import config_schemas, load_plugins
+from balans_edge.plugins.common.tag_repository import TagRepository
 from balans_edge.plugins.modbus import client as client_module
 from balans_edge.plugins.modbus.client import ModbusClient
 from balans_edge.plugins.modbus.tags import TagConfig, plan
@@ -204,12 +205,12 @@ async def test_quality_goes_stale_then_comm_fail_when_the_plc_stops_answering(ma
         snapshot = tags_of(client)["PS1/level"]
         assert snapshot["value"] is None and snapshot["last_good_value"] == 4.5
         # Published after it was stored: the newest stored sample says so too.
-        (latest,) = await server.storage.latest_tag_values()
+        (latest,) = await TagRepository(server.storage).latest_tag_values()
         assert latest["quality"] == "comm_fail" and latest["value"] is None and latest["last_good_value"] == 4.5
         p.answering.set()
         await eventually(lambda: quality(client, "PS1/level") == "good", timeout=5)
         await server.storage.flush()
-        (latest,) = await server.storage.latest_tag_values()
+        (latest,) = await TagRepository(server.storage).latest_tag_values()
         assert (latest["quality"], latest["value"]) == ("good", 4.5)
 
 

@@ -24,6 +24,7 @@ from balans_edge.core.storage.sqlite import SqliteStorage
 from balans_edge.plugin_manager import config_schemas, load_plugins
 from balans_edge.plugins.modbus import regmap
 from balans_edge.plugins.modbus.regmap import GROUP, METER, SYSTEM, MapError, RegisterImage, build_map, load_map
+from balans_edge.plugins.modbus.repository import BridgeSlotRepository
 from balans_edge.plugins.modbus.server import ServerConfig
 from balans_edge.plugins.modbus.values import BYTE_ORDERS, DATA_TYPES, decode, encode, register_count
 from balans_edge.settings import ConfigError
@@ -235,13 +236,14 @@ def test_bad_server_configuration_names_the_key(section: dict, message: str) -> 
 
 
 async def test_slots_are_idempotent_and_never_reused(storage: SqliteStorage) -> None:
-    assert await storage.allocate_bridge_slots("modbus:meters", ["b", "a", "b"], T0) == {"b": 0, "a": 1}
-    assert await storage.allocate_bridge_slots("modbus:meters", ["a", "c"], T0 + 1) == {"b": 0, "a": 1, "c": 2}
-    assert await storage.allocate_bridge_slots("modbus:groups", ["a"], T0) == {"a": 0}
+    slots = BridgeSlotRepository(storage)
+    assert await slots.allocate_bridge_slots("modbus:meters", ["b", "a", "b"], T0) == {"b": 0, "a": 1}
+    assert await slots.allocate_bridge_slots("modbus:meters", ["a", "c"], T0 + 1) == {"b": 0, "a": 1, "c": 2}
+    assert await slots.allocate_bridge_slots("modbus:groups", ["a"], T0) == {"a": 0}
     # Objects no longer named (removed meters) keep their slots: a new object gets a new one.
-    assert await storage.allocate_bridge_slots("modbus:meters", ["d"], T0 + 2) == {"b": 0, "a": 1, "c": 2, "d": 3}
-    assert await storage.bridge_slots("modbus:meters") == {"b": 0, "a": 1, "c": 2, "d": 3}
-    assert await storage.bridge_slots("other") == {}
+    assert await slots.allocate_bridge_slots("modbus:meters", ["d"], T0 + 2) == {"b": 0, "a": 1, "c": 2, "d": 3}
+    assert await slots.bridge_slots("modbus:meters") == {"b": 0, "a": 1, "c": 2, "d": 3}
+    assert await slots.bridge_slots("other") == {}
 
 
 async def test_racing_allocations_never_share_a_slot(tmp_path: Path) -> None:
@@ -252,10 +254,10 @@ async def test_racing_allocations_never_share_a_slot(tmp_path: Path) -> None:
     await second.open()
     try:
         ids = [f"m{i:03d}" for i in range(60)]
-        calls = [s.allocate_bridge_slots("modbus:meters", ids[k::3] + ids[:5], T0)
+        calls = [BridgeSlotRepository(s).allocate_bridge_slots("modbus:meters", ids[k::3] + ids[:5], T0)
                  for k in range(3) for s in (first, second)]
         results = await asyncio.gather(*calls)
-        final = await first.bridge_slots("modbus:meters")
+        final = await BridgeSlotRepository(first).bridge_slots("modbus:meters")
         assert sorted(final) == sorted(ids)
         assert sorted(final.values()) == list(range(60))
         for result in results:
@@ -281,10 +283,10 @@ async def test_latest_readings(storage: SqliteStorage) -> None:
 
 async def test_load_map_allocates_in_id_order_and_keeps_slots(storage: SqliteStorage) -> None:
     await storage.registry_apply({"meters": [meter("IN", group=None), meter("W-2"), meter("W-1")], "groups": GROUPS})
-    first = await load_map(storage, ServerConfig(), T0)
+    first = await load_map(storage, BridgeSlotRepository(storage), ServerConfig(), T0)
     assert [(p.object_id, p.slot) for p in first.meters] == [("IN", 0), ("W-1", 1), ("W-2", 2)]
     await storage.registry_apply({"meters": [meter("A-0")]})
-    second = await load_map(storage, ServerConfig(), T0 + 60)
+    second = await load_map(storage, BridgeSlotRepository(storage), ServerConfig(), T0 + 60)
     assert [(p.object_id, p.slot, p.address) for p in second.meters] == [
         (p.object_id, p.slot, p.address) for p in first.meters] + [("A-0", 3, 10000 + 3 * 24)]
 

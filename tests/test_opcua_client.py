@@ -29,6 +29,7 @@ from balans_edge.core.bus import TagValues
 from balans_edge.core.model import Meter, RadioModule, Resource
 from balans_edge.core.times import iso
 from balans_edge.plugin_manager import config_schemas, load_plugins
+from balans_edge.plugins.common.tag_repository import TagRepository
 from balans_edge.plugins.opcua import client as client_module
 from balans_edge.plugins.opcua import pki
 from balans_edge.plugins.opcua.client import OpcuaClient
@@ -177,7 +178,7 @@ async def test_values_quality_and_source_times_through_http_and_storage(make_ser
         assert history["samples"][0]["ts"] == iso(int(changed_at))
         assert client.devices["PS2"].notifications >= 3
         assert await eventually(lambda: client.devices["PS2"].reads > reads + 2)  # and the polls go on
-        latest = {r["tag"]: r for r in await server.storage.latest_tag_values()}
+        latest = {r["tag"]: r for r in await TagRepository(server.storage).latest_tag_values()}
         assert latest["PS2/pressure"]["value"] == pytest.approx(3.52)
         status = (await get(http, "/api/v1/opcua/devices"))["devices"][0]
         assert status["up"] and status["connects"] == 1 and status["tags_by_read"] == {"subscription": 4, "poll": 1}
@@ -200,7 +201,7 @@ async def test_a_bad_status_code_makes_the_tag_stale_with_its_name(make_server, 
         # The level did not change: no notification, but the keep-alives confirm it, so it is stored again.
         assert client.devices["PS2"].notifications == notified
         await server.storage.flush()
-        stored = await server.storage.tag_values("PS2/level", 0, 2**40)
+        stored = await TagRepository(server.storage).tag_values("PS2/level", 0, 2**40)
         assert len(stored) >= 2 and {(r["value"], r["quality"]) for r in stored} == {(3.25, "good")}
         await s.set("level", 4.0, status=ua.StatusCodes.BadSensorFailure)
         await s.set("pressure", 0, status=ua.StatusCodes.UncertainLastUsableValue)
@@ -219,7 +220,7 @@ async def test_a_bad_status_code_makes_the_tag_stale_with_its_name(make_server, 
 
         assert await eventually(published), samples
         await server.storage.flush()
-        latest = {r["tag"]: r for r in await server.storage.latest_tag_values()}
+        latest = {r["tag"]: r for r in await TagRepository(server.storage).latest_tag_values()}
         assert (latest["PS2/level"]["quality"], latest["PS2/level"]["value"]) == ("stale", None)
         assert latest["PS2/level"]["last_good_value"] == 3.25
         assert client.devices["PS2"].up  # a bad value is not a bad connection

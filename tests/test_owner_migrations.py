@@ -18,7 +18,7 @@ from balans_edge import hookimpl
 from balans_edge.core.storage.migrations import LATEST, MigrationError, MigrationSet
 from balans_edge.core.storage.sqlite import SqliteStorage
 from balans_edge.plugin_manager import PluginError, Plugins
-from balans_edge.plugin_migrations import plugin_migrations
+from balans_edge.plugin_migrations import owned_migrations, plugin_migrations
 
 from conftest import auth, base_config, eventually, small_site
 
@@ -207,12 +207,28 @@ def test_bad_contributions_disable_their_plugin_only(plugins: Plugins, package: 
     plugins.register(Owner([good]), "notes")
     plugins.register(Owner(ValueError("boom")), "raiser")
     plugins.register(Owner(["not a set"]), "confused")
-    plugins.register(Owner([MigrationSet("notes", good.package)]), "thief")
+    plugins.register(Owner([MigrationSet("notes", good.package, folder="elsewhere")]), "thief")
+    plugins.register(Owner([MigrationSet("notes", "another_package")]), "impostor")
     sets = plugin_migrations(plugins)
-    assert [s.owner for s in sets] == ["dmesh", "export", "example", "notes"]
-    assert {n: plugins.info[n].state for n in ("notes", "raiser", "confused", "thief")} == {
-        "notes": "loaded", "raiser": "failed", "confused": "failed", "thief": "failed"}
+    assert [s.owner for s in sets] == ["dmesh", "tags", "modbus", "export", "example", "notes"]
+    assert {n: plugins.info[n].state for n in ("notes", "raiser", "confused", "thief", "impostor")} == {
+        "notes": "loaded", "raiser": "failed", "confused": "failed", "thief": "failed", "impostor": "failed"}
     assert "already plugin notes's" in plugins.info["thief"].error
+    assert "already plugin notes's" in plugins.info["impostor"].error
+
+
+def test_plugins_sharing_tables_contribute_one_set_applied_once(plugins: Plugins, package: Callable[..., str]) -> None:
+    """The same set (owner, package, folder) from a second plugin, as the Modbus and OPC UA
+    tag polling give theirs, is accepted and applied once, with the first plugin that gives it."""
+    shared = MigrationSet("notes", package({"0001_notes.sql": NOTES_1}))
+    own = MigrationSet("second_own", shared.package)
+    plugins.register(Owner([shared]), "first")
+    plugins.register(Owner([MigrationSet("notes", shared.package), own]), "second")
+    owned = owned_migrations(plugins)
+    assert [(n, s) for n, s in owned if s.owner in ("notes", "second_own")] == [("first", shared), ("second", own)]
+    assert {n: plugins.info[n].state for n in ("first", "second")} == {"first": "loaded", "second": "loaded"}
+    plugins.disable("first")
+    assert [(n, s.owner) for n, s in owned_migrations(plugins) if s.owner == "notes"] == [("second", "notes")]
 
 
 def test_disabled_and_required_plugins(plugins: Plugins) -> None:
@@ -228,7 +244,8 @@ async def test_hook_register_migrations(tmp_path: Path, make_server: Any, client
     """The partner plugin brings its own table: created at start-up by its migrations,
     written by its observer, read by its route, all through its own repository."""
     server = await make_server(base_config(tmp_path))
-    assert await server.storage.schema_versions() == {"core": LATEST, "dmesh": 1, "export": 1, "example": 2}
+    assert await server.storage.schema_versions() == {
+        "core": LATEST, "dmesh": 1, "tags": 1, "modbus": 1, "export": 1, "example": 2}
     client = client_for(server)
     await server.storage.registry_apply(small_site())
     now = int(time.time())
@@ -265,7 +282,7 @@ def test_commands_apply_plugin_migrations(tmp_path: Path) -> None:
                              str(config)], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert rows(db, "SELECT owner, max(version) FROM owner_migrations GROUP BY owner") == [
-        ("dmesh", 1), ("example", 2), ("export", 1)]
+        ("dmesh", 1), ("example", 2), ("export", 1), ("modbus", 1), ("tags", 1)]
     assert "example_batches" in tables(db)
 
 

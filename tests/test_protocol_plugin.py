@@ -27,7 +27,8 @@ def test_a_part_from_another_package_is_refused() -> None:
 def test_unconfigured_opcua_plugin_imports_no_asyncua() -> None:
     """asyncua takes most of a second to import: a plugin with nothing configured never imports it."""
     code = ("import sys; from balans_edge.plugins.opcua.plugin import OpcuaPlugin, OpcuaConfig;"
-            "from types import SimpleNamespace as N; p = OpcuaPlugin(); p.bind(N(config=OpcuaConfig()));"
+            "from types import SimpleNamespace as N; p = OpcuaPlugin();"
+            "p.bind(N(config=OpcuaConfig(), database=N(dialect='sqlite')));"
             "assert (p.server, p.client, p.actuator) == (None, None, None);"
             "print('asyncua' in sys.modules)")
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)

@@ -19,11 +19,15 @@ from balans_edge.core.storage import IngestWrite, ReadingRows
 from balans_edge.core.storage.base import AuditQuery
 from balans_edge.core.storage.migrations import LATEST
 from balans_edge.core.storage.sqlite import SqliteStorage
+from balans_edge.plugins.common.tag_repository import MIGRATIONS as TAGS
+from balans_edge.plugins.common.tag_repository import TagRepository
 from balans_edge.plugins.dmesh.repository import MIGRATIONS as DMESH
 from balans_edge.plugins.dmesh.repository import DmeshRepository, ModuleEvent, ModuleRoute
 from balans_edge.plugins.export.plugin import MIGRATIONS as EXPORT
 from balans_edge.plugins.export.records import ExportTarget
 from balans_edge.plugins.export.repository import ExportRepository
+from balans_edge.plugins.modbus.repository import MIGRATIONS as MODBUS
+from balans_edge.plugins.modbus.repository import BridgeSlotRepository
 
 FIXTURE = Path(__file__).parent / "fixtures" / "release-schema15.db"
 T0 = 1_705_276_800
@@ -48,7 +52,7 @@ async def upgraded(tmp_path: Path):
     path.chmod(0o600)
     before = contents(path)
     s = SqliteStorage(path)
-    await s.open(migrations=[DMESH, EXPORT, EXAMPLE])
+    await s.open(migrations=[DMESH, TAGS, MODBUS, EXPORT, EXAMPLE])
     yield s, path, before
     await s.close()
 
@@ -63,7 +67,8 @@ def test_the_fixture_is_what_the_release_wrote() -> None:
 
 async def test_release_database_upgrades_without_loss(upgraded) -> None:
     s, path, before = upgraded
-    assert await s.schema_versions() == {"core": LATEST, "dmesh": 1, "export": 1, "example": 2}
+    assert await s.schema_versions() == {
+        "core": LATEST, "dmesh": 1, "tags": 1, "modbus": 1, "export": 1, "example": 2}
     await s.flush()
     after = contents(path)
     counts = {t: len(rows) for t, rows in before.items()}
@@ -100,9 +105,9 @@ async def test_release_values_read_back_through_the_repositories(upgraded) -> No
                                                                                         "new meter constant")}
     (q,) = await s.quarantine()
     assert (q["module_id"], q["reason"]) == (9999, "unknown_module")
-    # The tables handed over to plugins, through their interfaces.
-    assert await s.bridge_slots("modbus:meters") == {"W-1": 0, "W-2": 1, "W-IN": 2}
-    (tag,) = await s.latest_tag_values()
+    # The Modbus plugin's and the tag polling's tables, through their repositories (on the SQL gateway).
+    assert await BridgeSlotRepository(s).bridge_slots("modbus:meters") == {"W-1": 0, "W-2": 1, "W-IN": 2}
+    (tag,) = await TagRepository(s).latest_tag_values()
     assert (tag["quality"], tag["last_good_value"]) == ("comm_fail", 2.5)
     # The DMesh plugin's tables, through its repository (on the storage's SQL gateway).
     dmesh = DmeshRepository(s, s)

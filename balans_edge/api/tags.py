@@ -3,7 +3,10 @@ value of each, and the stored samples of one.
 
 Served here, not by a protocol plugin, because the integrator asks "what is
 the tank level" without caring whether it came over Modbus or OPC UA: every
-running component that reads tags (``core.tags.TagSource``) is listed.
+running component that reads tags (``core.tags.TagSource``) is listed. The
+stored samples are the protocol plugins' table (owner ``tags``), which core
+does not reach: the history is read through a running tag source (any one:
+they share the table), and is empty when no protocol client runs.
 """
 
 from __future__ import annotations
@@ -63,8 +66,11 @@ def _time(t: float | None) -> str | None:
 
 
 def routes(server: Server) -> list[Route]:
+    def sources() -> list[TagSource]:
+        return [c for _, c in server.components if isinstance(c, TagSource)]
+
     async def tags(request: Request, query: TagsQuery) -> Any:
-        rows = [row for _, c in server.components if isinstance(c, TagSource) for row in c.tag_snapshot()]
+        rows = [row for c in sources() for row in c.tag_snapshot()]
         device, protocol = query.device, query.protocol
         rows = [r for r in rows if (not device or r["device"] == device)
                 and (not protocol or r["protocol"] == protocol)]
@@ -75,7 +81,8 @@ def routes(server: Server) -> list[Route]:
     async def history(request: Request, query: HistoryQuery) -> Any:
         if query.to <= query.from_:
             raise ApiError(400, "bad_parameter", "to must be later than from")
-        rows = await server.storage.tag_values(query.tag, query.from_, query.to, query.limit)
+        found = sources()
+        rows = await found[0].tag_history(query.tag, query.from_, query.to, query.limit) if found else []
         return json({"tag": query.tag, "samples": [{**r, "ts": iso(r["ts"])} for r in rows]})
 
     return [

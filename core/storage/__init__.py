@@ -1,12 +1,10 @@
 """Durable storage: the backend-neutral interfaces (core repositories composed in
-``Storage``, plugin-owned repositories apart, the SQL gateway for plugins' own
-tables), migrations per owner, and the embedded SQLite backend."""
+``Storage``, the SQL gateway for plugins' own tables), migrations per owner, and the embedded SQLite backend."""
 
 from balans_edge.core.storage.base import (
     REGISTRY_KINDS,
     BalanceRepository,
     BalanceSums,
-    BridgeSlotRepository,
     CommandRepository,
     DirtyRange,
     FindingRepository,
@@ -23,7 +21,6 @@ from balans_edge.core.storage.base import (
     RegistryRepository,
     Storage,
     StorageError,
-    TagRepository,
 )
 from balans_edge.core.storage.gateway import SqlGateway
 from balans_edge.core.storage.migrations import MigrationError, MigrationSet
@@ -32,7 +29,6 @@ __all__ = [
     "REGISTRY_KINDS",
     "BalanceRepository",
     "BalanceSums",
-    "BridgeSlotRepository",
     "CommandRepository",
     "DirtyRange",
     "FindingRepository",
@@ -52,7 +48,6 @@ __all__ = [
     "SqlGateway",
     "Storage",
     "StorageError",
-    "TagRepository",
     "open_storage",
 ]
 

@@ -19,15 +19,14 @@ Core's repositories, one module each:
 
 ``Storage`` is their composition with the lifecycle (open with migrations,
 flush, close): what core needs from a backend. Tables of plugins are not
-core's: the interfaces of those core handed over and that still live here
-(``TagRepository``, ``BridgeSlotRepository``) are declared apart, each marked
-with its owner, and plugins' own tables are reached through the
-``SqlGateway`` (gateway) by the plugin's own repository (the DMesh plugin's in
-``plugins/dmesh/repository.py``, the export plugin's in ``plugins/export``).
+core's: every plugin's tables, those core handed over included, are reached
+through the ``SqlGateway`` (gateway) by the plugin's own repository (the DMesh
+plugin's in ``plugins/dmesh/repository.py``, the export plugin's in
+``plugins/export``, the tag polling's in ``plugins/common/tag_repository.py``,
+the Modbus bridge's slots in ``plugins/modbus/repository.py``).
 
 The records of every interface are re-exported here, so imports from
-``core.storage.base`` keep working; the plugin-owned ones move with their
-plugins.
+``core.storage.base`` keep working.
 """
 
 from __future__ import annotations
@@ -36,7 +35,6 @@ from abc import ABC, abstractmethod
 from collections.abc import Collection, Sequence
 
 from balans_edge.core.storage.balances_repository import BalanceRepository, BalanceSums
-from balans_edge.core.storage.bridge_slots_repository import BridgeSlotRepository
 from balans_edge.core.storage.commands_repository import CommandRepository
 from balans_edge.core.storage.errors import StorageError
 from balans_edge.core.storage.findings_repository import FindingRepository
@@ -58,18 +56,14 @@ from balans_edge.core.storage.registry_repository import (
     AuditQuery,
     RegistryRepository,
 )
-from balans_edge.core.storage.tags_repository import TAG_QUALITIES, TagRepository, TagRow
 
 __all__ = [
     "AUDIT_LIMIT",
     "CORE_REPOSITORIES",
-    "PLUGIN_REPOSITORIES",
     "REGISTRY_KINDS",
-    "TAG_QUALITIES",
     "AuditQuery",
     "BalanceRepository",
     "BalanceSums",
-    "BridgeSlotRepository",
     "CommandRepository",
     "DirtyRange",
     "FindingRepository",
@@ -87,8 +81,6 @@ __all__ = [
     "Storage",
     "StorageError",
     "StorageLifecycle",
-    "TagRepository",
-    "TagRow",
 ]
 
 
@@ -145,5 +137,3 @@ class Storage(
 CORE_REPOSITORIES = (RegistryRepository, ReadingRepository, QuarantineRepository, IntervalRepository,
                      BalanceRepository, FindingRepository, CommandRepository, JournalRepository)
 """The repositories ``Storage`` composes (with ``StorageLifecycle``)."""
-PLUGIN_REPOSITORIES = (TagRepository, BridgeSlotRepository)
-"""Interfaces of tables core handed over to plugins (each names its ``OWNER``); not part of ``Storage``."""

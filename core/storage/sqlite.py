@@ -41,13 +41,11 @@ from balans_edge.core.storage.base import (
 from balans_edge.core.storage.gateway import SqlGateway, Write
 from balans_edge.core.storage.migrations import CORE, MigrationSet, trigger_owner
 from balans_edge.core.storage.sqlite_balance import BalanceTables
-from balans_edge.core.storage.sqlite_bridges import BridgeSlots
 from balans_edge.core.storage.sqlite_bulk import BulkReader
 from balans_edge.core.storage.sqlite_journal import JournalTables
 from balans_edge.core.storage.sqlite_migrations import migrate_all, owner_versions
 from balans_edge.core.storage.sqlite_modules import ModuleReports, module_health_statements
 from balans_edge.core.storage.sqlite_registry_history import RegistryHistory
-from balans_edge.core.storage.sqlite_tags import TagTable
 from balans_edge.core.times import HOUR
 
 log = logging.getLogger(__name__)
@@ -130,11 +128,8 @@ class _Job:
     future: asyncio.Future[None]
 
 
-class SqliteStorage(RegistryHistory, BalanceTables, JournalTables, ModuleReports, BridgeSlots, TagTable, Storage,
-                    SqlGateway):
-    """Every core repository (``Storage``), the SQL gateway for plugins' own tables,
-    and, until their plugins take them over, the interfaces of the tables core
-    handed over to plugins (``base.PLUGIN_REPOSITORIES``)."""
+class SqliteStorage(RegistryHistory, BalanceTables, JournalTables, ModuleReports, Storage, SqlGateway):
+    """Every core repository (``Storage``) and the SQL gateway for plugins' own tables."""
 
     dialect = "sqlite"
 

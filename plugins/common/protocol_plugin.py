@@ -5,6 +5,12 @@ client (a ``ClientActuator``), each made from its own part of the plugin's
 section when it is configured; and the hooks that contribute them, give the
 client's routes and forward commands and alarms to the server part.
 
+The tag polling's table (owner ``tags``, ``tag_repository.py``) is shared by
+every protocol plugin: each builds the repository on ``context.database``,
+gives it to its client, and contributes the same migrations; a protocol adds
+its own tables' repositories and migrations (``server_args``,
+``own_migrations``).
+
 A protocol names its section and where the class of each part is
 (``"module:Class"``): a part's module is imported only when the part is
 configured, so that a protocol library that takes long to import (asyncua) is
@@ -19,11 +25,14 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from balans_edge import hookimpl
 from balans_edge.core.context import Plugin, PluginContext
 from balans_edge.plugins.common.client_config import ClientSection
+from balans_edge.plugins.common.tag_repository import MIGRATIONS as TAG_MIGRATIONS
+from balans_edge.plugins.common.tag_repository import TagRepository
 
 if TYPE_CHECKING:
     import click
 
     from balans_edge.core.components import Alarm, Command
+    from balans_edge.core.storage.migrations import MigrationSet
     from balans_edge.plugins.common.actuators import ClientActuator
     from balans_edge.plugins.common.bridge import LiveBridge
     from balans_edge.plugins.common.listen import ListenConfig
@@ -57,13 +66,15 @@ class ProtocolPlugin(Plugin):
     server_part: ClassVar[str]
     """``"module:Class"`` of the server part (a ``LiveBridge``), made with the context and ``config.server``."""
     client_part: ClassVar[str]
-    """Of the client part (a ``TagClient``), made with the context and ``config.devices``."""
+    """Of the client part (a ``TagClient``), made with the context, ``config.devices`` and ``tags``."""
     actuator_part: ClassVar[str]
     """Of the actuator (a ``ClientActuator``), made with the client and ``config.actuators``."""
 
     server: LiveBridge[Any] | None = None
     client: TagClient | None = None
     actuator: ClientActuator[Any, Any] | None = None
+    tags: TagRepository
+    """The tag polling's samples (owner ``tags``), on ``context.database``."""
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         """A part is the protocol's own: its module is in the plugin's package (no plugin
@@ -77,8 +88,10 @@ class ProtocolPlugin(Plugin):
     def bind(self, context: PluginContext) -> None:
         super().bind(context)
         config: ProtocolSection = context.config
-        self.server = _part(self.server_part)(context, config.server) if config.server.enabled else None
-        self.client = _part(self.client_part)(context, config.devices) if config.devices else None
+        self.tags = TagRepository(context.database)
+        self.server = (_part(self.server_part)(context, config.server, *self.server_args(context))
+                       if config.server.enabled else None)
+        self.client = _part(self.client_part)(context, config.devices, self.tags) if config.devices else None
         self.actuator = (_part(self.actuator_part)(self.client, config.actuators)
                          if self.client is not None and config.actuators else None)
 
@@ -87,11 +100,25 @@ class ProtocolPlugin(Plugin):
     def add_commands(self, group: click.Group) -> None:
         """The protocol's commands in its group (``balans-edge <section> ...``)."""
 
+    def server_args(self, context: PluginContext) -> tuple[Any, ...]:
+        """What the server part is made with after the context and ``config.server``:
+        the repositories of the protocol's own tables, built on ``context.database``."""
+        return ()
+
+    def own_migrations(self) -> list[MigrationSet]:
+        """The migrations of the protocol's own tables (besides the tag polling's)."""
+        return []
+
     # hooks ------------------------------------------------------------------------
 
     @hookimpl
     def config_schema(self) -> dict[str, type]:
         return {self.section: self.config_type}
+
+    @hookimpl
+    def register_migrations(self) -> list[MigrationSet]:
+        """The tag polling's table (the same set from every protocol plugin), then the protocol's own."""
+        return [TAG_MIGRATIONS, *self.own_migrations()]
 
     @hookimpl
     def register_components(self) -> list[Any]:

@@ -2,7 +2,8 @@
 is whatever its protocol: its devices' configuration, the recorder its samples
 go through (``core.tags.TagRecorder``: storage, the bus, totalisers as
 readings), the registry meters its totaliser tags are, its supervised tasks,
-and its tags as ``GET /api/v1/tags`` lists them (``core.tags.TagSource``).
+and its tags as ``GET /api/v1/tags`` lists them and ``/tags/history`` reads
+them (``core.tags.TagSource``, through the plugin's ``TagRepository``).
 How a device is reached and a tag read is the protocol's."""
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from balans_edge.core.tasks import cancel_surely
 
 if TYPE_CHECKING:
     from balans_edge.core.context import PluginContext
+    from balans_edge.plugins.common.tag_repository import TagRepository
 
 log = logging.getLogger(__name__)
 
@@ -28,10 +30,12 @@ class TagClient:
     protocol = "tags"
     """Names the protocol in the tag listing, log lines and the configuration section."""
 
-    def __init__(self, context: PluginContext, devices: Sequence[Any]) -> None:
+    def __init__(self, context: PluginContext, devices: Sequence[Any], tags: TagRepository) -> None:
         self.context = context
         self.configs = list(devices)
-        self.recorder = TagRecorder(context.storage, context.bus, context.ingest, self.protocol)
+        self.tags = tags
+        """The tag polling's stored samples (every protocol's), the plugin's repository."""
+        self.recorder = TagRecorder(tags, context.bus, context.ingest, self.protocol)
         self.created_meters: list[str] = []
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -69,3 +73,7 @@ class TagClient:
     def tag_snapshot(self) -> list[dict[str, Any]]:
         """The tags as ``GET /api/v1/tags`` lists them (``core.tags.TagSource``)."""
         return [{**row, "protocol": self.protocol} for row in self.snapshot()]
+
+    async def tag_history(self, tag: str, t0: int, t1: int, limit: int) -> list[dict[str, Any]]:
+        """Stored samples of any protocol's tag, for ``GET /api/v1/tags/history`` (``core.tags.TagSource``)."""
+        return await self.tags.tag_values(tag, t0, t1, limit)

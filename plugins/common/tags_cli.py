@@ -15,6 +15,7 @@ from typing import Any
 import click
 
 from balans_edge.core.tags import TagState
+from balans_edge.plugins.common.tag_repository import TagRepository
 
 ReadOnce = Callable[[Any], Awaitable[list[TagState]]]
 """Reads every tag of a device's configuration once."""
@@ -37,7 +38,7 @@ def add_tags_command(group: click.Group) -> None:
     def tags_command(config_path: Path | None) -> None:
         """The newest stored sample of every polled tag (from the database)."""
         _, config = _cli.prepare(config_path)
-        rows = _cli.run_async(lambda: _cli.with_storage(config, lambda s: s.latest_tag_values()))
+        rows = _cli.run_async(lambda: _cli.with_storage(config, lambda s: TagRepository(s).latest_tag_values()))
         if not rows:
             click.echo("no tag samples stored")
             return

@@ -53,6 +53,7 @@ from balans_edge.plugins.modbus.tags import (
 
 if TYPE_CHECKING:
     from balans_edge.core.context import PluginContext
+    from balans_edge.plugins.common.tag_repository import TagRepository
 
 log = logging.getLogger(__name__)
 
@@ -361,8 +362,8 @@ class ModbusClient(TagClient):
     name = "modbus-client"
     protocol = "modbus"
 
-    def __init__(self, context: PluginContext, devices: Sequence[DeviceConfig]) -> None:
-        super().__init__(context, devices)
+    def __init__(self, context: PluginContext, devices: Sequence[DeviceConfig], tags: TagRepository) -> None:
+        super().__init__(context, devices, tags)
         self.configs: list[DeviceConfig] = list(devices)
         self.links: dict[tuple, Link] = {}
         self.devices: dict[str, Device] = {}

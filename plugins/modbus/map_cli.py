@@ -15,14 +15,15 @@ from typing import TYPE_CHECKING
 import click
 
 from balans_edge.plugins.modbus.regmap import MapError, load_map, to_csv, to_markdown
+from balans_edge.plugins.modbus.repository import BridgeSlotRepository
 
 if TYPE_CHECKING:
     from balans_edge.core.storage import Storage
     from balans_edge.plugins.modbus.server import ServerConfig
 
 
-async def document(storage: Storage, config: ServerConfig, fmt: str) -> str:
-    rmap = await load_map(storage, config, int(time.time()))
+async def document(storage: Storage, slots: BridgeSlotRepository, config: ServerConfig, fmt: str) -> str:
+    rmap = await load_map(storage, slots, config, int(time.time()))
     rows = rmap.rows()
     return to_csv(rows) if fmt == "csv" else to_markdown(rmap, rows, config)
 
@@ -42,7 +43,8 @@ def add_commands(group: click.Group) -> None:
         _, config = _cli.prepare(config_path)
         server_config = config.plugins["modbus"].server
         try:
-            text = _cli.run_async(lambda: _cli.with_storage(config, lambda s: document(s, server_config, fmt)))
+            text = _cli.run_async(lambda: _cli.with_storage(
+                config, lambda s: document(s, BridgeSlotRepository(s), server_config, fmt)))
         except MapError as exc:
             raise click.ClickException(f"modbus register map: {exc}") from None
         if output is None:

@@ -6,7 +6,7 @@ a tag list once. So it is built from three stable things only: the block
 layouts below (fixed fields at fixed offsets, changed only with a new
 ``LAYOUT_VERSION``), the configuration (base addresses, byte orders,
 addresses pinned by hand) and the slots the storage hands out once per
-object and never takes back (``Storage.allocate_bridge_slots``). A meter's
+object and never takes back (``BridgeSlotRepository``, ``repository.py``). A meter's
 block starts at ``meters_base + slot x METER.size``: adding a meter gives it
 the next slot and moves nobody; a removed meter's addresses stay unused.
 
@@ -34,6 +34,7 @@ from balans_edge.plugins.modbus.values import encode, register_count
 
 if TYPE_CHECKING:
     from balans_edge.core.storage import Storage
+    from balans_edge.plugins.modbus.repository import BridgeSlotRepository
     from balans_edge.plugins.modbus.server import ServerConfig
 
 LAYOUT_VERSION = 1
@@ -368,13 +369,13 @@ def build_map(config: ServerConfig, meters: Sequence[tuple[int, Meter]], groups:
                        tuple(left_groups + left_meters), config.coils_base)
 
 
-async def load_map(storage: Storage, config: ServerConfig, now: int) -> RegisterMap:
+async def load_map(storage: Storage, slots: BridgeSlotRepository, config: ServerConfig, now: int) -> RegisterMap:
     """The map of the registry as it is now: every meter and group gets its slot
     (allocated and stored on first sight, kept for ever), then the layout."""
     meters = await storage.meters_by_key()
     groups = await storage.registry_list("groups")
-    meter_slots = await storage.allocate_bridge_slots(METER_SLOTS, sorted(m.meter_id for _, m in meters), now)
-    group_slots = await storage.allocate_bridge_slots(GROUP_SLOTS, sorted(g.group_id for g in groups), now)
+    meter_slots = await slots.allocate_bridge_slots(METER_SLOTS, sorted(m.meter_id for _, m in meters), now)
+    group_slots = await slots.allocate_bridge_slots(GROUP_SLOTS, sorted(g.group_id for g in groups), now)
     return build_map(config, meters, groups, meter_slots, group_slots)
 
 

@@ -46,6 +46,7 @@ from balans_edge.settings import setting
 
 if TYPE_CHECKING:
     from balans_edge.core.context import PluginContext
+    from balans_edge.plugins.modbus.repository import BridgeSlotRepository
 
 log = logging.getLogger(__name__)
 
@@ -256,8 +257,10 @@ class ModbusServer(LiveBridge[ServerConfig]):
 
     name = "modbus-server"
 
-    def __init__(self, context: PluginContext, config: ServerConfig) -> None:
+    def __init__(self, context: PluginContext, config: ServerConfig, slots: BridgeSlotRepository) -> None:
         super().__init__(context, config)
+        self.slots = slots
+        """The plugin's repository of the objects' slots (``repository.py``)."""
         self.snapshot: Snapshot | None = None
         self.connections: set[Connection] = set()
         self.stats: dict[str, int] = dict.fromkeys(
@@ -413,7 +416,7 @@ class ModbusServer(LiveBridge[ServerConfig]):
     async def rebuild(self) -> None:
         """A new map and snapshot from the registry as it is now, swapped in whole."""
         version = await self.context.storage.registry_version()
-        rmap = await load_map(self.context.storage, self.config, int(time.time()))
+        rmap = await load_map(self.context.storage, self.slots, self.config, int(time.time()))
         snapshot = Snapshot(rmap, self.config, self.context.tz, self.context.site.completeness_threshold,
                             await resolutions(self.context.storage))
         await load_all(snapshot, self.context.storage, time.time())

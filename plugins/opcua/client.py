@@ -56,6 +56,7 @@ from balans_edge.plugins.opcua.client_pki import (
 
 if TYPE_CHECKING:
     from balans_edge.core.context import PluginContext
+    from balans_edge.plugins.common.tag_repository import TagRepository
 
 log = logging.getLogger(__name__)
 
@@ -585,8 +586,8 @@ class OpcuaClient(TagClient):
     name = "opcua-client"
     protocol = "opcua"
 
-    def __init__(self, context: PluginContext, devices: Sequence[DeviceConfig]) -> None:
-        super().__init__(context, devices)
+    def __init__(self, context: PluginContext, devices: Sequence[DeviceConfig], tags: TagRepository) -> None:
+        super().__init__(context, devices, tags)
         self.configs: list[DeviceConfig] = list(devices)
         self.devices: dict[str, OpcuaDevice] = {}
 
