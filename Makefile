@@ -52,7 +52,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/export.py
 	$(BIN)/python bench/opcua.py
 	$(BIN)/python bench/analytics_loop.py
-	$(BIN)/python bench/readings_decode.py
+	$(BIN)/python bench/schema_decode.py
 
 # The loss detectors against known faults, real district inflows and simulated households
 # (about 30 minutes; installs the data packages of the [bench] extra).

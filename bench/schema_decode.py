@@ -1,23 +1,24 @@
-"""Decoding the body of POST /api/v1/readings: msgspec against the hand-written parser (and pydantic v2).
+"""Decoding the body of POST /api/v1/readings: the schema layer against the hand-written parser it replaced.
 
-    python bench/schema_decode.py [--readings N] [--repeat R] [--iso]
+    python bench/schema_decode.py [--readings 1000 20000 100000] [--repeat R] [--iso] [--pydantic]
 
-One body of N readings (default 10,000) ``{"readings": [{"module_id", "channel",
-"ts", "counter", "status"}, ...]}`` as the HTTP handler receives it (bytes), is
-decoded R times (default 30) by each parser into the int64 columns ingest
-takes; the best and the median time per body are printed with the ratio to
-the hand-written parser measured in the same run (below 1: faster).
+For each size N a body ``{"readings": [{"module_id", "channel", "ts", "counter",
+"status"}, ...]}`` as the HTTP handler receives it (bytes) is turned into the
+int64 columns ingest takes (``ReadingBatch``) by
 
-- ``hand-written``: ``json.loads`` and the per-item checks of the handler as it
-  was before the schema layer (``balans_edge/api/meters.py`` ``_push_row`` at
-  commit 5306e08, copied here so that the baseline outlives the switch);
-- ``msgspec``: ``msgspec.json.decode`` into a Struct with the same rules
-  (integers within +-2^62, ``ts`` unix seconds or ISO-8601 text, ``status``
-  default 0), then the columns;
-- ``msgspec (decode only)``: the same without building the columns;
-- ``pydantic``: ``TypeAdapter.validate_json`` into BaseModels with the same
-  rules (only when pydantic is installed: it is not a dependency).
+- ``hand-written``: ``json.loads`` and the per-item checks of the handler before
+  the schema layer (``balans_edge/api/meters.py`` ``push``/``_push_row`` at commit
+  5306e08, frozen here so that the baseline outlives the switch);
+- ``schema layer``: the route's own ``Codec(ReadingsBody)`` (msgspec into the
+  declared Structs) and ``reading_batch``, the path the server runs;
+- ``schema layer, decode only``: the same without building the columns;
+- ``pydantic v2`` (``--pydantic``, when installed: it is not a dependency):
+  ``TypeAdapter.validate_json`` into BaseModels with the same rules, then the
+  same ``reading_batch``.
 
+Every parser must give the hand-written parser's columns. Each is timed R times
+in one process; every figure is printed as a ratio to the hand-written parser
+measured in the same run for the same body (below 1: faster).
 ``--iso`` sends every ``ts`` as ISO-8601 text instead of unix seconds.
 """
 
@@ -29,24 +30,30 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Annotated, Any
 
 import msgspec
 import numpy as np
 
+from balans_edge.api.meters import ReadingsBody, reading_batch
+from balans_edge.core.ingest import ReadingBatch
 from balans_edge.core.times import read_time
+from balans_edge.http_schema import Codec
 
 LIMIT = 2**62
 T_START = 1_704_067_200  # 2024-01-01 00:00:00 UTC
+COLUMNS = ("module", "channel", "ts", "counter", "status")
 
 
 def body(n: int, iso: bool) -> bytes:
+    """One concentrator's worth of hourly readings (720 meters on 240 modules), arrival order."""
     rows = []
     for i in range(n):
         ts = T_START + (i // 720) * 3600
         rows.append({"module_id": 10_001 + (i % 240), "channel": 1 + (i // 240) % 3,
                      "ts": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts)) if iso else ts,
-                     "counter": 1_000 + i, "status": 0})
+                     "counter": 1_000 + i * 7, "status": 0})
     return json.dumps({"readings": rows}).encode()
 
 
@@ -56,7 +63,7 @@ PUSH_FIELDS = ("module_id", "channel", "ts", "counter")
 
 
 class BadBody(Exception):
-    pass
+    """The old handler's 400 answers (``ApiError(400, ...)`` there)."""
 
 
 def _push_row(item: Any, i: int) -> list[int]:
@@ -76,56 +83,35 @@ def _push_row(item: Any, i: int) -> list[int]:
     return out
 
 
-def hand_written(raw: bytes) -> np.ndarray:
-    doc = json.loads(raw)
+def hand_written(raw: bytes) -> ReadingBatch:
+    doc = json.loads(raw or b"null")
     items = doc.get("readings") if isinstance(doc, dict) else None
     if not isinstance(items, list):
         raise BadBody('expected {"readings": [...]}')
     rows = np.zeros((len(items), 5), dtype=np.int64)
     for i, item in enumerate(items):
         rows[i] = _push_row(item, i)
-    return rows
+    return ReadingBatch(rows[:, 0], rows[:, 1], rows[:, 2], rows[:, 3], rows[:, 4])
 
 
-# -- msgspec ---------------------------------------------------------------------------
+# -- the schema layer (what the route runs) ----------------------------------------------
 
-Int = Annotated[int, msgspec.Meta(gt=-LIMIT, lt=LIMIT)]
-
-
-class Reading(msgspec.Struct, forbid_unknown_fields=True):
-    module_id: Int
-    channel: Int
-    ts: Int | str
-    counter: Int
-    status: Int = 0
+_codec = Codec(ReadingsBody)
 
 
-class Readings(msgspec.Struct, forbid_unknown_fields=True):
-    readings: list[Reading]
+def schema_columns(raw: bytes) -> ReadingBatch:
+    return reading_batch(_codec.decode_body(raw).readings)
 
 
-_decoder = msgspec.json.Decoder(Readings)
+def schema_decode(raw: bytes) -> Any:
+    return _codec.decode_body(raw).readings
 
 
-def msgspec_decode(raw: bytes) -> list[Reading]:
-    return _decoder.decode(raw).readings
+# -- pydantic v2 (optional) ----------------------------------------------------------------
 
 
-def msgspec_columns(raw: bytes) -> np.ndarray:
-    items = _decoder.decode(raw).readings
-    rows = np.empty((len(items), 5), dtype=np.int64)
-    rows[:, 0] = [r.module_id for r in items]
-    rows[:, 1] = [r.channel for r in items]
-    rows[:, 2] = [r.ts if isinstance(r.ts, int) else read_time(r.ts) for r in items]
-    rows[:, 3] = [r.counter for r in items]
-    rows[:, 4] = [r.status for r in items]
-    return rows
-
-
-# -- pydantic (optional) ---------------------------------------------------------------
-
-
-def pydantic_parser() -> Callable[[bytes], np.ndarray] | None:
+def pydantic_parser() -> tuple[str, Callable[[bytes], ReadingBatch]] | None:
+    """pydantic's parser with the schema layer's rules, or None when pydantic is not installed."""
     try:
         import pydantic
     except ImportError:
@@ -137,7 +123,7 @@ def pydantic_parser() -> Callable[[bytes], np.ndarray] | None:
         model_config = pydantic.ConfigDict(extra="forbid")
         module_id: PInt
         channel: PInt
-        ts: PInt | str
+        ts: PInt | Annotated[str, pydantic.Field(max_length=64)]
         counter: PInt
         status: PInt = 0
 
@@ -146,63 +132,71 @@ def pydantic_parser() -> Callable[[bytes], np.ndarray] | None:
 
     adapter = pydantic.TypeAdapter(PReadings)
 
-    def parse(raw: bytes) -> np.ndarray:
-        items = adapter.validate_json(raw).readings
-        rows = np.empty((len(items), 5), dtype=np.int64)
-        rows[:, 0] = [r.module_id for r in items]
-        rows[:, 1] = [r.channel for r in items]
-        rows[:, 2] = [r.ts if isinstance(r.ts, int) else read_time(r.ts) for r in items]
-        rows[:, 3] = [r.counter for r in items]
-        rows[:, 4] = [r.status for r in items]
-        return rows
+    def parse(raw: bytes) -> ReadingBatch:
+        return reading_batch(adapter.validate_json(raw).readings)  # type: ignore[arg-type]
 
-    parse.version = pydantic.VERSION  # type: ignore[attr-defined]
-    return parse
+    return f"pydantic {pydantic.VERSION}", parse
 
 
-def measure(fn: Callable[[bytes], Any], raw: bytes, repeat: int) -> list[float]:
-    fn(raw)  # warm up (imports, caches)
+# -- timing ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Timing:
+    best: float
+    median: float
+
+
+def measure(fn: Callable[[bytes], Any], raw: bytes, repeat: int) -> Timing:
+    """Best and median of ``repeat`` calls after one warm-up call (imports, caches)."""
+    fn(raw)
     times = []
     for _ in range(repeat):
         t0 = time.perf_counter()
         fn(raw)
         times.append(time.perf_counter() - t0)
-    return times
+    return Timing(min(times), statistics.median(times))
+
+
+def same_columns(a: ReadingBatch, b: ReadingBatch) -> bool:
+    return all(np.array_equal(getattr(a, c), getattr(b, c)) for c in COLUMNS)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--readings", type=int, default=10_000)
-    parser.add_argument("--repeat", type=int, default=30)
+    parser.add_argument("--readings", type=int, nargs="+", default=[1_000, 20_000, 100_000],
+                        help="body sizes in readings (default: 1000 20000 100000)")
+    parser.add_argument("--repeat", type=int, default=20, help="timed runs per parser and size")
     parser.add_argument("--iso", action="store_true", help="ts as ISO-8601 text instead of unix seconds")
+    parser.add_argument("--pydantic", action="store_true", help="add pydantic v2 (if installed) to the comparison")
     args = parser.parse_args()
-    raw = body(args.readings, args.iso)
 
-    expected = hand_written(raw)
     parsers: dict[str, Callable[[bytes], Any]] = {"hand-written (json + checks)": hand_written,
-                                                  f"msgspec {msgspec.__version__}": msgspec_columns,
-                                                  "msgspec (decode only)": msgspec_decode}
-    pyd = pydantic_parser()
-    if pyd is not None:
-        parsers[f"pydantic {pyd.version}"] = pyd  # type: ignore[attr-defined]
-    for name, fn in parsers.items():  # every parser reads the same numbers
-        out = fn(raw)
-        if isinstance(out, np.ndarray):
-            assert np.array_equal(out, expected), name
+                                                  f"schema layer (msgspec {msgspec.__version__})": schema_columns,
+                                                  "schema layer, decode only": schema_decode}
+    if args.pydantic:
+        pyd = pydantic_parser()
+        if pyd is None:
+            print("pydantic is not installed: `pip install pydantic` to compare it (not a dependency)")
+        else:
+            parsers[pyd[0]] = pyd[1]
 
-    print(f"POST /api/v1/readings body: {args.readings:,} readings, {len(raw) / 1e6:.2f} MB, "
-          f"ts as {'ISO-8601 text' if args.iso else 'unix seconds'}, {args.repeat} runs, Python "
-          f"{sys.version.split()[0]}")
-    print(f"{'parser':32} {'best ms':>9} {'median ms':>10} {'readings/s':>12}  vs hand-written: best, median")
-    base: tuple[float, float] | None = None
-    for name, fn in parsers.items():
-        times = measure(fn, raw, args.repeat)
-        best, median = min(times), statistics.median(times)
-        base = base or (best, median)
-        print(f"{name:32} {best * 1e3:9.2f} {median * 1e3:10.2f} {args.readings / best:12,.0f}  "
-              f"{best / base[0]:6.3f}x {median / base[1]:6.3f}x")
-    if pyd is None:
-        print("pydantic is not installed: `pip install pydantic` to compare it (not a dependency)")
+    print(f"POST /api/v1/readings body, ts as {'ISO-8601 text' if args.iso else 'unix seconds'}, "
+          f"{args.repeat} runs each, Python {sys.version.split()[0]}; ratios to the hand-written parser "
+          f"of the same run (below 1: faster)")
+    print(f"{'readings':>9} {'MB':>6}  {'parser':34} {'best ms':>9} {'ns/reading':>10}  {'best':>6} {'median':>7}")
+    for n in args.readings:
+        raw = body(n, args.iso)
+        expected = hand_written(raw)
+        for name, fn in parsers.items():  # every parser reads the same numbers
+            out = fn(raw)
+            assert not isinstance(out, ReadingBatch) or same_columns(out, expected), name
+        base: Timing | None = None
+        for name, fn in parsers.items():
+            t = measure(fn, raw, args.repeat)
+            base = base or t
+            print(f"{n:>9,} {len(raw) / 1e6:6.2f}  {name:34} {t.best * 1e3:9.2f} {t.best / n * 1e9:10.0f}  "
+                  f"{t.best / base.best:6.3f} {t.median / base.median:7.3f}")
 
 
 if __name__ == "__main__":
