@@ -1,19 +1,14 @@
-"""The OPC UA server for SCADA, end to end: a real balans-edge server whose
-readings went through ingest, intervals and balances, driven by node-opcua (an
-OPC UA stack independent of the server's asyncua) over Basic256Sha256 and
-Aes128_Sha256_RsaOaep, and compared with what the HTTP API answers."""
+"""The OPC UA server for SCADA, end to end, its address space and values: a real
+balans-edge server whose readings went through ingest, intervals and balances,
+browsed, read and subscribed to by node-opcua (an OPC UA stack independent of
+the server's asyncua) and compared with what the HTTP API answers; the address
+space follows the registry while clients are connected. Methods, sessions and
+certificates: ``test_opcua_server_security.py``."""
 
 from __future__ import annotations
 
-import asyncio
-import itertools
 import json
-import logging
-import os
-import re
 import time
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -21,226 +16,31 @@ from typing import Any
 import numpy as np
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
+from opcua_server_site import (
+    BASE_W_V,
+    HOUR,
+    NS,
+    PER_HOUR,
+    VIEWER,
+    MakeSite,
+    by_name,
+    node_id,
+    site_factory,
+    ua_client,
+    unix,
+)
 
-from balans_edge.core.components import Command, CommandOutcome, Finding, Severity
+from balans_edge.core.components import Finding, Severity
 from balans_edge.core.ingest import ReadingBatch
-from balans_edge.core.model import Concentrator, Group, GroupInput, Meter, RadioModule, Resource, Status
-from balans_edge.core.storage.sqlite import SqliteStorage
+from balans_edge.core.model import Group, GroupInput, Meter, RadioModule, Resource, Status
 from balans_edge.plugins.opcua import pki
-from balans_edge.plugins.opcua.server import OpcuaServer
 
-from conftest import TOKENS, auth, base_config, eventually, peer
-
-HOUR = 3600
-PER_HOUR = {1: 3217, 2: 1234, 3: 77}
-"""Pulses per hour by channel of module 1001: IN (1 l), W-V (1 l), W-R (10 l)."""
-BASE_W_V = 12.5
-NODE_DIR = Path(__file__).resolve().parent / "opcua_peer"
-NS = "urn:balans-edge:opcua"
-OPERATOR = ("scada-op", "operator-password-1")
-VIEWER = ("test-viewer", TOKENS["viewer"])
-"""An HTTP API user (api_users = true): its token is its OPC UA password."""
-CLIENT_URI = "urn:balans-edge-tests:node-opcua"
-_plans = itertools.count()
-
-
-def node() -> str:
-    """node, with node-opcua installed next to the scenario script (`make test` runs `npm ci` there)."""
-    path = peer("node")
-    if not (NODE_DIR / "node_modules" / "node-opcua-client").is_dir():
-        message = "node-opcua is not installed (run `make test`, or `npm ci --prefix tests/opcua_peer`)"
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(f"CI=true: {message}")
-        pytest.skip(message)
-    return path
-
-
-# the site ----------------------------------------------------------------------------------------
-
-
-@dataclass
-class Valves:
-    """An actuator behind the real actuation service (the DMesh radio path is tested elsewhere)."""
-
-    name: str = "test-valves"
-    ok: bool = True
-    commands: list[Command] = field(default_factory=list)
-
-    def handles(self, command: Command) -> bool:
-        return command.target in ("W-V", "W-R")
-
-    async def execute(self, command: Command) -> CommandOutcome:
-        self.commands.append(command)
-        return CommandOutcome(self.ok, "moved" if self.ok else "jammed")
-
-
-@dataclass
-class ClientCert:
-    """A node-opcua client identity: certificate and key files, its own PKI folder."""
-
-    cert: Path
-    key: Path
-    pki: Path
-    uri: str = CLIENT_URI
-
-
-def make_client_cert(folder: Path, name: str, uri: str = CLIENT_URI) -> ClientCert:
-    folder.mkdir(parents=True, exist_ok=True)
-    key = pki.new_key()
-    cert = pki.make_certificate(key, name, uri, ["localhost"], client=True, server=False)
-    paths = ClientCert(folder / f"{name}.pem", folder / f"{name}-key.pem", folder / f"{name}-pki", uri)
-    paths.cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    pki.write_key(paths.key, key)
-    return paths
-
-
-@dataclass
-class Site:
-    server: Any
-    opcua: OpcuaServer
-    client: Any
-    hour: int
-    """Start of the hour of the newest readings."""
-    trusted: ClientCert
-    tmp: Path
-    valves: Valves
-
-    @property
-    def endpoint(self) -> str:
-        return f"opc.tcp://127.0.0.1:{self.opcua.port}/balans-edge/"
-
-    async def get(self, path: str, **params: Any) -> dict[str, Any]:
-        r = await self.client.get(path, params=params, headers=auth("viewer"))
-        assert r.status_code == 200, r.text
-        return r.json()
-
-    def session(self, user: tuple[str, str] | None = OPERATOR, cert: ClientCert | None = None,
-                policy: str = "Basic256Sha256", mode: str = "SignAndEncrypt") -> dict[str, Any]:
-        cert = cert or self.trusted
-        conf: dict[str, Any] = {"policy": policy, "mode": mode, "certificate": str(cert.cert),
-                                "privateKey": str(cert.key), "pki": str(cert.pki), "applicationUri": cert.uri,
-                                "trustServer": str(self.opcua.pki.cert_pem)}
-        if user:
-            conf["user"], conf["password"] = user
-        return conf
-
-    async def run(self, sessions: dict[str, dict[str, Any]], steps: list[dict[str, Any]],
-                  on_wait: Callable[[str], Awaitable[None]] | None = None) -> dict[str, dict[str, Any]]:
-        """Run one node-opcua scenario; results by step id (or index)."""
-        plan = self.tmp / f"plan-{next(_plans)}.json"
-        plan.write_text(json.dumps({"endpoint": self.endpoint, "sessions": sessions, "steps": steps}))
-        proc = await asyncio.create_subprocess_exec(
-            node(), str(NODE_DIR / "scenario.js"), str(plan), cwd=NODE_DIR, stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-        results: dict[str, dict[str, Any]] = {}
-
-        async def follow() -> None:
-            assert proc.stdout is not None and proc.stdin is not None
-            while line := await proc.stdout.readline():
-                text = line.decode(errors="replace").strip()
-                if not text.startswith("@@ "):
-                    continue
-                report = json.loads(text[3:])
-                if report["op"] == "wait" and "step" not in report:
-                    if on_wait is not None:
-                        await on_wait(report["label"])
-                    proc.stdin.write(b"go\n")
-                    await proc.stdin.drain()
-                    continue
-                results[report["id"] or str(report["step"])] = report
-
-        try:
-            await asyncio.wait_for(follow(), 60)
-            await asyncio.wait_for(proc.wait(), 10)
-        finally:
-            if proc.returncode is None:
-                proc.kill()
-                await proc.wait()
-        assert proc.returncode == 0, (await proc.stderr.read()).decode()[-2000:] if proc.stderr else ""
-        return results
-
-
-def site_registry(install: int) -> dict[str, list]:
-    return {
-        "concentrators": [Concentrator(7, name="North")],
-        "modules": [RadioModule(1001, 7, channels=0b111, hops=2, rssi=-71, battery_mv=3550, firmware="1.4.2"),
-                    RadioModule(1002, 7, channels=0b001)],
-        "meters": [
-            Meter("D-IN", Resource.WATER, "m3", 0.001, install, module_id=1002, channel=1),
-            Meter("IN", Resource.WATER, "m3", 0.001, install, module_id=1001, channel=1, group_id="D"),
-            Meter("W-V", Resource.WATER, "m3", 0.001, install, module_id=1001, channel=2, group_id="G",
-                  base_reading=BASE_W_V, flags=frozenset({"valve", "relay"})),
-            Meter("W-R", Resource.WATER, "m3", 0.01, install, module_id=1001, channel=3, group_id="G",
-                  flags=frozenset({"relay"})),
-        ],
-        "groups": [Group("D", Resource.WATER, "m3", (GroupInput("D-IN"),), name="District", level="district"),
-                   Group("G", Resource.WATER, "m3", (GroupInput("IN"),), name="House 1", parent_id="D",
-                         loss_norm_pct=5.0)],
-    }
-
-
-def readings(hour: int, hours: int = 6) -> ReadingBatch:
-    """Hourly readings up to ``hour``; the newest of W-V reports its valve closed."""
-    rows = []
-    for k in range(hours):
-        t = hour - (hours - 1 - k) * HOUR
-        for channel, rate in PER_HOUR.items():
-            status = Status.VALVE_CLOSED if channel == 2 and k == hours - 1 else 0
-            rows.append((1001, channel, t, 50_000 + rate * k, int(status)))
-        rows.append((1002, 1, t, 10_000 + 4000 * k, 0))
-    a = np.array(rows, dtype=np.int64)
-    return ReadingBatch(*(a[:, i] for i in range(5)))
-
-
-MakeSite = Callable[..., Awaitable[Site]]
+from conftest import eventually
 
 
 @pytest.fixture
 def make_site(tmp_path: Path, make_server: Any, client_for: Any) -> MakeSite:
-    async def start(*, seed: bool = True, ingest: bool = True, **options: Any) -> Site:
-        now = int(time.time())
-        hour = now - now % HOUR
-        if seed:
-            storage = SqliteStorage(tmp_path / "balans.db")
-            await storage.open()
-            await storage.registry_apply(site_registry(hour - 12 * HOUR))
-            await storage.close()
-        folder = pki.Pki(tmp_path / "server-pki")
-        trusted = make_client_cert(tmp_path / "clients", "trusted")
-        folder.trusted.mkdir(parents=True, exist_ok=True)
-        (folder.trusted / "scada.pem").write_bytes(trusted.cert.read_bytes())
-        server_options = {"enabled": True, "port": 0, "pki_dir": str(folder.root), "api_users": True,
-                          "users": [{"name": OPERATOR[0], "role": "operator", "password": OPERATOR[1]}],
-                          "application_uri": "urn:balans-edge-tests:server", "age_interval_s": 1.0, **options}
-        config = base_config(tmp_path, intervals={"debounce_s": 0.0}, balance={"debounce_s": 0.0},
-                             plugins={"opcua": {"server": server_options}})
-        server = await make_server(config)
-        opcua = next(c for _, c in server.components if isinstance(c, OpcuaServer))
-        valves = Valves()
-        server.actuation.add(valves)
-        site = Site(server, opcua, client_for(server), hour, trusted, tmp_path, valves)
-        if ingest:
-            await server.ingest.ingest(readings(hour))
-            await server.intervals.process()
-            await server.balance.process()
-            await eventually(lambda: opcua.values is not None and opcua.values.periods
-                             and opcua.values.hour_t[opcua.values.row_of_meter["W-V"]] == hour - HOUR, 5.0)
-        return site
-
-    return start
-
-
-def unix(iso: str) -> int:
-    return int(datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp())
-
-
-def by_name(refs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    return {r["browseName"]: r for r in refs}
-
-
-def node_id(ident: str) -> str:
-    return f"ns={{ns}};s={ident}"
+    return site_factory(tmp_path, make_server, client_for)
 
 
 # browsing and reading -------------------------------------------------------------------------------
@@ -467,127 +267,7 @@ async def test_a_value_keeps_the_time_of_its_last_change_and_freshness_has_its_o
         assert await eventually(young, 5.0)
 
 
-# methods ---------------------------------------------------------------------------------------------
-
-
-async def test_close_valve_as_operator_is_audited_and_a_viewer_is_denied(make_site: MakeSite) -> None:
-    site = await make_site()
-    w_v = node_id("Meters/W-V")
-    steps = [
-        {"op": "connect", "session": "op", "id": "op"},
-        {"op": "connect", "session": "view", "id": "view"},
-        {"op": "namespace", "session": "op", "uri": NS},
-        {"op": "call", "session": "view", "object": w_v, "method": node_id("Meters/W-V/CloseValve"),
-         "args": ["viewer tries"], "id": "viewer-call"},
-        {"op": "write", "session": "view", "node": node_id("Meters/W-V/Value"), "dataType": "Double", "value": 1.5,
-         "id": "viewer-write"},
-        {"op": "write", "session": "op", "node": node_id("Meters/W-V/Value"), "dataType": "Double", "value": 1.5,
-         "id": "operator-write"},
-        {"op": "call", "session": "op", "object": w_v, "method": node_id("Meters/W-V/OpenValve"), "args": ["  "],
-         "id": "no-reason"},
-        {"op": "call", "session": "op", "object": node_id("Meters/W-R"), "method": node_id("Meters/W-V/CloseValve"),
-         "args": ["wrong object"], "id": "wrong-object"},
-        {"op": "call", "session": "op", "object": w_v, "method": node_id("Meters/W-V/CloseValve"),
-         "args": ["leak in flat 3"], "id": "close"},
-        {"op": "read", "session": "op", "nodes": [{"node": node_id("Meters/W-V/Valve")}], "id": "valve"},
-        {"op": "call", "session": "op", "object": node_id("Meters/W-R"), "method": node_id("Meters/W-R/ShedLoad"),
-         "args": ["peak tariff"], "id": "shed"},
-        {"op": "read", "session": "op", "nodes": [{"node": node_id("Meters/W-R/Relay")}], "id": "relay"},
-        {"op": "wait", "label": "jam the valve"},
-        {"op": "call", "session": "aes", "object": w_v, "method": node_id("Meters/W-V/OpenValve"),
-         "args": ["after the repair"], "id": "jammed"},
-        {"op": "read", "session": "op", "nodes": [{"node": node_id("Meters/W-V/Valve")}], "id": "still-closed"},
-    ]
-
-    async def jam(label: str) -> None:
-        site.valves.ok = False
-
-    sessions = {"op": site.session(), "view": site.session(VIEWER),
-                "aes": site.session(policy="Aes128_Sha256_RsaOaep", mode="Sign")}
-    steps.insert(2, {"op": "connect", "session": "aes", "id": "aes"})
-    r = await site.run(sessions, steps, on_wait=jam)
-    assert r["op"]["ok"] and r["view"]["ok"] and r["aes"]["ok"]
-    assert r["viewer-call"]["status"] == "BadUserAccessDenied"
-    # A viewer's Write service is refused as a whole; an operator's reaches the nodes, which are read-only.
-    assert (r["viewer-write"]["ok"], r["viewer-write"]["error"]) == (False, "BadUserAccessDenied")
-    assert r["operator-write"]["status"] == "BadUserAccessDenied"  # nothing is writable over OPC UA
-    assert r["no-reason"]["status"] == "BadInvalidArgument"
-    assert r["wrong-object"]["status"] == "BadMethodInvalid"
-    assert r["close"]["status"] == "Good", r["close"]
-    command_id, outcome, detail = r["close"]["outputs"]
-    assert (outcome, detail) == ("done", "test-valves: moved")
-    assert r["valve"]["values"][0]["value"] is False
-    assert r["shed"]["status"] == "Good" and r["relay"]["values"][0]["value"] is False
-
-    # A command the actuator fails: a Bad status, no state change.
-    assert r["jammed"]["status"] == "BadDeviceFailure" and r["jammed"]["outputs"] == []
-    assert r["still-closed"]["values"][0]["value"] is False
-
-    # Audited with the OPC UA user; the viewer's attempt never reached the actuators.
-    assert [(c.target, str(c.code)) for c in site.valves.commands] == [("W-V", "valve_close"), ("W-R", "relay_off"),
-                                                                      ("W-V", "valve_open")]
-    jammed, shed, close = await site.server.storage.journal_list("commands")
-    assert close["id"] == command_id
-    assert (close["requested_by"], close["reason"], close["outcome"]) == ("opcua:scada-op", "leak in flat 3", "done")
-    assert (shed["requested_by"], shed["code"]) == ("opcua:scada-op", "relay_off")
-    assert (jammed["requested_by"], jammed["outcome"], jammed["detail"]) == ("opcua:scada-op", "failed",
-                                                                           "test-valves: jammed")
-
-
-# security --------------------------------------------------------------------------------------------
-
-
-async def test_trusted_certificate_is_accepted_and_untrusted_refused(make_site: MakeSite,
-                                                                    caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.INFO)
-    site = await make_site(ingest=False)
-    stranger = make_client_cert(site.tmp / "clients", "stranger")
-    steps = [
-        {"op": "connect", "session": "trusted", "id": "trusted"},
-        {"op": "namespace", "session": "trusted", "uri": NS},
-        {"op": "read", "session": "trusted", "nodes": [{"node": node_id("Meters/W-V/PulseWeight")}], "id": "read"},
-        {"op": "connect", "session": "aes", "id": "aes"},
-        {"op": "write", "session": "aes", "node": node_id("Meters/W-V/Value"), "dataType": "Double", "value": 1.5,
-         "id": "viewer-write"},
-        {"op": "connect", "session": "untrusted", "id": "untrusted"},
-        {"op": "connect", "session": "wrong-password", "id": "wrong-password"},
-        {"op": "connect", "session": "anonymous", "id": "anonymous"},
-    ]
-    sessions = {
-        "trusted": site.session(),
-        "aes": site.session(VIEWER, policy="Aes128_Sha256_RsaOaep"),
-        "untrusted": site.session(cert=stranger),
-        "wrong-password": site.session((OPERATOR[0], "not-the-password")),
-        "anonymous": site.session(None),
-    }
-    r = await site.run(sessions, steps)
-    assert r["trusted"]["ok"] and r["read"]["values"][0]["value"] == 0.001
-    assert r["aes"]["ok"], r["aes"]
-    assert not r["untrusted"]["ok"] and r["untrusted"]["error"] == "BadCertificateUntrusted", r["untrusted"]
-    assert not r["wrong-password"]["ok"] and r["wrong-password"]["error"] == "BadUserAccessDenied"
-    assert not r["anonymous"]["ok"]
-    # The refused certificate is kept for review; moving it to trusted/ would admit the client.
-    stranger_der = x509.load_pem_x509_certificate(stranger.cert.read_bytes()).public_bytes(serialization.Encoding.DER)
-    assert [p.read_bytes() for p in site.opcua.pki.rejected.iterdir()] == [stranger_der]
-    assert (r["viewer-write"]["ok"], r["viewer-write"]["error"]) == (False, "BadUserAccessDenied")
-    # Refusals are logged, passwords never.
-    assert "refused a session for user 'scada-op'" in caplog.text and "certificate not trusted" in caplog.text
-    assert OPERATOR[1] not in caplog.text and "not-the-password" not in caplog.text and VIEWER[1] not in caplog.text
-    # Each refusal once at WARNING with the client's address and the reason; asyncua's fault line at INFO,
-    # so nothing a log monitor pages on (ERROR) for a refusal that is the server doing its job.
-    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
-    assert errors == []
-    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and "refused" in r.getMessage()]
-    peer_of = r"from 127\.0\.0\.1:\d+"
-    for reason in (r"refused a session for user 'scada-op' " + peer_of + r" \(unknown user or wrong password\)",
-                   r"refused client urn:balans-edge-tests:node-opcua \(.*CN=stranger\) " + peer_of
-                   + ": certificate not trusted",
-                   r"refused a write of user 'test-viewer' \(viewer\) " + peer_of):
-        assert len([w for w in warnings if re.search(reason, w)]) == 1, (reason, warnings)
-    answered = [r.getMessage() for r in caplog.records if r.name == "asyncua.server.uaprocessor"]
-    assert sorted(re.sub(r":\d+$", "", a) for a in answered) == [
-        "opcua: answered BadCertificateUntrusted to 127.0.0.1", "opcua: answered BadUserAccessDenied to 127.0.0.1",
-        "opcua: answered BadUserAccessDenied to 127.0.0.1"]
+# node ids -----------------------------------------------------------------------------------------
 
 
 async def test_a_meter_id_holding_the_separator_is_its_own_node(make_site: MakeSite) -> None:
@@ -630,41 +310,7 @@ async def test_a_meter_id_holding_the_separator_is_its_own_node(make_site: MakeS
     assert not site.opcua.refresh_failed
 
 
-def test_only_refusals_are_taken_off_the_error_level() -> None:
-    from balans_edge.plugins.opcua.security import FAULT_LINE, RefusalLog
-
-    def record(status: str) -> logging.LogRecord:
-        out = logging.LogRecord("asyncua.server.uaprocessor", logging.ERROR, "uaprocessor.py", 181, FAULT_LINE,
-                                ("some text", status), None)
-        assert RefusalLog().filter(out)
-        return out
-
-    refused = record("BadCertificateUntrusted")
-    assert (refused.levelno, refused.levelname, refused.getMessage()) == (
-        logging.INFO, "INFO", "opcua: answered BadCertificateUntrusted to ?")  # no request served here
-    for status in ("BadInternalError", "BadTooManySessions", "NotAStatus"):
-        kept = record(status)
-        assert (kept.levelno, kept.getMessage()) == (logging.ERROR, f"sending service fault response: some text "
-                                                                     f"({status})")
-
-
 # the registry changes while clients are connected ------------------------------------------------------
-
-
-async def ua_client(site: Site, user: tuple[str, str] | None = OPERATOR) -> Any:
-    """An asyncua client over Basic256Sha256 SignAndEncrypt with the trusted certificate."""
-    from asyncua import Client
-    from asyncua.crypto.security_policies import SecurityPolicyBasic256Sha256
-
-    client = Client(site.endpoint)
-    client.application_uri = CLIENT_URI
-    await client.set_security(SecurityPolicyBasic256Sha256, str(site.trusted.cert), str(site.trusted.key),
-                              server_certificate=str(site.opcua.pki.cert_der),
-                              mode=__import__("asyncua").ua.MessageSecurityMode.SignAndEncrypt)
-    if user:
-        client.set_user(user[0])
-        client.set_password(user[1])
-    return client
 
 
 async def test_address_space_follows_the_registry(make_site: MakeSite) -> None:
@@ -730,80 +376,3 @@ async def test_address_space_follows_the_registry(make_site: MakeSite) -> None:
         assert await node("Meters/W-NEW/Value").read_value() == pytest.approx(1.9)
         assert await node("Meters/W-NEW/Valve").read_value() is True
 
-
-async def test_a_session_on_an_unsecured_channel_can_do_nothing(make_site: MakeSite,
-                                                                monkeypatch: pytest.MonkeyPatch) -> None:
-    """Without the None policy, a client that opens an unsecured channel (allowed,
-    to ask for the endpoints) and ignores the endpoint list gets a session that
-    can do nothing."""
-    from asyncua import Client, ua
-
-    site = await make_site(ingest=False, anonymous_role="viewer")
-    secure = await ua_client(site, user=None)
-    async with secure:  # anonymous viewers may read on a secure channel
-        assert await secure.get_node(ua.NodeId("Meters/W-V/PulseWeight", 2)).read_value() == 0.001
-    monkeypatch.setattr(Client, "find_endpoint", staticmethod(lambda endpoints, mode, uri: endpoints[0]))
-    plain = Client(site.endpoint)
-    async with plain:
-        with pytest.raises(ua.uaerrors.BadUserAccessDenied):
-            await plain.get_node(ua.NodeId("Meters/W-V/PulseWeight", 2)).read_value()
-
-
-async def test_none_policy_only_when_listed(make_site: MakeSite) -> None:
-    from asyncua import Client
-
-    site = await make_site(ingest=False, security_policies=["None", "Basic256Sha256"], security_modes=["Sign"])
-    endpoints = await Client(site.endpoint).connect_and_get_server_endpoints()
-    offered = {(e.SecurityPolicyUri.rsplit("#", 1)[1], e.SecurityMode.name) for e in endpoints}
-    assert offered == {("None", "None_"), ("Basic256Sha256", "Sign")}
-
-
-# the server's certificate ------------------------------------------------------------------------------
-
-
-async def test_certificate_is_made_once_and_must_name_the_application_uri(tmp_path: Path, make_site: MakeSite,
-                                                                         make_server: Any) -> None:
-    first = await make_site(ingest=False)
-    folder = first.opcua.pki
-    assert first.opcua.certificate_created
-    der = folder.cert_der.read_bytes()
-    assert folder.key_pem.stat().st_mode & 0o777 == 0o600
-    cert = x509.load_der_x509_certificate(der)
-    assert pki.application_uris(cert) == ["urn:balans-edge-tests:server"]
-    usages = cert.extensions.get_extension_for_class(x509.KeyUsage).value
-    assert usages.digital_signature and usages.key_encipherment and usages.data_encipherment
-    await first.server.stop()
-
-    again = await make_site(seed=False, ingest=False)
-    assert not again.opcua.certificate_created and folder.cert_der.read_bytes() == der
-    await again.server.stop()
-
-    # Another application URI: the certificate must be replaced deliberately, so the plugin fails to start.
-    config = base_config(tmp_path, plugins={"opcua": {"server": {
-        "enabled": True, "port": 0, "pki_dir": str(folder.root), "application_uri": "urn:another:server"}}})
-    server = await make_server(config)
-    info = server.plugins.info["opcua"]
-    assert info.state == "failed" and "was made for urn:balans-edge-tests:server" in info.error
-    assert not [c for _, c in server.components if isinstance(c, OpcuaServer)]
-    assert folder.cert_der.read_bytes() == der
-
-
-def test_configuration_is_checked() -> None:
-    from balans_edge.config import parse_config
-    from balans_edge.plugin_manager import config_schemas, load_plugins
-    from balans_edge.settings import ConfigError
-
-    schemas = config_schemas(load_plugins())
-    config = parse_config({"plugins": {"opcua": {"server": {"enabled": True}}}}, schemas)
-    server = config.plugins["opcua"].server
-    assert server.security_policies == ["Basic256Sha256", "Aes128_Sha256_RsaOaep"]
-    assert (server.host, server.port, server.path, server.anonymous_role) == ("127.0.0.1", 4840, "/balans-edge/",
-                                                                              "none")
-    bad = {"security_policies": ["Basic128Rsa15"],
-           "users": [{"name": "a", "role": "operator", "password": "short"}]}
-    with pytest.raises(ConfigError) as err:
-        parse_config({"plugins": {"opcua": {"server": bad}}}, schemas)
-    text = str(err.value)
-    assert "expected at least 8 characters" in text and "short" not in text.replace("expected", "")
-    with pytest.raises(ConfigError, match="unknown 'Basic128Rsa15'"):
-        parse_config({"plugins": {"opcua": {"server": {"security_policies": ["Basic128Rsa15"]}}}}, schemas)
