@@ -27,7 +27,7 @@ from balans_edge.core.roles import allows
 from balans_edge.core.tokens import token_digest
 from balans_edge.http_schema import Codec, Refusal
 from balans_edge.openapi import openapi
-from balans_edge.routes import ApiError, Route, int_value, json, path_value
+from balans_edge.routes import ApiError, Route, json
 
 if TYPE_CHECKING:
     from balans_edge.config import ApiSection
@@ -107,16 +107,13 @@ class Http:
             raise ApiError(403, "forbidden", f"{route.method} {route.openapi_path} needs role {route.role}")
 
     def _mount(self, route: Route) -> None:
-        codec = Codec(route.body, route.query)
-        checked = {p.name: p for p in route.params if p.checked}
+        codec = Codec(route.body, route.query, route.params)
 
         def decoded(request: Request, params: dict[str, str]) -> dict[str, Any]:
-            """The handler's arguments: path parameters as the client meant them, the
-            query and the body as their declared types; 400 naming what is wrong."""
-            out: dict[str, Any] = {name: path_value(raw, name) for name, raw in params.items()}
-            for name, p in checked.items():
-                out[name] = int_value(out[name], p.label or name, p.minimum, p.maximum)  # type: ignore[arg-type]
+            """The handler's arguments: the path parameters (percent-decoded), the query
+            and the body, each as its declared type; 400 naming what is wrong."""
             try:
+                out = codec.decode_path(params)
                 if route.query is not None:
                     out["query"] = codec.decode_query({k: v[0] for k, v in request.args.items() if v})
                 if route.body is not None:

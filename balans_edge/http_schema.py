@@ -20,9 +20,11 @@ import difflib
 import re
 import types
 import typing
-from collections.abc import Callable, Iterable
+import unicodedata
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal, Union
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
+from urllib.parse import unquote
 
 import msgspec
 from msgspec import Meta, Struct
@@ -32,6 +34,9 @@ from balans_edge.core.components import SWITCH_CODES
 from balans_edge.core.registry_io import BadValue, identifier
 from balans_edge.core.text import MAX_TEXT_BYTES, check_text
 from balans_edge.core.times import RANGE_TEXT, TIME_MAX, TIME_MIN, parse_time
+
+if TYPE_CHECKING:
+    from balans_edge.routes import Param
 
 REF_TEMPLATE = "#/components/schemas/{name}"
 INT62 = 2**62
@@ -53,6 +58,11 @@ class Reason(Text):
 
 class Id(str):
     """An id of the registry (meter, account, group): the rule of ``core.registry_io.identifier``."""
+
+
+class IntegerText(str):
+    """A path parameter documented as an integer that its handler parses (an id that
+    is no number answers 404 there, as an unknown one does)."""
 
 
 class FreeForm(dict):  # type: ignore[type-arg]
@@ -93,7 +103,8 @@ def _id(value: Any) -> Id:
         raise ValueError(str(exc)) from None
 
 
-DECODERS: dict[type, Callable[[Any], Any]] = {Time: _time, Reason: _reason, Text: _text, Id: _id}
+DECODERS: dict[type, Callable[[Any], Any]] = {Time: _time, Reason: _reason, Text: _text, Id: _id,
+                                              IntegerText: IntegerText}
 SCHEMAS: dict[type, dict[str, Any]] = {
     Time: {"anyOf": [{"type": "integer", "minimum": TIME_MIN, "maximum": TIME_MAX},
                      {"type": "string", "minLength": 1, "maxLength": 64}],
@@ -103,6 +114,7 @@ SCHEMAS: dict[type, dict[str, Any]] = {
              "description": f"why, for the audit: not blank, at most {MAX_TEXT_BYTES} bytes of UTF-8"},
     Id: {"type": "string", "minLength": 1, "maxLength": 128, "pattern": r"^[^\s/+\-]([^/]*\S)?$",
          "description": "a registry id: printable, NFC, no '/', no blank at either end, not starting with - or +"},
+    IntegerText: {"type": "integer"},
 }
 
 
@@ -293,12 +305,27 @@ def explain(error: msgspec.ValidationError, target: Any, data: Any) -> tuple[lis
 
 
 class Codec:
-    """Decodes one route's JSON body and query parameters into their declared types."""
+    """Decodes one route's path parameters, query parameters and JSON body into their declared types."""
 
-    def __init__(self, body: Any = None, query: type | None = None) -> None:
+    def __init__(self, body: Any = None, query: type | None = None, path: Sequence[Param] = ()) -> None:
         self.body = body
         self.query = query
+        self.path = path_struct(path)
+        self._labels = {p.name: p.label or p.name for p in path}
         self._decoder = msgspec.json.Decoder(body, dec_hook=dec_hook) if body is not None else None
+
+    def decode_path(self, raw: dict[str, str]) -> dict[str, Any]:
+        """The path parameters as the client meant them (``path_text``), converted to
+        their declared types (``path_field``); keyed by the handler's argument names."""
+        if self.path is None:
+            return {}
+        values = {self._labels[name]: path_text(text, self._labels[name]) for name, text in raw.items()}
+        try:
+            decoded = msgspec.convert(values, self.path, strict=False, dec_hook=dec_hook)
+        except msgspec.ValidationError as exc:
+            steps, message = explain(exc, self.path, values)
+            raise Refusal("bad_parameter", f"{_render(steps[:1])}: {message}") from None
+        return {name: getattr(decoded, label) for name, label in self._labels.items()}
 
     def decode_body(self, raw: bytes) -> Any:
         if self._decoder is None:
@@ -333,6 +360,55 @@ class Codec:
                 raise Refusal("missing_parameter",
                               f"query parameter {name} is required" + (f" ({hint})" if hint else "")) from None
             raise Refusal("bad_parameter", f"{name}: {message}") from None
+
+
+_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
+
+
+def path_text(raw: str, name: str) -> str:
+    """A path parameter as the client meant it: percent-decoded (as UTF-8) and
+    NFC-normalised, so ``/meters/%D0%9A%D0%B2-1`` names meter "Кв-1" in either
+    Unicode form. Sanic matches routes on the raw path and hands the segment
+    over still encoded. A broken escape or bytes that are not UTF-8 are the
+    client's error (400 naming the parameter)."""
+    if _ESCAPE.search(raw):
+        raise Refusal("bad_parameter", f"{name}: broken percent-escape in {raw!r}")
+    try:
+        text = unquote(raw, errors="strict")
+    except UnicodeDecodeError:
+        raise Refusal("bad_parameter", f"{name}: percent-escapes that are not UTF-8 in {raw!r}") from None
+    return unicodedata.normalize("NFC", text)
+
+
+def path_field(param: Param) -> Any:
+    """The declared type of a path parameter: text of at least one character, or an
+    integer within both of its bounds. An integer without both bounds stays text,
+    documented as an integer: its handler parses it (some answer 404 for an id
+    that is no number)."""
+    described = {"description": param.description} if param.description else {}
+    if param.checked:
+        return Annotated[int, Meta(ge=param.minimum, le=param.maximum, **described)]
+    if param.type == "integer":
+        return Annotated[IntegerText, Meta(**described)]
+    return Annotated[str, Meta(min_length=1, **described)]
+
+
+def path_struct(params: Sequence[Param]) -> type[Struct] | None:
+    """A Struct of a route's path parameters, each under the name its refusals use (``label``)."""
+    if not params:
+        return None
+    return msgspec.defstruct("Path", [(p.label or p.name, path_field(p)) for p in params])
+
+
+def path_parameter(param: Param) -> dict[str, Any]:
+    """The OpenAPI parameter (``in: path``) of a path parameter, from its declared type."""
+    schema = msgspec.json.schema(path_field(param), schema_hook=schema_hook)
+    out: dict[str, Any] = {"name": param.name, "in": "path", "required": True}
+    description = schema.pop("description", "")
+    out["schema"] = schema
+    if description:
+        out["description"] = description
+    return out
 
 
 def query_hint(query: type, name: str) -> str:

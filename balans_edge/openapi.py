@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from balans_edge import __version__
-from balans_edge.http_schema import ErrorBody, components, optional, query_parameters
+from balans_edge.http_schema import ErrorBody, components, optional, path_parameter, query_parameters
 from balans_edge.routes import Route
 
 ERROR_REF = {"$ref": "#/components/schemas/ErrorBody"}
@@ -30,20 +30,6 @@ def _declared(route: Route) -> dict[int, Any]:
     return {ok: route.response}
 
 
-def _parameter(route: Route, p: Any) -> dict[str, Any]:
-    schema: dict[str, Any] = {"type": p.type}
-    if p.minimum is not None:
-        schema["minimum"] = p.minimum
-    if p.maximum is not None:
-        schema["maximum"] = p.maximum
-    if p.type == "string":
-        schema["minLength"] = 1
-    out = {"name": p.name, "in": "path", "required": True, "schema": schema}
-    if p.description:
-        out["description"] = p.description
-    return out
-
-
 def openapi(routes: Sequence[Route]) -> dict[str, Any]:
     types = [ErrorBody]
     for r in routes:
@@ -54,7 +40,7 @@ def openapi(routes: Sequence[Route]) -> dict[str, Any]:
     for r in routes:
         name = r.handler.__name__ if names[r.handler.__name__] == 1 else r.name
         op: dict[str, Any] = {"summary": r.summary, "operationId": name, "tags": list(r.tags)}
-        params = [_parameter(r, p) for p in r.params]
+        params = [path_parameter(p) for p in r.params]
         if r.query is not None:
             params += query_parameters(refs[r.query], defs)
         if params:
@@ -77,7 +63,7 @@ def openapi(routes: Sequence[Route]) -> dict[str, Any]:
         for status in set(declared) - set(r.responses or {200: "OK"}):
             responses[str(status)] = {"description": "OK",
                                       "content": {r.content_type: {"schema": refs[declared[status]]}}}
-        if r.query is not None or r.body is not None or any(p.checked for p in r.params):
+        if r.query is not None or r.body is not None or r.params:
             responses.setdefault("400", {"description": "a parameter or the body is refused; the message names it",
                                          "content": {"application/json": {"schema": ERROR_REF}}})
         if r.role is not None:

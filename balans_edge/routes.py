@@ -10,12 +10,10 @@ from __future__ import annotations
 
 import json as _json
 import re
-import unicodedata
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Literal
-from urllib.parse import unquote
 from zoneinfo import ZoneInfo
 
 from sanic import response
@@ -45,9 +43,11 @@ class ApiError(Exception):
 @dataclass(frozen=True)
 class Param:
     """A path parameter. Sanic hands it over still percent-encoded; the HTTP layer
-    decodes it (``path_value``) and, for an integer with both bounds, checks it
-    (``int_value``: 400 naming it) and passes an int. An integer without bounds is
-    documented as one and parsed by its handler (some answer 404 for a bad id)."""
+    decodes it and converts it to its declared type with the schema layer
+    (``http_schema.path_field``: text, or an int within both bounds; 400 naming
+    it), and the OpenAPI document describes it from the same type. An integer
+    without both bounds is documented as one and parsed by its handler (some
+    answer 404 for an id that is no number)."""
 
     name: str
     where: Literal["path"] = "path"
@@ -142,35 +142,6 @@ def month_value(month: str | None, tz: ZoneInfo) -> str:
     except ValueError:
         raise ApiError(400, "bad_parameter", f"month: expected YYYY-MM within {RANGE_TEXT}, got {month!r}") from None
     return month
-
-
-_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
-
-
-def path_value(raw: str, name: str) -> str:
-    """A path parameter as the client meant it: percent-decoded (as UTF-8) and
-    NFC-normalised, so ``/meters/%D0%9A%D0%B2-1`` names meter "Кв-1" in either
-    Unicode form. Sanic matches routes on the raw path and hands the segment
-    over still encoded; the HTTP layer calls this once for every route. A
-    broken escape or bytes that are not UTF-8 are the client's error (400)."""
-    if _ESCAPE.search(raw):
-        raise ApiError(400, "bad_parameter", f"{name}: broken percent-escape in {raw!r}")
-    try:
-        text = unquote(raw, errors="strict")
-    except UnicodeDecodeError:
-        raise ApiError(400, "bad_parameter", f"{name}: percent-escapes that are not UTF-8 in {raw!r}") from None
-    return unicodedata.normalize("NFC", text)
-
-
-_DECIMAL = re.compile(r"[0-9]{1,20}")
-
-
-def int_value(raw: str, name: str, lo: int, hi: int) -> int:
-    """A whole number lo..hi in ASCII digits (``str.isdigit`` takes "²", which
-    ``int`` refuses; an unbounded one overflows SQLite); 400 naming it otherwise."""
-    if not _DECIMAL.fullmatch(raw) or not lo <= int(raw) <= hi:
-        raise ApiError(400, "bad_parameter", f"{name}: expected an integer {lo}..{hi}, got {raw!r}")
-    return int(raw)
 
 
 async def execute_command(commands: ActuationService, request: Any, target: str, code: CommandCode,

@@ -140,6 +140,35 @@ def test_refusals_name_the_key_path_and_what_was_expected():
     assert refused(resend, b'{"target": "t", "idz": [1]}').message == "idz: unknown field (did you mean ids?)"
 
 
+def test_path_parameters_are_decoded_into_their_declared_types():
+    from balans_edge.http_schema import path_parameter
+    from balans_edge.routes import Param
+
+    module = Param("ident", type="integer", minimum=1, maximum=2**32 - 1, label="module_id")
+    network = Param("module_id", type="integer", description="404 unless a known module")
+    meter = Param("meter_id", description="a meter's id")
+    codec = Codec(path=(module,))
+    assert codec.decode_path({"ident": "1001"}) == {"ident": 1001}
+    for raw, shown in (("0", "0"), ("²", "²"), ("%C2%B2", "²"), ("99999999999999999999999", "99999999999999999999999")):
+        with pytest.raises(Refusal) as caught:
+            codec.decode_path({"ident": raw})
+        assert (caught.value.code, caught.value.message) == (
+            "bad_parameter", f"module_id: expected an integer 1..4294967295, got {shown!r}")  # named by its label
+    for raw, words in (("%ZZ", "module_id: broken percent-escape in '%ZZ'"),
+                       ("%C0%AF", "module_id: percent-escapes that are not UTF-8 in '%C0%AF'")):
+        with pytest.raises(Refusal) as caught:
+            codec.decode_path({"ident": raw})
+        assert caught.value.message == words
+    # Text arrives percent-decoded and NFC; an integer without bounds is left to its handler (404 there).
+    assert Codec(path=(meter,)).decode_path({"meter_id": "%D0%9A%D0%B2-%D0%B8%CC%86"}) == {"meter_id": "Кв-й"}
+    assert Codec(path=(network,)).decode_path({"module_id": "abc"}) == {"module_id": "abc"}
+    # The document describes each from the same declaration.
+    assert path_parameter(module)["schema"] == {"type": "integer", "minimum": 1, "maximum": 2**32 - 1}
+    assert path_parameter(network) == {"name": "module_id", "in": "path", "required": True,
+                                       "schema": {"type": "integer"}, "description": "404 unless a known module"}
+    assert path_parameter(meter)["schema"] == {"type": "string", "minLength": 1}
+
+
 def test_query_refusals_keep_the_words_of_the_api():
     from balans_edge.api.findings import FindingsQuery
     from balans_edge.api.tags import HistoryQuery
