@@ -147,10 +147,10 @@ def register_routes() -> list[Route] | None:
     class ExamplePlugin(Plugin):
         @hookimpl
         def register_routes(self):
-            storage = self.context.storage
+            registry = self.context.registry
 
             async def summary(request, query: SummaryQuery):
-                meters = await storage.registry_list("meters")
+                meters = await registry.registry_list("meters")
                 wanted = [m for m in meters if query.resource is None or m.resource == query.resource]
                 return json({"meters": len(wanted)})
 
@@ -189,8 +189,8 @@ def register_detectors() -> list[Detector] | None:
     - **Returns:** a list of `Detector`s: objects with a `name` and
       `async detect(run) -> list[Finding]`, where `run` is a
       `balans_edge.core.detection.DetectionRun`: the run's `scope` (groups and
-      hours; `scope.windows(run.storage, run.tz)` loads each group's window once
-      per run), read access to the data (`run.storage`) and the site's `tz`.
+      hours; `scope.windows(run.queries, run.tz)` loads each group's window once
+      per run), read access to the data (`run.queries`) and the site's `tz`.
     - **When:** collected once at start-up; the detection service runs every
       detector (the analytics schedule, an operator's run, `context.detection.run`).
       Each `Finding(detector, subject, kind, message, severity=..., t=..., data={})`
@@ -206,7 +206,7 @@ def register_detectors() -> list[Detector] | None:
         name = "example-quarantine"
 
         async def detect(self, run):
-            rows = await run.storage.quarantine(1000)
+            rows = await run.queries.quarantine(1000)
             return [Finding(self.name, f"module:{m}", "unregistered_module", f"module {m} is not registered")
                     for m in sorted({r["module_id"] for r in rows})]
     ```

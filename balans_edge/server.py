@@ -19,14 +19,16 @@ from balans_edge import __version__
 from balans_edge.config import Config
 from balans_edge.core.actuation import ActuationService
 from balans_edge.core.balance_worker import BalanceWorker
-from balans_edge.core.bus import EventBus, ReadingsCommitted, Subscription
+from balans_edge.core.bus import EventBus, ReadingsCommitted, RegistryChanged, Subscription
 from balans_edge.core.components import Alarm, Command, Component, Exporter, Finding
 from balans_edge.core.context import PluginContext, Site
 from balans_edge.core.detection import DetectionService
 from balans_edge.core.ingest import Ingest
 from balans_edge.core.intervals import IntervalWorker
 from balans_edge.core.quarantine import QuarantineRetention
-from balans_edge.core.storage import Storage, open_storage
+from balans_edge.core.storage import SqlGateway, Storage, open_storage
+from balans_edge.core.storage.registry_repository import RegistryReader
+from balans_edge.core.storage.views import Queries, RegistryEditor, view_of
 from balans_edge.core.tasks import cancel, on_failure
 from balans_edge.http import Http
 from balans_edge.plugin_manager import PluginError, Plugins, summarize
@@ -47,12 +49,15 @@ class Server:
         self.tz = ZoneInfo(config.site.timezone)
         self.bus = EventBus()
         self.storage = storage or open_storage(config.storage.url)
+        self.storage.on_registry_change(lambda: self.bus.publish(RegistryChanged()))
         self.ingest = Ingest(self.storage, config.ingest, self.bus)
         self.intervals = IntervalWorker(self.storage, config.intervals, self.bus)
         self.balance = BalanceWorker(self.storage, config.balance, self.bus)
         self.quarantine = QuarantineRetention(self.storage, config.ingest)
         self.actuation = ActuationService(self.storage, observer=self._observe_command)
-        self.detection = DetectionService(self.storage, self.tz, settle=self._settle, report=self.report_finding,
+        self.queries = view_of(Queries, self.storage)
+        """What plugins and detectors read: core's data, read-only."""
+        self.detection = DetectionService(self.queries, self.tz, settle=self._settle, report=self.report_finding,
                                           failed=self._count_error)
         self.site = Site(config.site.name, config.site.timezone, config.balance.completeness_threshold,
                          config.intervals.tolerance_s)
@@ -74,9 +79,11 @@ class Server:
 
     def context(self, name: str) -> PluginContext:
         """What the plugin ``name`` may use of the server (``core.context``)."""
-        return PluginContext(name=name, config=self.config.plugins.get(name), site=self.site, storage=self.storage,
-                             database=self.storage,
-                             ingest=self.ingest, bus=self.bus, commands=self.actuation, journal=self,
+        return PluginContext(name=name, config=self.config.plugins.get(name), site=self.site,
+                             registry=view_of(RegistryReader, self.storage), queries=self.queries,
+                             registry_editor=RegistryEditor(self.storage, f"plugin:{name}"),
+                             database=view_of(SqlGateway, self.storage), ingest=self.ingest,
+                             bus=self.bus, commands=self.actuation, journal=self,
                              detection=self.detection, health=_Health(self, name),
                              api_users=tuple(self.config.api.users))
 

@@ -26,7 +26,7 @@ from balans_edge.core.balance import BalanceSeries, Coverage
 from balans_edge.core.calendar import Step, period_ends, periods
 from balans_edge.core.losses import LossEntry, finding_active, rank, volume_between
 from balans_edge.core.model import Group, Meter
-from balans_edge.core.storage import Storage
+from balans_edge.core.storage.views import Queries
 from balans_edge.core.times import HOUR, hour_ceil, hour_floor
 
 FINDINGS_SCANNED = 10_000
@@ -65,7 +65,7 @@ class Tree:
     children: dict[str, list[str]]
 
     @classmethod
-    async def load(cls, storage: Storage) -> Tree:
+    async def load(cls, storage: Queries) -> Tree:
         groups = {g.group_id: g for g in await storage.registry_list("groups")}
         meters = {m.meter_id: m for m in await storage.registry_list("meters")}
         member_meters: dict[str, list[str]] = defaultdict(list)
@@ -79,7 +79,7 @@ class Tree:
         return cls(groups, meters, dict(member_meters), dict(children))
 
     @classmethod
-    async def current(cls, storage: Storage) -> Tree:
+    async def current(cls, storage: Queries) -> Tree:
         """The tree as the registry is now, built again only after the registry
         changed: a request about one group must not read every meter of the site."""
         version = await storage.registry_version()
@@ -150,7 +150,7 @@ class Tree:
         return np.searchsorted(installed, t + HOUR, side="left") - np.searchsorted(removed, t, side="right")
 
 
-_TREES: weakref.WeakKeyDictionary[Storage, tuple[int, Tree]] = weakref.WeakKeyDictionary()
+_TREES: weakref.WeakKeyDictionary[Queries, tuple[int, Tree]] = weakref.WeakKeyDictionary()
 """The last tree built per storage, with the registry version it was built at."""
 
 
@@ -200,7 +200,7 @@ def count_unknown(series: BalanceSeries, installed: Callable[[], tuple[np.ndarra
     return BalanceSeries(list(series.group_ids), series.t, **columns)
 
 
-async def hourly_balance(storage: Storage, tree: Tree, group_ids: Sequence[str], h0: int, h1: int,
+async def hourly_balance(storage: Queries, tree: Tree, group_ids: Sequence[str], h0: int, h1: int,
                          now: int) -> BalanceSeries:
     """Hourly balance of the groups over the hours [h0, h1), unknown hours missing
     (``count_unknown``: numpy work over every group's hours, done in a worker thread)."""
@@ -229,7 +229,7 @@ class GroupPeriods:
     coverage: Coverage
 
 
-async def group_series(storage: Storage, tree: Tree, group_ids: Sequence[str], t0: int, t1: int, step: Step,
+async def group_series(storage: Queries, tree: Tree, group_ids: Sequence[str], t0: int, t1: int, step: Step,
                        tz: ZoneInfo, now: int) -> GroupPeriods:
     """Balance of the groups per hour, local day or local month over [t0, t1):
     hours nobody knows are missing, hours not over yet are not counted, and
@@ -261,7 +261,7 @@ async def group_series(storage: Storage, tree: Tree, group_ids: Sequence[str], t
     return GroupPeriods(series, coverage(p.starts, step, tz, h0, h1, now))
 
 
-async def findings_between(storage: Storage, t0: int, t1: int) -> list[dict[str, Any]]:
+async def findings_between(storage: Queries, t0: int, t1: int) -> list[dict[str, Any]]:
     """Findings whose problem was there during [t0, t1): first reported before its end and
     last reported after its start (one still open from an earlier month is about this one too)."""
     rows = await storage.journal_list("findings", FINDINGS_SCANNED)
@@ -274,7 +274,7 @@ async def findings_between(storage: Storage, t0: int, t1: int) -> list[dict[str,
     return out
 
 
-async def allocation(storage: Storage, tree: Tree, group: Group, month: str, tz: ZoneInfo,
+async def allocation(storage: Queries, tree: Tree, group: Group, month: str, tz: ZoneInfo,
                      threshold: float, now: int) -> AllocationReport:
     """The month's ОДН allocation of a house's imbalance to its accounts (to date, for the running month)."""
     t0, t1 = month_bounds(month, tz)
@@ -302,7 +302,7 @@ async def allocation(storage: Storage, tree: Tree, group: Group, month: str, tz:
                     shares, fixable=fixable, completeness=completeness, threshold=threshold)
 
 
-async def losses(storage: Storage, tree: Tree, level: str | None, t0: int, t1: int, tz: ZoneInfo,
+async def losses(storage: Queries, tree: Tree, level: str | None, t0: int, t1: int, tz: ZoneInfo,
                  threshold: float, now: int,
                  order: Literal["absolute", "relative", "trend"] = "absolute") -> list[LossEntry]:
     """Groups of a level (or all) ranked by their loss over the hours of [t0, t1) that are over."""

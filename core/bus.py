@@ -66,6 +66,14 @@ class BalanceUpdated:
 
 
 @dataclass(frozen=True, slots=True)
+class RegistryChanged:
+    """The registry changed (an edit, a correction, moved anchors): caches of it reload."""
+
+    lost: int = 0
+    """Events this subscriber's queue dropped just before this one (see the module docstring)."""
+
+
+@dataclass(frozen=True, slots=True)
 class TagSample:
     """One polled value of a PLC tag (tank level, pump state, totaliser) with its quality."""
 

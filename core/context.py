@@ -26,8 +26,9 @@ if TYPE_CHECKING:
     from balans_edge.core.components import Alarm, Component, Finding
     from balans_edge.core.detection import DetectionService
     from balans_edge.core.ingest import Ingest
-    from balans_edge.core.storage import Storage
     from balans_edge.core.storage.gateway import SqlGateway
+    from balans_edge.core.storage.registry_repository import RegistryReader
+    from balans_edge.core.storage.views import Queries, RegistryEditor
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,13 +83,19 @@ class PluginContext:
     config: Any
     """The plugin's validated configuration section (``config_schema``), or None."""
     site: Site
-    storage: Storage
-    """The core repositories: registry (with audit and validity periods), readings,
-    intervals and quarantine, balances, findings and alarms, the command journal
-    (read), and the tables a built-in plugin owns."""
+    registry: RegistryReader
+    """The registry, read-only (objects, meters' keys and parameter periods, the
+    audit). Every committed change is announced on the bus as
+    ``core.bus.RegistryChanged``: subscribe instead of polling ``registry_version``."""
+    queries: Queries
+    """Every read of core's data (``core.storage.views``): the registry, readings,
+    quarantine, hourly consumption, balances, findings, alarms, the command audit.
+    Read-only: it has no write methods at all."""
+    registry_editor: RegistryEditor
+    """Registry edits in the plugin's name (``plugin:<name>`` in the audit)."""
     database: SqlGateway
     """The plugin's own tables (created by its ``register_migrations``): ``dialect``,
-    ``sql_read``, ``sql_write`` (group-committed)."""
+    ``sql_read``, ``sql_write`` (group-committed). Only that: not core's tables."""
     ingest: Ingest
     """Where readings from devices go: ``await ingest.ingest(batch)`` returns after commit."""
     bus: EventBus

@@ -21,7 +21,7 @@ from balans_edge.core.analytics.base import Scope
 from balans_edge.core.components import Detector, Finding
 
 if TYPE_CHECKING:
-    from balans_edge.core.storage import Storage
+    from balans_edge.core.storage.views import Queries
 
 log = logging.getLogger(__name__)
 
@@ -32,16 +32,16 @@ class DetectionRun:
 
     scope: Scope
     """The groups and hours the run looks at (its windows are loaded once and shared)."""
-    storage: Storage
-    """Read access to the registry, consumption, balances and findings."""
+    queries: Queries
+    """Read access to the registry, readings, consumption, balances and findings."""
     tz: ZoneInfo
 
 
 class DetectionService:
-    def __init__(self, storage: Storage, tz: ZoneInfo, *, settle: Callable[[], Awaitable[None]],
+    def __init__(self, queries: Queries, tz: ZoneInfo, *, settle: Callable[[], Awaitable[None]],
                  report: Callable[[Finding], Awaitable[Finding]],
                  failed: Callable[[str], None] = lambda plugin: None) -> None:
-        self.storage = storage
+        self.queries = queries
         self.tz = tz
         self._settle = settle
         self._report = report
@@ -64,7 +64,7 @@ class DetectionService:
         async with self._lock:
             if settle:
                 await self.settle()
-            run = DetectionRun(scope or Scope.recent(time.time()), self.storage, self.tz)
+            run = DetectionRun(scope or Scope.recent(time.time()), self.queries, self.tz)
             found = []
             for name, detector in self.detectors:
                 try:

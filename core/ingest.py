@@ -42,7 +42,7 @@ from msgspec import Meta
 from balans_edge.core.bus import EventBus, ReadingsCommitted
 from balans_edge.core.model import COUNTER_MODULUS, Meter, RawReading, ReadingFlag, Status
 from balans_edge.core.periods import MeterPeriod, first_period, meter_time_key
-from balans_edge.core.storage import IngestWrite, ModuleHealth, ReadingRows, Storage
+from balans_edge.core.storage import IngestWrite, ModuleHealth, ModuleLink, ReadingRows, Storage
 
 log = logging.getLogger(__name__)
 
@@ -369,6 +369,12 @@ class Ingest:
         if self.bus is not None and event is not None:
             self.bus.publish(event)
         return result
+
+    async def update_module_links(self, t: int, links: Sequence[ModuleLink]) -> None:
+        """What radio modules report about their links at ``t`` (parent, hops, RSSI,
+        battery, firmware), stored on the registered modules: device data, so it
+        comes in here like readings (``ReadingRepository.update_module_links``)."""
+        await self.storage.update_module_links(t, links)
 
     async def replay_quarantine(self, chunk: int = REPLAY_CHUNK) -> IngestResult:
         """Ingest quarantined readings again, after the registry learned their

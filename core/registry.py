@@ -56,6 +56,7 @@ from balans_edge.core.registry_rows import (
     unknown_column,
 )
 from balans_edge.core.storage.base import REGISTRY_KINDS, Storage
+from balans_edge.core.storage.registry_repository import RegistryReader
 from balans_edge.core.times import iso
 
 __all__ = [
@@ -354,16 +355,16 @@ def check_references(stored: Mapping[str, Iterable[Any]], incoming: Sequence[tup
     return _reference_problems(reg, fresh, set()) + _capacity_problems(before, reg, fresh)
 
 
-async def _stored(storage: Storage) -> dict[str, list[Any]]:
+async def _stored(storage: RegistryReader) -> dict[str, list[Any]]:
     return {kind: await storage.registry_list(kind) for kind in REGISTRY_KINDS}
 
 
-async def validate_upsert(storage: Storage, obj: Any, where: str = "request") -> None:
+async def validate_upsert(storage: RegistryReader, obj: Any, where: str = "request") -> None:
     """Raise RegistryError if writing ``obj`` (from ``parse_object``) would break a reference."""
     await validate_all(storage, [(obj, where)])
 
 
-async def validate_all(storage: Storage, incoming: Sequence[tuple[Any, Where | str]]) -> None:
+async def validate_all(storage: RegistryReader, incoming: Sequence[tuple[Any, Where | str]]) -> None:
     """Raise RegistryError if writing these objects together would break a reference."""
     problems = check_references(await _stored(storage), incoming)
     if problems:

@@ -38,7 +38,8 @@ from balans_edge.core.storage import StorageError
 if TYPE_CHECKING:
     from balans_edge.core.bus import EventBus
     from balans_edge.core.ingest import Ingest
-    from balans_edge.core.storage import Storage
+    from balans_edge.core.storage.registry_repository import RegistryReader
+    from balans_edge.core.storage.views import RegistryEditor
 
 log = logging.getLogger(__name__)
 
@@ -259,11 +260,13 @@ def counter_of(value: float, resolution: float) -> int:
     return round(value / resolution) % COUNTER_MODULUS
 
 
-async def ensure_meters(storage: Storage, tags: Iterable[tuple[str, TagSpec]], now: int) -> list[str]:
+async def ensure_meters(registry: RegistryReader, editor: RegistryEditor, tags: Iterable[tuple[str, TagSpec]],
+                        now: int) -> list[str]:
     """Make sure the registry holds the module and meter of every totaliser tag
     (``place``, tag) named as a meter, creating what is missing (checked like a
-    registry import). A meter or module that exists and differs is never
-    overwritten: the error names the tag. Returns the ids of the meters created."""
+    registry import) and audited in the editor's name. A meter or module that
+    exists and differs is never overwritten: the error names the tag. Returns
+    the ids of the meters created."""
     from balans_edge.core.registry import RegistryError, validate_all
 
     incoming: list[tuple[Any, str]] = []
@@ -272,13 +275,13 @@ async def ensure_meters(storage: Storage, tags: Iterable[tuple[str, TagSpec]], n
         if not t.meter_id:
             continue
         want = Meter(t.meter_id, Resource(t.resource), t.unit, t.resolution, now, module_id=t.module_id, channel=1)
-        module = await storage.registry_get("modules", t.module_id)
+        module = await registry.registry_get("modules", t.module_id)
         if module is None:
             incoming.append((RadioModule(t.module_id, None, channels=0b001), place))
         elif module.concentrator_id is not None:
             problems.append(f"{place}: module {t.module_id} is a radio module of concentrator "
                             f"{module.concentrator_id}; choose a module_id no radio module uses")
-        meter = await storage.registry_get("meters", t.meter_id)
+        meter = await registry.registry_get("meters", t.meter_id)
         if meter is None:
             incoming.append((want, place))
         elif differences := _differences(meter, want):
@@ -289,14 +292,14 @@ async def ensure_meters(storage: Storage, tags: Iterable[tuple[str, TagSpec]], n
     if not incoming:
         return []
     try:
-        await validate_all(storage, incoming)
+        await validate_all(registry, incoming)
     except RegistryError as exc:
         raise MeterMappingError(f"meters of totaliser tags refused, nothing written:\n{exc}") from None
     created = [o for o, _ in incoming]
-    await storage.registry_apply({
+    await editor.apply({
         "modules": [o for o in created if isinstance(o, RadioModule)],
         "meters": [o for o in created if isinstance(o, Meter)],
-    }, who="config")
+    }, reason="totaliser tags of the configuration")
     return [o.meter_id for o in created if isinstance(o, Meter)]
 
 

@@ -130,7 +130,7 @@ async def test_group_detectors_compute_off_the_event_loop(site) -> None:
 
     beating = asyncio.create_task(heartbeat())
     try:
-        run = DetectionRun(Scope(START, START + DAYS * 86400), server.storage, server.tz)
+        run = DetectionRun(Scope(START, START + DAYS * 86400), server.queries, server.tz)
         assert await Slow().detect(run) == []
     finally:
         beating.cancel()

@@ -40,7 +40,7 @@ class Observer(Plugin):
     @hookimpl
     async def observe_commands(self, command: Command) -> None:
         assert command.id is not None
-        self.seen.append((command, await self.context.storage.journal_get("commands", command.id)))
+        self.seen.append((command, await self.context.queries.journal_get("commands", command.id)))
 
     def outcomes(self, command_id: int) -> list[str]:
         return [c.outcome for c, _ in self.seen if c.id == command_id]

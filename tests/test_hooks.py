@@ -81,7 +81,7 @@ class Recorder(Plugin):
 
     @hookimpl
     async def observe_findings(self, finding: Finding) -> None:
-        stored = await self.context.storage.journal_list("findings")
+        stored = await self.context.queries.journal_list("findings")
         self.seen["findings"].append((finding, [r["id"] for r in stored]))
 
     @hookimpl
@@ -91,7 +91,7 @@ class Recorder(Plugin):
 
     @hookimpl
     async def observe_commands(self, command: Command) -> None:
-        stored = await self.context.storage.journal_list("commands")
+        stored = await self.context.queries.journal_list("commands")
         self.seen["commands"].append((command, [r["id"] for r in stored]))
 
 

@@ -103,7 +103,7 @@ class GroupDetector(ABC):
 
     async def detect(self, run: DetectionRun) -> list[Finding]:
         found: list[Finding] = []
-        for data in await run.scope.windows(run.storage, run.tz):
+        for data in await run.scope.windows(run.queries, run.tz):
             # Off the event loop, a group at a time: a run over a district takes
             # seconds of numpy and scipy, while concentrators wait for their ACKs.
             found += await asyncio.to_thread(self.detect_group, data)

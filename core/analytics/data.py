@@ -18,7 +18,7 @@ from zoneinfo import ZoneInfo
 import numpy as np
 
 from balans_edge.core.model import Group, Meter, Quality
-from balans_edge.core.storage import Storage
+from balans_edge.core.storage.views import Queries
 from balans_edge.core.times import DAY, HOUR, hour_of_day, weekday
 
 
@@ -115,7 +115,7 @@ def status_by_hour(meter: np.ndarray, ts: np.ndarray, status: np.ndarray, rows: 
     return out
 
 
-async def load_group_data(storage: Storage, group: Group, members: list[Meter], child_inputs: list[tuple[str, int]],
+async def load_group_data(storage: Queries, group: Group, members: list[Meter], child_inputs: list[tuple[str, int]],
                           keys: dict[str, int], t0: int, t1: int, tz: ZoneInfo) -> GroupData:
     """A group's window from storage: hourly consumption of its members and inputs,
     and the status flags of its members' readings. ``child_inputs`` are the
@@ -140,7 +140,7 @@ async def load_group_data(storage: Storage, group: Group, members: list[Meter], 
                      reversible)
 
 
-async def _signed_sum(storage: Storage, meters: list[tuple[str, int]], keys: dict[str, int], t0: int,
+async def _signed_sum(storage: Queries, meters: list[tuple[str, int]], keys: dict[str, int], t0: int,
                       t1: int) -> np.ndarray:
     """Sum of sign x value per hour; NaN where any of the meters is missing."""
     known = [(keys[m], s) for m, s in meters if m in keys]

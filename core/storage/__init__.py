@@ -24,6 +24,8 @@ from balans_edge.core.storage.base import (
 )
 from balans_edge.core.storage.gateway import SqlGateway
 from balans_edge.core.storage.migrations import MigrationError, MigrationSet
+from balans_edge.core.storage.registry_repository import RegistryReader
+from balans_edge.core.storage.views import Queries, RegistryEditor, view_of
 
 __all__ = [
     "REGISTRY_KINDS",
@@ -42,13 +44,17 @@ __all__ = [
     "ModuleLink",
     "PeriodSums",
     "QuarantineRepository",
+    "Queries",
     "ReadingRepository",
     "ReadingRows",
+    "RegistryEditor",
+    "RegistryReader",
     "RegistryRepository",
     "SqlGateway",
     "Storage",
     "StorageError",
     "open_storage",
+    "view_of",
 ]
 
 

@@ -33,16 +33,8 @@ class BalanceSums:
     """(G, P) int64: stored hours with members counted but no input meter counted."""
 
 
-class BalanceRepository(ABC):
-    """Groups' hourly balance: recomputation queue, upserts and reads."""
-
-    @abstractmethod
-    async def take_balance_dirty(self, limit: int = 10000) -> list[tuple[int, int, int]]:
-        """(id, lo, hi) ranges of hours whose balance must be recomputed (oldest first)."""
-
-    @abstractmethod
-    async def save_balance(self, series: BalanceSeries, done: list[int]) -> None:
-        """Store hourly balance rows and drop the dirty ranges ``done``, in one transaction."""
+class BalanceReader(ABC):
+    """Reads of groups' hourly balance."""
 
     @abstractmethod
     async def balance(self, group_ids: Sequence[str], t0: int, t1: int) -> BalanceSeries:
@@ -55,3 +47,15 @@ class BalanceRepository(ABC):
         would give it summed over edges[i] <= t < edges[i + 1]; ``t`` of the
         series is each period's first hour), with the hours that count anything.
         Summed where the rows are, off the event loop."""
+
+
+class BalanceRepository(BalanceReader):
+    """Groups' hourly balance: recomputation queue, upserts and reads."""
+
+    @abstractmethod
+    async def take_balance_dirty(self, limit: int = 10000) -> list[tuple[int, int, int]]:
+        """(id, lo, hi) ranges of hours whose balance must be recomputed (oldest first)."""
+
+    @abstractmethod
+    async def save_balance(self, series: BalanceSeries, done: list[int]) -> None:
+        """Store hourly balance rows and drop the dirty ranges ``done``, in one transaction."""

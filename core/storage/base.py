@@ -56,6 +56,7 @@ from balans_edge.core.storage.registry_repository import (
     AuditQuery,
     RegistryRepository,
 )
+from balans_edge.core.storage.views import Queries
 
 __all__ = [
     "AUDIT_LIMIT",
@@ -129,9 +130,11 @@ class Storage(
     BalanceRepository,
     FindingRepository,
     CommandRepository,
+    Queries,
 ):
     """A durable store for the registry, readings and what is derived from them:
-    every core repository, and the lifecycle. What a backend implements for core."""
+    every core repository, and the lifecycle. What a backend implements for core.
+    Its reads are ``Queries`` (``core.storage.views``), what plugins get a view of."""
 
 
 CORE_REPOSITORIES = (RegistryRepository, ReadingRepository, QuarantineRepository, IntervalRepository,

@@ -12,21 +12,11 @@ from abc import abstractmethod
 from typing import Any
 
 from balans_edge.core.findings import SUPPRESS_S
-from balans_edge.core.storage.journal_repository import JournalRepository
+from balans_edge.core.storage.journal_repository import JournalReader, JournalRepository
 
 
-class FindingRepository(JournalRepository):
-    """Detectors' findings, deduplicated, with their lifecycle."""
-
-    @abstractmethod
-    async def record_finding(self, record: dict[str, Any], suppress_s: int = SUPPRESS_S) -> tuple[int, bool]:
-        """Store a detector's finding once per problem; return (id, new).
-
-        An open or acknowledged finding with the same detector, subject and kind
-        is updated (last_seen, seen, message, severity, data) instead of being
-        added again, so detectors may report on every run. A resolved one that
-        recurs is a new finding. A false alarm marked within ``suppress_s``
-        seconds suppresses the report: (its id, False)."""
+class FindingReader(JournalReader):
+    """Reads of detectors' findings."""
 
     @abstractmethod
     async def findings(
@@ -44,6 +34,20 @@ class FindingRepository(JournalRepository):
     @abstractmethod
     async def finding(self, finding_id: int) -> dict[str, Any] | None:
         """One stored finding, or None."""
+
+
+class FindingRepository(JournalRepository, FindingReader):
+    """Detectors' findings, deduplicated, with their lifecycle."""
+
+    @abstractmethod
+    async def record_finding(self, record: dict[str, Any], suppress_s: int = SUPPRESS_S) -> tuple[int, bool]:
+        """Store a detector's finding once per problem; return (id, new).
+
+        An open or acknowledged finding with the same detector, subject and kind
+        is updated (last_seen, seen, message, severity, data) instead of being
+        added again, so detectors may report on every run. A resolved one that
+        recurs is a new finding. A false alarm marked within ``suppress_s``
+        seconds suppresses the report: (its id, False)."""
 
     @abstractmethod
     async def set_finding_status(

@@ -39,19 +39,8 @@ class PeriodSums:
     """(P,) int64: the worst quality code among the stored hours (0 where none)."""
 
 
-class IntervalRepository(ABC):
-    """Hourly consumption: recomputation queue, upserts and reads."""
-
-    @abstractmethod
-    async def take_dirty(self, limit: int = 10000) -> list[DirtyRange]:
-        """Ranges waiting for interval recomputation (not removed until saved)."""
-
-    @abstractmethod
-    async def save_intervals(
-        self, meter_rows: list[tuple[int, int, float | None, int]], done: list[int]
-    ) -> None:
-        """Upsert hourly rows (meter, t, value, quality code) and drop the
-        dirty ranges ``done`` in the same transaction."""
+class IntervalReader(ABC):
+    """Reads of hourly consumption."""
 
     @abstractmethod
     async def hourly(self, meter: int, t0: int, t1: int) -> list[tuple[int, float | None, int]]:
@@ -68,3 +57,18 @@ class IntervalRepository(ABC):
         """Hourly values of ``meters`` for the hours t0 <= t < t1 (hour-aligned)
         as two (meters x hours) arrays in the order given: float64 values (NaN
         where there is none) and int8 quality codes (missing where no row)."""
+
+
+class IntervalRepository(IntervalReader):
+    """Hourly consumption: recomputation queue, upserts and reads."""
+
+    @abstractmethod
+    async def take_dirty(self, limit: int = 10000) -> list[DirtyRange]:
+        """Ranges waiting for interval recomputation (not removed until saved)."""
+
+    @abstractmethod
+    async def save_intervals(
+        self, meter_rows: list[tuple[int, int, float | None, int]], done: list[int]
+    ) -> None:
+        """Upsert hourly rows (meter, t, value, quality code) and drop the
+        dirty ranges ``done`` in the same transaction."""

@@ -13,7 +13,19 @@ from abc import ABC, abstractmethod
 from typing import Any
 
 
-class JournalRepository(ABC):
+class JournalReader(ABC):
+    """Reads of the journals of commands, findings and alarms."""
+
+    @abstractmethod
+    async def journal_list(self, kind: str, limit: int = 100) -> list[dict[str, Any]]:
+        """The newest records of a journal, newest first."""
+
+    @abstractmethod
+    async def journal_get(self, kind: str, record_id: int) -> dict[str, Any] | None:
+        """One journal record, or None."""
+
+
+class JournalRepository(JournalReader):
     """Journals of commands, findings and alarms, addressed by kind."""
 
     @abstractmethod
@@ -24,11 +36,3 @@ class JournalRepository(ABC):
     @abstractmethod
     async def journal_update(self, kind: str, record_id: int, changes: dict[str, Any]) -> None:
         """Change fields of a journal record (a command's outcome once known)."""
-
-    @abstractmethod
-    async def journal_list(self, kind: str, limit: int = 100) -> list[dict[str, Any]]:
-        """The newest records of a journal, newest first."""
-
-    @abstractmethod
-    async def journal_get(self, kind: str, record_id: int) -> dict[str, Any] | None:
-        """One journal record, or None."""

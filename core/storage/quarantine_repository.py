@@ -12,8 +12,8 @@ from abc import ABC, abstractmethod
 from typing import Any
 
 
-class QuarantineRepository(ABC):
-    """Readings no meter claims: listed, paged, counted and pruned."""
+class QuarantineReader(ABC):
+    """Readings no meter claims, listed, paged and counted."""
 
     @abstractmethod
     async def quarantine(self, limit: int = 1000) -> list[dict[str, Any]]:
@@ -28,6 +28,10 @@ class QuarantineRepository(ABC):
     async def quarantine_stats(self) -> dict[str, Any]:
         """``{"rows", "oldest_received_at", "dropped": {"age", "size"}}``: what the
         quarantine holds and how many readings retention dropped, ever."""
+
+
+class QuarantineRepository(QuarantineReader):
+    """Readings no meter claims: listed, paged, counted and pruned."""
 
     @abstractmethod
     async def prune_quarantine(self, max_rows: int, received_before: int) -> None:

@@ -109,8 +109,8 @@ class IngestWrite:
     received_at: int = 0
 
 
-class ReadingRepository(ABC):
-    """Stored readings: the ingest write and the reads of readings."""
+class ReadingReader(ABC):
+    """Reads of stored readings and of what radio modules report about themselves."""
 
     @abstractmethod
     async def load_heads(self) -> list[MeterHead]:
@@ -138,17 +138,6 @@ class ReadingRepository(ABC):
         batch of late readings, however much is stored after them."""
 
     @abstractmethod
-    async def commit_ingest(self, write: IngestWrite) -> None:
-        """Commit one ingest batch durably (synchronous to disk). Batches
-        submitted together may share one transaction and one fsync. Raises
-        StorageError when nothing could be committed.
-
-        In the same transaction ``module_health`` updates the battery, RSSI
-        and hops of registered modules (unless the module has newer news: its
-        ``last_seen`` is later) and appends to their health history
-        (``module_reports``)."""
-
-    @abstractmethod
     async def readings(self, meter: int, t0: int, t1: int) -> ReadingRows:
         """Stored readings of one meter with t0 <= ts < t1."""
 
@@ -166,16 +155,6 @@ class ReadingRepository(ABC):
         meter when None) that has one, sorted by meter: what a bridge shows as
         the meter's present state."""
 
-    # what radio modules report about themselves ------------------------------
-
-    @abstractmethod
-    async def update_module_links(self, t: int, links: Sequence[ModuleLink]) -> None:
-        """Durably set the parent, hops, RSSI, battery and firmware of the registered
-        modules among ``links`` as reported at ``t``, and move their last seen to
-        ``t`` unless it is later. Modules that are not registered are not created;
-        the registry's audit and version do not change (this is the modules' state,
-        not their configuration). Repeating a call changes nothing more."""
-
     @abstractmethod
     async def module_reports(self, module_id: int, limit: int = 1000,
                              before: int | None = None) -> list[dict[str, Any]]:
@@ -189,3 +168,26 @@ class ReadingRepository(ABC):
         """The newest health report (as in ``module_reports``) of every module
         that has one at or before ``before``, by module: how the modules
         reported themselves at a past time."""
+
+
+class ReadingRepository(ReadingReader):
+    """Stored readings: the ingest write and the reads of readings."""
+
+    @abstractmethod
+    async def commit_ingest(self, write: IngestWrite) -> None:
+        """Commit one ingest batch durably (synchronous to disk). Batches
+        submitted together may share one transaction and one fsync. Raises
+        StorageError when nothing could be committed.
+
+        In the same transaction ``module_health`` updates the battery, RSSI
+        and hops of registered modules (unless the module has newer news: its
+        ``last_seen`` is later) and appends to their health history
+        (``module_reports``)."""
+
+    @abstractmethod
+    async def update_module_links(self, t: int, links: Sequence[ModuleLink]) -> None:
+        """Durably set the parent, hops, RSSI, battery and firmware of the registered
+        modules among ``links`` as reported at ``t``, and move their last seen to
+        ``t`` unless it is later. Modules that are not registered are not created;
+        the registry's audit and version do not change (this is the modules' state,
+        not their configuration). Repeating a call changes nothing more."""

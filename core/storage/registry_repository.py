@@ -10,7 +10,7 @@ Objects in and out are the domain's (``core.model``), never rows.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -48,8 +48,8 @@ class AuditQuery:
     limit: int = 100
 
 
-class RegistryRepository(ABC):
-    """The registry, its audit and the meters' parameter periods."""
+class RegistryReader(ABC):
+    """The registry as plugins and queries read it: objects, meters' keys and parameter periods, the audit."""
 
     @abstractmethod
     async def registry_version(self) -> int:
@@ -62,6 +62,43 @@ class RegistryRepository(ABC):
     @abstractmethod
     async def registry_get(self, kind: str, key: str | int) -> Any | None:
         """One object of a registry kind by its key, or None."""
+
+    @abstractmethod
+    async def meter_keys(self) -> dict[str, int]:
+        """meter_id -> the internal integer key used by readings and intervals."""
+
+    @abstractmethod
+    async def meters_by_key(self) -> list[tuple[int, Meter]]:
+        """Every meter with its internal key, ordered by key."""
+
+    @abstractmethod
+    async def meter_periods(self, meters: Sequence[int] | None = None) -> dict[int, list[MeterPeriod]]:
+        """Parameter periods of meters (internal keys; all when None), oldest first."""
+
+    @abstractmethod
+    async def register_table(self, meters: Sequence[int] | None = None) -> RegisterTable:
+        """The periods as a ``RegisterTable``: what turns pulses into register values."""
+
+    @abstractmethod
+    async def registry_audit(self, query: AuditQuery) -> list[dict[str, Any]]:
+        """Audit rows matching ``query``, newest first, before and after decoded."""
+
+
+class RegistryRepository(RegistryReader):
+    """The registry, its audit and the meters' parameter periods."""
+
+    def on_registry_change(self, listener: Callable[[], None]) -> None:
+        """Call ``listener`` after every committed change of the registry (an edit,
+        a correction, moved anchors). The server publishes ``core.bus.RegistryChanged``
+        from it, so caches of the registry refresh when it changes instead of
+        polling ``registry_version``. A backend shared by several processes relays
+        the other processes' changes too."""
+        self.__dict__.setdefault("_registry_listeners", []).append(listener)
+
+    def _registry_changed(self) -> None:
+        """Backends call this after committing a change of the registry."""
+        for listener in self.__dict__.get("_registry_listeners", ()):
+            listener()
 
     @abstractmethod
     async def registry_apply(
@@ -84,22 +121,6 @@ class RegistryRepository(ABC):
         newest reading or latest period: changing the past is ``correct_meter``."""
 
     @abstractmethod
-    async def meter_keys(self) -> dict[str, int]:
-        """meter_id -> the internal integer key used by readings and intervals."""
-
-    @abstractmethod
-    async def meters_by_key(self) -> list[tuple[int, Meter]]:
-        """Every meter with its internal key, ordered by key."""
-
-    @abstractmethod
-    async def meter_periods(self, meters: Sequence[int] | None = None) -> dict[int, list[MeterPeriod]]:
-        """Parameter periods of meters (internal keys; all when None), oldest first."""
-
-    @abstractmethod
-    async def register_table(self, meters: Sequence[int] | None = None) -> RegisterTable:
-        """The periods as a ``RegisterTable``: what turns pulses into register values."""
-
-    @abstractmethod
     async def refresh_anchors(self, meters: Sequence[int]) -> None:
         """Recompute the anchor pulses of these meters' later periods from their
         readings (after readings landed before a change); the registry version
@@ -112,7 +133,3 @@ class RegistryRepository(ABC):
         (t1 None: from t0 on), mark the affected hours for recomputation and
         audit it, in one transaction; return the periods ``before`` and ``after``.
         KeyError for an unknown meter, ValueError for an impossible correction."""
-
-    @abstractmethod
-    async def registry_audit(self, query: AuditQuery) -> list[dict[str, Any]]:
-        """Audit rows matching ``query``, newest first, before and after decoded."""

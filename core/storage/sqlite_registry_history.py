@@ -111,6 +111,7 @@ class RegistryHistory:
     _submit: Callable[..., Awaitable[None]]
     flush: Callable[[], Awaitable[None]]
     registry_get: Callable[..., Awaitable[Any]]
+    _registry_changed: Callable[[], None]
 
     def _registry_lock(self) -> asyncio.Lock:
         """Serialises corrections (read the periods, write the corrected ones). An edit
@@ -155,6 +156,7 @@ class RegistryHistory:
         statements += audits
         statements.append(("UPDATE registry_state SET version = version + 1 WHERE id = ?", [(1,)]))
         await self._submit(statements)
+        self._registry_changed()
 
     @staticmethod
     def _upsert(kind: str, objs: list[Any], effective: Mapping[str, int],
@@ -205,6 +207,7 @@ class RegistryHistory:
                  f"AND anchor_pulses IS NOT {ANCHOR}", [chunk]),
                 ("UPDATE registry_state SET version = version + 1 WHERE id = 1 AND changes() > 0", [()]),
             ])
+        self._registry_changed()
 
     async def correct_meter(self, meter_id: str, changes: Mapping[str, Any], t0: int, t1: int | None, *,
                             who: str, reason: str, now: int | None = None) -> dict[str, Any]:
@@ -252,6 +255,7 @@ class RegistryHistory:
                     "INSERT INTO balance_dirty (lo, hi) SELECT max(min(t), ?), min(max(t) + ?, ?) "
                     "FROM consumption_hourly HAVING count(*) > 0", [(hour_floor(t0), HOUR, end + HOUR)]))
             await self._submit(statements)
+        self._registry_changed()
         return record
 
     # audit ----------------------------------------------------------------------------

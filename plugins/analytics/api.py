@@ -117,7 +117,7 @@ def routes(context: PluginContext) -> list[Route]:
     async def run(request: Request, body: RunBody) -> Any:
         config = context.config
         scope = scope_of(body, time.time(), config.window_days)
-        if scope.group_ids and await context.storage.registry_get("groups", scope.group_ids[0]) is None:
+        if scope.group_ids and await context.registry.registry_get("groups", scope.group_ids[0]) is None:
             raise ApiError(404, "not_found", f"group {scope.group_ids[0]!r} is not in the registry")
         found = await run_analytics(context, scope)
         return json({
@@ -127,23 +127,23 @@ def routes(context: PluginContext) -> list[Route]:
         })
 
     async def meter_forecast(request: Request, meter_id: str, query: ForecastQuery) -> Any:
-        meter = await context.storage.registry_get("meters", meter_id)
+        meter = await context.registry.registry_get("meters", meter_id)
         if meter is None:
             raise ApiError(404, "not_found", f"meter {meter_id!r} is not in the registry")
         month = month_value(query.month, context.tz)
         await context.detection.settle()
-        f = await forecasts.meter(context.storage, meter, month, context.tz, time.time())
+        f = await forecasts.meter(context.queries, meter, month, context.tz, time.time())
         norm = context.config.monthly_norms.get(str(meter.resource))
-        peers = await forecasts.group_average(context.storage, meter.group_id, month, context.tz, time.time())
+        peers = await forecasts.group_average(context.queries, meter.group_id, month, context.tz, time.time())
         return json(forecasts.report({"meter_id": meter_id, "unit": meter.unit, "month": month}, f, norm, peers))
 
     async def group_forecast(request: Request, group_id: str, query: ForecastQuery) -> Any:
-        group = await context.storage.registry_get("groups", group_id)
+        group = await context.registry.registry_get("groups", group_id)
         if group is None:
             raise ApiError(404, "not_found", f"group {group_id!r} is not in the registry")
         month = month_value(query.month, context.tz)
         await context.detection.settle()
-        f = await forecasts.group(context.storage, group, month, context.tz, time.time())
+        f = await forecasts.group(context.queries, group, month, context.tz, time.time())
         return json(forecasts.report({"group_id": group_id, "unit": group.unit, "month": month}, f, None, None))
 
     async def plan(request: Request, query: PlanQuery) -> Any:
@@ -151,7 +151,7 @@ def routes(context: PluginContext) -> list[Route]:
 
         action = query.action
         await context.detection.settle()
-        found = await verification_plan(context.storage, context.config, context.tz, time.time(),
+        found = await verification_plan(context.queries, context.config, context.tz, time.time(),
                                         context.site.completeness_threshold)
         return json({"meters": [h.to_json() for h in found if action is None or h.action == action]})
 
@@ -197,8 +197,8 @@ def add_commands(group: click.Group) -> None:
         _, config = _cli.prepare(config_path)
         settings = config.plugins[NAME]
 
-        async def build(storage: Any) -> list[Any]:
-            return await verification_plan(storage, settings, ZoneInfo(config.site.timezone), time.time(),
+        async def build(queries: Any) -> list[Any]:
+            return await verification_plan(queries, settings, ZoneInfo(config.site.timezone), time.time(),
                                            config.balance.completeness_threshold)
 
         found = [h for h in _cli.run_async(lambda: _cli.with_storage(config, build)) if show_all or h.action != "ok"]

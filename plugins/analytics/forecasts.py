@@ -13,7 +13,7 @@ from balans_edge.core.analytics.data import local_calendar
 from balans_edge.core.analytics.forecast import WEEK_H, MonthForecast, month_forecast
 from balans_edge.core.balance_queries import Tree, hourly_balance, month_bounds
 from balans_edge.core.model import Group, Meter
-from balans_edge.core.storage import Storage
+from balans_edge.core.storage.views import Queries
 from balans_edge.core.times import HOUR, hour_ceil, hour_floor
 
 HISTORY_WEEKS = 4
@@ -43,40 +43,40 @@ def _forecast(series: np.ndarray, h0: int, t0: int, t1: int, over: int, tz: Zone
     return month_forecast(month, how[split:], over, series[:split], how[:split])
 
 
-async def meters(storage: Storage, meter_list: list[Meter], month: str, tz: ZoneInfo,
+async def meters(queries: Queries, meter_list: list[Meter], month: str, tz: ZoneInfo,
                  now: float) -> list[MonthForecast]:
     h0, t0, t1, over = _span(month, tz, now)
-    keys = await storage.meter_keys()
-    values, _ = await storage.consumption_matrix([keys[m.meter_id] for m in meter_list], h0, t1)
+    keys = await queries.meter_keys()
+    values, _ = await queries.consumption_matrix([keys[m.meter_id] for m in meter_list], h0, t1)
     # A forecast per member of a large group: numpy work for a worker thread, not the event loop.
     return await asyncio.to_thread(lambda: [_forecast(row, h0, t0, t1, over, tz) for row in values])
 
 
-async def meter(storage: Storage, m: Meter, month: str, tz: ZoneInfo, now: float) -> MonthForecast:
-    return (await meters(storage, [m], month, tz, now))[0]
+async def meter(queries: Queries, m: Meter, month: str, tz: ZoneInfo, now: float) -> MonthForecast:
+    return (await meters(queries, [m], month, tz, now))[0]
 
 
-async def group(storage: Storage, g: Group, month: str, tz: ZoneInfo, now: float) -> MonthForecast:
+async def group(queries: Queries, g: Group, month: str, tz: ZoneInfo, now: float) -> MonthForecast:
     """The group's input: what flows into it. An hour whose input is not known (a
     missing input meter, an hour nobody reported, one before the input meter was
     installed) is missing, as a meter's missing hour is: a 0 there would drag the
     baseline down to nothing and the forecast to the month to date."""
     h0, t0, t1, over = _span(month, tz, now)
-    tree = await Tree.current(storage)
-    series = await hourly_balance(storage, tree, [g.group_id], h0, t1, int(now))
+    tree = await Tree.current(queries)
+    series = await hourly_balance(queries, tree, [g.group_id], h0, t1, int(now))
     values = np.where(series.input_known()[0], series.input[0], np.nan)
     return _forecast(values, h0, t0, t1, over, tz)
 
 
-async def group_average(storage: Storage, group_id: str | None, month: str, tz: ZoneInfo,
+async def group_average(queries: Queries, group_id: str | None, month: str, tz: ZoneInfo,
                         now: float) -> tuple[float, int] | None:
     """Mean forecast of a group's member meters, and how many there are."""
     if group_id is None:
         return None
-    members = [m for m in await storage.registry_list("meters") if m.group_id == group_id]
+    members = [m for m in await queries.registry_list("meters") if m.group_id == group_id]
     if not members:
         return None
-    found = await meters(storage, members, month, tz, now)
+    found = await meters(queries, members, month, tz, now)
     return float(np.mean([f.forecast for f in found])), len(found)
 
 

@@ -93,7 +93,7 @@ async def run_analytics(context: PluginContext, scope: Scope) -> list[Finding]:
     modules and concentrators of those (a detector that looks wider still has
     its findings stored)."""
     found = await context.detection.run(scope)
-    subjects = await scope.subjects(context.storage)
+    subjects = await scope.subjects(context.queries)
     return found if subjects is None else [f for f in found if f.subject in subjects]
 
 

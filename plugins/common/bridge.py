@@ -5,7 +5,9 @@ run the commands their clients ask for through the actuation service.
 - Bus events (new readings, new hourly consumption, new balances) are
   batched: events that wait together share one refresh, read from storage;
   lost events (a full queue) make it read everything again.
-- Every second ``tick`` runs (a changed registry, a new hour, data ages).
+- A changed registry (``RegistryChanged``) rebuilds what is shown of it.
+- Every second ``tick`` runs (a new hour, data ages; a changed registry that
+  was not announced, e.g. by a command run beside the server).
 - While refreshes fail, the plugin shows failed in /health, until one works.
 - A command a client asked for is answered once done, or after a timeout
   (the command goes on and is audited; at stop it gets a last chance to
@@ -23,7 +25,7 @@ import time
 from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-from balans_edge.core.bus import BalanceUpdated, IntervalsUpdated, ReadingsCommitted, Subscription
+from balans_edge.core.bus import BalanceUpdated, IntervalsUpdated, ReadingsCommitted, RegistryChanged, Subscription
 from balans_edge.core.tasks import cancel
 from balans_edge.plugins.common.listen import ListenConfig
 from balans_edge.plugins.common.live import (
@@ -76,6 +78,10 @@ class LiveBridge(Generic[Config]):
     async def tick(self) -> None:
         """Every second (see ``LiveBridge``)."""
 
+    async def registry_changed(self) -> None:
+        """The registry changed (``RegistryChanged`` on the bus): rebuild what is shown."""
+        await self.reload()
+
     async def on_command(self, command: Command) -> None:
         """A valve or relay command done (from any source): show the state it left."""
 
@@ -86,7 +92,8 @@ class LiveBridge(Generic[Config]):
 
     def subscribe(self) -> None:
         """Subscribe before the state is first read: nothing committed meanwhile is missed."""
-        self._sub = self.context.bus.subscribe(ReadingsCommitted, IntervalsUpdated, BalanceUpdated, maxsize=256,
+        self._sub = self.context.bus.subscribe(ReadingsCommitted, IntervalsUpdated, BalanceUpdated, RegistryChanged,
+                                               maxsize=256,
                                                policy="drop_oldest", name=self.name)
 
     def follow(self) -> None:
@@ -132,24 +139,26 @@ class LiveBridge(Generic[Config]):
 
     async def refresh(self, events: list[Any]) -> None:
         """What the events name, read again."""
+        if any(isinstance(e, RegistryChanged) for e in events):
+            await self.registry_changed()
         state = self.live
         if state is None:
             return
-        storage = self.context.storage
+        queries = self.context.queries
         readings = sorted({k for e in events if isinstance(e, ReadingsCommitted) for k in e.meters})
         intervals = sorted({k for e in events if isinstance(e, IntervalsUpdated) for k in e.meters})
         hour, today = hour_marks(time.time(), state.tz)
         if readings:
-            await refresh_readings(state, storage, readings)
+            await refresh_readings(state, queries, readings)
         if intervals:
-            await refresh_hour(state, storage, intervals, hour)
+            await refresh_hour(state, queries, intervals, hour)
         if any(isinstance(e, BalanceUpdated) for e in events):
-            await refresh_groups(state, storage, hour, today)
+            await refresh_groups(state, queries, hour, today)
 
     async def reload(self) -> None:
         state = self.live
         if state is not None:
-            await load_all(state, self.context.storage, time.time())
+            await load_all(state, self.context.queries, time.time())
 
     def _refreshed(self, error: Exception | None) -> None:
         """A refresh's outcome: while they fail, the plugin shows failed in /health."""

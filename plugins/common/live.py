@@ -33,7 +33,7 @@ from balans_edge.core.periods import RegisterTable
 from balans_edge.plugins.common.group_periods import Period, periods
 
 if TYPE_CHECKING:
-    from balans_edge.core.storage import Storage
+    from balans_edge.core.storage.views import Queries
 
 KINDS = ("valve", "relay")
 """What a meter may be fitted with and a command may move."""
@@ -166,21 +166,21 @@ class LiveState:
         """New ``last_hour`` and ``today`` of every group."""
 
 
-async def resolutions(storage: Storage) -> dict[str, float]:
+async def resolutions(queries: Queries) -> dict[str, float]:
     """Every group's resolution (below it a negative imbalance is noise), as the API's."""
-    tree = await Tree.current(storage)
+    tree = await Tree.current(queries)
     return {g: tree.resolution(g) for g in tree.groups}
 
 
-async def load_all(state: LiveState, storage: Storage, now: float) -> None:
+async def load_all(state: LiveState, queries: Queries, now: float) -> None:
     """Everything of a new state from storage (at start and after the registry changed)."""
-    state.register = await storage.register_table(state.keys)
-    await refresh_readings(state, storage, None)
+    state.register = await queries.register_table(state.keys)
+    await refresh_readings(state, queries, None)
     hour, today = hour_marks(now, state.tz)
-    await refresh_hour(state, storage, None, hour)
-    await refresh_groups(state, storage, hour, today)
+    await refresh_hour(state, queries, None, hour)
+    await refresh_groups(state, queries, hour, today)
     state.shown_hour = hour
-    commands = await storage.journal_list("commands", COMMANDS_SCANNED)
+    commands = await queries.journal_list("commands", COMMANDS_SCANNED)
     for record in reversed(commands):
         try:
             code = CommandCode(record["code"])
@@ -188,43 +188,43 @@ async def load_all(state: LiveState, storage: Storage, now: float) -> None:
             continue
         state.command(Command(record["target"], code, record["requested_by"] or "", record["reason"] or "",
                               t=int(record["t"] or 0), outcome=record["outcome"] or ""))
-    alarms = await storage.journal_list("alarms", 1)
+    alarms = await queries.journal_list("alarms", 1)
     state.alarm(alarms[0] if alarms else None)
 
 
-async def refresh_readings(state: LiveState, storage: Storage, keys: Sequence[int] | None) -> None:
+async def refresh_readings(state: LiveState, queries: Queries, keys: Sequence[int] | None) -> None:
     wanted = state.keys if keys is None else [k for k in keys if k in state.row_of_key]
     if not wanted:
         return
-    rows = await storage.latest_readings(wanted)
+    rows = await queries.latest_readings(wanted)
     state.readings(rows)
 
 
-async def refresh_hour(state: LiveState, storage: Storage, keys: Sequence[int] | None, hour: int) -> None:
+async def refresh_hour(state: LiveState, queries: Queries, keys: Sequence[int] | None, hour: int) -> None:
     wanted = state.keys if keys is None else [k for k in keys if k in state.row_of_key]
     if not wanted:
         return
-    values, quality = await storage.consumption_matrix(wanted, hour, hour + HOUR)
+    values, quality = await queries.consumption_matrix(wanted, hour, hour + HOUR)
     state.last_hour(wanted, hour, values, quality)
 
 
-async def refresh_groups(state: LiveState, storage: Storage, hour: int, today: int) -> None:
+async def refresh_groups(state: LiveState, queries: Queries, hour: int, today: int) -> None:
     if not state.group_ids:
         return
     # Hour-aligned: a day may start between two UTC hours (a timezone half an hour off).
     # Hours nobody reported count as missing, as in the API (``hourly_balance``).
     first = min(hour, today)
-    series = await hourly_balance(storage, await Tree.current(storage), state.group_ids, first - first % HOUR,
+    series = await hourly_balance(queries, await Tree.current(queries), state.group_ids, first - first % HOUR,
                                   hour + HOUR, hour + HOUR)
     state.groups(series, hour, today)
 
 
-async def refresh_new_hour(state: LiveState, storage: Storage, now: float) -> bool:
+async def refresh_new_hour(state: LiveState, queries: Queries, now: float) -> bool:
     """At a new hour: the last complete hour and today read again. Whether it was one."""
     hour, today = hour_marks(now, state.tz)
     if hour == state.shown_hour:
         return False
-    await refresh_hour(state, storage, None, hour)
-    await refresh_groups(state, storage, hour, today)
+    await refresh_hour(state, queries, None, hour)
+    await refresh_groups(state, queries, hour, today)
     state.shown_hour = hour
     return True

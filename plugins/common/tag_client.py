@@ -49,7 +49,7 @@ class TagClient:
         (``core.tags.ensure_meters``)."""
         tags = [(f'[plugins.{self.protocol}] device "{d.name}" tag "{t.name}"', t)
                 for d in self.configs for t in d.tags]
-        self.created_meters = await ensure_meters(self.context.storage, tags, int(now))
+        self.created_meters = await ensure_meters(self.context.registry, self.context.registry_editor, tags, int(now))
         if self.created_meters:
             log.info("%s: created meters %s for totaliser tags", self.protocol, ", ".join(self.created_meters))
 

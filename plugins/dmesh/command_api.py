@@ -64,7 +64,7 @@ def parse_command(body: ModuleCommand) -> tuple[CommandCode, dict[str, int], str
 def command_routes(context: PluginContext, driver: Callable[[], DmeshDriver | None]) -> list[Route]:
     async def module_command(request: Request, module_id: int, body: ModuleCommand) -> Any:
         code, args, reason = parse_command(body)
-        module = await context.storage.registry_get("modules", module_id)
+        module = await context.registry.registry_get("modules", module_id)
         if module is None:
             raise ApiError(404, "not_found", f"module {module_id} is not in the registry")
         if driver() is None:

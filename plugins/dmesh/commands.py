@@ -194,12 +194,12 @@ class DmeshCommands:
 
     async def _concentrator_of(self, target: str) -> int | None:
         """The concentrator a command for ``target`` (a meter, or ``module:ID``) goes through."""
-        storage = self.context.storage
+        queries = self.context.queries
         module_id = device_id(target, "module")
         if module_id is None:
-            meter = await storage.registry_get("meters", target)
+            meter = await queries.registry_get("meters", target)
             module_id = meter.module_id if meter is not None else None
-        module = await storage.registry_get("modules", module_id) if module_id is not None else None
+        module = await queries.registry_get("modules", module_id) if module_id is not None else None
         return module.concentrator_id if module is not None else None
 
     async def track(
@@ -236,7 +236,7 @@ class DmeshCommands:
         module_id = device_id(command.target, "module")
         if module_id is None or command.id is None:  # pragma: no cover - DmeshActuator.handles checked
             raise ValueError(f"not a module command: {command.target}")
-        module = await self.context.storage.registry_get("modules", module_id)
+        module = await self.context.registry.registry_get("modules", module_id)
         if module is None or module.concentrator_id is None:
             return CommandOutcome(False, f"module {module_id} is not registered on a concentrator")
         tracked = await self.track(module.concentrator_id, command.id, module_id, MODULE_CODES[command.code],
@@ -259,21 +259,21 @@ class DmeshCommands:
 
     async def gaps(self, concentrator_id: int, now: float | None = None) -> list[tuple[int, int, int, int]]:
         """(module_id, channel, from, to) of the hours the concentrator's meters miss."""
-        storage = self.context.storage
+        queries = self.context.queries
         now = time.time() if now is None else now
         tolerance = int(self.context.site.interval_tolerance_s)
         end = hour_floor(int(now) - tolerance)
         start = end - self.config.backfill_days * 24 * HOUR
-        modules = {m.module_id for m in await storage.registry_list("modules") if m.concentrator_id == concentrator_id}
+        modules = {m.module_id for m in await queries.registry_list("modules") if m.concentrator_id == concentrator_id}
         out = []
-        for key, meter in await storage.meters_by_key():
+        for key, meter in await queries.meters_by_key():
             if meter.module_id not in modules or meter.channel is None:
                 continue
             t0 = max(start, hour_ceil(meter.install_time))
             t1 = end if meter.removed_time is None else min(end, hour_floor(meter.removed_time))
             if t1 < t0:
                 continue
-            rows = await storage.readings(key, t0 - tolerance, t1 + tolerance + 1)
+            rows = await queries.readings(key, t0 - tolerance, t1 + tolerance + 1)
             for lo, hi in hour_ranges(missing_hours(rows.ts, t0, t1, tolerance)):
                 out.append((meter.module_id, meter.channel, lo, hi))
         return out
@@ -341,11 +341,11 @@ class DmeshActuator:
             return self.driver.firmware.can_push(command)
         if command.code not in ACTUATING:
             return False
-        storage = self.driver.context.storage
-        meter = await storage.registry_get("meters", command.target)
+        queries = self.driver.context.queries
+        meter = await queries.registry_get("meters", command.target)
         if meter is None or meter.module_id is None:
             return False
-        module = await storage.registry_get("modules", meter.module_id)
+        module = await queries.registry_get("modules", meter.module_id)
         return module is not None and module.concentrator_id is not None
 
     async def execute(self, command: Command) -> CommandOutcome:
@@ -354,13 +354,13 @@ class DmeshActuator:
         if command.code == CommandCode.FIRMWARE_PUSH:
             return await self.driver.firmware.transfer(command)
         code, flag = ACTUATING[command.code]
-        storage = self.driver.context.storage
-        meter = await storage.registry_get("meters", command.target)
+        queries = self.driver.context.queries
+        meter = await queries.registry_get("meters", command.target)
         if meter is None:
             return CommandOutcome(False, f"meter {command.target} is not in the registry")
         if flag not in meter.flags:
             return CommandOutcome(False, f"meter {command.target} has no {flag} (flag {flag!r} not set)")
-        module = await storage.registry_get("modules", meter.module_id) if meter.module_id is not None else None
+        module = await queries.registry_get("modules", meter.module_id) if meter.module_id is not None else None
         if module is None or module.concentrator_id is None:
             return CommandOutcome(False, f"meter {command.target} is not on a module of a DMesh concentrator")
         if command.id is None:  # pragma: no cover - the actuation service audits before it executes

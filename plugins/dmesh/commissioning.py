@@ -24,7 +24,7 @@ from balans_edge.core.model import Quality
 from balans_edge.core.times import HOUR, hour_floor, iso
 
 if TYPE_CHECKING:
-    from balans_edge.core.storage import Storage
+    from balans_edge.core.storage.views import Queries
 
 MAX_HOURS = 24 * 366
 
@@ -45,9 +45,9 @@ class MeterCompleteness:
         return self.missing == 0
 
 
-async def roles(storage: Storage, group_id: str) -> dict[str, str]:
+async def roles(queries: Queries, group_id: str) -> dict[str, str]:
     """The meters the group's balance reads, each with its role in it (inputs first)."""
-    groups = {g.group_id: g for g in await storage.registry_list("groups")}
+    groups = {g.group_id: g for g in await queries.registry_list("groups")}
     out: dict[str, str] = {}
     group = groups.get(group_id)
     if group is not None:
@@ -57,17 +57,17 @@ async def roles(storage: Storage, group_id: str) -> dict[str, str]:
     return out
 
 
-async def commissioning(storage: Storage, group_id: str, t0: int, t1: int) -> list[MeterCompleteness]:
+async def commissioning(queries: Queries, group_id: str, t0: int, t1: int) -> list[MeterCompleteness]:
     """Completeness of the hourly data of every meter of one group over [t0, t1) (hour-aligned):
     its inputs, its members and its member groups' inputs."""
     hours = list(range(t0, t1, HOUR))
-    role = await roles(storage, group_id)
+    role = await roles(queries, group_id)
     out = []
-    for key, meter in await storage.meters_by_key():
+    for key, meter in await queries.meters_by_key():
         part = role.get(meter.meter_id, "member" if meter.group_id == group_id else None)
         if part is None:
             continue
-        delivered = {t for t, _, quality in await storage.hourly(key, t0, t1) if quality != Quality.MISSING}
+        delivered = {t for t, _, quality in await queries.hourly(key, t0, t1) if quality != Quality.MISSING}
         gaps = [t for t in hours if t not in delivered]
         out.append(
             MeterCompleteness(

@@ -318,7 +318,7 @@ class FirmwarePusher:
                 known.append(((hello.fw_major, hello.fw_minor, hello.fw_patch), "reported by the concentrator"))
         else:
             known += [(version_of(m.firmware), f"reported by module {m.module_id}")
-                      for m in await self.context.storage.registry_list("modules")
+                      for m in await self.context.registry.registry_list("modules")
                       if m.concentrator_id == concentrator_id]
         known += [(version_of(r["version"]), f"image {r['image_id']} accepted")
                   for r in await self.driver.repository.firmware_results(MAX_RESULTS, concentrator_id)

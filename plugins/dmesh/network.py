@@ -37,7 +37,7 @@ if TYPE_CHECKING:
 
     from balans_edge.core.context import PluginContext
     from balans_edge.core.detection import DetectionRun
-    from balans_edge.core.storage import Storage
+    from balans_edge.core.storage.views import Queries
     from balans_edge.plugins.dmesh.repository import DmeshRepository
 
 DETECTOR = "dmesh-network"
@@ -86,14 +86,14 @@ def _firmware(fw_version: int) -> str:
     return f"{fw_version >> 8}.{fw_version & 0xFF}"
 
 
-async def newest_readings(storage: Storage, before: int | None = None) -> dict[int, int]:
+async def newest_readings(queries: Queries, before: int | None = None) -> dict[int, int]:
     """module_id -> time of the newest stored reading of any of its meters (of those
     at or before ``before`` when given)."""
-    modules = {key: m.module_id for key, m in await storage.meters_by_key() if m.module_id is not None}
+    modules = {key: m.module_id for key, m in await queries.meters_by_key() if m.module_id is not None}
     if before is None:
-        times = {head.meter: head.ts for head in await storage.load_heads()}
+        times = {head.meter: head.ts for head in await queries.load_heads()}
     else:
-        times = await storage.reading_times(before)
+        times = await queries.reading_times(before)
     newest: dict[int, int] = {}
     for meter, ts in times.items():
         module_id = modules.get(meter)
@@ -102,7 +102,7 @@ async def newest_readings(storage: Storage, before: int | None = None) -> dict[i
     return newest
 
 
-async def module_views(storage: Storage, repository: DmeshRepository, config: NetworkConfig, now: float, *,
+async def module_views(queries: Queries, repository: DmeshRepository, config: NetworkConfig, now: float, *,
                        past: bool = False, keep: set[int] | None = None,
                        unregistered: bool = True) -> dict[int, ModuleView]:
     """Every module known to the registry or to a topology report, by id.
@@ -114,12 +114,12 @@ async def module_views(storage: Storage, repository: DmeshRepository, config: Ne
     that is newer (a concentrator may send TOPOLOGY rarely). ``keep``:
     only these registered modules (None: all); ``unregistered``: also modules only
     a topology report knows."""
-    registry = {m.module_id: m for m in await storage.registry_list("modules")
+    registry = {m.module_id: m for m in await queries.registry_list("modules")
                 if keep is None or m.module_id in keep}
     latest = {r["module_id"]: r for r in await repository.latest_topology(int(now) if past else None)
               if r["module_id"] in registry or unregistered}
-    readings = await newest_readings(storage, int(now) if past else None)
-    reports = {r["module_id"]: r for r in await storage.latest_module_reports(int(now))} if past else {}
+    readings = await newest_readings(queries, int(now) if past else None)
+    reports = {r["module_id"]: r for r in await queries.latest_module_reports(int(now))} if past else {}
     silent_after = config.silent_periods * config.report_interval_s
     views: dict[int, ModuleView] = {}
     for module_id in sorted(set(registry) | set(latest)):
@@ -174,14 +174,14 @@ async def module_views(storage: Storage, repository: DmeshRepository, config: Ne
     return views
 
 
-async def battery_points(storage: Storage, repository: DmeshRepository, module_id: int,
+async def battery_points(queries: Queries, repository: DmeshRepository, module_id: int,
                          before: int | None = None) -> list[tuple[int, int]]:
     """(t, mV) of a module's battery in time order: its TOPOLOGY entries and the
     hourly reports that come with its readings (a concentrator may send
     TOPOLOGY rarely), the newest BATTERY_POINTS of each (of those at or before
     ``before`` when given)."""
     topology = await repository.topology_history(module_id, limit=BATTERY_POINTS, before=before)
-    reports = await storage.module_reports(module_id, limit=BATTERY_POINTS, before=before)
+    reports = await queries.module_reports(module_id, limit=BATTERY_POINTS, before=before)
     return sorted({(r["t"], r["battery_mv"]) for r in [*topology, *reports]})
 
 
@@ -232,12 +232,12 @@ class NetworkMonitor:
         return self.sessions()
 
     async def modules(self) -> dict[int, ModuleView]:
-        return await module_views(self.context.storage, self.repository, self.config, self.clock())
+        return await module_views(self.context.queries, self.repository, self.config, self.clock())
 
     async def concentrators(self) -> list[dict[str, Any]]:
         """Registered, configured and connected concentrators with their link and module counts."""
-        storage = self.context.storage
-        registry = {c.concentrator_id: c for c in await storage.registry_list("concentrators")}
+        queries = self.context.queries
+        registry = {c.concentrator_id: c for c in await queries.registry_list("concentrators")}
         configured = {c.id for c in self.dmesh.concentrators}
         sessions = self.connected()
         views = await self.modules()
@@ -276,11 +276,11 @@ class NetworkMonitor:
         past = not scope.live
         keep: set[int] | None = None
         if past or scope.group_ids is not None:
-            meters = await scope.meters(self.context.storage)
+            meters = await scope.meters(self.context.queries)
             if meters is None:
-                meters = await self.context.storage.registry_list("meters")
+                meters = await self.context.registry.registry_list("meters")
             keep = {m.module_id for m in meters if m.module_id is not None and (not past or m.install_time <= now)}
-        views = await module_views(self.context.storage, self.repository, config, now, past=past, keep=keep,
+        views = await module_views(self.context.queries, self.repository, config, now, past=past, keep=keep,
                                    unregistered=scope.group_ids is None)
         findings: list[Finding] = []
         silent_after = config.silent_periods * config.report_interval_s
@@ -319,7 +319,7 @@ class NetworkMonitor:
                 periods=config.silent_periods,
             )
         if v.battery_mv is not None and v.battery_mv < config.low_battery_mv:
-            points = await battery_points(self.context.storage, self.repository, v.module_id,
+            points = await battery_points(self.context.queries, self.repository, v.module_id,
                                           before=now if past else None)
             if not points:
                 points = [(v.last_seen or now, v.battery_mv)]

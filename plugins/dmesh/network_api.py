@@ -165,10 +165,10 @@ def routes(context: PluginContext, monitor: NetworkMonitor, repository: DmeshRep
         view = (await monitor.modules()).get(mid)
         if view is None:
             raise ApiError(404, "not_found", f"module {mid} is not known")
-        meters = [m for _, m in await context.storage.meters_by_key() if m.module_id == mid]
+        meters = [m for _, m in await context.registry.meters_by_key() if m.module_id == mid]
         events = await repository.module_events(mid, limit)
         history = await repository.topology_history(mid, limit)
-        reports = await context.storage.module_reports(mid, limit)
+        reports = await context.queries.module_reports(mid, limit)
         return json(
             {
                 "module": _module_json(view),

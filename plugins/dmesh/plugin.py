@@ -115,7 +115,7 @@ class DmeshPlugin(Plugin):
     def bind(self, context: PluginContext) -> None:
         super().bind(context)
         config: DmeshConfig = context.config
-        self.repository = DmeshRepository(context.database, context.storage)
+        self.repository = DmeshRepository(context.database, context.ingest)
         self.driver = None
         if config.listen or config.serial:
             if config.concentrators:
@@ -140,7 +140,8 @@ class DmeshPlugin(Plugin):
                 return TcpDelivery(site, keys, lambda: driver.port if driver else None, config.host)
 
         context = self.context
-        return Simulator(context.storage, context.ingest, sim, utc_offset_h(context.site.timezone), tcp)
+        return Simulator(context.queries, context.registry_editor, context.ingest, sim,
+                         utc_offset_h(context.site.timezone), tcp)
 
     @hookimpl
     def config_schema(self) -> dict[str, type]:

@@ -21,15 +21,15 @@ plugin's; so are the modules' health reports that come with readings
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from balans_edge.core.storage.migrations import MigrationSet
 from balans_edge.core.storage.readings_repository import ModuleLink
 
 if TYPE_CHECKING:
     from balans_edge.core.storage.gateway import SqlGateway
-    from balans_edge.core.storage.readings_repository import ReadingRepository
 
 OWNER = "dmesh"
 MIGRATIONS = MigrationSet(OWNER, "balans_edge.plugins.dmesh")
@@ -145,15 +145,21 @@ SQL: dict[str, dict[str, str]] = {
 each dialect names the same statements with the same parameters in the same order."""
 
 
+class ModuleLinkSink(Protocol):
+    """Where the modules' reported links go: the ingest sink (or, for a command, the storage)."""
+
+    async def update_module_links(self, t: int, links: Sequence[ModuleLink]) -> None: ...
+
+
 class DmeshRepository:
     """The DMesh plugin's device reports: written by the driver's sessions, read
     by the network monitor, the firmware pusher and the HTTP API.
 
-    Built from the storage's SQL gateway (``context.database``) and core's
-    repository of module state (``context.storage``); a command that opens the
-    storage passes the storage object for both."""
+    Built from the storage's SQL gateway (``context.database``) and where module
+    state goes (``context.ingest``); a command that opens the storage passes the
+    storage object for both."""
 
-    def __init__(self, database: SqlGateway, modules: ReadingRepository) -> None:
+    def __init__(self, database: SqlGateway, modules: ModuleLinkSink) -> None:
         if database.dialect not in SQL:
             raise RuntimeError(f"the dmesh plugin has no SQL for the {database.dialect} dialect")
         self.database = database

@@ -31,7 +31,9 @@ import numpy as np
 
 from balans_edge.core.ingest import Ingest, ReadingBatch
 from balans_edge.core.model import CONCENTRATOR_MODULES, COUNTER_MODULUS, Status
-from balans_edge.core.storage import Storage, StorageError
+from balans_edge.core.storage import StorageError
+from balans_edge.core.storage.registry_repository import RegistryReader
+from balans_edge.core.storage.views import Queries, RegistryEditor
 from balans_edge.core.tasks import cancel
 from balans_edge.core.times import HOUR, hour_floor
 from balans_edge.plugins.dmesh.codec import (
@@ -535,15 +537,15 @@ class SiteRunner:
                 log.warning("simulated readings not stored (%s); the next round carries the counters", exc)
 
 
-async def install_time(storage: Storage, now: int, history_hours: int) -> int:
+async def install_time(registry: RegistryReader, now: int, history_hours: int) -> int:
     """When the simulated site was installed: as stored, or ``history_hours`` ago."""
-    stored = await storage.registry_get("meters", "B1-IN")
+    stored = await registry.registry_get("meters", "B1-IN")
     if stored is not None:
         return int(stored.install_time)
     return hour_floor(now - history_hours * HOUR)
 
 
-async def replay_switches(storage: Storage, site: SiteModel) -> int:
+async def replay_switches(queries: Queries, site: SiteModel) -> int:
     """Valves and relays as the audited DMesh commands left them. The model
     starts every run open, so a restarted simulator would otherwise let water
     through a valve an operator closed, and report what the valve held back as
@@ -551,11 +553,11 @@ async def replay_switches(storage: Storage, site: SiteModel) -> int:
     from balans_edge.plugins.dmesh.commands import ACTUATING
 
     codes = {str(code): dmesh for code, (dmesh, _) in ACTUATING.items()}
-    done = [c for c in reversed(await storage.journal_list("commands", 1_000_000))
+    done = [c for c in reversed(await queries.journal_list("commands", 1_000_000))
             if c["outcome"] == "done" and c["code"] in codes and c["detail"].startswith("dmesh:")]
     if not done:
         return 0
-    meters = {m.meter_id: m for m in await storage.registry_list("meters")}
+    meters = {m.meter_id: m for m in await queries.registry_list("meters")}
     replayed = 0
     for c in done:
         meter = meters.get(c["target"])
@@ -570,9 +572,10 @@ class Simulator:
 
     name = "dmesh-simulator"
 
-    def __init__(self, storage: Storage, ingest: Ingest, config: SimulatorConfig, utc_offset_h: int,
-                 tcp: Callable[[SiteModel], TcpDelivery] | None = None) -> None:
-        self.storage = storage
+    def __init__(self, queries: Queries, editor: RegistryEditor, ingest: Ingest, config: SimulatorConfig,
+                 utc_offset_h: int, tcp: Callable[[SiteModel], TcpDelivery] | None = None) -> None:
+        self.queries = queries
+        self.editor = editor
         self.ingest = ingest
         self.config = config
         self.utc_offset_h = utc_offset_h
@@ -583,11 +586,11 @@ class Simulator:
 
     async def start(self) -> None:
         now = int(time.time())
-        start = await install_time(self.storage, now, self.config.history_hours)
+        start = await install_time(self.queries, now, self.config.history_hours)
         self.site = site = SiteModel(self.config, start, self.utc_offset_h)
         site.ensure(now)
-        await self.storage.registry_apply(site.registry())
-        if await replay_switches(self.storage, site):
+        await self.editor.apply(site.registry(), reason="the simulated demo site")
+        if await replay_switches(self.queries, site):
             log.info("dmesh simulator: valves and relays set as the audited commands left them")
         if self.make_tcp is not None:
             self.tcp = self.make_tcp(site)

@@ -116,7 +116,7 @@ class TargetExporter:
         self.target = config.name
         self.configurator = configurator
         static = {"site": context.site.name, **config.tags}
-        self.builder = PointBuilder(context.storage, context.tz, context.site.completeness_threshold, static,
+        self.builder = PointBuilder(context.queries, context.tz, context.site.completeness_threshold, static,
                                     config.measurement_prefix)
         self.counters = Counters()
         self.state = "starting"

@@ -36,7 +36,7 @@ from balans_edge.core.calendar import local_day
 from balans_edge.core.findings import finding_volume
 from balans_edge.core.model import LEVELS, Group, Meter, Quality
 from balans_edge.core.periods import RegisterTable
-from balans_edge.core.storage import Storage
+from balans_edge.core.storage.views import Queries
 from balans_edge.plugins.export.feeds import BALANCE_COLUMNS
 from balans_edge.plugins.export.lineproto import line, number, series
 from balans_edge.plugins.export.records import ExportBatch
@@ -155,9 +155,9 @@ class Registry:
 class PointBuilder:
     """Turns a batch of queue entries into line protocol for one target."""
 
-    def __init__(self, storage: Storage, tz: ZoneInfo, threshold: float, static_tags: Mapping[str, str],
+    def __init__(self, queries: Queries, tz: ZoneInfo, threshold: float, static_tags: Mapping[str, str],
                  prefix: str = "") -> None:
-        self.storage = storage
+        self.queries = queries
         self.tz = tz
         self.threshold = threshold
         self.static_tags = dict(static_tags)
@@ -170,11 +170,11 @@ class PointBuilder:
 
     async def registry(self) -> Registry:
         """The registry snapshot, reloaded when the registry changed."""
-        version = await self.storage.registry_version()
+        version = await self.queries.registry_version()
         if self._registry is None or self._registry.version != version:
-            meters = dict(await self.storage.meters_by_key())
-            tree = await Tree.current(self.storage)
-            self._registry = Registry(version, meters, dict(tree.groups), tree, await self.storage.register_table())
+            meters = dict(await self.queries.meters_by_key())
+            tree = await Tree.current(self.queries)
+            self._registry = Registry(version, meters, dict(tree.groups), tree, await self.queries.register_table())
         return self._registry
 
     def _tags(self, specific: Mapping[str, str | None]) -> dict[str, str | None]:
@@ -308,7 +308,7 @@ class PointBuilder:
         out = []
         for (d0, d1), drows in sorted(days.items()):
             group_ids = sorted({r["group_id"] for r in drows})
-            s = (await group_series(self.storage, reg.tree, group_ids, d0, d1, "day", self.tz,
+            s = (await group_series(self.queries, reg.tree, group_ids, d0, d1, "day", self.tz,
                                     int(time.time()))).series
             period = int(np.searchsorted(s.t, d0))
             if period >= len(s.t) or s.t[period] != d0:

@@ -18,12 +18,12 @@ from balans_edge.plugins.modbus.regmap import MapError, load_map, to_csv, to_mar
 from balans_edge.plugins.modbus.repository import BridgeSlotRepository
 
 if TYPE_CHECKING:
-    from balans_edge.core.storage import Storage
+    from balans_edge.core.storage.views import Queries
     from balans_edge.plugins.modbus.server import ServerConfig
 
 
-async def document(storage: Storage, slots: BridgeSlotRepository, config: ServerConfig, fmt: str) -> str:
-    rmap = await load_map(storage, slots, config, int(time.time()))
+async def document(queries: Queries, slots: BridgeSlotRepository, config: ServerConfig, fmt: str) -> str:
+    rmap = await load_map(queries, slots, config, int(time.time()))
     rows = rmap.rows()
     return to_csv(rows) if fmt == "csv" else to_markdown(rmap, rows, config)
 

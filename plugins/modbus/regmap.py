@@ -33,7 +33,7 @@ from balans_edge.core.spreadsheet import safe_cell
 from balans_edge.plugins.modbus.values import encode, register_count
 
 if TYPE_CHECKING:
-    from balans_edge.core.storage import Storage
+    from balans_edge.core.storage.views import Queries
     from balans_edge.plugins.modbus.repository import BridgeSlotRepository
     from balans_edge.plugins.modbus.server import ServerConfig
 
@@ -369,11 +369,11 @@ def build_map(config: ServerConfig, meters: Sequence[tuple[int, Meter]], groups:
                        tuple(left_groups + left_meters), config.coils_base)
 
 
-async def load_map(storage: Storage, slots: BridgeSlotRepository, config: ServerConfig, now: int) -> RegisterMap:
+async def load_map(queries: Queries, slots: BridgeSlotRepository, config: ServerConfig, now: int) -> RegisterMap:
     """The map of the registry as it is now: every meter and group gets its slot
     (allocated and stored on first sight, kept for ever), then the layout."""
-    meters = await storage.meters_by_key()
-    groups = await storage.registry_list("groups")
+    meters = await queries.meters_by_key()
+    groups = await queries.registry_list("groups")
     meter_slots = await slots.allocate_bridge_slots(METER_SLOTS, sorted(m.meter_id for _, m in meters), now)
     group_slots = await slots.allocate_bridge_slots(GROUP_SLOTS, sorted(g.group_id for g in groups), now)
     return build_map(config, meters, groups, meter_slots, group_slots)

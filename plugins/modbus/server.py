@@ -415,11 +415,11 @@ class ModbusServer(LiveBridge[ServerConfig]):
 
     async def rebuild(self) -> None:
         """A new map and snapshot from the registry as it is now, swapped in whole."""
-        version = await self.context.storage.registry_version()
-        rmap = await load_map(self.context.storage, self.slots, self.config, int(time.time()))
+        version = await self.context.registry.registry_version()
+        rmap = await load_map(self.context.queries, self.slots, self.config, int(time.time()))
         snapshot = Snapshot(rmap, self.config, self.context.tz, self.context.site.completeness_threshold,
-                            await resolutions(self.context.storage))
-        await load_all(snapshot, self.context.storage, time.time())
+                            await resolutions(self.context.queries))
+        await load_all(snapshot, self.context.queries, time.time())
         self._stamp(snapshot)
         if rmap.unplaced:
             log.warning("modbus: not in the map (area full): %s", ", ".join(rmap.unplaced))
@@ -438,16 +438,19 @@ class ModbusServer(LiveBridge[ServerConfig]):
         if self.snapshot is not None:
             self._stamp(self.snapshot)  # from memory: the health word tells SCADA
 
+    async def registry_changed(self) -> None:
+        await self.rebuild()
+
     async def tick(self) -> None:
         """Every second: a changed registry rebuilds the map; a new hour re-reads the
         last hour and today; ages and the system block are written; dead
         connections are closed."""
-        if await self.context.storage.registry_version() != self._registry_version:
+        if await self.context.registry.registry_version() != self._registry_version:
             await self.rebuild()
         snapshot = self.snapshot
         if snapshot is None:
             return
-        await refresh_new_hour(snapshot, self.context.storage, time.time())
+        await refresh_new_hour(snapshot, self.context.queries, time.time())
         self._stamp(snapshot)
         mono = time.monotonic()
         for conn in list(self.connections):
@@ -474,7 +477,7 @@ class ModbusServer(LiveBridge[ServerConfig]):
     async def on_alarm(self, alarm: Alarm) -> None:
         if self.snapshot is None:
             return
-        newest = await self.context.storage.journal_list("alarms", 1)
+        newest = await self.context.queries.journal_list("alarms", 1)
         self.snapshot.alarm(newest[0] if newest else None)
 
     def status(self) -> dict[str, Any]:

@@ -237,18 +237,18 @@ class OpcuaServer(LiveBridge[ServerConfig]):
         when its meters or groups changed (read from storage)."""
         if self.space is None or self.publisher is None:
             raise RuntimeError("the OPC UA server is not started")
-        storage = self.context.storage
-        version = await storage.registry_version()
-        concentrators = await storage.registry_list("concentrators")
-        modules = await storage.registry_list("modules")
-        meters = await storage.meters_by_key()
-        groups = await storage.registry_list("groups")
+        queries = self.context.queries
+        version = await queries.registry_version()
+        concentrators = await queries.registry_list("concentrators")
+        modules = await queries.registry_list("modules")
+        meters = await queries.meters_by_key()
+        groups = await queries.registry_list("groups")
         # In a thread: pure Python, but the event loop gets its turns (10,000 meters take about 0.5 s).
         model = await asyncio.to_thread(m.build_model, concentrators, modules, [x for _, x in meters], groups,
                                         self._cache)
         stats = await self.space.apply(model)
         self._registry_version, self._registry_read = version, time.monotonic()
-        objects = (meters, groups, await storage.meter_periods())
+        objects = (meters, groups, await queries.meter_periods())
         if force_values or objects != self._objects or self.values is None:
             await self._new_values(meters, groups)
             self._objects = objects
@@ -260,9 +260,9 @@ class OpcuaServer(LiveBridge[ServerConfig]):
 
     async def _new_values(self, meters: list[Any], groups: list[Any]) -> None:
         values = Values(meters, groups, self.context.tz, self.context.site.completeness_threshold,
-                        await resolutions(self.context.storage))
+                        await resolutions(self.context.queries))
         now = time.time()
-        await load_all(values, self.context.storage, now)
+        await load_all(values, self.context.queries, now)
         self.values = values
         self._kinds = {meter.meter_id: "meter" for _, meter in meters} | {g.group_id: "group" for g in groups}
         values.ages(now)
@@ -278,17 +278,20 @@ class OpcuaServer(LiveBridge[ServerConfig]):
     async def show(self) -> None:
         await self._publish()
 
+    async def registry_changed(self) -> None:
+        await self.sync()
+
     async def tick(self) -> None:
         """A changed registry is applied; a new hour re-reads the last hour and
         today; the data ages are rewritten every ``age_interval_s``."""
         stale = time.monotonic() - self._registry_read > self.config.registry_poll_s
-        if stale or await self.context.storage.registry_version() != self._registry_version:
+        if stale or await self.context.registry.registry_version() != self._registry_version:
             await self.sync()
         values = self.values
         if values is None:
             return
         now = time.time()
-        publish = await refresh_new_hour(values, self.context.storage, now)
+        publish = await refresh_new_hour(values, self.context.queries, now)
         if now - self._aged >= self.config.age_interval_s:
             self._aged = now
             values.ages(now)

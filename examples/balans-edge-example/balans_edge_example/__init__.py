@@ -87,7 +87,7 @@ class QuarantineDetector:
     name = "example-quarantine"
 
     async def detect(self, run: DetectionRun) -> list[Finding]:
-        rows = await run.storage.quarantine(1000)
+        rows = await run.queries.quarantine(1000)
         modules = sorted({r["module_id"] for r in rows})
         return [
             Finding(self.name, f"module:{m}", "unregistered_module", f"module {m} reports but is not registered",
@@ -157,7 +157,7 @@ class ExamplePlugin(Plugin):
         context = self.context
 
         async def summary(request: Any) -> Any:
-            meters = await context.storage.registry_list("meters")
+            meters = await context.registry.registry_list("meters")
             return json_response({"greeting": context.config.greeting, "meters": len(meters),
                                   "readings_seen": STATE["readings"]})
 
