@@ -83,6 +83,15 @@ def _hours(seconds: float | None) -> str:
     return "" if seconds is None else f"{seconds / HOUR:.1f}"
 
 
+def _in_hours(seconds: float | None) -> str:
+    return "-" if seconds is None else f"{seconds / HOUR:.1f} h"
+
+
+def _span(seconds: int) -> str:
+    """A step or window as people say it: ``1 h``, ``6 h``, ``14 d``."""
+    return f"{seconds // DAY} d" if seconds % DAY == 0 else f"{seconds / HOUR:g} h"
+
+
 EVENT_COLUMNS = ("detector", "kind", "subject", "start", "first_reported", "delay_h", "rate_first", "volume_first",
                  "rate_end", "volume_end", "end")
 
@@ -100,8 +109,9 @@ def _truth_cells(scores: Scores, tz: ZoneInfo, iso: bool) -> list[list[str]]:
     rows = []
     for o in scores.outcomes:
         t, e = o.truth, o.event
-        rows.append([str(t.line), t.subject, t.kind, _local(t.start, tz, iso), _local(t.end, tz, iso),
-                     _local(e.first_reported, tz, iso) if e else "missed", _hours(o.delay), e.detector if e else ""])
+        first = _local(e.first_reported, tz, iso) if e else "" if iso else "missed"
+        rows.append([str(t.line), t.subject, t.kind, _local(t.start, tz, iso), _local(t.end, tz, iso), first,
+                     _hours(o.delay), e.detector if e else ""])
     return rows
 
 
@@ -123,8 +133,8 @@ def _aligned(rows: list[list[str]]) -> str:
 
 
 def render_table(result: Replay, scores: Scores | None, tz: ZoneInfo, unit: str) -> str:
-    out = [f"group {result.group_id}: {result.runs} runs every {_hours(result.step_s)} h from "
-           f"{_local(result.t_from, tz)} to {_local(result.t_to, tz)} ({tz.key}), {_hours(result.window_s)} h windows; "
+    out = [f"group {result.group_id}: {result.runs} runs every {_span(result.step_s)} from "
+           f"{_local(result.t_from, tz)} to {_local(result.t_to, tz)} ({tz.key}), {_span(result.window_s)} windows; "
            f"detectors {', '.join(result.detectors)}; {sum(result.seconds.values()):.1f} s",
            f"rates in {unit}/h, volumes in {unit}, times local"]
     if result.events:
@@ -134,16 +144,15 @@ def render_table(result: Replay, scores: Scores | None, tz: ZoneInfo, unit: str)
     for name, count in sorted(result.failures.items()):
         out.append(f"warning: detector {name} failed in {count} runs")
     if scores is not None:
-        out.append(f"\ntrue events (matched within {_hours(scores.deadline_s)} h of their start):")
+        out.append(f"\ntrue events (matched when first reported within {_span(scores.deadline_s)} of their start):")
         out.append(_aligned([list(TRUTH_COLUMNS), *_truth_cells(scores, tz, False)]) if scores.outcomes
                    else "none in the replayed period")
         m = dict(_metrics(scores))
         out.append(f"precision {m['precision'] or '-'}  recall {m['recall'] or '-'}  F1 {m['f1'] or '-'}  "
                    f"false episodes {scores.false_episodes} ({m['false_per_month'] or '-'} a month over "
-                   f"{scores.months:.2f} months)  median delay {m['median_delay_h'] or '-'} h")
+                   f"{scores.months:.2f} months)  median delay {_in_hours(scores.median_delay_s)}")
         for kind, k in scores.by_kind.items():
-            out.append(f"  {kind}: {k.detected}/{k.true_events} detected, median delay "
-                       f"{_hours(k.median_delay_s) or '-'} h")
+            out.append(f"  {kind}: {k.detected}/{k.true_events} detected, median delay {_in_hours(k.median_delay_s)}")
         if scores.left_out:
             out.append(f"{scores.left_out} true events of the file left out (other subjects, or outside the period)")
     return "\n".join(out)
