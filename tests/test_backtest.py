@@ -365,6 +365,8 @@ def test_the_command_prints_every_event_and_scores_them(site, tmp_path, monkeypa
     (["--group", "B1", "--detectors", "group-leak,psychic"], "unknown detectors ['psychic']"),
     (["--group", "B1", "--step", "90m"], "expected whole hours"),
     (["--group", "B1", "--step", "soon"], "expected a duration"),
+    (["--group", "B1", "--to", str(FROM - 1)], "no run between --from"),
+    (["--group", "B1", "--deadline", "0d"], "expected a duration"),
 ])
 def test_the_command_refuses_what_it_cannot_do(site, monkeypatch, capsys, args, problem) -> None:
     code, _, err = main(monkeypatch, capsys, "analytics", "backtest", "-c", str(site), "--from", str(FROM),

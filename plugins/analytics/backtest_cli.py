@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
-from balans_edge.core.analytics.backtest import Replay, ReplayedEvent, load_replay_data, replay
+from balans_edge.core.analytics.backtest import Replay, ReplayedEvent, load_replay_data, replay, run_times
 from balans_edge.core.analytics.backtest_truth import (
     DEFAULT_DEADLINE_S,
     Scores,
@@ -248,8 +248,11 @@ def add_backtest_command(group: click.Group) -> None:
         if step_s % HOUR:
             raise click.BadParameter(f"expected whole hours, got {step!r}", param_hint="--step")
         deadline_s = parse_duration(deadline, "--deadline")
-        if times["--to"] < times["--from"]:
-            raise click.BadParameter("must not be earlier than --from", param_hint="--to")
+        try:
+            run_times(times["--from"], times["--to"], step_s)
+        except ValueError:
+            raise click.BadParameter("no run between --from (rounded up to an hour) and --to",
+                                     param_hint="--to") from None
         try:
             detectors = build_detectors(settings, [n.strip() for n in names.split(",") if n.strip()] if names
                                         else None)
