@@ -17,7 +17,7 @@ year 1 or 9999 given by mistake gets a clear refusal, not a crash.
 from __future__ import annotations
 
 import re
-from datetime import UTC, datetime
+from datetime import UTC, datetime, tzinfo
 from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
@@ -80,9 +80,10 @@ def iso(t: int | float) -> str:
     return utc(t).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def read_time(raw: Any) -> int:
-    """Unix seconds of ``raw``: an integer, decimal unix seconds, or ISO-8601 (UTC
-    when it has no offset; fractions of a second are dropped). The range is not
+def read_time(raw: Any, tz: tzinfo | None = None) -> int:
+    """Unix seconds of ``raw``: an integer, decimal unix seconds, or ISO-8601 (in
+    ``tz`` when it has no offset, UTC by default: an operator's command names the
+    site's local times; fractions of a second are dropped). The range is not
     checked (see ``parse_time``); ValueError with a message otherwise."""
     if isinstance(raw, int) and not isinstance(raw, bool):
         return raw
@@ -92,7 +93,7 @@ def read_time(raw: Any) -> int:
             if _UNIX.fullmatch(text):
                 return int(text)  # ValueError beyond 4300 digits
             moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
-            return int((moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp())
+            return int((moment if moment.tzinfo else moment.replace(tzinfo=tz or UTC)).timestamp())
         except (ValueError, OverflowError, OSError):
             pass
     raise ValueError(f"expected an ISO-8601 time or unix seconds, got {raw!r}")
@@ -105,6 +106,6 @@ def check_time(t: int, raw: Any = None) -> int:
     return t
 
 
-def parse_time(raw: Any) -> int:
+def parse_time(raw: Any, tz: tzinfo | None = None) -> int:
     """A time as ``read_time`` reads it, checked against the valid range."""
-    return check_time(read_time(raw), raw)
+    return check_time(read_time(raw, tz), raw)

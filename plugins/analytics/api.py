@@ -240,3 +240,7 @@ def add_commands(group: click.Group) -> None:
         click.echo(f"{answer['from']} .. {answer['to']}: {len(answer['findings'])} findings")
         for f in answer["findings"]:
             click.echo(f"  #{f['id']} {f['severity']:<8} {f['kind']:<22} {f['subject']:<14} {f['message']}")
+
+    from balans_edge.plugins.analytics.backtest_cli import add_backtest_command
+
+    add_backtest_command(group)

@@ -86,6 +86,16 @@ def detector_classes() -> dict[str, type[GroupDetector]]:
     return {c.name: c for c in classes}
 
 
+def build_detectors(config: AnalyticsConfig, names: list[str] | None = None) -> list[GroupDetector]:
+    """The detectors the plugin runs (``names``, else the configured ones, else all),
+    in the order they run: the scheduler's and a backtest's."""
+    problem = _known_detectors(names or [])
+    if problem:
+        raise ValueError(problem)
+    classes = detector_classes()
+    return [classes[n]() for n in names or config.detectors or DETECTOR_NAMES]
+
+
 async def run_analytics(context: PluginContext, scope: Scope) -> list[Finding]:
     """Run every detector over ``scope`` (``DetectionService.run``: one run at a
     time, stored readings folded into consumption and balances first). The
@@ -137,8 +147,7 @@ class AnalyticsPlugin(Plugin):
 
     @hookimpl
     def register_detectors(self) -> list:
-        classes = detector_classes()
-        return [classes[n]() for n in self.config.detectors or DETECTOR_NAMES]
+        return build_detectors(self.config)
 
     @hookimpl
     def register_components(self) -> list:
