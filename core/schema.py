@@ -108,7 +108,7 @@ def fields_of(cls: type) -> tuple[Field, ...]:
                                                    else f.default)
             out.append(_field(f.name, f.type, required, default))
         return tuple(out)
-    hints = typing.get_type_hints(cls, include_extras=True)
+    hints = _bound_hints(cls)
     out = []
     for f in dataclasses.fields(cls):
         if not f.init:
@@ -121,6 +121,26 @@ def fields_of(cls: type) -> tuple[Field, ...]:
             default = NO_DEFAULT
         out.append(_field(f.name, hints[f.name], default is NO_DEFAULT, default))
     return tuple(out)
+
+
+def _bound_hints(cls: type) -> dict[str, Any]:
+    """A dataclass's field types with the type parameters of its generic bases bound
+    as the class binds them (``class DeviceConfig(ClientDevice[TagConfig])``: its
+    ``tags: list[TagT]`` is a ``list[TagConfig]``), as msgspec converts it."""
+    bound: dict[Any, Any] = {}
+    for klass in reversed(cls.__mro__):
+        for base in getattr(klass, "__orig_bases__", ()):
+            params = getattr(get_origin(base), "__parameters__", ())
+            bound.update(zip(params, (_bind(arg, bound) for arg in get_args(base)), strict=False))
+    return {name: _bind(tp, bound) for name, tp in typing.get_type_hints(cls, include_extras=True).items()}
+
+
+def _bind(tp: Any, bound: dict[Any, Any]) -> Any:
+    """``tp`` with the type variables ``bound`` names replaced (``list[T]`` -> ``list[X]``)."""
+    if isinstance(tp, typing.TypeVar):
+        return bound.get(tp, tp)
+    params = () if isinstance(tp, type) else getattr(tp, "__parameters__", ())  # a class is not an alias to fill
+    return tp[tuple(bound.get(p, p) for p in params)] if params else tp
 
 
 def _bare(tp: Any) -> Any:

@@ -4,7 +4,7 @@ of a refusal come from the same constraints; registry rows describe files and bo
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Annotated, Literal
+from typing import Annotated, Generic, Literal, TypeVar
 
 import msgspec
 import pytest
@@ -90,6 +90,31 @@ def test_rules_in_field_metadata_are_refused_not_ignored():
         info.value.problems[0]
     with pytest.raises(TypeError, match="goes into the field's type"):
         setting(80, range=(1, 65535))
+
+
+ItemT = TypeVar("ItemT")
+
+
+@dataclass(frozen=True)
+class Listing(Generic[ItemT]):
+    """A section whose items' type its subclass names (as a protocol's device names its tag type)."""
+
+    items: Annotated[list[ItemT], setting(doc="the items")] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class InnerListing(Listing[Inner]):
+    pass
+
+
+def test_a_generic_base_s_fields_are_read_with_the_type_its_subclass_binds():
+    (items,) = schema.fields_of(InnerListing)
+    assert schema.nested(items) == ("tables", Inner) and items.description == "the items"
+    assert parse_section(InnerListing, {"items": [{"size": 3}]}, ["s"]) == InnerListing(items=[Inner(size=3)])
+    with pytest.raises(ConfigError) as info:
+        parse_section(InnerListing, {"items": [{"size": 0}, {"sise": 1}]}, ["s"])
+    assert info.value.problems == ["[s.items[0]] size: expected an integer 1..9, got 0",
+                                   '[s.items[1]] sise: unknown key (did you mean "size"?)']
 
 
 def test_the_json_schema_carries_ranges_and_descriptions():

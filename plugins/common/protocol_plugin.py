@@ -19,12 +19,13 @@ imported only then."""
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from balans_edge import hookimpl
 from balans_edge.core.context import Plugin, PluginContext
-from balans_edge.plugins.common.client_config import ClientSection
+from balans_edge.plugins.common.client_config import ActuatorT, ClientSection, DeviceT
+from balans_edge.plugins.common.listen import ListenConfig
 from balans_edge.plugins.common.tag_repository import MIGRATIONS as TAG_MIGRATIONS
 from balans_edge.plugins.common.tag_repository import TagRepository
 
@@ -35,19 +36,24 @@ if TYPE_CHECKING:
     from balans_edge.core.storage.migrations import MigrationSet
     from balans_edge.plugins.common.actuators import ClientActuator
     from balans_edge.plugins.common.bridge import LiveBridge
-    from balans_edge.plugins.common.listen import ListenConfig
     from balans_edge.plugins.common.tag_client import TagClient
     from balans_edge.routes import Route
 
 
 @dataclass(frozen=True)
-class ProtocolSection(ClientSection):
-    """``[plugins.<protocol>]``: its ``server`` table next to the ``devices`` and
-    the ``actuators`` of ``ClientSection``. Each protocol declares the three
-    with its own types (the configuration is read by those types)."""
+class ProtocolSection(ClientSection[DeviceT, ActuatorT]):
+    """``[plugins.<protocol>]``: its ``server`` table, then the ``devices`` its
+    client polls and the ``actuators`` driven through them, read by the
+    protocol's types: ``class ModbusConfig(ProtocolSection[DeviceConfig,
+    ActuatorConfig])`` with ``server`` declared again as its own server's
+    section (a default made from that type)."""
 
-    if TYPE_CHECKING:
-        server: ListenConfig
+    server: ListenConfig
+    """The SCADA server's section (``[plugins.<protocol>.server]``); each protocol declares its own type."""
+    devices: list[DeviceT] = field(default_factory=list)
+    """The devices its client polls (``[[plugins.<protocol>.devices]]``)."""
+    actuators: list[ActuatorT] = field(default_factory=list)
+    """Valves, pumps and relays driven through those devices (``[[plugins.<protocol>.actuators]]``)."""
 
 
 class ProtocolPlugin(Plugin):
@@ -57,7 +63,7 @@ class ProtocolPlugin(Plugin):
     """The plugin's name: its section ``[plugins.<section>]``, its URL paths and its command group."""
     title: ClassVar[str]
     """The protocol as people write it ("OPC UA")."""
-    config_type: ClassVar[type[ProtocolSection]]
+    config_type: ClassVar[type[ProtocolSection[Any, Any]]]
     devices_doc: ClassVar[str]
     """What ``GET /api/v1/<section>/devices`` lists of a device."""
     commands_doc: ClassVar[str]
@@ -71,7 +77,7 @@ class ProtocolPlugin(Plugin):
     """Of the actuator (a ``ClientActuator``), made with the client and ``config.actuators``."""
 
     server: LiveBridge[Any] | None = None
-    client: TagClient | None = None
+    client: TagClient[Any, Any] | None = None
     actuator: ClientActuator[Any, Any] | None = None
     tags: TagRepository
     """The tag polling's samples (owner ``tags``), on ``context.database``."""
@@ -87,7 +93,7 @@ class ProtocolPlugin(Plugin):
 
     def bind(self, context: PluginContext) -> None:
         super().bind(context)
-        config: ProtocolSection = context.config
+        config: ProtocolSection[Any, Any] = context.config
         self.tags = TagRepository(context.database)
         self.server = (_part(self.server_part)(context, config.server, *self.server_args(context))
                        if config.server.enabled else None)

@@ -11,10 +11,11 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Coroutine, Iterable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 from balans_edge.core.tags import TagRecorder, TagState, ensure_meters
 from balans_edge.core.tasks import cancel_surely
+from balans_edge.plugins.common.client_config import ClientDevice
 
 if TYPE_CHECKING:
     from balans_edge.core.context import PluginContext
@@ -23,16 +24,30 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-class TagClient:
-    """A protocol client component; ``states`` are its tags."""
+class RunningDevice(Protocol):
+    """A device a client runs (a polled PLC, a station's server session)."""
+
+    def status(self) -> dict[str, Any]: ...
+
+
+ConfigT = TypeVar("ConfigT", bound=ClientDevice[Any])
+RunningT = TypeVar("RunningT", bound=RunningDevice)
+
+
+class TagClient(Generic[ConfigT, RunningT]):
+    """A protocol client component; ``states`` are its tags. ``ConfigT`` is the
+    protocol's device configuration, ``RunningT`` what it makes of one when it
+    starts (``devices``, by name)."""
 
     name = "tag-client"
     protocol = "tags"
     """Names the protocol in the tag listing, log lines and the configuration section."""
 
-    def __init__(self, context: PluginContext, devices: Sequence[Any], tags: TagRepository) -> None:
+    def __init__(self, context: PluginContext, devices: Sequence[ConfigT], tags: TagRepository) -> None:
         self.context = context
-        self.configs = list(devices)
+        self.configs: list[ConfigT] = list(devices)
+        self.devices: dict[str, RunningT] = {}
+        """The running devices by name, made at start (actuators drive them, ``status`` lists them)."""
         self.tags = tags
         """The tag polling's stored samples (every protocol's), the plugin's repository."""
         self.recorder = TagRecorder(tags, context.bus, context.ingest, self.protocol)
@@ -61,6 +76,10 @@ class TagClient:
         for task in self._tasks:
             await cancel_surely(task)
         self._tasks = []
+
+    def status(self) -> list[dict[str, Any]]:
+        """Every device as ``GET /api/v1/<protocol>/devices`` lists it."""
+        return [d.status() for d in self.devices.values()]
 
     def row(self, state: TagState) -> dict[str, Any]:
         """A tag as the API lists it (a protocol may add its addressing)."""

@@ -356,7 +356,7 @@ def _bad(states: Sequence[TagState], quality: TagQuality, detail: str) -> None:
 # -- the component ---------------------------------------------------------------------------
 
 
-class ModbusClient(TagClient):
+class ModbusClient(TagClient[DeviceConfig, Device]):
     """The component: links, devices, supervised poll loops, the stale sweeper."""
 
     name = "modbus-client"
@@ -364,9 +364,7 @@ class ModbusClient(TagClient):
 
     def __init__(self, context: PluginContext, devices: Sequence[DeviceConfig], tags: TagRepository) -> None:
         super().__init__(context, devices, tags)
-        self.configs: list[DeviceConfig] = list(devices)
         self.links: dict[tuple, Link] = {}
-        self.devices: dict[str, Device] = {}
         self.pollers: list[Poller] = []
 
     async def start(self) -> None:

@@ -26,14 +26,11 @@ NAME = "modbus"
 
 
 @dataclass(frozen=True)
-class ModbusConfig(ProtocolSection):
+class ModbusConfig(ProtocolSection[DeviceConfig, ActuatorConfig]):
     server: ServerConfig = field(default_factory=ServerConfig)
-    devices: list[DeviceConfig] = field(default_factory=list)
-    """PLCs polled as a Modbus client (``[[plugins.modbus.devices]]``)."""
-    actuators: list[ActuatorConfig] = field(default_factory=list)
-    """Valves, pumps and relays driven through those devices (``[[plugins.modbus.actuators]]``)."""
 
     def device_problems(self) -> list[str]:
+        """Besides the checks of every protocol: two slaves on one address, one serial line's settings."""
         return check_devices(self.devices)
 
 

@@ -22,11 +22,17 @@ OPC UA client (``balans_edge.core.tags``). Nothing here does I/O:
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Annotated, Literal
 
-from balans_edge.plugins.common.client_config import ReconnectMax, ReconnectMin, device_problems, devices_problems
-from balans_edge.plugins.common.tag_settings import TagSettings, tag_name
+from balans_edge.plugins.common.client_config import (
+    ClientDevice,
+    DeviceName,
+    StaleAfter,
+    StoreEvery,
+    devices_problems,
+)
+from balans_edge.plugins.common.tag_settings import TagSettings
 from balans_edge.plugins.modbus.values import ByteOrder, DataType, decode, register_count
 from balans_edge.settings import setting
 
@@ -64,10 +70,11 @@ class TagConfig(TagSettings):
 
 
 @dataclass(frozen=True, kw_only=True)
-class DeviceConfig:
-    """A PLC (a Modbus slave) reached over TCP or over a serial line (RTU)."""
+class ModbusSettings:
+    """The settings of a PLC that are Modbus's own: how it is reached, asked and
+    read; ``DeviceConfig`` goes on with those of every protocol's device."""
 
-    name: Annotated[str, setting(check=tag_name, doc="unique; used in tag ids, actuators and logs")]
+    name: DeviceName
     transport: Annotated[Literal["tcp", "rtu"], setting(doc="TCP, or RTU on a serial line")] = "tcp"
     host: Annotated[str, setting(doc="tcp: the PLC's (or gateway's) address")] = "127.0.0.1"
     port: Annotated[int, setting(range=(1, 65535), doc="tcp: its port")] = 502
@@ -83,20 +90,18 @@ class DeviceConfig:
     max_gap: Annotated[int, setting(range=(0, 124), doc="unused registers (x16 bits) one read may span")] = 8
     max_registers: Annotated[int, setting(range=(1, MAX_REGISTERS), doc="registers per read")] = MAX_REGISTERS
     max_bits: Annotated[int, setting(range=(1, MAX_BITS), doc="coils or discrete inputs per read")] = MAX_BITS
-    stale_after: Annotated[float, setting(range=(1.0, 100.0), doc=(
-        "stale without a good value for this many intervals"))] = 2.0
-    store_every_s: Annotated[float, setting(range=(0.0, 86400.0), doc=(
-        "store unchanged samples this often (0: all)"))] = 60.0
-    reconnect_min_s: ReconnectMin = 0.5
-    reconnect_max_s: ReconnectMax = 30.0
-    tags: Annotated[list[TagConfig], setting(doc="the values read from it")] = field(default_factory=list)
+    stale_after: Annotated[StaleAfter, setting(doc="stale without a good value for this many intervals")] = 2.0
+    store_every_s: Annotated[StoreEvery, setting(doc="store unchanged samples this often (0: all)")] = 60.0
+
+
+@dataclass(frozen=True, kw_only=True)
+class DeviceConfig(ClientDevice[TagConfig], ModbusSettings):
+    """A PLC (a Modbus slave) reached over TCP or over a serial line (RTU)."""
 
     def __post_init__(self) -> None:
         if self.transport == "rtu" and not self.path:
             raise ValueError(f'device "{self.name}": transport rtu needs path (the serial port, e.g. /dev/ttyUSB0)')
-        problems = device_problems(self)
-        if problems:
-            raise ValueError("; ".join(problems))
+        super().__post_init__()
 
     @property
     def link_key(self) -> tuple[str, str, int]:

@@ -37,7 +37,7 @@ import math
 import time
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from asyncua import Client, Node, ua
 from asyncua.crypto import security_policies
@@ -53,10 +53,6 @@ from balans_edge.plugins.opcua.client_pki import (
     first_certificate,
     trusted_server_certificate,
 )
-
-if TYPE_CHECKING:
-    from balans_edge.core.context import PluginContext
-    from balans_edge.plugins.common.tag_repository import TagRepository
 
 log = logging.getLogger(__name__)
 
@@ -580,16 +576,11 @@ async def disconnect(client: Client, wait_s: float) -> None:
 # -- the component ---------------------------------------------------------------------------
 
 
-class OpcuaClient(TagClient):
+class OpcuaClient(TagClient[DeviceConfig, OpcuaDevice]):
     """The component: one supervised session loop (and recorder) per device."""
 
     name = "opcua-client"
     protocol = "opcua"
-
-    def __init__(self, context: PluginContext, devices: Sequence[DeviceConfig], tags: TagRepository) -> None:
-        super().__init__(context, devices, tags)
-        self.configs: list[DeviceConfig] = list(devices)
-        self.devices: dict[str, OpcuaDevice] = {}
 
     async def start(self) -> None:
         await self.make_meters(wall_clock())
@@ -608,9 +599,6 @@ class OpcuaClient(TagClient):
 
     def row(self, state: TagState) -> dict[str, Any]:
         return {**state.row(), "node_id": state.tag.node_id, "read": state.tag.read}
-
-    def status(self) -> list[dict[str, Any]]:
-        return [d.status() for d in self.devices.values()]
 
 
 async def read_once(config: DeviceConfig) -> list[TagState]:

@@ -18,8 +18,14 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 from balans_edge.core.readback import same
-from balans_edge.plugins.common.client_config import ActuatorSettings, ReconnectMax, ReconnectMin, device_problems
-from balans_edge.plugins.common.tag_settings import TagSettings, tag_name
+from balans_edge.plugins.common.client_config import (
+    ActuatorSettings,
+    ClientDevice,
+    DeviceName,
+    StaleAfter,
+    StoreEvery,
+)
+from balans_edge.plugins.common.tag_settings import TagSettings
 from balans_edge.settings import setting
 
 Policy = Literal["None", "Basic256Sha256", "Aes128_Sha256_RsaOaep"]
@@ -101,10 +107,12 @@ class TagConfig(TagSettings):
 
 
 @dataclass(frozen=True, kw_only=True)
-class DeviceConfig:
-    """An OPC UA server of a pumping station (or its PLC), read as a client."""
+class OpcuaSettings:
+    """The settings of a station's server that are OPC UA's own: its endpoint,
+    security, user and timing; ``DeviceConfig`` goes on with those of every
+    protocol's device."""
 
-    name: Annotated[str, setting(check=tag_name, doc="unique; used in tag ids, actuators and logs")]
+    name: DeviceName
     endpoint: Annotated[str, setting(check=_endpoint, doc="the server's endpoint URL, \"opc.tcp://host:port/path\"")]
     security_policy: Annotated[Policy, setting(doc="None: no signing, no encryption")] = "None"
     security_mode: Annotated[Mode, setting(doc="with a policy other than None")] = "SignAndEncrypt"
@@ -132,15 +140,17 @@ class DeviceConfig:
         "how often the server sends the changes of subscribed tags"))] = 1.0
     keepalive_s: Annotated[float, setting(range=(0.05, 3600.0), doc=(
         "a subscription without changes says it is alive this often"))] = 5.0
-    stale_after: Annotated[float, setting(range=(1.0, 100.0), doc=(
+    stale_after: Annotated[StaleAfter, setting(doc=(
         "stale without a value for this many poll intervals (subscriptions: keep-alives)"))] = 2.0
-    store_every_s: Annotated[float, setting(range=(0.0, 86400.0), doc=(
+    store_every_s: Annotated[StoreEvery, setting(doc=(
         "store unchanged samples this often (0: only changes of subscribed tags, every poll)"))] = 60.0
-    reconnect_min_s: ReconnectMin = 0.5
-    reconnect_max_s: ReconnectMax = 30.0
-    tags: Annotated[list[TagConfig], setting(doc="the values read from it")] = field(default_factory=list)
 
-    def __post_init__(self) -> None:
+
+@dataclass(frozen=True, kw_only=True)
+class DeviceConfig(ClientDevice[TagConfig], OpcuaSettings):
+    """An OPC UA server of a pumping station (or its PLC), read as a client."""
+
+    def own_problems(self) -> list[str]:
         where = f'device "{self.name}"'
         problems = []
         if self.security_policy != "None" and not self.server_certificate and not self.trust_on_first_use:
@@ -150,9 +160,7 @@ class DeviceConfig:
             problems.append(f"{where}: password without username")
         if self.username and not self.password:
             problems.append(f"{where}: username {self.username!r} needs password (or password_env)")
-        problems += device_problems(self)
-        if problems:
-            raise ValueError("; ".join(problems))
+        return problems
 
     def __repr__(self) -> str:  # never show the password, even in a traceback
         return f"DeviceConfig(name={self.name!r}, endpoint={self.endpoint!r}, policy={self.security_policy!r})"

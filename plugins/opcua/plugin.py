@@ -22,12 +22,8 @@ NAME = "opcua"
 
 
 @dataclass(frozen=True)
-class OpcuaConfig(ProtocolSection):
+class OpcuaConfig(ProtocolSection[DeviceConfig, ActuatorConfig]):
     server: ServerConfig = field(default_factory=ServerConfig)
-    devices: list[DeviceConfig] = field(default_factory=list)
-    """Pumping-station servers read as a client (``[[plugins.opcua.devices]]``)."""
-    actuators: list[ActuatorConfig] = field(default_factory=list)
-    """Valves, pumps and relays driven through those servers (``[[plugins.opcua.actuators]]``)."""
 
 
 class OpcuaPlugin(ProtocolPlugin):
