@@ -10,6 +10,7 @@ import os
 import shutil
 import time
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ import httpx
 import pytest
 
 from balans_edge.config import Config, parse_config
+from balans_edge.core.components import Command, CommandOutcome
 from balans_edge.core.model import Account, Concentrator, Meter, RadioModule, Resource
 from balans_edge.core.storage.sqlite import SqliteStorage
 from balans_edge.plugin_manager import Plugins, config_schemas, load_plugins
@@ -87,6 +89,34 @@ def small_site(install: int = T0 - 86400) -> dict[str, list]:
             Meter("W-3", Resource.WATER, "m3", 0.01, install, module_id=1002, channel=3),
         ],
     }
+
+
+@dataclass
+class Valves:
+    """An actuator behind the real actuation service, for the SCADA bridges' tests
+    (the DMesh radio path is tested elsewhere): it takes W-V and W-R."""
+
+    name: str = "test-valves"
+    delay: float = 0.0
+    ok: bool = True
+    commands: list[Command] = field(default_factory=list)
+
+    def handles(self, command: Command) -> bool:
+        return command.target in ("W-V", "W-R")
+
+    async def execute(self, command: Command) -> CommandOutcome:
+        await asyncio.sleep(self.delay)
+        self.commands.append(command)
+        return CommandOutcome(self.ok, "moved" if self.ok else "jammed")
+
+
+async def seed_registry(path: Path, objects: dict[str, list[Any]]) -> None:
+    """Write a registry into the database at ``path`` before a server opens it (a
+    bridge builds its map at start)."""
+    storage = SqliteStorage(path)
+    await storage.open()
+    await storage.registry_apply(objects)
+    await storage.close()
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ import json
 import os
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -20,14 +20,12 @@ import numpy as np
 import pytest
 from cryptography.hazmat.primitives import serialization
 
-from balans_edge.core.components import Command, CommandOutcome
 from balans_edge.core.ingest import ReadingBatch
 from balans_edge.core.model import Concentrator, Group, GroupInput, Meter, RadioModule, Resource, Status
-from balans_edge.core.storage.sqlite import SqliteStorage
 from balans_edge.plugins.opcua import pki
 from balans_edge.plugins.opcua.server import OpcuaServer
 
-from conftest import TOKENS, auth, base_config, eventually, peer
+from conftest import TOKENS, Valves, auth, base_config, eventually, peer, seed_registry
 
 HOUR = 3600
 PER_HOUR = {1: 3217, 2: 1234, 3: 77}
@@ -54,22 +52,6 @@ def node() -> str:
 
 
 # the site ----------------------------------------------------------------------------------------
-
-
-@dataclass
-class Valves:
-    """An actuator behind the real actuation service (the DMesh radio path is tested elsewhere)."""
-
-    name: str = "test-valves"
-    ok: bool = True
-    commands: list[Command] = field(default_factory=list)
-
-    def handles(self, command: Command) -> bool:
-        return command.target in ("W-V", "W-R")
-
-    async def execute(self, command: Command) -> CommandOutcome:
-        self.commands.append(command)
-        return CommandOutcome(self.ok, "moved" if self.ok else "jammed")
 
 
 @dataclass
@@ -200,10 +182,7 @@ def site_factory(tmp_path: Path, make_server: Any, client_for: Any) -> MakeSite:
         now = int(time.time())
         hour = now - now % HOUR
         if seed:
-            storage = SqliteStorage(tmp_path / "balans.db")
-            await storage.open()
-            await storage.registry_apply(site_registry(hour - 12 * HOUR))
-            await storage.close()
+            await seed_registry(tmp_path / "balans.db", site_registry(hour - 12 * HOUR))
         folder = pki.Pki(tmp_path / "server-pki")
         trusted = make_client_cert(tmp_path / "clients", "trusted")
         folder.trusted.mkdir(parents=True, exist_ok=True)

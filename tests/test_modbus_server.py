@@ -11,7 +11,7 @@ import re
 import struct
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -20,7 +20,6 @@ import numpy as np
 import pytest
 
 from balans_edge.core.balance_figures import BALANCE_FLAGS
-from balans_edge.core.components import Command, CommandOutcome
 from balans_edge.core.ingest import ReadingBatch
 from balans_edge.core.model import Concentrator, Group, GroupInput, Meter, RadioModule, Resource, Status
 from balans_edge.core.storage.sqlite import SqliteStorage
@@ -28,7 +27,7 @@ from balans_edge.plugins.modbus.regmap import GROUP, METER, METER_QUALITY, SYSTE
 from balans_edge.plugins.modbus.server import ModbusServer
 from balans_edge.plugins.modbus.values import decode
 
-from conftest import auth, base_config, eventually, peer
+from conftest import Valves, auth, base_config, eventually, peer, seed_registry
 
 HOUR = 3600
 BASE_W_V = 12.5
@@ -51,24 +50,6 @@ def wire_to_big_endian(regs: list[int], order: str) -> bytes:
 
 def unpack(regs: list[int], fmt: str, order: str) -> Any:
     return struct.unpack(fmt, wire_to_big_endian(regs, order))[0]
-
-
-@dataclass
-class Valves:
-    """An actuator behind the real actuation service (the DMesh radio path is tested elsewhere)."""
-
-    name: str = "test-valves"
-    delay: float = 0.0
-    ok: bool = True
-    commands: list[Command] = field(default_factory=list)
-
-    def handles(self, command: Command) -> bool:
-        return command.target in ("W-V", "W-R")
-
-    async def execute(self, command: Command) -> CommandOutcome:
-        await asyncio.sleep(self.delay)
-        self.commands.append(command)
-        return CommandOutcome(self.ok, "moved" if self.ok else "jammed")
 
 
 @dataclass
@@ -137,11 +118,7 @@ def make_site(tmp_path: Path, make_server: Any, client_for: Any) -> MakeSite:
         now = int(time.time())
         hour = now - now % HOUR
         if seed:
-            # The registry exists before the server starts (the map is built at start) ...
-            storage = SqliteStorage(tmp_path / "balans.db")
-            await storage.open()
-            await storage.registry_apply(site_registry(hour - 12 * HOUR))
-            await storage.close()
+            await seed_registry(tmp_path / "balans.db", site_registry(hour - 12 * HOUR))
         server_options = {"enabled": True, "port": 0, "frame_timeout_s": 0.3, **options}
         config = base_config(tmp_path, site={"timezone": TZ}, intervals={"debounce_s": 0.0},
                              balance={"debounce_s": 0.0}, plugins={"modbus": {"server": server_options}})
