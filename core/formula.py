@@ -3,8 +3,9 @@
 A district fed through a tank is metered by what its pumps deliver less what
 the tank stores: ``tag:PS1/flow - 150 * d(tag:PS1/level)/dt``; a group fed
 by several pipes and exporting through one is ``meter:A + meter:B - meter:C``.
-Grammar (blanks between tokens are free; ``−``, ``×``, ``·`` and ``÷`` are
-read as ``-``, ``*`` and ``/``)::
+Grammar (blanks between tokens are free; the typographic minus U+2212, the
+multiplication signs U+00D7 and U+00B7 and the division sign U+00F7 are read
+as ``-``, ``*`` and ``/``)::
 
     formula := sum
     sum     := product (("+" | "-") product)*
@@ -232,7 +233,7 @@ def _tokens(text: str) -> list[_Token]:
         elif c in _OPERATORS:
             out.append(_Token("op", _OPERATORS[c], i + 1))
             i += 1
-        elif c.isdecimal() and c.isascii() or (c == "." and text[i + 1: i + 2].isdecimal()):
+        elif (c.isdecimal() and c.isascii()) or (c == "." and text[i + 1: i + 2].isdecimal()):
             j = _number_end(text, i)
             try:
                 value = float(text[i:j])
@@ -361,11 +362,9 @@ class _Parser:
     def atom(self, depth: int) -> Node:
         token = self.take()
         if token.kind == "number":
-            assert isinstance(token.value, float)
-            return Number(token.value)
+            return Number(float(token.value or 0.0))
         if token.kind == "term":
-            assert isinstance(token.value, str)
-            return Term("meter" if token.text == "meter" else "tag", token.value, token.position)
+            return Term("meter" if token.text == "meter" else "tag", str(token.value), token.position)
         if token.kind == "op" and token.text == "(":
             node = self.sum(depth + 1)
             self.expect("op", ")", '")" to close the "(" at character ' + str(token.position))
@@ -380,8 +379,7 @@ class _Parser:
             if token.text == "d":
                 self.expect("op", "/", '"/dt" after d(...)')
                 self.expect("name", "dt", '"dt" after d(...)/')
-            assert isinstance(inner.value, str)
-            return Term("rate", inner.value, token.position)
+            return Term("rate", str(inner.value), token.position)
         if token.kind == "name":
             raise FormulaError(f'unknown name "{token.text}" (a term is meter:ID or tag:DEVICE/NAME; functions: '
                                "d(tag:...)/dt, rate(tag:...))", token.position)

@@ -8,8 +8,9 @@ file import, configuration), and nothing is written while one is broken.
 
 A group's members are the meters whose ``group_id`` is the group and the
 groups whose ``parent_id`` is the group; a member group counts with its input
-meters (or the meters its formula reads: ``core.calculated.input_meters``). Problems are reported only where the write is involved (a fresh
-object), since what was stored before is not this write's doing.
+meters (or the meters its formula reads: ``core.calculated.input_meters``).
+Problems are reported only where the write is involved (a fresh object),
+since what was stored before is not this write's doing.
 """
 
 from __future__ import annotations

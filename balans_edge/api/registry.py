@@ -89,7 +89,8 @@ def _kind_routes(server: Server, kind: str, key: str, key_type: str) -> list[Rou
         """Check ``obj`` against the registry and write it."""
         where = f"{request.method} /api/v1/{kind}/{reg.key_of(obj)}"
         try:
-            await reg.validate_upsert(storage, obj, where=where)
+            # A group's formula may name the tags the running clients read (core.calculated).
+            await reg.validate_upsert(storage, obj, where=where, tags=server.tags.known() if kind == "groups" else None)
             if kind == "meters":
                 old = await storage.registry_get(kind, obj.meter_id)
                 changed = {obj.meter_id: old} if history.params_changed(old, obj) else {}
