@@ -233,9 +233,9 @@ def values_at(series: TagSeries, moments: np.ndarray) -> Series:
         pp, nn = np.clip(p, 0, len(gts) - 1), np.clip(p + 1, 0, len(gts) - 1)
         near = ((p >= 0) & (p + 1 < len(gts)) & (moments - gts[pp] <= TAG_HOLD_S)
                 & (gts[nn] - moments <= TAG_HOLD_S) & ~held)
-        with np.errstate(all="ignore"):
+        with np.errstate(all="ignore"):  # where not ``near``, pp == nn: the weights there are never used
             w = (moments - gts[pp]) / (gts[nn] - gts[pp])
-        value = np.where(near, gv[pp] + w * (gv[nn] - gv[pp]), value)
+            value = np.where(near, gv[pp] + w * (gv[nn] - gv[pp]), value)
         quality = np.where(near, np.int8(Quality.ESTIMATED), quality).astype(np.int8)
     return value, quality
 

@@ -89,7 +89,8 @@ class Term:
         return self.kind, self.id
 
     def __str__(self) -> str:
-        ref = f'{"meter" if self.kind == "meter" else "tag"}:{_quoted(self.id)}'
+        kind = "meter" if self.kind == "meter" else "tag"
+        ref = f"{kind}:{_quoted(self.id, kind)}"
         return f"d({ref})/dt" if self.kind == "rate" else ref
 
 
@@ -108,8 +109,10 @@ class Binary:
 Node = Number | Term | Negative | Binary
 
 
-def _quoted(ident: str) -> str:
-    if ident and not any(c.isspace() or c in _STOP for c in ident):
+def _quoted(ident: str, kind: str) -> str:
+    """The id as a formula spells it: bare when it reads back the same, else quoted."""
+    inside = {"-", "/"} if kind == "tag" else {"-"}
+    if ident and not any(c.isspace() or (c in _STOP and c not in inside) for c in ident):
         return ident
     return '"' + ident.replace('"', '""') + '"'
 
