@@ -31,11 +31,12 @@ from balans_edge.core.calculated import (
 from balans_edge.core.context import Plugin
 from balans_edge.core.formula import FormulaError, parse
 from balans_edge.core.model import Group, GroupInput, Quality, RawReading, Resource
-from balans_edge.core.registry import RegistryError, check_references, parse_object
+from balans_edge.core.registry import RegistryError, check_references, export_registry, import_registry, parse_object
 from balans_edge.core.tags import TagRow
 from balans_edge.core.times import HOUR, iso
 from balans_edge.plugin_manager import load_plugins
 from balans_edge.plugins.common.tag_repository import TagRepository
+from balans_edge.server import StartupError
 
 from conftest import T0, auth, base_config, small_site
 
@@ -328,3 +329,30 @@ async def test_the_openapi_schema_shows_the_formula(tmp_path: Path, make_server:
         assert "d(tag:" in schema["properties"]["formula"]["description"]
         assert "formula" in schema["properties"]["inputs"]["description"]
         assert "inputs" not in schema["required"]
+
+
+async def test_a_formula_group_goes_through_export_and_import_unchanged(storage: Any, tmp_path: Path) -> None:
+    site = small_site()
+    group = Group("Район", Resource.WATER, "m3", level="district", formula=f"-meter:W-3 + {TANK}")
+    await storage.registry_apply({**site, "groups": [group]})
+    for fmt in ("csv", "json"):
+        folder = tmp_path / fmt
+        folder.mkdir()
+        await export_registry(storage, folder, fmt)
+        report = await import_registry(storage, [folder])
+        assert report.kinds["groups"].unchanged == 1, fmt
+    assert await storage.registry_get("groups", "Район") == group
+
+
+async def test_configured_groups_with_formulas_are_checked_at_start(tmp_path: Path, make_server: Any) -> None:
+    plugins = load_plugins()
+    plugins.register(Station(), "station")
+    district = {"group_id": "D", "resource": "water", "unit": "m3", "formula": "tag:PS/flow - tag:PS/nothing"}
+
+    def config(group: dict[str, Any]) -> dict[str, Any]:
+        return {**base_config(tmp_path), "groups": [group]}
+
+    with pytest.raises(StartupError, match=r'group "D": at character 15 .*unknown tag "PS/nothing"'):
+        await make_server(config(district), plugins_=plugins)
+    server = await make_server(config({**district, "formula": TANK}), plugins_=plugins)
+    assert (await server.storage.registry_get("groups", "D")).formula == TANK
