@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import numpy as np
 import pytest
@@ -20,8 +21,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from balans_edge import hookimpl
+from balans_edge.core.analytics.data import load_group_data
+from balans_edge.core.balance import BalanceTree, compute
 from balans_edge.core.calculated import (
     TAG_HOLD_S,
+    ComponentTags,
     TagSeries,
     evaluate,
     hourly_change,
@@ -30,7 +34,7 @@ from balans_edge.core.calculated import (
 )
 from balans_edge.core.context import Plugin
 from balans_edge.core.formula import FormulaError, parse
-from balans_edge.core.model import Group, GroupInput, Quality, RawReading, Resource
+from balans_edge.core.model import Group, GroupInput, Meter, Quality, RawReading, Resource
 from balans_edge.core.registry import RegistryError, check_references, export_registry, import_registry, parse_object
 from balans_edge.core.tags import TagRow
 from balans_edge.core.times import HOUR, iso
@@ -356,3 +360,40 @@ async def test_configured_groups_with_formulas_are_checked_at_start(tmp_path: Pa
         await make_server(config(district), plugins_=plugins)
     server = await make_server(config({**district, "formula": TANK}), plugins_=plugins)
     assert (await server.storage.registry_get("groups", "D")).formula == TANK
+
+
+def test_a_member_group_counts_in_its_parent_with_its_calculated_input() -> None:
+    meters = [(1, Meter("IN", Resource.WATER, "m3", 0.001, 0)), (2, Meter("X", Resource.WATER, "m3", 0.001, 0)),
+              (3, Meter("Y", Resource.WATER, "m3", 0.001, 0, group_id="C"))]
+    groups = [Group("P", Resource.WATER, "m3", (GroupInput("IN"),)),
+              Group("C", Resource.WATER, "m3", parent_id="P", formula="0.5 * meter:X + tag:PS/flow")]
+    tree = BalanceTree.compile(groups, meters)
+    rows = {int(k): i for i, k in enumerate(tree.meter_keys)}
+    values = np.zeros((len(rows), 3))
+    quality = np.zeros((len(rows), 3), np.int8)
+    values[rows[1]], values[rows[2]], values[rows[3]] = [300.0] * 3, [10.0, 10.0, 10.0], [50.0] * 3
+    quality[rows[2]] = [M, E, M]
+    flow = series([(T, 200.0), (T + HOUR, 200.0), (T + 2 * HOUR, None)])  # the link fails in the third hour
+    out = compute(tree, HOURS[:3], values, quality, {"PS/flow": flow})
+    c, p = out.group_ids.index("C"), out.group_ids.index("P")
+    assert out.input[c].tolist() == [205.0, 205.0, 0.0]  # missing: not summed, counted
+    assert [out.input_measured[c].tolist(), out.input_estimated[c].tolist(), out.input_missing[c].tolist()] == [
+        [1, 0, 0], [0, 1, 0], [0, 0, 1]]
+    assert out.consumed[p].tolist() == [205.0, 205.0, 0.0]
+    assert (out.measured[p] + out.estimated[p] + out.missing[p]).tolist() == [1, 1, 1]
+    assert out.missing[p].tolist() == [0, 0, 1]
+
+
+async def test_analytics_sees_the_calculated_input(storage: Any) -> None:
+    await storage.registry_apply(small_site())
+    keys = await storage.meter_keys()
+    hourly = [(keys["W-3"], int(t), v, int(M)) for t, v in zip(HOURS, W3, strict=True)]
+    await storage.save_intervals(hourly, [])
+    group = Group("D", Resource.WATER, "m3", formula=f"{TANK} - meter:W-3")
+    data = await load_group_data(storage, group, [], [], keys, T, T + 5 * HOUR, ZoneInfo("UTC"),
+                                 tags=ComponentTags(lambda: [PumpStation()]))
+    np.testing.assert_allclose(data.input, np.array(INFLOW) - np.array(W3))
+    # Without a tag client, the tag terms (and so the input) are missing.
+    alone = await load_group_data(storage, group, [], [], keys, T, T + 5 * HOUR, ZoneInfo("UTC"),
+                                  tags=ComponentTags(list))
+    assert np.isnan(alone.input).all()
