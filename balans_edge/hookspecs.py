@@ -189,8 +189,9 @@ def register_detectors() -> list[Detector] | None:
     - **Returns:** a list of `Detector`s: objects with a `name` and
       `async detect(run) -> list[Finding]`, where `run` is a
       `balans_edge.core.detection.DetectionRun`: the run's `scope` (groups and
-      hours; `scope.windows(run.queries, run.tz)` loads each group's window once
-      per run), read access to the data (`run.queries`) and the site's `tz`.
+      hours; `scope.windows(run.queries, run.tz, run.tags)` loads each group's
+      window once per run), read access to the data (`run.queries`), the
+      site's `tz` and the tags' samples calculated inputs read (`run.tags`).
     - **When:** collected once at start-up; the detection service runs every
       detector (the analytics schedule, an operator's run, `context.detection.run`).
       Each `Finding(detector, subject, kind, message, severity=..., t=..., data={})`

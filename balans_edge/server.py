@@ -20,6 +20,7 @@ from balans_edge.config import Config
 from balans_edge.core.actuation import ActuationService
 from balans_edge.core.balance_worker import BalanceWorker
 from balans_edge.core.bus import EventBus, ReadingsCommitted, RegistryChanged, Subscription
+from balans_edge.core.calculated import ComponentTags
 from balans_edge.core.components import Alarm, Command, Component, Exporter, Finding
 from balans_edge.core.context import PluginContext, Site
 from balans_edge.core.detection import DetectionService
@@ -52,13 +53,15 @@ class Server:
         self.storage.on_registry_change(lambda: self.bus.publish(RegistryChanged()))
         self.ingest = Ingest(self.storage, config.ingest, self.bus)
         self.intervals = IntervalWorker(self.storage, config.intervals, self.bus)
-        self.balance = BalanceWorker(self.storage, config.balance, self.bus)
+        self.tags = ComponentTags(lambda: [c for _, c in self.components])
+        """Tags' samples and ids through the running tag clients, for calculated inputs."""
+        self.balance = BalanceWorker(self.storage, config.balance, self.bus, self.tags)
         self.quarantine = QuarantineRetention(self.storage, config.ingest)
         self.actuation = ActuationService(self.storage, observer=self._observe_command)
         self.queries = view_of(Queries, self.storage)
         """What plugins and detectors read: core's data, read-only."""
         self.detection = DetectionService(self.queries, self.tz, settle=self._settle, report=self.report_finding,
-                                          failed=self._count_error)
+                                          failed=self._count_error, tags=self.tags)
         self.site = Site(config.site.name, config.site.timezone, config.balance.completeness_threshold,
                          config.intervals.tolerance_s)
         self.components: list[tuple[str, Component]] = []
@@ -216,7 +219,7 @@ class Server:
 
         try:
             await validate_all(self.storage, [(g, f"{self.config.source}: [[groups]] {g.group_id}")
-                                              for g in self.config.groups])
+                                              for g in self.config.groups], self.tags.known())
         except RegistryError as exc:
             raise StartupError(f"configured groups refused, nothing written:\n{exc}") from None
         await self.storage.registry_apply({"groups": list(self.config.groups)}, who="config")

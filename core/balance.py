@@ -1,6 +1,7 @@
 """Hourly balance of balance groups: input, consumed, imbalance and completeness.
 
-A group's input is the signed sum of its input meters; what it consumed is the
+A group's input is the signed sum of its input meters, or its formula's value
+(a calculated input, ``core.calculated``); what it consumed is the
 sum of its member meters plus the inputs of its member groups (a child group
 appears in its parent with what flowed into it, just as a meter does). The
 imbalance, input minus consumed, is the group's loss. Only direct members are
@@ -23,7 +24,10 @@ from zoneinfo import ZoneInfo
 import numpy as np
 
 from balans_edge.core.balance_figures import balance_figures, flag_names, none_if_nan
+from balans_edge.core.calculated import TagSeries, formula_of
+from balans_edge.core.calculated import evaluate as calculated_input
 from balans_edge.core.calendar import local_starts
+from balans_edge.core.formula import Formula
 from balans_edge.core.model import Group, Meter, Quality
 from balans_edge.core.periods import MeterPeriod
 from balans_edge.core.times import HOUR, hour_floor, iso
@@ -194,6 +198,13 @@ class BalanceTree:
     row_until: np.ndarray
     """Per meter row, the hour it stops counting in its group (a member row of a
     meter that moved to another group; input rows count always)."""
+    calculated: tuple[CalculatedInput, ...] = ()
+    """The groups whose input is a formula (``core.calculated``)."""
+
+    @property
+    def tags(self) -> list[str]:
+        """Every tag the calculated inputs read, each once."""
+        return list(dict.fromkeys(tag for c in self.calculated if c.formula is not None for tag in c.formula.tags))
 
     @classmethod
     def compile(cls, groups: Sequence[Group], meters: Sequence[tuple[int, Meter]],
@@ -217,7 +228,9 @@ class BalanceTree:
         # An input meter is read from its member row only when that row counts at all times.
         whole = {s[1]: i for i, s in enumerate(member_rows) if s[2] == _ALWAYS[0] and s[3] == _ALWAYS[1]}
         key_of = {m.meter_id: key for key, m in meters}
-        input_only = list(dict.fromkeys(i.meter_id for g in groups for i in g.inputs if i.meter_id not in whole))
+        formulas = {g.group_id: f for g in groups if (f := formula_of(g)) is not None}
+        read = [i.meter_id for g in groups for i in g.inputs] + [m for f in formulas.values() for m in f.meters]
+        input_only = [m for m in dict.fromkeys(read) if m not in whole and m in key_of]
         row_of_input = whole | {mid: len(member_rows) + i for i, mid in enumerate(input_only)}
         flat_inputs = [(row_of_group[g.group_id], row_of_input[i.meter_id], i.sign) for g in groups for i in g.inputs]
         child_pairs = [(row_of_group[g.parent_id], i) for i, g in enumerate(groups) if g.parent_id in row_of_group]
@@ -226,6 +239,10 @@ class BalanceTree:
             raise ValueError(f"a group has more than {_FIELD_MAX} input meters")
         input_rows = np.array([r for _, r, _ in flat_inputs], dtype=np.int64)
         spans = [(s[2], s[3]) for s in member_rows] + [_ALWAYS] * len(input_only)
+        calculated = tuple(
+            CalculatedInput(row_of_group[g.group_id], formulas.get(g.group_id),
+                            {m: row_of_input[m] for m in _formula_meters(formulas, g) if m in row_of_input})
+            for g in groups if g.formula)
         return cls(
             group_ids=group_ids,
             meter_keys=np.array([s[4] for s in member_rows] + [key_of[mid] for mid in input_only], dtype=np.int64),
@@ -241,10 +258,41 @@ class BalanceTree:
             ),
             row_from=np.array([lo for lo, _ in spans], dtype=np.int64).reshape(-1),
             row_until=np.array([hi for _, hi in spans], dtype=np.int64).reshape(-1),
+            calculated=calculated,
         )
 
 
 _ALWAYS = (-(2**62), 2**62)
+
+
+def _formula_meters(formulas: Mapping[str, Formula], group: Group) -> tuple[str, ...]:
+    formula = formulas.get(group.group_id)
+    return formula.meters if formula is not None else ()
+
+
+@dataclass(frozen=True, slots=True)
+class CalculatedInput:
+    """A group whose input is its formula: its row, the formula (None: a stored
+    formula that no longer parses, whose input is missing) and the meter row of
+    each meter the formula reads."""
+
+    group_row: int
+    formula: Formula | None
+    meter_rows: dict[str, int]
+
+    def evaluate(self, t: np.ndarray, values: np.ndarray, quality: np.ndarray,
+                 tags: Mapping[str, TagSeries]) -> tuple[np.ndarray, np.ndarray]:
+        """(values, quality codes) of the input over the hours ``t``; quality ABSENT
+        where the formula reads only meters and none of them was installed (the
+        group had no input then, as a group of input meters has none)."""
+        if self.formula is None:
+            return np.full(len(t), np.nan), np.full(len(t), Quality.MISSING, np.int8)
+        meters = {m: (values[r], quality[r]) for m, r in self.meter_rows.items()}
+        value, code = calculated_input(self.formula, t, meters, tags)
+        if self.formula.meters and not self.formula.tags and len(self.meter_rows) == len(self.formula.meters):
+            absent = np.all(np.stack([quality[r] for r in self.meter_rows.values()]) == Quality.ABSENT, axis=0)
+            code = np.where(absent, np.int8(Quality.ABSENT), code)
+        return value, code
 
 
 def _memberships(meter: Meter, periods: Sequence[MeterPeriod] | None) -> list[tuple[str | None, int, int]]:
@@ -398,7 +446,8 @@ def _inputs(tree: BalanceTree, values: np.ndarray, quality: np.ndarray) -> tuple
     return tree.inputs.sum(signed, g, np.float64), *counts
 
 
-def compute(tree: BalanceTree, t: np.ndarray, values: np.ndarray, quality: np.ndarray) -> BalanceSeries:
+def compute(tree: BalanceTree, t: np.ndarray, values: np.ndarray, quality: np.ndarray,
+            tags: Mapping[str, TagSeries] | None = None) -> BalanceSeries:
     """Balance of every group for every hour.
 
     ``values`` (float64, NaN where missing) and ``quality`` (int8 ``Quality``
@@ -406,6 +455,10 @@ def compute(tree: BalanceTree, t: np.ndarray, values: np.ndarray, quality: np.nd
     (meters x hours) with rows in ``tree.meter_keys`` order; ``t`` holds the
     hour starts. Missing values are left out of the sums and counted as missing
     (a NaN value counts as missing whatever its code). Counts are int64.
+
+    A group with a formula (``tree.calculated``) has the formula's value as its
+    input, evaluated from the meter rows and the ``tags``' samples (a tag not
+    given is missing), and counts as one input of the formula's quality.
     """
     values = np.asarray(values, dtype=np.float64)
     quality = np.asarray(quality, dtype=np.int8)
@@ -417,6 +470,12 @@ def compute(tree: BalanceTree, t: np.ndarray, values: np.ndarray, quality: np.nd
     consumed = tree.pieces.sum(sums, g, np.float64)
     measured, estimated, missing = (tree.pieces.sum(c, g, np.int64) for c in _unpack(packed))
     inp, *input_counts = _inputs(tree, values, quality)
+    for calculated in tree.calculated:
+        value, code = calculated.evaluate(np.asarray(t, np.int64), values, quality, tags or {})
+        row = calculated.group_row
+        inp[row] = np.where(np.isnan(value), 0.0, value)
+        for count, wanted in zip(input_counts, (Quality.MEASURED, Quality.ESTIMATED, Quality.MISSING), strict=True):
+            count[row] = code == wanted
     # A member group counts in its parent with its input and its input meters.
     for total, own in zip((consumed, measured, estimated, missing), (inp, *input_counts), strict=True):
         tree.children.add_into(total, own)

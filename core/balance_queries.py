@@ -23,6 +23,7 @@ import numpy as np
 
 from balans_edge.core.allocation import AccountUse, AllocationReport, allocate
 from balans_edge.core.balance import BalanceSeries, Coverage
+from balans_edge.core.calculated import input_meters
 from balans_edge.core.calendar import Step, period_ends, periods
 from balans_edge.core.losses import LossEntry, finding_active, rank, volume_between
 from balans_edge.core.model import Group, Meter
@@ -98,8 +99,8 @@ class Tree:
         """Most the group's imbalance can be off by whole pulses: one pulse of each
         meter in its balance (inputs, member meters, member groups' inputs)."""
         group = self.groups[group_id]
-        meters = [i.meter_id for i in group.inputs] + self.member_meters.get(group_id, [])
-        meters += [i.meter_id for child in self.children.get(group_id, []) for i in self.groups[child].inputs]
+        meters = [i.meter_id for i in input_meters(group)] + self.member_meters.get(group_id, [])
+        meters += [i.meter_id for child in self.children.get(group_id, []) for i in input_meters(self.groups[child])]
         return sum(self.meters[m].pulse_weight for m in meters if m in self.meters)
 
     def suspects_of(self, group_id: str) -> set[str]:
@@ -109,9 +110,9 @@ class Tree:
     def _counted(self, group_id: str) -> tuple[list[Meter], list[Meter]]:
         """The meters a group's balance counts: its input meters, and its members
         (its member meters and its member groups' input meters)."""
-        own = [i.meter_id for i in self.groups[group_id].inputs]
+        own = [i.meter_id for i in input_meters(self.groups[group_id])]
         fed = self.member_meters.get(group_id, []) + [
-            i.meter_id for child in self.children.get(group_id, []) for i in self.groups[child].inputs]
+            i.meter_id for child in self.children.get(group_id, []) for i in input_meters(self.groups[child])]
         return [self.meters[m] for m in own if m in self.meters], [self.meters[m] for m in fed if m in self.meters]
 
     def installed(self, group_ids: Sequence[str], t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -6,6 +6,11 @@ data, a back-fill or a registry edit is never left out, even across a crash.
 This worker takes the dirty hours, reads the consumption of every meter the
 tree uses for those hours as one matrix, computes all groups at once
 (``balance.compute``) and stores the rows with the dirty marks removed.
+
+Calculated inputs read their tags' samples here too (``core.calculated``),
+over the same hours. An hour is computed when its meters' hourly consumption
+is, after the hour's end: the tags' samples of the hour were stored as they
+were polled, so they are there by then.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from msgspec import Meta
 
 from balans_edge.core.balance import BalanceSeries, BalanceTree, compute
 from balans_edge.core.bus import BalanceUpdated, EventBus, IntervalsUpdated
+from balans_edge.core.calculated import TagSamples
 from balans_edge.core.model import Quality
 from balans_edge.core.storage import Storage
 from balans_edge.core.tasks import cancel, rerun
@@ -65,10 +71,13 @@ class Compiled:
 class BalanceWorker:
     """Recomputes the balance of the dirty hours, all groups at once."""
 
-    def __init__(self, storage: Storage, settings: BalanceSettings | None = None, bus: EventBus | None = None) -> None:
+    def __init__(self, storage: Storage, settings: BalanceSettings | None = None, bus: EventBus | None = None,
+                 tags: TagSamples | None = None) -> None:
         self.storage = storage
         self.settings = settings or BalanceSettings()
         self.bus = bus
+        self.tags = tags
+        """Where calculated inputs read their tags (None: tag terms are missing)."""
         self._compiled: Compiled | None = None
         self._version: int | None = None
         self._lock = asyncio.Lock()
@@ -130,7 +139,9 @@ class BalanceWorker:
         absent |= (t[None, :] < tree.row_from[:, None]) | (t[None, :] >= tree.row_until[:, None])
         quality[absent] = Quality.ABSENT
         values[absent] = np.nan
-        return compute(tree, t, values, quality)
+        wanted = tree.tags
+        tags = await self.tags.read(wanted, t0, t1) if wanted and self.tags is not None else {}
+        return compute(tree, t, values, quality, tags)
 
     async def run(self) -> None:
         """Recompute whenever hourly consumption changed (and every minute anyway)."""

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo
 
 from balans_edge.core.analytics.base import Scope
+from balans_edge.core.calculated import TagSamples
 from balans_edge.core.components import Detector, Finding
 
 if TYPE_CHECKING:
@@ -35,14 +36,17 @@ class DetectionRun:
     queries: Queries
     """Read access to the registry, readings, consumption, balances and findings."""
     tz: ZoneInfo
+    tags: TagSamples | None = None
+    """Where calculated inputs read their tags' samples (None: tag terms are missing)."""
 
 
 class DetectionService:
     def __init__(self, queries: Queries, tz: ZoneInfo, *, settle: Callable[[], Awaitable[None]],
                  report: Callable[[Finding], Awaitable[Finding]],
-                 failed: Callable[[str], None] = lambda plugin: None) -> None:
+                 failed: Callable[[str], None] = lambda plugin: None, tags: TagSamples | None = None) -> None:
         self.queries = queries
         self.tz = tz
+        self.tags = tags
         self._settle = settle
         self._report = report
         self._failed = failed
@@ -64,7 +68,7 @@ class DetectionService:
         async with self._lock:
             if settle:
                 await self.settle()
-            run = DetectionRun(scope or Scope.recent(time.time()), self.queries, self.tz)
+            run = DetectionRun(scope or Scope.recent(time.time()), self.queries, self.tz, self.tags)
             found = []
             for name, detector in self.detectors:
                 try:

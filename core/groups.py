@@ -8,8 +8,9 @@ file import, configuration), and nothing is written while one is broken.
 
 A group's members are the meters whose ``group_id`` is the group and the
 groups whose ``parent_id`` is the group; a member group counts with its input
-meters. Problems are reported only where the write is involved (a fresh
-object), since what was stored before is not this write's doing.
+meters (or the meters its formula reads: ``core.calculated.input_meters``).
+Problems are reported only where the write is involved (a fresh object),
+since what was stored before is not this write's doing.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from collections import defaultdict
 from collections.abc import Mapping
 from typing import Any
 
+from balans_edge.core.calculated import formula_problems, input_meters
 from balans_edge.core.model import Group, Meter
 from balans_edge.core.registry_io import Problem, Where
 
@@ -25,12 +27,16 @@ Registry = dict[str, dict[Any, Any | None]]
 Fresh = Mapping[tuple[str, Any], Where]
 
 
-def group_problems(reg: Registry, fresh: Fresh, incomplete: set[str]) -> list[Problem]:
-    """Every broken rule of the group tree that a fresh object takes part in."""
+def group_problems(reg: Registry, fresh: Fresh, incomplete: set[str], tags: set[str] | None = None) -> list[Problem]:
+    """Every broken rule of the group tree that a fresh object takes part in;
+    ``tags``: the tags read now, which formulas may name (None: not checked)."""
     groups: dict[str, Group] = {k: g for k, g in reg["groups"].items() if g is not None}
     meters: dict[str, Meter] = {k: m for k, m in reg["meters"].items() if m is not None}
     problems: list[Problem] = []
     for (kind, key), where in fresh.items():
+        if kind == "groups" and key in groups and groups[key].formula:
+            problems += [where.problem("formula", f'group "{key}": {message}')
+                         for message in formula_problems(groups[key], reg["meters"], "meters" in incomplete, tags)]
         if kind == "groups" and key in groups:
             problems += _own_problems(groups[key], groups, meters, reg, incomplete, where)
         elif kind == "meters" and key in meters:
@@ -52,8 +58,8 @@ def _own_problems(group: Group, groups: dict[str, Group], meters: dict[str, Mete
                 message = (f'{group.resource} in {group.unit}, but its parent "{parent.group_id}" balances '
                            f"{parent.resource} in {parent.unit}")
                 problems.append(where.problem("unit", message))
-    if not group.inputs:
-        problems.append(where.problem("inputs", "a group needs at least one input meter"))
+    if not group.inputs and not group.formula:
+        problems.append(where.problem("inputs", "a group needs at least one input meter, or a formula"))
     seen: set[str] = set()
     for put in group.inputs:
         if put.meter_id in seen:
@@ -114,7 +120,7 @@ def _counted_twice(groups: dict[str, Group], meters: dict[str, Meter], fresh: Fr
     its member groups is counted once on each side of the balance: allowed."""
     parts: dict[str, dict[str, list[tuple[str, int, tuple[str, Any]]]]] = defaultdict(lambda: defaultdict(list))
     for g in groups.values():
-        for put in g.inputs:
+        for put in input_meters(g):
             parts[g.group_id][put.meter_id].append(("its input", 0, ("groups", g.group_id)))
             if g.parent_id in groups:
                 parts[g.parent_id][put.meter_id].append(

@@ -178,7 +178,8 @@ class Group:
     group_id: str
     resource: Resource
     unit: str
-    inputs: tuple[GroupInput, ...]
+    inputs: tuple[GroupInput, ...] = ()
+    """Input meters; empty when ``formula`` gives the input."""
     name: str = ""
     level: str = "house"
     parent_id: str | None = None
@@ -190,6 +191,9 @@ class Group:
     odn_norm: float | None = None
     """Most a month's imbalance may put on the accounts (ОДН), in units per m2 of
     their floor area; None: no cap."""
+    formula: str = ""
+    """A calculated input instead of input meters, e.g. ``tag:PS1/flow - 150 *
+    d(tag:PS1/level)/dt`` (``core.formula``, ``core.calculated``); empty: none."""
 
 
 @dataclass(frozen=True, slots=True)

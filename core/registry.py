@@ -22,6 +22,9 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Literal
 
+from balans_edge.core.calculated import input_meters
+from balans_edge.core.formula import FormulaError
+from balans_edge.core.formula import parse as parse_formula
 from balans_edge.core.groups import group_problems
 from balans_edge.core.model import (
     CONCENTRATOR_METERS,
@@ -133,11 +136,21 @@ def _meter_problems(meter: Meter, where: Where) -> list[Problem]:
 
 
 def _group_problems(group: Group, where: Where) -> list[Problem]:
-    """Rules that tie a group's own columns together."""
+    """Rules that tie a group's own columns together (a formula must parse; what it
+    refers to is checked with the registry, ``core.groups``)."""
     allowed = UNITS[group.resource]
     if group.unit not in allowed:
         return [where.problem("unit", f'"{group.unit}" is not a unit of {group.resource} '
                                       f'(allowed: {", ".join(sorted(allowed))})')]
+    if not group.formula and not group.inputs:
+        return [where.problem("inputs", "a group needs at least one input meter, or a formula")]
+    if group.formula and group.inputs:
+        return [where.problem("formula", f'group "{group.group_id}": give input meters or a formula, not both')]
+    if group.formula:
+        try:
+            parse_formula(group.formula)
+        except FormulaError as exc:
+            return [where.problem("formula", f'group "{group.group_id}": {exc}')]
     return []
 
 
@@ -211,7 +224,8 @@ def _wired(module: RadioModule, channel: int | None) -> bool:
     return channel is not None and bool(module.channels & (1 << (channel - 1)))
 
 
-def _reference_problems(reg: Registry, fresh: Mapping[tuple[str, Any], Where], incomplete: set[str]) -> list[Problem]:
+def _reference_problems(reg: Registry, fresh: Mapping[tuple[str, Any], Where], incomplete: set[str],
+                        tags: set[str] | None = None) -> list[Problem]:
     """Problems caused by the ``fresh`` objects (new or re-stated) in the merged registry.
 
     References into a kind in ``incomplete`` are not checked: the target may
@@ -241,7 +255,7 @@ def _reference_problems(reg: Registry, fresh: Mapping[tuple[str, Any], Where], i
                 problems.append(where.problem("channel", message))
             if missing("accounts", obj.account_id):
                 problems.append(where.problem("account_id", f'unknown account "{obj.account_id}"'))
-    return problems + _overlaps(reg, fresh) + group_problems(reg, fresh, incomplete)
+    return problems + _overlaps(reg, fresh) + group_problems(reg, fresh, incomplete, tags)
 
 
 def _unwired_meters(
@@ -339,12 +353,14 @@ def _index(stored: Mapping[str, Iterable[Any]]) -> Registry:
     return reg
 
 
-def check_references(stored: Mapping[str, Iterable[Any]], incoming: Sequence[tuple[Any, Where | str]]) -> list[Problem]:
+def check_references(stored: Mapping[str, Iterable[Any]], incoming: Sequence[tuple[Any, Where | str]],
+                     tags: set[str] | None = None) -> list[Problem]:
     """Problems the ``incoming`` objects (each with where it came from) would
     cause among the ``stored`` ones (``kind -> objects``, e.g. from
     ``registry_list``): unknown concentrator, module or account, a channel the
     module does not wire, overlapping meters on one input, a concentrator
-    given more modules or meters than it can serve."""
+    given more modules or meters than it can serve, a group formula naming an
+    unknown meter or (given the ``tags`` read now) an unknown tag."""
     before = _index(stored)
     reg = {kind: dict(objs) for kind, objs in before.items()}
     fresh: dict[tuple[str, Any], Where] = {}
@@ -352,27 +368,30 @@ def check_references(stored: Mapping[str, Iterable[Any]], incoming: Sequence[tup
         kind = kind_of(obj)
         reg[kind][key_of(obj)] = obj
         fresh[(kind, key_of(obj))] = where if isinstance(where, Where) else Where(where)
-    return _reference_problems(reg, fresh, set()) + _capacity_problems(before, reg, fresh)
+    return _reference_problems(reg, fresh, set(), tags) + _capacity_problems(before, reg, fresh)
 
 
 async def _stored(storage: RegistryReader) -> dict[str, list[Any]]:
     return {kind: await storage.registry_list(kind) for kind in REGISTRY_KINDS}
 
 
-async def validate_upsert(storage: RegistryReader, obj: Any, where: str = "request") -> None:
+async def validate_upsert(storage: RegistryReader, obj: Any, where: str = "request",
+                          tags: set[str] | None = None) -> None:
     """Raise RegistryError if writing ``obj`` (from ``parse_object``) would break a reference."""
-    await validate_all(storage, [(obj, where)])
+    await validate_all(storage, [(obj, where)], tags)
 
 
-async def validate_all(storage: RegistryReader, incoming: Sequence[tuple[Any, Where | str]]) -> None:
-    """Raise RegistryError if writing these objects together would break a reference."""
-    problems = check_references(await _stored(storage), incoming)
+async def validate_all(storage: RegistryReader, incoming: Sequence[tuple[Any, Where | str]],
+                       tags: set[str] | None = None) -> None:
+    """Raise RegistryError if writing these objects together would break a reference
+    (``tags``: the tags read now, which group formulas may name; None: not checked)."""
+    problems = check_references(await _stored(storage), incoming, tags)
     if problems:
         raise RegistryError(problems)
 
 
 def _input_ids(group: Group) -> list[str]:
-    return [i.meter_id for i in group.inputs]
+    return [i.meter_id for i in input_meters(group)]
 
 
 _REFERRERS: dict[str, list[tuple[str, Callable[[Any], Any]]]] = {

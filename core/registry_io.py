@@ -409,13 +409,13 @@ def flag_list(value: Any) -> frozenset[str]:
 
 def group_inputs(value: Any) -> tuple[GroupInput, ...]:
     """Input meters of a group: ``M1;-M2`` in CSV (``-`` marks an outgoing or
-    transit meter), a list of such strings in JSON."""
+    transit meter), a list of such strings in JSON. An empty list is no input
+    meter (the group's formula gives its input; ``core.registry`` checks that
+    a group has one or the other)."""
     inputs = []
     for item in _items(value, 'meter ids, e.g. "IN-1;-TRANSIT-2"'):
         sign, meter_id = (-1, item[1:].strip()) if item.startswith("-") else (1, item.lstrip("+").strip())
         inputs.append(GroupInput(identifier(meter_id), sign))
-    if not inputs:
-        raise BadValue("a group needs at least one input meter")
     return tuple(inputs)
 
 

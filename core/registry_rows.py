@@ -152,7 +152,8 @@ class GroupRow(Row):
     resource: Annotated[ResourceName, _doc("what it balances")]
     unit: Annotated[Unit, _doc("every input, member and member group uses it")]
     inputs: Annotated[list[str] | str, _ruled(group_inputs, description=(
-        "input meters; CSV ;-separated, JSON a list; - before an id marks an outgoing or transit meter"))]
+        "input meters; CSV ;-separated, JSON a list; - before an id marks an outgoing or transit meter; "
+        "empty when formula gives the input"))] = []
     name: Annotated[Text, _doc("shown in reports")] = ""
     level: Annotated[Id, _doc("entrance, house, street, district, city, region or your own")] = "house"
     parent_id: Annotated[Id, _doc("the group it is a member of")] | None = None
@@ -164,6 +165,11 @@ class GroupRow(Row):
         choice(ALLOCATION_RULES), description="how the imbalance is shared among accounts (ОДН)")] = "consumption"
     odn_norm: Annotated[float, Meta(ge=0, le=MAX_ODN_NORM, description=(
         "most an account may be allocated per month, in unit per m2 of its area"))] | None = None
+    formula: Annotated[Text, _doc(
+        "a calculated input instead of input meters, evaluated hourly: numbers, + - * / and parentheses over "
+        "meter:ID (hourly consumption), tag:DEVICE/NAME (mean over the hour) and d(tag:DEVICE/NAME)/dt (change "
+        "over the hour); quote ids with blanks (meter:\"Ввод 1\"); e.g. tag:PS1/flow - 150 * d(tag:PS1/level)/dt "
+        "(docs/balance.md)")] = ""
 
 
 ROWS: dict[str, type[Row]] = {"concentrators": ConcentratorRow, "modules": ModuleRow, "accounts": AccountRow,

@@ -46,7 +46,7 @@ def test_the_docs_name_ranges_defaults_and_secrets():
     assert '| `log_level` | string | `"info"` | debug, info, warning, error |' in text
     assert "#### `[[plugins.dmesh.concentrators]]`" in text
     assert "| `pulse_weight` |" not in text  # registry columns only where the file takes them ([[groups]])
-    assert "| `inputs` | list of strings | required |" in text
+    assert "| `inputs` | list of strings | `[]` |" in text and "| `formula` | string |" in text
     assert "[plugins.example]" not in text  # an installed third-party plugin documents its own section
 
 

@@ -112,7 +112,7 @@ def test_deleting_a_group_or_an_input_meter_in_use_is_refused() -> None:
     ("data", "expected"),
     [
         ({"inputs": "IN;-OUT"}, None),
-        ({"inputs": ""}, 'column "inputs": required, but empty'),
+        ({"inputs": ""}, 'column "inputs": a group needs at least one input meter, or a formula'),
         ({"inputs": ";"}, "a group needs at least one input meter"),
         ({"inputs": 5}, "expected a list of meter ids"),
         ({"inputs": "IN", "unit": "kWh"}, '"kWh" is not a unit of water'),

@@ -83,7 +83,7 @@ SAMPLES: dict[str, dict[str, Any]] = {
                        "detail": ""},
     "groups": {"group_id": "house-1", "resource": "water", "unit": "m3", "inputs": "W-IN", "name": "House 1",
                "level": "house", "parent_id": None, "loss_norm_pct": 5.0, "price": 1.5,
-               "allocation_rule": "consumption", "odn_norm": None},
+               "allocation_rule": "consumption", "odn_norm": None, "formula": ""},
     "balance_hourly": {"group_id": "house-1", "t": T0, "input": 1.5, "consumed": 1.4, "measured": 2, "estimated": 0,
                        "missing": 1, "input_measured": 1, "input_estimated": 0, "input_missing": 0},
     "balance_dirty": {"id": 50, "lo": T0, "hi": T0 + 3600},

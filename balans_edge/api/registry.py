@@ -12,6 +12,7 @@ from sanic.request import Request
 from balans_edge.core import registry as reg
 from balans_edge.core import registry_history as history
 from balans_edge.core.balance_queries import Tree
+from balans_edge.core.registry_rows import ROWS
 from balans_edge.core.storage import StorageError
 from balans_edge.http_schema import FreeForm, free_form
 from balans_edge.routes import ApiError, Param, Route, json
@@ -40,7 +41,11 @@ def row_type(kind: str) -> type[FreeForm]:
     docs/registry.md. The registry checks the values and reports every problem at once
     (422 naming each column), as it does for files."""
     columns = reg.COLUMNS[kind]
-    properties: dict[str, Any] = {name: {} for name in columns}
+    # Each column's meaning (as docs/registry.md says it), without types: the registry, not the
+    # schema, judges the values (lax about numbers written as text, every problem named at once).
+    said = msgspec.json.schema(ROWS[kind])["$defs"][ROWS[kind].__name__]["properties"]
+    properties: dict[str, Any] = {name: {k: v for k, v in said.get(name, {}).items() if k == "description"}
+                                  for name in columns}
     if kind == "meters":
         properties[reg.EFFECTIVE_FROM] = {"type": "string", "description": "ISO-8601 with a timezone: when changed "
                                                                            "parameters take effect, default now"}
@@ -89,7 +94,8 @@ def _kind_routes(server: Server, kind: str, key: str, key_type: str) -> list[Rou
         """Check ``obj`` against the registry and write it."""
         where = f"{request.method} /api/v1/{kind}/{reg.key_of(obj)}"
         try:
-            await reg.validate_upsert(storage, obj, where=where)
+            # A group's formula may name the tags the running clients read (core.calculated).
+            await reg.validate_upsert(storage, obj, where=where, tags=server.tags.known() if kind == "groups" else None)
             if kind == "meters":
                 old = await storage.registry_get(kind, obj.meter_id)
                 changed = {obj.meter_id: old} if history.params_changed(old, obj) else {}

@@ -17,8 +17,9 @@ from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
 from balans_edge.core.analytics.data import GroupData, load_group_data
+from balans_edge.core.calculated import TagSamples, input_meters
 from balans_edge.core.components import Finding
-from balans_edge.core.model import Meter
+from balans_edge.core.model import Group, Meter
 from balans_edge.core.times import DAY, hour_floor
 
 if TYPE_CHECKING:
@@ -55,7 +56,7 @@ class Scope:
         if self.group_ids is None:
             return None
         groups = [g for g in await storage.registry_list("groups") if g.group_id in self.group_ids]
-        inputs = {i.meter_id for g in groups for i in g.inputs}
+        inputs = {i.meter_id for g in groups for i in input_meters(g)}
         return [m for m in await storage.registry_list("meters") if m.group_id in self.group_ids
                 or m.meter_id in inputs]
 
@@ -72,8 +73,9 @@ class Scope:
         return ({*(self.group_ids or ()), *(m.meter_id for m in meters), *(f"module:{m}" for m in modules),
                  *(f"concentrator:{c}" for c in concentrators)})
 
-    async def windows(self, storage: Any, tz: ZoneInfo) -> list[GroupData]:
-        """The window of every group in scope, loaded once per run."""
+    async def windows(self, storage: Any, tz: ZoneInfo, tags: TagSamples | None = None) -> list[GroupData]:
+        """The window of every group in scope, loaded once per run (``tags``: where
+        calculated inputs read their tags)."""
         groups = {g.group_id: g for g in await storage.registry_list("groups")}
         wanted = [g for g in groups if self.group_ids is None or g in self.group_ids]
         missing = [g for g in wanted if g not in self._cache]
@@ -82,12 +84,17 @@ class Scope:
             for m in await storage.registry_list("meters"):
                 members.setdefault(m.group_id, []).append(m)
             children: dict[str | None, list[tuple[str, int]]] = {}
+            calculated: dict[str | None, list[Group]] = {}
             for g in groups.values():
-                children.setdefault(g.parent_id, []).extend((i.meter_id, i.sign) for i in g.inputs)
+                if g.formula:
+                    calculated.setdefault(g.parent_id, []).append(g)
+                else:
+                    children.setdefault(g.parent_id, []).extend((i.meter_id, i.sign) for i in g.inputs)
             keys = await storage.meter_keys()
             for gid in missing:
                 self._cache[gid] = await load_group_data(
-                    storage, groups[gid], members.get(gid, []), children.get(gid, []), keys, self.t0, self.t1, tz)
+                    storage, groups[gid], members.get(gid, []), children.get(gid, []), keys, self.t0, self.t1, tz,
+                    tags=tags, calculated_children=calculated.get(gid, []))
         return [self._cache[g] for g in wanted]
 
 
@@ -103,7 +110,7 @@ class GroupDetector(ABC):
 
     async def detect(self, run: DetectionRun) -> list[Finding]:
         found: list[Finding] = []
-        for data in await run.scope.windows(run.queries, run.tz):
+        for data in await run.scope.windows(run.queries, run.tz, run.tags):
             # Off the event loop, a group at a time: a run over a district takes
             # seconds of numpy and scipy, while concentrators wait for their ACKs.
             found += await asyncio.to_thread(self.detect_group, data)

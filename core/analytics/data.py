@@ -10,6 +10,7 @@ exactly the arrays it sees in production.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -17,6 +18,8 @@ from zoneinfo import ZoneInfo
 
 import numpy as np
 
+from balans_edge.core.calculated import TagSamples, formula_of
+from balans_edge.core.calculated import evaluate as calculated_input
 from balans_edge.core.model import Group, Meter, Quality
 from balans_edge.core.storage.views import Queries
 from balans_edge.core.times import DAY, HOUR, hour_of_day, weekday
@@ -38,7 +41,7 @@ class GroupData:
     status: np.ndarray
     """(M, H) int64: module status flags (``model.Status``) of the readings that close each hour, OR-ed."""
     input: np.ndarray
-    """(H,) the group's input; NaN where an input meter is missing."""
+    """(H,) the group's input; NaN where an input meter (or a term of its formula) is missing."""
     others: np.ndarray
     """(H,) what member groups took (their inputs); 0 without member groups, NaN where unknown."""
     local_hour: np.ndarray
@@ -116,10 +119,13 @@ def status_by_hour(meter: np.ndarray, ts: np.ndarray, status: np.ndarray, rows: 
 
 
 async def load_group_data(storage: Queries, group: Group, members: list[Meter], child_inputs: list[tuple[str, int]],
-                          keys: dict[str, int], t0: int, t1: int, tz: ZoneInfo) -> GroupData:
+                          keys: dict[str, int], t0: int, t1: int, tz: ZoneInfo, *, tags: TagSamples | None = None,
+                          calculated_children: Sequence[Group] = ()) -> GroupData:
     """A group's window from storage: hourly consumption of its members and inputs,
     and the status flags of its members' readings. ``child_inputs`` are the
-    (meter_id, sign) inputs of its member groups."""
+    (meter_id, sign) inputs of its member groups, ``calculated_children`` its
+    member groups whose input is a formula; ``tags`` reads the samples of the
+    tags formulas name (``core.calculated``)."""
     t = np.arange(t0, t1, HOUR, dtype=np.int64)
     ids = [m.meter_id for m in members]
     values, quality = await storage.consumption_matrix([keys[i] for i in ids], t0, t1)
@@ -127,9 +133,10 @@ async def load_group_data(storage: Queries, group: Group, members: list[Meter], 
         absent = (t + HOUR <= m.install_time) | ((t >= m.removed_time) if m.removed_time is not None else False)
         quality[r, absent] = Quality.ABSENT
         values[r, absent] = np.nan
-    feeds = [(i.meter_id, i.sign) for i in group.inputs]
-    input_ = await _signed_sum(storage, feeds, keys, t0, t1)
+    input_ = await group_input(storage, group, keys, t0, t1, tags)
     others = await _signed_sum(storage, child_inputs, keys, t0, t1) if child_inputs else np.zeros(len(t))
+    for child in calculated_children:
+        others = others + await group_input(storage, child, keys, t0, t1, tags)
     readings = await storage.readings_of([keys[i] for i in ids], t0 + 1, t1 + 1)
     status = status_by_hour(readings.meter, readings.ts, readings.status, {keys[i]: r for r, i in enumerate(ids)},
                             t0, len(t))
@@ -138,6 +145,23 @@ async def load_group_data(storage: Queries, group: Group, members: list[Meter], 
     reversible = frozenset(m.meter_id for m in members if "reverse_allowed" in m.flags)
     return GroupData(group, t, ids, values, quality, status, input_, others, local_hour, weekday, weights,
                      reversible)
+
+
+async def group_input(storage: Queries, group: Group, keys: dict[str, int], t0: int, t1: int,
+                      tags: TagSamples | None = None) -> np.ndarray:
+    """(H,) the group's input over the hours [t0, t1): the signed sum of its input
+    meters or its formula's value; NaN where unknown (a missing meter or term)."""
+    if not group.formula:
+        return await _signed_sum(storage, [(i.meter_id, i.sign) for i in group.inputs], keys, t0, t1)
+    t = np.arange(t0, t1, HOUR, dtype=np.int64)
+    formula = formula_of(group)
+    if formula is None:
+        return np.full(len(t), np.nan)
+    ids = [m for m in formula.meters if m in keys]
+    values, quality = await storage.consumption_matrix([keys[m] for m in ids], t0, t1)
+    series = await tags.read(formula.tags, t0, t1) if formula.tags and tags is not None else {}
+    meters = {m: (values[r], quality[r]) for r, m in enumerate(ids)}
+    return calculated_input(formula, t, meters, series)[0]
 
 
 async def _signed_sum(storage: Queries, meters: list[tuple[str, int]], keys: dict[str, int], t0: int,

@@ -63,7 +63,8 @@ READING_COLUMNS = "meter, ts, counter, pulses, status, flags"
 _READING_COLUMNS_R = ", ".join(f"r.{c.strip()}" for c in READING_COLUMNS.split(","))
 def _from_row(kind: str, row: aiosqlite.Row) -> Any:
     cls = REGISTRY_KINDS[kind]
-    values = {f.name: row[f.name] for f in dataclasses.fields(cls)}
+    # An audit row written before a column existed (a group's formula) lacks it: the default holds.
+    values = {f.name: row[f.name] for f in dataclasses.fields(cls) if not isinstance(row, dict) or f.name in row}
     if kind in ("meters", "groups"):
         values["resource"] = Resource(values["resource"])
     if kind == "meters":

@@ -13,6 +13,7 @@ import logging
 from collections.abc import Coroutine, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
+from balans_edge.core.calculated import TagSeries
 from balans_edge.core.tags import TagRecorder, TagState, ensure_meters
 from balans_edge.core.tasks import cancel_surely
 from balans_edge.plugins.common.client_config import ClientDevice
@@ -96,3 +97,8 @@ class TagClient(Generic[ConfigT, RunningT]):
     async def tag_history(self, tag: str, t0: int, t1: int, limit: int) -> list[dict[str, Any]]:
         """Stored samples of any protocol's tag, for ``GET /api/v1/tags/history`` (``core.tags.TagSource``)."""
         return await self.tags.tag_values(tag, t0, t1, limit)
+
+    async def tag_series(self, tag: str, t0: int, t1: int) -> TagSeries:
+        """Stored samples of any protocol's tag as arrays, for calculated inputs
+        (``core.calculated.TagSeriesSource``)."""
+        return await self.tags.tag_series(tag, t0, t1)

@@ -19,6 +19,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from balans_edge.core.calculated import TagSeries
 from balans_edge.core.storage.migrations import MigrationSet
 from balans_edge.core.tags import TAG_QUALITIES, TagRow
 
@@ -35,6 +36,7 @@ SQL: dict[str, dict[str, str]] = {
         "store": "INSERT OR REPLACE INTO tag_values (tag, ts, value, quality) VALUES (?, ?, ?, ?)",
         "samples": "SELECT tag, ts, value, quality FROM tag_values WHERE tag = ? AND ts >= ? AND ts < ? "
                    "ORDER BY ts LIMIT ?",
+        "series": "SELECT ts, value FROM tag_values WHERE tag = ? AND ts >= ? AND ts < ? ORDER BY ts",
         "latest": "SELECT v.tag, v.ts, v.value, v.quality, g.value AS last_good_value, g.ts AS last_good_ts "
                   "FROM (SELECT tag, max(ts) AS ts FROM tag_values GROUP BY tag) n "
                   "JOIN tag_values v ON v.tag = n.tag AND v.ts = n.ts "
@@ -76,6 +78,12 @@ class TagRepository:
         """Stored samples of one tag with t0 <= ts < t1, oldest first: ``tag``,
         ``ts``, ``value`` (None unless good) and ``quality``."""
         return await self.database.sql_read(self.sql["samples"], (tag, t0, t1, limit))
+
+    async def tag_series(self, tag: str, t0: int, t1: int) -> TagSeries:
+        """Every stored sample of one tag with t0 <= ts < t1, oldest first, as arrays
+        (a value only when good), for calculated inputs (``core.calculated``)."""
+        rows = await self.database.sql_read(self.sql["series"], (tag, t0, t1))
+        return TagSeries.of((r["ts"], r["value"]) for r in rows)
 
     async def latest_tag_values(self) -> list[dict[str, Any]]:
         """The newest stored sample of every tag, by tag id, with ``last_good_value``

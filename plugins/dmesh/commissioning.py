@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 
 import click
 
+from balans_edge.core.calculated import input_meters
 from balans_edge.core.model import Quality
 from balans_edge.core.times import HOUR, hour_floor, iso
 
@@ -51,9 +52,9 @@ async def roles(queries: Queries, group_id: str) -> dict[str, str]:
     out: dict[str, str] = {}
     group = groups.get(group_id)
     if group is not None:
-        out.update((i.meter_id, "input") for i in group.inputs)
+        out.update((i.meter_id, "input") for i in input_meters(group))
     for child in sorted(g for g, row in groups.items() if row.parent_id == group_id):
-        out.update((i.meter_id, f"input:{child}") for i in groups[child].inputs if i.meter_id not in out)
+        out.update((i.meter_id, f"input:{child}") for i in input_meters(groups[child]) if i.meter_id not in out)
     return out
 
 
