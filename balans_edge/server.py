@@ -20,7 +20,7 @@ from balans_edge.config import Config
 from balans_edge.core.actuation import ActuationService
 from balans_edge.core.balance_worker import BalanceWorker
 from balans_edge.core.bus import EventBus, ReadingsCommitted, RegistryChanged, Subscription
-from balans_edge.core.calculated import ComponentTags
+from balans_edge.core.calculated import TagSources
 from balans_edge.core.components import Alarm, Command, Component, Exporter, Finding
 from balans_edge.core.context import PluginContext, Site
 from balans_edge.core.detection import DetectionService
@@ -53,7 +53,7 @@ class Server:
         self.storage.on_registry_change(lambda: self.bus.publish(RegistryChanged()))
         self.ingest = Ingest(self.storage, config.ingest, self.bus)
         self.intervals = IntervalWorker(self.storage, config.intervals, self.bus)
-        self.tags = ComponentTags(lambda: [c for _, c in self.components])
+        self.tags = TagSources()
         """Tags' samples and ids through the running tag clients, for calculated inputs."""
         self.balance = BalanceWorker(self.storage, config.balance, self.bus, self.tags)
         self.quarantine = QuarantineRetention(self.storage, config.ingest)
@@ -87,7 +87,7 @@ class Server:
                              registry_editor=RegistryEditor(self.storage, f"plugin:{name}"),
                              database=view_of(SqlGateway, self.storage), ingest=self.ingest,
                              bus=self.bus, commands=self.actuation, journal=self,
-                             detection=self.detection, health=_Health(self, name),
+                             detection=self.detection, health=_Health(self, name), tag_sources=self.tags,
                              api_users=tuple(self.config.api.users))
 
     def required(self, name: str) -> bool:

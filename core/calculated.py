@@ -30,15 +30,18 @@ the good samples on both sides within ``TAG_HOLD_S``, else missing.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
 from balans_edge.core.formula import Formula, FormulaError, Series, parse
 from balans_edge.core.model import Group, GroupInput, Quality
 from balans_edge.core.times import HOUR
+
+if TYPE_CHECKING:
+    from balans_edge.core.tags import TagSource
 
 log = logging.getLogger(__name__)
 
@@ -71,16 +74,6 @@ class TagSeries:
                    np.array([np.nan if v is None else v for _, v in pairs], np.float64))
 
 
-@runtime_checkable
-class TagSeriesSource(Protocol):
-    """A component whose stored tag samples can be read as series (the Modbus and
-    OPC UA clients, through the tag polling's repository)."""
-
-    async def tag_series(self, tag: str, t0: int, t1: int) -> TagSeries:
-        """Samples of ``tag`` with t0 <= ts < t1."""
-        ...
-
-
 class TagSamples(Protocol):
     """Where the balance and analytics read tags' samples from."""
 
@@ -94,24 +87,35 @@ class TagSamples(Protocol):
         ...
 
 
-class ComponentTags:
-    """Tags through the running components that read them. The samples are the
-    protocol plugins' table, which core does not reach itself: any component
-    that is a ``TagSeriesSource`` reads them (they share one table)."""
+class TagSources:
+    """The components that read tags now (the Modbus and OPC UA clients), offered by
+    themselves: a tag client adds itself when it starts (``context.tag_sources``)
+    and leaves when it stops, so nothing searches the server's components.
 
-    def __init__(self, components: Callable[[], Iterable[Any]]) -> None:
-        self.components = components
+    The tag listing (``GET /api/v1/tags``) shows every source's tags; samples are
+    read through any one of them, since every protocol's samples are in one store,
+    the protocol plugins' (core does not reach it itself). ``known`` and ``read``
+    make it the ``TagSamples`` of calculated inputs."""
+
+    def __init__(self, sources: Iterable[TagSource] = ()) -> None:
+        self._sources: list[TagSource] = list(sources)
+
+    def add(self, source: TagSource) -> None:
+        if source not in self._sources:
+            self._sources.append(source)
+
+    def discard(self, source: TagSource) -> None:
+        if source in self._sources:
+            self._sources.remove(source)
+
+    def __iter__(self) -> Iterator[TagSource]:
+        return iter(list(self._sources))
 
     def known(self) -> set[str]:
-        ids: set[str] = set()
-        for c in self.components():
-            snapshot = getattr(c, "tag_snapshot", None)
-            if callable(snapshot):
-                ids.update(str(row["tag"]) for row in snapshot() if "tag" in row)
-        return ids
+        return {str(row["tag"]) for source in self for row in source.tag_snapshot() if "tag" in row}
 
     async def read(self, tags: Iterable[str], t0: int, t1: int) -> dict[str, TagSeries]:
-        source = next((c for c in self.components() if isinstance(c, TagSeriesSource)), None)
+        source = next(iter(self), None)
         if source is None:
             return {}
         return {tag: await source.tag_series(tag, t0 - TAG_HOLD_S, t1 + TAG_HOLD_S + 1) for tag in tags}

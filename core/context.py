@@ -23,6 +23,7 @@ from zoneinfo import ZoneInfo
 if TYPE_CHECKING:
     from balans_edge.core.actuation import ActuationService
     from balans_edge.core.bus import EventBus
+    from balans_edge.core.calculated import TagSources
     from balans_edge.core.components import Alarm, Component, Finding
     from balans_edge.core.detection import DetectionService
     from balans_edge.core.ingest import Ingest
@@ -106,6 +107,9 @@ class PluginContext:
     detection: DetectionService
     """Runs the detectors (the analytics scheduler and on-demand runs)."""
     health: Health
+    tag_sources: TagSources
+    """Where a component that reads tags offers them while it runs (``add`` at start,
+    ``discard`` at stop): the tag listing, tag history and calculated inputs read them."""
     api_users: tuple[Any, ...] = ()
     """The HTTP API's users (``[api] users``): a protocol server may accept them too."""
     clock: Callable[[], float] = field(default=time.time)

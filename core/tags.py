@@ -28,7 +28,7 @@ import math
 import random
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from balans_edge.core.bus import TagSample, TagValues
 from balans_edge.core.model import COUNTER_MODULUS, UNITS, Meter, RadioModule, RawReading, Resource
@@ -37,6 +37,7 @@ from balans_edge.core.storage import StorageError
 
 if TYPE_CHECKING:
     from balans_edge.core.bus import EventBus
+    from balans_edge.core.calculated import TagSeries
     from balans_edge.core.ingest import Ingest
     from balans_edge.core.storage.registry_repository import RegistryReader
     from balans_edge.core.storage.views import RegistryEditor
@@ -199,12 +200,12 @@ def mark(states: Iterable[TagState], quality: TagQuality, t: float, detail: str)
         s.bad(quality, t, detail)
 
 
-@runtime_checkable
 class TagSource(Protocol):
-    """A component that reads tags (a Modbus or OPC UA client): ``GET /api/v1/tags``
-    lists the tags of every such component, and ``GET /api/v1/tags/history`` reads
-    stored samples through one (the samples of every protocol are in one store,
-    the protocol plugins', which core does not reach itself)."""
+    """A component that reads tags (a Modbus or OPC UA client), offered in
+    ``core.calculated.TagSources``: ``GET /api/v1/tags`` lists the tags of every
+    source, ``GET /api/v1/tags/history`` and calculated inputs read stored samples
+    through one (the samples of every protocol are in one store, the protocol
+    plugins', which core does not reach itself)."""
 
     name: str
     protocol: str
@@ -214,6 +215,10 @@ class TagSource(Protocol):
     async def tag_history(self, tag: str, t0: int, t1: int, limit: int) -> list[dict[str, Any]]:
         """Stored samples of ``tag`` (any protocol's) with t0 <= ts < t1, oldest first:
         ``tag``, ``ts``, ``value`` (None unless good) and ``quality``."""
+        ...
+
+    async def tag_series(self, tag: str, t0: int, t1: int) -> TagSeries:
+        """The same samples as arrays, for calculated inputs."""
         ...
 
 

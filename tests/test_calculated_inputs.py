@@ -25,8 +25,8 @@ from balans_edge.core.analytics.data import load_group_data
 from balans_edge.core.balance import BalanceTree, compute
 from balans_edge.core.calculated import (
     TAG_HOLD_S,
-    ComponentTags,
     TagSeries,
+    TagSources,
     evaluate,
     hourly_change,
     hourly_mean,
@@ -228,11 +228,16 @@ class PumpStation:
     protocol = "test"
     samples = {"PS/flow": FLOW, "PS/level": LEVEL}
 
+    def __init__(self, sources: TagSources | None = None) -> None:
+        self.sources = sources
+
     async def start(self) -> None:
-        pass
+        if self.sources is not None:
+            self.sources.add(self)  # offered while it runs, as the protocol plugins' tag clients are
 
     async def stop(self) -> None:
-        pass
+        if self.sources is not None:
+            self.sources.discard(self)
 
     def tag_snapshot(self) -> list[dict[str, Any]]:
         return [{"tag": tag, "device": "PS", "name": tag[3:], "quality": "good", "t": None, "last_good_t": None,
@@ -249,7 +254,7 @@ class PumpStation:
 class Station(Plugin):
     @hookimpl
     def register_components(self) -> list[Any]:
-        return [PumpStation()]
+        return [PumpStation(self.context.tag_sources)]
 
 
 # Hourly consumption (m3) of the small site's meters: W-1 and W-2 are the district's consumers,
@@ -391,9 +396,9 @@ async def test_analytics_sees_the_calculated_input(storage: Any) -> None:
     await storage.save_intervals(hourly, [])
     group = Group("D", Resource.WATER, "m3", formula=f"{TANK} - meter:W-3")
     data = await load_group_data(storage, group, [], [], keys, T, T + 5 * HOUR, ZoneInfo("UTC"),
-                                 tags=ComponentTags(lambda: [PumpStation()]))
+                                 tags=TagSources([PumpStation()]))
     np.testing.assert_allclose(data.input, np.array(INFLOW) - np.array(W3))
     # Without a tag client, the tag terms (and so the input) are missing.
     alone = await load_group_data(storage, group, [], [], keys, T, T + 5 * HOUR, ZoneInfo("UTC"),
-                                  tags=ComponentTags(list))
+                                  tags=TagSources())
     assert np.isnan(alone.input).all()

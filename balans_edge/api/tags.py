@@ -17,7 +17,6 @@ import msgspec
 from msgspec import Meta, Struct
 from sanic.request import Request
 
-from balans_edge.core.tags import TagSource
 from balans_edge.core.times import iso
 from balans_edge.http_schema import Time
 from balans_edge.routes import ApiError, Route, json
@@ -66,11 +65,8 @@ def _time(t: float | None) -> str | None:
 
 
 def routes(server: Server) -> list[Route]:
-    def sources() -> list[TagSource]:
-        return [c for _, c in server.components if isinstance(c, TagSource)]
-
     async def tags(request: Request, query: TagsQuery) -> Any:
-        rows = [row for c in sources() for row in c.tag_snapshot()]
+        rows = [row for c in server.tags for row in c.tag_snapshot()]
         device, protocol = query.device, query.protocol
         rows = [r for r in rows if (not device or r["device"] == device)
                 and (not protocol or r["protocol"] == protocol)]
@@ -81,8 +77,8 @@ def routes(server: Server) -> list[Route]:
     async def history(request: Request, query: HistoryQuery) -> Any:
         if query.to <= query.from_:
             raise ApiError(400, "bad_parameter", "to must be later than from")
-        found = sources()
-        rows = await found[0].tag_history(query.tag, query.from_, query.to, query.limit) if found else []
+        source = next(iter(server.tags), None)
+        rows = await source.tag_history(query.tag, query.from_, query.to, query.limit) if source else []
         return json({"tag": query.tag, "samples": [{**r, "ts": iso(r["ts"])} for r in rows]})
 
     return [

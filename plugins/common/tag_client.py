@@ -59,6 +59,11 @@ class TagClient(Generic[ConfigT, RunningT]):
         """Every tag's state, in configuration order."""
         raise NotImplementedError
 
+    async def begin(self, now: float) -> None:
+        """At start: the tags' meters made, then the tags offered (``context.tag_sources``)."""
+        await self.make_meters(now)
+        self.context.tag_sources.add(self)
+
     async def make_meters(self, now: float) -> None:
         """The registry meters (and modules) of the tags named as meters, made
         before the first sample; one that exists and differs is refused
@@ -74,6 +79,7 @@ class TagClient(Generic[ConfigT, RunningT]):
         self._tasks.append(self.context.health.supervise(self, asyncio.create_task(work, name=name)))
 
     async def stop_tasks(self) -> None:
+        self.context.tag_sources.discard(self)
         for task in self._tasks:
             await cancel_surely(task)
         self._tasks = []
@@ -100,5 +106,5 @@ class TagClient(Generic[ConfigT, RunningT]):
 
     async def tag_series(self, tag: str, t0: int, t1: int) -> TagSeries:
         """Stored samples of any protocol's tag as arrays, for calculated inputs
-        (``core.calculated.TagSeriesSource``)."""
+        (``core.tags.TagSource``)."""
         return await self.tags.tag_series(tag, t0, t1)

@@ -368,7 +368,7 @@ class ModbusClient(TagClient[DeviceConfig, Device]):
         self.pollers: list[Poller] = []
 
     async def start(self) -> None:
-        await self.make_meters(wall_clock())
+        await self.begin(wall_clock())
         by_link: dict[tuple, list[DeviceConfig]] = {}
         for c in self.configs:
             by_link.setdefault(c.link_key, []).append(c)

@@ -583,7 +583,7 @@ class OpcuaClient(TagClient[DeviceConfig, OpcuaDevice]):
     protocol = "opcua"
 
     async def start(self) -> None:
-        await self.make_meters(wall_clock())
+        await self.begin(wall_clock())
         self.devices = {c.name: OpcuaDevice(c, self.recorder) for c in self.configs}
         for d in self.devices.values():
             self.run(d.run(), f"opcua-device-{d.name}")
