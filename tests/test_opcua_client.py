@@ -136,7 +136,9 @@ async def test_values_quality_and_source_times_through_http_and_storage(make_ser
         ]
         modbus = {"devices": [{"name": "PLC1", "port": p.port, "timeout_s": 0.3, "store_every_s": 0.0,
                                "tags": [{"name": "speed", "address": 0, "interval_s": 0.05}]}]}
-        server = await make_server(base_config(tmp_path, plugins={"opcua": {"devices": [device("PS2", s.url, tags)]},
+        # One session throughout (asserted below): a watchdog that tolerates a loaded machine's pauses.
+        ps2 = device("PS2", s.url, tags, watchdog_s=2.0, timeout_s=2.0, keepalive_s=0.5)
+        server = await make_server(base_config(tmp_path, plugins={"opcua": {"devices": [ps2]},
                                                                   "modbus": modbus}))
         client = next(c for _, c in server.components if isinstance(c, OpcuaClient))
         http = client_for(server)
