@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -202,7 +202,11 @@ class Context:
             return None
         r = self.residuals[:k]
         r = r[~np.isnan(r)][-s.scale_nights:]
-        spread = MAD * float(np.median(np.abs(r - np.median(r)))) if len(r) >= 7 else 0.0
+        if len(r) >= 7:
+            spread = MAD * float(np.median(np.abs(r - np.median(r))))
+        else:  # a short history: the baseline nights' own spread
+            v = m[earlier][~np.isnan(m[earlier])]
+            spread = MAD * float(np.median(np.abs(v - np.median(v))))
         floor = max(s.resolution_share * self.step, s.spread_floor_pct / 100 * abs(max(level)),
                     s.night_use_pct / 100 * self.legitimate, 1e-9)
         return Baseline(level[0], level[1], max(spread, floor))
@@ -222,7 +226,7 @@ class Change:
     ongoing: bool
 
 
-def _steps(ctx: Context, nights: Nights, m: np.ndarray, lo: int) -> Change | None:
+def _steps(ctx: Context, nights: Nights, m: np.ndarray, lo: int) -> list[Change]:
     """The first step of the night minimum with its onset at night ``lo`` or later
     (among the last ``search_nights``): ``confirm_nights`` nights in a row from
     its onset k, each above the baseline of the nights before k by ``sensitivity``
@@ -243,13 +247,14 @@ def _steps(ctx: Context, nights: Nights, m: np.ndarray, lo: int) -> Change | Non
         if np.isnan(first).any() or float(first.min()) <= threshold:
             continue
         return _shape(ctx, nights, rise, k, base, float(first.min()) / base.spread)
-    return None
+    return []
 
 
-def _shape(ctx: Context, nights: Nights, rise: np.ndarray, k: int, base: Baseline, score: float) -> Change:
-    """How long the step from night ``k`` lasted (it ended when ``end_nights`` known
-    nights in a row fell below half its size: repaired) and whether it is a step or a
-    ramp (a growing leak: its rise fits a line from zero better than a constant)."""
+def _shape(ctx: Context, nights: Nights, rise: np.ndarray, k: int, base: Baseline, score: float) -> list[Change]:
+    """How long the change from night ``k`` lasted (it ended when ``end_nights`` known
+    nights in a row fell below half its size: repaired) and what it is: a step (a
+    burst), a ramp (a growing leak: its rise fits a line from zero better than a
+    constant), or a ramp with a step on top (a growing leak, and a burst after it)."""
     s = ctx.settings
     n = len(rise)
     size = float(np.median(rise[k:k + s.confirm_nights]))
@@ -265,14 +270,45 @@ def _shape(ctx: Context, nights: Nights, rise: np.ndarray, k: int, base: Baselin
     seg = rise[k:e + 1]
     t = np.arange(1, len(seg) + 1, dtype=float)
     ok = ~np.isnan(seg)
-    kind, size = "burst", float(np.median(seg[ok]))
-    if ok.sum() >= 5:
-        slope = float(seg[ok] @ t[ok] / (t[ok] @ t[ok]))
-        ramp = float(np.sum((seg[ok] - slope * t[ok]) ** 2))
-        step = float(np.sum((seg[ok] - size) ** 2))
-        if ramp < 0.7 * step and slope > 0:
-            kind, size = "background_leak", slope * float(t[ok][-1])
-    return Change(kind, k, e, max(size, 0.0), score, base, not ended)
+    level = max(float(np.median(seg[ok])), 0.0)
+    # A burst is abrupt: the night before it is still near the baseline. A growing
+    # leak crosses the threshold a little more each night.
+    before = rise[k - 1] if k >= 1 and not np.isnan(rise[k - 1]) else 0.0
+    abrupt = float(np.median(seg[ok][:s.confirm_nights])) - before >= 0.5 * level
+    change = Change("burst" if abrupt else "background_leak", k, e, level, score, base, not ended)
+    if ok.sum() < 5:
+        return [change]
+    y, x = seg[ok], t[ok]
+    sse_step = float(np.sum((y - np.median(y)) ** 2))
+    slope = float(y @ x / (x @ x))
+    sse_ramp = float(np.sum((y - slope * x) ** 2))
+    split = _ramp_and_step(y, x, max(s.sensitivity * base.spread, ctx.allowance), s.confirm_nights)
+    if split is not None and split[3] < 0.5 * min(sse_step, sse_ramp):
+        a, j, jump, _ = split  # a growing leak, and a burst on top of it from night j
+        onset = k + int(np.flatnonzero(ok)[j])
+        return [Change("background_leak", k, e, a * float(x[-1]), score, base, not ended),
+                Change("burst", onset, e, jump, score, base, not ended)]
+    if (sse_ramp < 0.7 * sse_step or not abrupt) and slope > 0:
+        return [Change("background_leak", k, e, slope * float(x[-1]), score, base, not ended)]
+    return [change]
+
+
+def _ramp_and_step(y: np.ndarray, x: np.ndarray, threshold: float, need: int,
+                   ) -> tuple[float, int, float, float] | None:
+    """The best fit of a line from zero plus a step at some night j (at least three
+    nights of the line before it, ``need`` after): (slope, j, step, squared error);
+    None when no step is above ``threshold``."""
+    best = None
+    for j in range(3, len(y) - need + 1):
+        design = np.c_[x, (np.arange(len(y)) >= j).astype(float)]
+        coef, *_ = np.linalg.lstsq(design, y, rcond=None)
+        a, jump = float(coef[0]), float(coef[1])
+        if jump <= threshold or a <= 0:
+            continue
+        sse = float(np.sum((y - design @ coef) ** 2))
+        if best is None or sse < best[3]:
+            best = (a, j, jump, sse)
+    return best
 
 
 def _trend(ctx: Context, nights: Nights, m: np.ndarray, lo: int) -> Change | None:
@@ -349,6 +385,8 @@ class NightFlowDetector(GroupDetector):
 
     settings_for: Callable[[Group, bool], NightFlowSettings] | None = None
     """(group, members metered) -> its settings; None: the preset the group's kind gets."""
+    before_run: Callable[[], Awaitable[None]] | None = None
+    """Called before each run (the plugin loads the API-set settings)."""
     history_days: int = 84
     """Days of history each run looks at (longer than the scheduler's window: a
     spread read from weeks of nights, a baseline of four and the nights since)."""
@@ -363,6 +401,8 @@ class NightFlowDetector(GroupDetector):
         return resolve(preset_for(data.group.level, metered))
 
     async def detect(self, run: DetectionRun) -> list[Finding]:
+        if self.before_run is not None:
+            await self.before_run()
         found: list[Finding] = []
         for data in await run.scope.windows(run.storage, run.tz, self.history_days):
             accepted = await accepted_leaks(run.storage, data.group.group_id, self.name)
@@ -394,13 +434,13 @@ class NightFlowDetector(GroupDetector):
         changes: list[Change] = []
         start = lo
         while start < len(m) and len(changes) < 3:  # an ended change, then what came after it
-            change = _steps(ctx, nights, m, start)
-            if change is None:
+            found = _steps(ctx, nights, m, start)
+            if not found:
                 break
-            changes.append(change)
-            if change.ongoing:
+            changes += found
+            if found[0].ongoing:
                 break
-            start = change.e + 1 + s.end_nights
+            start = found[0].e + 1 + s.end_nights
         flat = m.copy()
         for change in changes:  # the steps taken off, so that they are no slope
             if change.kind == "burst":

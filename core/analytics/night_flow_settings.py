@@ -16,6 +16,7 @@ How an operator tunes them: docs/analytics.md, "Night flow".
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from typing import Annotated, Any, Literal, get_type_hints
 
@@ -30,7 +31,7 @@ class NightFlowSettings:
     """How the night flow of one group is judged (docs/analytics.md, "Night flow")."""
 
     night_from: Annotated[int, Meta(ge=0, le=23, description=(
-        "local hour the night window starts (the night flow is the lowest hour in it)"))] = 2
+        "local hour the night window starts (the night flow is taken over its hours)"))] = 2
     night_to: Annotated[int, Meta(ge=0, le=23, description=(
         "local hour the night window ends, exclusive; smaller than night_from: the window spans midnight"))] = 6
     statistic: Annotated[Literal["mean", "min"], Meta(description=(
@@ -93,7 +94,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     # Flats metered: the imbalance at night is the loss itself, litres an hour.
     # Small leaks count, and the floors keep a quiet building's spread from
     # collapsing to one pulse.
-    "building": {"min_lph": 5.0, "min_pct": 5.0, "spread_floor_pct": 2.0, "night_use_pct": 10.0,
+    "building": {"min_nights": 5, "min_lph": 5.0, "min_pct": 5.0, "spread_floor_pct": 2.0, "night_use_pct": 10.0,
                  "trend_pct": 5.0},
     # Only an inlet meter: the night flow is mostly people awake and wobbles by
     # several percent from night to night; leaks of a few percent of the mean
@@ -138,15 +139,57 @@ def _optional(tp: Any) -> Any:
 
 GroupNightFlow = dataclasses.make_dataclass(
     "GroupNightFlow",
-    [("group", Annotated[str, Meta(min_length=1, description="the balance group's id")]),
+    [("group", Annotated[str, Meta(min_length=1, description="the balance group's id; `*`: every group (a group's "
+                                                            "own entry wins)")]),
      ("preset", Annotated[Preset | None, Meta(description=(
          "building, district_inlet or district_metered (default: from the group: members metered or not, "
          "and its level)"))], dataclasses.field(default=None)),
      *((name, _optional(tp), dataclasses.field(default=None))
        for name, tp in get_type_hints(NightFlowSettings, include_extras=True).items())],
     frozen=True,
-    namespace={"__doc__": "One group's night-flow settings: its preset and the values that differ from it "
-                          "(each key as in the defaults; left out: from the preset).",
+    namespace={"__doc__": "The group-leak detector's night-flow settings of one group (docs/analytics.md, \"Night "
+                          "flow\"): its preset and the values that differ from it (left out: the preset's). Values set "
+                          "through the API (`PUT /api/v1/analytics/night-flow/{group}`) win.",
                "__module__": __name__},
 )
 """A group's entry: ``group``, ``preset`` and any setting (None: the preset's)."""
+
+
+def values_of(entry: Any) -> dict[str, Any]:
+    """The settings an entry (``NightFlowConfig``, ``GroupNightFlow``) gives: those not None."""
+    return {name: getattr(entry, name) for name in SETTING_NAMES if getattr(entry, name) is not None}
+
+
+EVERY_GROUP = "*"
+"""The ``group`` of an entry that applies to every group (a group's own entry wins)."""
+
+
+def settings_for(entries: Sequence[Any], group_id: str, level: str, metered_members: bool,
+                 stored: dict[str, Any] | None = None) -> tuple[str, NightFlowSettings]:
+    """(preset, settings) of a group: its preset (set through the API, configured for
+    the group, for every group, or from the group), then the values of the entry for
+    every group, of the group's own entry and those set through the API, later ones
+    winning."""
+    every = next((e for e in entries if e.group == EVERY_GROUP), None)
+    own = next((e for e in entries if e.group == group_id), None)
+    stored = dict(stored or {})
+    preset = (stored.pop("preset", None) or (own.preset if own is not None else None)
+              or (every.preset if every is not None else None) or preset_for(level, metered_members))
+    layers = [values_of(e) for e in (every, own) if e is not None]
+    return preset, resolve(preset, *layers, stored)
+
+
+def check_entries(entries: Sequence[Any]) -> None:
+    """No group twice, and every entry's values make valid settings with every preset
+    (a ValueError names the group)."""
+    seen: set[str] = set()
+    every = next((e for e in entries if e.group == EVERY_GROUP), None)
+    for entry in entries:
+        if entry.group in seen:
+            raise ValueError(f"group {entry.group!r} is given twice")
+        seen.add(entry.group)
+        for preset in PRESET_NAMES:
+            try:
+                resolve(entry.preset or preset, values_of(every) if every is not None else {}, values_of(entry))
+            except (TypeError, ValueError) as exc:
+                raise ValueError(f"group {entry.group!r}: {exc}") from None

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 from balans_edge import hookimpl
 from balans_edge.core.analytics.base import DEFAULT_WINDOW_DAYS, GroupDetector, Scope
+from balans_edge.core.analytics.night_flow_settings import GroupNightFlow, check_entries
 from balans_edge.core.components import Finding
 from balans_edge.core.context import Plugin, PluginContext
 from balans_edge.core.model import Resource
@@ -20,6 +21,8 @@ from balans_edge.settings import setting
 
 if TYPE_CHECKING:
     import click
+
+    from balans_edge.plugins.analytics.night_flow import NightFlowSource
 
 
 log = logging.getLogger(__name__)
@@ -59,11 +62,18 @@ class AnalyticsConfig:
     monthly_norms: Annotated[dict[str, float], setting(doc=(
         "normal consumption of one meter in a month, per resource (e.g. `{ water = 6.0 }`, m3), that forecasts are "
         "compared with"))] = field(default_factory=dict)
+    night_flow: Annotated[list[GroupNightFlow], setting(doc=(  # type: ignore[valid-type]
+        "`[[plugins.analytics.night_flow]]`: the group-leak detector's night-flow preset and values per group "
+        "(`group = \"*\"`: every group)"))] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         problem = _known_detectors(self.detectors)
         if problem:
             raise ValueError(f"detectors: {problem}")
+        try:
+            check_entries(self.night_flow)
+        except ValueError as exc:
+            raise ValueError(f"night_flow: {exc}") from None
         resources = {r.value for r in Resource}
         for key, value in self.monthly_norms.items():
             if key not in resources:
@@ -131,14 +141,34 @@ class Scheduler:
 
 
 class AnalyticsPlugin(Plugin):
+    night_flow: NightFlowSource | None = None
+
+    def source(self) -> NightFlowSource:
+        """The groups' night-flow settings (configuration and API-set values)."""
+        if self.night_flow is None:
+            from balans_edge.plugins.analytics.night_flow import NightFlowSource
+
+            self.night_flow = NightFlowSource(self.config.night_flow, self.context.database)
+        return self.night_flow
+
     @hookimpl
     def config_schema(self) -> dict[str, type]:
         return {NAME: AnalyticsConfig}
 
     @hookimpl
+    def register_migrations(self) -> list:
+        from balans_edge.plugins.analytics.night_flow import MIGRATIONS
+
+        return [MIGRATIONS]
+
+    @hookimpl
     def register_detectors(self) -> list:
+        from balans_edge.core.analytics.night_flow import NightFlowDetector
+
         classes = detector_classes()
-        return [classes[n]() for n in self.config.detectors or DETECTOR_NAMES]
+        source = self.source()
+        return [NightFlowDetector(settings_for=source.settings, before_run=source.load) if n == "group-leak"
+                else classes[n]() for n in self.config.detectors or DETECTOR_NAMES]
 
     @hookimpl
     def register_components(self) -> list:
@@ -146,9 +176,10 @@ class AnalyticsPlugin(Plugin):
 
     @hookimpl
     def register_routes(self) -> list:
+        from balans_edge.plugins.analytics import night_flow
         from balans_edge.plugins.analytics.api import routes
 
-        return routes(self.context)
+        return [*routes(self.context), *night_flow.routes(self.context, self.source())]
 
     @hookimpl
     def register_commands(self, cli: click.Group) -> None:
