@@ -94,6 +94,16 @@ class NightFlowSource:
         self.stored.pop(group_id, None)
 
 
+class NightFlowAnswer(msgspec.Struct):
+    """A group's night-flow settings: its preset, the values in force, those set through the API."""
+
+    group: str
+    preset: str
+    settings: NightFlowSettings
+    set_by_api: dict[str, Any]
+    presets: dict[str, dict[str, Any]]
+
+
 def _body_schema() -> dict[str, Any]:
     schema = msgspec.json.schema(GroupNightFlow)
     definition = next(iter(schema.get("$defs", {}).values()), schema)
@@ -161,11 +171,12 @@ def routes(context: PluginContext, source: NightFlowSource) -> list[Route]:
     return [
         Route("GET", PATH, get, "A group's night-flow settings: its preset, the values in force (preset, "
               "configuration and those set through the API) and the presets", params=param, tags=tags,
-              responses={200: "OK", 404: "no such group"}),
+              response=NightFlowAnswer, responses={200: "OK", 404: "no such group"}),
         Route("PUT", PATH, put, "Set a group's night-flow preset and values (replacing those set before through "
               "the API); answers the values in force", role="operator", params=param, body=NightFlowBody, tags=tags,
+              response=NightFlowAnswer,
               responses={200: "the settings in force", 404: "no such group", 422: "invalid, names the key"}),
         Route("DELETE", PATH, delete, "Drop the night-flow values set through the API: the preset and the "
-              "configuration apply again", role="operator", params=param, tags=tags,
+              "configuration apply again", role="operator", params=param, tags=tags, response=NightFlowAnswer,
               responses={200: "the settings in force", 404: "no such group"}),
     ]
