@@ -183,10 +183,10 @@ async def test_findings_alarms_acceptance_and_evidence_through_the_server(tmp_pa
     evidence = shown["data"]["evidence"]
     nights = evidence["nights"]
     assert len(nights) >= 28 and all(b > a for a, b in itertools.pairwise(nights))
-    for series in ("night_min", "baseline", "threshold"):
+    for series in ("night_flow", "baseline", "threshold"):
         assert len(evidence[series]) == len(nights)
     assert evidence["onset"] == shown["data"]["start"] and evidence["size"] == pytest.approx(shown["rate"])
-    last = [v for v in evidence["night_min"][-5:] if v is not None]
+    last = [v for v in evidence["night_flow"][-5:] if v is not None]
     base = [v for v in evidence["baseline"][-5:] if v is not None]
     assert min(last) > max(evidence["threshold"][-5:]) > max(base)  # the nights judged above the line
 

@@ -1,31 +1,33 @@
-"""A leak in a group's network, from its night flow: bursts and slowly growing leaks.
+"""A leak in a group's network, from its night flow: bursts and growing leaks.
 
-At night most people sleep, so the lowest hour of the night is mostly loss
-plus the few who are awake (``legitimate night use``); a leak adds its flow
-to every hour, so it lifts that night minimum by its rate. Each night's
-minimum is judged against a baseline of the nights before it:
+At night most people sleep, so the group's imbalance at night (its inflow
+where no member is metered) is mostly loss plus the few who are awake
+(legitimate night use); a leak adds its flow to every hour and lifts it.
+Each night's flow (the mean of the night hours, or the lowest hour) is judged
+against a baseline of the nights before it:
 
 - the baseline is the median of up to ``baseline_nights`` earlier nights,
   weekend nights apart when they differ;
 - its spread cannot collapse: a few quiet nights in a row would make any
-  wobble look like a burst. It is the larger of the nights' own robust spread
-  (MAD over the baseline window), the input's measured resolution (a
-  tank-derived inflow moves in steps of the level's centimetre), a share of
-  the baseline and a share of the legitimate night use;
-- a burst is a step of the night minimum: the generalised likelihood ratio of
-  a step against none, over every onset and end, finds when it began, how big
-  it is and whether it is still there (``sensitivity``);
-- a slowly growing leak is a rising night minimum: a robust (Theil-Sen) slope
-  over ``trend_nights`` nights, positive at ``trend_confidence``;
+  wobble look like a burst. It is the largest of the robust spread (MAD) of
+  the nights' rise over their own baselines across ``scale_nights``, the
+  input's measured resolution (a tank-derived inflow moves in steps of the
+  level's centimetre), a share of the baseline and a share of the
+  legitimate night use;
+- a burst is a step: ``confirm_nights`` nights in a row above the baseline by
+  ``sensitivity`` spreads and the allowance, with its onset (the hour the
+  flow rose), its size, and whether it is still there;
+- a growing leak is a ramp: a rise that fits a line better than a step, or a
+  robust (Theil-Sen) slope over ``trend_nights`` positive at
+  ``trend_confidence``; a burst on top of it is a finding of its own;
 - a leak that was repaired ends: its nights are back at the baseline for
-  ``end_nights``, and its finding gets its end;
+  ``end_nights``, and its report states the end;
 - a leak the operator accepted (finding status ``accepted``) moves the
   baseline on: the nights before it count as if it had always run.
 
-Each finding carries what it was judged on (``info["evidence"]``: the night
-minima, the baseline, the threshold, the onset and size), so an operator sees
-why. Volumes are in the group's unit per hour; the findings' ``rate_lph`` in
-litres per hour.
+Each finding carries what it was judged on (``info["evidence"]``: the nights'
+flows, baselines and thresholds, the onset and size), so an operator sees
+why. Rates are in the group's unit per hour (``rate_lph`` in litres per hour).
 """
 
 from __future__ import annotations
@@ -214,7 +216,7 @@ class Context:
 
 @dataclass(slots=True)
 class Change:
-    """A step (or a ramp) of the night minimum from night ``k`` to night ``e``."""
+    """A step (or a ramp) of the night flow from night ``k`` to night ``e``."""
 
     kind: str
     k: int
@@ -227,7 +229,7 @@ class Change:
 
 
 def _steps(ctx: Context, nights: Nights, m: np.ndarray, lo: int) -> list[Change]:
-    """The first step of the night minimum with its onset at night ``lo`` or later
+    """The first step of the night flow with its onset at night ``lo`` or later
     (among the last ``search_nights``): ``confirm_nights`` nights in a row from
     its onset k, each above the baseline of the nights before k by ``sensitivity``
     spreads and the allowance. Night flows have heavy tails (a hydrant, a pool
@@ -370,13 +372,13 @@ def _onset(data: GroupData, nights: Nights, change: Change) -> int:
     return lo + int(np.argmax(tail)) if len(tail) else lo
 
 
-def _series(nights: Nights, values: np.ndarray) -> list[float | None]:
+def _series(values: np.ndarray) -> list[float | None]:
     return [None if not np.isfinite(v) else round(float(v), 6) for v in values]
 
 
 @dataclass
 class NightFlowDetector(GroupDetector):
-    """A leak in the group's network, from the night minimum of its imbalance: a burst
+    """A leak in the group's network, from the night flow of its imbalance: a burst
     (a step) or a growing background leak (a slope), with its onset, size, duration
     and volume lost so far, and the evidence it was judged on.
 
@@ -471,8 +473,9 @@ class NightFlowDetector(GroupDetector):
             else:
                 baseline[j] = float(base.at(nights.weekend[j:j + 1])[0])
         evidence = {
-            "night_hours": list(s.night), "nights": [int(t) for t in ends], "night_min": _series(nights, m),
-            "baseline": _series(nights, baseline), "threshold": _series(nights, baseline + one_night),
+            "night_hours": list(s.night), "statistic": s.statistic, "nights": [int(t) for t in ends],
+            "night_flow": _series(m),
+            "baseline": _series(baseline), "threshold": _series(baseline + one_night),
             "spread": round(base.spread, 6), "resolution": round(ctx.step, 6),
             "legitimate_night_use": round(ctx.legitimate, 6), "allowance": round(ctx.allowance, 6),
             "onset": start, "size": round(rate, 6), "score": round(change.score, 2),
