@@ -84,8 +84,8 @@ def quality_command(config_path: Path | None, days: int, as_json: bool) -> None:
     if not rows:
         click.echo(f"no findings in the last {days} days")
         return
-    header = ["detector", "kind", "findings", "open", "acknowledged", "resolved", "false_alarm", "precision",
-              "median_hours_to_answer"]
+    header = ["detector", "kind", "findings", "open", "acknowledged", "resolved", "false_alarm", "accepted",
+              "precision", "median_hours_to_answer"]
     table = [header] + [[_cell(r[h]) for h in header] for r in rows]
     widths = [max(len(r[i]) for r in table) for i in range(len(header))]
     click.echo("\n".join("  ".join(c.rjust(w) if i >= 2 else c.ljust(w) for i, (c, w) in

@@ -10,7 +10,8 @@ meter, a consumer leak, an unmetered connection, a stuck meter, drips under the
 meters' starting flow, a drifting module clock) or an ordinary change of
 behaviour that is not a loss, with a random size and start. It then
 runs every group detector as the server does: once a day over the last 14 days
-of hourly data (``GroupData`` windows, exactly the arrays the server builds),
+(or the longer history a detector asks for) of hourly data (``GroupData``
+windows, exactly the arrays the server builds),
 from the start of the data to the end. It prints per fault kind the recall
 (found, with the right subject, within the deadline), the precision of the
 findings of that kind, false findings per 1,000 meter-months, and the median
@@ -147,9 +148,10 @@ def daily_runs(data: GroupData, dets: list[GroupDetector]) -> dict[tuple[str, st
     """First hour index at which each (subject, kind) was reported by the daily runs."""
     first: dict[tuple[str, str], int] = {}
     for end in range(WINDOW_H, data.hours + 1, RUN_EVERY_H):
-        window = data.slice(end - WINDOW_H, end)
         for det in dets:
-            for f in det.detect_group(window):
+            # A detector that asks for a longer history (the night flow's) gets it, as on the server.
+            hours = max(WINDOW_H, 24 * getattr(det, "history_days", 0))
+            for f in det.detect_group(data.slice(max(0, end - hours), end)):
                 first.setdefault((f.subject, f.kind), end)
     return first
 

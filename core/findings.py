@@ -8,8 +8,10 @@ whether a report continues the newest stored finding of its detector,
 subject and kind or is a new event (a new finding and a new alarm).
 
 A finding is ``open`` when a detector first reports it. An operator
-acknowledges it (someone is looking), resolves it (fixed on site) or marks it
-a false alarm (the detector was wrong). Either end can be reopened. The
+acknowledges it (someone is looking), resolves it (fixed on site), marks it
+a false alarm (the detector was wrong) or accepts it (a real leak left running
+for now: a repair planned, or too small to dig for; the night-flow detector
+then takes it as the new normal). Each end can be reopened. The
 operators' answers are kept with the finding, so the share of false alarms per
 detector and kind can be measured on real sites, not only on simulations.
 """
@@ -30,16 +32,18 @@ OPEN = "open"
 ACKNOWLEDGED = "acknowledged"
 RESOLVED = "resolved"
 FALSE_ALARM = "false_alarm"
+ACCEPTED = "accepted"
 
-STATUSES = (OPEN, ACKNOWLEDGED, RESOLVED, FALSE_ALARM)
+STATUSES = (OPEN, ACKNOWLEDGED, RESOLVED, FALSE_ALARM, ACCEPTED)
 ACTIVE = (OPEN, ACKNOWLEDGED)
 """A new report of the same detector, subject and kind updates an active finding instead of adding one."""
 
 TRANSITIONS: dict[str, tuple[str, ...]] = {
-    OPEN: (ACKNOWLEDGED, RESOLVED, FALSE_ALARM),
-    ACKNOWLEDGED: (RESOLVED, FALSE_ALARM, OPEN),
+    OPEN: (ACKNOWLEDGED, RESOLVED, FALSE_ALARM, ACCEPTED),
+    ACKNOWLEDGED: (RESOLVED, FALSE_ALARM, ACCEPTED, OPEN),
     RESOLVED: (OPEN,),
     FALSE_ALARM: (OPEN,),
+    ACCEPTED: (RESOLVED, OPEN),
 }
 
 SUPPRESS_S = 30 * DAY
@@ -103,15 +107,15 @@ def match(status: str, started: int, ended: int, event: Event, suppress_s: int =
 
     - ``open`` or ``acknowledged``: the report continues it (``update``) unless the
       event starts a gap after the finding's end: then that one ended, this is ``new``;
-    - ``resolved``: closed; a report of the event as it was when resolved (starting
-      no later than its end: a detector's window still shows it) is ``ignore``d, a
-      later start is a ``new`` event;
+    - ``resolved`` or ``accepted``: closed; a report of the event as it was when
+      closed (starting no later than its end: a detector's window still shows it,
+      an accepted leak still runs) is ``ignore``d, a later start is a ``new`` event;
     - ``false_alarm``: muted: reports of events seen until ``suppress_s`` after its
       end are ``ignore``d, later ones are ``new``.
     """
     if status in ACTIVE:
         return "update" if event.start < ended + gap_s else "new"
-    if status == RESOLVED:
+    if status in (RESOLVED, ACCEPTED):
         return "ignore" if event.start <= ended else "new"
     if status == FALSE_ALARM:
         return "ignore" if event.end < ended + suppress_s else "new"
@@ -152,8 +156,9 @@ def group_of(data: dict[str, Any] | None) -> str | None:
 
 def quality(found: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """How the operators judged the findings, per detector and kind: counts by
-    status, the precision among the judged ones (resolved / (resolved + false
-    alarms)) and the median hours from first report to the first answer.
+    status, the precision among the judged ones ((resolved + accepted) /
+    (resolved + accepted + false alarms): an accepted leak is a real one) and
+    the median hours from first report to the first answer.
 
     A finding counts in its current status (a reopened false alarm is open
     again); precision is None until one of a kind is judged."""
@@ -163,11 +168,12 @@ def quality(found: list[dict[str, Any]]) -> list[dict[str, Any]]:
     rows = []
     for (detector, kind), items in sorted(by_kind.items()):
         counts = {status: sum(f["status"] == status for f in items) for status in STATUSES}
-        judged = counts[RESOLVED] + counts[FALSE_ALARM]
+        right = counts[RESOLVED] + counts[ACCEPTED]
+        judged = right + counts[FALSE_ALARM]
         waits = [(f["feedback"][0]["t"] - (f.get("first_seen") or f["t"])) / HOUR for f in items if f["feedback"]]
         rows.append({
             "detector": detector, "kind": kind, "findings": len(items), **counts, "judged": judged,
-            "precision": round(counts[RESOLVED] / judged, 3) if judged else None,
+            "precision": round(right / judged, 3) if judged else None,
             "median_hours_to_answer": round(statistics.median(waits), 1) if waits else None,
         })
     return rows

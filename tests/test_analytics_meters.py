@@ -11,12 +11,12 @@ from balans_edge.core.analytics.data import GroupData
 from balans_edge.core.analytics.meter_checks import (
     ConsumerLeakDetector,
     ConsumptionDropDetector,
-    GroupLeakDetector,
     ModuleStatusDetector,
     ReverseMeterDetector,
     StuckMeterDetector,
     cusum_down,
 )
+from balans_edge.core.analytics.night_flow import GroupLeakDetector
 from balans_edge.core.components import Severity
 from balans_edge.core.model import Status
 from balans_edge.core.times import HOUR

@@ -79,7 +79,7 @@ async def test_schemas_carry_ranges_and_choices(document):
     assert schemas["Reading"]["required"] == ["module_id", "channel", "ts", "counter"]
     params = {p["name"]: p for p in document["paths"]["/api/v1/findings"]["get"]["parameters"]}
     assert params["limit"]["schema"] == {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100}
-    assert params["status"]["schema"]["enum"] == sorted(["open", "acknowledged", "resolved", "false_alarm"])
+    assert params["status"]["schema"]["enum"] == sorted(["open", "acknowledged", "resolved", "false_alarm", "accepted"])
     period = {p["name"]: p for p in document["paths"]["/api/v1/groups/{group_id}/balance"]["get"]["parameters"]}
     assert period["from"]["required"] and period["to"]["required"] and not period["step"]["required"]
     assert period["group_id"]["in"] == "path"
@@ -181,7 +181,8 @@ def test_query_refusals_keep_the_words_of_the_api():
             "bad_parameter", f"limit: expected an integer 1..1000, got {raw!r}")
     with pytest.raises(Refusal) as caught:
         findings.decode_query({"status": "closed"})
-    assert caught.value.message == "status: expected one of open, acknowledged, resolved, false_alarm, got 'closed'"
+    assert caught.value.message == ("status: expected one of open, acknowledged, resolved, false_alarm, accepted, "
+                                    "got 'closed'")
     with pytest.raises(Refusal) as caught:
         history.decode_query({"tag": "a/b", "from": "2024-01-01"})
     assert (caught.value.code, caught.value.message) == ("missing_parameter",

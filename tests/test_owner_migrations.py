@@ -210,7 +210,7 @@ def test_bad_contributions_disable_their_plugin_only(plugins: Plugins, package: 
     plugins.register(Owner([MigrationSet("notes", good.package, folder="elsewhere")]), "thief")
     plugins.register(Owner([MigrationSet("notes", "another_package")]), "impostor")
     sets = plugin_migrations(plugins)
-    assert [s.owner for s in sets] == ["dmesh", "tags", "modbus", "export", "example", "notes"]
+    assert [s.owner for s in sets] == ["dmesh", "analytics", "tags", "modbus", "export", "example", "notes"]
     assert {n: plugins.info[n].state for n in ("notes", "raiser", "confused", "thief", "impostor")} == {
         "notes": "loaded", "raiser": "failed", "confused": "failed", "thief": "failed", "impostor": "failed"}
     assert "already plugin notes's" in plugins.info["thief"].error
@@ -245,7 +245,7 @@ async def test_hook_register_migrations(tmp_path: Path, make_server: Any, client
     written by its observer, read by its route, all through its own repository."""
     server = await make_server(base_config(tmp_path))
     assert await server.storage.schema_versions() == {
-        "core": LATEST, "dmesh": 1, "tags": 1, "modbus": 1, "export": 1, "example": 2}
+        "core": LATEST, "dmesh": 1, "analytics": 1, "tags": 1, "modbus": 1, "export": 1, "example": 2}
     client = client_for(server)
     await server.storage.registry_apply(small_site())
     now = int(time.time())
@@ -282,7 +282,7 @@ def test_commands_apply_plugin_migrations(tmp_path: Path) -> None:
                              str(config)], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert rows(db, "SELECT owner, max(version) FROM owner_migrations GROUP BY owner") == [
-        ("dmesh", 1), ("example", 2), ("export", 1), ("modbus", 1), ("tags", 1)]
+        ("analytics", 1), ("dmesh", 1), ("example", 2), ("export", 1), ("modbus", 1), ("tags", 1)]
     assert "example_batches" in tables(db)
 
 

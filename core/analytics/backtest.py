@@ -175,30 +175,40 @@ async def load_replay_data(storage: Any, group_id: str, t_from: int, t_to: int, 
     return data
 
 
+def detector_window(detector: GroupDetector, window_s: int) -> int:
+    """The seconds of history a scheduled run gives ``detector``: the run's window,
+    or the longer history the detector asks for (``history_days``, as
+    ``Scope.windows`` gives it)."""
+    days = getattr(detector, "history_days", None)
+    return max(window_s, int(days) * DAY) if days else window_s
+
+
 def replay(data: GroupData, detectors: Sequence[GroupDetector], t_from: int, t_to: int, *,
            step_s: int = DEFAULT_STEP_S, window_s: int = DEFAULT_WINDOW_DAYS * DAY,
            book: ReplayBook | None = None) -> Replay:
     """Run ``detectors`` on ``data`` at every run time of [t_from, t_to] over the
-    window the scheduler would have given them, in registration order, and keep
-    their reports as events. ``data`` must hold every hour of ``history_span``
-    (hours before it are missing to a scheduled run too; here it is a mistake)."""
+    window the scheduler would have given them (``detector_window``), in
+    registration order, and keep their reports as events. ``data`` must hold every
+    hour of ``history_span`` for the longest of those windows (hours before it are
+    missing to a scheduled run too; here it is a mistake)."""
     times = run_times(t_from, t_to, step_s)
     if window_s < HOUR or window_s % HOUR:
         raise ValueError(f"window: expected a whole number of hours, got {window_s} s")
-    t0, t1 = int(times[0]) - window_s, int(times[-1])
+    windows = [detector_window(d, window_s) for d in detectors]
+    t0, t1 = int(times[0]) - max(windows, default=window_s), int(times[-1])
     if not data.hours or data.t[0] > t0 or data.t[-1] < t1 - HOUR or np.any(np.diff(data.t) != HOUR):
         raise ValueError(f"the history must hold every hour from {t0} to {t1}")
     book = book or ReplayBook()
     failures: dict[str, int] = {}
-    lo = np.searchsorted(data.t, times - window_s)
-    hi = np.searchsorted(data.t, times)
+    lo = {w: np.searchsorted(data.t, times - w).tolist() for w in set(windows)}
+    hi = np.searchsorted(data.t, times).tolist()
     seconds = dict.fromkeys((d.name for d in detectors), 0.0)
-    for t, a, b in zip(times.tolist(), lo.tolist(), hi.tolist(), strict=True):
-        window = data.slice(a, b)
-        for detector in detectors:
+    for i, t in enumerate(times.tolist()):
+        slices = {w: data.slice(starts[i], hi[i]) for w, starts in lo.items()}
+        for detector, w in zip(detectors, windows, strict=True):
             began = time.perf_counter()
             try:
-                found = detector.detect_group(window)
+                found = detector.detect_group(slices[w])
             except Exception:
                 # Logged once per detector: a broken one would fail in every run.
                 if detector.name not in failures:

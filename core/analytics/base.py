@@ -73,12 +73,17 @@ class Scope:
         return ({*(self.group_ids or ()), *(m.meter_id for m in meters), *(f"module:{m}" for m in modules),
                  *(f"concentrator:{c}" for c in concentrators)})
 
-    async def windows(self, storage: Any, tz: ZoneInfo, tags: TagSamples | None = None) -> list[GroupData]:
+    async def windows(self, storage: Any, tz: ZoneInfo, tags: TagSamples | None = None,
+                      days: int | None = None) -> list[GroupData]:
         """The window of every group in scope, loaded once per run (``tags``: where
-        calculated inputs read their tags)."""
+        calculated inputs read their tags); with ``days``, at least that many days
+        up to the scope's end (a detector that needs a longer history than the
+        run's window: the night flow's baseline of weeks)."""
+        t0 = self.t0 if days is None else min(self.t0, self.t1 - days * DAY)
         groups = {g.group_id: g for g in await storage.registry_list("groups")}
         wanted = [g for g in groups if self.group_ids is None or g in self.group_ids]
-        missing = [g for g in wanted if g not in self._cache]
+        key = "" if t0 == self.t0 else f"@{t0}"
+        missing = [g for g in wanted if g + key not in self._cache]
         if missing:
             members: dict[str | None, list[Meter]] = {}
             for m in await storage.registry_list("meters"):
@@ -92,10 +97,10 @@ class Scope:
                     children.setdefault(g.parent_id, []).extend((i.meter_id, i.sign) for i in g.inputs)
             keys = await storage.meter_keys()
             for gid in missing:
-                self._cache[gid] = await load_group_data(
-                    storage, groups[gid], members.get(gid, []), children.get(gid, []), keys, self.t0, self.t1, tz,
+                self._cache[gid + key] = await load_group_data(
+                    storage, groups[gid], members.get(gid, []), children.get(gid, []), keys, t0, self.t1, tz,
                     tags=tags, calculated_children=calculated.get(gid, []))
-        return [self._cache[g] for g in wanted]
+        return [self._cache[g + key] for g in wanted]
 
 
 class GroupDetector(ABC):

@@ -1,4 +1,4 @@
-"""Checks of single meters and of a group's night flow, from one group's window.
+"""Checks of single meters, from one group's window.
 
 Each detector is a pure function of a ``GroupData``. The meter checks look
 for what a member meter's own series and the group's imbalance say together:
@@ -7,8 +7,7 @@ rise by about what the meter stopped registering; a meter that merely shows
 less use (a tenant moved out, a family went on holiday) leaves the balance
 unchanged and is not a fault. Leaks behind a consumer meter are metered, so
 they are found from the meter's flow never going to zero; leaks in the
-group's network are found from the imbalance at night, when the consumers
-sleep and the loss stands out.
+group's network are found from the imbalance at night (``night_flow``).
 
 Volumes are in the group's unit (m3 for water); rates in the findings are
 litres per hour for water, i.e. 1000 x unit per hour.
@@ -45,12 +44,6 @@ def _confidence(score: float, half: float) -> float:
     of how clear the evidence is, not a calibrated probability."""
     score = max(score, 0.0)
     return round(score**2 / (score**2 + half**2), 3) if half > 0 else 1.0
-
-
-def _mean_or_zero(x: np.ndarray) -> float:
-    """Mean of the known values; 0 when none is known (no relative allowance then)."""
-    known = x[~np.isnan(x)]
-    return float(known.mean()) if len(known) else 0.0
 
 
 def _end(data: GroupData) -> int:
@@ -238,146 +231,7 @@ class ConsumerLeakDetector(GroupDetector):
         return max(float(stretch.min()), 0.0)
 
 
-# 2. Leak in the group's network ---------------------------------------------
-
-
-def _nightly_minimum(data: GroupData, series: np.ndarray, night: tuple[int, int],
-                     min_hours: int = 2) -> tuple[np.ndarray, np.ndarray]:
-    """(first hour index of each night, minimum of ``series`` in it); NaN for nights with
-    fewer than ``min_hours`` known hours. At night the consumers sleep, so the
-    minimum is the loss alone plus the few who are awake."""
-    in_night = (data.local_hour >= night[0]) & (data.local_hour < night[1])
-    idx = np.flatnonzero(in_night)
-    if not len(idx):
-        return np.zeros(0, np.int64), np.zeros(0)
-    days, first, inverse = np.unique(_local_day(data)[idx], return_index=True, return_inverse=True)
-    x = series[idx]
-    mins = np.full(len(days), np.inf)
-    np.minimum.at(mins, inverse[~np.isnan(x)], x[~np.isnan(x)])
-    counts = np.bincount(inverse[~np.isnan(x)], minlength=len(days))
-    return idx[first], np.where(counts >= min_hours, mins, np.nan)
-
-
-@dataclass
-class GroupLeakDetector(GroupDetector):
-    """A leak in the group's network, from the minimum night flow of its imbalance.
-
-    A burst is a step up of the night minimum over the median of the earlier
-    nights that lasts; a background leak is a slow growth, a significant
-    positive slope of the night minimum. The allowance keeps day-to-day
-    wobble (meter resolution, late readings) from counting.
-    """
-
-    min_lph: float = 5.0
-    """Absolute allowance: a smaller step is not a burst."""
-    min_pct: float = 5.0
-    """Relative allowance: percent of the group's mean input. Real district night
-    flows wobble by several percent from night to night (weather, holidays): on
-    the BWDF inflows (``bench/analytics_real.py``, seeds 1-3, with the floor
-    check) 3 % gave F1 0.28, 5 % 0.35, 8 % 0.45 and 12 % 0.50 against leaks of
-    5-25 % of the mean flow. 5 % keeps a 25 l/h burst in a building of 40 flats
-    visible, where the members' meters make the imbalance far quieter than a
-    district's raw inflow; raise it for a district metered only at its input."""
-    min_nights: int = 2
-    """A burst must last this many nights."""
-    baseline_nights: int = 3
-    """Earlier nights a burst needs for its baseline."""
-    z: float = 4.0
-    """A step must also be this many robust standard deviations of the baseline nights."""
-    night_pct: float = 15.0
-    """Allowance relative to the night flow itself: percent of the baseline night
-    minimum. Where no member meters are subtracted (a district metered at its
-    input) the night minimum is mostly legitimate night use, whose wobble grows
-    with it; where they are, it is the small loss itself and this stays below
-    the other allowances. On BWDF (seeds 1-3) it raised F1 from 0.35 to 0.46."""
-    floor_share: float = 0.6
-    """A burst must raise the days' minimum by this share of its night step too."""
-    trend_nights: int = 7
-    trend_t: float = 5.0
-    """t statistic of the night minimum's slope for a background leak."""
-    night: tuple[int, int] = (2, 6)
-    """Local hours [from, to) of the night window."""
-    name: str = "group-leak"
-
-    def detect_group(self, data: GroupData) -> list[Finding]:
-        starts, mins = _nightly_minimum(data, data.imbalance, self.night)
-        ok = ~np.isnan(mins)
-        starts, mins = starts[ok], mins[ok]
-        allowance = max(self.min_lph / LITRES, self.min_pct / 100 * _mean_or_zero(data.input))
-        burst = self._burst(data, starts, mins, allowance)
-        if burst is not None:
-            return [burst]
-        trend = self._trend(data, starts, mins, allowance)
-        return [trend] if trend is not None else []
-
-    def _burst(self, data: GroupData, starts: np.ndarray, mins: np.ndarray, allowance: float) -> Finding | None:
-        """The first night from which the night minimum stays above the baseline
-        by the allowance for at least ``min_nights`` (a loop over a few nights)."""
-        for n in range(self.baseline_nights, len(mins) - self.min_nights + 1):
-            base = float(np.median(mins[:n]))
-            spread = 1.4826 * float(np.median(np.abs(mins[:n] - base)))
-            step = mins[n:] - base
-            needed = max(allowance, self.z * spread, self.night_pct / 100 * base)
-            if (step[: self.min_nights] < needed).any() or np.median(step) < needed:
-                continue
-            rate = float(np.median(step))
-            first = self._onset(data, int(starts[n - 1]), int(starts[n]), base, rate)
-            if not self._floor_rose(data, first, rate):
-                continue
-            volume = rate * (data.hours - first)
-            info = {"rate_lph": round(rate * LITRES, 2), "rate": round(rate, 6), "start": int(data.t[first]),
-                    "volume_m3": round(volume, 4), "money": _money(data, volume),
-                    "confidence": _confidence(rate / max(spread, 1e-9), 2 * self.z)}
-            gid = data.group.group_id
-            message = (f"Group {gid}: the night flow stepped up by about {rate * LITRES:.1f} l/h, a burst in its "
-                       f"network; about {volume:.2f} {data.group.unit} lost since.")
-            return _finding(self.name, data, gid, "burst", message, info, Severity.CRITICAL)
-        return None
-
-    def _floor_rose(self, data: GroupData, first: int, rate: float) -> bool:
-        """Whether the whole day's floor rose with the night: a leak adds its flow
-        to every hour, so each day's minimum rises by about the step too. A night
-        minimum that rose while the days' did not is night use that changed (a
-        holiday, irrigation moved to the night), not a leak. Without two whole
-        days before and one after the onset it cannot be told: accepted."""
-        starts, floors = _nightly_minimum(data, data.imbalance, (0, 24), min_hours=20)
-        before = floors[(starts + 24 <= first) & ~np.isnan(floors)]
-        after = floors[(starts >= first) & ~np.isnan(floors)]
-        if len(before) < 2 or len(after) < 1:
-            return True
-        return float(np.median(after) - np.median(before)) >= self.floor_share * rate
-
-    @staticmethod
-    def _onset(data: GroupData, lo: int, hi: int, base: float, rate: float) -> int:
-        """Hour the burst began between the last quiet night and the first loud one:
-        after the last hour whose imbalance was still below half the step (daytime
-        imbalance is noisier, so the night is the fallback)."""
-        imb = data.imbalance[lo:hi + 1]
-        quiet = np.flatnonzero(imb - base < rate / 2)
-        return lo + int(quiet[-1]) + 1 if len(quiet) else lo
-
-    def _trend(self, data: GroupData, starts: np.ndarray, mins: np.ndarray, allowance: float) -> Finding | None:
-        """A least-squares slope of the night minimum per night, significant by its t statistic."""
-        n = len(mins)
-        if n < self.trend_nights:
-            return None
-        x = np.arange(n, dtype=float)
-        slope, icept = np.polyfit(x, mins, 1)
-        resid = mins - (slope * x + icept)
-        se = np.sqrt(resid @ resid / (n - 2) / ((x - x.mean()) @ (x - x.mean())))
-        t_stat = slope / max(se, 1e-12)
-        rise = slope * (n - 1)
-        if t_stat < self.trend_t or rise < allowance:
-            return None
-        volume = float(slope * np.arange(data.hours).sum() / 24)  # grows linearly from the first night
-        first = int(starts[0])
-        info = {"rate_lph": round(rise * LITRES, 2), "rate": round(rise, 6), "start": int(data.t[first]),
-                "volume_m3": round(volume, 4), "money": _money(data, volume),
-                "confidence": _confidence(t_stat, 2 * self.trend_t)}
-        gid = data.group.group_id
-        message = (f"Group {gid}: the night flow grew by about {rise * LITRES:.1f} l/h over {n} nights, a growing "
-                   f"background leak; about {volume:.2f} {data.group.unit} lost over the window.")
-        return _finding(self.name, data, gid, "background_leak", message, info)
+# 2. Leak in the group's network: core/analytics/night_flow.py ----------------
 
 
 # 3. Stuck meter -------------------------------------------------------------

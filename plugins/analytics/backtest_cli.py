@@ -17,7 +17,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
-from balans_edge.core.analytics.backtest import Replay, ReplayedEvent, load_replay_data, replay, run_times
+from balans_edge.core.analytics.backtest import (
+    Replay,
+    ReplayedEvent,
+    detector_window,
+    load_replay_data,
+    replay,
+    run_times,
+)
 from balans_edge.core.analytics.backtest_truth import (
     DEFAULT_DEADLINE_S,
     Scores,
@@ -218,6 +225,7 @@ def add_backtest_command(group: click.Group) -> None:
 
     from balans_edge import cli as _cli
     from balans_edge.core.times import parse_time
+    from balans_edge.plugins.analytics.night_flow import NightFlowSource
     from balans_edge.plugins.analytics.plugin import DETECTOR_NAMES, NAME, AnalyticsConfig, build_detectors
 
     @group.command("backtest", help=HELP)
@@ -254,8 +262,9 @@ def add_backtest_command(group: click.Group) -> None:
             raise click.BadParameter("no run between --from (rounded up to an hour) and --to",
                                      param_hint="--to") from None
         try:
+            source = NightFlowSource(settings.night_flow)
             detectors = build_detectors(settings, [n.strip() for n in names.split(",") if n.strip()] if names
-                                        else None)
+                                        else None, source=source)
         except ValueError as exc:
             raise click.BadParameter(str(exc), param_hint="--detectors") from None
         truth = None
@@ -265,10 +274,14 @@ def add_backtest_command(group: click.Group) -> None:
             except (TruthError, UnicodeDecodeError) as exc:
                 raise click.ClickException(str(exc)) from None
         window_s = settings.window_days * DAY
+        history_s = max(detector_window(d, window_s) for d in detectors)
 
         async def load(storage: Any) -> Any:
+            source.database = storage  # the night-flow settings set through the API, as the server has them
+            await source.load()
             try:
-                return await load_replay_data(storage, group_id, times["--from"], times["--to"], tz, step_s, window_s)
+                return await load_replay_data(storage, group_id, times["--from"], times["--to"], tz, step_s,
+                                              history_s)
             except KeyError:
                 raise click.ClickException(f"group {group_id!r} is not in the registry") from None
 

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 from balans_edge import hookimpl
 from balans_edge.core.analytics.base import DEFAULT_WINDOW_DAYS, GroupDetector, Scope
+from balans_edge.core.analytics.night_flow_settings import GroupNightFlow, check_entries
 from balans_edge.core.components import Finding
 from balans_edge.core.context import Plugin, PluginContext
 from balans_edge.core.model import Resource
@@ -20,6 +21,8 @@ from balans_edge.settings import setting
 
 if TYPE_CHECKING:
     import click
+
+    from balans_edge.plugins.analytics.night_flow import NightFlowSource
 
 
 log = logging.getLogger(__name__)
@@ -59,11 +62,18 @@ class AnalyticsConfig:
     monthly_norms: Annotated[dict[str, float], setting(doc=(
         "normal consumption of one meter in a month, per resource (e.g. `{ water = 6.0 }`, m3), that forecasts are "
         "compared with"))] = field(default_factory=dict)
+    night_flow: Annotated[list[GroupNightFlow], setting(doc=(  # type: ignore[valid-type]
+        "`[[plugins.analytics.night_flow]]`: the group-leak detector's night-flow preset and values per group "
+        "(`group = \"*\"`: every group)"))] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         problem = _known_detectors(self.detectors)
         if problem:
             raise ValueError(f"detectors: {problem}")
+        try:
+            check_entries(self.night_flow)
+        except ValueError as exc:
+            raise ValueError(f"night_flow: {exc}") from None
         resources = {r.value for r in Resource}
         for key, value in self.monthly_norms.items():
             if key not in resources:
@@ -75,25 +85,34 @@ class AnalyticsConfig:
 def detector_classes() -> dict[str, type[GroupDetector]]:
     """The built-in group detectors by name (imported when the plugin registers them:
     they bring scipy, which the rest of the server does not need)."""
-    from balans_edge.core.analytics import imbalance_fit, meter_checks, profile_tamper, registration
+    from balans_edge.core.analytics import imbalance_fit, meter_checks, night_flow, profile_tamper, registration
 
     classes: list[type[GroupDetector]] = [
         imbalance_fit.SlowedMeterDetector, imbalance_fit.UnmeteredDetector,
-        meter_checks.ConsumerLeakDetector, meter_checks.GroupLeakDetector, meter_checks.StuckMeterDetector,
+        meter_checks.ConsumerLeakDetector, night_flow.NightFlowDetector, meter_checks.StuckMeterDetector,
         meter_checks.ReverseMeterDetector, meter_checks.ModuleStatusDetector, meter_checks.ConsumptionDropDetector,
         profile_tamper.ProfileTamperDetector, registration.StartingFlowDetector, registration.ClockDriftDetector,
     ]
     return {c.name: c for c in classes}
 
 
-def build_detectors(config: AnalyticsConfig, names: list[str] | None = None) -> list[GroupDetector]:
+def build_detectors(config: AnalyticsConfig, names: list[str] | None = None, *,
+                    source: NightFlowSource | None = None) -> list[GroupDetector]:
     """The detectors the plugin runs (``names``, else the configured ones, else all),
-    in the order they run: the scheduler's and a backtest's."""
+    in the order they run: the scheduler's and a backtest's. ``source``: the groups'
+    night-flow settings (configuration and API-set values); without it, the
+    configured ones."""
+    from balans_edge.core.analytics.night_flow import NightFlowDetector
+    from balans_edge.plugins.analytics.night_flow import NightFlowSource
+
     problem = _known_detectors(names or [])
     if problem:
         raise ValueError(problem)
+    if source is None:
+        source = NightFlowSource(config.night_flow, None)
     classes = detector_classes()
-    return [classes[n]() for n in names or config.detectors or DETECTOR_NAMES]
+    return [NightFlowDetector(settings_for=source.settings, before_run=source.load) if n == "group-leak"
+            else classes[n]() for n in names or config.detectors or DETECTOR_NAMES]
 
 
 async def run_analytics(context: PluginContext, scope: Scope) -> list[Finding]:
@@ -141,13 +160,29 @@ class Scheduler:
 
 
 class AnalyticsPlugin(Plugin):
+    night_flow: NightFlowSource | None = None
+
+    def source(self) -> NightFlowSource:
+        """The groups' night-flow settings (configuration and API-set values)."""
+        if self.night_flow is None:
+            from balans_edge.plugins.analytics.night_flow import NightFlowSource
+
+            self.night_flow = NightFlowSource(self.config.night_flow, self.context.database)
+        return self.night_flow
+
     @hookimpl
     def config_schema(self) -> dict[str, type]:
         return {NAME: AnalyticsConfig}
 
     @hookimpl
+    def register_migrations(self) -> list:
+        from balans_edge.plugins.analytics.night_flow import MIGRATIONS
+
+        return [MIGRATIONS]
+
+    @hookimpl
     def register_detectors(self) -> list:
-        return build_detectors(self.config)
+        return build_detectors(self.config, source=self.source())
 
     @hookimpl
     def register_components(self) -> list:
@@ -155,9 +190,10 @@ class AnalyticsPlugin(Plugin):
 
     @hookimpl
     def register_routes(self) -> list:
+        from balans_edge.plugins.analytics import night_flow
         from balans_edge.plugins.analytics.api import routes
 
-        return routes(self.context)
+        return [*routes(self.context), *night_flow.routes(self.context, self.source())]
 
     @hookimpl
     def register_commands(self, cli: click.Group) -> None:
