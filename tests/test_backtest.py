@@ -31,7 +31,7 @@ from balans_edge.core.analytics.backtest import (
 from balans_edge.core.analytics.backtest_truth import TrueEvent, TruthError, group_subjects, read_truth, score
 from balans_edge.core.analytics.base import GroupDetector, Scope
 from balans_edge.core.analytics.data import GroupData
-from balans_edge.core.analytics.meter_checks import GroupLeakDetector
+from balans_edge.core.analytics.night_flow import GroupLeakDetector
 from balans_edge.core.components import Finding
 from balans_edge.core.detection import DetectionRun
 from balans_edge.core.ingest import ReadingBatch

@@ -189,13 +189,14 @@ def replay(data: GroupData, detectors: Sequence[GroupDetector], t_from: int, t_t
     """Run ``detectors`` on ``data`` at every run time of [t_from, t_to] over the
     window the scheduler would have given them (``detector_window``), in
     registration order, and keep their reports as events. ``data`` must hold every
-    hour of ``history_span`` for the longest of those windows (hours before it are
-    missing to a scheduled run too; here it is a mistake)."""
+    hour of ``history_span`` (hours before it are missing to a scheduled run too;
+    here it is a mistake); a detector that asks for a longer history gets what
+    ``data`` holds of it."""
     times = run_times(t_from, t_to, step_s)
     if window_s < HOUR or window_s % HOUR:
         raise ValueError(f"window: expected a whole number of hours, got {window_s} s")
     windows = [detector_window(d, window_s) for d in detectors]
-    t0, t1 = int(times[0]) - max(windows, default=window_s), int(times[-1])
+    t0, t1 = int(times[0]) - window_s, int(times[-1])
     if not data.hours or data.t[0] > t0 or data.t[-1] < t1 - HOUR or np.any(np.diff(data.t) != HOUR):
         raise ValueError(f"the history must hold every hour from {t0} to {t1}")
     book = book or ReplayBook()

@@ -480,7 +480,9 @@ class NightFlowDetector(GroupDetector):
             "legitimate_night_use": round(ctx.legitimate, 6), "allowance": round(ctx.allowance, 6),
             "onset": start, "size": round(rate, 6), "score": round(change.score, 2),
         }
-        info = {"rate_lph": round(rate * LITRES, 2), "rate": round(rate, 6), "start": start, "end": end,
+        # An ongoing leak states no end: the event goes on to the report's time, not to the last night.
+        info = {"rate_lph": round(rate * LITRES, 2), "rate": round(rate, 6), "start": start,
+                "end": None if change.ongoing else end,
                 "ongoing": change.ongoing, "hours": round(hours, 1), "volume_m3": round(volume, 4),
                 "money": None if data.group.price is None else round(volume * data.group.price, 2),
                 "confidence": round(change.score**2 / (change.score**2 + (2 * s.sensitivity) ** 2), 3),

@@ -128,17 +128,17 @@ def _checked(values: dict[str, Any]) -> dict[str, Any]:
 
 
 def routes(context: PluginContext, source: NightFlowSource) -> list[Route]:
-    storage = context.storage
+    registry = context.registry
 
     async def group_of(group_id: str) -> Any:
-        group = await storage.registry_get("groups", group_id)
+        group = await registry.registry_get("groups", group_id)
         if group is None:
             raise ApiError(404, "not_found", f"group {group_id!r} is not in the registry")
         return group
 
     async def metered(group_id: str) -> bool:
-        members = [m for m in await storage.registry_list("meters") if m.group_id == group_id]
-        children = [g for g in await storage.registry_list("groups") if g.parent_id == group_id]
+        members = [m for m in await registry.registry_list("meters") if m.group_id == group_id]
+        children = [g for g in await registry.registry_list("groups") if g.parent_id == group_id]
         return bool(members or children)
 
     async def answer(group: Any, stored: dict[str, Any] | None = None) -> dict[str, Any]:
