@@ -7,9 +7,9 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
+from balans_edge.core.analytics.consumer_leak import ConsumerLeakDetector
 from balans_edge.core.analytics.data import GroupData
 from balans_edge.core.analytics.meter_checks import (
-    ConsumerLeakDetector,
     ConsumptionDropDetector,
     ModuleStatusDetector,
     ReverseMeterDetector,

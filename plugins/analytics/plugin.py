@@ -85,11 +85,18 @@ class AnalyticsConfig:
 def detector_classes() -> dict[str, type[GroupDetector]]:
     """The built-in group detectors by name (imported when the plugin registers them:
     they bring scipy, which the rest of the server does not need)."""
-    from balans_edge.core.analytics import imbalance_fit, meter_checks, night_flow, profile_tamper, registration
+    from balans_edge.core.analytics import (
+        consumer_leak,
+        imbalance_fit,
+        meter_checks,
+        night_flow,
+        profile_tamper,
+        registration,
+    )
 
     classes: list[type[GroupDetector]] = [
         imbalance_fit.SlowedMeterDetector, imbalance_fit.UnmeteredDetector,
-        meter_checks.ConsumerLeakDetector, night_flow.NightFlowDetector, meter_checks.StuckMeterDetector,
+        consumer_leak.ConsumerLeakDetector, night_flow.NightFlowDetector, meter_checks.StuckMeterDetector,
         meter_checks.ReverseMeterDetector, meter_checks.ModuleStatusDetector, meter_checks.ConsumptionDropDetector,
         profile_tamper.ProfileTamperDetector, registration.StartingFlowDetector, registration.ClockDriftDetector,
     ]
