@@ -167,7 +167,8 @@ def episodes(reports: list[tuple[int, list]]) -> int:
     count = 0
     for _, found in reports:
         for f in found:
-            start, end = int(f.data["start"]), int(f.data["end"])
+            start = int(f.data["start"])  # an ongoing leak states no end: it goes on to the report's time
+            end = int(f.data["end"]) if f.data.get("end") is not None else int(f.t)
             if f.kind not in last or start >= last[f.kind] + EVENT_GAP_S:
                 count += 1
             last[f.kind] = max(last.get(f.kind, end), end)
