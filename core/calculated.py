@@ -45,7 +45,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-TAG_HOLD_S = 3600
+TAG_HOLD_S = HOUR
 """Longest a stored tag sample holds: above any sane heartbeat (``store_every_s``
 is 60 s by default)."""
 TAG_COVER = 0.5

@@ -29,7 +29,7 @@ from balans_edge.core import findings as rules
 from balans_edge.core.analytics.base import DEFAULT_WINDOW_DAYS, GroupDetector, Scope
 from balans_edge.core.analytics.data import GroupData
 from balans_edge.core.components import Finding
-from balans_edge.core.times import DAY, HOUR
+from balans_edge.core.times import DAY, HOUR, hour_ceil
 
 log = logging.getLogger(__name__)
 
@@ -152,7 +152,7 @@ def run_times(t_from: int, t_to: int, step_s: int) -> np.ndarray:
     up to ``t_to`` (a run at ``t`` sees the hours over by ``t``)."""
     if step_s < HOUR or step_s % HOUR:
         raise ValueError(f"step: expected a whole number of hours, got {step_s} s")
-    first = -(-t_from // HOUR) * HOUR
+    first = hour_ceil(t_from)
     if t_to < first:
         raise ValueError("to must not be earlier than from")
     return np.arange(first, t_to + 1, step_s, dtype=np.int64)

@@ -82,6 +82,13 @@ class GroupData:
     def hours(self) -> int:
         return len(self.t)
 
+    @property
+    def local_day(self) -> np.ndarray:
+        """(H,) an id of the local calendar day of each hour (consistent within a window),
+        derived from the local hour so that the detectors need no timezone."""
+        offset = (self.local_hour - hour_of_day(self.t) + 12) % 24 - 12
+        return (self.t // HOUR + offset) // 24
+
     def slice(self, start: int, stop: int) -> GroupData:
         """The hours ``start:stop`` of this window (a shorter window of the same group)."""
         h = slice(start, stop)

@@ -25,7 +25,7 @@ from balans_edge.core.analytics.base import GroupDetector
 from balans_edge.core.analytics.data import GroupData
 from balans_edge.core.components import Finding, Severity
 from balans_edge.core.model import Quality, Status
-from balans_edge.core.times import HOUR, hour_of_day
+from balans_edge.core.times import HOUR
 
 LITRES = 1000.0
 """Litres per m3: rates are reported in l/h because leaks are talked about in l/h."""
@@ -49,14 +49,6 @@ def _confidence(score: float, half: float) -> float:
 def _end(data: GroupData) -> int:
     """Time the window's last hour is over: when a finding about it is made."""
     return int(data.t[-1]) + HOUR if data.hours else 0
-
-
-def _local_day(data: GroupData) -> np.ndarray:
-    """(H,) an id of the local calendar day of each hour (consistent within a window),
-    derived from the local hour so that the detectors need no timezone."""
-    utc_hour = hour_of_day(data.t)
-    offset = (data.local_hour - utc_hour + 12) % 24 - 12
-    return (data.t // HOUR + offset) // 24
 
 
 def _latest_runs(inside: np.ndarray, known: np.ndarray, need: int) -> dict[int, tuple[int, int]]:
@@ -224,7 +216,7 @@ class ModuleStatusDetector(GroupDetector):
     name: str = "module-status"
 
     def detect_group(self, data: GroupData) -> list[Finding]:
-        day = _local_day(data)
+        day = data.local_day
         out = []
         for kind, flag in STATUS_KINDS.items():
             hit = (data.status & flag) != 0

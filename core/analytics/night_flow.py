@@ -44,7 +44,7 @@ from balans_edge.core.analytics.base import GroupDetector
 from balans_edge.core.analytics.data import GroupData
 from balans_edge.core.analytics.night_flow_settings import NightFlowSettings, preset_for, resolve
 from balans_edge.core.components import Finding, Severity
-from balans_edge.core.times import HOUR, hour_of_day
+from balans_edge.core.times import HOUR
 
 if TYPE_CHECKING:
     from balans_edge.core.detection import DetectionRun
@@ -84,12 +84,6 @@ class Nights:
         return len(self.value)
 
 
-def local_day(data: GroupData) -> np.ndarray:
-    """(H,) an id of the local calendar day of each hour, from the local hour."""
-    offset = (data.local_hour - hour_of_day(data.t) + 12) % 24 - 12
-    return (data.t // HOUR + offset) // 24
-
-
 def nights_of(data: GroupData, series: np.ndarray, night: tuple[int, int], statistic: str = "min") -> Nights:
     """The night flow of ``series`` for each night of the window: its lowest hour
     (``min``) or the mean of its hours (``mean``); a night spanning midnight
@@ -101,7 +95,7 @@ def nights_of(data: GroupData, series: np.ndarray, night: tuple[int, int], stati
     empty = np.zeros(0)
     if not len(idx):
         return Nights(empty.astype(np.int64), empty.astype(np.int64), empty, empty.astype(bool), empty)
-    day = local_day(data)[idx] + ((hour[idx] >= lo) & (lo > hi))
+    day = data.local_day[idx] + ((hour[idx] >= lo) & (lo > hi))
     days, inverse = np.unique(day, return_inverse=True)
     n = len(days)
     x = series[idx]

@@ -18,12 +18,12 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
-from typing import Annotated, Any, Literal, get_type_hints
+from typing import Annotated, Any, Literal, get_args, get_type_hints
 
 from msgspec import Meta
 
 Preset = Literal["building", "district_inlet", "district_metered"]
-PRESET_NAMES: tuple[str, ...] = ("building", "district_inlet", "district_metered")
+PRESET_NAMES: tuple[str, ...] = get_args(Preset)
 
 
 @dataclass(frozen=True)
